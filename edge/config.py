@@ -1,0 +1,232 @@
+"""Agent configuration: one TOML file, environment overrides, frozen dataclasses with documented defaults.
+
+Each section of the TOML file is one frozen dataclass below; every field documents its default and, where it
+has one, its bounds (``field(metadata=...)``). The loader rejects unknown keys and out-of-range values with a
+:class:`~edge.errors.ConfigError` that names the key, so a typo never silently falls back to a default.
+
+Precedence, lowest first: the defaults here, the TOML file, environment variables, command-line flags.
+An environment variable overrides one key: ``BTT_EDGE_<SECTION>_<KEY>``, upper case, e.g.
+``BTT_EDGE_DICOM_PORT=11113`` or ``BTT_EDGE_DICOM_ALLOWED_CALLING_AES=UNIT1,UNIT2`` (lists are comma-separated).
+``examples/edge.toml`` is a commented copy of every default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from edge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack)
+    import tomli as tomllib
+
+__all__ = [
+    "ENV_PREFIX",
+    "AgentConfig",
+    "AgentSection",
+    "DicomConfig",
+    "RetentionConfig",
+    "bounded",
+    "load_config",
+    "with_overrides",
+]
+
+ENV_PREFIX = "BTT_EDGE_"
+
+T = TypeVar("T")
+
+
+def bounded(default: T, *, lo: float | None = None, hi: float | None = None) -> T:
+    """A dataclass field with inclusive numeric bounds checked by the loader."""
+    return field(default=default, metadata={"lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    """``[agent]``: where the agent keeps its state and how it logs."""
+
+    data_dir: Path = Path("/var/lib/btt-edge")
+    """Images, the index database, keys and the outbox live here."""
+    log_format: Literal["text", "json"] = "text"
+    """``text``: one readable line per event; ``json``: one JSON object per line for log shippers."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    """``[dicom]``: the storage SCP that receives images from the X-ray unit."""
+
+    ae_title: str = "BTT_EDGE"
+    """Our AE title (1-16 characters)."""
+    bind_address: str = "0.0.0.0"
+    port: int = bounded(11112, lo=1, hi=65535)
+    allowed_calling_aes: tuple[str, ...] = ()
+    """Calling AE titles allowed to associate. Empty: the allow-list is off and any AE may store."""
+    max_associations: int = bounded(8, lo=1, hi=256)
+    """Concurrent associations; more are rejected (transient, so the unit retries)."""
+    min_free_mb: int = bounded(1024, lo=0)
+    """Free-space reserve on the data disk. Below it, C-STORE answers 0xA700 (out of resources)."""
+    max_pdu_bytes: int = bounded(4_194_304, lo=0)
+    """Maximum PDU length we receive (0 = unlimited). Large PDUs mean fewer reads per image."""
+    duplicate_policy: Literal["keep", "replace"] = "keep"
+    """Same SOP Instance UID with different content: ``keep`` the first (and log), or ``replace`` it."""
+    acse_timeout_s: float = bounded(30.0, lo=1, hi=3600)
+    dimse_timeout_s: float = bounded(60.0, lo=1, hi=3600)
+    network_timeout_s: float = bounded(60.0, lo=1, hi=3600)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.ae_title.strip()) <= 16:
+            raise ConfigError(f"dicom.ae_title: {self.ae_title!r} must be 1 to 16 characters")
+        for ae in self.allowed_calling_aes:
+            if not 1 <= len(ae.strip()) <= 16:
+                raise ConfigError(f"dicom.allowed_calling_aes: {ae!r} must be 1 to 16 characters")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """``[retention]``: pruning pixel data of studies that are fully processed and forwarded."""
+
+    prune_after_days: int = bounded(0, lo=0, hi=36500)
+    """Days after which pixel data of a done instance is removed (its index row stays). 0 = never."""
+    interval_s: float = bounded(3600.0, lo=10)
+    """How often the pruner runs."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole configuration, one attribute per TOML section."""
+
+    agent: AgentSection = field(default_factory=AgentSection)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Build the configuration from defaults, the TOML file at ``path`` (if any) and ``environ``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    _apply_env(raw, os.environ if environ is None else environ)
+    return _build(AgentConfig, raw, "")
+
+
+def with_overrides(config: AgentConfig, **sections: Mapping[str, Any]) -> AgentConfig:
+    """Return ``config`` with some keys replaced (command-line flags), validated like the file."""
+    raw = _to_raw(config)
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return _build(AgentConfig, raw, "")
+
+
+def _to_raw(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_raw(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    sections = {f.name: f for f in dataclasses.fields(AgentConfig)}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"{name}: no configuration section matches this environment variable")
+        key = rest[len(section) + 1 :]
+        raw.setdefault(section, {})[key] = _EnvValue(value)
+
+
+class _EnvValue(str):
+    """A string from the environment, to be converted to the field's type."""
+
+
+def _build(cls: type[T], raw: Any, prefix: str) -> T:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'configuration'}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        kwargs[name] = _convert(hints[name], value, key)
+        lo, hi = fields[name].metadata.get("lo"), fields[name].metadata.get("hi")
+        if lo is not None and kwargs[name] < lo:
+            raise ConfigError(f"{key}: {kwargs[name]} is below the minimum {lo}")
+        if hi is not None and kwargs[name] > hi:
+            raise ConfigError(f"{key}: {kwargs[name]} is above the maximum {hi}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")  # type: ignore[arg-type]
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return str(value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, _EnvValue) and value == ""):
+            return None
+        return _convert(args[0], value, key)
+    if origin is tuple:
+        item = get_args(tp)[0]
+        if isinstance(value, _EnvValue):
+            value = [_EnvValue(v.strip()) for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, _EnvValue):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        try:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError
+            if tp is int and isinstance(value, float | str) and not isinstance(value, _EnvValue):
+                raise ValueError
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+    if tp is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported configuration type {tp!r}")  # pragma: no cover

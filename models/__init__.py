@@ -1,0 +1,1 @@
+"""Model bundles (manifest, verification) and the synthetic reference dental model."""

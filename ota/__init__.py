@@ -1,0 +1,1 @@
+"""Over-the-air model updates: signed metadata, staged install, health check, automatic rollback."""

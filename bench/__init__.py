@@ -1,0 +1,1 @@
+"""Benchmarks: each runs our code beside a peer in one run and ends with ``ratio <what> = <number>`` lines."""

@@ -1,0 +1,118 @@
+"""DICOM dataset -> model tensor, and the inverse transform that maps model pixels back to source pixels.
+
+Two pure steps, both I/O-free:
+
+* :func:`pixels_from_dataset` decodes the pixel data (every transfer syntax ingest accepts, through pydicom's
+  pylibjpeg and pyjpegls plugins), applies the modality LUT (rescale slope/intercept or a LUT), the VOI LUT or
+  window centre/width when the dataset has one, masks to Bits Stored and inverts MONOCHROME1, so that higher
+  means brighter means denser. Images a model cannot read raise :class:`~edge.errors.UnsupportedImage` with
+  the reason.
+* :func:`prepare` turns those pixels into the model's input for an input spec: clip to the image's own
+  percentiles, scale to [0, 1], letterbox (aspect kept, centred, padded with 0), normalise with the spec's
+  mean and std. Training, evaluation and the device all call this one function.
+
+Coordinates are continuous pixel-edge coordinates: pixel ``i`` spans ``[i, i + 1)``, ``(x, y)`` with x to the
+right and y down, so an end-exclusive box maps by the same formula as a point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from edge.errors import UnsupportedImage
+
+__all__ = ["InputLayout", "Prepared", "prepare"]
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class InputLayout(Protocol):
+    """What :func:`prepare` reads from a bundle's input spec (``models.bundle.InputSpec`` satisfies it)."""
+
+    @property
+    def height(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def window_percentiles(self) -> tuple[float, float]: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def std(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model input tensor and the letterbox transform that produced it.
+
+    ``model = source * scale + offset`` per axis, with ``scale`` and ``offset`` as ``(x, y)``.
+    """
+
+    tensor: FloatArray
+    """float32 ``[1, 1, height, width]``."""
+    source_shape: tuple[int, int]
+    """``(rows, columns)`` of the source image."""
+    scale: tuple[float, float]
+    """``(x, y)`` model pixels per source pixel (equal up to rounding of the resized size)."""
+    offset: tuple[int, int]
+    """``(x, y)`` padding before the image in model pixels."""
+
+    def to_source(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map ``(x, y)`` points (shape ``(..., 2)``) from model to source coordinates."""
+        pts = np.asarray(points, dtype=np.float64)
+        return (pts - np.asarray(self.offset, dtype=np.float64)) / np.asarray(self.scale, dtype=np.float64)
+
+    def to_model(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map ``(x, y)`` points (shape ``(..., 2)``) from source to model coordinates."""
+        pts = np.asarray(points, dtype=np.float64)
+        return pts * np.asarray(self.scale, dtype=np.float64) + np.asarray(self.offset, dtype=np.float64)
+
+    def box_to_source(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+        """An end-exclusive ``(x0, y0, x1, y1)`` box in model pixels as the enclosing box in source pixels.
+
+        The result is clipped to the source image, so a box reaching into the letterbox padding is cut.
+        """
+        (sx0, sy0), (sx1, sy1) = self.to_source([[box[0], box[1]], [box[2], box[3]]])
+        rows, cols = self.source_shape
+        x0 = int(np.clip(np.floor(sx0 + 1e-6), 0, cols))
+        y0 = int(np.clip(np.floor(sy0 + 1e-6), 0, rows))
+        x1 = int(np.clip(np.ceil(sx1 - 1e-6), x0, cols))
+        y1 = int(np.clip(np.ceil(sy1 - 1e-6), y0, rows))
+        return x0, y0, x1, y1
+
+
+def prepare(pixels: npt.ArrayLike, spec: InputLayout) -> Prepared:
+    """Window, scale, letterbox and normalise a 2-D image (higher = brighter) for a model with ``spec``."""
+    image = np.asarray(pixels, dtype=np.float32)
+    if image.ndim != 2 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise UnsupportedImage(f"expected a 2-D greyscale image, got an array of shape {image.shape}")
+    finite = np.isfinite(image)
+    if not finite.all():
+        if not finite.any():
+            raise UnsupportedImage("the image has no finite pixel values")
+        image = np.where(finite, image, np.float32(np.min(image[finite])))
+    lo_pct, hi_pct = spec.window_percentiles
+    lo, hi = (float(v) for v in np.percentile(image, [lo_pct, hi_pct]))
+    unit = np.zeros_like(image) if hi <= lo else (np.clip(image, lo, hi) - np.float32(lo)) * np.float32(1 / (hi - lo))
+
+    rows, cols = image.shape
+    fit = min(spec.height / rows, spec.width / cols)
+    new_h = min(spec.height, max(1, round(rows * fit)))
+    new_w = min(spec.width, max(1, round(cols * fit)))
+    resized = np.asarray(Image.fromarray(unit).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.float32)
+    off_x, off_y = (spec.width - new_w) // 2, (spec.height - new_h) // 2
+    canvas = np.zeros((spec.height, spec.width), dtype=np.float32)
+    canvas[off_y : off_y + new_h, off_x : off_x + new_w] = np.clip(resized, 0.0, 1.0)
+    canvas -= np.float32(spec.mean)
+    canvas *= np.float32(1 / spec.std)
+    return Prepared(
+        tensor=canvas[np.newaxis, np.newaxis],
+        source_shape=(rows, cols),
+        scale=(new_w / cols, new_h / rows),
+        offset=(off_x, off_y),
+    )

@@ -1,0 +1,494 @@
+"""Model bundles: a manifest, the network, golden vectors; verified before anything runs.
+
+A bundle is a directory (or a ``.tar``/``.tar.gz`` archive of one) holding ``manifest.json``, ``model.onnx`` and
+``golden/*.npz``. The manifest names the task, the agent versions it needs, how to prepare the input, what the
+outputs mean (tooth labels; finding classes with SNOMED CT codes and thresholds), the sha256 of every other file
+and the golden vectors. :func:`parse_bundle` is the pure core (file bytes in, a :class:`Bundle` out or a
+:class:`~edge.errors.BundleError` naming the reason); :func:`load_bundle` reads a directory or archive into it.
+Every file is read once and hashed; the bytes that were verified are the bytes the backends run, so a file swapped
+after loading cannot slip in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+import edge
+from edge.errors import BundleError
+from edge.pipeline.teeth import fdi_to_universal
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "MODEL_NAME",
+    "Bundle",
+    "Code",
+    "FindingClass",
+    "FindingsOutput",
+    "GoldenSpec",
+    "InputSpec",
+    "Manifest",
+    "TeethOutput",
+    "load_bundle",
+    "manifest_to_json",
+    "parse_bundle",
+    "parse_manifest",
+    "sha256_hex",
+    "version_satisfies",
+]
+
+FORMAT = 1
+"""The manifest format this agent reads."""
+MANIFEST_NAME = "manifest.json"
+MODEL_NAME = "model.onnx"
+
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+_CLAUSE_RE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(\d+(?:\.\d+){0,2})\s*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a radiograph becomes the model's input tensor ``float32 [N, channels, height, width]``.
+
+    Preprocessing clips the image to its own ``window_percentiles``, scales to [0, 1], letterboxes to
+    ``(height, width)`` and normalises with ``(x - mean) / std``. ``modalities`` are the DICOM modalities the
+    model reads; others are skipped.
+    """
+
+    name: str
+    height: int
+    width: int
+    channels: int
+    window_percentiles: tuple[float, float]
+    mean: float
+    std: float
+    modalities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept, e.g. ``Code("SCT", "80967001", "Dental caries")``."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class FindingClass:
+    """One channel of the ``findings`` output: a kind of finding, its code, and how to threshold it."""
+
+    kind: str
+    """Stable code name, e.g. ``caries``."""
+    code: Code
+    threshold: float
+    """Sigmoid probability at or above which a pixel belongs to the finding."""
+    min_area_px: int
+    """Connected regions smaller than this (in model pixels) are dropped."""
+
+
+@dataclass(frozen=True)
+class TeethOutput:
+    """The tooth-label output: softmax over ``1 + len(labels_fdi)`` channels, channel 0 background."""
+
+    name: str
+    labels_fdi: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FindingsOutput:
+    """The findings output: one independent sigmoid channel per class, in order."""
+
+    name: str
+    classes: tuple[FindingClass, ...]
+
+
+@dataclass(frozen=True)
+class GoldenSpec:
+    """One golden-vector file and the tolerance its outputs must meet."""
+
+    file: str
+    atol: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated ``manifest.json``."""
+
+    format: int
+    id: str
+    version: str
+    task: str
+    requires_agent: str
+    clinical: bool
+    description: str
+    input: InputSpec
+    teeth: TeethOutput
+    findings: FindingsOutput
+    files: Mapping[str, str]
+    """Relative path -> sha256 hex of every file in the bundle except the manifest."""
+    golden: tuple[GoldenSpec, ...]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its manifest and the bytes of every file, as hashed."""
+
+    manifest: Manifest
+    files: Mapping[str, bytes]
+    source: str
+    """Where it was loaded from (for messages)."""
+
+    @property
+    def model_bytes(self) -> bytes:
+        """The ONNX network, verified."""
+        return self.files[MODEL_NAME]
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the network, the key for caches (e.g. TensorRT engines)."""
+        return self.manifest.files[MODEL_NAME]
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _version_tuple(text: str) -> tuple[int, int, int]:
+    major, minor, patch = ([int(p) for p in text.split(".")] + [0, 0])[:3]
+    return major, minor, patch
+
+
+def version_satisfies(version: str, spec: str) -> bool:
+    """True when ``version`` (``1.2.3``) meets every comma-separated clause of ``spec`` (``>=0.1,<1``).
+
+    Raises ``ValueError`` for a clause or version it cannot read.
+    """
+    if not _VERSION_RE.match(version):
+        raise ValueError(f"not a version: {version!r}")
+    have = _version_tuple(version)
+    for clause in spec.split(","):
+        match = _CLAUSE_RE.match(clause)
+        if match is None:
+            raise ValueError(f"not a version clause: {clause.strip()!r}")
+        op, want = match.group(1), _version_tuple(match.group(2))
+        ok = {
+            ">=": have >= want,
+            "<=": have <= want,
+            ">": have > want,
+            "<": have < want,
+            "==": have == want,
+            "!=": have != want,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+class _Reader:
+    """Typed access to one JSON object, with errors that name the key path."""
+
+    def __init__(self, doc: object, where: str) -> None:
+        if not isinstance(doc, dict):
+            raise BundleError(f"manifest: {where or 'top level'} must be an object")
+        self.doc: dict[str, Any] = doc
+        self.where = where
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in self.doc:
+            raise BundleError(f"manifest: missing {self._path(key)}")
+        value = self.doc[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise BundleError(f"manifest: {self._path(key)} has the wrong type")
+        return value
+
+    def string(self, key: str) -> str:
+        value: str = self.get(key, str)
+        if not value:
+            raise BundleError(f"manifest: {self._path(key)} is empty")
+        return value
+
+    def number(self, key: str, lo: float, hi: float) -> float:
+        value = float(self.get(key, (int, float)))
+        if not lo <= value <= hi:
+            raise BundleError(f"manifest: {self._path(key)} = {value} is outside [{lo}, {hi}]")
+        return value
+
+    def integer(self, key: str, lo: int, hi: int) -> int:
+        value: int = self.get(key, int)
+        if not lo <= value <= hi:
+            raise BundleError(f"manifest: {self._path(key)} = {value} is outside [{lo}, {hi}]")
+        return value
+
+    def child(self, key: str) -> _Reader:
+        return _Reader(self.get(key, dict), self._path(key))
+
+    def items(self, key: str) -> list[Any]:
+        value: list[Any] = self.get(key, list)
+        return value
+
+
+def _parse_input(r: _Reader) -> InputSpec:
+    window = r.items("window_percentiles")
+    if len(window) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window):
+        raise BundleError("manifest: input.window_percentiles must be two numbers")
+    lo, hi = float(window[0]), float(window[1])
+    if not 0.0 <= lo < hi <= 100.0:
+        raise BundleError(f"manifest: input.window_percentiles {window} must satisfy 0 <= low < high <= 100")
+    modalities = r.items("modalities")
+    if not modalities or not all(isinstance(m, str) and m for m in modalities):
+        raise BundleError("manifest: input.modalities must be a non-empty list of modality codes")
+    std = r.number("std", 0.0, 1e6)
+    if std == 0.0:
+        raise BundleError("manifest: input.std must be positive")
+    return InputSpec(
+        name=r.string("name"),
+        height=r.integer("height", 16, 8192),
+        width=r.integer("width", 16, 8192),
+        channels=r.integer("channels", 1, 4),
+        window_percentiles=(lo, hi),
+        mean=r.number("mean", -1e6, 1e6),
+        std=std,
+        modalities=tuple(modalities),
+    )
+
+
+def _parse_class(r: _Reader) -> FindingClass:
+    kind = r.string("kind")
+    if not _KIND_RE.match(kind):
+        raise BundleError(f"manifest: {r.where}.kind {kind!r} is not a code name (lower case, digits, _)")
+    code = r.child("code")
+    threshold = r.number("threshold", 0.0, 1.0)
+    if threshold in (0.0, 1.0):
+        raise BundleError(f"manifest: {r.where}.threshold must be strictly between 0 and 1")
+    return FindingClass(
+        kind=kind,
+        code=Code(scheme=code.string("scheme"), value=code.string("value"), meaning=code.string("meaning")),
+        threshold=threshold,
+        min_area_px=r.integer("min_area_px", 0, 1 << 30),
+    )
+
+
+def _parse_outputs(r: _Reader) -> tuple[TeethOutput, FindingsOutput]:
+    teeth = r.child("teeth")
+    labels = teeth.items("labels_fdi")
+    if not labels or not all(isinstance(label, str) for label in labels):
+        raise BundleError("manifest: outputs.teeth.labels_fdi must be a non-empty list of FDI numbers")
+    for label in labels:
+        try:
+            fdi_to_universal(label)
+        except ValueError:
+            raise BundleError(f"manifest: outputs.teeth.labels_fdi has {label!r}, not an FDI tooth number") from None
+    if len(set(labels)) != len(labels):
+        raise BundleError("manifest: outputs.teeth.labels_fdi repeats a tooth")
+    findings = r.child("findings")
+    raw_classes = findings.items("classes")
+    classes = tuple(_parse_class(_Reader(c, f"outputs.findings.classes[{i}]")) for i, c in enumerate(raw_classes))
+    if not classes:
+        raise BundleError("manifest: outputs.findings.classes is empty")
+    kinds = [c.kind for c in classes]
+    if len(set(kinds)) != len(kinds):
+        raise BundleError("manifest: outputs.findings.classes repeats a kind")
+    teeth_name, findings_name = teeth.string("name"), findings.string("name")
+    if teeth_name == findings_name:
+        raise BundleError("manifest: outputs.teeth.name and outputs.findings.name must differ")
+    return (
+        TeethOutput(name=teeth_name, labels_fdi=tuple(labels)),
+        FindingsOutput(name=findings_name, classes=classes),
+    )
+
+
+def _check_relative(name: str) -> None:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or name != str(path) or name == MANIFEST_NAME:
+        raise BundleError(f"manifest: files has {name!r}, which is not a plain relative path inside the bundle")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate ``manifest.json`` (pure). Raises :class:`BundleError` naming the first problem."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"manifest: not valid JSON: {exc}") from exc
+    r = _Reader(doc, "")
+    fmt = r.get("format", int)
+    if fmt != FORMAT:
+        raise BundleError(f"manifest: format {fmt} is not supported (this agent reads format {FORMAT})")
+    version = r.string("version")
+    if not re.match(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$", version):
+        raise BundleError(f"manifest: version {version!r} is not a semantic version")
+    requires = r.string("requires_agent")
+    try:
+        version_satisfies("0", requires)
+    except ValueError as exc:
+        raise BundleError(f"manifest: requires_agent {requires!r}: {exc}") from None
+    files_doc = r.child("files").doc
+    files: dict[str, str] = {}
+    for name, digest in files_doc.items():
+        _check_relative(name)
+        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+            raise BundleError(f"manifest: files[{name!r}] is not a lower-case sha256 hex digest")
+        files[name] = digest
+    if MODEL_NAME not in files:
+        raise BundleError(f"manifest: files does not list {MODEL_NAME}")
+    golden: list[GoldenSpec] = []
+    for i, item in enumerate(r.items("golden")):
+        g = _Reader(item, f"golden[{i}]")
+        name = g.string("file")
+        if name not in files:
+            raise BundleError(f"manifest: golden[{i}].file {name!r} is not listed in files")
+        golden.append(GoldenSpec(file=name, atol=g.number("atol", 0.0, 1e6)))
+    teeth, findings = _parse_outputs(r.child("outputs"))
+    return Manifest(
+        format=fmt,
+        id=r.string("id"),
+        version=version,
+        task=r.string("task"),
+        requires_agent=requires,
+        clinical=r.get("clinical", bool),
+        description=r.get("description", str),
+        input=_parse_input(r.child("input")),
+        teeth=teeth,
+        findings=findings,
+        files=MappingProxyType(files),
+        golden=tuple(golden),
+    )
+
+
+def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
+    """The JSON document of a manifest (the inverse of :func:`parse_manifest`)."""
+    spec = manifest.input
+    return {
+        "format": manifest.format,
+        "id": manifest.id,
+        "version": manifest.version,
+        "task": manifest.task,
+        "requires_agent": manifest.requires_agent,
+        "clinical": manifest.clinical,
+        "description": manifest.description,
+        "input": {
+            "name": spec.name,
+            "height": spec.height,
+            "width": spec.width,
+            "channels": spec.channels,
+            "window_percentiles": list(spec.window_percentiles),
+            "mean": spec.mean,
+            "std": spec.std,
+            "modalities": list(spec.modalities),
+        },
+        "outputs": {
+            "teeth": {"name": manifest.teeth.name, "labels_fdi": list(manifest.teeth.labels_fdi)},
+            "findings": {
+                "name": manifest.findings.name,
+                "classes": [
+                    {
+                        "kind": c.kind,
+                        "code": {"scheme": c.code.scheme, "value": c.code.value, "meaning": c.code.meaning},
+                        "threshold": c.threshold,
+                        "min_area_px": c.min_area_px,
+                    }
+                    for c in manifest.findings.classes
+                ],
+            },
+        },
+        "files": dict(sorted(manifest.files.items())),
+        "golden": [{"file": g.file, "atol": g.atol} for g in manifest.golden],
+    }
+
+
+def parse_bundle(files: Mapping[str, bytes], *, agent_version: str = edge.__version__, source: str = "") -> Bundle:
+    """Verify a bundle given as ``relative path -> bytes`` (pure).
+
+    Refuses, with the reason: a missing or invalid manifest, an agent version outside ``requires_agent``, a listed
+    file that is missing or whose sha256 differs, and a file that the manifest does not list.
+    """
+    where = f"bundle {source}: " if source else "bundle: "
+    if MANIFEST_NAME not in files:
+        raise BundleError(f"{where}no {MANIFEST_NAME}")
+    try:
+        manifest = parse_manifest(files[MANIFEST_NAME])
+    except BundleError as exc:
+        raise BundleError(f"{where}{exc}") from None
+    if not version_satisfies(agent_version, manifest.requires_agent):
+        raise BundleError(
+            f"{where}{manifest.id} {manifest.version} requires agent {manifest.requires_agent}; "
+            f"this agent is {agent_version}"
+        )
+    for name, digest in manifest.files.items():
+        if name not in files:
+            raise BundleError(f"{where}{name} is listed in the manifest but missing")
+        actual = sha256_hex(files[name])
+        if actual != digest:
+            raise BundleError(f"{where}{name} has sha256 {actual}, the manifest says {digest} (tampered or corrupt)")
+    extra = sorted(set(files) - set(manifest.files) - {MANIFEST_NAME})
+    if extra:
+        raise BundleError(f"{where}{', '.join(extra)} not listed in the manifest")
+    return Bundle(
+        manifest=manifest,
+        files=MappingProxyType({name: files[name] for name in manifest.files}),
+        source=source,
+    )
+
+
+def _read_directory(root: Path) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            raise BundleError(f"bundle {root}: {rel} is a symbolic link; bundles hold plain files only")
+        if path.is_dir():
+            continue
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            raise BundleError(f"bundle {root}: {rel} is larger than {_MAX_FILE_BYTES} bytes")
+        files[rel] = path.read_bytes()
+    return files
+
+
+def _read_archive(path: Path) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    with tarfile.open(path, "r:*") as tar:
+        members = [m for m in tar.getmembers() if not m.isdir()]
+        names = [m.name for m in members]
+        prefix = ""
+        if names and all("/" in n for n in names) and len({n.split("/", 1)[0] for n in names}) == 1:
+            prefix = names[0].split("/", 1)[0] + "/"
+        for member in members:
+            if not member.isfile():
+                raise BundleError(f"bundle {path}: {member.name} is not a plain file")
+            if member.size > _MAX_FILE_BYTES:
+                raise BundleError(f"bundle {path}: {member.name} is larger than {_MAX_FILE_BYTES} bytes")
+            fh = tar.extractfile(member)
+            if fh is None:
+                raise BundleError(f"bundle {path}: cannot read {member.name}")
+            files[member.name.removeprefix(prefix)] = fh.read()
+    return files
+
+
+def load_bundle(path: Path, *, agent_version: str = edge.__version__) -> Bundle:
+    """Read and verify the bundle at ``path`` (a directory or a tar archive). Raises :class:`BundleError`."""
+    try:
+        if path.is_dir():
+            files = _read_directory(path)
+        elif path.is_file():
+            files = _read_archive(path)
+        else:
+            raise BundleError(f"bundle {path}: no such directory or archive")
+    except (OSError, tarfile.TarError) as exc:
+        raise BundleError(f"bundle {path}: cannot read: {exc}") from exc
+    return parse_bundle(files, agent_version=agent_version, source=str(path))

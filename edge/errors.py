@@ -9,7 +9,8 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
     ├── StoreError             the image store or its index could not do what was asked
     │   ├── OutOfSpace         below the free-space reserve: refuse rather than fill the disk
     │   ├── InvalidDataset     a dataset we must not store (no SOP Instance UID, unreadable, ...)
-    │   └── DuplicateConflict  same SOP Instance UID, different content, policy says reject
+    │   ├── DuplicateConflict  same SOP Instance UID, different content, policy says reject
+    │   └── StateConflict      a pipeline state change found the instance missing or in another state
     ├── PipelineError          preprocessing, inference or post-processing failed for one instance
     │   ├── UnsupportedImage   the model cannot read this image (recorded as "skipped" with the reason)
     │   └── BackendError       an inference backend failed to load or run
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidDataset",
     "OutOfSpace",
     "PipelineError",
+    "StateConflict",
     "StoreError",
     "UnsupportedImage",
 ]
@@ -54,6 +56,10 @@ class InvalidDataset(StoreError):
 
 class DuplicateConflict(StoreError):
     """An instance with this SOP Instance UID is stored already, with different content."""
+
+
+class StateConflict(StoreError):
+    """A pipeline state change expected another state (or the instance is not indexed)."""
 
 
 class PipelineError(EdgeError):

@@ -1,0 +1,531 @@
+"""A virtual X-ray unit that speaks the bridge's protocol over a pty, for tests, the demo and bench work.
+
+:class:`PtyTransport` is the unit's end of a pseudo-terminal: the agent opens the slave path printed by
+``btt-edge simulate-unit --pty`` as if it were the unit's serial port. Closing it (:meth:`PtyTransport.unplug`)
+is what the agent sees when the unit's cable is pulled; it comes back on a new pty, and the optional symlink
+(the simulator's stand-in for a udev ``/dev/serial/by-id`` name) then points at the new one.
+
+:class:`UnitSimulator` behaves like the unit's controller: it identifies itself, reports status, heat and
+faults, keeps an exposure log and replays it on request, and when scripted (:class:`SimulatorScript`) makes an
+exposure every N seconds, raises faults, adds line noise and pulls its own cable. After each exposure it can
+send the image to the agent's storage SCP with DICOM C-STORE (:class:`ImageSender`), as a real unit does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import queue
+import random
+import select
+import threading
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from firmware_bridge.errors import BridgeError, PortUnavailable, TransportError
+from firmware_bridge.link import Link, LinkSettings
+from firmware_bridge.messages import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Capability,
+    ClockSync,
+    ExposureCompleted,
+    ExposureLogEnd,
+    ExposureStarted,
+    GetExposureLog,
+    GetIdentity,
+    GetStatus,
+    Heartbeat,
+    Identify,
+    Message,
+    Status,
+)
+from firmware_bridge.transport import MemoryTransport
+
+__all__ = [
+    "FAULT_CODES",
+    "ImageSender",
+    "PtyTransport",
+    "SimulatorScript",
+    "UnitSimulator",
+    "image_dataset",
+    "noise",
+    "synthetic_panoramic",
+]
+
+log = logging.getLogger("firmware_bridge.simulator")
+
+FAULT_CODES: dict[int, str] = {
+    0x0101: "tube overheat",
+    0x0203: "generator voltage out of range",
+    0x0301: "door interlock open",
+}
+"""The faults the simulator raises, in turn (a real unit's codes are its manufacturer's)."""
+
+UNIT_CAPABILITIES = (
+    Capability.EXPOSURE_LOG
+    | Capability.CLOCK_SYNC
+    | Capability.DOSE_AREA_PRODUCT
+    | Capability.HEAT_UNITS
+    | Capability.DICOM_SEND
+)
+
+
+class PtyTransport:
+    """The unit's end of a pty: ``open`` makes a new pty and (re)points ``link`` at its slave path."""
+
+    def __init__(self, link: Path | None = None, read_timeout_s: float = 0.05) -> None:
+        self.link = link
+        self.read_timeout_s = read_timeout_s
+        self.path: str | None = None
+        """The slave path the agent opens (the current pty)."""
+        self.tamper: Callable[[bytes], bytes] | None = None
+        """Applied to every write: line noise."""
+        self.plugged = True
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._master is not None
+
+    @property
+    def port(self) -> str:
+        """The path to give the agent: the stable link if there is one, else the pty itself."""
+        return str(self.link) if self.link is not None else str(self.path)
+
+    def open(self) -> None:
+        """Make a new pty in raw mode; keep its slave open too so the agent may come and go."""
+        if self._master is not None:
+            return
+        if not self.plugged:
+            raise PortUnavailable("simulated unit is unplugged")
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        self._master, self._slave, self.path = master, slave, os.ttyname(slave)
+        if self.link is not None:
+            tmp = self.link.with_name(f".{self.link.name}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to(self.path)
+            os.replace(tmp, self.link)
+
+    def close(self) -> None:
+        """Close both ends: the agent's reads fail as if the cable were pulled."""
+        with self._lock:
+            for fd in (self._master, self._slave):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._master = self._slave = None
+
+    def unplug(self) -> None:
+        """Pull the cable: close the pty; ``open`` fails until :meth:`plug`."""
+        self.plugged = False
+        self.close()
+
+    def plug(self) -> None:
+        """Plug the cable back in (the link reopens the port by itself)."""
+        self.plugged = True
+
+    def _fd(self) -> int:
+        fd = self._master
+        if fd is None:
+            raise TransportError("simulated unit port is closed")
+        return fd
+
+    def read(self) -> bytes:
+        fd = self._fd()
+        try:
+            ready, _, _ = select.select([fd], [], [], self.read_timeout_s)
+            return os.read(fd, 4096) if ready else b""
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"reading the pty: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        fd = self._fd()
+        if self.tamper is not None:
+            data = self.tamper(data)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise TransportError(f"writing the pty: {exc}") from exc
+
+
+def noise(rate: float, rng: random.Random) -> Callable[[bytes], bytes]:
+    """A tamper function: each byte is replaced by a random one with probability ``rate``, and now and then
+    a burst of random bytes is inserted."""
+
+    def tamper(data: bytes) -> bytes:
+        out = bytearray(data)
+        for i in range(len(out)):
+            if rng.random() < rate:
+                out[i] = rng.randrange(256)
+        if rng.random() < rate * 10:
+            out[rng.randrange(len(out) + 1) : 0] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
+        return bytes(out)
+
+    return tamper
+
+
+@dataclass(frozen=True)
+class SimulatorScript:
+    """What the simulated unit does by itself. Every interval 0 = never."""
+
+    exposure_interval_s: float = 0.0
+    exposure_time_s: float = 0.3
+    """How long the beam is on (scaled down from the 10-20 s of a real panoramic)."""
+    program: str = "panoramic"
+    fault_interval_s: float = 0.0
+    fault_duration_s: float = 3.0
+    noise_rate: float = 0.0
+    """Probability that a byte the unit sends is garbled."""
+    unplug_interval_s: float = 0.0
+    unplug_duration_s: float = 2.0
+    heartbeat_s: float = 1.0
+    clock_skew_s: float = 0.0
+    """The unit's clock minus the true time."""
+    seed: int | None = None
+
+
+class UnitSimulator:
+    """A virtual unit's controller on ``transport`` (a :class:`PtyTransport`, or a memory end in tests)."""
+
+    def __init__(
+        self,
+        transport: PtyTransport | MemoryTransport,
+        *,
+        serial: str = "SIM-0001",
+        model: str = "BTT Virtual Pano",
+        manufacturer: str = "BTT",
+        firmware: str = "sim-1.0",
+        script: SimulatorScript | None = None,
+        settings: LinkSettings | None = None,
+        max_version: int = PROTOCOL_VERSION,
+        min_version: int = MIN_PROTOCOL_VERSION,
+        image_sender: ImageSender | None = None,
+    ) -> None:
+        self.transport = transport
+        self.identity = Identify(model=model, serial=serial, firmware=firmware, manufacturer=manufacturer)
+        self.script = script or SimulatorScript()
+        self.image_sender = image_sender
+        self.rng = random.Random(self.script.seed)
+        if self.script.noise_rate > 0:
+            transport.tamper = noise(self.script.noise_rate, self.rng)
+        self.link = Link(
+            transport,
+            on_message=self._handle,
+            capabilities=UNIT_CAPABILITIES,
+            settings=settings,
+            max_version=max_version,
+            min_version=min_version,
+            name="simulator",
+        )
+        self.exposures: list[ExposureCompleted] = []
+        self.state = "ready"
+        self.faults: tuple[int, ...] = ()
+        self.heat_pct = 0
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the port and start the link and the script."""
+        self._stop.clear()
+        self.link.start()
+        loops: list[tuple[str, Callable[[], None]]] = [("heartbeat", self._heartbeats)]
+        if self.script.exposure_interval_s > 0:
+            loops.append(("exposures", self._exposures))
+        if self.script.fault_interval_s > 0:
+            loops.append(("faults", self._faults))
+        if self.script.unplug_interval_s > 0:
+            loops.append(("unplug", self._unplugs))
+        for name, target in loops:
+            thread = threading.Thread(target=target, name=f"simulator-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop everything and close the pty."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        self.link.stop()
+        if self.image_sender is not None:
+            self.image_sender.stop()
+
+    # --- what the unit does ---------------------------------------------------------------------------------
+
+    def unit_time_ms(self) -> int:
+        """The unit's clock (Unix ms), skewed as scripted."""
+        return int((time.time() + self.script.clock_skew_s) * 1000)
+
+    def status(self) -> Status:
+        """The unit's status message now."""
+        with self._lock:
+            return Status(
+                state=self.state,
+                heat_pct=self.heat_pct,
+                tube_temp_c=round(25.0 + self.heat_pct * 0.6, 1),
+                faults=self.faults,
+                unit_time_ms=self.unit_time_ms(),
+            )
+
+    def expose(self, program: str | None = None, *, duration_s: float | None = None) -> ExposureCompleted | None:
+        """The operator presses the exposure button: report start and completion, log it, send its image.
+
+        Returns ``None`` when the unit is faulted (a real unit does not expose then; the bridge never decides).
+        """
+        with self._lock:
+            if self.state == "fault":
+                return None
+            self.state = "busy"
+            exposure_id = len(self.exposures) + 1
+        program = program or self.script.program
+        kvp, ma = (70.0, 10.0) if program != "intraoral" else (60.0, 7.0)
+        started = self.unit_time_ms()
+        self._send(self.status())
+        self._send(ExposureStarted(exposure_id, program, kvp, ma, started))
+        duration = self.script.exposure_time_s if duration_s is None else duration_s
+        self._stop.wait(duration)
+        time_ms = max(1, round(duration * 1000))
+        exposure = ExposureCompleted(
+            exposure_id=exposure_id,
+            program=program,
+            kvp=kvp,
+            ma=ma,
+            time_ms=time_ms,
+            dap_mgy_cm2=round(kvp * ma * time_ms / 1000 * 0.015, 3),
+            started_ms=started,
+        )
+        with self._lock:
+            self.exposures.append(exposure)
+            self.state = "ready"
+            self.heat_pct = min(100, self.heat_pct + 5)
+        self._send(exposure)
+        self._send(self.status())
+        if self.image_sender is not None:
+            self.image_sender.submit(self.identity, exposure)
+        log.info("exposure %d (%s) done", exposure_id, program)
+        return exposure
+
+    def raise_fault(self, code: int) -> None:
+        """Enter the fault state with ``code``."""
+        with self._lock:
+            self.state, self.faults = "fault", (*self.faults, code)
+        self._send(self.status())
+
+    def clear_faults(self) -> None:
+        """Leave the fault state."""
+        with self._lock:
+            self.state, self.faults = "ready", ()
+        self._send(self.status())
+
+    def _send(self, message: Message) -> None:
+        with contextlib.suppress(BridgeError):
+            self.link.send(message)
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, GetIdentity):
+            self._send(self.identity)
+        elif isinstance(message, GetStatus):
+            self._send(self.status())
+        elif isinstance(message, ClockSync):
+            self._send(ClockSync(message.host_time_ms, self.unit_time_ms()))
+        elif isinstance(message, GetExposureLog):
+            with self._lock:
+                replay = [e for e in self.exposures if e.exposure_id > message.since_id]
+                last = len(self.exposures)
+            for exposure in replay:
+                self._send(exposure)
+            self._send(ExposureLogEnd(last_id=last, count=len(replay)))
+
+    # --- the script -----------------------------------------------------------------------------------------
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.script.heartbeat_s):
+            with self._lock:
+                self.heat_pct = max(0, self.heat_pct - 1)
+            if self.link.state == "connected":
+                self._send(Heartbeat(self.unit_time_ms(), int(time.monotonic() - self._started)))
+
+    def _exposures(self) -> None:
+        while not self._stop.wait(self.script.exposure_interval_s):
+            self.expose()
+
+    def _faults(self) -> None:
+        codes = list(FAULT_CODES)
+        n = 0
+        while not self._stop.wait(self.script.fault_interval_s):
+            self.raise_fault(codes[n % len(codes)])
+            n += 1
+            if self._stop.wait(self.script.fault_duration_s):
+                return
+            self.clear_faults()
+
+    def _unplugs(self) -> None:
+        while not self._stop.wait(self.script.unplug_interval_s):
+            log.info("unplugging the simulated unit for %g s", self.script.unplug_duration_s)
+            self.transport.unplug()
+            if self._stop.wait(self.script.unplug_duration_s):
+                return
+            self.transport.plug()
+
+
+def synthetic_panoramic(rng: np.random.Generator, height: int = 480, width: int = 960) -> np.ndarray:
+    """A 16-bit panoramic-like image: a dark field, a bright arch of teeth in bone, noise. Not anatomy."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy = width / 2, height * 0.15
+    # the jaws: an elliptical band of bone
+    r = np.hypot((xx - cx) / (width * 0.45), (yy - cy) / (height * 0.75))
+    image = 9000 * np.exp(-(((r - 1.0) / 0.18) ** 2))
+    # teeth along the occlusal line: two rows of bright rounded blocks
+    for row, sign in ((0.47, -1), (0.53, 1)):
+        for k in range(16):
+            tx = width * (0.12 + 0.76 * (k + 0.5) / 16)
+            tooth = np.exp(
+                -(((xx - tx) / (width * 0.018)) ** 4) - (((yy - height * (row + sign * 0.1)) / (height * 0.12)) ** 4)
+            )
+            image += 30000 * tooth * rng.uniform(0.8, 1.0)
+    image += rng.normal(0, 600, size=image.shape)
+    result: np.ndarray = np.clip(image + 2000, 0, 65535).astype(np.uint16)
+    return result
+
+
+class ImageSender:
+    """Sends the image of each exposure to the agent's SCP with C-STORE, in a background thread, retrying."""
+
+    def __init__(self, ae_title: str, host: str, port: int, *, calling_ae: str = "SIM_UNIT", attempts: int = 5) -> None:
+        self.ae_title, self.host, self.port = ae_title, host, port
+        self.calling_ae = calling_ae
+        self.attempts = attempts
+        self.sent = 0
+        self.failed = 0
+        self._queue: queue.Queue[tuple[Identify, ExposureCompleted] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="simulator-cstore", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def parse(cls, spec: str) -> ImageSender:
+        """``AE@HOST:PORT``."""
+        ae, at, rest = spec.partition("@")
+        host, colon, port = rest.rpartition(":")
+        if not (ae and at and host and colon and port.isdigit()):
+            raise BridgeError(f"--send-to {spec!r}: expected AE@HOST:PORT")
+        return cls(ae, host, int(port))
+
+    def submit(self, identity: Identify, exposure: ExposureCompleted) -> None:
+        """Queue the image of ``exposure``."""
+        self._queue.put((identity, exposure))
+
+    def stop(self) -> None:
+        """Finish what is queued (bounded by the retries) and stop."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            identity, exposure = item
+            dataset = image_dataset(identity, exposure)
+            for attempt in range(self.attempts):
+                status = self._store(dataset)
+                if status == 0:
+                    self.sent += 1
+                    break
+                log.warning(
+                    "C-STORE to %s@%s:%d failed (%s), attempt %d",
+                    self.ae_title,
+                    self.host,
+                    self.port,
+                    status,
+                    attempt + 1,
+                )
+                time.sleep(min(2**attempt, 10))
+            else:
+                self.failed += 1
+
+    def _store(self, dataset: Dataset) -> int | str:
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.calling_ae)
+        ae.add_requested_context(DX_PRESENTATION, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+        assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
+        if not assoc.is_established:
+            return "association rejected or no answer"
+        try:
+            response = assoc.send_c_store(dataset)
+        finally:
+            assoc.release()
+        return int(response.Status) if "Status" in response else "no response"
+
+
+DX_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
+"""Digital X-Ray Image Storage - For Presentation."""
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+
+
+def image_dataset(identity: Identify, exposure: ExposureCompleted) -> Dataset:
+    """The DICOM image a unit would send for ``exposure``: DX for presentation, modality PX, synthetic pixels."""
+    when = dt.datetime.fromtimestamp(exposure.started_ms / 1000, tz=dt.timezone.utc)
+    pixels = synthetic_panoramic(np.random.default_rng(exposure.exposure_id))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DX_PRESENTATION
+    ds.SOPClassUID = DX_PRESENTATION
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "SIMULATED^PATIENT"
+    ds.PatientID = f"SIM{exposure.exposure_id:06d}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = ds.ContentDate = ds.AcquisitionDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.ContentTime = ds.AcquisitionTime = when.strftime("%H%M%S.%f")
+    ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S.%f") + "+0000"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = str(exposure.exposure_id)
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Modality = "PX"
+    ds.Manufacturer = identity.manufacturer
+    ds.ManufacturerModelName = identity.model
+    ds.DeviceSerialNumber = identity.serial
+    ds.SoftwareVersions = identity.firmware
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.BodyPartExamined = "JAW"
+    ds.KVP = exposure.kvp
+    ds.ExposureTime = exposure.time_ms
+    ds.XRayTubeCurrent = round(exposure.ma)
+    ds.ImageAndFluoroscopyAreaDoseProduct = round(exposure.dap_mgy_cm2 / 100, 6)
+    ds.ImagerPixelSpacing = [0.1, 0.1]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    return ds

@@ -1,0 +1,384 @@
+"""The durable receipt book in the agent database, and the hook every component calls when a use happens.
+
+The hook
+--------
+::
+
+    from edge.db import transaction
+    from edge.receipts.receipts import Use
+
+    with transaction(conn):                       # the caller's own transaction
+        ...                                       # the state change (analysis done, exposure stored)
+        book.record(conn, Use(kind="analysis", units=1, bundle_id=..., bundle_version=...,
+                              output_digest="sha256:<hex>", study_uid=study_instance_uid))
+
+:meth:`ReceiptBook.record` writes the receipt inside the caller's open transaction (under a SAVEPOINT), so the
+receipt commits together with the state change that caused it, or neither does. It never raises:
+
+* rights exhausted or none granted: the use is recorded with ``overage_units`` (billed at settlement);
+* the box has no identity yet: the use is parked in ``receipt_pending`` and signed, in order, once it has one;
+* bad input or an unexpected failure: the receipt part is rolled back to the savepoint, the use is parked with
+  the error for a technician, and the error is logged; the caller's transaction is untouched.
+
+``study_uid`` is hashed with the box's secret salt (HMAC-SHA256) before anything is stored or signed.
+``output_digest`` is ``"<alg>:<hex>"``, e.g. ``"sha256:" + hashlib.sha256(result_bytes).hexdigest()``.
+
+Group commit
+------------
+:meth:`ReceiptBook.record_batch` records many uses in one transaction and one fsync, and returns only after
+the commit: acknowledged still means durable.
+
+Tables (component ``receipts``): ``receipts`` (one row per receipt: its canonical bytes and signature),
+``receipt_settlements``, ``receipt_grants`` (rights and balances), ``receipt_pending``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+from edge.db import migrate, transaction
+from edge.errors import IdentityError
+from edge.logs import event
+from edge.receipts import merkle
+from edge.receipts.encoding import canonical_bytes, decode, sha256_hex, signing_message
+from edge.receipts.grants import consume
+from edge.receipts.identity import DeviceIdentity, now_ms
+from edge.receipts.keys import seal
+from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, receipt_body
+from edge.receipts.settlement import SETTLEMENT, settlement_body
+from edge.receipts.verify import EXPORT
+
+__all__ = ["COMPONENT", "MIGRATIONS", "ReceiptBook"]
+
+log = logging.getLogger("edge.receipts")
+
+COMPONENT = "receipts"
+MIGRATIONS = [
+    """
+    CREATE TABLE receipts (
+        seq INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        keyid TEXT NOT NULL,
+        alg TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        right_id TEXT,
+        units INTEGER NOT NULL,
+        overage_units INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        sig BLOB NOT NULL
+    );
+    CREATE TABLE receipt_settlements (
+        batch INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        closed_ms INTEGER NOT NULL,
+        envelope TEXT NOT NULL
+    );
+    CREATE TABLE receipt_grants (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        units INTEGER NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        not_before_ms INTEGER NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        envelope TEXT NOT NULL
+    );
+    CREATE TABLE receipt_pending (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        use TEXT NOT NULL,
+        error TEXT
+    )
+    """,
+]
+
+_Head = tuple[int, str]
+
+
+class ReceiptBook:
+    """Signs uses into the receipt chain, closes settlements and exports, all in the agent database.
+
+    Thread-safe: every method works on the connection it is given, and the chain head is read inside that
+    connection's write transaction, so concurrent writers serialise on SQLite's write lock.
+    """
+
+    def __init__(self, identity: DeviceIdentity | None, *, clock: Callable[[], int] = now_ms) -> None:
+        self._identity = identity
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @property
+    def identity(self) -> DeviceIdentity | None:
+        return self._identity
+
+    @staticmethod
+    def migrate(conn: sqlite3.Connection) -> None:
+        """Create or upgrade the tables."""
+        migrate(conn, COMPONENT, MIGRATIONS)
+
+    # --- the hook ----------------------------------------------------------------------------------------
+
+    def record(self, conn: sqlite3.Connection, use: Use) -> Receipt | None:
+        """Record ``use`` inside the caller's open transaction; never raises (see the module docstring).
+
+        Returns the receipt, or None when the use was parked (no identity yet, or an error that is logged).
+        """
+        time_ms = self._clock()
+        try:
+            conn.execute("SAVEPOINT receipt")
+        except sqlite3.Error as exc:
+            event(log, "receipt not recorded", level=logging.ERROR, kind=str(use.kind), error=str(exc))
+            return None
+        try:
+            if self._identity is None:
+                self._park(conn, use, time_ms, None)
+                receipt = None
+            else:
+                receipt, _ = self._append(conn, use, time_ms, self._head(conn))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO receipt")
+            event(log, "receipt failed; use parked", level=logging.ERROR, kind=str(use.kind), error=str(exc))
+            try:
+                self._park(conn, use, time_ms, f"{type(exc).__name__}: {exc}")
+            except Exception as park_exc:
+                event(log, "use not parked", level=logging.ERROR, error=str(park_exc))
+                conn.execute("ROLLBACK TO receipt")
+            receipt = None
+        conn.execute("RELEASE receipt")
+        return receipt
+
+    def record_batch(self, conn: sqlite3.Connection, uses: Iterable[Use]) -> list[Receipt]:
+        """Group commit: sign and store every use in one transaction; returns after it is durable."""
+        self._require_identity()
+        out: list[Receipt] = []
+        with transaction(conn):
+            head = self._head(conn)
+            for use in uses:
+                receipt, head = self._append(conn, use, self._clock(), head)
+                out.append(receipt)
+        return out
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    def _require_identity(self) -> DeviceIdentity:
+        if self._identity is None:
+            raise IdentityError("this box has no device identity yet: run `btt-edge provision`")
+        return self._identity
+
+    @staticmethod
+    def _head(conn: sqlite3.Connection) -> _Head:
+        row = conn.execute("SELECT seq, hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+
+    def _append(self, conn: sqlite3.Connection, use: Use, time_ms: int, head: _Head) -> tuple[Receipt, _Head]:
+        identity = self._require_identity()
+        use.validate()
+        taken = consume(conn, use.kind, use.units, use.right_id, time_ms)
+        key = identity.key
+        seq = head[0] + 1
+        body = receipt_body(
+            device=identity.device_id,
+            keyid=key.keyid,
+            seq=seq,
+            prev=head[1],
+            time_ms=time_ms,
+            use=use,
+            overage_units=taken.overage_units,
+            right_id=taken.right_id,
+            study_digest=None if use.study_uid is None else identity.study_digest(use.study_uid),
+        )
+        data = canonical_bytes(body)
+        sig = key.sign(signing_message(RECEIPT, data))
+        digest = sha256_hex(data)
+        conn.execute(
+            "INSERT INTO receipts (seq, hash, keyid, alg, time_ms, kind, right_id, units, overage_units, body, sig)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                digest,
+                key.keyid,
+                key.alg,
+                time_ms,
+                use.kind,
+                taken.right_id,
+                use.units,
+                taken.overage_units,
+                data,
+                sig,
+            ),
+        )
+        receipt = Receipt(
+            identity.device_id,
+            key.keyid,
+            seq,
+            head[1],
+            time_ms,
+            use.kind,
+            use.units,
+            taken.overage_units,
+            taken.right_id,
+            digest,
+        )
+        if taken.overage_units:
+            event(
+                log,
+                "use beyond granted rights",
+                level=logging.WARNING,
+                seq=seq,
+                kind=use.kind,
+                overage_units=taken.overage_units,
+            )
+        return receipt, (seq, digest)
+
+    @staticmethod
+    def _park(conn: sqlite3.Connection, use: Use, time_ms: int, error: str | None) -> None:
+        conn.execute(
+            "INSERT INTO receipt_pending (time_ms, use, error) VALUES (?, ?, ?)",
+            (time_ms, json.dumps(asdict(use), default=str), error),
+        )
+
+    # --- identity arriving later ---------------------------------------------------------------------------
+
+    def adopt_identity(self, conn: sqlite3.Connection, identity: DeviceIdentity) -> int:
+        """Start signing with ``identity`` and sign the uses parked while the box had none; returns how many."""
+        with self._lock:
+            self._identity = identity
+        signed = 0
+        with transaction(conn):
+            head = self._head(conn)
+            rows = conn.execute("SELECT id, time_ms, use FROM receipt_pending WHERE error IS NULL ORDER BY id")
+            for row in rows.fetchall():
+                use = Use(**json.loads(row["use"]))
+                _, head = self._append(conn, use, int(row["time_ms"]), head)
+                conn.execute("DELETE FROM receipt_pending WHERE id = ?", (row["id"],))
+                signed += 1
+        if signed:
+            event(log, "parked uses signed", count=signed)
+        return signed
+
+    # --- settlement -------------------------------------------------------------------------------------
+
+    def unsettled(self, conn: sqlite3.Connection) -> tuple[int, int | None]:
+        """How many receipts no settlement covers yet, and the time of the oldest."""
+        row = conn.execute(
+            "SELECT count(*), min(time_ms) FROM receipts"
+            " WHERE seq > coalesce((SELECT max(last_seq) FROM receipt_settlements), 0)"
+        ).fetchone()
+        return int(row[0]), (None if row[1] is None else int(row[1]))
+
+    def close_batch(self, conn: sqlite3.Connection, max_receipts: int) -> dict[str, Any] | None:
+        """Close the next settlement over up to ``max_receipts`` unsettled receipts; None when there are none."""
+        identity = self._require_identity()
+        with transaction(conn):
+            last = conn.execute(
+                "SELECT batch, hash, last_seq FROM receipt_settlements ORDER BY batch DESC LIMIT 1"
+            ).fetchone()
+            batch, prev, last_seq = (0, GENESIS, 0) if last is None else (int(last[0]), str(last[1]), int(last[2]))
+            rows = conn.execute(
+                "SELECT seq, hash, keyid, time_ms, kind, right_id, units, overage_units, body FROM receipts"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last_seq, max_receipts),
+            ).fetchall()
+            if not rows:
+                return None
+            receipts = [
+                Receipt(
+                    identity.device_id,
+                    r["keyid"],
+                    r["seq"],
+                    "",
+                    r["time_ms"],
+                    r["kind"],
+                    r["units"],
+                    r["overage_units"],
+                    r["right_id"],
+                    r["hash"],
+                )
+                for r in rows
+            ]
+            root = merkle.root([merkle.leaf_hash(bytes(r["body"])) for r in rows]).hex()
+            body = settlement_body(
+                device=identity.device_id,
+                keyid=identity.key.keyid,
+                batch=batch + 1,
+                prev=prev,
+                receipts=receipts,
+                root=root,
+                closed_ms=self._clock(),
+            )
+            envelope = seal(SETTLEMENT, body, identity.key)
+            conn.execute(
+                "INSERT INTO receipt_settlements (batch, hash, first_seq, last_seq, closed_ms, envelope)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    batch + 1,
+                    sha256_hex(canonical_bytes(body)),
+                    body["first_seq"],
+                    body["last_seq"],
+                    body["closed_ms"],
+                    canonical_bytes(envelope).decode("utf-8"),
+                ),
+            )
+        event(
+            log,
+            "settlement closed",
+            batch=batch + 1,
+            first_seq=body["first_seq"],
+            last_seq=body["last_seq"],
+            root=root[:16],
+        )
+        return envelope
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def envelope(row: Mapping[str, Any]) -> dict[str, Any]:
+        """The receipt envelope of a ``receipts`` row."""
+        return {
+            "signed": decode(bytes(row["body"])),
+            "signatures": [{"alg": row["alg"], "keyid": row["keyid"], "sig": bytes(row["sig"]).hex()}],
+        }
+
+    def receipts(self, conn: sqlite3.Connection, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Receipt envelopes with ``seq > after_seq`` in order."""
+        rows = conn.execute(
+            "SELECT body, alg, keyid, sig FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, -1 if limit is None else limit),
+        ).fetchall()
+        return [self.envelope(row) for row in rows]
+
+    @staticmethod
+    def settlements(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        """Settlement envelopes in batch order."""
+        rows = conn.execute("SELECT envelope FROM receipt_settlements ORDER BY batch").fetchall()
+        return [decode(row[0]) for row in rows]
+
+    def export(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        """Everything a verifier needs, as one JSON-ready document (no patient data: study digests only)."""
+        identity = self._require_identity()
+        conn.execute("BEGIN")
+        try:
+            doc = {
+                "type": EXPORT,
+                "format": 1,
+                "device": identity.device_id,
+                "exported_ms": self._clock(),
+                "certificates": [identity.certificate],
+                "receipts": self.receipts(conn),
+                "settlements": self.settlements(conn),
+                "grants": [decode(row[0]) for row in conn.execute("SELECT envelope FROM receipt_grants ORDER BY id")],
+                "pending_uses": int(conn.execute("SELECT count(*) FROM receipt_pending").fetchone()[0]),
+            }
+        finally:
+            conn.execute("COMMIT")
+        return doc

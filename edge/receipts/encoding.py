@@ -1,0 +1,118 @@
+"""Canonical encoding: the bytes that get hashed and signed.
+
+We use the JSON Canonicalization Scheme (RFC 8785, "JCS") restricted to the subset our structures need:
+objects with ASCII keys, arrays, strings, booleans, null and integers in the I-JSON safe range
+``[-(2**53 - 1), 2**53 - 1]``. Floats are refused (money is integer minor units, time is integer
+milliseconds). On that subset JCS is exactly ``json.dumps(sort_keys=True, separators=(",", ":"),
+ensure_ascii=False)`` encoded as UTF-8: keys sort by code point (the same as JCS's UTF-16 order for ASCII),
+integers print as themselves, and string escaping matches ECMAScript's ``JSON.stringify``.
+
+Why JSON and not deterministic CBOR/COSE: receipts are read by technicians and auditors, exported as JSON,
+stored by the relay as JSON, and every language has a JCS implementation; the signed bytes are re-derived from
+the parsed object as TUF does, so the export stays plain readable JSON.
+
+:func:`canonical_bytes` validates then encodes (signers use it). :func:`encode_unchecked` skips the walk: a
+verifier may use it on parsed input because a value outside the subset yields bytes no signer produced, so the
+signature check fails. :func:`decode` parses strictly (no duplicate keys, no floats, no NaN).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from typing import Any
+
+from edge.errors import EncodingError
+
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "canonical_bytes",
+    "decode",
+    "encode_unchecked",
+    "sha256_hex",
+    "signing_message",
+]
+
+MAX_SAFE_INTEGER = 2**53 - 1
+_SIGNING_PREFIX = b"BTT-EDGE-SIG/1\x00"
+
+if c_make_encoder is not None:  # CPython's C encoder, built once: the verifier's hot path
+    _c_encoder = c_make_encoder(None, None, encode_basestring, None, ":", ",", True, False, False)
+
+    def encode_unchecked(value: Any) -> bytes:
+        """Canonical bytes of ``value`` without validating it (see the module docstring)."""
+        return "".join(_c_encoder(value, 0)).encode("utf-8")
+
+else:  # pragma: no cover - Python builds without the _json accelerator
+
+    def encode_unchecked(value: Any) -> bytes:
+        """Canonical bytes of ``value`` without validating it (see the module docstring)."""
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _check(value: Any, path: str) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise EncodingError(f"{path}: integer {value} is outside the safe range ±(2**53 - 1)")
+        return
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EncodingError(f"{path}: string is not valid Unicode (lone surrogate)") from exc
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key.isascii():
+                raise EncodingError(f"{path}: object key {key!r} must be an ASCII string")
+            _check(item, f"{path}.{key}")
+        return
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        for i, item in enumerate(value):
+            _check(item, f"{path}[{i}]")
+        return
+    raise EncodingError(f"{path}: {type(value).__name__} has no canonical encoding (floats are not allowed)")
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The RFC 8785 canonical UTF-8 bytes of ``value``; :class:`EncodingError` outside the subset."""
+    _check(value, "$")
+    return encode_unchecked(value)
+
+
+def _no_float(text: str) -> Any:
+    raise EncodingError(f"number {text} is not an integer")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EncodingError(f"duplicate object key {key!r}")
+        out[key] = value
+    return out
+
+
+def decode(data: bytes | str) -> Any:
+    """Parse JSON strictly: duplicate keys, floats, NaN and Infinity raise :class:`EncodingError`."""
+    try:
+        return json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_float)
+    except (ValueError, RecursionError) as exc:
+        raise EncodingError(f"not valid JSON: {exc}") from exc
+
+
+def signing_message(kind: str, body: bytes) -> bytes:
+    """Domain-separated bytes to sign: a fixed prefix, the structure's type, NUL, its canonical bytes.
+
+    A signature over one type (a receipt) can never be replayed as another (a settlement or a certificate).
+    """
+    return _SIGNING_PREFIX + kind.encode("ascii") + b"\x00" + body
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,144 @@
+"""Service rights (grants): signed by an issuer the device trusts, verified offline, balances kept locally.
+
+A grant (type ``grant``) gives a clinic (``holder``) ``units`` uses of one service ``kind`` on one ``asset``
+within ``[not_before_ms, not_after_ms)``, at ``unit_price`` per unit prepaid and ``overage_price`` per unit
+used beyond it. :func:`verify_grant` is pure. The rest keeps balances in the agent database (tables from
+:mod:`edge.receipts.book`), always inside the caller's transaction.
+
+Safety rule: :func:`consume` never refuses. When no right covers a use, the uncovered units come back as
+``overage`` and the use is recorded and billed at settlement.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge.errors import MalformedRecord, RightsError, UntrustedIssuer
+from edge.receipts.encoding import canonical_bytes
+from edge.receipts.keys import PublicKey, check_signature, signed_part
+from edge.receipts.money import Money
+from edge.receipts.records import KIND_RE, get_id, get_int
+
+__all__ = ["GRANT", "Consumption", "Grant", "consume", "install_grant", "list_grants", "verify_grant"]
+
+GRANT = "grant"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A verified right."""
+
+    id: str
+    issuer_keyid: str
+    holder: str
+    asset: str
+    kind: str
+    units: int
+    not_before_ms: int
+    not_after_ms: int
+    unit_price: Money
+    overage_price: Money
+
+
+def verify_grant(envelope: Any, issuers: Mapping[str, PublicKey]) -> Grant:
+    """Check a grant's signature against trusted ``issuers`` (by key id) and parse it."""
+    signed = signed_part(envelope, GRANT)
+    what = "grant"
+    issuer = signed.get("issuer")
+    key = issuers.get(issuer) if isinstance(issuer, str) else None
+    if key is None:
+        raise UntrustedIssuer(f"grant {signed.get('id')!r}: issuer {issuer!r:.24} is not trusted")
+    check_signature(GRANT, envelope, key)
+    if signed.get("format") != 1:
+        raise MalformedRecord(f"{what}: unsupported format {signed.get('format')!r}")
+    grant = Grant(
+        id=get_id(signed, "id", what),
+        issuer_keyid=key.keyid,
+        holder=get_id(signed, "holder", what),
+        asset=get_id(signed, "asset", what),
+        kind=get_id(signed, "kind", what, KIND_RE),
+        units=get_int(signed, "units", what, lo=1),
+        not_before_ms=get_int(signed, "not_before_ms", what),
+        not_after_ms=get_int(signed, "not_after_ms", what),
+        unit_price=Money.from_json(signed.get("unit_price")),
+        overage_price=Money.from_json(signed.get("overage_price")),
+    )
+    if grant.not_after_ms <= grant.not_before_ms:
+        raise MalformedRecord(f"grant {grant.id}: empty validity window")
+    return grant
+
+
+def install_grant(conn: sqlite3.Connection, envelope: Any, issuers: Mapping[str, PublicKey], asset: str) -> Grant:
+    """Verify a grant and add it to the local balances (idempotent for the same grant)."""
+    grant = verify_grant(envelope, issuers)
+    if grant.asset != asset:
+        raise RightsError(f"grant {grant.id} is for asset {grant.asset!r}, this device is {asset!r}")
+    body = canonical_bytes(envelope["signed"])
+    row = conn.execute("SELECT body FROM receipt_grants WHERE id = ?", (grant.id,)).fetchone()
+    if row is not None:
+        if bytes(row[0]) != body:
+            raise RightsError(f"grant {grant.id} is installed already with different content")
+        return grant
+    conn.execute(
+        "INSERT INTO receipt_grants (id, kind, holder, units, used, not_before_ms, not_after_ms, body, envelope)"
+        " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
+        (
+            grant.id,
+            grant.kind,
+            grant.holder,
+            grant.units,
+            grant.not_before_ms,
+            grant.not_after_ms,
+            body,
+            canonical_bytes(envelope).decode("utf-8"),
+        ),
+    )
+    return grant
+
+
+@dataclass(frozen=True)
+class Consumption:
+    """What one use consumed: the right (if any), and units beyond rights."""
+
+    right_id: str | None
+    overage_units: int
+
+
+def consume(conn: sqlite3.Connection, kind: str, units: int, right_id: str | None, at_ms: int) -> Consumption:
+    """Take ``units`` of ``kind`` from a right; never refuses (uncovered units are overage).
+
+    With ``right_id``, that right is used if it is of this kind and valid at ``at_ms``; otherwise the valid
+    right of this kind that expires first and still has units. With no usable right, the first valid right of
+    the kind (even if exhausted) is named so overage is billed at its price; with none, ``right_id`` is None.
+    """
+    row = None
+    if right_id is not None:
+        row = conn.execute(
+            "SELECT id, units, used FROM receipt_grants"
+            " WHERE id = ? AND kind = ? AND not_before_ms <= ? AND ? < not_after_ms",
+            (right_id, kind, at_ms, at_ms),
+        ).fetchone()
+    if row is None:
+        row = conn.execute(
+            "SELECT id, units, used FROM receipt_grants WHERE kind = ? AND not_before_ms <= ? AND ? < not_after_ms"
+            " ORDER BY used >= units, not_after_ms, id LIMIT 1",
+            (kind, at_ms, at_ms),
+        ).fetchone()
+    if row is None:
+        return Consumption(None, units)
+    covered = max(0, min(units, int(row[1]) - int(row[2])))
+    if covered:
+        conn.execute("UPDATE receipt_grants SET used = used + ? WHERE id = ?", (covered, row[0]))
+    return Consumption(str(row[0]), units - covered)
+
+
+def list_grants(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Installed grants with their balances, for the CLI."""
+    rows = conn.execute(
+        "SELECT id, kind, holder, units, used, not_before_ms, not_after_ms FROM receipt_grants"
+        " ORDER BY not_after_ms, id"
+    ).fetchall()
+    return [dict(row) | {"remaining": max(0, int(row["units"]) - int(row["used"]))} for row in rows]

@@ -1,0 +1,238 @@
+"""Signing keys with an algorithm identifier and a key id, and the signed envelope every structure uses.
+
+A key is ``(alg, public bytes)``; its key id is the SHA-256 of the canonical JSON ``{"alg": ..., "public":
+hex}``, so ids never collide across algorithms. Ed25519 (PyNaCl) is the first algorithm; a post-quantum one
+(e.g. ML-DSA) is added by registering its sign/verify functions in ``_ALGORITHMS``: every signed structure
+already names the algorithm and key id, and an envelope holds a list of signatures so a hybrid
+(ed25519 + PQ) signature fits without a format change.
+
+An envelope is ``{"signed": {...}, "signatures": [{"alg", "keyid", "sig"}]}``; the signature covers
+:func:`~edge.receipts.encoding.signing_message` of the structure's ``type`` and the canonical bytes of
+``signed``. Key files are JSON; private ones are written atomically with mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nacl.bindings
+import nacl.exceptions
+
+from edge.durable import atomic_write_bytes
+from edge.errors import BadSignature, EncodingError, IdentityError, MalformedRecord
+from edge.receipts.encoding import canonical_bytes, decode, encode_unchecked, sha256_hex, signing_message
+
+__all__ = [
+    "ED25519",
+    "PrivateKey",
+    "PublicKey",
+    "check_signature",
+    "generate_key",
+    "load_private_key",
+    "load_public_key",
+    "save_private_key",
+    "save_public_key",
+    "seal",
+    "signature_for",
+    "signed_part",
+]
+
+ED25519 = "ed25519"
+
+
+def _ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
+
+
+def _ed25519_signer(seed: bytes) -> Callable[[bytes], bytes]:
+    secret = nacl.bindings.crypto_sign_seed_keypair(seed)[1]
+    return lambda message: nacl.bindings.crypto_sign(message, secret)[:64]
+
+
+def _ed25519_public(seed: bytes) -> bytes:
+    return nacl.bindings.crypto_sign_seed_keypair(seed)[0]
+
+
+@dataclass(frozen=True)
+class _Algorithm:
+    public_len: int
+    signature_len: int
+    verify: Callable[[bytes, bytes, bytes], bool]
+    signer: Callable[[bytes], Callable[[bytes], bytes]]
+    public_from_secret: Callable[[bytes], bytes]
+    generate_secret: Callable[[], bytes]
+
+
+_ALGORITHMS: dict[str, _Algorithm] = {
+    ED25519: _Algorithm(32, 64, _ed25519_verify, _ed25519_signer, _ed25519_public, lambda: os.urandom(32)),
+}
+
+
+def _algorithm(alg: Any) -> _Algorithm:
+    found = _ALGORITHMS.get(alg) if isinstance(alg, str) else None
+    if found is None:
+        raise MalformedRecord(f"unsupported signature algorithm {alg!r} (known: {', '.join(_ALGORITHMS)})")
+    return found
+
+
+def _unhex(value: Any, what: str, length: int | None = None) -> bytes:
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        raw = None
+    if raw is None or (length is not None and len(raw) != length):
+        raise MalformedRecord(f"{what}: expected {length or 'some'} bytes as hex, got {value!r:.80}")
+    return raw
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A public key: algorithm identifier and raw bytes."""
+
+    alg: str
+    key: bytes
+    keyid: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) != _algorithm(self.alg).public_len:
+            raise MalformedRecord(f"{self.alg} public key must be {_algorithm(self.alg).public_len} bytes")
+        object.__setattr__(self, "keyid", sha256_hex(canonical_bytes(self.to_json())))
+
+    def to_json(self) -> dict[str, str]:
+        """``{"alg": ..., "public": hex}``: the form embedded in certificates and key files."""
+        return {"alg": self.alg, "public": self.key.hex()}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> PublicKey:
+        """Parse ``{"alg", "public"}``; :class:`MalformedRecord` when malformed."""
+        if not isinstance(doc, Mapping):
+            raise MalformedRecord("public key: expected an object")
+        alg = _algorithm(doc.get("alg"))
+        return cls(str(doc["alg"]), _unhex(doc.get("public"), "public key", alg.public_len))
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """True when ``signature`` is this key's signature of ``message``."""
+        return _ALGORITHMS[self.alg].verify(self.key, message, signature)
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    """A private key (the secret never leaves this object except to its 0600 key file)."""
+
+    alg: str
+    secret: bytes = field(repr=False)
+    public: PublicKey = field(init=False)
+    _sign: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        alg = _algorithm(self.alg)
+        object.__setattr__(self, "public", PublicKey(self.alg, alg.public_from_secret(self.secret)))
+        object.__setattr__(self, "_sign", alg.signer(self.secret))  # expanded once, not per signature
+
+    @property
+    def keyid(self) -> str:
+        """The key id of the public half."""
+        return self.public.keyid
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign ``message``."""
+        return self._sign(message)
+
+
+def generate_key(alg: str = ED25519) -> PrivateKey:
+    """A fresh private key from the OS random source."""
+    return PrivateKey(alg, _algorithm(alg).generate_secret())
+
+
+def seal(kind: str, signed: Mapping[str, Any], key: PrivateKey) -> dict[str, Any]:
+    """Sign ``signed`` (whose ``type`` is ``kind``) and return the envelope."""
+    if signed.get("type") != kind:
+        raise EncodingError(f"structure type {signed.get('type')!r} is not {kind!r}")
+    body = canonical_bytes(signed)
+    sig = key.sign(signing_message(kind, body))
+    return {"signed": dict(signed), "signatures": [{"alg": key.alg, "keyid": key.keyid, "sig": sig.hex()}]}
+
+
+def signed_part(envelope: Any, kind: str) -> Mapping[str, Any]:
+    """The ``signed`` object of an envelope of type ``kind``, unverified; :class:`MalformedRecord` otherwise."""
+    signed = envelope.get("signed") if isinstance(envelope, Mapping) else None
+    if not isinstance(signed, Mapping):
+        raise MalformedRecord(f"{kind}: not an envelope with a 'signed' object")
+    if signed.get("type") != kind:
+        raise MalformedRecord(f"{kind}: type is {signed.get('type')!r}")
+    return signed
+
+
+def signature_for(envelope: Mapping[str, Any], keyid: str) -> tuple[str, bytes]:
+    """The ``(alg, signature)`` by ``keyid`` in ``envelope``; :class:`BadSignature` when there is none."""
+    sigs = envelope.get("signatures")
+    if isinstance(sigs, list):
+        for entry in sigs:
+            if isinstance(entry, Mapping) and entry.get("keyid") == keyid:
+                return str(entry.get("alg")), _unhex(entry.get("sig"), "signature")
+    raise BadSignature(f"no signature by key {keyid[:16]}")
+
+
+def check_signature(kind: str, envelope: Mapping[str, Any], key: PublicKey, body: bytes | None = None) -> bytes:
+    """Verify ``key``'s signature on the envelope; return the canonical bytes of ``signed``.
+
+    :class:`BadSignature` when the signature is missing, of another algorithm, or does not verify.
+    """
+    alg, sig = signature_for(envelope, key.keyid)
+    if body is None:
+        body = encode_unchecked(envelope["signed"])
+    if alg != key.alg or not key.verify(signing_message(kind, body), sig):
+        raise BadSignature(f"{kind}: signature by key {key.keyid[:16]} does not verify")
+    return body
+
+
+def save_private_key(path: Path, key: PrivateKey) -> None:
+    """Write ``key`` to ``path`` atomically, readable by the owner only (0600)."""
+    doc = {"alg": key.alg, "secret": key.secret.hex(), "keyid": key.keyid}
+    atomic_write_bytes(path, canonical_bytes(doc) + b"\n", mode=0o600)
+
+
+def save_public_key(path: Path, key: PublicKey) -> None:
+    """Write the public key file ``{"alg", "public", "keyid"}`` atomically."""
+    atomic_write_bytes(path, canonical_bytes({**key.to_json(), "keyid": key.keyid}) + b"\n")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return decode(path.read_bytes())
+    except OSError as exc:
+        raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except EncodingError as exc:
+        raise IdentityError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    """Read a private key file; :class:`IdentityError` when unreadable, malformed or group/world readable."""
+    doc = _read_json(path, "private key")
+    try:
+        if path.stat().st_mode & 0o077:
+            raise IdentityError(f"private key {path} is readable by others; chmod 600 it")
+        _algorithm(doc.get("alg"))
+        key = PrivateKey(str(doc["alg"]), _unhex(doc.get("secret"), "secret"))
+    except (MalformedRecord, AttributeError) as exc:
+        raise IdentityError(f"private key {path} is malformed: {exc}") from exc
+    return key
+
+
+def load_public_key(path: Path) -> PublicKey:
+    """Read a public key file (a private key file is refused, so a secret is never passed as trust)."""
+    doc = _read_json(path, "public key")
+    if isinstance(doc, Mapping) and "secret" in doc:
+        raise IdentityError(f"{path} is a private key; give the public key file")
+    try:
+        return PublicKey.from_json(doc)
+    except MalformedRecord as exc:
+        raise IdentityError(f"public key {path} is malformed: {exc}") from exc

@@ -1,0 +1,139 @@
+"""The receipt: one signed record per use of the equipment, linked into a per-device hash chain.
+
+A receipt (type ``receipt``, ``format`` 1) holds: ``device`` and ``keyid`` (who signed), ``seq`` (1, 2, 3 ...
+per device, never reused), ``prev`` (the hash of the previous receipt, 64 zeros for the first), ``time_ms``,
+the service ``kind`` and ``units``, ``overage_units`` (the part beyond granted rights, billed at settlement),
+``right`` (the grant consumed, or null), the model ``bundle_id`` and ``bundle_version`` (null for an exposure),
+``output_digest`` (``<alg>:<hex>`` of the result) and ``study_digest`` (a keyed hash of the study identifier
+under the box's secret salt: never a patient identifier or UID in clear).
+
+A receipt's hash is the SHA-256 of its canonical bytes (the ``signed`` part); it is what ``prev`` links to and,
+as RFC 9162 leaf data, what a settlement's Merkle tree covers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge.errors import MalformedRecord
+from edge.receipts.records import ID_RE, KIND_RE
+
+__all__ = ["GENESIS", "RECEIPT", "Receipt", "Use", "parse_receipt", "receipt_body"]
+
+RECEIPT = "receipt"
+GENESIS = "0" * 64
+"""``prev`` of the first receipt of a device."""
+_DIGEST_RE = re.compile(r"^[a-z0-9-]{1,32}:[0-9a-f]{32,128}$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_UNITS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Use:
+    """One use of the equipment, as a component reports it to :meth:`ReceiptBook.record`.
+
+    ``study_uid`` is hashed with the box's secret salt before anything is stored or signed.
+    """
+
+    kind: str
+    units: int = 1
+    right_id: str | None = None
+    bundle_id: str | None = None
+    bundle_version: str | None = None
+    output_digest: str | None = None
+    study_uid: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`MalformedRecord` naming the first bad field."""
+        if not isinstance(self.kind, str) or not KIND_RE.match(self.kind):
+            raise MalformedRecord(f"use: kind {self.kind!r} must match {KIND_RE.pattern}")
+        if type(self.units) is not int or not 1 <= self.units <= _MAX_UNITS:
+            raise MalformedRecord(f"use: units {self.units!r} must be an integer from 1 to {_MAX_UNITS}")
+        if self.right_id is not None and not (isinstance(self.right_id, str) and ID_RE.match(self.right_id)):
+            raise MalformedRecord(f"use: right_id {self.right_id!r} is not a valid identifier")
+        for name in ("bundle_id", "bundle_version", "study_uid"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and 0 < len(value) <= 256):
+                raise MalformedRecord(f"use: {name} must be a string of 1-256 characters")
+        if self.output_digest is not None and not (
+            isinstance(self.output_digest, str) and _DIGEST_RE.match(self.output_digest)
+        ):
+            raise MalformedRecord(f"use: output_digest {self.output_digest!r:.40} must look like 'sha256:<hex>'")
+
+
+def receipt_body(
+    *,
+    device: str,
+    keyid: str,
+    seq: int,
+    prev: str,
+    time_ms: int,
+    use: Use,
+    overage_units: int,
+    right_id: str | None,
+    study_digest: str | None,
+) -> dict[str, Any]:
+    """The ``signed`` part of a receipt."""
+    return {
+        "type": RECEIPT,
+        "format": 1,
+        "device": device,
+        "keyid": keyid,
+        "seq": seq,
+        "prev": prev,
+        "time_ms": time_ms,
+        "kind": use.kind,
+        "units": use.units,
+        "overage_units": overage_units,
+        "right": right_id,
+        "bundle_id": use.bundle_id,
+        "bundle_version": use.bundle_version,
+        "output_digest": use.output_digest,
+        "study_digest": study_digest,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The fields a verifier and the payout need from a receipt."""
+
+    device: str
+    keyid: str
+    seq: int
+    prev: str
+    time_ms: int
+    kind: str
+    units: int
+    overage_units: int
+    right: str | None
+    hash: str
+
+
+_OPTIONAL_STR = ("bundle_id", "bundle_version", "output_digest", "study_digest")
+
+
+def parse_receipt(signed: Mapping[str, Any], digest: str) -> Receipt:
+    """Check a receipt's fields (types and ranges) and return them with its hash ``digest``."""
+    try:
+        seq, prev, time_ms = signed["seq"], signed["prev"], signed["time_ms"]
+        units, overage, right = signed["units"], signed["overage_units"], signed["right"]
+        device, keyid, kind = signed["device"], signed["keyid"], signed["kind"]
+        optional = [signed[name] for name in _OPTIONAL_STR]
+    except KeyError as exc:
+        raise MalformedRecord(f"receipt: field {exc.args[0]!r} is missing") from None
+    if signed["format"] != 1:
+        raise MalformedRecord(f"receipt: unsupported format {signed['format']!r}")
+    if not (type(seq) is int and seq >= 1 and type(time_ms) is int and type(units) is int and type(overage) is int):
+        raise MalformedRecord(f"receipt {seq!r:.20}: seq, time_ms, units and overage_units must be integers")
+    if not 0 <= overage <= units or units < 1:
+        raise MalformedRecord(f"receipt {seq}: overage_units must be within 0..units and units >= 1")
+    if not (type(device) is str and type(keyid) is str and type(kind) is str and type(prev) is str):
+        raise MalformedRecord(f"receipt {seq}: device, keyid, kind and prev must be strings")
+    if not _HEX64_RE.match(prev):
+        raise MalformedRecord(f"receipt {seq}: prev must be 64 hex digits")
+    if not (right is None or type(right) is str) or any(v is not None and type(v) is not str for v in optional):
+        raise MalformedRecord(f"receipt {seq}: right and the digests must be strings or null")
+    return Receipt(device, keyid, seq, prev, time_ms, kind, units, overage, right, digest)

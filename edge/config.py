@@ -34,7 +34,9 @@ __all__ = [
     "AgentConfig",
     "AgentSection",
     "DicomConfig",
+    "ReceiptsConfig",
     "RetentionConfig",
+    "UnitConfig",
     "bounded",
     "load_config",
     "with_overrides",
@@ -77,8 +79,9 @@ class DicomConfig:
     """Free-space reserve on the data disk. Below it, C-STORE answers 0xA700 (out of resources)."""
     max_pdu_bytes: int = bounded(4_194_304, lo=0)
     """Maximum PDU length we receive (0 = unlimited). Large PDUs mean fewer reads per image."""
-    duplicate_policy: Literal["keep", "replace"] = "keep"
-    """Same SOP Instance UID with different content: ``keep`` the first (and log), or ``replace`` it."""
+    duplicate_policy: Literal["keep", "replace", "reject"] = "keep"
+    """Same SOP Instance UID with different content: ``keep`` the first (and log), ``replace`` it, or ``reject``
+    the new copy with status 0x0111 (duplicate SOP instance). Identical copies are always acknowledged."""
     acse_timeout_s: float = bounded(30.0, lo=1, hi=3600)
     dimse_timeout_s: float = bounded(60.0, lo=1, hi=3600)
     network_timeout_s: float = bounded(60.0, lo=1, hi=3600)
@@ -102,12 +105,74 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class UnitConfig:
+    """``[unit]``: the serial link to the X-ray unit's controller (``firmware_bridge``). It only listens and asks:
+    it never commands or blocks an exposure."""
+
+    port: str = ""
+    """Serial port of the unit, best a stable udev name (``/dev/serial/by-id/...``). Empty: no unit link."""
+    baudrate: int = bounded(115200, lo=1200, hi=4_000_000)
+    parity: Literal["none", "even", "odd"] = "none"
+    driver: str = "reference"
+    """``reference`` (this bridge's protocol) or a manufacturer's driver as ``package.module:factory``."""
+    read_timeout_s: float = bounded(0.1, lo=0.001, hi=10)
+    ack_timeout_s: float = bounded(0.25, lo=0.005, hi=30)
+    """A DATA frame not acknowledged within this is sent again."""
+    max_retries: int = bounded(8, lo=0, hi=100)
+    """Retransmissions before the link re-handshakes (the message is kept and sent after)."""
+    hello_interval_s: float = bounded(1.0, lo=0.01, hi=60)
+    peer_timeout_s: float = bounded(5.0, lo=0, hi=3600)
+    """No heartbeat or message from the unit for this long: the link counts as down. 0 = never."""
+    reopen_initial_s: float = bounded(0.5, lo=0.01, hi=60)
+    """First delay before reopening a lost port; doubles up to ``reopen_max_s``."""
+    reopen_max_s: float = bounded(10.0, lo=0.01, hi=600)
+    resync_interval_s: float = bounded(60.0, lo=0.1, hi=86400)
+    """How often the agent asks for the unit's exposure log since the last exposure it recorded."""
+    match_window_s: float = bounded(120.0, lo=1, hi=86400)
+    """An image matches an exposure of the same unit whose start is this close to its acquisition time."""
+    match_grace_s: float = bounded(600.0, lo=1, hi=604800)
+    """After this long unmatched, an exposure is recorded as without image, an image as without exposure."""
+    match_interval_s: float = bounded(5.0, lo=0.05, hi=3600)
+    """How often images are matched to exposures and the link status is saved."""
+
+
+@dataclass(frozen=True)
+class ReceiptsConfig:
+    """``[receipts]``: service-right receipts and settlement (``edge.receipts``)."""
+
+    enabled: bool = True
+    """Record a signed receipt for every use and close settlements. Off: no book, no settlement service."""
+    manufacturer_key: str = ""
+    """Manufacturer *private* key file (factory line, demo): a fresh data directory is provisioned with a device
+    identity on the first ``run``. Empty: provision with ``btt-edge provision``."""
+    trust_keys: tuple[str, ...] = ()
+    """Manufacturer public key files the box checks its own certificate against at start. Empty: not checked."""
+    issuer_keys: tuple[str, ...] = ()
+    """Public key files of the rights issuers whose grants the box accepts."""
+    device_id: str = ""
+    """Device identifier written into the certificate at provisioning. Empty: ``btt-<key id prefix>``."""
+    asset_id: str = ""
+    """The asset grants must name (the unit or this box). Empty: the device id."""
+    settle_interval_s: float = bounded(3600.0, lo=1, hi=2_678_400)
+    """Close a settlement when the oldest unsettled receipt is this old."""
+    settle_max_receipts: int = bounded(1000, lo=1, hi=1_000_000)
+    """Close a settlement as soon as this many receipts are unsettled (also the most one settlement covers)."""
+    check_interval_s: float = bounded(5.0, lo=0.05, hi=3600)
+    """How often the settlement service looks at the unsettled receipts."""
+    dev_mode: bool = False
+    """Demo only: with no ``manufacturer_key``, create a DEVELOPMENT manufacturer key under ``<data_dir>/keys``
+    and provision with it on the first ``run`` (logged loudly; such receipts are worthless to a real relay)."""
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration, one attribute per TOML section."""
 
     agent: AgentSection = field(default_factory=AgentSection)
     dicom: DicomConfig = field(default_factory=DicomConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    unit: UnitConfig = field(default_factory=UnitConfig)
+    receipts: ReceiptsConfig = field(default_factory=ReceiptsConfig)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

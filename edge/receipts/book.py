@@ -233,7 +233,6 @@ class ReceiptBook:
             event(
                 log,
                 "use beyond granted rights",
-                level=logging.WARNING,
                 seq=seq,
                 kind=use.kind,
                 overage_units=taken.overage_units,

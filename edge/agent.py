@@ -69,5 +69,17 @@ class Agent:
 
 def build_agent(config: AgentConfig) -> Agent:
     """Wire every component from ``config``."""
-    services: list[Service] = []
+    from edge.ingest.scp import StorageSCP
+    from edge.receipts.service import SettlementService, open_book
+    from edge.store.image_store import ImageStore
+    from edge.store.retention import Pruner
+
+    data_dir = config.agent.data_dir
+    store = ImageStore(data_dir, min_free_mb=config.dicom.min_free_mb, duplicate_policy=config.dicom.duplicate_policy)
+    # The receipt book: pass it to every component where a use happens (pipeline, unit bridge); they call
+    # book.record(conn, Use(...)) inside their own transaction. None when [receipts] enabled = false.
+    book = open_book(config) if config.receipts.enabled else None
+    services: list[Service] = [store, StorageSCP(config.dicom, store), Pruner(config.retention, data_dir)]
+    if book is not None:
+        services.append(SettlementService(config, book))
     return Agent(config, services)

@@ -17,8 +17,11 @@ from edge.errors import EdgeError
 __all__ = ["main"]
 
 _COMMAND_MODULES = (
+    "edge.cli.simulate",
     "edge.cli.run",
     "edge.cli.config_cmd",
+    "edge.cli.provision",
+    "edge.cli.receipts",
 )
 
 

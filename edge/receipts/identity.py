@@ -38,6 +38,7 @@ from edge.receipts.keys import (
     generate_key,
     load_private_key,
     save_private_key,
+    save_public_key,
     seal,
     signed_part,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "DeviceCertificate",
     "DeviceIdentity",
     "KeyFiles",
+    "dev_manufacturer_key",
     "install_certificate",
     "issue_certificate",
     "issue_revocations",
@@ -291,3 +293,14 @@ def install_certificate(files: KeyFiles, certificate: Any, manufacturer: PublicK
         raise CertificateInvalid("the certificate is for another device key")
     atomic_write_bytes(files.certificate, canonical_bytes(certificate) + b"\n")
     return parsed
+
+
+def dev_manufacturer_key(files: KeyFiles) -> PrivateKey:
+    """The DEVELOPMENT manufacturer key under ``files`` (created on first use). Never for production."""
+    if files.dev_manufacturer_key.exists():
+        return load_private_key(files.dev_manufacturer_key)
+    files.directory.mkdir(parents=True, exist_ok=True)
+    key = generate_key()
+    save_private_key(files.dev_manufacturer_key, key)
+    save_public_key(files.dev_manufacturer_public, key.public)
+    return key

@@ -82,4 +82,8 @@ def build_agent(config: AgentConfig) -> Agent:
     services: list[Service] = [store, StorageSCP(config.dicom, store), Pruner(config.retention, data_dir)]
     if book is not None:
         services.append(SettlementService(config, book))
+    if config.unit.port:
+        from edge.unit.service import UnitService
+
+        services.append(UnitService(config.unit, data_dir, book=book))
     return Agent(config, services)

@@ -1,0 +1,415 @@
+"""Exposures, unit images, status and faults in the agent's database (component ``unit``).
+
+Schema (times ``*_at`` are ISO 8601 UTC as :func:`edge.store.index.utc_now` writes them; ``*_ms`` Unix ms)::
+
+    unit_devices    serial PK, model, manufacturer, firmware, first_seen_at, last_seen_at,
+                    watermark_id INTEGER NULL (every exposure id up to it is recorded; NULL until first contact)
+    unit_exposures  exposure_key PK, unit_serial, exposure_id, program, kvp, ma, time_ms, dap_mgy_cm2,
+                    started_ms (the unit's clock), aborted, received_at, received_ms,
+                    image_state ('pending' | 'matched' | 'no_image'), sop_instance_uid NULL,
+                    UNIQUE (unit_serial, exposure_id)  -- recording is idempotent on the unit's exposure id
+    unit_images     sop_instance_uid PK, device_serial, acquired_ms NULL, seen_ms,
+                    state ('pending' | 'matched' | 'no_exposure'), exposure_key NULL -> unit_exposures
+    unit_status     serial PK, state, heat_pct, tube_temp_c, faults (comma-separated hex), unit_time_ms, updated_at
+    unit_faults     fault_key PK, unit_serial, code, raised_at, cleared_at NULL
+    unit_link       id = 1, port, state, version, error, counters (JSON), updated_at
+
+An exposure is the billable use: :func:`record_exposure` inserts it once per ``(unit, exposure id)`` in one
+transaction, together with its receipt, and a replay of the unit's log or a duplicated report is a no-op.
+Images are matched to exposures by device serial number and acquisition time (:func:`nearest_exposure`, a
+pure rule); after
+``grace`` an exposure still unmatched is recorded as ``no_image`` and an image as ``no_exposure`` (both can
+still match later if the other side turns up).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from edge.db import migrate, transaction
+from edge.receipts.book import ReceiptBook
+from edge.receipts.receipts import Use
+from edge.store.index import utc_now
+from firmware_bridge.driver import DriverStatus
+from firmware_bridge.messages import ExposureCompleted, Identify, Status
+
+__all__ = [
+    "COMPONENT",
+    "USE_KIND",
+    "ExposureRecord",
+    "FaultChange",
+    "ImageFacts",
+    "contiguous_watermark",
+    "expire_unmatched",
+    "list_exposures",
+    "match_image",
+    "migrate_unit",
+    "nearest_exposure",
+    "pending_images",
+    "record_exposure",
+    "record_identity",
+    "record_image",
+    "record_link",
+    "record_status",
+    "set_watermark",
+    "summary",
+    "watermark",
+]
+
+COMPONENT = "unit"
+USE_KIND = "exposure"
+"""The service kind of an exposure in receipts and rights."""
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE unit_devices (
+        serial TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        manufacturer TEXT NOT NULL,
+        firmware TEXT NOT NULL,
+        first_seen_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        watermark_id INTEGER
+    );
+    CREATE TABLE unit_exposures (
+        exposure_key INTEGER PRIMARY KEY,
+        unit_serial TEXT NOT NULL,
+        exposure_id INTEGER NOT NULL,
+        program TEXT NOT NULL,
+        kvp REAL NOT NULL,
+        ma REAL NOT NULL,
+        time_ms INTEGER NOT NULL,
+        dap_mgy_cm2 REAL NOT NULL,
+        started_ms INTEGER NOT NULL,
+        aborted INTEGER NOT NULL,
+        received_at TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        image_state TEXT NOT NULL DEFAULT 'pending' CHECK (image_state IN ('pending', 'matched', 'no_image')),
+        sop_instance_uid TEXT UNIQUE,
+        UNIQUE (unit_serial, exposure_id)
+    );
+    CREATE INDEX unit_exposures_by_state ON unit_exposures (image_state, unit_serial, started_ms);
+    CREATE TABLE unit_images (
+        sop_instance_uid TEXT PRIMARY KEY,
+        device_serial TEXT NOT NULL,
+        acquired_ms INTEGER,
+        seen_ms INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'matched', 'no_exposure')),
+        exposure_key INTEGER REFERENCES unit_exposures (exposure_key)
+    );
+    CREATE INDEX unit_images_by_state ON unit_images (state, seen_ms);
+    CREATE TABLE unit_status (
+        serial TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        heat_pct INTEGER NOT NULL,
+        tube_temp_c REAL NOT NULL,
+        faults TEXT NOT NULL,
+        unit_time_ms INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE unit_faults (
+        fault_key INTEGER PRIMARY KEY,
+        unit_serial TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        raised_at TEXT NOT NULL,
+        cleared_at TEXT
+    );
+    CREATE TABLE unit_link (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        port TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version INTEGER,
+        error TEXT,
+        counters TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )
+    """,
+]
+
+
+def migrate_unit(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the unit tables."""
+    migrate(conn, COMPONENT, _MIGRATIONS)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- devices and the exposure log ---------------------------------------------------------------------------
+
+
+def record_identity(conn: sqlite3.Connection, identity: Identify) -> bool:
+    """Upsert the unit; True if it was seen for the first time (its watermark is still unknown)."""
+    now = utc_now()
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO unit_devices (serial, model, manufacturer, firmware, first_seen_at, last_seen_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO UPDATE SET model = excluded.model, "
+            "manufacturer = excluded.manufacturer, firmware = excluded.firmware, last_seen_at = excluded.last_seen_at",
+            (identity.serial, identity.model, identity.manufacturer, identity.firmware, now, now),
+        )
+    return watermark(conn, identity.serial) is None
+
+
+def watermark(conn: sqlite3.Connection, serial: str) -> int | None:
+    """Every exposure id of ``serial`` up to this is recorded (``None`` before the first log answer)."""
+    row = conn.execute("SELECT watermark_id FROM unit_devices WHERE serial = ?", (serial,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def contiguous_watermark(start: int, recorded: Iterable[int]) -> int:
+    """The highest id ``w >= start`` such that every id in ``start+1 .. w`` is in ``recorded`` (pure)."""
+    ids = set(recorded)
+    w = start
+    while w + 1 in ids:
+        w += 1
+    return w
+
+
+def set_watermark(conn: sqlite3.Connection, serial: str, start: int) -> int:
+    """Advance the watermark of ``serial`` from ``start`` over the exposures recorded since; return it."""
+    with transaction(conn):
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT exposure_id FROM unit_exposures WHERE unit_serial = ? AND exposure_id > ?", (serial, start)
+            )
+        ]
+        w = contiguous_watermark(start, ids)
+        conn.execute("UPDATE unit_devices SET watermark_id = ? WHERE serial = ?", (w, serial))
+    return w
+
+
+@dataclass(frozen=True)
+class ExposureRecord:
+    """One recorded exposure as the agent and the terminal UI show it."""
+
+    exposure_key: int
+    unit_serial: str
+    exposure_id: int
+    program: str
+    kvp: float
+    ma: float
+    time_ms: int
+    dap_mgy_cm2: float
+    started_ms: int
+    aborted: bool
+    received_at: str
+    image_state: str
+    sop_instance_uid: str | None
+
+
+def record_exposure(
+    conn: sqlite3.Connection, serial: str, exposure: ExposureCompleted, book: ReceiptBook | None = None
+) -> bool:
+    """Record one exposure, once: True if it is new, False if this unit's exposure id was recorded already.
+
+    One transaction: the exposure row, the unit's watermark when it closes the gap, and with a receipt
+    ``book`` the use of kind ``exposure`` (:meth:`~edge.receipts.book.ReceiptBook.record` never raises: an
+    exhausted or missing right is billed as overage, never refused).
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO unit_exposures (unit_serial, exposure_id, program, kvp, ma, time_ms, dap_mgy_cm2, "
+            "started_ms, aborted, received_at, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (unit_serial, exposure_id) DO NOTHING",
+            (
+                serial,
+                exposure.exposure_id,
+                exposure.program,
+                exposure.kvp,
+                exposure.ma,
+                exposure.time_ms,
+                exposure.dap_mgy_cm2,
+                exposure.started_ms,
+                int(exposure.aborted),
+                utc_now(),
+                _now_ms(),
+            ),
+        )
+        new = cursor.rowcount == 1
+        if new:
+            conn.execute(
+                "UPDATE unit_devices SET watermark_id = watermark_id + 1 WHERE serial = ? AND watermark_id = ?",
+                (serial, exposure.exposure_id - 1),
+            )
+            if book is not None:
+                book.record(conn, Use(kind=USE_KIND, units=1))
+    return new
+
+
+def list_exposures(conn: sqlite3.Connection, serial: str | None = None) -> list[ExposureRecord]:
+    """Recorded exposures (of one unit, if given), in the order of their ids."""
+    sql = (
+        "SELECT exposure_key, unit_serial, exposure_id, program, kvp, ma, time_ms, dap_mgy_cm2, started_ms, "
+        "aborted, received_at, image_state, sop_instance_uid FROM unit_exposures"
+    )
+    rows = (
+        conn.execute(sql + " ORDER BY unit_serial, exposure_id")
+        if serial is None
+        else conn.execute(sql + " WHERE unit_serial = ? ORDER BY exposure_id", (serial,))
+    )
+    return [ExposureRecord(**{**dict(r), "aborted": bool(r["aborted"])}) for r in rows]
+
+
+# --- status and faults --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultChange:
+    """Faults that appeared and disappeared with one status report."""
+
+    raised: tuple[int, ...]
+    cleared: tuple[int, ...]
+
+
+def record_status(conn: sqlite3.Connection, serial: str, status: Status) -> FaultChange:
+    """Save the unit's latest status and open or close its fault rows; return what changed."""
+    now = utc_now()
+    with transaction(conn):
+        open_faults = {
+            r[0]
+            for r in conn.execute(
+                "SELECT code FROM unit_faults WHERE unit_serial = ? AND cleared_at IS NULL", (serial,)
+            )
+        }
+        current = set(status.faults)
+        raised = tuple(sorted(current - open_faults))
+        cleared = tuple(sorted(open_faults - current))
+        conn.executemany(
+            "INSERT INTO unit_faults (unit_serial, code, raised_at) VALUES (?, ?, ?)",
+            [(serial, c, now) for c in raised],
+        )
+        conn.executemany(
+            "UPDATE unit_faults SET cleared_at = ? WHERE unit_serial = ? AND code = ? AND cleared_at IS NULL",
+            [(now, serial, c) for c in cleared],
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO unit_status (serial, state, heat_pct, tube_temp_c, faults, unit_time_ms, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                serial,
+                status.state,
+                status.heat_pct,
+                status.tube_temp_c,
+                ",".join(f"0x{c:04x}" for c in status.faults),
+                status.unit_time_ms,
+                now,
+            ),
+        )
+    return FaultChange(raised, cleared)
+
+
+def record_link(conn: sqlite3.Connection, port: str, link: DriverStatus) -> None:
+    """Save the link's state and counters (garbled frames, retransmits, ...) for the agent's status views."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO unit_link (id, port, state, version, error, counters, updated_at) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?)",
+            (port, link.state, link.version, link.error, json.dumps(link.counters, sort_keys=True), utc_now()),
+        )
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What matching needs from an image's header."""
+
+    sop_instance_uid: str
+    device_serial: str
+    acquired_ms: int | None
+
+
+def nearest_exposure(acquired_ms: int, candidates: Sequence[tuple[int, int]], window_ms: int) -> int | None:
+    """The key of the candidate ``(key, started_ms)`` nearest ``acquired_ms`` within ``window_ms`` (pure)."""
+    best: tuple[int, int] | None = None
+    for key, started in candidates:
+        distance = abs(started - acquired_ms)
+        if distance <= window_ms and (best is None or distance < best[0]):
+            best = (distance, key)
+    return None if best is None else best[1]
+
+
+def record_image(conn: sqlite3.Connection, facts: ImageFacts) -> None:
+    """Note an image the index received (once); it waits for matching as ``pending``."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO unit_images (sop_instance_uid, device_serial, acquired_ms, seen_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (sop_instance_uid) DO NOTHING",
+            (facts.sop_instance_uid, facts.device_serial, facts.acquired_ms, _now_ms()),
+        )
+
+
+def pending_images(conn: sqlite3.Connection, limit: int = 200) -> list[ImageFacts]:
+    """Images not yet matched that have a device serial and an acquisition time."""
+    rows = conn.execute(
+        "SELECT sop_instance_uid, device_serial, acquired_ms FROM unit_images WHERE state IN "
+        "('pending', 'no_exposure') AND device_serial != '' AND acquired_ms IS NOT NULL ORDER BY seen_ms LIMIT ?",
+        (limit,),
+    )
+    return [ImageFacts(*r) for r in rows]
+
+
+def match_image(conn: sqlite3.Connection, facts: ImageFacts, window_ms: int) -> int | None:
+    """Match one image to the nearest unmatched exposure of its unit, in one transaction; the exposure key."""
+    if facts.acquired_ms is None or not facts.device_serial:
+        return None
+    with transaction(conn):
+        candidates = conn.execute(
+            "SELECT exposure_key, started_ms FROM unit_exposures WHERE unit_serial = ? AND image_state != 'matched' "
+            "AND started_ms BETWEEN ? AND ?",
+            (facts.device_serial, facts.acquired_ms - window_ms, facts.acquired_ms + window_ms),
+        ).fetchall()
+        key = nearest_exposure(facts.acquired_ms, [(r[0], r[1]) for r in candidates], window_ms)
+        if key is not None:
+            conn.execute(
+                "UPDATE unit_exposures SET image_state = 'matched', sop_instance_uid = ? WHERE exposure_key = ?",
+                (facts.sop_instance_uid, key),
+            )
+            conn.execute(
+                "UPDATE unit_images SET state = 'matched', exposure_key = ? WHERE sop_instance_uid = ?",
+                (key, facts.sop_instance_uid),
+            )
+    return key
+
+
+def expire_unmatched(conn: sqlite3.Connection, grace_ms: int, now_ms: int | None = None) -> tuple[int, int]:
+    """Record exposures without an image and images without an exposure after ``grace_ms``; the two counts."""
+    cutoff = (_now_ms() if now_ms is None else now_ms) - grace_ms
+    with transaction(conn):
+        exposures = conn.execute(
+            "UPDATE unit_exposures SET image_state = 'no_image' WHERE image_state = 'pending' AND received_ms < ?",
+            (cutoff,),
+        ).rowcount
+        images = conn.execute(
+            "UPDATE unit_images SET state = 'no_exposure' WHERE state = 'pending' AND seen_ms < ?", (cutoff,)
+        ).rowcount
+    return exposures, images
+
+
+def summary(conn: sqlite3.Connection) -> dict[str, object]:
+    """Counts and latest status per unit, for ``btt-edge`` status views and the terminal UI."""
+    exposures = dict(conn.execute("SELECT image_state, COUNT(*) FROM unit_exposures GROUP BY image_state").fetchall())
+    images = dict(conn.execute("SELECT state, COUNT(*) FROM unit_images GROUP BY state").fetchall())
+    units = [dict(r) for r in conn.execute("SELECT * FROM unit_status ORDER BY serial")]
+    faults = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT unit_serial, code, raised_at FROM unit_faults WHERE cleared_at IS NULL ORDER BY raised_at"
+        )
+    ]
+    link = conn.execute("SELECT port, state, version, error, counters, updated_at FROM unit_link").fetchone()
+    return {
+        "exposures": exposures,
+        "images": images,
+        "units": units,
+        "open_faults": faults,
+        "link": None if link is None else {**dict(link), "counters": json.loads(link["counters"])},
+    }

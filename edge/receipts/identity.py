@@ -91,8 +91,12 @@ class DeviceCertificate:
     replaces: str | None
 
     def covers(self, time_ms: int) -> bool:
-        """Whether ``time_ms`` lies within the validity window."""
-        return self.not_before_ms <= time_ms and (self.not_after_ms is None or time_ms < self.not_after_ms)
+        """Whether a receipt of ``time_ms`` is within the validity: before ``not_after_ms``.
+
+        ``not_before_ms`` is not a lower bound for receipts: a box parks uses until it is provisioned and signs
+        them afterwards with their original time.
+        """
+        return self.not_after_ms is None or time_ms < self.not_after_ms
 
 
 def parse_certificate(envelope: Any) -> DeviceCertificate:

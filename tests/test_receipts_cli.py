@@ -1,0 +1,112 @@
+"""``btt-edge provision`` and ``btt-edge receipts``: what technicians, auditors and the acceptance checks use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.cli import main
+from edge.db import DB_FILENAME, connect
+from edge.receipts.book import ReceiptBook
+from edge.receipts.identity import KeyFiles, load_identity
+from edge.receipts.receipts import Use
+from tests.receipts_helpers import make_grant
+
+
+def _record(data: Path, n: int) -> None:
+    conn = connect(data / DB_FILENAME)
+    book = ReceiptBook(load_identity(KeyFiles(data / "keys")))
+    book.migrate(conn)
+    book.record_batch(conn, [Use(kind="analysis", study_uid=f"1.2.{i}") for i in range(n)])
+    conn.close()
+
+
+def test_provision_dev_export_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
+    out = capsys.readouterr()
+    assert "DEVELOPMENT MANUFACTURER KEY" in out.err
+    assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
+    assert "already provisioned" in capsys.readouterr().out
+    _record(data, 7)
+    assert main(["receipts", "settle", "--data-dir", str(data)]) == 0
+    _record(data, 2)
+    assert main(["receipts", "list", "--data-dir", str(data), "--limit", "3"]) == 0
+    listing = capsys.readouterr().out
+    assert "analysis" in listing
+    assert listing.strip().endswith("no")
+
+    export, trust = tmp_path / "export.json", data / "keys" / "dev-manufacturer.pub"
+    assert main(["receipts", "export", "--data-dir", str(data), "--out", str(export)]) == 0
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(export), "--trust", str(trust)]) == 0
+    assert "9 receipts, 1 settlements, 2 unsettled" in capsys.readouterr().out
+
+    doc = json.loads(export.read_text())
+    doc["receipts"][3]["signed"]["units"] = 2
+    export.write_text(json.dumps(doc))
+    assert main(["receipts", "verify", str(export), "--trust", str(trust)]) == 1
+    assert capsys.readouterr().out.startswith("FAIL BadSignature: receipt")
+
+
+def test_verify_names_wrong_manufacturer_and_revocation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    other = tmp_path / "other.key"
+    assert main(["provision", "--new-manufacturer-key", str(other)]) == 0
+    assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
+    _record(data, 2)
+    export = tmp_path / "export.json"
+    assert main(["receipts", "export", "--data-dir", str(data), "--out", str(export)]) == 0
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(export), "--trust", f"{other}.pub"]) == 1
+    assert capsys.readouterr().out.startswith("FAIL UntrustedIssuer")
+
+    keyid = load_identity(KeyFiles(data / "keys")).key.keyid  # type: ignore[union-attr]
+    revoked = tmp_path / "revoked.json"
+    dev_key = data / "keys" / "dev-manufacturer.key"
+    assert main(["provision", "--revoke", keyid, "--manufacturer-key", str(dev_key), "--out", str(revoked)]) == 0
+    trust = data / "keys" / "dev-manufacturer.pub"
+    assert main(["receipts", "verify", str(export), "--trust", str(trust), "--revocations", str(revoked)]) == 1
+    assert "FAIL RevokedKey" in capsys.readouterr().out
+    assert main(["receipts", "verify", str(export), "--trust", str(dev_key)]) == 2  # a private key is not trust
+
+
+def test_manufacturer_signs_a_request_from_the_box(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, mkey = tmp_path / "data", tmp_path / "m.key"
+    assert main(["provision", "--new-manufacturer-key", str(mkey)]) == 0
+    assert main(["provision", "--data-dir", str(data), "--device-id", "unit-0042"]) == 0
+    assert load_identity(KeyFiles(data / "keys")) is None
+    cert = tmp_path / "cert.json"
+    request = data / "keys" / "device.request.json"
+    args = ["provision", "--sign-request", str(request), "--manufacturer-key", str(mkey), "--out", str(cert)]
+    assert main(args) == 0
+    assert (
+        main(["provision", "--data-dir", str(data), "--install-certificate", str(cert), "--trust", f"{mkey}.pub"]) == 0
+    )
+    identity = load_identity(KeyFiles(data / "keys"))
+    assert identity is not None
+    assert identity.device_id == "unit-0042"
+    assert (data / "keys" / "device.key").stat().st_mode & 0o777 == 0o600
+    capsys.readouterr()
+
+
+def test_grant_install_and_balances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.receipts.keys import generate_key, save_public_key
+
+    data = tmp_path / "data"
+    assert main(["provision", "--data-dir", str(data), "--dev", "--device-id", "asset-1"]) == 0
+    _record(data, 1)
+    issuer = generate_key()
+    save_public_key(tmp_path / "issuer.pub", issuer.public)
+    grant = tmp_path / "grant.json"
+    grant.write_text(json.dumps(make_grant(issuer)))
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[receipts]\nissuer_keys = ["{tmp_path / "issuer.pub"}"]\n')
+    assert main(["receipts", "grant", str(grant), "--config", str(config), "--data-dir", str(data)]) == 0
+    assert main(["receipts", "balances", "--data-dir", str(data)]) == 0
+    assert "grant-1" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[receipts]\nissuer_keys = []\n")
+    assert main(["receipts", "grant", str(grant), "--config", str(bad), "--data-dir", str(data)]) == 2

@@ -11,6 +11,7 @@ after loading cannot slip in.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 import edge
+from edge.durable import atomic_write_bytes
 from edge.errors import BundleError
 from edge.pipeline.teeth import fdi_to_universal
 
@@ -39,10 +41,12 @@ __all__ = [
     "TeethOutput",
     "load_bundle",
     "manifest_to_json",
+    "pack_bundle",
     "parse_bundle",
     "parse_manifest",
     "sha256_hex",
     "version_satisfies",
+    "write_bundle",
 ]
 
 FORMAT = 1
@@ -492,3 +496,20 @@ def load_bundle(path: Path, *, agent_version: str = edge.__version__) -> Bundle:
     except (OSError, tarfile.TarError) as exc:
         raise BundleError(f"bundle {path}: cannot read: {exc}") from exc
     return parse_bundle(files, agent_version=agent_version, source=str(path))
+
+
+def pack_bundle(manifest: Manifest, files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The files of a bundle: ``files`` plus a ``manifest.json`` listing the sha256 of each (pure)."""
+    hashes = MappingProxyType({name: sha256_hex(data) for name, data in sorted(files.items())})
+    doc = manifest_to_json(dataclasses.replace(manifest, files=hashes))
+    packed = dict(files)
+    packed[MANIFEST_NAME] = (json.dumps(doc, indent=2) + "\n").encode()
+    return packed
+
+
+def write_bundle(directory: Path, files: Mapping[str, bytes]) -> None:
+    """Write a packed bundle into ``directory`` durably, the manifest last."""
+    for name, data in sorted(files.items()):
+        if name != MANIFEST_NAME:
+            atomic_write_bytes(directory / name, data)
+    atomic_write_bytes(directory / MANIFEST_NAME, files[MANIFEST_NAME])

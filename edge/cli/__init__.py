@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "edge.cli.config_cmd",
     "edge.cli.provision",
     "edge.cli.receipts",
+    "edge.cli.model",
 )
 
 

@@ -1,0 +1,149 @@
+"""``btt-edge model synth|eval|verify|train|export``: the reference model's data, metrics and bundle tools.
+
+``synth`` writes synthetic panoramic radiographs as DICOM with their ground truth beside them (``X.dcm`` and
+``X.json``, the JSON an array of findings in the shape ``analyze`` prints). ``eval`` prints the held-out metrics of
+a bundle; ``verify`` loads a bundle (hashes, agent version) and runs its golden vectors on ONNX Runtime. ``train``
+and ``export`` retrain and rebuild the reference bundle; they need the ``train`` extra (PyTorch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EdgeError
+
+__all__ = ["DEFAULT_BUNDLE", "DEFAULT_WEIGHTS", "register"]
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "bundles" / "reference-dental"
+"""The committed reference bundle."""
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "reference" / "reference.pt"
+"""The committed PyTorch weights of the reference bundle."""
+
+
+def register(sub: Any) -> None:
+    """Add the ``model`` command."""
+    parser: argparse.ArgumentParser = sub.add_parser("model", help="reference model: synthetic data, eval, bundles")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    synth = actions.add_parser("synth", help="write synthetic panoramic radiographs (DICOM) with ground truth")
+    synth.add_argument("--out", type=Path, required=True, metavar="DIR")
+    synth.add_argument("--count", type=int, default=1, metavar="N")
+    synth.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (image i uses S + i)")
+    synth.set_defaults(func=_synth)
+
+    evaluate = actions.add_parser("eval", help="held-out metrics: per-class Dice, per-finding precision/recall")
+    evaluate.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, metavar="PATH")
+    evaluate.add_argument("--count", type=int, default=40, metavar="N", help="held-out images (default 40)")
+    evaluate.add_argument("--threads", type=int, default=2, metavar="T")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(func=_eval)
+
+    verify = actions.add_parser("verify", help="check a bundle: manifest, hashes, agent version, golden vectors")
+    verify.add_argument("path", type=Path, metavar="PATH")
+    verify.set_defaults(func=_verify)
+
+    train = actions.add_parser("train", help="train the reference network (needs the train extra)")
+    train.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, metavar="WEIGHTS")
+    train.add_argument("--seed", type=int, default=None, metavar="S")
+    train.add_argument("--steps", type=int, default=None, metavar="N")
+    train.add_argument("--images", type=int, default=None, metavar="N")
+    train.set_defaults(func=_train)
+
+    export = actions.add_parser("export", help="export weights to an ONNX bundle (needs the train extra)")
+    export.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, metavar="WEIGHTS")
+    export.add_argument("--out", type=Path, default=DEFAULT_BUNDLE, metavar="DIR")
+    export.set_defaults(func=_export)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from edge.durable import atomic_write_bytes
+    from models.synthetic import generate
+    from models.synthetic_dicom import synthetic_dicom_bytes
+
+    if args.count < 1:
+        raise EdgeError("--count must be at least 1")
+    for seed in range(args.seed, args.seed + args.count):
+        image = generate(seed)
+        stem = args.out / f"synthetic-{seed:06d}"
+        atomic_write_bytes(stem.with_suffix(".dcm"), synthetic_dicom_bytes(image, seed))
+        truth = [finding.to_json() for finding in image.findings]
+        atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(truth, indent=1) + "\n").encode())
+        print(f"{stem}.dcm  {len(image.teeth_fdi)} teeth, {len(image.findings)} findings")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from models.bundle import load_bundle
+    from models.reference.evaluate import evaluate
+
+    report = evaluate(load_bundle(args.bundle), count=args.count, threads=args.threads)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['model']['id']} {report['model']['version']} on {args.count} held-out synthetic radiographs")
+    print(f"tooth Dice (mean over teeth): {report['dice']['teeth_mean']}")
+    print(f"{'kind':<20}{'Dice':>8}{'truth':>8}{'pred':>8}{'prec':>8}{'recall':>8}{'tooth':>8}")
+    for kind, row in report["findings"].items():
+        cells = [report["dice"]["findings"][kind], row["truth"], row["predicted"], row["precision"], row["recall"]]
+        cells.append(row["tooth_accuracy"])
+        print(f"{kind:<20}" + "".join(f"{'-' if c is None else c:>8}" for c in cells))
+    print(f"bone loss MAE: {report['bone_loss']['mae_mm']} mm, {report['bone_loss']['mae_pct']} % of root length")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import numpy as np
+    import onnxruntime as ort
+
+    from edge.errors import BackendError
+    from models.bundle import load_bundle
+    from models.golden import check_golden
+
+    bundle = load_bundle(args.path)
+    try:
+        session = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
+        raise BackendError(f"ONNX Runtime cannot load {args.path}: {exc}") from exc
+    names = [o.name for o in session.get_outputs()]
+
+    def run(batch: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        return dict(zip(names, session.run(names, {bundle.manifest.input.name: batch}), strict=True))
+
+    report = check_golden(bundle, run)
+    manifest = bundle.manifest
+    print(f"{manifest.id} {manifest.version}: manifest, hashes and agent version ok")
+    for case in report.cases:
+        status = "ok" if case.ok else "FAIL"
+        print(
+            f"  golden {case.file} {case.output}: max abs error {case.max_abs_error:.3g} (atol {case.atol:g}) {status}"
+        )
+    if not report.ok:
+        print(f"golden vectors failed: {report.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from models.reference.train import TrainConfig, train
+    except ImportError as exc:
+        raise EdgeError(f"training needs the train extra (pip install '.[train]'): {exc}") from exc
+    overrides = {
+        k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("images", args.images)) if v is not None
+    }
+    summary = train(TrainConfig(**overrides), args.out)
+    print(f"wrote {args.out} after {summary['seconds']} s")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from models.reference.export import export_bundle
+    except ImportError as exc:
+        raise EdgeError(f"export needs the train extra (pip install '.[train]'): {exc}") from exc
+    print(f"wrote {export_bundle(args.weights, args.out)}")
+    return 0

@@ -1,0 +1,225 @@
+"""Model outputs -> findings in source pixels (pure: arrays in, :class:`~edge.pipeline.findings.Finding` out).
+
+The reference model's outputs, for one image: ``teeth`` logits ``[1, 1 + T, H, W]`` (softmax; channel 0 is
+background, channel ``k`` is the tooth ``labels_fdi[k - 1]`` of the manifest) and ``findings`` logits
+``[1, K, H, W]`` (independent sigmoids, one per finding class in manifest order).
+
+Every model pixel is given to its nearest tooth (a Voronoi partition of the predicted tooth labels), so a region
+that spans two teeth (a bridge of two crowns, bone loss along a row) becomes one finding per tooth. A finding is
+a connected region of one class above the class threshold within one tooth's zone, at least ``min_area_px``
+model pixels large; its tooth is the zone's tooth, or none when the region lies more than
+:data:`MAX_TOOTH_DISTANCE` of the model's width from every tooth. Confidence is the mean probability over the
+region. Boxes and outlines (the convex hull of the region) are mapped to source pixels through the letterbox
+transform; areas are scaled to source pixels and to mm² with the pixel spacing when it is known.
+
+Bone loss is measured per tooth zone along the image's vertical (a panoramic's teeth stand nearly upright): its
+height is the median height of the region's columns, and the root length is the distance from the region's
+coronal edge (the cemento-enamel junction, where a healthy crest sits) to the tooth's apex in the tooth output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from edge.errors import PipelineError
+from edge.pipeline.findings import Finding
+from edge.pipeline.teeth import is_upper
+
+__all__ = ["MAX_TOOTH_DISTANCE", "findings_from_outputs", "region_outline"]
+
+MAX_TOOTH_DISTANCE = 0.04
+"""A region farther than this fraction of the model's width from every tooth is reported without a tooth."""
+
+
+class _Transform(Protocol):
+    def to_source(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+    def box_to_source(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]: ...
+    @property
+    def scale(self) -> tuple[float, float]: ...
+
+
+def region_outline(mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
+    """The convex hull of a region's pixels as ``(x, y)`` pixel-edge points, counter-clockwise on screen.
+
+    Pixel ``(row, col)`` spans ``[col, col + 1) x [row, row + 1)``; an empty mask gives an empty outline.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return []
+    sub = mask[rows]
+    first = sub.argmax(axis=1)
+    last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    points = sorted(
+        {
+            (float(x), float(y))
+            for r, lo, hi in zip(rows, first, last, strict=True)
+            for x in (lo, hi + 1)
+            for y in (r, r + 1)
+        }
+    )
+    if len(points) <= 2:
+        return points
+
+    def cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list[tuple[float, float]] = []
+    for p in points:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list[tuple[float, float]] = []
+    for p in reversed(points):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
+
+
+def _single(outputs: dict[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.float32]:
+    if name not in outputs:
+        raise PipelineError(f"model output {name!r} is missing (have {sorted(outputs)})")
+    array = np.asarray(outputs[name], dtype=np.float32)
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise PipelineError(f"model output {name!r} has batch size {array.shape[0]}; post-process one image")
+        array = array[0]
+    if array.ndim != 3:
+        raise PipelineError(f"model output {name!r} has shape {array.shape}; expected [1, C, H, W]")
+    return array
+
+
+def _bone_loss(
+    region: npt.NDArray[np.bool_],
+    tooth: npt.NDArray[np.bool_] | None,
+    upper: bool,
+    transform: _Transform,
+    row_mm: float | None,
+) -> tuple[float | None, float | None]:
+    """``(bone_loss_mm, bone_loss_pct)`` of one tooth's bone-loss region (model pixels)."""
+    columns = np.flatnonzero(region.any(axis=0))
+    heights = region[:, columns].sum(axis=0)
+    height_px = float(np.median(heights)) / transform.scale[1]
+    loss_mm = None if row_mm is None else height_px * row_mm
+    if tooth is None or not tooth.any():
+        return loss_mm, None
+    sub = region[:, columns]
+    if upper:
+        coronal = float(np.median(sub.shape[0] - sub[::-1].argmax(axis=0)))
+        apex = float(np.flatnonzero(tooth.any(axis=1))[0])
+    else:
+        coronal = float(np.median(sub.argmax(axis=0)))
+        apex = float(np.flatnonzero(tooth.any(axis=1))[-1] + 1)
+    root_px = abs(coronal - apex) / transform.scale[1]
+    if root_px <= 0:
+        return loss_mm, None
+    return loss_mm, float(min(100.0, 100.0 * height_px / root_px))
+
+
+def _finding(
+    *,
+    kind: str,
+    region: npt.NDArray[np.bool_],
+    window: tuple[slice, slice],
+    logits: npt.NDArray[np.float32],
+    zone: int,
+    labels: npt.NDArray[np.intp],
+    labels_fdi: tuple[str, ...],
+    prepared: _Transform,
+    pixel_spacing_mm: tuple[float, float] | None,
+) -> Finding:
+    """One finding from a region (a boolean window of the model grid at ``window``)."""
+    top, left = window[0].start, window[1].start
+    fdi = labels_fdi[zone - 1] if zone else None
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
+    box = (float(left + cols[0]), float(top + rows[0]), float(left + cols[-1] + 1), float(top + rows[-1] + 1))
+    outline = np.asarray(region_outline(region), dtype=np.float64).reshape(-1, 2) + np.asarray([left, top])
+    area_src = float(region.sum()) / (prepared.scale[0] * prepared.scale[1])
+    row_mm, col_mm = pixel_spacing_mm if pixel_spacing_mm is not None else (None, None)
+    loss_mm = loss_pct = None
+    if kind == "bone_loss":
+        full = np.zeros(labels.shape, bool)
+        full[window] = region
+        tooth = labels == zone if zone else None
+        loss_mm, loss_pct = _bone_loss(full, tooth, fdi is not None and is_upper(fdi), prepared, row_mm)
+    probs = 1.0 / (1.0 + np.exp(-logits[window][region].astype(np.float64)))
+    return Finding(
+        kind=kind,
+        tooth_fdi=fdi,
+        confidence=min(1.0, max(0.0, float(probs.mean()))),
+        bbox=prepared.box_to_source(box),
+        polygon=tuple((float(x), float(y)) for x, y in prepared.to_source(outline)),
+        area_px=round(area_src),
+        area_mm2=None if row_mm is None or col_mm is None else area_src * row_mm * col_mm,
+        bone_loss_mm=loss_mm,
+        bone_loss_pct=loss_pct,
+    )
+
+
+def findings_from_outputs(
+    outputs: dict[str, npt.NDArray[Any]],
+    bundle_manifest: Any,
+    prepared: _Transform,
+    pixel_spacing_mm: tuple[float, float] | None,
+) -> list[Finding]:
+    """Findings of one image from the model's outputs.
+
+    ``bundle_manifest`` is a :class:`models.bundle.Manifest`; ``prepared`` the
+    :class:`~edge.pipeline.preprocess.Prepared` of the image; ``pixel_spacing_mm`` is ``(row, column)`` spacing
+    (DICOM order: vertical, then horizontal) in mm, or ``None`` when the image has none.
+    """
+    teeth_spec, findings_spec = bundle_manifest.teeth, bundle_manifest.findings
+    teeth = _single(outputs, teeth_spec.name)
+    scores = _single(outputs, findings_spec.name)
+    classes = findings_spec.classes
+    if teeth.shape[0] != len(teeth_spec.labels_fdi) + 1 or scores.shape[0] != len(classes):
+        raise PipelineError(
+            f"model outputs have {teeth.shape[0]} tooth and {scores.shape[0]} finding channels; the manifest "
+            f"expects {len(teeth_spec.labels_fdi) + 1} and {len(classes)}"
+        )
+    if teeth.shape[1:] != scores.shape[1:]:
+        raise PipelineError(f"model outputs disagree in size: {teeth.shape[1:]} and {scores.shape[1:]}")
+    labels = teeth.argmax(axis=0)
+    width = labels.shape[1]
+    if labels.any():
+        distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        zones = labels[near_r, near_c]
+        zones[distance > MAX_TOOTH_DISTANCE * width] = 0
+    else:
+        zones = np.zeros_like(labels)
+    found: list[Finding] = []
+    for index, cls in enumerate(classes):
+        logits = scores[index]
+        mask = logits >= np.float32(np.log(cls.threshold / (1.0 - cls.threshold)))
+        if not mask.any():
+            continue
+        components, _ = ndimage.label(mask)
+        keys = components.astype(np.int64) * (len(teeth_spec.labels_fdi) + 1) + zones
+        unique, inverse = np.unique(keys[mask], return_inverse=True)
+        pieces = np.zeros(mask.shape, np.int32)
+        pieces[mask] = inverse.reshape(-1) + 1
+        areas = np.bincount(pieces.reshape(-1), minlength=unique.size + 1)
+        for number, window in enumerate(ndimage.find_objects(pieces), start=1):
+            if window is None or areas[number] < cls.min_area_px:
+                continue
+            region = pieces[window] == number
+            zone = int(unique[number - 1] % (len(teeth_spec.labels_fdi) + 1))
+            found.append(
+                _finding(
+                    kind=cls.kind,
+                    region=region,
+                    window=window,
+                    logits=logits,
+                    zone=zone,
+                    labels=labels,
+                    labels_fdi=teeth_spec.labels_fdi,
+                    prepared=prepared,
+                    pixel_spacing_mm=pixel_spacing_mm,
+                )
+            )
+    return found

@@ -50,6 +50,7 @@ from firmware_bridge.messages import (
     Status,
 )
 from firmware_bridge.transport import MemoryTransport
+from models.synthetic import generate
 
 __all__ = [
     "FAULT_CODES",
@@ -59,7 +60,6 @@ __all__ = [
     "UnitSimulator",
     "image_dataset",
     "noise",
-    "synthetic_panoramic",
 ]
 
 log = logging.getLogger("firmware_bridge.simulator")
@@ -389,26 +389,6 @@ class UnitSimulator:
             self.transport.plug()
 
 
-def synthetic_panoramic(rng: np.random.Generator, height: int = 480, width: int = 960) -> np.ndarray:
-    """A 16-bit panoramic-like image: a dark field, a bright arch of teeth in bone, noise. Not anatomy."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    cx, cy = width / 2, height * 0.15
-    # the jaws: an elliptical band of bone
-    r = np.hypot((xx - cx) / (width * 0.45), (yy - cy) / (height * 0.75))
-    image = 9000 * np.exp(-(((r - 1.0) / 0.18) ** 2))
-    # teeth along the occlusal line: two rows of bright rounded blocks
-    for row, sign in ((0.47, -1), (0.53, 1)):
-        for k in range(16):
-            tx = width * (0.12 + 0.76 * (k + 0.5) / 16)
-            tooth = np.exp(
-                -(((xx - tx) / (width * 0.018)) ** 4) - (((yy - height * (row + sign * 0.1)) / (height * 0.12)) ** 4)
-            )
-            image += 30000 * tooth * rng.uniform(0.8, 1.0)
-    image += rng.normal(0, 600, size=image.shape)
-    result: np.ndarray = np.clip(image + 2000, 0, 65535).astype(np.uint16)
-    return result
-
-
 class ImageSender:
     """Sends the image of each exposure to the agent's SCP with C-STORE, in a background thread, retrying."""
 
@@ -483,9 +463,11 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 
 def image_dataset(identity: Identify, exposure: ExposureCompleted) -> Dataset:
-    """The DICOM image a unit would send for ``exposure``: DX for presentation, modality PX, synthetic pixels."""
+    """The DICOM image a unit would send for ``exposure``: DX for presentation, modality PX, with the pixels of a
+    synthetic panoramic (:func:`models.synthetic.generate`, seeded by the exposure id)."""
     when = dt.datetime.fromtimestamp(exposure.started_ms / 1000, tz=dt.timezone.utc)
-    pixels = synthetic_panoramic(np.random.default_rng(exposure.exposure_id))
+    synthetic = generate(exposure.exposure_id)
+    pixels = synthetic.pixels
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -514,12 +496,27 @@ def image_dataset(identity: Identify, exposure: ExposureCompleted) -> Dataset:
     ds.SoftwareVersions = identity.firmware
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.BodyPartExamined = "JAW"
     ds.KVP = exposure.kvp
     ds.ExposureTime = exposure.time_ms
     ds.XRayTubeCurrent = round(exposure.ma)
     ds.ImageAndFluoroscopyAreaDoseProduct = round(exposure.dap_mgy_cm2 / 100, 6)
-    ds.ImagerPixelSpacing = [0.1, 0.1]
+    ds.ImagerPixelSpacing = [round(synthetic.spacing_mm, 6)] * 2
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageLaterality = "B"
+    ds.AnatomicRegionSequence = []
+    ds.AcquisitionContextSequence = []
+    ds.DetectorType = ""
+    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationshipSign = 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.LossyImageCompression = "00"
+    ds.BurnedInAnnotation = "NO"
+    low, high = np.percentile(pixels, [0.5, 99.5])
+    ds.WindowCenter = round(float(low + high) / 2)
+    ds.WindowWidth = max(1, round(float(high - low)))
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape

@@ -184,3 +184,15 @@ def test_version_negotiation() -> None:
     assert negotiate(Hello(3, 2), Hello(2, 1)) == 2
     with pytest.raises(UnsupportedVersion, match=r"peer speaks versions 2\.\.3"):
         negotiate(ours, Hello(3, 2))
+
+
+def test_documented_example_bytes() -> None:
+    """The example in docs/serial-protocol.md."""
+    exposure = ExposureCompleted(7, "panoramic", 70.0, 10.0, 14000, 123.456, 1_700_000_000_000, False)
+    wire = encode_frame(Frame(FrameKind.DATA, 0x5A, 12, encode_message(exposure)))
+    assert wire.hex(" ") == (
+        "00 04 01 01 5a 28 0c 07 01 01 07 02 09 70 61 6e 6f 72 61 6d 69 63 03 02 02 bc 04 01 64 "
+        "05 02 36 b0 06 03 01 e2 40 07 06 01 8b cf e5 68 03 08 01 05 d8 a1 84 08 00"
+    )
+    assert encode_frame(Frame(FrameKind.ACK, 0x5A, 12)).hex(" ") == "00 04 01 02 5a 06 0c 39 d6 f1 6b 00"
+    assert FrameDecoder().feed(wire)[0].payload == encode_message(exposure)

@@ -15,6 +15,11 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
     │   ├── UnsupportedImage   the model cannot read this image (recorded as "skipped" with the reason)
     │   └── BackendError       an inference backend failed to load or run
     ├── BundleError            a model bundle is malformed, tampered with or incompatible
+    ├── SyncError              the outbox or the link to the relay (``edge.outbox``, ``edge.sync``)
+    │   ├── OutboxError            an item the outbox cannot take (unknown kind, not JSON, too large)
+    │   ├── AckError               a malformed application acknowledgement from the relay (ignored, logged)
+    │   └── LinkError              the broker cannot be reached or the connection dropped (paho errors, OSError)
+    │       └── LinkRefused        the broker refused the connection (bad credentials, not authorised)
     └── ReceiptError           service-right receipts, settlements and payouts (``edge.receipts``)
         ├── EncodingError          a value outside the canonical-JSON subset, or bytes that are not strict JSON
         ├── IdentityError          the device key, salt or certificate is missing, unreadable or inconsistent
@@ -42,6 +47,7 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
 from __future__ import annotations
 
 __all__ = [
+    "AckError",
     "BackendError",
     "BadSignature",
     "BrokenChain",
@@ -56,9 +62,12 @@ __all__ = [
     "IdentityError",
     "InclusionProofInvalid",
     "InvalidDataset",
+    "LinkError",
+    "LinkRefused",
     "MalformedRecord",
     "MerkleRootMismatch",
     "OutOfSpace",
+    "OutboxError",
     "PayoutError",
     "PipelineError",
     "ReceiptError",
@@ -70,6 +79,7 @@ __all__ = [
     "SettlementMismatch",
     "StateConflict",
     "StoreError",
+    "SyncError",
     "TotalsMismatch",
     "UnknownSigningKey",
     "UnsupportedImage",
@@ -120,6 +130,26 @@ class BackendError(PipelineError):
 
 class BundleError(EdgeError):
     """A model bundle is malformed, does not match its hashes, or needs another agent version."""
+
+
+class SyncError(EdgeError):
+    """The outbox or the link to the relay failed."""
+
+
+class OutboxError(SyncError):
+    """An item the outbox cannot take: unknown kind, not JSON-serialisable, or too large."""
+
+
+class AckError(SyncError):
+    """An application acknowledgement from the relay that is not valid."""
+
+
+class LinkError(SyncError):
+    """The MQTT broker cannot be reached, or the connection dropped."""
+
+
+class LinkRefused(LinkError):
+    """The broker refused the connection (the reason code is in the message)."""
 
 
 class ReceiptError(EdgeError):

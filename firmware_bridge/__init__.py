@@ -1,1 +1,13 @@
-"""Serial link to the X-ray unit's controller: framing, messages, transport, drivers and a unit simulator."""
+"""Serial link to the X-ray unit's controller, and a unit simulator.
+
+The layers, bottom up (the protocol is documented in ``docs/serial-protocol.md``):
+
+* ``transport``: bytes to and from the port (pyserial, or an in-memory fake);
+* ``framing``: COBS frames with a CRC-32 (pure);
+* ``messages``: the messages and their versioned TLV encoding (pure);
+* ``link``: sequence numbers, ACK/NAK, retransmission, duplicate suppression, the version handshake;
+* ``driver``: the interface the agent uses, and the reference driver for this protocol;
+* ``simulator``: a virtual unit on a pty (``btt-edge simulate-unit``).
+
+Errors are in ``errors``. Nothing here can command or block an exposure.
+"""

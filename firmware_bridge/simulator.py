@@ -110,15 +110,22 @@ class PtyTransport:
             return
         if not self.plugged:
             raise PortUnavailable("simulated unit is unplugged")
-        master, slave = os.openpty()
+        try:
+            master, slave = os.openpty()
+        except OSError as exc:
+            raise PortUnavailable(f"cannot make a pty: {exc}") from exc
         tty.setraw(slave)
         self._master, self._slave, self.path = master, slave, os.ttyname(slave)
         if self.link is not None:
             tmp = self.link.with_name(f".{self.link.name}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(self.path)
-            os.replace(tmp, self.link)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                tmp.symlink_to(self.path)
+                os.replace(tmp, self.link)
+            except OSError as exc:
+                self.close()
+                raise PortUnavailable(f"cannot point {self.link} at {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close both ends: the agent's reads fail as if the cable were pulled."""

@@ -88,6 +88,7 @@ class UnitService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_resync = 0.0
+        self._last_link: tuple[str, str | None] = ("closed", None)
 
     # --- Service --------------------------------------------------------------------------------------------
 
@@ -205,9 +206,15 @@ class UnitService:
                 log.exception("unit housekeeping failed")
 
     def _save_link(self) -> None:
+        """Save the link's state and counters; log when its state changes (e.g. the port cannot be opened)."""
+        link = self.link_status()
+        if (link.state, link.error) != self._last_link:
+            self._last_link = (link.state, link.error)
+            level = logging.INFO if link.state == "connected" else logging.WARNING
+            event(log, "unit link", level=level, state=link.state, port=self.config.port, error=link.error or "")
         with self._db_lock:
             if self._conn is not None:
-                record_link(self._conn, self.config.port, self.link_status())
+                record_link(self._conn, self.config.port, link)
 
     def _match_images(self) -> None:
         """Note newly indexed images, match pending ones to exposures, expire what stayed unmatched."""

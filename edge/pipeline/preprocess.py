@@ -17,16 +17,21 @@ right and y down, so an end-exclusive box maps by the same formula as a point.
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from edge.errors import UnsupportedImage
 
-__all__ = ["InputLayout", "Prepared", "prepare"]
+__all__ = ["InputLayout", "Prepared", "pixel_spacing_mm", "pixels_from_dataset", "prepare"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -116,3 +121,91 @@ def prepare(pixels: npt.ArrayLike, spec: InputLayout) -> Prepared:
         scale=(new_w / cols, new_h / rows),
         offset=(off_x, off_y),
     )
+
+
+def pixels_from_dataset(ds: Dataset, modalities: Collection[str] | None = None) -> FloatArray:
+    """Decode ``ds`` to a 2-D float32 image in which higher means brighter (denser).
+
+    Raises :class:`~edge.errors.UnsupportedImage` with the reason for an image the model cannot read: no pixel
+    data, a modality outside ``modalities`` (when given), colour or palette images, multi-frame images, pixel data
+    that cannot be decoded. Missing optional attributes (rescale, window, VOI LUT) are simply not applied.
+    """
+    if "PixelData" not in ds:
+        raise UnsupportedImage("the dataset has no pixel data")
+    modality = str(ds.get("Modality", "") or "").strip()
+    if modalities is not None and modality not in modalities:
+        raise UnsupportedImage(
+            f"modality {modality or '(none)'} is not one the model reads ({', '.join(sorted(modalities))})"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    samples = _int_attr(ds, "SamplesPerPixel", 1)
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedImage(
+            f"not a greyscale image (Photometric Interpretation {photometric or '(none)'}, "
+            f"{samples} samples per pixel): the model reads greyscale radiographs"
+        )
+    frames = _int_attr(ds, "NumberOfFrames", 1)
+    if frames != 1:
+        raise UnsupportedImage(f"a multi-frame image ({frames} frames): the model reads single-frame radiographs")
+    try:
+        stored = ds.pixel_array  # decoders mask to Bits Stored and sign-extend
+    except Exception as exc:  # pydicom and its plugins raise many types for undecodable data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        raise UnsupportedImage(f"cannot decode the pixel data ({name}): {exc}") from exc
+    if stored.ndim != 2:
+        raise UnsupportedImage(f"decoded pixel data has shape {stored.shape}, expected rows x columns")
+    try:
+        values: npt.NDArray[Any] = apply_modality_lut(stored, ds)
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise UnsupportedImage(f"the modality LUT (rescale slope/intercept) is invalid: {exc}") from exc
+    if "VOILUTSequence" in ds or "WindowWidth" in ds:
+        # a malformed VOI is ignored: prepare() windows on the image's own percentiles anyway
+        with contextlib.suppress(ValueError, TypeError, AttributeError, IndexError, KeyError):
+            values = apply_voi_lut(values, ds, prefer_lut=True)
+    image = np.asarray(values, dtype=np.float32)
+    if photometric == "MONOCHROME1":
+        image = np.float32(np.nanmax(image) + np.nanmin(image)) - image
+    return image
+
+
+def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
+    """``(row, column)`` spacing in mm for measurements, or None when the dataset gives none that is valid.
+
+    Row spacing is the vertical (y) distance between rows, as in DICOM. Pixel Spacing (calibrated to the patient)
+    is preferred; else Imager Pixel Spacing (at the detector), divided by the Estimated Radiographic
+    Magnification Factor when present.
+    """
+    spacing = _spacing_pair(ds.get("PixelSpacing"))
+    if spacing is not None:
+        return spacing
+    spacing = _spacing_pair(ds.get("ImagerPixelSpacing"))
+    if spacing is None:
+        return None
+    try:
+        magnification = float(ds.get("EstimatedRadiographicMagnificationFactor") or 1.0)
+    except (TypeError, ValueError):
+        magnification = 1.0
+    if not math.isfinite(magnification) or not 0.1 <= magnification <= 10.0:
+        magnification = 1.0
+    return spacing[0] / magnification, spacing[1] / magnification
+
+
+def _spacing_pair(value: Any) -> tuple[float, float] | None:
+    try:
+        row, col = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in (row, col)):
+        return None
+    return row, col
+
+
+def _int_attr(ds: Dataset, keyword: str, default: int) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UnsupportedImage(f"{keyword} is not an integer: {value!r}") from None

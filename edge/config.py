@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
+from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
 
@@ -34,8 +35,10 @@ __all__ = [
     "AgentConfig",
     "AgentSection",
     "DicomConfig",
+    "OutboxConfig",
     "ReceiptsConfig",
     "RetentionConfig",
+    "SyncConfig",
     "UnitConfig",
     "bounded",
     "load_config",
@@ -165,6 +168,70 @@ class ReceiptsConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    """``[outbox]``: the durable queue of what goes to the relay (``edge.outbox``). Receipts, settlements and the
+    device certificate are never dropped; telemetry (results summaries, capacity offers, health) is bounded."""
+
+    max_telemetry_items: int = bounded(10_000, lo=10, hi=10_000_000)
+    """Pending telemetry items kept; beyond this the oldest are dropped (and counted in the health report)."""
+    keep_done_days: float = bounded(7.0, lo=0, hi=3650)
+    """Items the relay acknowledged are deleted this long after (receipts stay in the receipt book)."""
+    feed_interval_s: float = bounded(1.0, lo=0.05, hi=3600)
+    """How often new receipts and settlements are copied from the receipt book into the outbox."""
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """``[sync]``: the MQTT v5 link to the cloud relay (``edge.sync``). With no ``url`` the agent queues offline."""
+
+    url: str = ""
+    """Broker, ``mqtts://host:8883`` (TLS) or ``mqtt://host:1883``; user and password may be given as
+    ``mqtt://user:password@host``. Empty: no link, everything stays queued in the outbox."""
+    username: str = ""
+    """MQTT username. Empty: the device id (the broker's ACL expects it; with client certificates the broker
+    takes the certificate's CN instead)."""
+    password_file: str = ""
+    """File holding the MQTT password (first line). Empty: no password (client certificate or URL)."""
+    ca_file: str = ""
+    """CA bundle that signs the broker's certificate (``mqtts``). Empty: the system's CAs."""
+    cert_file: str = ""
+    """This device's client certificate (PEM), CN = device id. Empty: no client certificate."""
+    key_file: str = ""
+    """The client certificate's private key (PEM)."""
+    keepalive_s: int = bounded(60, lo=5, hi=65535)
+    session_expiry_s: int = bounded(604_800, lo=0, hi=4_294_967_295)
+    """The broker keeps our session (subscriptions, queued acks) this long after we drop off."""
+    connect_timeout_s: float = bounded(10.0, lo=0.5, hi=300)
+    backoff_initial_s: float = bounded(1.0, lo=0.01, hi=3600)
+    """Reconnect delays: full jitter, a random wait up to ``min(backoff_max_s, backoff_initial_s * 2**n)``."""
+    backoff_max_s: float = bounded(300.0, lo=0.01, hi=86400)
+    ack_timeout_s: float = bounded(60.0, lo=0.1, hi=86400)
+    """An up message the relay has not acknowledged within this is sent again."""
+    max_inflight: int = bounded(8, lo=1, hi=1000)
+    """Up messages awaiting the relay's acknowledgement at once."""
+    batch_max_items: int = bounded(100, lo=1, hi=10_000)
+    """Outbox items per up message."""
+    batch_max_bytes: int = bounded(262_144, lo=1024, hi=1_000_000)
+    """Largest up message; the shipped broker config allows 1 MiB."""
+    health_interval_s: float = bounded(300.0, lo=1, hi=86400)
+    """How often a health report (outbox depth, drop counters, link state) is queued."""
+
+    def __post_init__(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ConfigError(f"sync.url: {self.url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError:
+                raise ConfigError(f"sync.url: {self.url!r} has a bad port") from None
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("sync.cert_file and sync.key_file: give both or neither")
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ConfigError("sync.backoff_initial_s: above sync.backoff_max_s")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration, one attribute per TOML section."""
 
@@ -173,6 +240,8 @@ class AgentConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     unit: UnitConfig = field(default_factory=UnitConfig)
     receipts: ReceiptsConfig = field(default_factory=ReceiptsConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class _Transform(Protocol):
 
 
 def region_outline(mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
-    """The convex hull of a region's pixels as ``(x, y)`` pixel-edge points, counter-clockwise on screen.
+    """The convex hull of a region's pixels as ``(x, y)`` pixel-edge points, clockwise on screen (y down).
 
     Pixel ``(row, col)`` spans ``[col, col + 1) x [row, row + 1)``; an empty mask gives an empty outline.
     """

@@ -1,0 +1,173 @@
+"""Bundle loading: a packed bundle loads from a directory or a tar archive; anything off is refused with why."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edge.errors import BundleError
+from edge.pipeline.teeth import PERMANENT_FDI
+from models.bundle import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    Code,
+    FindingClass,
+    FindingsOutput,
+    GoldenSpec,
+    InputSpec,
+    Manifest,
+    TeethOutput,
+    load_bundle,
+    manifest_to_json,
+    pack_bundle,
+    parse_bundle,
+    parse_manifest,
+    version_satisfies,
+    write_bundle,
+)
+
+MANIFEST = Manifest(
+    format=1,
+    id="test-bundle",
+    version="1.2.3",
+    task="dental-panoramic-segmentation",
+    requires_agent=">=0.1,<1",
+    clinical=False,
+    description="test",
+    input=InputSpec("image", 64, 128, 1, (0.5, 99.5), 0.5, 0.25, ("PX",)),
+    teeth=TeethOutput("teeth", PERMANENT_FDI),
+    findings=FindingsOutput("findings", (FindingClass("caries", Code("SCT", "80967001", "Dental caries"), 0.5, 4),)),
+    files={},
+    golden=(GoldenSpec("golden/a.npz", 0.05),),
+)
+FILES = {MODEL_NAME: b"onnx bytes", "golden/a.npz": b"golden bytes"}
+
+
+def _doc(files: dict[str, bytes]) -> dict[str, object]:
+    doc: dict[str, object] = json.loads(files[MANIFEST_NAME])
+    return doc
+
+
+def _with_doc(files: dict[str, bytes], doc: dict[str, object]) -> dict[str, bytes]:
+    return {**files, MANIFEST_NAME: json.dumps(doc).encode()}
+
+
+def test_packed_bundle_round_trips(tmp_path: Path) -> None:
+    packed = pack_bundle(MANIFEST, FILES)
+    write_bundle(tmp_path / "b", packed)
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.model_bytes == b"onnx bytes"
+    assert bundle.manifest.input == MANIFEST.input
+    assert bundle.manifest.findings == MANIFEST.findings
+    assert dict(bundle.files) == FILES
+    assert len(bundle.sha256) == 64
+    assert manifest_to_json(bundle.manifest) == _doc(packed)
+
+
+def test_tar_archive_loads(tmp_path: Path) -> None:
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in pack_bundle(MANIFEST, FILES).items():
+            info = tarfile.TarInfo(f"reference/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert load_bundle(archive).model_bytes == b"onnx bytes"
+
+
+def test_tampered_file_is_refused(tmp_path: Path) -> None:
+    write_bundle(tmp_path, pack_bundle(MANIFEST, FILES))
+    (tmp_path / MODEL_NAME).write_bytes(b"onnx bytez")
+    with pytest.raises(BundleError, match=r"model\.onnx has sha256 .* \(tampered or corrupt\)"):
+        load_bundle(tmp_path)
+
+
+def test_missing_file_is_refused() -> None:
+    packed = pack_bundle(MANIFEST, FILES)
+    del packed["golden/a.npz"]
+    with pytest.raises(BundleError, match=r"golden/a\.npz is listed in the manifest but missing"):
+        parse_bundle(packed)
+
+
+def test_unlisted_file_is_refused(tmp_path: Path) -> None:
+    write_bundle(tmp_path, pack_bundle(MANIFEST, FILES))
+    (tmp_path / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"extra\.bin not listed in the manifest"):
+        load_bundle(tmp_path)
+
+
+def test_symlink_is_refused(tmp_path: Path) -> None:
+    write_bundle(tmp_path / "b", pack_bundle(MANIFEST, FILES))
+    (tmp_path / "b" / "link").symlink_to(tmp_path / "b" / MODEL_NAME)
+    with pytest.raises(BundleError, match="symbolic link"):
+        load_bundle(tmp_path / "b")
+
+
+def test_incompatible_agent_is_refused() -> None:
+    packed = pack_bundle(dataclasses.replace(MANIFEST, requires_agent=">=2.0"), FILES)
+    with pytest.raises(BundleError, match=r"test-bundle 1\.2\.3 requires agent >=2\.0; this agent is 0\.1\.0"):
+        parse_bundle(packed, agent_version="0.1.0")
+    assert parse_bundle(packed, agent_version="2.1.0").manifest.id == "test-bundle"
+
+
+def test_missing_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no such directory or archive"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_no_manifest_is_refused() -> None:
+    with pytest.raises(BundleError, match=r"no manifest\.json"):
+        parse_bundle(FILES)
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda d: d.update(format=2), "format 2 is not supported"),
+        (lambda d: d.pop("id"), "missing id"),
+        (lambda d: d.update(version="1.2"), "not a semantic version"),
+        (lambda d: d.update(requires_agent="~=1"), "not a version clause"),
+        (lambda d: d.update(clinical="no"), "clinical has the wrong type"),
+        (lambda d: d["input"].update(std=0), "input.std must be positive"),
+        (lambda d: d["input"].update(window_percentiles=[99, 1]), "window_percentiles"),
+        (lambda d: d["input"].update(height=True), "input.height has the wrong type"),
+        (lambda d: d["outputs"]["teeth"].update(labels_fdi=["19"]), "'19', not an FDI tooth number"),
+        (lambda d: d["outputs"]["findings"]["classes"][0].update(threshold=1.0), "strictly between 0 and 1"),
+        (lambda d: d["outputs"]["findings"]["classes"][0].update(kind="Caries!"), "is not a code name"),
+        (lambda d: d["outputs"]["findings"].update(classes=[]), "classes is empty"),
+        (lambda d: d["files"].update({"../evil": "0" * 64}), "not a plain relative path"),
+        (lambda d: d["files"].update({"model.onnx": "XYZ"}), "not a lower-case sha256"),
+        (lambda d: d["golden"][0].update(file="golden/b.npz"), "is not listed in files"),
+    ],
+)
+def test_bad_manifest_names_the_problem(edit: object, reason: str) -> None:
+    packed = pack_bundle(MANIFEST, FILES)
+    doc = _doc(packed)
+    edit(doc)  # type: ignore[operator]
+    with pytest.raises(BundleError, match=reason):
+        parse_bundle(_with_doc(packed, doc))
+
+
+def test_manifest_that_is_not_json() -> None:
+    with pytest.raises(BundleError, match="not valid JSON"):
+        parse_manifest(b"{not json")
+
+
+@pytest.mark.parametrize(
+    ("version", "spec", "ok"),
+    [
+        ("0.1.0", ">=0.1,<1", True),
+        ("0.9.9", ">=0.1,<1", True),
+        ("1.0.0", ">=0.1,<1", False),
+        ("0.0.9", ">=0.1,<1", False),
+        ("1.2", "==1.2.0", True),
+        ("1.2.1", "!=1.2.1", False),
+        ("3", ">2.9.9", True),
+    ],
+)
+def test_version_satisfies(version: str, spec: str, ok: bool) -> None:
+    assert version_satisfies(version, spec) is ok

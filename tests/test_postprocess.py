@@ -1,0 +1,144 @@
+"""Post-processing on constructed model outputs: regions become findings on the right tooth, in source pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from edge.errors import PipelineError
+from edge.pipeline.postprocess import findings_from_outputs, region_outline
+from edge.pipeline.preprocess import Prepared
+from edge.pipeline.teeth import PERMANENT_FDI
+from models.bundle import FindingsOutput, InputSpec, Manifest
+from models.reference.spec import CLASSES, INPUT_SPEC
+from tests.test_model_bundle import MANIFEST
+
+H, W = 64, 128
+KINDS = [c.kind for c in CLASSES]
+
+
+def _manifest() -> Manifest:
+    return dataclasses.replace(
+        MANIFEST,
+        input=InputSpec("image", H, W, 1, (0.5, 99.5), 0.5, 0.25, ("PX",)),
+        findings=FindingsOutput("findings", CLASSES),
+    )
+
+
+def _prepared() -> Prepared:
+    """Source image 2x the model grid, letterboxed with 4 rows of padding at the top."""
+    return Prepared(tensor=np.zeros((1, 1, H, W), np.float32), source_shape=(120, 256), scale=(0.5, 0.5), offset=(0, 4))
+
+
+def _outputs() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    teeth = np.full((1, 33, H, W), -5.0, np.float32)
+    teeth[0, 0] = 5.0
+    upper, lower = PERMANENT_FDI.index("11") + 1, PERMANENT_FDI.index("41") + 1
+    # tooth 11: an upper incisor, rows 10-29 (apex at the top, row 10), columns 20-29
+    teeth[0, 0, 10:30, 20:30] = -5.0
+    teeth[0, upper, 10:30, 20:30] = 5.0
+    # tooth 41: a lower incisor, rows 34-53 (apex at the bottom), columns 40-49
+    teeth[0, 0, 34:54, 40:50] = -5.0
+    teeth[0, lower, 34:54, 40:50] = 5.0
+    findings = np.full((1, len(CLASSES), H, W), -6.0, np.float32)
+    findings[0, KINDS.index("caries"), 24:28, 22:26] = 2.0  # 16 px on tooth 11, sigmoid(2) = 0.88
+    findings[0, KINDS.index("restoration"), 40:43, 44:45] = 3.0  # 3 px: below min_area_px
+    findings[0, KINDS.index("periapical_lesion"), 2:8, 100:110] = 1.0  # far from every tooth
+    # bone loss beside tooth 11: a band 4 rows high (rows 16-19) reaching down to the junction, columns 16-34
+    findings[0, KINDS.index("bone_loss"), 16:20, 16:34] = 4.0
+    return teeth, findings
+
+
+def test_regions_become_findings_on_their_teeth() -> None:
+    teeth, scores = _outputs()
+    found = findings_from_outputs({"teeth": teeth, "findings": scores}, _manifest(), _prepared(), (0.1, 0.2))
+    by_kind = {f.kind: f for f in found}
+    assert sorted(by_kind) == ["bone_loss", "caries", "periapical_lesion"]
+
+    caries = by_kind["caries"]
+    assert caries.tooth_fdi == "11"
+    assert caries.tooth_universal == "8"
+    assert caries.bbox == (44, 40, 52, 48)  # model (22, 24)-(26, 28) -> source: x / 0.5, (y - 4) / 0.5
+    assert caries.area_px == 64  # 16 model pixels, 4 source pixels each
+    assert caries.area_mm2 == pytest.approx(64 * 0.1 * 0.2)
+    assert caries.confidence == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-4)
+    assert caries.polygon[0] == (44.0, 40.0)
+    assert caries.bone_loss_mm is None
+
+    assert by_kind["periapical_lesion"].tooth_fdi is None
+
+    loss = by_kind["bone_loss"]
+    assert loss.tooth_fdi == "11"
+    # 4 model rows = 8 source rows at 0.1 mm per row; root from the band's coronal edge (row 20) to the apex
+    # (row 10) is 10 model rows = 20 source rows
+    assert loss.bone_loss_mm == pytest.approx(0.8)
+    assert loss.bone_loss_pct == pytest.approx(40.0)
+
+
+def test_without_spacing_no_mm() -> None:
+    teeth, scores = _outputs()
+    found = findings_from_outputs({"teeth": teeth[0], "findings": scores[0]}, _manifest(), _prepared(), None)
+    loss = next(f for f in found if f.kind == "bone_loss")
+    assert loss.area_mm2 is None
+    assert loss.bone_loss_mm is None
+    assert loss.bone_loss_pct == pytest.approx(40.0)
+
+
+def test_region_spanning_two_teeth_splits_per_tooth() -> None:
+    teeth, scores = _outputs()
+    teeth[0, 0, 10:30, 40:50] = -5.0
+    teeth[0, PERMANENT_FDI.index("21") + 1, 10:30, 40:50] = 5.0
+    scores[0, KINDS.index("crown"), 22:30, 20:50] = 3.0
+    found = findings_from_outputs({"teeth": teeth, "findings": scores}, _manifest(), _prepared(), None)
+    crowns = sorted((f.tooth_fdi, f.bbox) for f in found if f.kind == "crown")
+    assert [t for t, _ in crowns] == ["11", "21"]
+
+
+def test_no_teeth_means_no_tooth_numbers() -> None:
+    teeth, scores = _outputs()
+    teeth[0, 1:] = -5.0
+    teeth[0, 0] = 5.0
+    found = findings_from_outputs({"teeth": teeth, "findings": scores}, _manifest(), _prepared(), None)
+    assert found
+    assert all(f.tooth_fdi is None for f in found)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "reason"),
+    [
+        ({"teeth": np.zeros((1, 33, H, W))}, "'findings' is missing"),
+        ({"teeth": np.zeros((1, 33, H, W)), "findings": np.zeros((1, 3, H, W))}, "finding channels"),
+        ({"teeth": np.zeros((2, 33, H, W)), "findings": np.zeros((2, 7, H, W))}, "batch size 2"),
+        ({"teeth": np.zeros((33, H, W)), "findings": np.zeros((7, H, W // 2))}, "disagree in size"),
+        ({"teeth": np.zeros((H, W)), "findings": np.zeros((7, H, W))}, "expected"),
+    ],
+)
+def test_malformed_outputs_are_pipeline_errors(outputs: dict[str, npt.NDArray[np.float64]], reason: str) -> None:
+    with pytest.raises(PipelineError, match=reason):
+        findings_from_outputs(outputs, _manifest(), _prepared(), None)  # type: ignore[arg-type]
+
+
+def test_region_outline_is_the_convex_hull_of_pixel_corners() -> None:
+    mask = np.zeros((6, 6), bool)
+    mask[1:3, 2:5] = True
+    assert region_outline(mask) == [(2.0, 1.0), (5.0, 1.0), (5.0, 3.0), (2.0, 3.0)]
+    assert region_outline(np.zeros((3, 3), bool)) == []
+    single = np.zeros((3, 3), bool)
+    single[1, 1] = True
+    assert len(region_outline(single)) == 4
+
+
+def test_reference_spec_matches_the_contract() -> None:
+    assert (INPUT_SPEC.height, INPUT_SPEC.width, INPUT_SPEC.channels) == (512, 1024, 1)
+    assert KINDS == [
+        "caries",
+        "periapical_lesion",
+        "restoration",
+        "crown",
+        "root_canal_filling",
+        "implant",
+        "bone_loss",
+    ]

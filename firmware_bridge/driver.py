@@ -47,6 +47,9 @@ __all__ = [
 
 log = logging.getLogger("firmware_bridge.driver")
 
+_MAX_PENDING = 10_000
+"""Reports held until the unit identifies itself; beyond this they wait for the exposure log resync."""
+
 AGENT_CAPABILITIES = Capability.EXPOSURE_LOG | Capability.CLOCK_SYNC
 """What the agent's side of the reference protocol supports."""
 
@@ -173,7 +176,8 @@ class ReferenceDriver:
             with self._lock:
                 serial = None if self.identity is None else self.identity.serial
                 if serial is None:
-                    self._pending.append(message)
+                    if len(self._pending) < _MAX_PENDING:
+                        self._pending.append(message)
                     return
             if isinstance(message, ExposureStarted):
                 listener.on_exposure_started(serial, message)

@@ -90,6 +90,7 @@ class LinkStats:
     reconnects: int = 0
     handshakes: int = 0
     callback_errors: int = 0
+    internal_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
@@ -270,28 +271,31 @@ class Link:
     def _reader(self) -> None:
         backoff = Backoff(self.settings.reopen_initial_s, self.settings.reopen_max_s)
         while not self._stop.is_set():
-            if self.state == "closed" and not self._open(backoff):
-                continue
             try:
-                self._housekeeping()
-                data = self.transport.read()
+                self._read_once(backoff)
             except TransportError as exc:
                 self._lost_port(exc)
-                continue
-            if not data:
-                continue
-            before = self._decoder.dropped
-            frames = self._decoder.feed(data)
-            garbled = self._decoder.dropped - before
-            try:
-                if garbled:
-                    self.stats.garbled += garbled
-                    self._send_nak()
-                for frame in frames:
-                    self._last_rx = time.monotonic()
-                    self._handle(frame)
-            except TransportError as exc:
-                self._lost_port(exc)
+            except Exception:  # a bug here must not silence the unit: log it, count it, carry on
+                self.stats.internal_errors += 1
+                log.exception("%s: reader failed", self.name)
+                self._stop.wait(0.1)
+
+    def _read_once(self, backoff: Backoff) -> None:
+        if self.state == "closed" and not self._open(backoff):
+            return
+        self._housekeeping()
+        data = self.transport.read()
+        if not data:
+            return
+        before = self._decoder.dropped
+        frames = self._decoder.feed(data)
+        garbled = self._decoder.dropped - before
+        if garbled:
+            self.stats.garbled += garbled
+            self._send_nak()
+        for frame in frames:
+            self._last_rx = time.monotonic()
+            self._handle(frame)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()

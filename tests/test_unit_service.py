@@ -111,6 +111,7 @@ def test_exposures_status_and_faults(rig: Rig) -> None:
     link = summary(rig.db)["link"]
     assert link["state"] == "connected"  # type: ignore[index]
     assert "garbled" in link["counters"]  # type: ignore[index]
+    assert abs(link["clock_offset_ms"]) < 1000  # type: ignore[index]
 
 
 def test_noise_on_the_line(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ Schema (times ``*_at`` are ISO 8601 UTC as :func:`edge.store.index.utc_now` writ
                     state ('pending' | 'matched' | 'no_exposure'), exposure_key NULL -> unit_exposures
     unit_status     serial PK, state, heat_pct, tube_temp_c, faults (comma-separated hex), unit_time_ms, updated_at
     unit_faults     fault_key PK, unit_serial, code, raised_at, cleared_at NULL
-    unit_link       id = 1, port, state, version, error, counters (JSON), updated_at
+    unit_link       id = 1, port, state, version, error, counters (JSON), updated_at,
+                    clock_offset_ms NULL (unit clock minus agent clock), last_heard_s NULL
 
 An exposure is the billable use: :func:`record_exposure` inserts it once per ``(unit, exposure id)`` in one
 transaction, together with its receipt, and a replay of the unit's log or a duplicated report is a no-op.
@@ -127,6 +128,10 @@ _MIGRATIONS = [
         counters TEXT NOT NULL,
         updated_at TEXT NOT NULL
     )
+    """,
+    """
+    ALTER TABLE unit_link ADD COLUMN clock_offset_ms INTEGER;
+    ALTER TABLE unit_link ADD COLUMN last_heard_s REAL
     """,
 ]
 
@@ -309,9 +314,18 @@ def record_link(conn: sqlite3.Connection, port: str, link: DriverStatus) -> None
     """Save the link's state and counters (garbled frames, retransmits, ...) for the agent's status views."""
     with transaction(conn):
         conn.execute(
-            "INSERT OR REPLACE INTO unit_link (id, port, state, version, error, counters, updated_at) "
-            "VALUES (1, ?, ?, ?, ?, ?, ?)",
-            (port, link.state, link.version, link.error, json.dumps(link.counters, sort_keys=True), utc_now()),
+            "INSERT OR REPLACE INTO unit_link (id, port, state, version, error, counters, updated_at, "
+            "clock_offset_ms, last_heard_s) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                port,
+                link.state,
+                link.version,
+                link.error,
+                json.dumps(link.counters, sort_keys=True),
+                utc_now(),
+                link.clock_offset_ms,
+                link.last_heard_s,
+            ),
         )
 
 
@@ -405,7 +419,9 @@ def summary(conn: sqlite3.Connection) -> dict[str, object]:
             "SELECT unit_serial, code, raised_at FROM unit_faults WHERE cleared_at IS NULL ORDER BY raised_at"
         )
     ]
-    link = conn.execute("SELECT port, state, version, error, counters, updated_at FROM unit_link").fetchone()
+    link = conn.execute(
+        "SELECT port, state, version, error, counters, clock_offset_ms, last_heard_s, updated_at FROM unit_link"
+    ).fetchone()
     return {
         "exposures": exposures,
         "images": images,

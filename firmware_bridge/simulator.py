@@ -14,7 +14,9 @@ send the image to the agent's storage SCP with DICOM C-STORE (:class:`ImageSende
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import queue
@@ -31,6 +33,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from edge.durable import atomic_write_bytes
 from firmware_bridge.errors import BridgeError, PortUnavailable, TransportError
 from firmware_bridge.link import Link, LinkSettings
 from firmware_bridge.messages import (
@@ -208,6 +211,25 @@ class SimulatorScript:
     seed: int | None = None
 
 
+_LOG_SIZE = 10_000
+"""Exposures the simulated unit keeps for ``GetExposureLog``."""
+
+
+def _load_log(path: Path) -> list[ExposureCompleted]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return [ExposureCompleted(**row) for row in rows]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as exc:
+        raise BridgeError(f"simulator state {path}: {exc}") from exc
+
+
+def _save_log(path: Path, exposures: list[ExposureCompleted]) -> None:
+    rows = [dataclasses.asdict(e) for e in exposures]
+    atomic_write_bytes(path, json.dumps(rows).encode("utf-8"))
+
+
 class UnitSimulator:
     """A virtual unit's controller on ``transport`` (a :class:`PtyTransport`, or a memory end in tests)."""
 
@@ -224,8 +246,11 @@ class UnitSimulator:
         max_version: int = PROTOCOL_VERSION,
         min_version: int = MIN_PROTOCOL_VERSION,
         image_sender: ImageSender | None = None,
+        state_path: Path | None = None,
     ) -> None:
         self.transport = transport
+        self.state_path = state_path
+        """Where the exposure log is kept across restarts (a real unit never reuses an exposure id)."""
         self.identity = Identify(model=model, serial=serial, firmware=firmware, manufacturer=manufacturer)
         self.script = script or SimulatorScript()
         self.image_sender = image_sender
@@ -241,7 +266,7 @@ class UnitSimulator:
             min_version=min_version,
             name="simulator",
         )
-        self.exposures: list[ExposureCompleted] = []
+        self.exposures: list[ExposureCompleted] = [] if state_path is None else _load_log(state_path)
         self.state = "ready"
         self.faults: tuple[int, ...] = ()
         self.heat_pct = 0
@@ -280,6 +305,10 @@ class UnitSimulator:
 
     # --- what the unit does ---------------------------------------------------------------------------------
 
+    def last_exposure_id(self) -> int:
+        """The id of the newest exposure (0 before the first)."""
+        return self.exposures[-1].exposure_id if self.exposures else 0
+
     def unit_time_ms(self) -> int:
         """The unit's clock (Unix ms), skewed as scripted."""
         return int((time.time() + self.script.clock_skew_s) * 1000)
@@ -304,7 +333,7 @@ class UnitSimulator:
             if self.state == "fault":
                 return None
             self.state = "busy"
-            exposure_id = len(self.exposures) + 1
+            exposure_id = self.last_exposure_id() + 1
         program = program or self.script.program
         kvp, ma = (70.0, 10.0) if program != "intraoral" else (60.0, 7.0)
         started = self.unit_time_ms()
@@ -324,8 +353,11 @@ class UnitSimulator:
         )
         with self._lock:
             self.exposures.append(exposure)
+            del self.exposures[:-_LOG_SIZE]
             self.state = "ready"
             self.heat_pct = min(100, self.heat_pct + 5)
+            if self.state_path is not None:
+                _save_log(self.state_path, self.exposures)
         self._send(exposure)
         self._send(self.status())
         if self.image_sender is not None:
@@ -359,7 +391,7 @@ class UnitSimulator:
         elif isinstance(message, GetExposureLog):
             with self._lock:
                 replay = [e for e in self.exposures if e.exposure_id > message.since_id]
-                last = len(self.exposures)
+                last = self.last_exposure_id()
             for exposure in replay:
                 self._send(exposure)
             self._send(ExposureLogEnd(last_id=last, count=len(replay)))

@@ -206,3 +206,13 @@ def test_database_is_shared_with_the_index(rig: Rig) -> None:
     tables = {r[0] for r in rig.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"instances", "unit_exposures", "unit_images", "unit_status", "unit_faults", "unit_link"} <= tables
     assert isinstance(rig.db, sqlite3.Connection)
+
+
+def test_simulator_keeps_its_exposure_ids_across_restarts(tmp_path: Path) -> None:
+    state = tmp_path / "sim.json"
+    for expected in ([1, 2], [3]):
+        sim = UnitSimulator(PtyTransport(), settings=SIM_LINK, state_path=state)
+        made = [sim.expose(duration_s=0.0) for _ in expected]
+        assert [e.exposure_id for e in made if e is not None] == expected
+        sim.stop()
+    assert UnitSimulator(PtyTransport(), state_path=state).last_exposure_id() == 3

@@ -31,6 +31,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--serial-number", default="SIM-0001", help="the unit's serial (DeviceSerialNumber)")
     parser.add_argument("--protocol-version", type=int, default=None, metavar="N", help="newest version spoken")
     parser.add_argument("--send-to", metavar="AE@HOST:PORT", help="C-STORE each exposure's image there")
+    parser.add_argument(
+        "--state", type=Path, metavar="FILE", help="keep the exposure log here across restarts (ids never repeat)"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.set_defaults(func=_run)
 
@@ -46,11 +49,6 @@ def _run(args: argparse.Namespace) -> int:
     from firmware_bridge.simulator import ImageSender, PtyTransport, SimulatorScript, UnitSimulator
 
     configure_logging("text", "INFO")
-    try:
-        sender = ImageSender.parse(args.send_to) if args.send_to else None
-    except BridgeError as exc:
-        raise ConfigError(str(exc)) from exc
-    transport = PtyTransport(link=args.link)
     script = SimulatorScript(
         exposure_interval_s=args.exposure_interval,
         exposure_time_s=args.exposure_time,
@@ -62,14 +60,19 @@ def _run(args: argparse.Namespace) -> int:
         unplug_duration_s=args.unplug_duration,
         seed=args.seed,
     )
-    simulator = UnitSimulator(
-        transport,
-        serial=args.serial_number,
-        script=script,
-        max_version=args.protocol_version or PROTOCOL_VERSION,
-        image_sender=sender,
-    )
-    transport.open()
+    try:
+        transport = PtyTransport(link=args.link)
+        simulator = UnitSimulator(
+            transport,
+            serial=args.serial_number,
+            script=script,
+            max_version=args.protocol_version or PROTOCOL_VERSION,
+            image_sender=ImageSender.parse(args.send_to) if args.send_to else None,
+            state_path=args.state,
+        )
+        transport.open()
+    except BridgeError as exc:
+        raise ConfigError(str(exc)) from exc
     print(transport.port, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

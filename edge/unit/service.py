@@ -179,7 +179,17 @@ class UnitService:
         with self._db_lock:
             current = watermark(self._db(), serial)
             new = set_watermark(self._db(), serial, end.last_id if current is None else current)
-        if new < end.last_id:
+        if end.last_id < new:
+            # exposure ids must never repeat; a reset counter (a replaced controller) needs a technician
+            event(
+                log,
+                "unit exposure counter went back",
+                level=logging.ERROR,
+                serial=serial,
+                last=end.last_id,
+                watermark=new,
+            )
+        elif new < end.last_id:
             event(log, "unit log has a gap", level=logging.WARNING, serial=serial, watermark=new, last=end.last_id)
 
     # --- housekeeping ---------------------------------------------------------------------------------------

@@ -73,11 +73,11 @@ def _run(args: argparse.Namespace) -> int:
         transport.open()
     except BridgeError as exc:
         raise ConfigError(str(exc)) from exc
-    print(transport.port, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     simulator.start()
+    print(transport.port, flush=True)
     try:
         stop.wait()
     finally:

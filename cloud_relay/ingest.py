@@ -1,0 +1,313 @@
+"""Ingest: verify what devices publish, store it idempotently, and say what to acknowledge.
+
+One call of :meth:`Ingestor.handle` takes a batch of up messages (topic + payload, see the contract in
+``README.md`` "Cloud relay") and runs ONE database transaction; the :class:`Ack` documents it returns may be
+published only after it returns (the commit is durable by then). Per item:
+
+* ``certificate``: verified against the manufacturer keys, stored (its device registered if new);
+* ``receipts``: verified with :func:`edge.receipts.verify.verify_receipts` against the device's stored
+  certificates and the revocations, continuing the chain from the receipt's own ``prev``; then stored once per
+  (device, seq). The same receipt again is acknowledged as stored (a resend); a different one with a stored
+  sequence number, or one whose chain link disagrees with a stored neighbour, is rejected. Receipts may
+  arrive out of order (several workers share the stream): links are checked whenever a neighbour is present;
+* ``settlements``: verified with :func:`~edge.receipts.verify.verify_settlements` over the stored receipts it
+  covers; when those (or the previous settlement) are not here yet it is deferred (:class:`NotYet`: not acked,
+  the device resends);
+* ``offers``, ``health``, ``results``: JSON objects stored once per (device, item id).
+
+A rejected item is recorded with its reason in ``rejects`` and acknowledged as rejected (permanent). A message
+whose topic, JSON or device is wrong as a whole is recorded and not acknowledged (it names no items to ack).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloud_relay.errors import NotYet, Rejected
+from cloud_relay.registry import device_certificates, load_trust, store_certificate
+from cloud_relay.storage import Database, Tx
+from edge.errors import EncodingError, VerificationError
+from edge.logs import event
+from edge.receipts.encoding import decode, encode_unchecked
+from edge.receipts.identity import DeviceCertificate, now_ms
+from edge.receipts.receipts import GENESIS, Receipt, parse_receipt
+from edge.receipts.verify import Checkpoint, Trust, verify_receipts, verify_settlements
+
+__all__ = ["KINDS", "TOPIC_FILTER", "Ack", "Ingestor", "UpMessage", "ack_topic", "parse_topic"]
+
+log = logging.getLogger("cloud_relay.ingest")
+
+KINDS = ("receipts", "settlements", "certificate", "offers", "health", "results")
+TOPIC_FILTER = "btt/v1/dev/+/up/#"
+_TOPIC_RE = re.compile(r"^btt/v1/dev/([^/+#]{1,128})/up/([a-z]{1,32})$")
+_ITEM_ID_MAX = 128
+
+
+def parse_topic(topic: str) -> tuple[str, str]:
+    """``(device, kind)`` of an up topic; :class:`Rejected` for anything else."""
+    match = _TOPIC_RE.match(topic)
+    if match is None:
+        raise Rejected(f"topic {topic!r:.80} is not btt/v1/dev/<device>/up/<kind>")
+    return match[1], match[2]
+
+
+def ack_topic(device: str) -> str:
+    """Where the application acknowledgement for ``device`` goes."""
+    return f"btt/v1/dev/{device}/ack"
+
+
+@dataclass(frozen=True)
+class UpMessage:
+    """One MQTT message as received."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class Ack:
+    """The application acknowledgement for one device (contract: ``{"v", "stored", "rejected"}``)."""
+
+    device: str
+    stored: list[str] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def payload(self) -> bytes:
+        return json.dumps({"v": 1, "stored": self.stored, "rejected": self.rejected}).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class _Item:
+    id: str
+    body: Any
+
+
+def _items(device: str, kind: str, payload: bytes) -> list[_Item]:
+    try:
+        doc = decode(payload)
+    except EncodingError as exc:
+        raise Rejected(f"payload is not strict JSON: {exc}") from exc
+    if not isinstance(doc, Mapping) or doc.get("v") != 1:
+        raise Rejected("payload must be an object with v = 1")
+    if doc.get("device") != device or doc.get("kind") != kind:
+        raise Rejected(
+            f"payload names device {doc.get('device')!r:.40} / kind {doc.get('kind')!r:.20}, topic {device}/{kind}"
+        )
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise Rejected("payload items must be a list")
+    out = []
+    for item in items:
+        item_id = item.get("id") if isinstance(item, Mapping) else None
+        if not isinstance(item_id, str) or not 0 < len(item_id) <= _ITEM_ID_MAX:
+            raise Rejected(f"an item without an id string of 1-{_ITEM_ID_MAX} characters")
+        out.append(_Item(item_id, item.get("body")))
+    return out
+
+
+class Ingestor:
+    """Verifies and stores batches of up messages (see the module docstring)."""
+
+    def __init__(self, db: Database, clock: Callable[[], int] = now_ms) -> None:
+        self._db = db
+        self._clock = clock
+
+    def handle(self, messages: Sequence[UpMessage]) -> list[Ack]:
+        """Process ``messages`` in one transaction; returns the acks to publish once this returns.
+
+        Raises :class:`~cloud_relay.errors.StorageUnavailable` / ``StorageError`` when the transaction did
+        not commit: then nothing is acknowledged and the caller retries the batch.
+        """
+        now = self._clock()
+        parsed: list[tuple[str, str, list[_Item]]] = []
+        bad: list[tuple[str, str, str]] = []
+        for message in messages:
+            try:
+                device, kind = parse_topic(message.topic)
+                parsed.append((device, kind, _items(device, kind, message.payload)))
+            except Rejected as exc:
+                bad.append((message.topic.split("/")[3] if message.topic.count("/") >= 3 else "?", "*", str(exc)))
+        acks: dict[str, Ack] = {}
+        with self._db.transaction() as tx:
+            for device in sorted({d for d, _, _ in parsed}):
+                tx.lock_device(device)
+            batch = _Batch(tx, load_trust(tx), now)
+            for device, kind, items in parsed:
+                ack = acks.setdefault(device, Ack(device))
+                for item in items:
+                    batch.item(device, kind, item, ack)
+            for device, _, reason in bad:
+                tx.execute(
+                    "INSERT INTO rejects (device, item_id, kind, reason, received_ms) VALUES (?, ?, ?, ?, ?)",
+                    (device[:128], "*", "*", reason, now),
+                )
+        for device, _, reason in bad:
+            event(log, "message rejected", level=logging.WARNING, device=device, reason=reason)
+        return [a for a in acks.values() if a.stored or a.rejected]
+
+
+class _Batch:
+    """The work of one transaction, with the device certificates it has loaded."""
+
+    def __init__(self, tx: Tx, trust: Trust, now: int) -> None:
+        self.tx = tx
+        self.trust = trust
+        self.now = now
+        self._certs: dict[str, dict[str, DeviceCertificate]] = {}
+
+    def certs(self, device: str) -> dict[str, DeviceCertificate]:
+        if device not in self._certs:
+            self._certs[device] = device_certificates(self.tx, device)
+        return self._certs[device]
+
+    def item(self, device: str, kind: str, item: _Item, ack: Ack) -> None:
+        try:
+            if kind == "receipts":
+                self._receipt(device, item)
+            elif kind == "settlements":
+                self._settlement(device, item)
+            elif kind == "certificate":
+                self._certificate(device, item)
+            elif kind in KINDS:
+                self._report(device, kind, item)
+            else:
+                raise Rejected(f"unknown kind {kind!r}")
+        except VerificationError as exc:
+            self._reject(device, kind, item, ack, f"{type(exc).__name__}: {exc}")
+        except Rejected as exc:
+            self._reject(device, kind, item, ack, str(exc))
+        except NotYet as exc:
+            event(log, "item deferred", device=device, kind=kind, id=item.id, reason=str(exc))
+        else:
+            ack.stored.append(item.id)
+
+    def _reject(self, device: str, kind: str, item: _Item, ack: Ack, reason: str) -> None:
+        self.tx.execute(
+            "INSERT INTO rejects (device, item_id, kind, reason, received_ms) VALUES (?, ?, ?, ?, ?)",
+            (device, item.id, kind, reason, self.now),
+        )
+        ack.rejected.append({"id": item.id, "reason": reason, "permanent": True})
+        event(log, "item rejected", level=logging.WARNING, device=device, kind=kind, id=item.id, reason=reason)
+
+    def _certificate(self, device: str, item: _Item) -> None:
+        cert = store_certificate(self.tx, item.body, self.trust, self.now)
+        if cert.device_id != device:
+            raise Rejected(f"certificate of {cert.device_id} published by {device}")
+        self._certs.pop(device, None)
+
+    def _receipt(self, device: str, item: _Item) -> None:
+        signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
+        seq = signed.get("seq") if isinstance(signed, Mapping) else None
+        prev = signed.get("prev") if isinstance(signed, Mapping) else None
+        if type(seq) is not int or seq < 1 or not isinstance(prev, str):
+            raise Rejected("receipt: not a signed receipt envelope with an integer seq and a prev hash")
+        if not self.certs(device):
+            raise NotYet(f"receipt {seq}: no certificate of {device} at the relay yet")
+        ((receipt, body),) = verify_receipts([item.body], self.certs(device), self.trust, Checkpoint(seq - 1, prev))
+        if receipt.device != device:
+            raise Rejected(f"receipt {seq} of device {receipt.device} published by {device}")
+        near = {
+            int(r[0]): (str(r[1]), str(r[2]))
+            for r in self.tx.all(
+                "SELECT seq, hash, prev FROM receipts WHERE device = ? AND seq BETWEEN ? AND ?",
+                (device, seq - 1, seq + 1),
+            )
+        }
+        if seq in near:
+            if near[seq][0] == receipt.hash:
+                return
+            raise Rejected(f"ConflictingReceipt: receipt {seq} differs from the receipt {seq} stored (forked chain)")
+        if seq - 1 in near and near[seq - 1][0] != receipt.prev:
+            raise Rejected(f"BrokenChain: receipt {seq}: prev is not the hash of the stored receipt {seq - 1}")
+        if seq + 1 in near and near[seq + 1][1] != receipt.hash:
+            raise Rejected(f"BrokenChain: the stored receipt {seq + 1} does not link to receipt {seq}")
+        self.tx.execute(
+            "INSERT INTO receipts (device, seq, hash, prev, keyid, time_ms, kind, right_id, units, overage_units,"
+            " body, signatures, item_id, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device,
+                seq,
+                receipt.hash,
+                receipt.prev,
+                receipt.keyid,
+                receipt.time_ms,
+                receipt.kind,
+                receipt.right,
+                receipt.units,
+                receipt.overage_units,
+                body.decode("utf-8"),
+                json.dumps(item.body.get("signatures")),
+                item.id,
+                self.now,
+            ),
+        )
+
+    def _settlement(self, device: str, item: _Item) -> None:
+        signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
+        fields: list[Any] = [
+            signed.get(k) if isinstance(signed, Mapping) else None for k in ("batch", "first_seq", "last_seq")
+        ]
+        if not all(type(v) is int and v >= 1 for v in fields):
+            raise Rejected("settlement: not a signed settlement envelope with integer batch, first_seq, last_seq")
+        batch, first, last = fields
+        digest = hashlib.sha256(encode_unchecked(signed)).hexdigest()
+        stored = self.tx.one("SELECT hash FROM settlements WHERE device = ? AND batch = ?", (device, batch))
+        if stored is not None:
+            if stored[0] == digest:
+                return
+            raise Rejected(f"SettlementMismatch: settlement {batch} differs from the settlement {batch} stored")
+        prev, prev_last = GENESIS, 0
+        if batch > 1:
+            row = self.tx.one(
+                "SELECT hash, last_seq FROM settlements WHERE device = ? AND batch = ?", (device, batch - 1)
+            )
+            if row is None:
+                raise NotYet(f"settlement {batch}: settlement {batch - 1} is not here yet")
+            prev, prev_last = str(row[0]), int(row[1])
+        if last < first or last - first > 1_000_000:
+            raise Rejected(f"SettlementMismatch: settlement {batch}: range {first}-{last}")
+        rows = self.tx.all(
+            "SELECT body, hash FROM receipts WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            (device, first, last),
+        )
+        if len(rows) != last - first + 1:
+            raise NotYet(f"settlement {batch}: {last - first + 1 - len(rows)} of its receipts are not here yet")
+        receipts: list[tuple[Receipt, bytes]] = [
+            (parse_receipt(decode(r[0]), str(r[1])), str(r[0]).encode("utf-8")) for r in rows
+        ]
+        checkpoint = Checkpoint(seq=prev_last, batch=batch - 1, settlement_hash=prev)
+        (settlement,) = verify_settlements([item.body], receipts, self.certs(device), self.trust, checkpoint)
+        if settlement.device != device:
+            raise Rejected(f"settlement {batch} of device {settlement.device} published by {device}")
+        self.tx.execute(
+            "INSERT INTO settlements (device, batch, hash, first_seq, last_seq, count, root, closed_ms, envelope,"
+            " item_id, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device,
+                batch,
+                settlement.hash,
+                first,
+                last,
+                settlement.count,
+                settlement.root,
+                settlement.closed_ms,
+                json.dumps(item.body),
+                item.id,
+                self.now,
+            ),
+        )
+
+    def _report(self, device: str, kind: str, item: _Item) -> None:
+        if not isinstance(item.body, Mapping):
+            raise Rejected(f"{kind}: body must be a JSON object")
+        self.tx.execute(
+            "INSERT INTO reports (device, item_id, kind, body, received_ms) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (device, item.id, kind, json.dumps(item.body), self.now),
+        )

@@ -43,14 +43,14 @@ from dataclasses import asdict
 from typing import Any
 
 from edge.db import migrate, transaction
-from edge.errors import IdentityError
+from edge.errors import EncodingError, IdentityError
 from edge.logs import event
 from edge.receipts import merkle
 from edge.receipts.encoding import canonical_bytes, decode, sha256_hex, signing_message
-from edge.receipts.grants import consume
+from edge.receipts.grants import Balances
 from edge.receipts.identity import DeviceIdentity, now_ms
 from edge.receipts.keys import seal
-from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, receipt_body
+from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, fast_receipt, receipt_body
 from edge.receipts.settlement import SETTLEMENT, settlement_body
 from edge.receipts.verify import EXPORT
 
@@ -63,7 +63,7 @@ MIGRATIONS = [
     """
     CREATE TABLE receipts (
         seq INTEGER PRIMARY KEY,
-        hash TEXT NOT NULL UNIQUE,
+        hash TEXT NOT NULL,
         keyid TEXT NOT NULL,
         alg TEXT NOT NULL,
         time_ms INTEGER NOT NULL,
@@ -102,7 +102,7 @@ MIGRATIONS = [
     """,
 ]
 
-_Head = tuple[int, str]
+_RECEIPT_PREFIX = signing_message(RECEIPT, b"")
 
 
 class ReceiptBook:
@@ -139,12 +139,12 @@ class ReceiptBook:
         except sqlite3.Error as exc:
             event(log, "receipt not recorded", level=logging.ERROR, kind=str(use.kind), error=str(exc))
             return None
+        receipt: Receipt | None = None
         try:
             if self._identity is None:
                 self._park(conn, use, time_ms, None)
-                receipt = None
             else:
-                receipt, _ = self._append(conn, use, time_ms, self._head(conn))
+                [receipt] = self._append(conn, [(use, time_ms)])
         except Exception as exc:
             conn.execute("ROLLBACK TO receipt")
             event(log, "receipt failed; use parked", level=logging.ERROR, kind=str(use.kind), error=str(exc))
@@ -153,20 +153,18 @@ class ReceiptBook:
             except Exception as park_exc:
                 event(log, "use not parked", level=logging.ERROR, error=str(park_exc))
                 conn.execute("ROLLBACK TO receipt")
-            receipt = None
         conn.execute("RELEASE receipt")
         return receipt
 
     def record_batch(self, conn: sqlite3.Connection, uses: Iterable[Use]) -> list[Receipt]:
-        """Group commit: sign and store every use in one transaction; returns after it is durable."""
+        """Group commit: sign and store every use in one transaction; returns after it is durable.
+
+        Unlike :meth:`record` this raises (and records nothing) when a use is invalid or the box has no identity.
+        """
         self._require_identity()
-        out: list[Receipt] = []
+        now = self._clock()
         with transaction(conn):
-            head = self._head(conn)
-            for use in uses:
-                receipt, head = self._append(conn, use, self._clock(), head)
-                out.append(receipt)
-        return out
+            return self._append(conn, [(use, now) for use in uses])
 
     # --- internals ---------------------------------------------------------------------------------------
 
@@ -176,68 +174,54 @@ class ReceiptBook:
         return self._identity
 
     @staticmethod
-    def _head(conn: sqlite3.Connection) -> _Head:
+    def _head(conn: sqlite3.Connection) -> tuple[int, str]:
         row = conn.execute("SELECT seq, hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
         return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
 
-    def _append(self, conn: sqlite3.Connection, use: Use, time_ms: int, head: _Head) -> tuple[Receipt, _Head]:
+    def _append(self, conn: sqlite3.Connection, uses: list[tuple[Use, int]]) -> list[Receipt]:
+        """Sign ``uses`` onto the chain inside the open transaction (one read of the head, one insert)."""
         identity = self._require_identity()
-        use.validate()
-        taken = consume(conn, use.kind, use.units, use.right_id, time_ms)
-        key = identity.key
-        seq = head[0] + 1
-        body = receipt_body(
-            device=identity.device_id,
-            keyid=key.keyid,
-            seq=seq,
-            prev=head[1],
-            time_ms=time_ms,
-            use=use,
-            overage_units=taken.overage_units,
-            right_id=taken.right_id,
-            study_digest=None if use.study_uid is None else identity.study_digest(use.study_uid),
-        )
-        data = canonical_bytes(body)
-        sig = key.sign(signing_message(RECEIPT, data))
-        digest = sha256_hex(data)
-        conn.execute(
+        key, device, keyid = identity.key, identity.device_id, identity.key.keyid
+        for use, _ in uses:
+            use.validate()
+        balances = Balances(conn, {use.kind for use, _ in uses})
+        seq, prev = self._head(conn)
+        rows: list[tuple[Any, ...]] = []
+        out: list[Receipt] = []
+        for use, time_ms in uses:
+            taken = balances.take(use.kind, use.units, use.right_id, time_ms)
+            seq += 1
+            body = receipt_body(
+                device=device,
+                keyid=keyid,
+                seq=seq,
+                prev=prev,
+                time_ms=time_ms,
+                use=use,
+                overage_units=taken.overage_units,
+                right_id=taken.right_id,
+                study_digest=None if use.study_uid is None else identity.study_digest(use.study_uid),
+            )
+            fast = fast_receipt(body)  # bytes, hash and fields in one pass
+            if fast is None:  # only a value outside canonical JSON gets here (a lone surrogate): name it
+                canonical_bytes(body)
+                raise EncodingError(f"use: a receipt for {use.kind!r} has no canonical encoding")
+            data, receipt = fast
+            rows.append(
+                (seq, receipt.hash, keyid, key.alg, time_ms, use.kind, taken.right_id, use.units,
+                 taken.overage_units, data, key.sign(_RECEIPT_PREFIX + data))
+            )  # fmt: skip
+            out.append(receipt)
+            prev = receipt.hash
+            if taken.overage_units:
+                event(log, "use beyond granted rights", seq=seq, kind=use.kind, overage_units=taken.overage_units)
+        conn.executemany(
             "INSERT INTO receipts (seq, hash, keyid, alg, time_ms, kind, right_id, units, overage_units, body, sig)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                seq,
-                digest,
-                key.keyid,
-                key.alg,
-                time_ms,
-                use.kind,
-                taken.right_id,
-                use.units,
-                taken.overage_units,
-                data,
-                sig,
-            ),
+            rows,
         )
-        receipt = Receipt(
-            identity.device_id,
-            key.keyid,
-            seq,
-            head[1],
-            time_ms,
-            use.kind,
-            use.units,
-            taken.overage_units,
-            taken.right_id,
-            digest,
-        )
-        if taken.overage_units:
-            event(
-                log,
-                "use beyond granted rights",
-                seq=seq,
-                kind=use.kind,
-                overage_units=taken.overage_units,
-            )
-        return receipt, (seq, digest)
+        balances.save(conn)
+        return out
 
     @staticmethod
     def _park(conn: sqlite3.Connection, use: Use, time_ms: int, error: str | None) -> None:
@@ -252,18 +236,15 @@ class ReceiptBook:
         """Start signing with ``identity`` and sign the uses parked while the box had none; returns how many."""
         with self._lock:
             self._identity = identity
-        signed = 0
         with transaction(conn):
-            head = self._head(conn)
             rows = conn.execute("SELECT id, time_ms, use FROM receipt_pending WHERE error IS NULL ORDER BY id")
-            for row in rows.fetchall():
-                use = Use(**json.loads(row["use"]))
-                _, head = self._append(conn, use, int(row["time_ms"]), head)
-                conn.execute("DELETE FROM receipt_pending WHERE id = ?", (row["id"],))
-                signed += 1
-        if signed:
-            event(log, "parked uses signed", count=signed)
-        return signed
+            parked = rows.fetchall()
+            if parked:
+                self._append(conn, [(Use(**json.loads(row["use"])), int(row["time_ms"])) for row in parked])
+                conn.execute("DELETE FROM receipt_pending WHERE error IS NULL")
+        if parked:
+            event(log, "parked uses signed", count=len(parked))
+        return len(parked)
 
     # --- settlement -------------------------------------------------------------------------------------
 

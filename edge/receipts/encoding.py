@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "canonical_bytes",
     "decode",
     "encode_unchecked",
+    "quote_string",
     "sha256_hex",
     "signing_message",
 ]
@@ -50,6 +51,10 @@ else:  # pragma: no cover - Python builds without the _json accelerator
     def encode_unchecked(value: Any) -> bytes:
         """Canonical bytes of ``value`` without validating it (see the module docstring)."""
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+quote_string: Callable[[str], str] = encode_basestring
+"""A string as a canonical JSON string literal (quotes and JCS escapes), the encoder's own routine."""
 
 
 def _check(value: Any, path: str) -> None:

@@ -5,14 +5,14 @@ within ``[not_before_ms, not_after_ms)``, at ``unit_price`` per unit prepaid and
 used beyond it. :func:`verify_grant` is pure. The rest keeps balances in the agent database (tables from
 :mod:`edge.receipts.book`), always inside the caller's transaction.
 
-Safety rule: :func:`consume` never refuses. When no right covers a use, the uncovered units come back as
+Safety rule: :meth:`Balances.take` never refuses. When no right covers a use, the uncovered units come back as
 ``overage`` and the use is recorded and billed at settlement.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from edge.receipts.keys import PublicKey, check_signature, signed_part
 from edge.receipts.money import Money
 from edge.receipts.records import KIND_RE, get_id, get_int
 
-__all__ = ["GRANT", "Consumption", "Grant", "consume", "install_grant", "list_grants", "verify_grant"]
+__all__ = ["GRANT", "Balances", "Consumption", "Grant", "install_grant", "list_grants", "verify_grant"]
 
 GRANT = "grant"
 
@@ -107,32 +107,62 @@ class Consumption:
     overage_units: int
 
 
-def consume(conn: sqlite3.Connection, kind: str, units: int, right_id: str | None, at_ms: int) -> Consumption:
-    """Take ``units`` of ``kind`` from a right; never refuses (uncovered units are overage).
+@dataclass
+class _Balance:
+    id: str
+    units: int
+    used: int
+    not_before_ms: int
+    not_after_ms: int
 
-    With ``right_id``, that right is used if it is of this kind and valid at ``at_ms``; otherwise the valid
-    right of this kind that expires first and still has units. With no usable right, the first valid right of
-    the kind (even if exhausted) is named so overage is billed at its price; with none, ``right_id`` is None.
+    def valid(self, at_ms: int) -> bool:
+        return self.not_before_ms <= at_ms < self.not_after_ms
+
+
+class Balances:
+    """The balances of the rights for some service kinds, loaded once for a batch of uses and saved after.
+
+    Use it inside the write transaction that records the uses, so no other writer sees stale balances.
     """
-    row = None
-    if right_id is not None:
-        row = conn.execute(
-            "SELECT id, units, used FROM receipt_grants"
-            " WHERE id = ? AND kind = ? AND not_before_ms <= ? AND ? < not_after_ms",
-            (right_id, kind, at_ms, at_ms),
-        ).fetchone()
-    if row is None:
-        row = conn.execute(
-            "SELECT id, units, used FROM receipt_grants WHERE kind = ? AND not_before_ms <= ? AND ? < not_after_ms"
-            " ORDER BY used >= units, not_after_ms, id LIMIT 1",
-            (kind, at_ms, at_ms),
-        ).fetchone()
-    if row is None:
-        return Consumption(None, units)
-    covered = max(0, min(units, int(row[1]) - int(row[2])))
-    if covered:
-        conn.execute("UPDATE receipt_grants SET used = used + ? WHERE id = ?", (covered, row[0]))
-    return Consumption(str(row[0]), units - covered)
+
+    def __init__(self, conn: sqlite3.Connection, kinds: Iterable[str]) -> None:
+        self._by_kind: dict[str, list[_Balance]] = {}
+        self._dirty: set[str] = set()
+        wanted = sorted(set(kinds))
+        rows = conn.execute(
+            f"SELECT id, kind, units, used, not_before_ms, not_after_ms FROM receipt_grants"
+            f" WHERE kind IN ({','.join('?' * len(wanted))})",
+            wanted,
+        ).fetchall()
+        for row in rows:
+            balance = _Balance(str(row[0]), int(row[2]), int(row[3]), int(row[4]), int(row[5]))
+            self._by_kind.setdefault(str(row[1]), []).append(balance)
+
+    def take(self, kind: str, units: int, right_id: str | None, at_ms: int) -> Consumption:
+        """Take ``units`` of ``kind`` from a right; never refuses (uncovered units are overage).
+
+        With ``right_id``, that right is used if it is of this kind and valid at ``at_ms``; otherwise the valid
+        right of this kind that expires first and still has units. With no usable right, the first valid right
+        of the kind (even if exhausted) is named so overage is billed at its price; with none, no right.
+        """
+        candidates = [b for b in self._by_kind.get(kind, ()) if b.valid(at_ms)]
+        if not candidates:
+            return Consumption(None, units)
+        chosen = next((b for b in candidates if b.id == right_id), None)
+        if chosen is None:
+            chosen = min(candidates, key=lambda b: (b.used >= b.units, b.not_after_ms, b.id))
+        covered = max(0, min(units, chosen.units - chosen.used))
+        if covered:
+            chosen.used += covered
+            self._dirty.add(chosen.id)
+        return Consumption(chosen.id, units - covered)
+
+    def save(self, conn: sqlite3.Connection) -> None:
+        """Write the changed balances back."""
+        changed = [(b.used, b.id) for bs in self._by_kind.values() for b in bs if b.id in self._dirty]
+        if changed:
+            conn.executemany("UPDATE receipt_grants SET used = ? WHERE id = ?", changed)
+        self._dirty.clear()
 
 
 def list_grants(conn: sqlite3.Connection) -> list[dict[str, Any]]:

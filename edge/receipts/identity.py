@@ -18,7 +18,6 @@ everything signed by those keys (:class:`~edge.errors.RevokedKey`).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import re
@@ -215,8 +214,7 @@ class DeviceIdentity:
 
     def study_digest(self, study_uid: str) -> str:
         """``hmac-sha256:<hex>`` of the study identifier under the secret salt: stable on this box, opaque off it."""
-        mac = hmac.new(self.salt, study_uid.encode("utf-8"), hashlib.sha256).hexdigest()
-        return f"hmac-sha256:{mac}"
+        return "hmac-sha256:" + hmac.digest(self.salt, study_uid.encode("utf-8"), "sha256").hex()
 
 
 def _read_envelope(path: Path, what: str) -> Any:

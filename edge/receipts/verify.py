@@ -51,10 +51,10 @@ from edge.errors import (
     UntrustedIssuer,
 )
 from edge.receipts import merkle
-from edge.receipts.encoding import encode_unchecked, sha256_hex
+from edge.receipts.encoding import encode_unchecked, sha256_hex, signing_message
 from edge.receipts.identity import CERTIFICATE, REVOCATIONS, DeviceCertificate, parse_certificate
 from edge.receipts.keys import PublicKey, check_signature, signed_part
-from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, parse_receipt
+from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, fast_receipt, parse_receipt
 from edge.receipts.records import get_int
 from edge.receipts.settlement import SETTLEMENT, Settlement, compute_totals, parse_settlement
 
@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 EXPORT = "receipt-export"
+_RECEIPT_PREFIX = signing_message(RECEIPT, b"")
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,29 @@ def verify_receipts(
     seen: dict[int, str] = {}
     expected, prev = checkpoint.seq + 1, checkpoint.receipt_hash
     device: str | None = None
+    # Fast path per usable key: one signature, by the receipt's key, of the certificate's algorithm. Anything
+    # else (and any failure) goes through the general checks below, which raise the specific error.
+    usable = {k: (c, c.key.alg, c.key.verifier()) for k, c in certificates.items() if k not in trust.revoked}
     for position, envelope in enumerate(envelopes):
-        signed = signed_part(envelope, RECEIPT)
-        cert = _signer(signed, f"receipt {signed.get('seq')!r:.20}", certificates, trust)
-        body = check_signature(RECEIPT, envelope, cert.key, encode_unchecked(signed))
-        receipt = parse_receipt(signed, hashlib.sha256(body).hexdigest())
+        fast = None
+        try:
+            signed = envelope["signed"]
+            keyid = signed["keyid"]
+            cert, alg, check = usable[keyid]
+            entry = envelope["signatures"][0]
+            if entry["keyid"] == keyid and entry["alg"] == alg:
+                fast = fast_receipt(signed)
+                if fast is not None and not check(_RECEIPT_PREFIX + fast[0], bytes.fromhex(entry["sig"])):
+                    fast = None
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError):
+            fast = None
+        if fast is None:
+            signed = signed_part(envelope, RECEIPT)
+            cert = _signer(signed, f"receipt {signed.get('seq')!r:.20}", certificates, trust)
+            body = check_signature(RECEIPT, envelope, cert.key, encode_unchecked(signed))
+            receipt = parse_receipt(signed, hashlib.sha256(body).hexdigest())
+        else:
+            body, receipt = fast
         seq = receipt.seq
         if receipt.device != cert.device_id or not cert.covers(receipt.time_ms):
             raise CertificateInvalid(f"receipt {seq}: outside the certificate of {cert.device_id}")
@@ -167,8 +186,7 @@ def verify_receipts(
             _sequence_error(envelopes, position, receipt=receipt, expected=expected, seen=seen, checkpoint=checkpoint)
         if receipt.prev != prev:
             raise BrokenChain(f"receipt {seq}: prev does not match the hash of receipt {seq - 1}")
-        seen[seq] = receipt.hash
-        prev = receipt.hash
+        seen[seq] = prev = receipt.hash
         expected = seq + 1
         out.append((receipt, body))
     return out

@@ -1,0 +1,131 @@
+"""ONNX Runtime backends: the CPU default and, when the GPU build is installed, its TensorRT and CUDA providers.
+
+The session gets the bundle's verified bytes, never a path, so what runs is what was hashed. Graph optimisation
+is at ``ORT_ENABLE_ALL`` (constant folding, fusions, NCHWc layout on x86), execution is sequential with
+``threads`` intra-op threads and one inter-op thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import BackendError
+from edge.pipeline.backends.base import Backend, BackendKind, BackendOptions, Outputs
+from models.bundle import Bundle
+
+__all__ = ["GPU_PROVIDERS", "OrtBackend", "OrtCpuFactory", "OrtGpuFactory", "session_options"]
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+"""ONNX Runtime's GPU execution providers, preferred first."""
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - a runtime dependency
+        raise BackendError(f"onnxruntime is not importable: {exc}") from exc
+    return onnxruntime
+
+
+def session_options(options: BackendOptions) -> Any:
+    """The ``SessionOptions`` every ONNX Runtime backend uses."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = options.threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if options.optimized_model_path is not None:
+        so.optimized_model_filepath = str(options.optimized_model_path)
+    return so
+
+
+class OrtBackend:
+    """One ONNX Runtime inference session."""
+
+    def __init__(self, bundle: Bundle, options: BackendOptions, providers: list[str], name: str) -> None:
+        ort = _ort()
+        try:
+            self._session = ort.InferenceSession(
+                bundle.model_bytes, sess_options=session_options(options), providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise BackendError(f"onnxruntime cannot load {bundle.manifest.id}: {exc}") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise BackendError(f"{bundle.manifest.id}: the network has {len(inputs)} inputs, expected 1")
+        self._input = str(inputs[0].name)
+        self._outputs = [str(o.name) for o in self._session.get_outputs()]
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses."""
+        return list(self._session.get_providers())
+
+    def run(self, batch: npt.NDArray[np.float32]) -> Outputs:
+        try:
+            values = self._session.run(self._outputs, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed to run: {exc}") from exc
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._outputs, values, strict=True)}
+
+    def close(self) -> None:
+        del self._session
+
+
+class OrtCpuFactory:
+    """ONNX Runtime on the CPU: always available."""
+
+    @property
+    def kind(self) -> BackendKind:
+        return "onnxruntime-cpu"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            _ort()
+        except BackendError as exc:  # pragma: no cover - a runtime dependency
+            return str(exc)
+        return None
+
+    def load(self, bundle: Bundle, options: BackendOptions) -> Backend:
+        return OrtBackend(bundle, options, ["CPUExecutionProvider"], self.kind)
+
+
+class OrtGpuFactory:
+    """ONNX Runtime with its TensorRT or CUDA execution provider (the ``onnxruntime-gpu`` build)."""
+
+    @property
+    def kind(self) -> BackendKind:
+        return "onnxruntime-gpu"
+
+    def _providers(self) -> list[str]:
+        available = set(_ort().get_available_providers())
+        return [p for p in GPU_PROVIDERS if p in available]
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            providers = self._providers()
+        except BackendError as exc:  # pragma: no cover - a runtime dependency
+            return str(exc)
+        if not providers:
+            return "onnxruntime has no GPU execution provider here (install onnxruntime-gpu on a CUDA host)"
+        return None
+
+    def load(self, bundle: Bundle, options: BackendOptions) -> Backend:
+        providers = self._providers()
+        if not providers:
+            raise BackendError(self.unavailable_reason() or "no GPU execution provider")
+        backend = OrtBackend(bundle, options, [*providers, "CPUExecutionProvider"], self.kind)
+        if not set(backend.providers) & set(GPU_PROVIDERS):
+            backend.close()
+            raise BackendError("onnxruntime fell back to the CPU: no GPU execution provider could start")
+        return backend

@@ -1,0 +1,101 @@
+"""A tiny ONNX network with the contract's input and output names, packed as a verified bundle, for pipeline tests.
+
+``teeth`` logits favour tooth channel 9 (FDI 21) wherever the image is not padding; ``findings`` channel 0
+(caries) fires where the normalised image is bright (above 0.75 of the window).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge.pipeline.teeth import PERMANENT_FDI
+from models.bundle import (
+    MODEL_NAME,
+    Bundle,
+    Code,
+    FindingClass,
+    FindingsOutput,
+    GoldenSpec,
+    InputSpec,
+    Manifest,
+    TeethOutput,
+    pack_bundle,
+    parse_bundle,
+)
+from models.golden import build_golden
+
+HEIGHT, WIDTH = 32, 64
+KINDS = ("caries", "periapical_lesion")
+
+MANIFEST = Manifest(
+    format=1,
+    id="tiny-test-model",
+    version="0.0.1",
+    task="dental-panoramic-segmentation",
+    requires_agent=">=0.1,<1",
+    clinical=False,
+    description="pipeline test network",
+    input=InputSpec("image", HEIGHT, WIDTH, 1, (0.5, 99.5), 0.5, 0.25, ("PX", "DX", "MR", "CT")),
+    teeth=TeethOutput("teeth", PERMANENT_FDI),
+    findings=FindingsOutput(
+        "findings",
+        tuple(FindingClass(kind, Code("SCT", "0", kind), 0.5, 1) for kind in KINDS),
+    ),
+    files={},
+    golden=(GoldenSpec("golden/a.npz", 1e-3),),
+)
+
+
+def tiny_onnx(height: int = HEIGHT, width: int = WIDTH) -> bytes:
+    """A 1x1-convolution network: image [N,1,H,W] -> teeth [N,33,H,W], findings [N,K,H,W]."""
+    teeth_w = np.zeros((33, 1, 1, 1), np.float32)
+    teeth_b = np.zeros(33, np.float32)
+    teeth_w[9] = 4.0  # brighter than padding (-2 after normalisation) -> tooth 9
+    teeth_b[9] = 8.0
+    find_w = np.full((len(KINDS), 1, 1, 1), 10.0, np.float32)
+    find_b = np.array([-10.0] + [-100.0] * (len(KINDS) - 1), np.float32)  # caries where x > 1 (unit > 0.75)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "tw", "tb"], ["teeth"]),
+            helper.make_node("Conv", ["image", "fw", "fb"], ["findings"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, height, width])],
+        [
+            helper.make_tensor_value_info("teeth", TensorProto.FLOAT, ["N", 33, height, width]),
+            helper.make_tensor_value_info("findings", TensorProto.FLOAT, ["N", len(KINDS), height, width]),
+        ],
+        [
+            numpy_helper.from_array(teeth_w, "tw"),
+            numpy_helper.from_array(teeth_b, "tb"),
+            numpy_helper.from_array(find_w, "fw"),
+            numpy_helper.from_array(find_b, "fb"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def reference_outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """What the tiny network computes, in numpy (the oracle for golden vectors and fake backends)."""
+    x = batch[:, 0:1].astype(np.float32)
+    teeth = np.zeros((batch.shape[0], 33, *batch.shape[2:]), np.float32)
+    teeth[:, 9:10] = 4.0 * x + 8.0
+    findings = np.concatenate([10.0 * x - 10.0] + [10.0 * x - 100.0] * (len(KINDS) - 1), axis=1)
+    return {"teeth": teeth, "findings": findings.astype(np.float32)}
+
+
+def tiny_bundle(model: bytes | None = None, golden_outputs: dict[str, np.ndarray] | None = None) -> Bundle:
+    """The tiny network as a verified bundle with one golden file (expected values from :func:`reference_outputs`)."""
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(0, 1, (1, 1, HEIGHT, WIDTH)).astype(np.float16).astype(np.float32)
+    outputs = golden_outputs if golden_outputs is not None else reference_outputs(inputs)
+    files = {
+        MODEL_NAME: model if model is not None else tiny_onnx(),
+        "golden/a.npz": build_golden(inputs, outputs, 256, 0),
+    }
+    return parse_bundle(pack_bundle(MANIFEST, files), source="tiny")

@@ -1,0 +1,203 @@
+"""Inference backends: ONNX Runtime on the tiny network, selection with golden vectors, TensorRT without a GPU."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import BackendError
+from edge.pipeline.backends import BackendOptions, select_backend
+from edge.pipeline.backends.fake import FakeFactory
+from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
+from edge.pipeline.backends.trt import CalibrationBatches, GpuIdentity, TensorRtFactory, engine_cache_key
+from models.bundle import MODEL_NAME, pack_bundle, parse_bundle
+from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, tiny_bundle
+
+GPU_SKIP = "needs an NVIDIA GPU with TensorRT 10"
+
+
+def _batch(n: int = 1) -> np.ndarray:
+    return np.random.default_rng(3).normal(0, 1, (n, 1, HEIGHT, WIDTH)).astype(np.float32)
+
+
+# --- ONNX Runtime --------------------------------------------------------------------------------------------
+
+
+def test_onnxruntime_cpu_runs_the_network(tmp_path: Path) -> None:
+    optimised = tmp_path / "optimised.onnx"
+    backend = OrtCpuFactory().load(tiny_bundle(), BackendOptions(threads=1, optimized_model_path=optimised))
+    assert backend.name == "onnxruntime-cpu"
+    batch = _batch(2)
+    outputs = backend.run(batch)
+    expected = reference_outputs(batch)
+    assert set(outputs) == {"teeth", "findings"}
+    for name, value in expected.items():
+        assert outputs[name].dtype == np.float32
+        np.testing.assert_allclose(outputs[name], value, atol=1e-4)
+    assert optimised.stat().st_size > 0
+    backend.close()
+
+
+def test_onnxruntime_errors_are_backend_errors() -> None:
+    bundle = tiny_bundle()
+    backend = OrtCpuFactory().load(bundle, BackendOptions())
+    with pytest.raises(BackendError, match="onnxruntime failed to run"):
+        backend.run(np.zeros((1, 3, HEIGHT, WIDTH), np.float32))
+    broken = parse_bundle(pack_bundle(MANIFEST, {**bundle.files, MODEL_NAME: b"not onnx"}))
+    with pytest.raises(BackendError, match="onnxruntime cannot load tiny-test-model"):
+        OrtCpuFactory().load(broken, BackendOptions())
+
+
+def test_onnxruntime_gpu_is_unavailable_without_a_gpu_provider() -> None:
+    factory = OrtGpuFactory()
+    reason = factory.unavailable_reason()
+    if reason is None:
+        pytest.skip("onnxruntime has a GPU execution provider here")
+    assert "GPU execution provider" in reason
+    with pytest.raises(BackendError):
+        factory.load(tiny_bundle(), BackendOptions())
+
+
+# --- selection -----------------------------------------------------------------------------------------------
+
+
+def _wrong(batch: np.ndarray) -> dict[str, np.ndarray]:
+    out = reference_outputs(batch)
+    out["findings"] = out["findings"] + 1.0
+    return out
+
+
+def test_auto_takes_the_best_available_kind_that_passes_golden() -> None:
+    trt = FakeFactory("tensorrt", reference_outputs, unavailable="no CUDA device")
+    gpu = FakeFactory("onnxruntime-gpu", _wrong)
+    cpu = FakeFactory("onnxruntime-cpu", reference_outputs)
+    backend = select_backend(tiny_bundle(), "auto", BackendOptions(), [trt, gpu, cpu])
+    assert backend.name == "onnxruntime-cpu"
+    assert trt.loaded == []
+    assert gpu.loaded[0].closed  # failed its golden vectors: loaded, checked, released, not used
+
+
+def test_auto_prefers_tensorrt_when_it_works() -> None:
+    factories = [FakeFactory(kind, reference_outputs) for kind in ("tensorrt", "onnxruntime-gpu", "onnxruntime-cpu")]
+    assert select_backend(tiny_bundle(), "auto", BackendOptions(), factories).name == "tensorrt"
+
+
+def test_forced_kind_is_used_or_refused_with_the_reason() -> None:
+    factories = [
+        FakeFactory("tensorrt", reference_outputs, unavailable="tensorrt is not installed"),
+        FakeFactory("onnxruntime-gpu", _wrong),
+        FakeFactory("onnxruntime-cpu", reference_outputs),
+    ]
+    bundle = tiny_bundle()
+    assert select_backend(bundle, "onnxruntime-cpu", BackendOptions(), factories).name == "onnxruntime-cpu"
+    with pytest.raises(BackendError, match="tensorrt: tensorrt is not installed"):
+        select_backend(bundle, "tensorrt", BackendOptions(), factories)
+    with pytest.raises(BackendError, match=r"onnxruntime-gpu: golden vectors fail: golden/a\.npz findings"):
+        select_backend(bundle, "onnxruntime-gpu", BackendOptions(), factories)
+
+
+def test_a_backend_that_fails_while_checking_is_not_used() -> None:
+    factory = FakeFactory("onnxruntime-cpu", reference_outputs)
+    original = factory.load
+
+    def failing_load(bundle: object, options: BackendOptions) -> object:
+        backend = original(bundle, options)  # type: ignore[arg-type]
+        backend.fail_with = "device lost"  # type: ignore[attr-defined]
+        return backend
+
+    factory.load = failing_load  # type: ignore[method-assign,assignment]
+    with pytest.raises(BackendError, match="the backend failed: device lost"):
+        select_backend(tiny_bundle(), "auto", BackendOptions(), [factory])
+
+
+def test_real_default_selection_here_is_onnxruntime_cpu() -> None:
+    assert select_backend(tiny_bundle(), "auto", BackendOptions()).name == "onnxruntime-cpu"
+
+
+def test_bundle_whose_golden_vectors_disagree_with_the_network_is_refused() -> None:
+    bad_golden = tiny_bundle(golden_outputs=_wrong(np.zeros((1, 1, HEIGHT, WIDTH), np.float32)))
+    with pytest.raises(BackendError, match="onnxruntime-cpu: golden vectors fail"):
+        select_backend(bad_golden, "onnxruntime-cpu", BackendOptions())
+
+
+# --- TensorRT without a GPU ----------------------------------------------------------------------------------
+
+
+def test_tensorrt_not_importable_is_a_reason_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    factory = TensorRtFactory()
+    assert "tensorrt is not installed" in (factory.unavailable_reason() or "")
+    with pytest.raises(BackendError, match="tensorrt is not installed"):
+        factory.load(tiny_bundle(), BackendOptions())
+
+
+def test_tensorrt_other_major_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "8.6.1"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    assert TensorRtFactory().unavailable_reason() == "TensorRT 8.6.1 is installed; this backend needs TensorRT 10"
+
+
+def test_tensorrt_without_pycuda_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.3.0"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    assert "pycuda is not installed" in (TensorRtFactory().unavailable_reason() or "")
+
+
+def test_engine_cache_key_covers_model_version_gpu_and_precision() -> None:
+    gpu = GpuIdentity("Orin", (8, 7), "10.3.0")
+    key = engine_cache_key("ab" * 32, gpu, "fp16")
+    assert key == engine_cache_key("ab" * 32, GpuIdentity("Orin", (8, 7), "10.3.0"), "fp16")
+    assert key.startswith("abababababab-fp16-")
+    assert all(c.isalnum() or c == "-" for c in key)
+    variants = {
+        engine_cache_key("cd" * 32, gpu, "fp16"),
+        engine_cache_key("ab" * 32, GpuIdentity("Orin", (8, 7), "10.4.0"), "fp16"),
+        engine_cache_key("ab" * 32, GpuIdentity("RTX 4090", (8, 9), "10.3.0"), "fp16"),
+        engine_cache_key("ab" * 32, GpuIdentity("Orin", (8, 6), "10.3.0"), "fp16"),
+        engine_cache_key("ab" * 32, gpu, "int8"),
+    }
+    assert key not in variants
+    assert len(variants) == 5
+
+
+def test_calibration_batches_are_equal_and_drop_the_tail() -> None:
+    images = np.arange(10 * 1 * 2 * 3, dtype=np.float32).reshape(10, 1, 2, 3)
+    batches = CalibrationBatches(images, batch_size=4)
+    assert batches.shape == (4, 1, 2, 3)
+    chunks = list(batches)
+    assert len(batches) == len(chunks) == 2
+    np.testing.assert_array_equal(np.concatenate(chunks), images[:8])
+    assert all(c.flags.c_contiguous and c.dtype == np.float32 for c in chunks)
+    few = CalibrationBatches(images[:3], batch_size=8)
+    assert few.batch_size == 3
+    assert len(list(few)) == 1
+
+
+@pytest.mark.parametrize("shape", [(0, 1, 2, 2), (4, 2, 2)])
+def test_calibration_needs_prepared_images(shape: tuple[int, ...]) -> None:
+    with pytest.raises(BackendError, match="INT8 calibration needs prepared images"):
+        CalibrationBatches(np.zeros(shape, np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_builds_caches_and_passes_golden(tmp_path: Path, precision: str) -> None:
+    factory = TensorRtFactory()
+    if factory.unavailable_reason() is not None:
+        pytest.skip(f"{GPU_SKIP} ({factory.unavailable_reason()})")
+    options = BackendOptions(engine_cache_dir=tmp_path, precision=precision, calibration=_batch(8))  # type: ignore[arg-type]
+    backend = select_backend(tiny_bundle(), "tensorrt", options)
+    assert backend.name == "tensorrt"
+    assert len(list(tmp_path.glob("*.engine"))) == 1
+    backend.close()
+    again = factory.load(tiny_bundle(), options)  # from the cache this time
+    np.testing.assert_allclose(again.run(_batch())["teeth"], reference_outputs(_batch())["teeth"], atol=0.1)
+    again.close()

@@ -70,9 +70,11 @@ class Agent:
 def build_agent(config: AgentConfig) -> Agent:
     """Wire every component from ``config``."""
     from edge.ingest.scp import StorageSCP
+    from edge.outbox import Outbox
     from edge.receipts.service import SettlementService, open_book
     from edge.store.image_store import ImageStore
     from edge.store.retention import Pruner
+    from edge.sync import SyncService
 
     data_dir = config.agent.data_dir
     store = ImageStore(data_dir, min_free_mb=config.dicom.min_free_mb, duplicate_policy=config.dicom.duplicate_policy)
@@ -86,4 +88,9 @@ def build_agent(config: AgentConfig) -> Agent:
         from edge.unit.service import UnitService
 
         services.append(UnitService(config.unit, data_dir, book=book))
+    # The outbox: components queue telemetry (kinds "results", "offers") with outbox.enqueue(conn, kind, body)
+    # inside their own transaction; receipts and settlements reach it from the book (edge.outbox.feed). The
+    # sync service sends it to the relay when [sync] url (btt-edge run --mqtt) is set, else it queues offline.
+    outbox = Outbox.open(config)
+    services.append(SyncService(config, outbox, book))
     return Agent(config, services)

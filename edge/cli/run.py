@@ -18,6 +18,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--ae-title", help="override dicom.ae_title")
     parser.add_argument("--log-format", choices=("text", "json"), help="override agent.log_format")
     parser.add_argument("--serial", metavar="PATH", help="override unit.port (the unit's serial port)")
+    parser.add_argument(
+        "--mqtt", metavar="URL", help="override sync.url: the relay's broker, mqtts://host:8883 (else queue offline)"
+    )
     parser.set_defaults(func=_run)
 
 
@@ -30,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
         agent={"log_format": args.log_format},
         dicom={"port": args.port, "ae_title": args.ae_title},
         unit={"port": args.serial},
+        sync={"url": args.mqtt},
     )
     configure_logging(config.agent.log_format, config.agent.log_level)
     build_agent(config).run_until_signal()

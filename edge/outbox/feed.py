@@ -5,10 +5,11 @@ The receipt book (:mod:`edge.receipts.book`) commits every receipt with the stat
 the outbox items and advances the per-source mark (``receipts``: the last receipt ``seq`` copied, ``settlements``:
 the last ``batch``). So a receipt is never lost (it is durable in the book before, and the copy either commits whole
 with its mark or not at all) and never queued twice (the mark moves with the copy, and item ids are unique). A
-settlement is copied only after every receipt it covers, so it is sent after them. It reads through the book's API (``ReceiptBook.receipts``) and the ``batch``, ``last_seq`` and ``envelope`` columns of
-``receipt_settlements``. This leaves the book's hook untouched: nothing in a clinical transaction waits for the
-outbox. Bodies are the signed envelopes exactly as ``edge.receipts`` exports them; they carry study digests (salted
-HMACs), never study UIDs or any other patient data.
+settlement is copied only after every receipt it covers, so it is sent after them. It reads through the book's API
+(``ReceiptBook.receipts``) and the ``batch``, ``last_seq`` and ``envelope`` columns of ``receipt_settlements``. This
+leaves the book's hook untouched: nothing in a clinical transaction waits for the outbox. Bodies are the signed
+envelopes exactly as ``edge.receipts`` exports them; they carry study digests (salted HMACs), never study UIDs or
+any other patient data.
 """
 
 from __future__ import annotations

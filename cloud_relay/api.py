@@ -1,0 +1,105 @@
+"""The clinic HTTP API (FastAPI; the OpenAPI document is served at ``/openapi.json``, docs at ``/docs``).
+
+Every route needs ``Authorization: Bearer <clinic token>`` (``btt-relay token add``) and answers for that
+clinic's devices only; another clinic's device is a 404 like a device that does not exist. The handlers are
+thin: each calls one :class:`~cloud_relay.clinic.ClinicView` or :class:`~cloud_relay.ledger.Ledger` method
+and maps :class:`RegistryError` to 404 (unknown device) or 422 (bad period).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from cloud_relay.clinic import ClinicView
+from cloud_relay.errors import RegistryError, StorageUnavailable, Unauthorized
+from cloud_relay.ledger import Ledger
+from cloud_relay.registry import Registry
+from cloud_relay.storage import Database
+
+__all__ = ["create_app"]
+
+_PERIOD = Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="UTC calendar month, YYYY-MM")
+
+
+def create_app(db: Database, ledger: Ledger) -> FastAPI:
+    """The API over ``db``."""
+    app = FastAPI(
+        title="BTT Edge cloud relay: clinic API",
+        version="1",
+        description="Devices, usage, receipts with inclusion proofs, settlements, payouts and capacity of one clinic.",
+    )
+    registry = Registry(db)
+    view = ClinicView(db)
+    bearer = HTTPBearer(auto_error=False, description="A clinic API token from `btt-relay token add`.")
+
+    def clinic(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        if creds is None:
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return registry.clinic_for_token(creds.credentials)
+        except Unauthorized as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+
+    Clinic = Annotated[str, Depends(clinic)]
+
+    def not_found(exc: RegistryError) -> HTTPException:
+        return HTTPException(404, str(exc))
+
+    @app.exception_handler(StorageUnavailable)
+    def storage_down(request: Any, exc: StorageUnavailable) -> PlainTextResponse:
+        return PlainTextResponse(f"storage unavailable: {exc}", status_code=503)
+
+    @app.get("/v1/devices", summary="The clinic's devices")
+    def devices(clinic_id: Clinic) -> dict[str, Any]:
+        return {"devices": view.devices(clinic_id)}
+
+    @app.get("/v1/usage", summary="Receipts and units per device and service kind in a month")
+    def usage(clinic_id: Clinic, period: Annotated[str, _PERIOD]) -> dict[str, Any]:
+        return view.usage(clinic_id, period)
+
+    @app.get("/v1/devices/{device}/receipts", summary="A device's receipts with their inclusion proofs")
+    def receipts(
+        clinic_id: Clinic,
+        device: str,
+        after_seq: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        try:
+            return view.receipts(clinic_id, device, after_seq, limit)
+        except RegistryError as exc:
+            raise not_found(exc) from exc
+
+    @app.get("/v1/devices/{device}/settlements", summary="A device's verified settlements")
+    def settlements(clinic_id: Clinic, device: str) -> dict[str, Any]:
+        try:
+            return view.settlements(clinic_id, device)
+        except RegistryError as exc:
+            raise not_found(exc) from exc
+
+    @app.get(
+        "/v1/payouts",
+        summary="Charges and owner payouts on the clinic's devices in a month (JSON or CSV)",
+        response_model=None,
+    )
+    def payouts(
+        clinic_id: Clinic,
+        period: Annotated[str, _PERIOD],
+        format: Annotated[Literal["json", "csv"], Query()] = "json",
+    ) -> dict[str, Any] | PlainTextResponse:
+        try:
+            statement = ledger.statement(period, clinic_id)
+        except RegistryError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        if format == "csv":
+            return PlainTextResponse(statement.to_csv(), media_type="text/csv")
+        return statement.to_json()
+
+    @app.get("/v1/capacity", summary="The latest capacity offer of each of the clinic's devices")
+    def capacity(clinic_id: Clinic) -> dict[str, Any]:
+        return view.capacity(clinic_id)
+
+    return app

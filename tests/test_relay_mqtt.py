@@ -1,0 +1,137 @@
+"""Relay workers against a real Mosquitto: shared subscription, application acks after the commit, two workers."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_relay.config import IngestConfig, MqttConfig
+from cloud_relay.consumer import Consumer
+from cloud_relay.ingest import Ingestor
+from cloud_relay.storage import Database
+from edge.receipts.keys import generate_key
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker
+from tests.receipts_helpers import Box
+from tests.relay_helpers import provisioned, receipt_items, throwaway_db
+
+pytestmark = pytest.mark.integration
+
+BROKER_TUNING = "max_inflight_messages 1000\nmax_queued_messages 100000"
+
+
+class Device:
+    """A device's MQTT side as the contract has it: publish up messages, collect application acks."""
+
+    def __init__(self, broker: MosquittoBroker, device: str, password: str) -> None:
+        self.device = device
+        self.acks: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(device, password)
+        subscribed = threading.Event()
+        self.client.on_message = lambda c, u, m: self.acks.put(json.loads(m.payload))
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.client.subscribe(f"btt/v1/dev/{device}/ack", qos=1)
+        assert subscribed.wait(5)
+
+    def publish(self, kind: str, items: list[tuple[str, Any]]) -> None:
+        doc = {"v": 1, "device": self.device, "kind": kind, "items": [{"id": i, "body": b} for i, b in items]}
+        self.client.publish(f"btt/v1/dev/{self.device}/up/{kind}", json.dumps(doc), qos=1).wait_for_publish(5)
+
+    def acked(self, n_ids: int, timeout: float = 20) -> tuple[list[str], list[dict[str, Any]]]:
+        stored: list[str] = []
+        rejected: list[dict[str, Any]] = []
+        while len(stored) + len(rejected) < n_ids:
+            ack = self.acks.get(timeout=timeout)
+            stored += ack["stored"]
+            rejected += ack["rejected"]
+        return stored, rejected
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    with throwaway_db("sqlite", tmp_path) as database:
+        yield database
+
+
+@pytest.fixture
+def box(db: Database, tmp_path: Path) -> Box:
+    return provisioned(db, tmp_path / "box", generate_key())
+
+
+@pytest.fixture
+def broker(tmp_path: Path, box: Box) -> Iterator[MosquittoBroker]:
+    users = {box.identity.device_id: "pw-dev", RELAY_USER: "pw-relay"}
+    with MosquittoBroker(tmp_path / "broker", users=users, extra_config=BROKER_TUNING) as b:
+        yield b
+
+
+def _worker(broker: MosquittoBroker, db: Database, client_id: str) -> Consumer:
+    config = MqttConfig.from_url(broker.url(RELAY_USER, "pw-relay"), client_id=client_id)
+    consumer = Consumer(config, Ingestor(db), IngestConfig(batch_wait_ms=5))
+    consumer.start()
+    assert consumer.wait_connected(10), broker.log()
+    return consumer
+
+
+def _stored_seqs(db: Database) -> list[int]:
+    with db.transaction() as tx:
+        return [int(r[0]) for r in tx.all("SELECT seq FROM receipts ORDER BY seq")]
+
+
+def test_receipts_are_acked_after_they_are_stored(broker: MosquittoBroker, db: Database, box: Box) -> None:
+    worker = _worker(broker, db, "relay-1")
+    device = Device(broker, box.identity.device_id, "pw-dev")
+    try:
+        box.record(3)
+        device.publish("receipts", receipt_items(box))
+        stored, rejected = device.acked(3)
+        assert stored == ["r1", "r2", "r3"]
+        assert rejected == []
+        assert _stored_seqs(db) == [1, 2, 3]
+        forged = receipt_items(box)[0][1]
+        forged["signed"]["units"] = 7
+        device.publish("receipts", [("r1-forged", forged)])
+        stored, rejected = device.acked(1)
+        assert rejected[0]["id"] == "r1-forged"
+        assert rejected[0]["reason"].startswith("BadSignature")
+    finally:
+        device.close()
+        worker.stop()
+
+
+@pytest.mark.slow
+def test_two_workers_split_the_stream_and_store_each_receipt_once(
+    broker: MosquittoBroker, db: Database, box: Box
+) -> None:
+    workers = [_worker(broker, db, f"relay-{i}") for i in (1, 2)]
+    device = Device(broker, box.identity.device_id, "pw-dev")
+    try:
+        box.record(200)
+        items = receipt_items(box)
+        for i in range(0, 200, 2):
+            device.publish("receipts", items[i : i + 2])
+        for i in range(0, 200, 50):  # resends: duplicates are acked again, stored once
+            device.publish("receipts", items[i : i + 2])
+        stored, rejected = device.acked(208)
+        assert rejected == []
+        assert sorted(set(stored)) == sorted(i for i, _ in items)
+        assert _stored_seqs(db) == list(range(1, 201))
+        assert all(w.processed > 0 for w in workers), [w.processed for w in workers]
+    finally:
+        device.close()
+        for w in workers:
+            w.stop()

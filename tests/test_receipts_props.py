@@ -14,6 +14,7 @@ from edge.errors import EncodingError, InclusionProofInvalid, PayoutError
 from edge.receipts import merkle
 from edge.receipts.encoding import MAX_SAFE_INTEGER, canonical_bytes, decode, encode_unchecked
 from edge.receipts.payout import split
+from edge.receipts.receipts import Use, encode_receipt, fast_receipt, parse_receipt, receipt_body
 from edge.receipts.shares import Share
 
 _text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
@@ -126,3 +127,60 @@ def test_split_rounding_rule_example() -> None:
     assert split(1, [Share("b", 5000), Share("a", 5000)]) == {"a": 1, "b": 0}  # tie: lower owner id
     with pytest.raises(PayoutError):
         split(1, [Share("a", 9999)])
+
+
+_opt_text = st.none() | _text
+_uses = st.builds(
+    Use,
+    kind=st.sampled_from(["analysis", "exposure", "compute", "x-ray_2"]),
+    units=st.integers(1, 10**9),
+    bundle_id=_opt_text,
+    bundle_version=_opt_text,
+    output_digest=st.none() | st.just("sha256:" + "ab" * 32),
+)
+
+
+@given(
+    _uses,
+    st.integers(1, MAX_SAFE_INTEGER),
+    st.integers(0, MAX_SAFE_INTEGER),
+    _text,
+    st.none() | _text,
+    st.none() | _text,
+    st.data(),
+)
+def test_one_pass_receipt_encoders_match_the_canonical_encoding(
+    use: Use, seq: int, time_ms: int, device: str, right: str | None, study: str | None, data: Any
+) -> None:
+    overage = data.draw(st.integers(0, use.units))
+    fields = {
+        "device": device,
+        "keyid": "cd" * 32,
+        "seq": seq,
+        "prev": "ef" * 32,
+        "time_ms": time_ms,
+        "use": use,
+        "overage_units": overage,
+        "right_id": right,
+        "study_digest": study,
+    }
+    body = receipt_body(**fields)
+    expected = canonical_bytes(body)
+    encoded, receipt = encode_receipt(**fields)
+    assert encoded == expected
+    assert receipt == parse_receipt(body, hashlib.sha256(expected).hexdigest())
+    fast = fast_receipt(decode(expected))
+    assert fast is not None
+    assert fast == (expected, receipt)
+
+
+@pytest.mark.parametrize(
+    "change", [{"extra": 1}, {"seq": True}, {"units": 1.0}, {"type": "settlement"}, {"right": 5}, {"format": 2}]
+)
+def test_fast_receipt_declines_anything_unusual(change: dict[str, Any]) -> None:
+    body = receipt_body(
+        device="d", keyid="k", seq=1, prev="p", time_ms=0, use=Use("analysis"), overage_units=0, right_id=None,
+        study_digest=None,
+    )  # fmt: skip
+    assert fast_receipt(body) is not None
+    assert fast_receipt(body | change) is None

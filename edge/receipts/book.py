@@ -43,14 +43,14 @@ from dataclasses import asdict
 from typing import Any
 
 from edge.db import migrate, transaction
-from edge.errors import EncodingError, IdentityError
+from edge.errors import IdentityError
 from edge.logs import event
 from edge.receipts import merkle
 from edge.receipts.encoding import canonical_bytes, decode, sha256_hex, signing_message
 from edge.receipts.grants import Balances
 from edge.receipts.identity import DeviceIdentity, now_ms
 from edge.receipts.keys import seal
-from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, fast_receipt, receipt_body
+from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, encode_receipt, parse_receipt
 from edge.receipts.settlement import SETTLEMENT, settlement_body
 from edge.receipts.verify import EXPORT
 
@@ -63,8 +63,6 @@ MIGRATIONS = [
     """
     CREATE TABLE receipts (
         seq INTEGER PRIMARY KEY,
-        hash TEXT NOT NULL,
-        keyid TEXT NOT NULL,
         alg TEXT NOT NULL,
         time_ms INTEGER NOT NULL,
         kind TEXT NOT NULL,
@@ -175,8 +173,8 @@ class ReceiptBook:
 
     @staticmethod
     def _head(conn: sqlite3.Connection) -> tuple[int, str]:
-        row = conn.execute("SELECT seq, hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
-        return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+        row = conn.execute("SELECT seq, body FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, GENESIS) if row is None else (int(row[0]), sha256_hex(bytes(row[1])))
 
     def _append(self, conn: sqlite3.Connection, uses: list[tuple[Use, int]]) -> list[Receipt]:
         """Sign ``uses`` onto the chain inside the open transaction (one read of the head, one insert)."""
@@ -191,7 +189,7 @@ class ReceiptBook:
         for use, time_ms in uses:
             taken = balances.take(use.kind, use.units, use.right_id, time_ms)
             seq += 1
-            body = receipt_body(
+            data, receipt = encode_receipt(
                 device=device,
                 keyid=keyid,
                 seq=seq,
@@ -202,22 +200,17 @@ class ReceiptBook:
                 right_id=taken.right_id,
                 study_digest=None if use.study_uid is None else identity.study_digest(use.study_uid),
             )
-            fast = fast_receipt(body)  # bytes, hash and fields in one pass
-            if fast is None:  # only a value outside canonical JSON gets here (a lone surrogate): name it
-                canonical_bytes(body)
-                raise EncodingError(f"use: a receipt for {use.kind!r} has no canonical encoding")
-            data, receipt = fast
             rows.append(
-                (seq, receipt.hash, keyid, key.alg, time_ms, use.kind, taken.right_id, use.units,
-                 taken.overage_units, data, key.sign(_RECEIPT_PREFIX + data))
+                (seq, key.alg, time_ms, use.kind, taken.right_id, use.units, taken.overage_units, data,
+                 key.sign(_RECEIPT_PREFIX + data))
             )  # fmt: skip
             out.append(receipt)
             prev = receipt.hash
             if taken.overage_units:
                 event(log, "use beyond granted rights", seq=seq, kind=use.kind, overage_units=taken.overage_units)
         conn.executemany(
-            "INSERT INTO receipts (seq, hash, keyid, alg, time_ms, kind, right_id, units, overage_units, body, sig)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO receipts (seq, alg, time_ms, kind, right_id, units, overage_units, body, sig)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         balances.save(conn)
@@ -265,28 +258,14 @@ class ReceiptBook:
             ).fetchone()
             batch, prev, last_seq = (0, GENESIS, 0) if last is None else (int(last[0]), str(last[1]), int(last[2]))
             rows = conn.execute(
-                "SELECT seq, hash, keyid, time_ms, kind, right_id, units, overage_units, body FROM receipts"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT body FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
                 (last_seq, max_receipts),
             ).fetchall()
             if not rows:
                 return None
-            receipts = [
-                Receipt(
-                    identity.device_id,
-                    r["keyid"],
-                    r["seq"],
-                    "",
-                    r["time_ms"],
-                    r["kind"],
-                    r["units"],
-                    r["overage_units"],
-                    r["right_id"],
-                    r["hash"],
-                )
-                for r in rows
-            ]
-            root = merkle.root([merkle.leaf_hash(bytes(r["body"])) for r in rows]).hex()
+            bodies = [bytes(r[0]) for r in rows]
+            receipts = [parse_receipt(decode(b), sha256_hex(b)) for b in bodies]
+            root = merkle.root([merkle.leaf_hash(b) for b in bodies]).hex()
             body = settlement_body(
                 device=identity.device_id,
                 keyid=identity.key.keyid,
@@ -324,15 +303,16 @@ class ReceiptBook:
     @staticmethod
     def envelope(row: Mapping[str, Any]) -> dict[str, Any]:
         """The receipt envelope of a ``receipts`` row."""
+        signed = decode(bytes(row["body"]))
         return {
-            "signed": decode(bytes(row["body"])),
-            "signatures": [{"alg": row["alg"], "keyid": row["keyid"], "sig": bytes(row["sig"]).hex()}],
+            "signed": signed,
+            "signatures": [{"alg": row["alg"], "keyid": signed["keyid"], "sig": bytes(row["sig"]).hex()}],
         }
 
     def receipts(self, conn: sqlite3.Connection, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Receipt envelopes with ``seq > after_seq`` in order."""
         rows = conn.execute(
-            "SELECT body, alg, keyid, sig FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT body, alg, sig FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, -1 if limit is None else limit),
         ).fetchall()
         return [self.envelope(row) for row in rows]

@@ -18,12 +18,13 @@ everything signed by those keys (:class:`~edge.errors.RevokedKey`).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,10 @@ class DeviceIdentity:
     certificate: dict[str, Any]
     parsed: DeviceCertificate
     salt: bytes
+    _mac: hmac.HMAC = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_mac", hmac.new(self.salt, digestmod=hashlib.sha256))  # keyed once
 
     @property
     def device_id(self) -> str:
@@ -214,7 +219,9 @@ class DeviceIdentity:
 
     def study_digest(self, study_uid: str) -> str:
         """``hmac-sha256:<hex>`` of the study identifier under the secret salt: stable on this box, opaque off it."""
-        return "hmac-sha256:" + hmac.digest(self.salt, study_uid.encode("utf-8"), "sha256").hex()
+        mac = self._mac.copy()
+        mac.update(study_uid.encode("utf-8"))
+        return "hmac-sha256:" + mac.hexdigest()
 
 
 def _read_envelope(path: Path, what: str) -> Any:

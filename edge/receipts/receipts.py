@@ -20,17 +20,19 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, NamedTuple
 
-from edge.errors import MalformedRecord
+from edge.errors import EncodingError, MalformedRecord
 from edge.receipts.encoding import quote_string as _quote
 from edge.receipts.records import ID_RE, KIND_RE
 
-__all__ = ["GENESIS", "RECEIPT", "Receipt", "Use", "fast_receipt", "parse_receipt", "receipt_body"]
+__all__ = ["GENESIS", "RECEIPT", "Receipt", "Use", "encode_receipt", "fast_receipt", "parse_receipt", "receipt_body"]
 
 RECEIPT = "receipt"
 GENESIS = "0" * 64
 """``prev`` of the first receipt of a device."""
 _DIGEST_RE = re.compile(r"^[a-z0-9-]{1,32}:[0-9a-f]{32,128}$")
 _MAX_UNITS = 1_000_000_000
+_KNOWN_KINDS = frozenset({"analysis", "exposure", "compute"})
+"""Kinds in use today (checked without the pattern); any other matching ``KIND_RE`` is accepted too."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Use:
 
     def validate(self) -> None:
         """Raise :class:`MalformedRecord` naming the first bad field."""
-        if not isinstance(self.kind, str) or not KIND_RE.match(self.kind):
+        if not isinstance(self.kind, str) or (self.kind not in _KNOWN_KINDS and not KIND_RE.match(self.kind)):
             raise MalformedRecord(f"use: kind {self.kind!r} must match {KIND_RE.pattern}")
         if type(self.units) is not int or not 1 <= self.units <= _MAX_UNITS:
             raise MalformedRecord(f"use: units {self.units!r} must be an integer from 1 to {_MAX_UNITS}")
@@ -199,3 +201,33 @@ def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
     except (KeyError, TypeError, UnicodeEncodeError):
         return None
     return data, Receipt(device, keyid, seq, prev, time_ms, kind, units, overage, right, sha256(data).hexdigest())
+
+
+def encode_receipt(
+    *,
+    device: str,
+    keyid: str,
+    seq: int,
+    prev: str,
+    time_ms: int,
+    use: Use,
+    overage_units: int,
+    right_id: str | None,
+    study_digest: str | None,
+) -> tuple[bytes, Receipt]:
+    """The signer's one pass: ``canonical_bytes(receipt_body(...))`` and the receipt's fields and hash.
+
+    ``use`` must be validated (:meth:`Use.validate`); a string that is not valid Unicode raises
+    :class:`EncodingError`.
+    """
+    try:
+        text = _TEMPLATE % (
+            _opt(use.bundle_id), _opt(use.bundle_version), _quote(device), "1", _quote(keyid), _quote(use.kind),
+            _opt(use.output_digest), overage_units, _quote(prev), _opt(right_id), seq, _opt(study_digest), time_ms,
+            '"receipt"', use.units,
+        )  # fmt: skip
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodingError(f"use: a {use.kind!r} receipt has a string that is not valid Unicode") from exc
+    digest = sha256(data).hexdigest()
+    return data, Receipt(device, keyid, seq, prev, time_ms, use.kind, use.units, overage_units, right_id, digest)

@@ -19,6 +19,7 @@ __all__ = ["main"]
 _COMMAND_MODULES = (
     "edge.cli.simulate",
     "edge.cli.run",
+    "edge.cli.studies",
     "edge.cli.config_cmd",
     "edge.cli.provision",
     "edge.cli.receipts",

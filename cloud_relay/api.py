@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -22,6 +22,21 @@ from cloud_relay.storage import Database
 
 __all__ = ["create_app"]
 
+_bearer = HTTPBearer(auto_error=False, description="A clinic API token from `btt-relay token add`.")
+
+
+def _clinic(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The clinic of the request's bearer token; 401 without a valid one."""
+    if creds is None:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    registry: Registry = request.app.state.registry
+    try:
+        return registry.clinic_for_token(creds.credentials)
+    except Unauthorized as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+
+
+Clinic = Annotated[str, Depends(_clinic)]
 _PERIOD = Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="UTC calendar month, YYYY-MM")
 
 
@@ -32,19 +47,8 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
         version="1",
         description="Devices, usage, receipts with inclusion proofs, settlements, payouts and capacity of one clinic.",
     )
-    registry = Registry(db)
+    app.state.registry = Registry(db)
     view = ClinicView(db)
-    bearer = HTTPBearer(auto_error=False, description="A clinic API token from `btt-relay token add`.")
-
-    def clinic(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        if creds is None:
-            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        try:
-            return registry.clinic_for_token(creds.credentials)
-        except Unauthorized as exc:
-            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
-
-    Clinic = Annotated[str, Depends(clinic)]
 
     def not_found(exc: RegistryError) -> HTTPException:
         return HTTPException(404, str(exc))

@@ -130,7 +130,8 @@ class Link:
         self._rng = random.Random()
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
-        self._queue: collections.deque[Message] = collections.deque()
+        self._queue: collections.deque[tuple[Message, Frame | None]] = collections.deque()
+        """Messages to send; a message sent but never acknowledged keeps its frame (and sequence number)."""
         self._session = 0
         self._nonce = 0
         self._seq = 0
@@ -178,7 +179,7 @@ class Link:
             if len(self._queue) >= self.settings.max_queue:
                 self._queue.popleft()
                 self.stats.queue_overflows += 1
-            self._queue.append(message)
+            self._queue.append((message, None))
             self._cond.notify_all()
 
     @property
@@ -390,15 +391,18 @@ class Link:
                     self._cond.wait(0.5)
                 if self._stop.is_set():
                     return
-                message = self._queue.popleft()
-                seq = self._next_seq()
-                session = self._session
-                self._outstanding = seq
-            delivered = self._deliver(Frame(FrameKind.DATA, session, seq, encode_message(message)))
+                message, frame = self._queue.popleft()
+                if frame is None or frame.session != self._session:
+                    frame = Frame(FrameKind.DATA, self._session, self._next_seq(), encode_message(message))
+                self._outstanding = frame.seq
+            delivered = self._deliver(frame)
             with self._cond:
                 self._outstanding = None
                 if not delivered:
-                    self._queue.appendleft(message)
+                    # Same session: resend under the same number, so a peer that got it (and only its ACK was
+                    # lost) recognises the duplicate. A new session resets the peer's window; exposure ids
+                    # make the application idempotent across that.
+                    self._queue.appendleft((message, frame))
                 self._cond.notify_all()
 
     def _deliver(self, frame: Frame) -> bool:

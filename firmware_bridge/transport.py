@@ -149,6 +149,8 @@ class MemoryTransport:
         self.peer: MemoryTransport | None = None
         self.tamper: Callable[[bytes], bytes] | None = None
         """Applied to every write before delivery: garble, drop or duplicate bytes in tests."""
+        self.max_read: int | None = None
+        """At most this many bytes per read (split frames across reads in tests); None = all that arrived."""
         self.plugged = True
         self._open = False
         self._inbox = bytearray()
@@ -196,8 +198,9 @@ class MemoryTransport:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            data = bytes(self._inbox)
-            self._inbox.clear()
+            take = len(self._inbox) if self.max_read is None else self.max_read
+            data = bytes(self._inbox[:take])
+            del self._inbox[:take]
         self._check()
         return data
 

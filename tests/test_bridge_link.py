@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_bridge.errors import FramingError, LinkError, PortUnavailable, TransportError
 from firmware_bridge.framing import Frame, FrameKind, decode_frame, encode_frame
@@ -282,3 +284,47 @@ def test_backoff_doubles_to_its_ceiling() -> None:
     assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     backoff.reset()
     assert backoff.next() == 0.5
+
+
+def test_frames_split_across_reads(pair: tuple[MemoryTransport, MemoryTransport, Link, Link, Inbox]) -> None:
+    agent_end, unit_end, agent, unit, inbox = pair
+    agent_end.max_read = 3
+    unit_end.max_read = 2
+    _send_all(unit, _exposures(N // 2))
+    _assert_exactly_once(inbox, N // 2, agent, unit)
+    assert agent.stats.garbled == 0
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    garble=st.floats(0, 0.02),
+    drop=st.floats(0, 0.2),
+    duplicate=st.floats(0, 0.3),
+    seed=st.integers(0, 2**16),
+)
+def test_any_mix_of_line_faults_delivers_each_exposure_once(
+    garble: float, drop: float, duplicate: float, seed: int
+) -> None:
+    rng = random.Random(seed)
+
+    def line(data: bytes) -> bytes:
+        if rng.random() < drop:
+            return b""
+        data = bytes(b ^ 0x10 if rng.random() < garble else b for b in data)
+        return data * 2 if rng.random() < duplicate else data
+
+    agent_end, unit_end = memory_pair()
+    agent_end.tamper = line
+    unit_end.tamper = line
+    inbox = Inbox()
+    agent = Link(agent_end, on_message=inbox, settings=FAST, name="agent")
+    unit = Link(unit_end, on_message=lambda m: None, settings=FAST, name="unit")
+    agent.start()
+    unit.start()
+    try:
+        _send_all(unit, _exposures(15))
+        _assert_exactly_once(inbox, 15, agent, unit)
+        assert agent.stats.internal_errors == unit.stats.internal_errors == 0
+    finally:
+        agent.stop()
+        unit.stop()

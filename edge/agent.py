@@ -82,6 +82,20 @@ def build_agent(config: AgentConfig) -> Agent:
     # book.record(conn, Use(...)) inside their own transaction. None when [receipts] enabled = false.
     book = open_book(config) if config.receipts.enabled else None
     services: list[Service] = [store, StorageSCP(config.dicom, store), Pruner(config.retention, data_dir)]
+    if config.pipeline.enabled:
+        from edge.pipeline.analyzer import open_analyzer
+        from edge.pipeline.worker import PipelineService
+
+        pipeline = config.pipeline
+        services.append(
+            PipelineService(
+                data_dir,
+                lambda: open_analyzer(pipeline, data_dir),
+                queue_size=pipeline.queue_size,
+                poll_interval_s=pipeline.poll_interval_s,
+                book=book,
+            )
+        )
     if book is not None:
         services.append(SettlementService(config, book))
     if config.unit.port:

@@ -36,6 +36,7 @@ __all__ = [
     "AgentSection",
     "DicomConfig",
     "OutboxConfig",
+    "PipelineConfig",
     "ReceiptsConfig",
     "RetentionConfig",
     "SyncConfig",
@@ -232,6 +233,27 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """``[pipeline]``: on-device analysis of received images (``edge.pipeline``)."""
+
+    enabled: bool = True
+    """Analyse received images. Off: images are stored and forwarded without AI findings."""
+    bundle_path: Path = Path("models/bundles/reference-dental")
+    """Model bundle (directory or tar archive). Relative paths are resolved against the agent's installation."""
+    backend: Literal["auto", "tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"] = "auto"
+    """``auto``: the best that is available and passes the bundle's golden vectors (TensorRT, then ONNX Runtime on
+    the GPU, then on the CPU); any other value forces that backend."""
+    threads: int = bounded(2, lo=1, hi=64)
+    """Intra-op threads of ONNX Runtime on the CPU."""
+    tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    """Native TensorRT engine precision; ``int8`` calibrates on the bundle's golden inputs."""
+    queue_size: int = bounded(8, lo=1, hi=1024)
+    """Received instances taken from the index at a time (first in, first out)."""
+    poll_interval_s: float = bounded(1.0, lo=0.05, hi=3600)
+    """How often the worker looks for newly received instances when not woken."""
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration, one attribute per TOML section."""
 
@@ -242,6 +264,7 @@ class AgentConfig:
     receipts: ReceiptsConfig = field(default_factory=ReceiptsConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

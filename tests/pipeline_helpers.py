@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
@@ -27,6 +31,7 @@ from models.bundle import (
 from models.golden import build_golden
 
 HEIGHT, WIDTH = 32, 64
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 KINDS = ("caries", "periapical_lesion")
 
 MANIFEST = Manifest(
@@ -99,3 +104,43 @@ def tiny_bundle(model: bytes | None = None, golden_outputs: dict[str, np.ndarray
         "golden/a.npz": build_golden(inputs, outputs, 256, 0),
     }
     return parse_bundle(pack_bundle(MANIFEST, files), source="tiny")
+
+
+def write_radiograph(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    modality: str = "PX",
+    sop_uid: str | None = None,
+    spacing: tuple[float, float] | None = (0.1, 0.1),
+) -> str:
+    """Write a single-frame MONOCHROME2 16-bit radiograph; return its SOP Instance UID."""
+    uid = sop_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_PRESENTATION
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DX_PRESENTATION
+    ds.SOPInstanceUID = uid
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.PatientID = "P1"
+    ds.Modality = modality
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if spacing is not None:
+        ds.ImagerPixelSpacing = list(spacing)
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return uid
+
+
+def bright_spot_image(rows: int = 100, cols: int = 200) -> np.ndarray:
+    """A dim image with one bright square at rows 40-60, columns 120-150 (what the tiny network calls caries)."""
+    image = np.random.default_rng(5).integers(100, 300, (rows, cols)).astype(np.uint16)
+    image[40:60, 120:150] = 4000
+    return image

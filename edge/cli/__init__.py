@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "edge.cli.provision",
     "edge.cli.receipts",
     "edge.cli.model",
+    "edge.cli.analyze",
 )
 
 

@@ -1,0 +1,335 @@
+"""The pipeline worker: analyses received instances from the index, first in, first out, and records the results.
+
+Each instance goes ``received -> processing -> analysed | skipped`` (or back to ``received`` after a failure, and
+to ``failed`` after :data:`MAX_ATTEMPTS`). Claiming an instance counts an attempt in the same transaction, and the
+result (findings, timings, the receipt for the use) commits in one transaction with the state change, so:
+
+* a crash mid-analysis leaves the instance in ``processing``; on restart :meth:`PipelineWorker.recover` puts it
+  back to ``received`` (or, if that was its last attempt, marks it ``failed``) and it is analysed again;
+* an instance that fails twice is ``failed`` with its error and not retried again.
+
+Work is taken from the index in receipt order into a bounded in-memory queue (``queue_size``), so a burst of
+images never loads more than that many index rows at once. Tables (component ``pipeline``)::
+
+    pipeline_attempts  sop_instance_uid PK, attempts INTEGER, last_error, updated_at
+    pipeline_results   sop_instance_uid PK, status, reason, model_id, model_version, clinical INTEGER, backend,
+                       timings_json, findings_json, recorded_at
+    pipeline_findings  id INTEGER PK, sop_instance_uid, kind, tooth_fdi, confidence REAL, x0, y0, x1, y1 INTEGER,
+                       finding_json
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from edge.db import DB_FILENAME, connect, migrate, transaction
+from edge.errors import EdgeError, StateConflict, UnsupportedImage
+from edge.logs import event
+from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
+from edge.receipts.book import ReceiptBook
+from edge.receipts.receipts import Use
+from edge.store.index import (
+    Instance,
+    get_instance,
+    instance_path,
+    instances_in_state,
+    migrate_index,
+    set_state,
+    utc_now,
+)
+
+__all__ = ["MAX_ATTEMPTS", "PipelineService", "PipelineWorker", "migrate_pipeline"]
+
+log = logging.getLogger("edge.pipeline")
+
+MAX_ATTEMPTS = 2
+"""Analysis attempts (including ones a crash interrupted) before an instance is marked ``failed``."""
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE pipeline_attempts (
+        sop_instance_uid TEXT PRIMARY KEY,
+        attempts INTEGER NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE pipeline_results (
+        sop_instance_uid TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        model_id TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        clinical INTEGER NOT NULL,
+        backend TEXT NOT NULL,
+        timings_json TEXT NOT NULL,
+        findings_json TEXT NOT NULL,
+        recorded_at TEXT NOT NULL
+    );
+    CREATE TABLE pipeline_findings (
+        id INTEGER PRIMARY KEY,
+        sop_instance_uid TEXT NOT NULL REFERENCES pipeline_results (sop_instance_uid) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        tooth_fdi TEXT,
+        confidence REAL NOT NULL,
+        x0 INTEGER NOT NULL,
+        y0 INTEGER NOT NULL,
+        x1 INTEGER NOT NULL,
+        y1 INTEGER NOT NULL,
+        finding_json TEXT NOT NULL
+    );
+    CREATE INDEX pipeline_findings_by_instance ON pipeline_findings (sop_instance_uid)
+    """,
+]
+
+
+def migrate_pipeline(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the pipeline's tables (and the index they refer to)."""
+    migrate_index(conn)
+    migrate(conn, "pipeline", _MIGRATIONS)
+
+
+class PipelineWorker:
+    """Takes received instances in order and analyses them; one thread calls :meth:`step` or :meth:`drain`."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        data_dir: Path,
+        analyzer: Analyzer,
+        *,
+        queue_size: int = 8,
+        book: ReceiptBook | None = None,
+    ) -> None:
+        self._conn = conn
+        self._data_dir = data_dir
+        self._analyzer = analyzer
+        self._queue_size = queue_size
+        self._queue: collections.deque[str] = collections.deque()
+        self._book = book
+
+    def recover(self) -> int:
+        """Re-queue instances a crash left in ``processing`` (``failed`` if that was their last attempt)."""
+        recovered = 0
+        while batch := instances_in_state(self._conn, "processing", limit=100):
+            for instance in batch:
+                with transaction(self._conn):
+                    attempts = self._attempts(instance.sop_instance_uid)
+                    if attempts >= MAX_ATTEMPTS:
+                        error = "analysis was interrupted (crash or power loss) on every attempt"
+                        self._note_error(instance.sop_instance_uid, error)
+                        set_state(self._conn, instance.sop_instance_uid, "failed", expected="processing", reason=error)
+                        event(log, "analysis failed", level=logging.ERROR, sop=instance.sop_instance_uid, error=error)
+                    else:
+                        set_state(self._conn, instance.sop_instance_uid, "received", expected="processing")
+                        event(log, "analysis re-queued after restart", sop=instance.sop_instance_uid)
+                recovered += 1
+        return recovered
+
+    def _refill(self) -> None:
+        if not self._queue:
+            self._queue.extend(
+                i.sop_instance_uid for i in instances_in_state(self._conn, "received", limit=self._queue_size)
+            )
+
+    def step(self) -> bool:
+        """Analyse the oldest received instance; False when there was none."""
+        self._refill()
+        while self._queue:
+            uid = self._queue.popleft()
+            instance = self._claim(uid)
+            if instance is not None:
+                self._process(instance)
+                return True
+            self._refill()
+        return False
+
+    def drain(self, stop: Callable[[], bool] = lambda: False) -> int:
+        """Analyse until no instance is received (or ``stop()`` is true); return how many were processed."""
+        done = 0
+        while not stop() and self.step():
+            done += 1
+        return done
+
+    def _attempts(self, uid: str) -> int:
+        row = self._conn.execute("SELECT attempts FROM pipeline_attempts WHERE sop_instance_uid = ?", (uid,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _note_error(self, uid: str, error: str) -> None:
+        self._conn.execute(
+            "UPDATE pipeline_attempts SET last_error = ?, updated_at = ? WHERE sop_instance_uid = ?",
+            (error, utc_now(), uid),
+        )
+
+    def _claim(self, uid: str) -> Instance | None:
+        """Move ``uid`` to ``processing`` and count the attempt; None if it is no longer waiting."""
+        try:
+            with transaction(self._conn):
+                set_state(self._conn, uid, "processing", expected="received")
+                self._conn.execute(
+                    "INSERT INTO pipeline_attempts (sop_instance_uid, attempts, updated_at) VALUES (?, 1, ?) "
+                    "ON CONFLICT (sop_instance_uid) DO UPDATE SET attempts = attempts + 1, "
+                    "updated_at = excluded.updated_at",
+                    (uid, utc_now()),
+                )
+        except StateConflict:
+            return None
+        return get_instance(self._conn, uid)
+
+    def _process(self, instance: Instance) -> None:
+        uid = instance.sop_instance_uid
+        try:
+            result = self._analyse(instance)
+        except Exception as exc:  # any failure counts as an attempt; an unexpected one is logged with its trace
+            if not isinstance(exc, EdgeError):
+                log.exception("unexpected error analysing %s", uid)
+            self._fail(uid, f"{type(exc).__name__}: {exc}" if not isinstance(exc, EdgeError) else str(exc))
+            return
+        self._record(instance, result)
+
+    def _analyse(self, instance: Instance) -> AnalysisResult:
+        uid = instance.sop_instance_uid
+        if instance.pixels_pruned_at is not None:
+            return self._analyzer.skipped(uid, "pixel data was removed by retention before analysis")
+        try:
+            ds = read_dataset(instance_path(self._data_dir, instance))
+        except UnsupportedImage as exc:
+            return self._analyzer.skipped(uid, str(exc))
+        result = self._analyzer.analyse(ds)
+        if result.sop_instance_uid != uid:
+            raise EdgeError(f"the file of {uid} holds SOP Instance UID {result.sop_instance_uid}")
+        return result
+
+    def _fail(self, uid: str, error: str) -> None:
+        with transaction(self._conn):
+            self._note_error(uid, error)
+            if self._attempts(uid) >= MAX_ATTEMPTS:
+                set_state(self._conn, uid, "failed", expected="processing", reason=error)
+                event(log, "analysis failed", level=logging.ERROR, sop=uid, error=error)
+            else:
+                set_state(self._conn, uid, "received", expected="processing", reason=error)
+                event(log, "analysis failed; will retry", level=logging.WARNING, sop=uid, error=error)
+
+    def _record(self, instance: Instance, result: AnalysisResult) -> None:
+        uid = instance.sop_instance_uid
+        findings_json = json.dumps([f.to_json() for f in result.findings], sort_keys=True)
+        with transaction(self._conn):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, "
+                "clinical, backend, timings_json, findings_json, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    uid,
+                    result.status,
+                    result.reason or "",
+                    result.model_id,
+                    result.model_version,
+                    int(result.clinical),
+                    result.backend,
+                    json.dumps(result.timings_ms, sort_keys=True),
+                    findings_json,
+                    utc_now(),
+                ),
+            )
+            self._conn.execute("DELETE FROM pipeline_findings WHERE sop_instance_uid = ?", (uid,))
+            self._conn.executemany(
+                "INSERT INTO pipeline_findings (sop_instance_uid, kind, tooth_fdi, confidence, x0, y0, x1, y1, "
+                "finding_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (uid, f.kind, f.tooth_fdi, f.confidence, *f.bbox, json.dumps(f.to_json(), sort_keys=True))
+                    for f in result.findings
+                ],
+            )
+            set_state(self._conn, uid, result.status, expected="processing", reason=result.reason or "")
+            if self._book is not None and result.status == "analysed":
+                self._book.record(
+                    self._conn,
+                    Use(
+                        kind="analysis",
+                        bundle_id=result.model_id,
+                        bundle_version=result.model_version,
+                        output_digest="sha256:" + hashlib.sha256(findings_json.encode()).hexdigest(),
+                        study_uid=instance.study_uid,
+                    ),
+                )
+        event(
+            log,
+            "instance " + result.status,
+            sop=uid,
+            findings=len(result.findings),
+            reason=result.reason or "",
+            total_ms=round(result.timings_ms.get("total", 0.0), 1),
+        )
+
+
+class PipelineService:
+    """The worker on its own thread: loads the bundle and backend, recovers, then analyses as instances arrive.
+
+    A bundle or backend that cannot be loaded is logged and leaves the pipeline idle (instances stay
+    ``received``); it never stops the agent, so ingest keeps serving the unit.
+    """
+
+    name = "pipeline"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        load_analyzer: Callable[[], Analyzer],
+        *,
+        queue_size: int = 8,
+        poll_interval_s: float = 2.0,
+        book: ReceiptBook | None = None,
+    ) -> None:
+        self._data_dir = data_dir
+        self._load_analyzer = load_analyzer
+        self._queue_size = queue_size
+        self._poll = poll_interval_s
+        self._book = book
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        """Set once the worker has its analyser and has recovered interrupted work."""
+
+    def notify(self) -> None:
+        """Wake the worker now (e.g. after ingest stored an instance) instead of at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        conn = connect(self._data_dir / DB_FILENAME)
+        try:
+            migrate_pipeline(conn)
+            try:
+                analyzer = self._load_analyzer()
+            except EdgeError as exc:
+                event(log, "pipeline idle: no model", level=logging.ERROR, error=str(exc))
+                return
+            worker = PipelineWorker(conn, self._data_dir, analyzer, queue_size=self._queue_size, book=self._book)
+            worker.recover()
+            self.ready.set()
+            while not self._stop.is_set():
+                worker.drain(self._stop.is_set)
+                self._wake.wait(self._poll)
+                self._wake.clear()
+            analyzer.backend.close()
+        except Exception:
+            log.exception("pipeline worker stopped by an unexpected error")
+        finally:
+            conn.close()

@@ -1,0 +1,95 @@
+"""The analyser: one DICOM image to one result, through the real ONNX Runtime backend and B's post-processing."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from edge.errors import BackendError, BundleError, UnsupportedImage
+from edge.pipeline.analyzer import Analyzer, read_dataset
+from edge.pipeline.backends import BackendOptions
+from edge.pipeline.backends.fake import FakeBackend
+from edge.pipeline.backends.ort import OrtCpuFactory
+from edge.pipeline.findings import Finding
+from models.bundle import Bundle
+from tests.pipeline_helpers import bright_spot_image, reference_outputs, tiny_bundle, write_radiograph
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def analyzer(bundle: Bundle) -> Analyzer:
+    return Analyzer(bundle, OrtCpuFactory().load(bundle, BackendOptions(threads=1)))
+
+
+def test_bright_spot_is_found_where_it_is(tmp_path: Path, analyzer: Analyzer) -> None:
+    uid = write_radiograph(tmp_path / "a.dcm", bright_spot_image())
+    result = analyzer.analyse(read_dataset(tmp_path / "a.dcm"))
+    assert result.status == "analysed"
+    assert result.sop_instance_uid == uid
+    assert result.backend == "onnxruntime-cpu"
+    assert (result.model_id, result.model_version, result.clinical) == ("tiny-test-model", "0.0.1", False)
+    assert set(result.timings_ms) == {"decode", "preprocess", "infer", "postprocess", "total"}
+    caries = [f for f in result.findings if f.kind == "caries"]
+    assert len(caries) == 1
+    x0, y0, x1, y1 = caries[0].bbox
+    assert abs(x0 - 120) <= 4
+    assert abs(y0 - 40) <= 4
+    assert abs(x1 - 150) <= 4
+    assert abs(y1 - 60) <= 4
+    assert caries[0].tooth_fdi == "21"
+    assert caries[0].area_mm2 is not None
+    doc = result.to_json()
+    assert doc["status"] == "analysed"
+    assert "reason" not in doc
+    assert doc["model"] == {"id": "tiny-test-model", "version": "0.0.1", "clinical": False}
+    assert Finding.from_json(doc["findings"][0]).kind == "caries"
+
+
+@pytest.mark.parametrize(
+    ("modality", "pixels", "reason"),
+    [
+        ("US", bright_spot_image(), "modality US is not one the model reads"),
+        ("PX", None, "no pixel data"),
+    ],
+)
+def test_unreadable_images_are_skipped_with_reason(
+    tmp_path: Path, analyzer: Analyzer, modality: str, pixels: np.ndarray | None, reason: str
+) -> None:
+    write_radiograph(tmp_path / "a.dcm", bright_spot_image(), modality=modality)
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    if pixels is None:
+        del ds.PixelData
+    result = analyzer.analyse(ds)
+    assert result.status == "skipped"
+    assert reason in (result.reason or "")
+    assert result.findings == ()
+    assert result.to_json()["reason"] == result.reason
+
+
+def test_backend_failure_raises_for_the_caller(tmp_path: Path, bundle: Bundle) -> None:
+    fake = FakeBackend(reference_outputs)
+    fake.fail_with = "device lost"
+    write_radiograph(tmp_path / "a.dcm", bright_spot_image())
+    with pytest.raises(BackendError, match="device lost"):
+        Analyzer(bundle, fake).analyse(read_dataset(tmp_path / "a.dcm"))
+
+
+def test_not_a_dicom_file_is_unsupported(tmp_path: Path) -> None:
+    (tmp_path / "x.dcm").write_bytes(b"hello")
+    with pytest.raises(UnsupportedImage, match="not a readable DICOM file"):
+        read_dataset(tmp_path / "x.dcm")
+
+
+def test_multichannel_bundle_is_refused(bundle: Bundle) -> None:
+    spec = dataclasses.replace(bundle.manifest.input, channels=3)
+    odd = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, input=spec))
+    with pytest.raises(BundleError, match="1-channel"):
+        Analyzer(odd, FakeBackend(reference_outputs))

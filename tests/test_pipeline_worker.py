@@ -1,0 +1,230 @@
+"""The pipeline worker over the real index: FIFO, one transaction per result, retries, crash recovery, the service."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.db import DB_FILENAME, connect, transaction
+from edge.errors import BundleError
+from edge.pipeline.analyzer import Analyzer
+from edge.pipeline.backends.fake import FakeBackend
+from edge.pipeline.worker import MAX_ATTEMPTS, PipelineService, PipelineWorker, migrate_pipeline
+from edge.receipts.book import ReceiptBook
+from edge.store.header import InstanceHeader
+from edge.store.index import get_instance, record_instance
+from tests.pipeline_helpers import bright_spot_image, reference_outputs, tiny_bundle, write_radiograph
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    c = connect(tmp_path / DB_FILENAME)
+    migrate_pipeline(c)
+    return c
+
+
+def _receive(conn: sqlite3.Connection, data_dir: Path, n: int, *, modality: str = "PX") -> list[str]:
+    """Store ``n`` radiographs as ingest would: file first, then the index row, oldest first."""
+    uids = []
+    (data_dir / "images").mkdir(exist_ok=True)
+    for i in range(n):
+        rel = f"images/{modality}-{i}.dcm"
+        uid = write_radiograph(data_dir / rel, bright_spot_image(), modality=modality)
+        header = InstanceHeader(
+            sop_instance_uid=uid,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+            study_uid="1.2.3",
+            series_uid="1.2.3.4",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            modality=modality,
+        )
+        record_instance(
+            conn, header, path=rel, size_bytes=1, calling_ae="UNIT", received_at=f"2026-11-24T01:00:{i:02d}.000Z"
+        )
+        uids.append(uid)
+    return uids
+
+
+def _state(conn: sqlite3.Connection, uid: str) -> tuple[str, str]:
+    instance = get_instance(conn, uid)
+    assert instance is not None
+    return instance.pipeline_state, instance.state_reason
+
+
+def _analyzer(fake: FakeBackend | None = None) -> Analyzer:
+    return Analyzer(tiny_bundle(), fake or FakeBackend(reference_outputs))
+
+
+def test_instances_are_analysed_first_in_first_out(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    uids = _receive(conn, tmp_path, 5)
+    analyzer = _analyzer()
+    seen: list[str] = []
+    analyse = analyzer.analyse
+    analyzer.analyse = lambda ds: (seen.append(str(ds.SOPInstanceUID)), analyse(ds))[1]  # type: ignore[method-assign]
+    worker = PipelineWorker(conn, tmp_path, analyzer, queue_size=2)
+    assert worker.step()
+    assert len(worker._queue) <= 2  # bounded: never more than queue_size index rows held
+    assert worker.drain() == 4
+    assert seen == uids
+    assert not worker.step()
+    for uid in uids:
+        assert _state(conn, uid) == ("analysed", "")
+
+
+def test_result_findings_and_state_are_recorded_together(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid] = _receive(conn, tmp_path, 1)
+    PipelineWorker(conn, tmp_path, _analyzer()).drain()
+    row = conn.execute("SELECT * FROM pipeline_results WHERE sop_instance_uid = ?", (uid,)).fetchone()
+    assert row["status"] == "analysed"
+    assert row["model_id"] == "tiny-test-model"
+    assert row["backend"] == "fake"
+    assert row["clinical"] == 0
+    assert set(json.loads(row["timings_json"])) >= {"infer", "total"}
+    kinds = [r[0] for r in conn.execute("SELECT kind FROM pipeline_findings WHERE sop_instance_uid = ?", (uid,))]
+    assert kinds == ["caries"]
+
+
+def test_an_image_the_model_cannot_read_is_skipped_with_reason(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid] = _receive(conn, tmp_path, 1, modality="US")
+    PipelineWorker(conn, tmp_path, _analyzer()).drain()
+    state, reason = _state(conn, uid)
+    assert state == "skipped"
+    assert "modality US" in reason
+
+
+def test_pruned_pixels_are_skipped(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid] = _receive(conn, tmp_path, 1)
+    with transaction(conn):
+        conn.execute("UPDATE instances SET pixels_pruned_at = '2026-11-24T02:00:00.000Z'")
+    PipelineWorker(conn, tmp_path, _analyzer()).drain()
+    assert _state(conn, uid) == ("skipped", "pixel data was removed by retention before analysis")
+
+
+def test_a_failure_is_retried_once_then_failed_with_its_error(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid, other] = _receive(conn, tmp_path, 2)
+    fake = FakeBackend(reference_outputs)
+    fake.fail_with = "device lost"
+    worker = PipelineWorker(conn, tmp_path, _analyzer(fake))
+    worker.drain()
+    assert _state(conn, uid) == ("failed", "device lost")
+    assert _state(conn, other) == ("failed", "device lost")
+    assert fake.calls == 2 * MAX_ATTEMPTS
+    assert not worker.step()  # not retried forever
+    row = conn.execute("SELECT attempts, last_error FROM pipeline_attempts WHERE sop_instance_uid = ?", (uid,))
+    assert tuple(row.fetchone()) == (2, "device lost")
+
+
+def test_a_single_failure_is_retried_and_succeeds(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid] = _receive(conn, tmp_path, 1)
+    calls = 0
+
+    def flaky(batch: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("transient")
+        return reference_outputs(batch)
+
+    PipelineWorker(conn, tmp_path, _analyzer(FakeBackend(flaky))).drain()
+    assert _state(conn, uid) == ("analysed", "")
+
+
+def test_interrupted_work_is_rerun_after_restart_and_failed_after_two(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid] = _receive(conn, tmp_path, 1)
+    worker = PipelineWorker(conn, tmp_path, _analyzer())
+    assert worker._claim(uid) is not None  # then the process dies
+    restarted = PipelineWorker(conn, tmp_path, _analyzer())
+    assert restarted.recover() == 1
+    assert _state(conn, uid)[0] == "received"
+    assert restarted._claim(uid) is not None  # dies again
+    PipelineWorker(conn, tmp_path, _analyzer()).recover()
+    state, reason = _state(conn, uid)
+    assert state == "failed"
+    assert "interrupted" in reason
+
+
+@pytest.mark.slow
+def test_kill_9_mid_analysis_then_restart_analyses_it(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid] = _receive(conn, tmp_path, 1)
+    marker = tmp_path / "inferring"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from edge.db import connect
+        from edge.pipeline.analyzer import Analyzer
+        from edge.pipeline.backends.fake import FakeBackend
+        from edge.pipeline.worker import PipelineWorker
+        from tests.pipeline_helpers import tiny_bundle
+
+        def hang(batch):
+            Path({str(marker)!r}).write_text("x")
+            time.sleep(60)
+
+        data = Path({str(tmp_path)!r})
+        PipelineWorker(connect(data / "edge.db"), data, Analyzer(tiny_bundle(), FakeBackend(hang))).drain()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "worker exited early"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert _state(conn, uid)[0] == "processing"
+    worker = PipelineWorker(conn, tmp_path, _analyzer())
+    assert worker.recover() == 1
+    worker.drain()
+    assert _state(conn, uid) == ("analysed", "")
+
+
+def test_analysis_use_is_recorded_in_the_receipt_book(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    book = ReceiptBook(None)  # no identity yet: the use is parked in the same transaction
+    book.migrate(conn)
+    _receive(conn, tmp_path, 1)
+    PipelineWorker(conn, tmp_path, _analyzer(), book=book).drain()
+    assert conn.execute("SELECT COUNT(*) FROM receipt_pending").fetchone()[0] == 1
+
+
+def test_service_analyses_in_the_background_and_stops(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    service = PipelineService(tmp_path, _analyzer, poll_interval_s=30)
+    service.start()
+    try:
+        assert service.ready.wait(30)
+        [uid] = _receive(conn, tmp_path, 1)
+        service.notify()
+        deadline = time.monotonic() + 30
+        while _state(conn, uid)[0] != "analysed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        service.stop()
+
+
+def test_service_without_a_model_stays_idle(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    def no_model() -> Analyzer:
+        raise BundleError("bundle /x: no such directory or archive")
+
+    [uid] = _receive(conn, tmp_path, 1)
+    service = PipelineService(tmp_path, no_model, poll_interval_s=0.05)
+    service.start()
+    time.sleep(0.3)
+    service.stop()
+    assert not service.ready.is_set()
+    assert _state(conn, uid)[0] == "received"

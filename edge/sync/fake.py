@@ -3,11 +3,13 @@
 :class:`FakeBroker` routes QoS 1 messages between :class:`FakeLink` clients by topic filter (``+``/``#``),
 keeps retained messages, keeps a persistent session's subscriptions and queued messages while its client is
 away (clean start off), publishes a client's last will when it drops without DISCONNECT, and can be taken
-``down`` (connects fail, connected links drop). Every message published is recorded in ``published``.
+``down`` (connects fail, connected links drop). Every message published is recorded in ``published``. It is
+thread-safe, so a test can play the relay while the service runs in its thread.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -44,6 +46,7 @@ class FakeBroker:
         """(client id, topic, payload) of every message any client published."""
         self.retained: dict[str, bytes] = {}
         self._sessions: dict[str, _Session] = {}
+        self._lock = threading.RLock()
 
     def link(self, settings: LinkSettings) -> FakeLink:
         """A link factory with the signature of :class:`~edge.sync.paho_link.PahoLink`."""
@@ -51,36 +54,41 @@ class FakeBroker:
 
     def route(self, client_id: str, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish as ``client_id`` (also how a test plays the relay)."""
-        self.published.append((client_id, topic, payload))
-        if retain:
-            self.retained[topic] = payload
-        for session in self._sessions.values():
-            if any(topic_matches(f, topic) for f in session.filters):
-                session.queue.append(Inbound(topic, payload))
+        with self._lock:
+            self.published.append((client_id, topic, payload))
+            if retain:
+                self.retained[topic] = payload
+            for session in self._sessions.values():
+                if any(topic_matches(f, topic) for f in session.filters):
+                    session.queue.append(Inbound(topic, payload))
 
     def set_down(self, down: bool) -> None:
         """Take the broker down (every link drops, its last will goes out) or bring it back."""
-        self.down = down
-        if down:
-            for session in self._sessions.values():
-                if session.link is not None:
-                    session.link.drop()
+        with self._lock:
+            self.down = down
+            if down:
+                for session in list(self._sessions.values()):
+                    if session.link is not None:
+                        session.link.drop()
 
     def _attach(self, link: FakeLink) -> _Session:
-        if self.down:
-            raise LinkError("connection refused (fake broker down)")
-        session = self._sessions.setdefault(link.settings.client_id, _Session())
-        if session.link is not None and session.link is not link:
-            session.link.drop()
-        session.link = link
-        return session
+        with self._lock:
+            if self.down:
+                raise LinkError("connection refused (fake broker down)")
+            session = self._sessions.setdefault(link.settings.client_id, _Session())
+            if session.link is not None and session.link is not link:
+                session.link.drop()
+            session.link = link
+            return session
 
     def _detach(self, link: FakeLink, *, will: bool) -> None:
-        session = self._sessions.get(link.settings.client_id)
-        if session is not None and session.link is link:
-            session.link = None
-            if will and link.settings.will_topic:
-                self.route(link.settings.client_id, link.settings.will_topic, link.settings.will_payload, retain=True)
+        with self._lock:
+            session = self._sessions.get(link.settings.client_id)
+            if session is not None and session.link is link:
+                session.link = None
+                if will and link.settings.will_topic:
+                    s = link.settings
+                    self.route(s.client_id, s.will_topic, s.will_payload, retain=True)
 
 
 class FakeLink:
@@ -99,17 +107,19 @@ class FakeLink:
         self._session = self.broker._attach(self)
 
     def subscribe(self, topic: str) -> None:
-        self._require().filters.add(topic)
+        with self.broker._lock:
+            self._require().filters.add(topic)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self._require()
         self.broker.route(self.settings.client_id, topic, payload, retain=retain)
 
     def poll(self, timeout: float) -> list[Inbound]:
-        session = self._require()
-        if not session.queue:
+        if not self._require().queue:
             time.sleep(timeout)
-        inbox, session.queue[:] = list(session.queue), []
+        with self.broker._lock:
+            session = self._require()
+            inbox, session.queue[:] = list(session.queue), []
         return inbox
 
     def disconnect(self) -> None:

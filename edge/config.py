@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -34,14 +35,17 @@ __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
     "AgentSection",
+    "DestinationConfig",
     "DicomConfig",
     "OutboxConfig",
     "PipelineConfig",
     "ReceiptsConfig",
+    "ResultsConfig",
     "RetentionConfig",
     "SyncConfig",
     "UnitConfig",
     "bounded",
+    "check_uid_root",
     "load_config",
     "with_overrides",
 ]
@@ -232,6 +236,102 @@ class SyncConfig:
             raise ConfigError("sync.backoff_initial_s: above sync.backoff_max_s")
 
 
+ResultKind = Literal["sr", "overlay", "original"]
+_UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def check_uid_root(root: str) -> str:
+    """``root`` if it is a dotted-number UID root of at most 40 characters (so that a 24-digit suffix fits)."""
+    if len(root) > 40 or not _UID_ROOT_RE.match(root):
+        raise ConfigError(f"results.org_root: {root!r} must be a dotted-number UID root of at most 40 characters")
+    return root
+
+
+_FORWARD_RE = re.compile(r"^([^@\s\\]{1,16})@([^@\s:]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """One ``[[results.destinations]]`` table: a DICOM peer (the clinic's PACS) that receives result objects."""
+
+    ae_title: str = ""
+    """The destination's AE title (1-16 characters)."""
+    host: str = ""
+    port: int = bounded(104, lo=1, hi=65535)
+    kinds: tuple[ResultKind, ...] = ("sr", "overlay")
+    """What it gets: ``sr`` (the structured report), ``overlay`` (the annotated Secondary Capture), ``original``
+    (every received image as it came, for a box in line between the unit and the PACS)."""
+    tls: bool = False
+    """Associate over TLS (the PACS's certificate is checked against ``tls_ca_file``, else the system CAs)."""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    """Our client certificate, when the PACS asks for one (with ``tls_key_file``)."""
+    tls_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.ae_title.strip()) <= 16 or "\\" in self.ae_title:
+            raise ConfigError(f"results.destinations.ae_title: {self.ae_title!r} must be 1 to 16 characters")
+        if not self.host:
+            raise ConfigError(f"results.destinations.host: missing for {self.ae_title}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("results.destinations.tls_cert_file and tls_key_file: give both or neither")
+
+    @property
+    def name(self) -> str:
+        """``AE@host:port``, the key of this destination in the delivery queue."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _parse_forward(text: str) -> DestinationConfig:
+    """``AE@HOST:PORT`` (``--forward``, ``results.forward``) as a destination that gets the SR and the overlay."""
+    match = _FORWARD_RE.match(text.strip())
+    if match is None:
+        raise ConfigError(f"results.forward: {text!r} is not AE@HOST:PORT")
+    ae, host, port = match.groups()
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"results.forward: {text!r} has a bad port")
+    return DestinationConfig(ae_title=ae, host=host.strip("[]"), port=int(port))
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    """``[results]``: DICOM result objects (SR, overlay) and their delivery to the clinic's PACS (``edge.results``)."""
+
+    enabled: bool = True
+    """Build the SR and the overlay for every analysed image. Off: nothing is built or forwarded."""
+    org_root: str = "1.2.826.0.1.3680043.8.498"
+    """UID root of the new objects (at most 40 characters). The default is pydicom's open root; a manufacturer
+    sets its own."""
+    forward: tuple[str, ...] = ()
+    """Shorthand destinations ``AE@HOST:PORT`` that get the SR and the overlay (``run --forward`` sets this)."""
+    destinations: tuple[DestinationConfig, ...] = ()
+    """Full destinations as ``[[results.destinations]]`` tables (see examples/edge.toml)."""
+    poll_interval_s: float = bounded(0.1, lo=0.01, hi=60)
+    """How often the index is checked for newly analysed images and due deliveries."""
+    backoff_initial_s: float = bounded(5.0, lo=0.01, hi=3600)
+    """First retry delay after a failed delivery; doubles per attempt up to ``backoff_max_s``."""
+    backoff_max_s: float = bounded(600.0, lo=0.01, hi=86400)
+    max_attempts: int = bounded(500, lo=1, hi=1_000_000)
+    """Attempts before a delivery is dead-lettered (kept with its last error; ``btt-edge results resend``).
+    The default outlasts a PACS that is down for three days at the maximum backoff."""
+    batch_size: int = bounded(16, lo=1, hi=1000)
+    """Objects sent per association."""
+    connect_timeout_s: float = bounded(10.0, lo=0.1, hi=600)
+    dimse_timeout_s: float = bounded(60.0, lo=1, hi=3600)
+
+    def __post_init__(self) -> None:
+        check_uid_root(self.org_root)
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ConfigError("results.backoff_initial_s: above results.backoff_max_s")
+        names = [d.name for d in self.all_destinations()]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"results.destinations: a destination is listed twice ({', '.join(names)})")
+
+    def all_destinations(self) -> tuple[DestinationConfig, ...]:
+        """``destinations`` and then the ``forward`` shorthands."""
+        return self.destinations + tuple(_parse_forward(text) for text in self.forward)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """``[pipeline]``: on-device analysis of received images (``edge.pipeline``)."""
@@ -264,6 +364,7 @@ class AgentConfig:
     receipts: ReceiptsConfig = field(default_factory=ReceiptsConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
@@ -298,7 +399,7 @@ def _to_raw(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, tuple):
-        return list(obj)
+        return [_to_raw(item) for item in obj]
     return obj
 
 

@@ -21,6 +21,12 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--mqtt", metavar="URL", help="override sync.url: the relay's broker, mqtts://host:8883 (else queue offline)"
     )
+    parser.add_argument(
+        "--forward",
+        action="append",
+        metavar="AE@HOST:PORT",
+        help="send every result object (SR, overlay) to this DICOM destination; repeatable (sets results.forward)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -34,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         dicom={"port": args.port, "ae_title": args.ae_title},
         unit={"port": args.serial},
         sync={"url": args.mqtt},
+        results={"forward": args.forward},
     )
     configure_logging(config.agent.log_format, config.agent.log_level)
     build_agent(config).run_until_signal()

@@ -1,0 +1,113 @@
+"""``btt-edge results list|resend``: the result objects, their delivery to each destination, and resending.
+
+``list --json`` prints one JSON object per result object (and forwarded original) with its deliveries:
+destination (``AE@host:port``), state (``pending``, ``sent``, ``rejected``, ``dead``), attempts, when it is next
+due, the last DIMSE status and error. ``resend`` puts rejected and dead deliveries (or, with ``--all``, every
+matching one) back in the queue; a running agent picks them up at its next poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from edge.cli.common import add_config_args, config_from_args
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the ``results`` command."""
+    parser: argparse.ArgumentParser = sub.add_parser("results", help="AI result objects and their delivery to PACS")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="each result object and its delivery state per destination")
+    add_config_args(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON array (for scripts)")
+    listing.add_argument("--source", metavar="SOP_UID", help="only the results of this received instance")
+    listing.set_defaults(func=_list)
+    resend = actions.add_parser("resend", help="queue rejected and dead deliveries again")
+    add_config_args(resend)
+    resend.add_argument("--destination", metavar="AE@HOST:PORT", help="only to this destination")
+    resend.add_argument("--object", metavar="SOP_UID", help="only this object")
+    resend.add_argument("--all", action="store_true", help="also deliveries already sent (the PACS lost them)")
+    resend.set_defaults(func=_resend)
+
+
+def _open(args: argparse.Namespace, *, write: bool) -> Any:
+    from edge.db import DB_FILENAME, connect
+    from edge.errors import ResultsError
+    from edge.results.queue import migrate_results
+
+    config = config_from_args(args)
+    path = config.agent.data_dir / DB_FILENAME
+    if not path.exists():
+        raise ResultsError(f"no agent database at {path}")
+    conn = connect(path, readonly=not write)
+    if write:
+        migrate_results(conn)
+    elif not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'results_objects'").fetchone():
+        return None
+    return conn
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _doc(status: Any) -> dict[str, Any]:
+    obj = status.object
+    return {
+        "object_uid": obj.object_uid,
+        "kind": obj.kind,
+        "source_sop_uid": obj.source_sop_uid,
+        "study_uid": obj.study_uid,
+        "sop_class_uid": obj.sop_class_uid,
+        "path": obj.path,
+        "size_bytes": obj.size_bytes,
+        "sha256": obj.sha256,
+        "created_at": status.created_at,
+        "deliveries": [
+            {
+                "destination": d.destination,
+                "state": d.state,
+                "attempts": d.attempts,
+                "next_attempt_at": _iso(d.next_attempt_at) if d.state == "pending" else None,
+                "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
+                "last_error": d.last_error,
+                "sent_at": d.sent_at,
+            }
+            for d in status.deliveries
+        ],
+    }
+
+
+def _list(args: argparse.Namespace) -> int:
+    from edge.results.queue import list_objects
+
+    conn = _open(args, write=False)
+    docs = [] if conn is None else [_doc(s) for s in list_objects(conn, source_sop_uid=args.source)]
+    if args.json:
+        print(json.dumps(docs, indent=2))
+        return 0
+    for doc in docs:
+        print(f"{doc['created_at']}  {doc['kind']:<8} {doc['object_uid']}  (source {doc['source_sop_uid']})")
+        for d in doc["deliveries"]:
+            extra = f" status {d['last_status']}" if d["last_status"] else ""
+            extra += f" next {d['next_attempt_at']}" if d["next_attempt_at"] else ""
+            extra += f" error: {d['last_error']}" if d["last_error"] else ""
+            print(f"    {d['destination']:<32} {d['state']:<9} attempts {d['attempts']}{extra}")
+    if not docs:
+        print("no result objects")
+    return 0
+
+
+def _resend(args: argparse.Namespace) -> int:
+    from edge.results.queue import DELIVERY_STATES, resend
+
+    conn = _open(args, write=True)
+    states = DELIVERY_STATES if args.all else ("rejected", "dead")
+    count = resend(conn, now=time.time(), object_uid=args.object, destination=args.destination, states=states)
+    print(f"{count} deliveries queued again")
+    return 0

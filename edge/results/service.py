@@ -1,0 +1,297 @@
+"""The results service: analysed instances -> SR and overlay on disk -> delivery queue -> the clinic's PACS.
+
+One builder thread turns every instance the pipeline marked ``analysed`` into its result objects, writes each one
+durably (:mod:`edge.durable`) under ``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one
+transaction, records the objects, a pending delivery to every destination that takes their kind, and that the
+instance's results are built. When a destination takes ``original`` images, every received instance is queued
+too (its stored file, as received). One sender thread per destination sends what is due (SR first), records each
+answer in its own transaction and, when every result object of an instance is confirmed everywhere, moves the
+instance ``analysed -> forwarded``. An unreachable destination holds up nobody but itself.
+
+The findings come from an :class:`AnalysisSource` (the pipeline's record of each analysis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from edge.config import DestinationConfig, ResultsConfig
+from edge.db import DB_FILENAME, connect, transaction
+from edge.durable import atomic_write_bytes
+from edge.errors import ResultBuildError, StateConflict
+from edge.logs import event
+from edge.results import queue
+from edge.results.analysis import Analysis
+from edge.results.overlay import build_overlay
+from edge.results.queue import ObjectKind, ResultObject
+from edge.results.scu import Outcome, Outgoing, Sender, StoreSCU
+from edge.results.sr import build_sr
+from edge.results.uids import UidFactory
+from edge.store.index import get_instance, migrate_index, set_state
+
+__all__ = ["RESULTS_DIR", "AnalysisSource", "ResultsService"]
+
+log = logging.getLogger("edge.results")
+
+RESULTS_DIR = "results"
+_BUILDERS: dict[ObjectKind, Callable[[Dataset, Analysis, UidFactory], Dataset]] = {
+    "sr": build_sr,
+    "overlay": build_overlay,
+}
+
+
+class AnalysisSource(Protocol):
+    """Where the findings of an analysed instance are read from."""
+
+    def load(self, conn: sqlite3.Connection, sop_instance_uid: str) -> Analysis | None:
+        """The analysis of this instance, or ``None`` if none is recorded."""
+        ...
+
+
+def _file_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class ResultsService:
+    """Builds, queues and delivers result objects (a :class:`~edge.agent.Service`)."""
+
+    name = "results"
+
+    def __init__(
+        self,
+        config: ResultsConfig,
+        data_dir: Path,
+        analyses: AnalysisSource,
+        *,
+        calling_ae: str,
+        sender: Sender | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.analyses = analyses
+        self.destinations: tuple[DestinationConfig, ...] = config.all_destinations()
+        self.sender: Sender = sender or StoreSCU(
+            calling_ae, connect_timeout_s=config.connect_timeout_s, dimse_timeout_s=config.dimse_timeout_s
+        )
+        self.uids = UidFactory(config.org_root)
+        self.clock = clock
+        self._stop = threading.Event()
+        self._wakes = {d.name: threading.Event() for d in self.destinations}
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        return connect(self.data_dir / DB_FILENAME)
+
+    def start(self) -> None:
+        """Create the tables, then start the builder and one sender per destination."""
+        conn = self._connect()
+        try:
+            migrate_index(conn)
+            queue.migrate_results(conn)
+        finally:
+            conn.close()
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._build_loop, name="results-build", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._send_loop, args=(d,), name=f"results-send-{d.name}", daemon=True)
+            for d in self.destinations
+        ]
+        for thread in self._threads:
+            thread.start()
+        event(log, "results ready", destinations=",".join(d.name for d in self.destinations) or "(none)")
+
+    def stop(self) -> None:
+        """Stop the threads after the object or batch each is working on."""
+        self._stop.set()
+        self.wake()
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    # --- building --------------------------------------------------------------------------------------------
+
+    def _targets(self, kind: ObjectKind) -> list[str]:
+        return [d.name for d in self.destinations if kind in d.kinds]
+
+    def _build_loop(self) -> None:
+        conn = self._connect()
+        try:
+            while not self._stop.is_set():
+                worked = self.build_pending(conn)
+                if not worked:
+                    self._stop.wait(self.config.poll_interval_s)
+        finally:
+            conn.close()
+
+    def build_pending(self, conn: sqlite3.Connection) -> int:
+        """Queue new originals and build the results of newly analysed instances; returns how many were handled."""
+        handled = 0
+        if self._targets("original"):
+            for uid in queue.unqueued_originals(conn):
+                self._queue_original(conn, uid)
+                handled += 1
+        for uid in queue.unbuilt_sources(conn):
+            if self._stop.is_set():
+                break
+            self.build(conn, uid)
+            handled += 1
+        if handled:
+            self.wake()
+        return handled
+
+    def _queue_original(self, conn: sqlite3.Connection, uid: str) -> None:
+        instance = get_instance(conn, uid)
+        if instance is None:
+            return
+        path = self.data_dir / instance.path
+        data = path.read_bytes()
+        obj = ResultObject(
+            object_uid=uid,
+            source_sop_uid=uid,
+            study_uid=instance.study_uid,
+            kind="original",
+            sop_class_uid=instance.sop_class_uid,
+            transfer_syntax_uid=instance.transfer_syntax_uid,
+            path=instance.path,
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        with transaction(conn):
+            queue.enqueue(conn, obj, self._targets("original"), self.clock())
+
+    def build(self, conn: sqlite3.Connection, uid: str) -> list[ResultObject]:
+        """Build, write and queue the result objects of one analysed instance (a failure is recorded, not raised)."""
+        started = time.perf_counter()
+        try:
+            objects = self._write_objects(conn, uid)
+        except ResultBuildError as exc:
+            self._fail(conn, uid, str(exc))
+            return []
+        except Exception as exc:  # a bug must not wedge the queue: record it and go on
+            log.exception("building results for %s failed", uid)
+            self._fail(conn, uid, f"unexpected error: {exc!r}")
+            return []
+        with transaction(conn):
+            for obj in objects:
+                queue.enqueue(conn, obj, self._targets(obj.kind), self.clock())
+            queue.mark_source(conn, uid, "built")
+        event(log, "results built", sop=uid, objects=len(objects), ms=round((time.perf_counter() - started) * 1000))
+        return objects
+
+    def _fail(self, conn: sqlite3.Connection, uid: str, reason: str) -> None:
+        event(log, "results not built", level=logging.ERROR, sop=uid, reason=reason)
+        with transaction(conn):
+            queue.mark_source(conn, uid, "failed", reason)
+
+    def _write_objects(self, conn: sqlite3.Connection, uid: str) -> list[ResultObject]:
+        instance = get_instance(conn, uid)
+        if instance is None:
+            raise ResultBuildError(f"instance {uid} is not indexed")
+        analysis = self.analyses.load(conn, uid)
+        if analysis is None:
+            raise ResultBuildError(f"no analysis is recorded for {uid}")
+        try:
+            source = dcmread(self.data_dir / instance.path)
+        except (OSError, InvalidDicomError) as exc:
+            raise ResultBuildError(f"cannot read the source image {instance.path}: {exc}") from exc
+        objects = []
+        for kind, builder in _BUILDERS.items():
+            ds = builder(source, analysis, self.uids)
+            data = _file_bytes(ds)
+            relative = f"{RESULTS_DIR}/{instance.study_uid}/{ds.SOPInstanceUID}.dcm"
+            atomic_write_bytes(self.data_dir / relative, data)
+            objects.append(
+                ResultObject(
+                    object_uid=str(ds.SOPInstanceUID),
+                    source_sop_uid=uid,
+                    study_uid=instance.study_uid,
+                    kind=kind,
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                    path=relative,
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+            )
+        return objects
+
+    # --- sending ---------------------------------------------------------------------------------------------
+
+    def _send_loop(self, destination: DestinationConfig) -> None:
+        conn = self._connect()
+        wake = self._wakes[destination.name]
+        try:
+            while not self._stop.is_set():
+                if not self.send_due(conn, destination):
+                    wake.wait(self.config.poll_interval_s)
+                    wake.clear()
+        finally:
+            conn.close()
+
+    def send_due(self, conn: sqlite3.Connection, destination: DestinationConfig) -> int:
+        """Send one batch of what is due to ``destination``; returns how many objects were tried."""
+        batch = queue.due(conn, destination.name, self.clock(), self.config.batch_size)
+        if not batch:
+            return 0
+        items = [Outgoing(o.object_uid, o.sop_class_uid, o.transfer_syntax_uid, self.data_dir / o.path) for o in batch]
+        outcomes = self.sender.send(destination, items)
+        by_uid = {o.object_uid: o for o in batch}
+        for outcome in outcomes:
+            self._record(conn, destination, by_uid[outcome.object_uid], outcome)
+        return len(batch)
+
+    def _record(
+        self, conn: sqlite3.Connection, destination: DestinationConfig, obj: ResultObject, out: Outcome
+    ) -> None:
+        result, status, detail = out.result, out.status, out.detail
+        state = "pending"
+        with transaction(conn):
+            if result == "sent":
+                queue.record_sent(conn, obj.object_uid, destination.name, status or 0, detail)
+                if obj.kind != "original" and queue.source_delivered(conn, obj.source_sop_uid):
+                    self._forwarded(conn, obj.source_sop_uid)
+            elif result == "rejected":
+                queue.record_rejected(conn, obj.object_uid, destination.name, status, detail)
+            else:
+                state = queue.record_failure(
+                    conn,
+                    obj.object_uid,
+                    destination.name,
+                    detail,
+                    now=self.clock(),
+                    backoff_initial_s=self.config.backoff_initial_s,
+                    backoff_max_s=self.config.backoff_max_s,
+                    max_attempts=self.config.max_attempts,
+                )
+        what = "dead" if result == "retry" and state == "dead" else result
+        level = logging.INFO if what == "sent" else logging.WARNING if what == "retry" else logging.ERROR
+        event(log, f"delivery {what}", level=level, destination=destination.name, kind=obj.kind,
+              sop=obj.object_uid, status=status, detail=detail)  # fmt: skip
+
+    def _forwarded(self, conn: sqlite3.Connection, source_uid: str) -> None:
+        try:
+            set_state(conn, source_uid, "forwarded", expected="analysed")
+        except StateConflict as exc:  # replaced or moved on meanwhile: the deliveries stand
+            event(log, "not marked forwarded", level=logging.WARNING, sop=source_uid, reason=str(exc))
+
+    def wake(self) -> None:
+        """Have every sender look for due work now rather than at its next poll."""
+        for wake in self._wakes.values():
+            wake.set()

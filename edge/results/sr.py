@@ -1,0 +1,180 @@
+"""The structured report: a Comprehensive 3D SR following TID 1500 (Measurement Report), built with highdicom.
+
+In the spirit of IHE AI Results (AIR): the algorithm is the observer device (bundle id as model name, the
+algorithm's name and version) and every finding group names it again as Algorithm Identification (name, version,
+bundle id as a parameter). One TID 1410 group per finding: tracking identifier and UID, the finding type (the
+bundle's SNOMED CT code for the kind), the tooth as finding site (SNOMED CT, FDI / ISO 3950 and Universal codes),
+the region as a closed SCOORD polyline on the source image, and the measurements: area (mm² when the image is
+calibrated, else pixels), bone loss in mm and in percent of root length where the model gives them, and the
+model's confidence. The document is marked complete but *unverified*: no human has signed it.
+
+:func:`build_sr` is pure (datasets and findings in, a dataset out or :class:`~edge.errors.ResultBuildError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodedConcept,
+    Comprehensive3DSR,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    ImageRegion,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
+    SourceImageForRegion,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from edge.errors import ResultBuildError
+from edge.pipeline.findings import Finding
+from edge.results import codes as rc
+from edge.results.analysis import Algorithm, Analysis
+from edge.results.uids import UidFactory
+
+__all__ = ["AI_LABEL", "MANUFACTURER", "SR_SERIES_NUMBER", "build_sr", "copy_identifiers"]
+
+AI_LABEL = "AI result - not a diagnosis"
+"""Series description of every object we write (ASCII: the banner on the overlay carries the long dash)."""
+MANUFACTURER = "BTT Edge"
+SR_SERIES_NUMBER = 9901
+_EXTRA_IDENTIFIERS = ("IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight")
+
+
+def copy_identifiers(source: Dataset, target: Dataset) -> None:
+    """Copy patient and study identifiers highdicom does not carry over, byte for byte."""
+    for keyword in _EXTRA_IDENTIFIERS:
+        if keyword in source and keyword not in target:
+            target[keyword] = source[keyword]
+
+
+def _concept(algorithm: Algorithm, kind: str) -> CodedConcept:
+    try:
+        code = algorithm.codes[kind]
+    except KeyError:
+        raise ResultBuildError(f"bundle {algorithm.bundle_id} has no code for finding kind {kind!r}") from None
+    return CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _outline(finding: Finding, rows: int, columns: int) -> np.ndarray:
+    """The finding's region as a closed polyline (first point repeated last), clipped to the image."""
+    if len(finding.polygon) >= 3:
+        points = [*finding.polygon, finding.polygon[0]]
+    else:
+        x0, y0, x1, y1 = finding.bbox
+        points = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    outline = np.array(points, dtype=np.float32)
+    outline[:, 0] = outline[:, 0].clip(0, columns)
+    outline[:, 1] = outline[:, 1].clip(0, rows)
+    return outline
+
+
+def _measurements(finding: Finding, algorithm_id: AlgorithmIdentification) -> list[Measurement]:
+    values: list[tuple[CodedConcept, float, CodedConcept]] = []
+    if finding.area_mm2 is not None:
+        values.append((rc.AREA, finding.area_mm2, rc.UNIT_MM2))
+    else:
+        values.append((rc.AREA, float(finding.area_px), rc.UNIT_PIXELS))
+    if finding.bone_loss_mm is not None:
+        values.append((rc.BONE_LOSS_LENGTH, finding.bone_loss_mm, rc.UNIT_MM))
+    if finding.bone_loss_pct is not None:
+        values.append((rc.BONE_LOSS_PERCENT, finding.bone_loss_pct, rc.UNIT_PERCENT))
+    values.append((rc.CONFIDENCE, finding.confidence, rc.UNIT_RATIO))
+    return [
+        Measurement(name=name, value=round(float(value), 4), unit=unit, algorithm_id=algorithm_id)
+        for name, value, unit in values
+    ]
+
+
+def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
+    return AlgorithmIdentification(
+        name=algorithm.name[:64], version=algorithm.version, parameters=[f"bundle_id={algorithm.bundle_id}"]
+    )
+
+
+def _group(
+    source: Dataset, finding: Finding, index: int, algorithm: Algorithm, uids: UidFactory
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    algorithm_id = _algorithm_id(algorithm)
+    region = ImageRegion(
+        graphic_type="POLYLINE",
+        graphic_data=_outline(finding, int(source.Rows), int(source.Columns)),
+        source_image=SourceImageForRegion.from_source_image(source),
+    )
+    sites = [] if finding.tooth_fdi is None else [FindingSite(code) for code in rc.tooth_codes(finding.tooth_fdi)]
+    tooth = f" tooth {finding.tooth_fdi}" if finding.tooth_fdi else ""
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "finding", str(index)),
+            identifier=f"{finding.kind}{tooth} #{index + 1}",
+        ),
+        referenced_region=region,
+        finding_type=_concept(algorithm, finding.kind),
+        algorithm_id=algorithm_id,
+        finding_sites=sites,
+        measurements=_measurements(finding, algorithm_id),
+    )
+
+
+def _empty_group(source: Dataset, algorithm: Algorithm, uids: UidFactory) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for an image without findings: the algorithm looked and found none of the kinds it knows."""
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "no-findings"),
+            identifier="no findings",
+        ),
+        algorithm_id=_algorithm_id(algorithm),
+    )
+
+
+def build_sr(
+    source: Dataset, analysis: Analysis, uids: UidFactory, *, series_number: int = SR_SERIES_NUMBER
+) -> Dataset:
+    """The TID 1500 report of ``analysis`` on ``source`` (the analysed image, pixel data not needed)."""
+    algorithm = analysis.algorithm
+    try:
+        observer = ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+                uid=uids.derived("device", algorithm.bundle_id, algorithm.version),
+                name=f"{algorithm.bundle_id} {algorithm.version}"[:64],
+                manufacturer_name=MANUFACTURER,
+                model_name=algorithm.bundle_id[:64],
+                serial_number=algorithm.version[:64],
+            ),
+        )
+        groups: Sequence[PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations] = [
+            _group(source, finding, i, algorithm, uids) for i, finding in enumerate(analysis.findings)
+        ] or [_empty_group(source, algorithm, uids)]
+        report = MeasurementReport(
+            observation_context=ObservationContext(observer_device_context=observer),
+            procedure_reported=rc.PROCEDURE,
+            imaging_measurements=groups,
+        )
+        sr = Comprehensive3DSR(
+            evidence=[source],
+            content=report,
+            series_instance_uid=uids.derived(source.SeriesInstanceUID, algorithm.bundle_id, "sr-series"),
+            series_number=series_number,
+            sop_instance_uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "sr"),
+            instance_number=int(source.get("InstanceNumber") or 1),
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ResultBuildError(f"cannot build the SR for {analysis.sop_instance_uid}: {exc}") from exc
+    sr.SeriesDescription = AI_LABEL
+    sr.CodingSchemeIdentificationSequence = rc.coding_scheme_identification()
+    copy_identifiers(source, sr)
+    return sr

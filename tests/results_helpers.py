@@ -1,0 +1,158 @@
+"""Source images and findings for the results tests: panoramic (DX, PX), intra-oral (IO) and CBCT-derived (CT)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from edge.db import transaction
+from edge.pipeline.findings import Finding
+from edge.results.analysis import Algorithm, Analysis
+from edge.store.image_store import ImageStore
+from edge.store.index import set_state
+from models.bundle import Code
+
+DCIODVFY = "/usr/bin/dciodvfy"
+
+CODES = {
+    "caries": Code("SCT", "80967001", "Dental caries"),
+    "periapical_lesion": Code("SCT", "196429007", "Periapical abscess"),
+    "bone_loss": Code("SCT", "445321007", "Alveolar bone loss"),
+}
+ALGORITHM = Algorithm(bundle_id="btt-reference-dental-pano", version="0.1.0", name="BTT reference dental model",
+                      codes=CODES)  # fmt: skip
+
+_SOP_CLASSES = {
+    "PX": "1.2.840.10008.5.1.4.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "IO": "1.2.840.10008.5.1.4.1.1.1.3",  # Digital Intra-Oral X-Ray Image Storage - For Presentation
+    "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage (a slice of a CBCT volume)
+}
+
+
+def source_image(modality: str = "PX", *, rows: int = 600, columns: int = 1200, seed: int = 1) -> Dataset:
+    """A plausible radiograph of ``modality`` (PX panoramic, IO intra-oral, CT a CBCT slice)."""
+    rng = np.random.default_rng(seed)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = _SOP_CLASSES[modality]
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jürgen"
+    ds.PatientID = "PID-0042 "
+    ds.IssuerOfPatientID = "CLINIC"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "M"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20261124"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
+    ds.AccessionNumber = "ACC123"
+    ds.StudyID = "S1"
+    ds.ReferringPhysicianName = "Dr^Who"
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "ACME Dental"
+    ds.PatientOrientation = ["R", "F"] if modality != "CT" else ""
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    if modality == "CT":
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1000, 1, "HU"
+        ds.KVP = 90
+        ds.AcquisitionNumber = 1
+        ds.FrameOfReferenceUID = generate_uid()
+        ds.PositionReferenceIndicator = ""
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [0.2, 0.2]
+        ds.SliceThickness = 0.2
+        pixels = rng.integers(-1000, 2000, size=(rows, columns), dtype=np.int16)
+    else:
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+        ds.PresentationLUTShape = "IDENTITY"
+        ds.ImagerPixelSpacing = [0.1, 0.1]
+        ds.DetectorType = "DIRECT"
+        ds.BurnedInAnnotation = "NO"
+        ds.Laterality = ""
+        ds.PositionerType = ""
+        ds.BodyPartExamined = "JAW"
+        ds.KVP = 70
+        ds.AnatomicRegionSequence = []
+        ds.LossyImageCompression = "00"
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16)
+    if modality == "IO":
+        ds.ImageLaterality = "R"
+        ds.PositionerType = ""
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def findings(columns: int = 1200, rows: int = 600) -> tuple[Finding, ...]:
+    """Three findings spread over an image of this size (one without a tooth, one with bone loss)."""
+    cx, cy = columns // 3, rows // 2
+    return (
+        Finding(kind="caries", tooth_fdi="36", confidence=0.91, bbox=(cx, cy, cx + 40, cy + 30),
+                polygon=((cx, cy), (cx + 40, cy), (cx + 40, cy + 30), (cx, cy + 30)), area_px=1200, area_mm2=12.0),
+        Finding(kind="bone_loss", tooth_fdi="11", confidence=0.66, bbox=(cx * 2, 20, cx * 2 + 30, 80),
+                area_px=1800, area_mm2=18.0, bone_loss_mm=3.2, bone_loss_pct=24.5),
+        Finding(kind="periapical_lesion", tooth_fdi=None, confidence=0.55, bbox=(10, 10, 30, 40), area_px=600),
+    )  # fmt: skip
+
+
+def analysis_of(source: Dataset) -> Analysis:
+    return Analysis(sop_instance_uid=source.SOPInstanceUID, algorithm=ALGORITHM,
+                    findings=findings(int(source.Columns), int(source.Rows)))  # fmt: skip
+
+
+def file_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines dciodvfy prints for ``path`` (it must be installed: the suite needs dicom3tools)."""
+    assert shutil.which(DCIODVFY), "dicom3tools (dciodvfy) is required"
+    out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+class FakeAnalyses:
+    """An :class:`~edge.results.service.AnalysisSource` over a dict."""
+
+    def __init__(self) -> None:
+        self.analyses: dict[str, Analysis] = {}
+
+    def load(self, conn: object, sop_instance_uid: str) -> Analysis | None:
+        return self.analyses.get(sop_instance_uid)
+
+
+def ingest(store: ImageStore, ds: Dataset, *, analysed: bool = True) -> str:
+    """Store ``ds`` as the SCP would and (by default) move it to ``analysed``; returns its SOP Instance UID."""
+    spooled = store.incoming_dir / f"{ds.SOPInstanceUID}.part"
+    spooled.parent.mkdir(parents=True, exist_ok=True)
+    spooled.write_bytes(file_bytes(ds))
+    store.accept(spooled, "UNIT1")
+    if analysed:
+        with transaction(store.conn):
+            set_state(store.conn, ds.SOPInstanceUID, "processing", expected="received")
+        with transaction(store.conn):
+            set_state(store.conn, ds.SOPInstanceUID, "analysed", expected="processing")
+    return str(ds.SOPInstanceUID)

@@ -1,0 +1,143 @@
+"""Result objects: the TID 1500 SR and the Secondary Capture overlay, validated by dciodvfy."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from edge.errors import ResultBuildError
+from edge.pipeline.teeth import PERMANENT_FDI
+from edge.results.analysis import Algorithm, Analysis
+from edge.results.codes import tooth_codes
+from edge.results.overlay import BANNER, build_overlay, render
+from edge.results.sr import AI_LABEL, build_sr
+from edge.results.uids import UidFactory
+from tests.results_helpers import ALGORITHM, analysis_of, dciodvfy_errors, file_bytes, source_image
+
+CASES = {"panoramic": ("PX", 700, 1400), "intra-oral": ("IO", 500, 400), "cbct-derived": ("CT", 256, 256)}
+IDENTIFIERS = (
+    *("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID"),
+    *("StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"),
+)
+
+
+def _walk(items: object) -> list[object]:
+    out: list[object] = []
+    for item in items:  # type: ignore[attr-defined]
+        out.append(item)
+        if "ContentSequence" in item:
+            out.extend(_walk(item.ContentSequence))
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", list(CASES))
+def test_objects_pass_dciodvfy_and_copy_identifiers(case: str, tmp_path: Path) -> None:
+    modality, rows, columns = CASES[case]
+    source = source_image(modality, rows=rows, columns=columns)
+    received = dcmread(io.BytesIO(file_bytes(source)))  # as the store holds it
+    for build in (build_sr, build_overlay):
+        ds = build(source, analysis_of(source), UidFactory("1.2.3.4"))
+        path = tmp_path / f"{build.__name__}.dcm"
+        path.write_bytes(file_bytes(ds))
+        assert dciodvfy_errors(path) == [], f"{case} {build.__name__}"
+        back = dcmread(path)
+        for keyword in IDENTIFIERS:
+            assert back[keyword].value == received[keyword].value, keyword
+        assert back.PatientName == "Müller^Jürgen"
+        assert back.SOPInstanceUID.startswith("1.2.3.4.")
+        assert back.SeriesInstanceUID != source.SeriesInstanceUID
+        assert back.SeriesDescription == AI_LABEL
+
+
+def test_sr_content_names_algorithm_findings_teeth_and_region() -> None:
+    source = source_image("PX")
+    sr = build_sr(source, analysis_of(source), UidFactory())
+    items = _walk(sr.ContentSequence)
+    texts = {i.TextValue for i in items if i.ValueType == "TEXT"}
+    uids = {i.UID for i in items if i.ValueType == "UIDREF"}
+    codes = {(i.ConceptCodeSequence[0].CodingSchemeDesignator, i.ConceptCodeSequence[0].CodeValue)
+             for i in items if i.ValueType == "CODE"}  # fmt: skip
+    nums = {(i.ConceptNameCodeSequence[0].CodeMeaning, float(i.MeasuredValueSequence[0].NumericValue))
+            for i in items if i.ValueType == "NUM"}  # fmt: skip
+    scoords = [i for i in items if i.ValueType == "SCOORD"]
+    assert {"BTT reference dental model", "0.1.0"} <= texts
+    assert ("SCT", "80967001") in codes
+    assert ("SCT", "445321007") in codes
+    assert {("ISO3950", "36"), ("ADAUNIVERSAL", "19"), ("SCT", "866006002")} <= codes  # tooth 36 three ways
+    assert {("Area", 12.0), ("Alveolar bone loss, length", 3.2), ("AI model confidence", 0.91)} <= nums
+    assert ("Alveolar bone loss, percent of root length", 24.5) in nums
+    assert ("Area", 600.0) in nums  # uncalibrated: in pixels
+    assert len(scoords) == 3
+    assert scoords[0].GraphicType == "POLYLINE"
+    ref = scoords[0].ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID == (
+        source.SeriesInstanceUID
+    )
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert sr.CompletionFlag == "COMPLETE"
+    assert len(uids) >= 2
+
+
+def test_uids_are_derived_and_stable() -> None:
+    source = source_image("PX")
+    first = build_sr(source, analysis_of(source), UidFactory())
+    again = build_sr(source, analysis_of(source), UidFactory())
+    overlay = build_overlay(source, analysis_of(source), UidFactory())
+    assert first.SOPInstanceUID == again.SOPInstanceUID != overlay.SOPInstanceUID
+    other = Analysis(source.SOPInstanceUID, Algorithm("other", "1.0", "x", ALGORITHM.codes), ())
+    assert build_sr(source, other, UidFactory()).SOPInstanceUID != first.SOPInstanceUID
+
+
+@pytest.mark.integration
+def test_report_without_findings_still_names_the_algorithm(tmp_path: Path) -> None:
+    source = source_image("IO", rows=200, columns=200)
+    sr = build_sr(source, Analysis(source.SOPInstanceUID, ALGORITHM, ()), UidFactory())
+    (tmp_path / "sr.dcm").write_bytes(file_bytes(sr))
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    assert not [i for i in _walk(sr.ContentSequence) if i.ValueType == "SCOORD"]
+    assert "BTT reference dental model" in {i.get("TextValue") for i in _walk(sr.ContentSequence)}
+    assert "no findings" in {i.get("TextValue") for i in _walk(sr.ContentSequence)}
+
+
+def test_unknown_kind_is_a_build_error() -> None:
+    source = source_image("PX")
+    analysis = Analysis(source.SOPInstanceUID, Algorithm("b", "1", "n", {}), analysis_of(source).findings)
+    with pytest.raises(ResultBuildError, match="no code for finding kind 'caries'"):
+        build_sr(source, analysis, UidFactory())
+
+
+def test_overlay_without_pixels_is_a_build_error() -> None:
+    source = source_image("PX")
+    del source.PixelData
+    with pytest.raises(ResultBuildError, match="no pixel data"):
+        build_overlay(source, analysis_of(source), UidFactory())
+
+
+def test_render_puts_banner_above_the_image_and_draws_findings() -> None:
+    pixels = np.zeros((300, 600), dtype=np.float32)
+    pixels[:, 300:] = 1.0
+    source = source_image("PX", rows=300, columns=600)
+    picture = render(pixels, analysis_of(source).findings, "algo 1.0")
+    banner = picture.shape[0] - 300
+    assert picture.shape[1:] == (600, 3)
+    assert banner > 20
+    assert (picture[2, 590] == (200, 0, 0)).all()  # banner background, away from the text
+    body = picture[banner:]
+    assert (body[:, :, 0] != body[:, :, 1]).any()  # coloured outlines on a grey image
+    assert "NOT A DIAGNOSIS" in BANNER
+
+
+def test_every_permanent_tooth_has_three_codes() -> None:
+    for fdi in PERMANENT_FDI:
+        sct, iso, universal = tooth_codes(fdi)
+        assert sct.scheme_designator == "SCT"
+        assert iso.value == fdi
+        assert universal.value.isdigit()
+    with pytest.raises(ValueError, match="not an FDI"):
+        tooth_codes("99")

@@ -1,0 +1,184 @@
+"""The delivery queue and the results service with a fake sender: routing, backoff, dead letters, rejections,
+resend, restart without resending, and the ``forwarded`` state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from edge.config import DestinationConfig, ResultsConfig
+from edge.db import DB_FILENAME, connect
+from edge.results import queue
+from edge.results.scu import Outcome, Outgoing
+from edge.results.service import ResultsService
+from edge.store.image_store import ImageStore
+from edge.store.index import get_instance
+from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
+
+PACS = DestinationConfig(ae_title="PACS", host="127.0.0.1", port=104)
+ARCHIVE = DestinationConfig(ae_title="ARCHIVE", host="127.0.0.1", port=105, kinds=("original", "sr"))
+
+
+class FakeSender:
+    """Answers each object with the next scripted result (default: sent) and records what it was given."""
+
+    def __init__(self) -> None:
+        self.script: list[str] = []
+        self.sent: list[tuple[str, str]] = []
+
+    def send(self, destination: DestinationConfig, items: Sequence[Outgoing]) -> list[Outcome]:
+        outcomes = []
+        for item in items:
+            assert item.path.is_file()
+            result = self.script.pop(0) if self.script else "sent"
+            if result == "sent":
+                self.sent.append((destination.name, item.object_uid))
+            status = {"sent": 0, "rejected": 0xA900, "retry": None}[result]
+            outcomes.append(Outcome(item.object_uid, result, status, "" if result == "sent" else f"{result}!"))  # type: ignore[arg-type]
+        return outcomes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ImageStore]:
+    store = ImageStore(tmp_path, min_free_mb=0, duplicate_policy="keep")
+    store.start()
+    yield store
+    store.stop()
+
+
+def _service(
+    store: ImageStore, analyses: FakeAnalyses, sender: FakeSender, clock: Clock, **config: object
+) -> ResultsService:
+    cfg = ResultsConfig(destinations=(PACS, ARCHIVE), backoff_initial_s=10, backoff_max_s=40, max_attempts=4)
+    cfg = ResultsConfig(**{**cfg.__dict__, **config})
+    service = ResultsService(cfg, store.data_dir, analyses, calling_ae="BTT_EDGE", sender=sender, clock=clock)
+    conn = connect(store.data_dir / DB_FILENAME)
+    queue.migrate_results(conn)
+    conn.close()
+    return service
+
+
+def _states(conn: object) -> dict[tuple[str, str], str]:
+    return {
+        (d.destination.split("@")[0], s.object.kind): d.state for s in queue.list_objects(conn) for d in s.deliveries
+    }  # type: ignore[arg-type]
+
+
+def test_builds_routes_sends_and_marks_forwarded(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    source = source_image("PX", rows=300, columns=600)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    uid = ingest(store, source)
+    service = _service(store, analyses, sender, clock)
+    conn = store.conn
+    assert service.build_pending(conn) == 2  # the original (ARCHIVE takes originals) and the results
+    objects = {s.object.kind: s for s in queue.list_objects(conn)}
+    assert set(objects) == {"original", "sr", "overlay"}
+    assert {d.destination for d in objects["overlay"].deliveries} == {PACS.name}
+    assert {d.destination for d in objects["original"].deliveries} == {ARCHIVE.name}
+    written = dcmread(store.data_dir / objects["sr"].object.path)
+    assert written.SOPInstanceUID == objects["sr"].object.object_uid
+    assert service.send_due(conn, PACS) == 2
+    assert sender.sent[0] == (PACS.name, objects["sr"].object.object_uid)  # SR first
+    assert get_instance(conn, uid).pipeline_state == "analysed"  # ARCHIVE has not confirmed the SR yet
+    assert service.send_due(conn, ARCHIVE) == 2
+    assert get_instance(conn, uid).pipeline_state == "forwarded"
+    assert set(_states(conn).values()) == {"sent"}
+    assert service.build_pending(conn) == 0
+    assert service.send_due(conn, PACS) == 0
+
+
+def test_transient_failures_back_off_then_dead_letter_and_resend(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    source = source_image("IO", rows=200, columns=200)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    ingest(store, source)
+    service = _service(store, analyses, sender, clock, destinations=(PACS,))
+    conn = store.conn
+    service.build_pending(conn)
+    waits = []
+    for _ in range(4):
+        sender.script = ["retry", "retry"]
+        assert service.send_due(conn, PACS) == 2
+        due_at = queue.next_due_at(conn, PACS.name)
+        if due_at is not None:
+            waits.append(due_at - clock.now)
+            assert service.send_due(conn, PACS) == 0  # not yet due
+            clock.now = due_at
+    assert waits == [10, 20, 40]  # doubling, capped at backoff_max_s; the 4th failure dead-letters
+    rows = [d for s in queue.list_objects(conn) for d in s.deliveries]
+    assert {d.state for d in rows} == {"dead"}
+    assert {d.attempts for d in rows} == {4}
+    assert {d.last_error for d in rows} == {"retry!"}
+    assert queue.resend(conn, now=clock.now, destination=PACS.name) == 2
+    assert service.send_due(conn, PACS) == 2
+    assert set(_states(conn).values()) == {"sent"}
+
+
+def test_rejection_is_recorded_per_object_and_not_retried(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    source = source_image("PX", rows=200, columns=400)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    uid = ingest(store, source)
+    service = _service(store, analyses, sender, clock, destinations=(PACS,))
+    conn = store.conn
+    service.build_pending(conn)
+    sender.script = ["sent", "rejected"]
+    service.send_due(conn, PACS)
+    assert _states(conn) == {("PACS", "sr"): "sent", ("PACS", "overlay"): "rejected"}
+    overlay = next(s for s in queue.list_objects(conn) if s.object.kind == "overlay")
+    assert overlay.deliveries[0].last_status == 0xA900
+    assert overlay.deliveries[0].last_error == "rejected!"
+    clock.now += 10_000
+    assert service.send_due(conn, PACS) == 0  # never retried on its own
+    assert get_instance(conn, uid).pipeline_state == "analysed"
+    assert queue.resend(conn, now=clock.now, object_uid=overlay.object.object_uid) == 1
+    assert service.send_due(conn, PACS) == 1
+    assert get_instance(conn, uid).pipeline_state == "forwarded"
+
+
+def test_restart_sends_only_what_was_not_confirmed(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    sources = [source_image("PX", rows=100, columns=200, seed=i) for i in range(3)]
+    for s in sources:
+        analyses.analyses[s.SOPInstanceUID] = analysis_of(s)
+        ingest(store, s)
+    first = _service(store, analyses, sender, clock, destinations=(PACS,), batch_size=4)
+    first.build_pending(store.conn)
+    sender.script = ["sent", "sent", "sent", "retry"]
+    first.send_due(store.conn, PACS)
+    confirmed = set(sender.sent)
+    # a new service over the same database (the agent restarted)
+    second = _service(store, analyses, sender, clock, destinations=(PACS,), batch_size=100)
+    assert second.build_pending(store.conn) == 0  # nothing rebuilt
+    clock.now += 60
+    sender.sent.clear()
+    second.send_due(store.conn, PACS)
+    assert len(sender.sent) == 3
+    assert not confirmed & set(sender.sent)
+
+
+def test_missing_analysis_or_unreadable_source_is_recorded_as_failed(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    uid = ingest(store, source_image("PX", rows=100, columns=200))
+    service = _service(store, analyses, sender, clock, destinations=(PACS,))
+    assert service.build_pending(store.conn) == 1
+    row = store.conn.execute("SELECT state, reason FROM results_sources WHERE sop_instance_uid = ?", (uid,)).fetchone()
+    assert tuple(row) == ("failed", f"no analysis is recorded for {uid}")
+    assert queue.list_objects(store.conn) == []
+    assert service.build_pending(store.conn) == 0  # not retried in a loop
+
+
+def test_backoff_delay() -> None:
+    assert [queue.backoff_delay(n, 5, 600) for n in (1, 2, 3, 8, 9, 500)] == [5, 10, 20, 600, 600, 600]

@@ -93,6 +93,8 @@ class PtyTransport:
         """The slave path the agent opens (the current pty)."""
         self.tamper: Callable[[bytes], bytes] | None = None
         """Applied to every write: line noise."""
+        self.tamper_in: Callable[[bytes], bytes] | None = None
+        """Applied to every read: what the unit fails to hear (dropped ACKs in tests)."""
         self.plugged = True
         self._master: int | None = None
         self._slave: int | None = None
@@ -158,9 +160,10 @@ class PtyTransport:
         fd = self._fd()
         try:
             ready, _, _ = select.select([fd], [], [], self.read_timeout_s)
-            return os.read(fd, 4096) if ready else b""
+            data = os.read(fd, 4096) if ready else b""
         except (OSError, ValueError) as exc:
             raise TransportError(f"reading the pty: {exc}") from exc
+        return self.tamper_in(data) if self.tamper_in is not None and data else data
 
     def write(self, data: bytes) -> None:
         fd = self._fd()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +18,8 @@ from edge.store.header import read_header
 from edge.store.index import record_instance
 from edge.unit.exposures import list_exposures, summary
 from edge.unit.service import UnitService, image_facts
+from firmware_bridge.errors import FramingError
+from firmware_bridge.framing import FrameKind, decode_frame
 from firmware_bridge.link import LinkSettings
 from firmware_bridge.messages import ExposureCompleted
 from firmware_bridge.simulator import PtyTransport, SimulatorScript, UnitSimulator, image_dataset
@@ -216,3 +220,45 @@ def test_simulator_keeps_its_exposure_ids_across_restarts(tmp_path: Path) -> Non
         assert [e.exposure_id for e in made if e is not None] == expected
         sim.stop()
     assert UnitSimulator(PtyTransport(), state_path=state).last_exposure_id() == 3
+
+
+def test_dropped_acks_duplicated_and_late_frames_on_the_pty(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    held: list[bytes] = []
+
+    def unit_writes(data: bytes) -> bytes:
+        """Duplicate some frames, hold some back and send them late (after later frames)."""
+        out = b"".join(held)
+        held.clear()
+        roll = rng.random()
+        if roll < 0.2:
+            return out + data + data
+        if roll < 0.35:
+            held.append(data)
+            return out
+        return out + data
+
+    def unit_reads(data: bytes) -> bytes:
+        """The unit misses a third of the agent's ACKs."""
+        parts = data.split(b"\x00")
+        kept = []
+        for part in parts:
+            frame = None
+            if part:
+                with contextlib.suppress(FramingError):
+                    frame = decode_frame(part)
+            kept.append(b"" if frame is not None and frame.kind is FrameKind.ACK and rng.random() < 0.33 else part)
+        return b"\x00".join(kept)
+
+    rig = Rig(tmp_path)
+    rig.port.tamper = unit_writes
+    rig.port.tamper_in = unit_reads
+    try:
+        rig.start_agent()
+        rig.expose(15)
+        rig.assert_exactly(15)
+        counters = rig.service.link_status().counters
+        assert counters["duplicates"] > 0
+        assert rig.sim.link.stats.retransmits > 0
+    finally:
+        rig.close()

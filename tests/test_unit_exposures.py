@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.db import DB_FILENAME, connect
+from edge.db import DB_FILENAME, connect, transaction
 from edge.receipts.book import ReceiptBook
+from edge.receipts.grants import install_grant
+from edge.receipts.keys import generate_key
 from edge.store.index import migrate_index
 from edge.unit.exposures import (
+    USE_KIND,
     ImageFacts,
     contiguous_watermark,
     expire_unmatched,
@@ -28,6 +31,7 @@ from edge.unit.exposures import (
     watermark,
 )
 from firmware_bridge.messages import ExposureCompleted, Identify, Status
+from tests.receipts_helpers import make_box, make_grant
 
 UNIT = Identify("Pano X", "SN-1", "1.0", "Acme")
 
@@ -130,3 +134,23 @@ def test_matching_and_unmatched_after_grace(conn: sqlite3.Connection) -> None:
     late = ImageFacts("1.2.3.3", "SN-1", _exposure(3).started_ms)
     record_image(conn, late)
     assert match_image(conn, late, 5000) is not None  # a late image still matches a no_image exposure
+
+
+def test_signed_exposure_receipts_and_exhausted_rights(tmp_path: Path) -> None:
+    """Each new exposure gets one signed receipt of kind ``exposure``; past the grant it is overage, never refused."""
+    box = make_box(tmp_path / "box")
+    migrate_unit(box.conn)
+    issuer = generate_key()
+    with transaction(box.conn):
+        grant = make_grant(issuer, kind=USE_KIND, units=2)
+        install_grant(box.conn, grant, {issuer.keyid: issuer.public}, "asset-1")
+    for i in (1, 2, 2, 3, 1):  # duplicates and a replay among them
+        record_exposure(box.conn, "SN-1", _exposure(i), box.book)
+    assert [e.exposure_id for e in list_exposures(box.conn)] == [1, 2, 3]
+    rows = box.conn.execute("SELECT kind, right_id, overage_units FROM receipts ORDER BY seq").fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("exposure", "grant-1", 0),
+        ("exposure", "grant-1", 0),
+        ("exposure", "grant-1", 1),
+    ]
+    box.conn.close()

@@ -465,9 +465,17 @@ class ImageSender:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             identity, exposure = item
-            dataset = image_dataset(identity, exposure)
+            try:
+                dataset = image_dataset(identity, exposure)
+            except Exception:  # the simulator's own bug: report it, keep serving the next exposures
+                log.exception("cannot make the image of exposure %d", exposure.exposure_id)
+                self.failed += 1
+                continue
             for attempt in range(self.attempts):
-                status = self._store(dataset)
+                try:
+                    status = self._store(dataset)
+                except (OSError, RuntimeError, ValueError) as exc:
+                    status = f"{type(exc).__name__}: {exc}"
                 if status == 0:
                     self.sent += 1
                     break

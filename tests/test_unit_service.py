@@ -13,11 +13,13 @@ import pytest
 
 from edge.config import UnitConfig
 from edge.db import DB_FILENAME, connect
+from edge.errors import ConfigError
 from edge.receipts.book import ReceiptBook
 from edge.store.header import read_header
 from edge.store.index import record_instance
 from edge.unit.exposures import list_exposures, summary
 from edge.unit.service import UnitService, image_facts
+from firmware_bridge.driver import ReferenceDriver
 from firmware_bridge.errors import FramingError
 from firmware_bridge.framing import FrameKind, decode_frame
 from firmware_bridge.link import LinkSettings
@@ -262,3 +264,19 @@ def test_dropped_acks_duplicated_and_late_frames_on_the_pty(tmp_path: Path) -> N
         assert rig.sim.link.stats.retransmits > 0
     finally:
         rig.close()
+
+
+def test_driver_setting_errors_name_the_key(tmp_path: Path) -> None:
+    for spec, message in (("nonsense", "expected 'reference'"), ("no.such.module:make", "No module named")):
+        service = UnitService(UnitConfig(port="loop://", driver=spec), tmp_path)
+        with pytest.raises(ConfigError, match=f"unit.driver: .*{message}"):
+            service.start()
+
+
+def test_third_party_driver_is_loaded_by_name(tmp_path: Path) -> None:
+    service = UnitService(UnitConfig(port="loop://", driver="firmware_bridge.driver:ReferenceDriver"), tmp_path)
+    service.start()
+    try:
+        assert isinstance(service.driver, ReferenceDriver)
+    finally:
+        service.stop()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edge.config import UnitConfig
 from edge.db import DB_FILENAME, connect
+from edge.errors import ConfigError
 from edge.logs import event
 from edge.receipts.book import ReceiptBook
 from edge.store.index import migrate_index
@@ -39,6 +40,7 @@ from edge.unit.exposures import (
     watermark,
 )
 from firmware_bridge.driver import DriverStatus, UnitDriver, load_driver
+from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import LinkSettings
 from firmware_bridge.messages import ExposureCompleted, ExposureLogEnd, ExposureStarted, Identify, Status
 from firmware_bridge.transport import PySerialTransport, SerialTransport
@@ -104,7 +106,12 @@ class UnitService:
             parity=self.config.parity,
             read_timeout_s=self.config.read_timeout_s,
         )
-        self.driver = load_driver(self.config.driver)(transport, link_settings(self.config))
+        try:
+            factory = load_driver(self.config.driver)
+        except BridgeError as exc:
+            conn.close()
+            raise ConfigError(f"unit.driver: {exc}") from exc
+        self.driver = factory(transport, link_settings(self.config))
         self._stop.clear()
         self.driver.start(self)
         self._thread = threading.Thread(target=self._housekeeping, name="unit-housekeeping", daemon=True)

@@ -453,3 +453,41 @@ def test_database_rows_are_the_signed_bytes(box: Box) -> None:
     row = box.conn.execute("SELECT body FROM receipts WHERE seq = 1").fetchone()
     assert bytes(row[0]) == canonical_bytes(box.export()["receipts"][0]["signed"])
     assert isinstance(box.conn, sqlite3.Connection)
+
+
+# --- pipelined group commit -------------------------------------------------------------------------------
+
+
+def test_record_stream_is_a_valid_chain(tmp_path: Path) -> None:
+    b = make_box(tmp_path)
+    issuer = generate_key()
+    with transaction(b.conn):
+        install_grant(b.conn, make_grant(issuer, units=5), {issuer.keyid: issuer.public}, "asset-1")
+    batches = [[Use(kind="analysis", study_uid=f"1.2.{i}.{j}") for j in range(4)] for i in range(5)]
+    acked = [r.seq for batch in b.book.record_stream(b.conn, batches) for r in batch]
+    assert acked == list(range(1, 21))
+    assert list_grants(b.conn)[0]["remaining"] == 0
+    result = verify_export(b.export(), trust(b))
+    assert sum(r.overage_units for r in result.receipts) == 15
+
+
+def test_record_stream_resigns_when_another_writer_moved_the_chain(tmp_path: Path) -> None:
+    from edge.db import DB_FILENAME, connect
+
+    b = make_box(tmp_path)
+    other = connect(tmp_path / DB_FILENAME)
+
+    def batches() -> Any:
+        for i in range(4):
+            if i == 2:  # a clinical use lands through the hook while the stream is running
+                with transaction(other):
+                    b.book.record(other, Use(kind="exposure"))
+            yield [Use(kind="analysis") for _ in range(3)]
+
+    acked = [r.seq for batch in b.book.record_stream(b.conn, batches()) for r in batch]
+    assert len(acked) == 12
+    assert len(set(acked)) == 12
+    result = verify_export(b.export(), trust(b))
+    assert [r.seq for r in result.receipts] == list(range(1, 14))
+    assert [r.kind for r in result.receipts].count("exposure") == 1
+    other.close()

@@ -38,8 +38,9 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from edge.db import migrate, transaction
@@ -101,6 +102,17 @@ MIGRATIONS = [
 ]
 
 _RECEIPT_PREFIX = signing_message(RECEIPT, b"")
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """A batch signed in memory, ready to insert: where it starts, its rows, receipts and balance updates."""
+
+    uses: Sequence[tuple[Use, int]]
+    head: tuple[int, str]
+    rows: list[tuple[Any, ...]]
+    receipts: list[Receipt]
+    balance_changes: list[tuple[int, str]]
 
 
 class ReceiptBook:
@@ -178,12 +190,18 @@ class ReceiptBook:
 
     def _append(self, conn: sqlite3.Connection, uses: list[tuple[Use, int]]) -> list[Receipt]:
         """Sign ``uses`` onto the chain inside the open transaction (one read of the head, one insert)."""
-        identity = self._require_identity()
-        key, device, keyid = identity.key, identity.device_id, identity.key.keyid
         for use, _ in uses:
             use.validate()
         balances = Balances(conn, {use.kind for use, _ in uses})
-        seq, prev = self._head(conn)
+        batch = self._sign(uses, self._head(conn), balances)
+        self._insert(conn, batch)
+        return batch.receipts
+
+    def _sign(self, uses: list[tuple[Use, int]], head: tuple[int, str], balances: Balances) -> _Signed:
+        """Sign validated ``uses`` after ``head``, taking rights from ``balances`` (CPU only, no database)."""
+        identity = self._require_identity()
+        key, device, keyid = identity.key, identity.device_id, identity.key.keyid
+        seq, prev = head
         rows: list[tuple[Any, ...]] = []
         out: list[Receipt] = []
         for use, time_ms in uses:
@@ -208,13 +226,52 @@ class ReceiptBook:
             prev = receipt.hash
             if taken.overage_units:
                 event(log, "use beyond granted rights", seq=seq, kind=use.kind, overage_units=taken.overage_units)
+        return _Signed(uses, head, rows, out, balances.changes())
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, batch: _Signed) -> None:
         conn.executemany(
             "INSERT INTO receipts (seq, alg, time_ms, kind, right_id, units, overage_units, body, sig)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            batch.rows,
         )
-        balances.save(conn)
-        return out
+        if batch.balance_changes:
+            conn.executemany("UPDATE receipt_grants SET used = ? WHERE id = ?", batch.balance_changes)
+
+    def record_stream(self, conn: sqlite3.Connection, batches: Iterable[Sequence[Use]]) -> Iterator[list[Receipt]]:
+        """Pipelined group commit: while one batch's transaction commits (the fsync), the next batch is signed.
+
+        Yields each batch's receipts only after its transaction committed (acknowledged means durable). The
+        batches are signed against the chain head and balances read once at the start; if another writer
+        appended receipts or used rights meanwhile, the commit sees it inside its transaction and signs that
+        batch again there, so the chain never forks. Raises like :meth:`record_batch`.
+        """
+        self._require_identity()
+        head, balances = self._head(conn), Balances(conn, None)
+        with ThreadPoolExecutor(1, thread_name_prefix="receipt-commit") as committer:
+            pending: Future[list[Receipt]] | None = None
+            for uses in batches:
+                now = self._clock()
+                items = [(use, now) for use in uses]
+                for use, _ in items:
+                    use.validate()
+                before = balances.used()
+                batch = self._sign(items, head, balances)
+                head = (batch.receipts[-1].seq, batch.receipts[-1].hash) if batch.receipts else head
+                if pending is not None:
+                    yield pending.result()
+                pending = committer.submit(self._commit_signed, conn, batch, before)
+            if pending is not None:
+                yield pending.result()
+
+    def _commit_signed(self, conn: sqlite3.Connection, batch: _Signed, used_before: dict[str, int]) -> list[Receipt]:
+        with transaction(conn):
+            used_now = {str(r[0]): int(r[1]) for r in conn.execute("SELECT id, used FROM receipt_grants")}
+            if self._head(conn) != batch.head or used_now != used_before:
+                event(log, "receipt chain moved during a pipelined batch; signing it again", level=logging.INFO)
+                return self._append(conn, list(batch.uses))
+            self._insert(conn, batch)
+        return batch.receipts
 
     @staticmethod
     def _park(conn: sqlite3.Connection, use: Use, time_ms: int, error: str | None) -> None:

@@ -120,20 +120,22 @@ class _Balance:
 
 
 class Balances:
-    """The balances of the rights for some service kinds, loaded once for a batch of uses and saved after.
+    """The balances of the rights for some service kinds, loaded once for a batch of uses.
 
-    Use it inside the write transaction that records the uses, so no other writer sees stale balances.
+    Load it inside the write transaction that records the uses and write :meth:`changes` back in it, so no
+    other writer sees stale balances.
     """
 
-    def __init__(self, conn: sqlite3.Connection, kinds: Iterable[str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, kinds: Iterable[str] | None) -> None:
+        """Load the rights of ``kinds`` (None: of every kind)."""
         self._by_kind: dict[str, list[_Balance]] = {}
         self._dirty: set[str] = set()
-        wanted = sorted(set(kinds))
-        rows = conn.execute(
-            f"SELECT id, kind, units, used, not_before_ms, not_after_ms FROM receipt_grants"
-            f" WHERE kind IN ({','.join('?' * len(wanted))})",
-            wanted,
-        ).fetchall()
+        query = "SELECT id, kind, units, used, not_before_ms, not_after_ms FROM receipt_grants"
+        if kinds is None:
+            rows = conn.execute(query).fetchall()
+        else:
+            wanted = sorted(set(kinds))
+            rows = conn.execute(f"{query} WHERE kind IN ({','.join('?' * len(wanted))})", wanted).fetchall()
         for row in rows:
             balance = _Balance(str(row[0]), int(row[2]), int(row[3]), int(row[4]), int(row[5]))
             self._by_kind.setdefault(str(row[1]), []).append(balance)
@@ -157,12 +159,15 @@ class Balances:
             self._dirty.add(chosen.id)
         return Consumption(chosen.id, units - covered)
 
-    def save(self, conn: sqlite3.Connection) -> None:
-        """Write the changed balances back."""
+    def changes(self) -> list[tuple[int, str]]:
+        """``(used, id)`` of the rights changed since the last call, for ``UPDATE receipt_grants``."""
         changed = [(b.used, b.id) for bs in self._by_kind.values() for b in bs if b.id in self._dirty]
-        if changed:
-            conn.executemany("UPDATE receipt_grants SET used = ? WHERE id = ?", changed)
         self._dirty.clear()
+        return changed
+
+    def used(self) -> dict[str, int]:
+        """Units used per right id, as now in memory."""
+        return {b.id: b.used for bs in self._by_kind.values() for b in bs}
 
 
 def list_grants(conn: sqlite3.Connection) -> list[dict[str, Any]]:

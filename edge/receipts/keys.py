@@ -44,12 +44,17 @@ __all__ = [
 ED25519 = "ed25519"
 
 
-def _ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
-    try:
-        nacl.bindings.crypto_sign_open(signature + message, public)
-    except nacl.exceptions.BadSignatureError:
-        return False
-    return True
+def _ed25519_verifier(public: bytes) -> Callable[[bytes, bytes], bool]:
+    open_signed, bad = nacl.bindings.crypto_sign_open, nacl.exceptions.BadSignatureError
+
+    def check(message: bytes, signature: bytes) -> bool:
+        try:
+            open_signed(signature + message, public)
+        except bad:
+            return False
+        return True
+
+    return check
 
 
 def _ed25519_signer(seed: bytes) -> Callable[[bytes], bytes]:
@@ -65,14 +70,14 @@ def _ed25519_public(seed: bytes) -> bytes:
 class _Algorithm:
     public_len: int
     signature_len: int
-    verify: Callable[[bytes, bytes, bytes], bool]
+    verifier: Callable[[bytes], Callable[[bytes, bytes], bool]]
     signer: Callable[[bytes], Callable[[bytes], bytes]]
     public_from_secret: Callable[[bytes], bytes]
     generate_secret: Callable[[], bytes]
 
 
 _ALGORITHMS: dict[str, _Algorithm] = {
-    ED25519: _Algorithm(32, 64, _ed25519_verify, _ed25519_signer, _ed25519_public, lambda: os.urandom(32)),
+    ED25519: _Algorithm(32, 64, _ed25519_verifier, _ed25519_signer, _ed25519_public, lambda: os.urandom(32)),
 }
 
 
@@ -120,12 +125,11 @@ class PublicKey:
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """True when ``signature`` is this key's signature of ``message``."""
-        return _ALGORITHMS[self.alg].verify(self.key, message, signature)
+        return self.verifier()(message, signature)
 
     def verifier(self) -> Callable[[bytes, bytes], bool]:
         """``verify`` bound to this key, for hot loops: ``check(message, signature) -> bool``."""
-        verify, key = _ALGORITHMS[self.alg].verify, self.key
-        return lambda message, signature: verify(key, message, signature)
+        return _ALGORITHMS[self.alg].verifier(self.key)
 
 
 @dataclass(frozen=True)

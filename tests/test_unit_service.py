@@ -56,10 +56,14 @@ def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 class Rig:
     """A simulated unit on a pty (behind a stable symlink) and the agent's unit service on the other end."""
 
-    def __init__(self, tmp_path: Path, script: SimulatorScript | None = None, max_version: int = 1) -> None:
+    def __init__(
+        self, tmp_path: Path, script: SimulatorScript | None = None, max_version: int = 1, min_version: int = 1
+    ) -> None:
         self.data_dir = tmp_path / "data"
         self.port = PtyTransport(link=tmp_path / "unit0")
-        self.sim = UnitSimulator(self.port, script=script, settings=SIM_LINK, max_version=max_version)
+        self.sim = UnitSimulator(
+            self.port, script=script, settings=SIM_LINK, max_version=max_version, min_version=min_version
+        )
         self.port.open()
         self.sim.start()
         self.book = ReceiptBook(None)
@@ -280,3 +284,17 @@ def test_third_party_driver_is_loaded_by_name(tmp_path: Path) -> None:
         assert isinstance(service.driver, ReferenceDriver)
     finally:
         service.stop()
+
+
+def test_incompatible_unit_is_reported_and_nothing_recorded(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, max_version=3, min_version=2)
+    try:
+        rig.service.start()
+        _wait(lambda: rig.service.link_status().state == "incompatible")
+        rig.expose(2)
+        _wait(lambda: (summary(rig.db)["link"] or {}).get("state") == "incompatible")  # type: ignore[attr-defined]
+        link = summary(rig.db)["link"]
+        assert "2..3" in link["error"]  # type: ignore[index]
+        assert rig.ids() == []
+    finally:
+        rig.close()

@@ -32,7 +32,7 @@ from typing import Any
 from cloud_relay.errors import NotYet, Rejected
 from cloud_relay.registry import device_certificates, load_trust, store_certificate
 from cloud_relay.storage import Database, Tx
-from edge.errors import EncodingError, VerificationError
+from edge.errors import VerificationError
 from edge.logs import event
 from edge.receipts.encoding import decode, encode_unchecked
 from edge.receipts.identity import DeviceCertificate, now_ms
@@ -90,9 +90,9 @@ class _Item:
 
 def _items(device: str, kind: str, payload: bytes) -> list[_Item]:
     try:
-        doc = decode(payload)
-    except EncodingError as exc:
-        raise Rejected(f"payload is not strict JSON: {exc}") from exc
+        doc = json.loads(payload)
+    except ValueError as exc:
+        raise Rejected(f"payload is not JSON: {exc}") from exc
     if not isinstance(doc, Mapping) or doc.get("v") != 1:
         raise Rejected("payload must be an object with v = 1")
     if doc.get("device") != device or doc.get("kind") != kind:
@@ -117,6 +117,7 @@ class Ingestor:
     def __init__(self, db: Database, clock: Callable[[], int] = now_ms) -> None:
         self._db = db
         self._clock = clock
+        self._certs = _CertificateCache()
 
     def handle(self, messages: Sequence[UpMessage]) -> list[Ack]:
         """Process ``messages`` in one transaction; returns the acks to publish once this returns.
@@ -137,7 +138,7 @@ class Ingestor:
         with self._db.transaction() as tx:
             for device in sorted({d for d, _, _ in parsed}):
                 tx.lock_device(device)
-            batch = _Batch(tx, load_trust(tx), now)
+            batch = _Batch(tx, load_trust(tx), now, self._certs)
             for device, kind, items in parsed:
                 ack = acks.setdefault(device, Ack(device))
                 for item in items:
@@ -152,19 +153,41 @@ class Ingestor:
         return [a for a in acks.values() if a.stored or a.rejected]
 
 
-class _Batch:
-    """The work of one transaction, with the device certificates it has loaded."""
+class _CertificateCache:
+    """Verified device certificates by device, kept across batches (certificates are only ever added).
 
-    def __init__(self, tx: Tx, trust: Trust, now: int) -> None:
+    A key id missing from the cached set is looked up again in the database before a receipt is refused (another
+    worker may have stored a new certificate); revocation is not cached (the trust is loaded per batch).
+    """
+
+    MAX_DEVICES = 100_000
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, dict[str, DeviceCertificate]] = {}
+
+    def get(self, tx: Tx, device: str, keyid: object = None) -> dict[str, DeviceCertificate]:
+        certs = self._by_device.get(device)
+        if certs is None or (keyid is not None and keyid not in certs):
+            if len(self._by_device) >= self.MAX_DEVICES:
+                self._by_device.clear()
+            certs = self._by_device[device] = device_certificates(tx, device)
+        return certs
+
+    def forget(self, device: str) -> None:
+        self._by_device.pop(device, None)
+
+
+class _Batch:
+    """The work of one transaction."""
+
+    def __init__(self, tx: Tx, trust: Trust, now: int, certs: _CertificateCache) -> None:
         self.tx = tx
         self.trust = trust
         self.now = now
-        self._certs: dict[str, dict[str, DeviceCertificate]] = {}
+        self._certs = certs
 
-    def certs(self, device: str) -> dict[str, DeviceCertificate]:
-        if device not in self._certs:
-            self._certs[device] = device_certificates(self.tx, device)
-        return self._certs[device]
+    def certs(self, device: str, keyid: object = None) -> dict[str, DeviceCertificate]:
+        return self._certs.get(self.tx, device, keyid)
 
     def item(self, device: str, kind: str, item: _Item, ack: Ack) -> None:
         try:
@@ -199,17 +222,19 @@ class _Batch:
         cert = store_certificate(self.tx, item.body, self.trust, self.now)
         if cert.device_id != device:
             raise Rejected(f"certificate of {cert.device_id} published by {device}")
-        self._certs.pop(device, None)
+        self._certs.forget(device)
 
     def _receipt(self, device: str, item: _Item) -> None:
         signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
-        seq = signed.get("seq") if isinstance(signed, Mapping) else None
-        prev = signed.get("prev") if isinstance(signed, Mapping) else None
+        if not isinstance(signed, Mapping):
+            raise Rejected("receipt: not a signed receipt envelope")
+        seq, prev = signed.get("seq"), signed.get("prev")
         if type(seq) is not int or seq < 1 or not isinstance(prev, str):
             raise Rejected("receipt: not a signed receipt envelope with an integer seq and a prev hash")
-        if not self.certs(device):
+        certs = self.certs(device, signed.get("keyid"))
+        if not certs:
             raise NotYet(f"receipt {seq}: no certificate of {device} at the relay yet")
-        ((receipt, body),) = verify_receipts([item.body], self.certs(device), self.trust, Checkpoint(seq - 1, prev))
+        ((receipt, body),) = verify_receipts([item.body], certs, self.trust, Checkpoint(seq - 1, prev))
         if receipt.device != device:
             raise Rejected(f"receipt {seq} of device {receipt.device} published by {device}")
         near = {
@@ -250,9 +275,9 @@ class _Batch:
 
     def _settlement(self, device: str, item: _Item) -> None:
         signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
-        fields: list[Any] = [
-            signed.get(k) if isinstance(signed, Mapping) else None for k in ("batch", "first_seq", "last_seq")
-        ]
+        if not isinstance(signed, Mapping):
+            raise Rejected("settlement: not a signed settlement envelope")
+        fields: list[Any] = [signed.get(k) for k in ("batch", "first_seq", "last_seq")]
         if not all(type(v) is int and v >= 1 for v in fields):
             raise Rejected("settlement: not a signed settlement envelope with integer batch, first_seq, last_seq")
         batch, first, last = fields
@@ -282,7 +307,9 @@ class _Batch:
             (parse_receipt(decode(r[0]), str(r[1])), str(r[0]).encode("utf-8")) for r in rows
         ]
         checkpoint = Checkpoint(seq=prev_last, batch=batch - 1, settlement_hash=prev)
-        (settlement,) = verify_settlements([item.body], receipts, self.certs(device), self.trust, checkpoint)
+        (settlement,) = verify_settlements(
+            [item.body], receipts, self.certs(device, signed.get("keyid")), self.trust, checkpoint
+        )
         if settlement.device != device:
             raise Rejected(f"settlement {batch} of device {settlement.device} published by {device}")
         self.tx.execute(

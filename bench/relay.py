@@ -1,0 +1,353 @@
+"""Relay throughput: verified messages per second with one and two workers, beside a raw ``mosquitto_sub`` drain.
+
+    .venv/bin/python -m bench.relay [--devices 2000] [--receipts 8] [--procs 2] [--db sqlite|postgresql]
+
+One run, one Mosquitto (the shipped password config and ACL, each device its own user), thousands of device
+connections from ``--procs`` load-generator processes (a minimal MQTT v5 client over non-blocking sockets, QoS 1,
+each device publishing under its own id only). Each device publishes ``--receipts`` messages of one signed
+receipt each and one capacity offer. The same stream is published three times, each time as a backlog for one
+consumer group whose sessions were registered beforehand (clean start off), and then drained:
+
+* ``raw drain``: ``mosquitto_sub`` (C, no parsing, no storage) subscribed to the same shared subscription;
+* ``relay 1 worker``: ``btt-relay run`` (verify every receipt with :mod:`edge.receipts.verify`, store in one
+  fresh database, publish the application acks, PUBACK after the commit);
+* ``relay 2 workers``: two ``btt-relay run`` processes splitting the shared subscription.
+
+Also measured: the PyNaCl verify limit (``VerifyKey.verify`` on the same receipts, one core). Relay rates
+are timed from the first stored message (workers started and connected) to the last; the raw drain from
+``mosquitto_sub``'s start to its exit after the last message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import selectors
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.signing
+import psycopg
+
+from cloud_relay.registry import MANUFACTURER, Registry, load_trust, store_certificate
+from cloud_relay.storage import open_database
+from edge.receipts.encoding import canonical_bytes, sha256_hex, signing_message
+from edge.receipts.identity import REQUEST, issue_certificate
+from edge.receipts.keys import PrivateKey, generate_key, seal
+from edge.receipts.receipts import GENESIS, RECEIPT, Use, receipt_body
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker
+
+BTT_RELAY = Path(sys.executable).with_name("btt-relay")
+MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+RELAY_PW = "bench-relay"
+TUNING = "max_inflight_messages 1000\nmax_queued_messages 0\nmax_queued_bytes 0\nmax_connections -1"
+
+
+# --- a minimal MQTT v5 publisher (many connections per process) -----------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(s: str | bytes) -> bytes:
+    raw = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(raw)) + raw
+
+
+def _connect_packet(client_id: str, user: str, password: str) -> bytes:
+    var = _utf8("MQTT") + bytes([5, 0xC2]) + struct.pack("!H", 60) + _varint(0)
+    payload = _utf8(client_id) + _utf8(user) + _utf8(password)
+    body = var + payload
+    return b"\x10" + _varint(len(body)) + body
+
+
+def _publish_packet(topic: str, packet_id: int, payload: bytes) -> bytes:
+    body = _utf8(topic) + struct.pack("!H", packet_id) + _varint(0) + payload
+    return b"\x32" + _varint(len(body)) + body
+
+
+def _count_pubacks(buffer: bytearray) -> int:
+    """Consume whole packets from ``buffer``; return how many were PUBACKs."""
+    count, pos = 0, 0
+    while pos < len(buffer):
+        length, shift, i = 0, 0, pos + 1
+        while True:
+            if i >= len(buffer):
+                del buffer[:pos]
+                return count
+            byte = buffer[i]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not byte & 0x80:
+                break
+        if i + length > len(buffer):
+            break
+        if buffer[pos] >> 4 == 4:
+            count += 1
+        pos = i + length
+    del buffer[:pos]
+    return count
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    out: bytes
+    expect: int
+    acked: int = 0
+    inbuf: bytearray | None = None
+
+
+def _publisher(port: int, devices: list[tuple[str, list[bytes]]], result: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """Connect every device (one TCP connection each), publish its packets QoS 1, wait for every PUBACK."""
+    conns = []
+    for device, packets in devices:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(_connect_packet(device, device, "pw"))
+        connack = sock.recv(64)
+        if len(connack) < 4 or connack[0] != 0x20 or connack[3] != 0:
+            raise RuntimeError(f"{device}: CONNACK {connack!r}")
+        sock.setblocking(False)
+        conns.append(_Conn(sock, b"".join(packets), len(packets), 0, bytearray()))
+    selector = selectors.DefaultSelector()
+    for c in conns:
+        selector.register(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+    start = time.perf_counter()
+    pending = len(conns)
+    while pending:
+        for key, events in selector.select(timeout=30):
+            c = key.data
+            if events & selectors.EVENT_WRITE and c.out:
+                sent = c.sock.send(c.out)
+                c.out = c.out[sent:]
+                if not c.out:
+                    selector.modify(c.sock, selectors.EVENT_READ, c)
+            if events & selectors.EVENT_READ:
+                data = c.sock.recv(65536)
+                if not data:
+                    raise RuntimeError("broker closed a device connection")
+                assert c.inbuf is not None
+                c.inbuf += data
+                c.acked += _count_pubacks(c.inbuf)
+                if c.acked >= c.expect:
+                    selector.unregister(c.sock)
+                    pending -= 1
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.sock.sendall(b"\xe0\x00")
+        c.sock.close()
+    result.put(elapsed)
+
+
+# --- the stream -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    manufacturer: PrivateKey
+    certificates: list[dict[str, object]]
+    packets: list[tuple[str, list[bytes]]]
+    receipts: int
+    messages: int
+    verify_samples: list[tuple[bytes, bytes, bytes]]
+
+
+def make_stream(devices: int, receipts: int) -> Stream:
+    manufacturer = generate_key()
+    certs, packets, samples = [], [], []
+    time_ms = 1_790_000_000_000
+    for d in range(devices):
+        key = generate_key()
+        device = f"bench-{d:06d}"
+        request = seal(REQUEST, {"type": REQUEST, "format": 1, "device": device, "key": key.public.to_json()}, key)
+        certs.append(issue_certificate(request, manufacturer, serial=d + 1, issued_ms=time_ms))
+        prev, mine = GENESIS, []
+        for seq in range(1, receipts + 1):
+            body = receipt_body(
+                device=device, keyid=key.keyid, seq=seq, prev=prev, time_ms=time_ms + seq, use=Use("analysis"),
+                overage_units=1, right_id=None, study_digest=None,
+            )  # fmt: skip
+            envelope = seal(RECEIPT, body, key)
+            prev = sha256_hex(canonical_bytes(body))
+            doc = {"v": 1, "device": device, "kind": "receipts", "items": [{"id": f"r{seq}", "body": envelope}]}
+            mine.append(_publish_packet(f"btt/v1/dev/{device}/up/receipts", seq, json.dumps(doc).encode()))
+            if len(samples) < 3000:
+                data = canonical_bytes(body)
+                samples.append(
+                    (key.public.key, signing_message(RECEIPT, data), bytes.fromhex(envelope["signatures"][0]["sig"]))
+                )
+        offer = {"v": 1, "device": device, "kind": "offers", "items": [{"id": "o1", "body": {"gpu_ms_per_hour": 1000}}]}
+        mine.append(_publish_packet(f"btt/v1/dev/{device}/up/offers", receipts + 1, json.dumps(offer).encode()))
+        packets.append((device, mine))
+    return Stream(manufacturer, certs, packets, devices * receipts, devices * (receipts + 1), samples)
+
+
+def publish(stream: Stream, port: int, procs: int) -> float:
+    """Publish the whole stream from ``procs`` processes; returns the wall time until every PUBACK."""
+    ctx = multiprocessing.get_context("fork")
+    result: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    workers = [ctx.Process(target=_publisher, args=(port, stream.packets[i::procs], result)) for i in range(procs)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+        if w.exitcode:
+            raise RuntimeError("a load-generator process failed")
+    return time.perf_counter() - start
+
+
+def verify_limit(samples: list[tuple[bytes, bytes, bytes]]) -> float:
+    keys = {k: nacl.signing.VerifyKey(k) for k, _, _ in samples}
+    start = time.perf_counter()
+    for key, message, sig in samples:
+        keys[key].verify(message, sig)
+    return len(samples) / (time.perf_counter() - start)
+
+
+# --- consumers ------------------------------------------------------------------------------------------------
+
+
+def _sub_args(port: int, group: str, client_id: str) -> list[str]:
+    return [
+        MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-u", RELAY_USER, "-P", RELAY_PW, "-V", "mqttv5",
+        "-q", "1", "-c", "-x", "3600", "-i", client_id, "-t", f"$share/{group}/btt/v1/dev/+/up/#",
+    ]  # fmt: skip
+
+
+def raw_drain(stream: Stream, broker: MosquittoBroker, procs: int) -> float:
+    """Register a mosquitto_sub session, publish the backlog, then time mosquitto_sub draining it."""
+    subprocess.run([*_sub_args(broker.port, "raw", "raw-1"), "-W", "1"], capture_output=True, check=False)
+    publish(stream, broker.port, procs)
+    start = time.perf_counter()
+    subprocess.run(
+        [*_sub_args(broker.port, "raw", "raw-1"), "-C", str(stream.messages)], stdout=subprocess.DEVNULL, check=True
+    )
+    return stream.messages / (time.perf_counter() - start)
+
+
+def _db_url(kind: str, directory: Path) -> tuple[str, str | None]:
+    if kind == "sqlite":
+        return str(directory / f"relay-{uuid.uuid4().hex[:8]}.db"), None
+    name = f"relay_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres@127.0.0.1:5432/{name}", name
+
+
+def _stored(url: str) -> int:
+    db = open_database(url)
+    try:
+        with db.transaction() as tx:
+            row = tx.one("SELECT (SELECT count(*) FROM receipts) + (SELECT count(*) FROM reports)")
+        return int(row[0]) if row else 0
+    finally:
+        db.close()
+
+
+def _worker(url: str, broker: MosquittoBroker, group: str, client_id: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(BTT_RELAY), "run", "--db", url, "--mqtt", broker.url(RELAY_USER, RELAY_PW), "--group", group,
+         "--client-id", client_id, "--http-port", "0", "--log-format", "json"],
+        stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+    )  # fmt: skip
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+
+
+def relay_drain(stream: Stream, broker: MosquittoBroker, procs: int, workers: int, db_kind: str, tmp: Path) -> float:
+    """Fresh database; register the workers' sessions; publish the backlog; time the workers draining it."""
+    url, pg_name = _db_url(db_kind, tmp)
+    try:
+        db = open_database(url)
+        registry = Registry(db)
+        registry.add_trust_key(MANUFACTURER, stream.manufacturer.public)
+        registry.add_clinic("bench", "Bench clinic")
+        with db.transaction() as tx:
+            for cert in stream.certificates:
+                store_certificate(tx, cert, load_trust(tx), 0)
+        db.close()
+        group = f"relay{workers}"
+        log = tmp / f"relay{workers}.log"
+        ids = [f"{group}-w{i}" for i in range(workers)]
+        running = [_worker(url, broker, group, cid, log) for cid in ids]
+        time.sleep(3)  # sessions and subscriptions registered
+        _stop(running)
+        publish(stream, broker.port, procs)
+        running = [_worker(url, broker, group, cid, log) for cid in ids]
+        deadline = time.monotonic() + 600
+        first: tuple[float, int] | None = None
+        while (count := _stored(url)) < stream.messages:
+            if first is None and count:
+                first = (time.perf_counter(), count)  # the workers are up: time from here
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"relay did not drain the backlog; see {log}")
+            time.sleep(0.02)
+        assert first is not None, "the backlog was drained between two polls: use a bigger stream"
+        rate = (stream.messages - first[1]) / (time.perf_counter() - first[0])
+        _stop(running)
+        return rate
+    finally:
+        if pg_name is not None:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--receipts", type=int, default=8, help="receipt messages per device")
+    parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    stream = make_stream(args.devices, args.receipts)
+    print(
+        f"relay: {args.devices} devices, {stream.messages} messages ({stream.receipts} signed receipts, "
+        f"{args.devices} capacity offers), {args.procs} load processes, db={args.db}, {os.cpu_count()} cores"
+    )
+    print(f"  stream generated in {time.perf_counter() - t0:.1f} s")
+    limit = verify_limit(stream.verify_samples)
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp_name:
+        tmp = Path(tmp_name)
+        users = {device: "pw" for device, _ in stream.packets} | {RELAY_USER: RELAY_PW}
+        with MosquittoBroker(tmp / "broker", users=users, extra_config=TUNING) as broker:
+            publish_s = publish(stream, broker.port, args.procs)  # warm-up; nobody subscribed: dropped
+            raw = raw_drain(stream, broker, args.procs)
+            one = relay_drain(stream, broker, args.procs, 1, args.db, tmp)
+            two = relay_drain(stream, broker, args.procs, 2, args.db, tmp)
+    print(f"  devices publishing (QoS 1)   {stream.messages / publish_s:10.0f} msg/s")
+    print(f"  pynacl verify limit (1 core) {limit:10.0f} /s")
+    print(f"  raw drain (mosquitto_sub)    {raw:10.0f} msg/s")
+    print(f"  relay 1 worker               {one:10.0f} verified msg/s")
+    print(f"  relay 2 workers              {two:10.0f} verified msg/s")
+    print(f"ratio relay_1worker_vs_raw_drain = {one / raw:.2f}")
+    print(f"ratio relay_1worker_vs_min_raw_or_verify_limit = {one / min(raw, limit):.2f}")
+    print(f"ratio relay_2workers_vs_1worker = {two / one:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -182,21 +182,30 @@ def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
             or type(time_ms) is not int
             or type(units) is not int
             or type(overage) is not int
-            or type(device) is not str
-            or type(keyid) is not str
-            or type(kind) is not str
-            or type(prev) is not str
             or type(version) is not int
             or seq < 1
             or units < 1
             or not 0 <= overage <= units
         ):
             return None
+        # _quote accepts only str (TypeError otherwise), so it checks the string fields' types as it encodes.
         text = _TEMPLATE % (
-            _opt(bundle_id), _opt(bundle_version), _quote(device), "1", _quote(keyid), _quote(kind),
-            _opt(output_digest), overage, _quote(prev), _opt(right), seq, _opt(study_digest), time_ms,
-            '"receipt"', units,
-        )  # fmt: skip
+            "null" if bundle_id is None else _quote(bundle_id),
+            "null" if bundle_version is None else _quote(bundle_version),
+            _quote(device),
+            "1",
+            _quote(keyid),
+            _quote(kind),
+            "null" if output_digest is None else _quote(output_digest),
+            overage,
+            _quote(prev),
+            "null" if right is None else _quote(right),
+            seq,
+            "null" if study_digest is None else _quote(study_digest),
+            time_ms,
+            '"receipt"',
+            units,
+        )
         data = text.encode("utf-8")
     except (KeyError, TypeError, UnicodeEncodeError):
         return None

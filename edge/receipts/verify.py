@@ -176,12 +176,12 @@ def verify_receipts(
         else:
             body, receipt = fast
         seq = receipt.seq
-        if receipt.device != cert.device_id or not cert.covers(receipt.time_ms):
+        if receipt.device != cert.device_id or (cert.not_after_ms is not None and receipt.time_ms >= cert.not_after_ms):
             raise CertificateInvalid(f"receipt {seq}: outside the certificate of {cert.device_id}")
-        if device is None:
+        if receipt.device != device:
+            if device is not None:
+                raise CertificateInvalid(f"receipt {seq}: device {receipt.device} in a stream of {device}")
             device = receipt.device
-        elif receipt.device != device:
-            raise CertificateInvalid(f"receipt {seq}: device {receipt.device} in a stream of {device}")
         if seq != expected:
             _sequence_error(envelopes, position, receipt=receipt, expected=expected, seen=seen, checkpoint=checkpoint)
         if receipt.prev != prev:

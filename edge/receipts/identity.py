@@ -80,7 +80,11 @@ def _field(signed: Mapping[str, Any], name: str, kind: type | tuple[type, ...], 
 
 @dataclass(frozen=True)
 class DeviceCertificate:
-    """A parsed device certificate (its signature is checked by :mod:`edge.receipts.verify`)."""
+    """A parsed device certificate (its signature is checked by :mod:`edge.receipts.verify`).
+
+    Receipts must be dated before ``not_after_ms``. ``not_before_ms`` is not a lower bound for them: a box parks
+    uses until it is provisioned and signs them afterwards with their original time.
+    """
 
     device_id: str
     key: PublicKey
@@ -89,14 +93,6 @@ class DeviceCertificate:
     not_before_ms: int
     not_after_ms: int | None
     replaces: str | None
-
-    def covers(self, time_ms: int) -> bool:
-        """Whether a receipt of ``time_ms`` is within the validity: before ``not_after_ms``.
-
-        ``not_before_ms`` is not a lower bound for receipts: a box parks uses until it is provisioned and signs
-        them afterwards with their original time.
-        """
-        return self.not_after_ms is None or time_ms < self.not_after_ms
 
 
 def parse_certificate(envelope: Any) -> DeviceCertificate:

@@ -110,3 +110,33 @@ def test_grant_install_and_balances(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad = tmp_path / "bad.toml"
     bad.write_text("[receipts]\nissuer_keys = []\n")
     assert main(["receipts", "grant", str(grant), "--config", str(bad), "--data-dir", str(data)]) == 2
+
+
+def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from edge.receipts.keys import generate_key, save_private_key
+
+    save_private_key(tmp_path / "m.key", generate_key())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "data"
+    env = {**os.environ, "BTT_EDGE_RECEIPTS_MANUFACTURER_KEY": str(tmp_path / "m.key"), "BTT_EDGE_CONFIG": ""}
+    argv = [sys.executable, "-m", "edge", "run", "--data-dir", str(data), "--port", str(port)]
+    with subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True) as agent:
+        assert agent.stderr is not None
+        lines = []
+        for line in agent.stderr:  # until the agent is serving (its signal handlers are installed by then)
+            lines.append(line)
+            if "agent ready" in line:
+                break
+        agent.send_signal(signal.SIGTERM)
+        log = "".join(lines) + agent.communicate(timeout=60)[1]
+    assert agent.returncode == 0, log
+    assert "device identity provisioned" in log
+    assert load_identity(KeyFiles(data / "keys")) is not None

@@ -72,7 +72,8 @@ class PahoLink:
                 client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise LinkError(f"TLS setup failed: {exc}") from exc
-        client.will_set(s.will_topic, s.will_payload, qos=1, retain=True)
+        if s.will_topic:
+            client.will_set(s.will_topic, s.will_payload, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_publish = self._on_publish

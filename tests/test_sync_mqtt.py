@@ -1,0 +1,346 @@
+"""Sync against a real Mosquitto (the shipped config and ACL): outages, kill -9, ACL, TLS, no patient data.
+
+The relay's side is played by :class:`StubRelay`, a small paho client on the relay's shared subscription that
+stores each item id once (the relay's de-duplication) and acks it; G2's relay replaces it in the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import AgentConfig, with_overrides
+from edge.db import DB_FILENAME, connect, transaction
+from edge.errors import LinkError, LinkRefused
+from edge.outbox import Outbox
+from edge.receipts.receipts import Use
+from edge.sync import LinkSettings, PahoLink, SyncService
+from edge.sync.protocol import ONLINE, ack_topic, presence_topic, up_topic
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker, free_port
+from tests.receipts_helpers import Box, make_box
+
+pytestmark = pytest.mark.integration
+
+RELAY_PW = "relay-secret"
+DEVICE_PW = "device-secret"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class StubRelay:
+    """Consumes ``$share/btt-relay/btt/v1/dev/+/up/#``; stores each item id once; acks what it stored.
+
+    Also a spy: every payload it sees (up messages, and presence on a second subscription) is kept in
+    ``payloads`` so a test can scan them.
+    """
+
+    def __init__(self, broker: MosquittoBroker, *, client_id: str = "relay-1") -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.deliveries: dict[str, int] = {}
+        self.payloads: list[tuple[str, bytes]] = []
+        self.presence: dict[str, bytes] = {}
+        self.ack = True
+        self._lock = threading.Lock()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.username_pw_set(RELAY_USER, RELAY_PW)
+        client.reconnect_delay_set(0.05, 0.5)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        self.client = client
+        wait_until(client.is_connected, 10, "the stub relay to connect")
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
+        client.subscribe("btt/v1/dev/+/presence", qos=1)
+
+    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.payloads.append((message.topic, bytes(message.payload)))
+            if message.topic.endswith("/presence"):
+                self.presence[message.topic.split("/")[3]] = bytes(message.payload)
+                return
+            doc = json.loads(message.payload)
+            ids = [item["id"] for item in doc["items"]]
+            for item in doc["items"]:
+                self.deliveries[item["id"]] = self.deliveries.get(item["id"], 0) + 1
+                self.stored.setdefault(item["id"], item["body"])  # de-duplicated on (device, id)
+            if self.ack:
+                client.publish(ack_topic(doc["device"]), json.dumps({"v": 1, "stored": ids}), qos=1)
+
+    def ids(self, prefix: str) -> set[str]:
+        with self._lock:
+            return {i for i in self.stored if i.startswith(prefix)}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Box:
+    box = make_box(tmp_path / "data")
+    Outbox.migrate(box.conn)
+    return box
+
+
+@pytest.fixture
+def broker(tmp_path: Path, box: Box) -> Iterator[MosquittoBroker]:
+    users = {box.identity.device_id: DEVICE_PW, "dev-b": "b-secret", RELAY_USER: RELAY_PW}
+    broker = MosquittoBroker(tmp_path / "broker", users=users)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def relays() -> Iterator[list[StubRelay]]:
+    started: list[StubRelay] = []
+    yield started
+    for relay in started:
+        relay.close()
+
+
+def _config(box: Box, url: str, **sync: Any) -> AgentConfig:
+    values: dict[str, Any] = {"url": url, "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "ack_timeout_s": 5.0}
+    values.update(sync)
+    return with_overrides(
+        AgentConfig(), agent={"data_dir": str(box.data_dir)}, sync=values, outbox={"feed_interval_s": 0.1}
+    )
+
+
+def _receipt_ids(box: Box) -> set[str]:
+    return {f"receipt:{e['signed']['seq']}:{e['signatures'][0]['sig'][:16]}" for e in box.book.receipts(box.conn)}
+
+
+def _all_done(box: Box) -> bool:
+    return not box.conn.execute("SELECT 1 FROM outbox WHERE state != 'done' LIMIT 1").fetchone()
+
+
+@pytest.mark.slow
+def test_offline_boot_catch_up_and_broker_restart(box: Box, broker: MosquittoBroker, relays: list[StubRelay]) -> None:
+    box.record(300)
+    config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
+    service = SyncService(config, Outbox.open(config), box.book)
+    service.start()  # no broker yet: the box boots without a network and keeps trying
+    try:
+        time.sleep(1.0)
+        assert service.counters.connects == 0
+        broker.start()
+        relays.append(StubRelay(broker))
+        relay = relays[0]
+        wait_until(lambda: relay.ids("receipt:") == _receipt_ids(box) and _all_done(box), what="catch-up")
+        assert relay.presence[box.identity.device_id] == ONLINE
+
+        box.book.close_batch(box.conn, 1000)
+        box.record(200)
+        broker.stop()  # the broker goes away for a while, with receipts still coming in
+        box.record(100)
+        time.sleep(1.5)
+        broker.start()
+        wait_until(
+            lambda: (
+                relay.ids("receipt:") == _receipt_ids(box) and len(relay.ids("settlement:")) == 1 and _all_done(box)
+            ),
+            what="catch-up after the broker restart",
+        )
+        assert len(relay.ids("receipt:")) == 600
+        assert service.counters.connects >= 2
+    finally:
+        service.stop()
+    wait_until(lambda: relays[0].presence[box.identity.device_id] == b"offline", 10, "presence offline")
+
+
+def _agent(data_dir: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        TCP_NODELAY="1",
+        BTT_EDGE_SYNC_BATCH_MAX_ITEMS="10",
+        BTT_EDGE_SYNC_MAX_INFLIGHT="2",
+        BTT_EDGE_SYNC_BACKOFF_INITIAL_S="0.1",
+        BTT_EDGE_SYNC_BACKOFF_MAX_S="0.5",
+        BTT_EDGE_SYNC_ACK_TIMEOUT_S="3",
+        BTT_EDGE_OUTBOX_FEED_INTERVAL_S="0.1",
+    )
+    cmd = [sys.executable, "-m", "edge", "run", "--data-dir", str(data_dir), "--port", str(free_port()), "--mqtt", url]
+    with log.open("ab") as err:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+@pytest.mark.slow
+def test_agent_killed_mid_publish_and_restarted(box: Box, broker: MosquittoBroker, relays: list[StubRelay]) -> None:
+    box.record(1500)
+    expected = _receipt_ids(box)
+    broker.start()
+    relays.append(StubRelay(broker))
+    relay = relays[0]
+    url = broker.url(box.identity.device_id, DEVICE_PW)
+    log = box.data_dir.parent / "agent.log"
+    agent = _agent(box.data_dir, url, log)
+    try:
+        wait_until(lambda: len(relay.ids("receipt:")) >= 100 or agent.poll() is not None, 60, "first deliveries")
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        assert agent.returncode == -signal.SIGKILL, log.read_text()
+        done = box.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'receipts' AND state = 'done'").fetchone()[0]
+        assert 0 < done < 1500, "the kill must land mid-stream"
+        wait_until(lambda: relay.presence.get(box.identity.device_id) == b"offline", 10, "the last will")
+
+        agent = _agent(box.data_dir, url, log)
+        wait_until(lambda: relay.ids("receipt:") == expected and _all_done(box), 90, "catch-up after restart")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+    assert sum(relay.deliveries[i] for i in expected) >= len(expected)  # resends happen; stored once each
+    assert len(relay.ids("receipt:")) == 1500
+
+
+def _link(broker: MosquittoBroker, user: str, password: str) -> PahoLink:
+    link = PahoLink(LinkSettings(host="127.0.0.1", port=broker.port, client_id=f"{user}-probe", username=user,
+                                 password=password, will_topic=presence_topic(user)))  # fmt: skip
+    link.connect()
+    return link
+
+
+def test_a_device_cannot_publish_or_read_as_another(box: Box, broker: MosquittoBroker, relays: list[StubRelay]) -> None:
+    broker.start()
+    relays.append(StubRelay(broker))
+    relay = relays[0]
+    dev_a = box.identity.device_id
+    a = _link(broker, dev_a, DEVICE_PW)
+    b = _link(broker, "dev-b", "b-secret")
+    try:
+        a.subscribe(ack_topic("dev-b"))  # refused by the broker (logged), so nothing arrives
+        a.subscribe(ack_topic(dev_a))
+        body = {"id": "receipt:1:forged", "body": {}}
+        a.publish(up_topic("dev-b", "receipts"), json.dumps({"v": 1, "device": "dev-b", "items": [body]}).encode())
+        a.publish(presence_topic("dev-b"), b"online", retain=True)
+        a.publish(ack_topic(dev_a), b'{"v":1,"stored":["receipt:9:x"]}')  # a device cannot forge its own acks
+        own = {"id": "health:1", "body": {}}
+        a.publish(up_topic(dev_a, "health"), json.dumps({"v": 1, "device": dev_a, "items": [own]}).encode())
+        relay.client.publish(ack_topic("dev-b"), b'{"v":1,"stored":["x"]}', qos=1)
+        got: list[Any] = []
+
+        def acked() -> bool:
+            got.extend(a.poll(0.05))
+            b.poll(0.01)
+            return any(json.loads(m.payload).get("stored") == ["health:1"] for m in got)
+
+        wait_until(acked, 10, "the relay's ack of the allowed publish")
+        for _ in range(10):
+            got.extend(a.poll(0.05))
+        topics = [t for t, _ in relay.payloads]
+        assert topics.count(up_topic(dev_a, "health")) == 1
+        assert up_topic("dev-b", "receipts") not in topics
+        assert presence_topic("dev-b") not in topics
+        assert [(m.topic, json.loads(m.payload)["stored"]) for m in got] == [(ack_topic(dev_a), ["health:1"])]
+    finally:
+        a.disconnect()
+        b.disconnect()
+    with pytest.raises(LinkRefused, match="refused"):
+        _link(broker, dev_a, "wrong password")
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path, box: Box, relays: list[StubRelay]) -> None:
+    dev = box.identity.device_id
+    tls = MosquittoBroker(tmp_path / "tls", users={dev: "", "dev-b": "", RELAY_USER: ""}, tls=True)
+    tls.start()
+    try:
+        assert tls.pki is not None
+        cert, key = tls.pki.client(dev)
+        box.record(20)
+        config = _config(box, tls.url(), ca_file=str(tls.pki.ca), cert_file=str(cert), key_file=str(key))
+        relay_cert, relay_key = tls.pki.client(RELAY_USER)
+        relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="relay-tls", protocol=mqtt.MQTTv5)
+        relay.tls_set(ca_certs=str(tls.pki.ca), certfile=str(relay_cert), keyfile=str(relay_key))
+        seen: list[str] = []
+
+        def on_message(client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+            doc = json.loads(message.payload)
+            ids = [i["id"] for i in doc["items"]]
+            seen.extend(ids)
+            client.publish(ack_topic(doc["device"]), json.dumps({"v": 1, "stored": ids}), qos=1)
+
+        relay.on_message = on_message
+        relay.on_connect = lambda c, *_: c.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
+        relay.connect("127.0.0.1", tls.port)
+        relay.loop_start()
+        service = SyncService(config, Outbox.open(config), box.book)
+        service.start()
+        try:
+            wait_until(lambda: _all_done(box) and len([i for i in seen if i.startswith("receipt:")]) == 20, 30)
+        finally:
+            service.stop()
+        # the certificate's CN is the identity: dev-b's certificate cannot publish under this device's id
+        b_cert, b_key = tls.pki.client("dev-b")
+        probe = PahoLink(LinkSettings(host="127.0.0.1", port=tls.port, client_id="probe", tls=True,
+                                      ca_file=str(tls.pki.ca), cert_file=str(b_cert), key_file=str(b_key)))  # fmt: skip
+        probe.connect()
+        for device, item in ((dev, "forged"), ("dev-b", "b-own")):
+            doc = {"v": 1, "device": device, "kind": "health", "items": [{"id": item, "body": {}}]}
+            probe.publish(up_topic(device, "health"), json.dumps(doc).encode())
+        wait_until(lambda: (probe.poll(0.05), "b-own" in seen)[1], 10, "dev-b's own publish")
+        probe.disconnect()
+        relay.disconnect()
+        relay.loop_stop()
+        assert "forged" not in seen
+        no_cert = PahoLink(LinkSettings(host="127.0.0.1", port=tls.port, client_id="anon", tls=True,
+                                        ca_file=str(tls.pki.ca), connect_timeout_s=3))  # fmt: skip
+        with pytest.raises(LinkError):
+            no_cert.connect()
+    finally:
+        tls.stop()
+
+
+def test_no_patient_data_in_any_payload(box: Box, broker: MosquittoBroker, relays: list[StubRelay]) -> None:
+    patient_name, patient_id = "DOE^JANE", "PID-4711-XR"
+    study, series, sop = (
+        "1.2.826.0.1.3680043.10.543.1",
+        "1.2.826.0.1.3680043.10.543.1.2",
+        "1.2.826.0.1.3680043.10.543.1.2.3",
+    )
+    with transaction(box.conn):
+        box.book.record(box.conn, Use(kind="exposure", study_uid=study))
+        box.book.record(box.conn, Use(kind="analysis", study_uid=study, bundle_id="caries", bundle_version="1.0.0",
+                                      output_digest="sha256:" + "ab" * 32))  # fmt: skip
+    box.book.close_batch(box.conn, 10)
+    broker.start()
+    relays.append(StubRelay(broker))
+    relay = relays[0]
+    config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
+    service = SyncService(config, Outbox.open(config), box.book)
+    service.start()
+    try:
+        wait_until(lambda: _all_done(box) and len(relay.ids("receipt:")) == 2 and relay.ids("settlement:"), 30)
+    finally:
+        service.stop()
+    kinds = {t.rsplit("/", 1)[1] for t, _ in relay.payloads}
+    assert {"certificate", "receipts", "settlements", "health", "presence"} <= kinds
+    needles = [patient_name, "DOE", "JANE", patient_id, study, series, sop, "1.2.826.0.1.3680043"]
+    for topic, payload in relay.payloads:
+        text = payload.decode("utf-8")
+        for needle in needles:
+            assert needle not in text, f"{needle!r} leaked in a payload on {topic}"
+    db_conn = connect(box.data_dir / DB_FILENAME, readonly=True)
+    try:
+        bodies = " ".join(r[0] for r in db_conn.execute("SELECT body FROM outbox"))
+    finally:
+        db_conn.close()
+    assert study not in bodies

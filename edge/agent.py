@@ -96,6 +96,17 @@ def build_agent(config: AgentConfig) -> Agent:
                 book=book,
             )
         )
+    if config.results.enabled:
+        # Results: the SR and overlay of every analysed instance, queued and sent to [results] destinations
+        # (btt-edge run --forward AE@HOST:PORT); the finding codes come from the configured bundle's manifest.
+        from edge.pipeline.analyzer import resolve_bundle_path
+        from edge.results.analysis import RecordedAnalyses
+        from edge.results.service import ResultsService
+        from models.bundle import load_bundle
+
+        bundle_path = config.pipeline.bundle_path
+        analyses = RecordedAnalyses(lambda: load_bundle(resolve_bundle_path(bundle_path)).manifest)
+        services.append(ResultsService(config.results, data_dir, analyses, calling_ae=config.dicom.ae_title))
     if book is not None:
         services.append(SettlementService(config, book))
     if config.unit.port:

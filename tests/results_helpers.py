@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -19,6 +24,8 @@ from edge.store.index import set_state
 from models.bundle import Code
 
 DCIODVFY = "/usr/bin/dciodvfy"
+STORESCP = "/usr/bin/storescp"
+ECHOSCU = "/usr/bin/echoscu"
 
 CODES = {
     "caries": Code("SCT", "80967001", "Dental caries"),
@@ -156,3 +163,32 @@ def ingest(store: ImageStore, ds: Dataset, *, analysed: bool = True) -> str:
         with transaction(store.conn):
             set_state(store.conn, ds.SOPInstanceUID, "analysed", expected="processing")
     return str(ds.SOPInstanceUID)
+
+
+@contextlib.contextmanager
+def storescp(out_dir: Path, port: int, ae_title: str = "PACS") -> Iterator[subprocess.Popen[bytes]]:
+    """DCMTK's ``storescp`` playing the clinic's PACS on ``port``, writing what it receives to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    process = subprocess.Popen(
+        [STORESCP, "-aet", ae_title, "-od", str(out_dir), str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run([ECHOSCU, "-aec", ae_title, "127.0.0.1", str(port)], env=env, capture_output=True,
+                             check=False).returncode != 0:  # fmt: skip
+            assert process.poll() is None, "storescp exited"
+            assert time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def received(out_dir: Path) -> dict[str, Path]:
+    """SOP Instance UID -> file, for everything ``storescp`` wrote to ``out_dir``."""
+    return {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in out_dir.iterdir() if p.is_file()}

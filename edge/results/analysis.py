@@ -1,15 +1,19 @@
-"""What the results stage needs from one analysis: the algorithm that ran and the findings it made."""
+"""What the results stage needs from one analysis: the algorithm that ran and the findings it made, and where
+the agent reads it from (the pipeline worker's record)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from edge.errors import EdgeError, ResultBuildError
 from edge.pipeline.findings import Finding
 from models.bundle import Code, Manifest
 
-__all__ = ["Algorithm", "Analysis"]
+__all__ = ["Algorithm", "Analysis", "RecordedAnalyses"]
 
 
 @dataclass(frozen=True)
@@ -25,17 +29,6 @@ class Algorithm:
     clinical: bool = False
     """The bundle is cleared for clinical use (the manifest's ``clinical``)."""
 
-    @classmethod
-    def from_manifest(cls, manifest: Manifest) -> Algorithm:
-        """The algorithm described by a bundle manifest."""
-        return cls(
-            bundle_id=manifest.id,
-            version=manifest.version,
-            name=manifest.description or manifest.id,
-            codes=MappingProxyType({c.kind: c.code for c in manifest.findings.classes}),
-            clinical=manifest.clinical,
-        )
-
 
 @dataclass(frozen=True)
 class Analysis:
@@ -44,3 +37,43 @@ class Analysis:
     sop_instance_uid: str
     algorithm: Algorithm
     findings: tuple[Finding, ...]
+
+
+class RecordedAnalyses:
+    """The analyses the pipeline worker recorded (``pipeline_results``, see :mod:`edge.pipeline.worker`).
+
+    The coded meaning of each kind comes from the bundle manifest ``manifest()`` returns (loaded once, on first
+    use); the model id and version are those recorded with the findings.
+    """
+
+    def __init__(self, manifest: Callable[[], Manifest]) -> None:
+        self._load_manifest = manifest
+        self._manifest: Manifest | None = None
+
+    def load(self, conn: sqlite3.Connection, sop_instance_uid: str) -> Analysis | None:
+        """The recorded analysis of this instance, or ``None`` if it has none (or was skipped)."""
+        row = conn.execute(
+            "SELECT model_id, model_version, clinical, findings_json FROM pipeline_results "
+            "WHERE sop_instance_uid = ? AND status = 'analysed'",
+            (sop_instance_uid,),
+        ).fetchone()
+        if row is None:
+            return None
+        if self._manifest is None:
+            try:
+                self._manifest = self._load_manifest()
+            except EdgeError as exc:
+                raise ResultBuildError(f"cannot load the model bundle for the finding codes: {exc}") from exc
+        manifest = self._manifest
+        algorithm = Algorithm(
+            bundle_id=row[0],
+            version=row[1],
+            name=(manifest.description or row[0]) if manifest.id == row[0] else row[0],
+            codes=MappingProxyType({c.kind: c.code for c in manifest.findings.classes}),
+            clinical=bool(row[2]),
+        )
+        try:
+            findings = tuple(Finding.from_json(doc) for doc in json.loads(row[3]))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ResultBuildError(f"the recorded findings of {sop_instance_uid} are unreadable: {exc}") from exc
+        return Analysis(sop_instance_uid=sop_instance_uid, algorithm=algorithm, findings=findings)

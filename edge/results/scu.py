@@ -1,6 +1,7 @@
 """C-STORE to a destination with pynetdicom: one association per batch, one outcome per object.
 
-Presentation contexts: per SOP class, the object's own transfer syntax when it is compressed (so a PACS that
+Presentation contexts: Verification (so that an association stands even when none of our SOP classes is
+accepted), and per SOP class the object's own transfer syntax when it is compressed (so a PACS that
 takes it gets the bytes as they are) and one with Explicit and Implicit VR Little Endian, which every storage SCP
 takes; a compressed object the destination only accepts uncompressed is decompressed before sending, and
 pynetdicom re-encodes between the two little-endian syntaxes itself. Optional TLS (server certificate checked;
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from typing import Any, Literal, Protocol
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
 from edge.config import DestinationConfig
@@ -65,7 +68,9 @@ class Sender(Protocol):
 
 
 def _contexts(items: Sequence[Outgoing]) -> list[Any]:
-    contexts: list[Any] = []
+    # Verification too: a destination that accepts none of our SOP classes still associates, so each object
+    # is rejected for its SOP class (recorded, not retried) instead of the association failing as a whole.
+    contexts: list[Any] = [build_context(Verification)]
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for item in items:
         syntaxes: list[tuple[str, ...]] = [_UNCOMPRESSED]
@@ -113,27 +118,30 @@ class StoreSCU:
         ae.acse_timeout = self.connect_timeout_s
         ae.dimse_timeout = self.dimse_timeout_s
         ae.network_timeout = self.dimse_timeout_s
+        connected = threading.Event()
         assoc: Any = ae.associate(
             destination.host,
             destination.port,
             _contexts(items),
             ae_title=destination.ae_title,
             tls_args=tls,
+            evt_handlers=[(evt.EVT_CONN_OPEN, lambda _: connected.set())],
         )
         if not assoc.is_established:
             why = (
-                "association rejected"
+                "cannot connect (unreachable, refused or timed out)"
+                if not connected.is_set()
+                else "association rejected by the destination"
                 if assoc.is_rejected
-                else "association aborted"
-                if assoc.is_aborted
-                else "cannot connect (unreachable, refused or timed out)"
+                else "association aborted or timed out during negotiation"
             )
             event(log, "destination unavailable", level=logging.WARNING, destination=destination.name, reason=why)
             return [Outcome(i.object_uid, "retry", None, why) for i in items]
         outcomes: list[Outcome] = []
         try:
             for item in items:
-                if not assoc.is_established:
+                lost = bool(outcomes) and outcomes[-1].result == "retry"
+                if lost or not assoc.is_established:
                     outcomes.append(Outcome(item.object_uid, "retry", None, "association aborted"))
                     continue
                 outcomes.append(self._store(assoc, item))
@@ -150,12 +158,14 @@ class StoreSCU:
         try:
             ds = dcmread(item.path)
             if ds.file_meta.TransferSyntaxUID not in accepted and ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
         except (OSError, InvalidDicomError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
             return Outcome(item.object_uid, "rejected", None, f"cannot read or transcode {item.path.name}: {exc}")
         try:
             rsp = assoc.send_c_store(ds)
-        except (ValueError, AttributeError, RuntimeError) as exc:
+        except RuntimeError as exc:  # the association went away under us
+            return Outcome(item.object_uid, "retry", None, f"association lost: {exc}")
+        except (ValueError, AttributeError) as exc:
             return Outcome(item.object_uid, "rejected", None, f"cannot encode for this destination: {exc}")
         if "Status" not in rsp:
             return Outcome(item.object_uid, "retry", None, "no response (association aborted or timed out)")

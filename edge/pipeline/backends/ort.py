@@ -1,8 +1,9 @@
 """ONNX Runtime backends: the CPU default and, when the GPU build is installed, its TensorRT and CUDA providers.
 
 The session gets the bundle's verified bytes, never a path, so what runs is what was hashed. Graph optimisation
-is at ``ORT_ENABLE_ALL`` (constant folding, fusions, NCHWc layout on x86), execution is sequential with
-``threads`` intra-op threads and one inter-op thread.
+is at ``ORT_ENABLE_ALL`` (constant folding, conv/batch-norm/activation fusions, NCHWc layout on x86), execution
+is sequential with ``threads`` intra-op threads and one inter-op thread, and the CPU memory arena is off (peak
+memory; see ``session_options``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def session_options(options: BackendOptions) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = options.threads
     so.inter_op_num_threads = 1
+    # No CPU arena: the arena keeps its high-water mark of full-resolution activations for the life of the
+    # session, which costs ~150 MB of resident memory at 512x1024 for no measurable speed-up on one image at a time.
+    so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
     if options.optimized_model_path is not None:
         so.optimized_model_filepath = str(options.optimized_model_path)

@@ -1,0 +1,171 @@
+"""Inference benchmark: the reference model through our pipeline (ONNX Runtime backend) beside PyTorch eager.
+
+Both sides analyse the same synthetic panoramic radiographs (DICOM, written once per run) with the same decoding,
+the same ``prepare`` and the same post-processing, ``--threads`` threads each; only the model step differs:
+(a) our ONNX Runtime CPU backend on the bundle's verified ONNX, (b) the same weights in PyTorch eager
+(``models/reference/reference.pt``, needs the ``train`` extra). Each side runs in its own process (so its peak RSS
+is its own), alternating ``--rounds`` times to spread the noise of a shared machine over both.
+
+Figures: p50/p95 latency of the model step and of end to end (read the file -> findings), per image; peak RSS of
+the analysing process. Ratios are peer / ours for times and memory (higher is better for us).
+
+    .venv/bin/python -m bench.inference [--images 6] [--rounds 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "models" / "bundles" / "reference-dental"
+WEIGHTS = REPO / "models" / "reference" / "reference.pt"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _ours(files: list[Path], bundle: Path, threads: int) -> dict[str, Any]:
+    from edge.config import PipelineConfig
+    from edge.pipeline.analyzer import open_analyzer, read_dataset
+
+    analyzer = open_analyzer(PipelineConfig(bundle_path=bundle, backend="onnxruntime-cpu", threads=threads))
+    analyzer.analyse(read_dataset(files[0]))  # warm-up
+    model, e2e, counts = [], [], []
+    for path in files:
+        start = time.perf_counter()
+        result = analyzer.analyse(read_dataset(path))
+        e2e.append((time.perf_counter() - start) * 1000.0)
+        model.append(result.timings_ms["infer"])
+        counts.append(len(result.findings))
+    return {"model_ms": model, "e2e_ms": e2e, "findings": counts, "backend": analyzer.backend.name}
+
+
+def _torch(files: list[Path], bundle: Path, weights: Path, threads: int) -> dict[str, Any]:
+    import torch
+
+    from edge.pipeline.analyzer import read_dataset
+    from edge.pipeline.postprocess import findings_from_outputs
+    from edge.pipeline.preprocess import pixel_spacing_mm, pixels_from_dataset, prepare
+    from models.bundle import load_bundle
+    from models.reference.train import load_network
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    manifest = load_bundle(bundle).manifest
+    net = load_network(weights)
+
+    def analyse(path: Path) -> tuple[float, int]:
+        ds = read_dataset(path)
+        prepared = prepare(pixels_from_dataset(ds, modalities=manifest.input.modalities), manifest.input)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            teeth, findings = net(torch.from_numpy(prepared.tensor))
+        outputs = {manifest.teeth.name: teeth.numpy(), manifest.findings.name: findings.numpy()}
+        model_ms = (time.perf_counter() - start) * 1000.0
+        return model_ms, len(findings_from_outputs(outputs, manifest, prepared, pixel_spacing_mm(ds)))
+
+    analyse(files[0])  # warm-up
+    model, e2e, counts = [], [], []
+    for path in files:
+        start = time.perf_counter()
+        model_ms, count = analyse(path)
+        e2e.append((time.perf_counter() - start) * 1000.0)
+        model.append(model_ms)
+        counts.append(count)
+    return {"model_ms": model, "e2e_ms": e2e, "findings": counts, "backend": f"torch {torch.__version__} eager"}
+
+
+def _side(args: argparse.Namespace) -> None:
+    files = sorted(Path(args.dir).glob("*.dcm"))
+    if args.side == "ours":
+        out = _ours(files, args.bundle, args.threads)
+    else:
+        out = _torch(files, args.bundle, args.weights, args.threads)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(out))
+
+
+def _write_images(directory: Path, count: int) -> None:
+    from models.synthetic import generate
+    from models.synthetic_dicom import synthetic_dicom_bytes
+
+    for i in range(count):
+        seed = 900_000 + i  # far from the training seeds
+        (directory / f"{i:03d}.dcm").write_bytes(synthetic_dicom_bytes(generate(seed), seed))
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.inference", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bundle", type=Path, default=BUNDLE)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
+    parser.add_argument("--side", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:
+        _side(args)
+        return 0
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "torch": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_images(Path(tmp), args.images)
+        for _ in range(args.rounds):
+            for side in ("ours", "torch"):
+                cmd = [sys.executable, "-m", "bench.inference", "--side", side, "--dir", tmp]
+                cmd += ["--threads", str(args.threads), "--bundle", str(args.bundle), "--weights", str(args.weights)]
+                done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    sys.stderr.write(done.stderr)
+                    return 1
+                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    figures: dict[str, dict[str, float]] = {}
+    for side, results in runs.items():
+        model = [v for r in results for v in r["model_ms"]]
+        e2e = [v for r in results for v in r["e2e_ms"]]
+        figures[side] = {
+            "model_p50": _pct(model, 50),
+            "model_p95": _pct(model, 95),
+            "e2e_p50": _pct(e2e, 50),
+            "e2e_p95": _pct(e2e, 95),
+            "rss": max(r["peak_rss_mb"] for r in results),
+        }
+    ours, peer = figures["ours"], figures["torch"]
+    print(
+        f"inference: {args.images} synthetic panoramics (512x1024 model input) x {args.rounds} rounds, "
+        f"{args.threads} threads"
+    )
+    for side, label in (("ours", runs["ours"][0]["backend"]), ("torch", runs["torch"][0]["backend"])):
+        f = figures[side]
+        print(
+            f"  {label:<24} model p50 {f['model_p50']:7.1f} ms  p95 {f['model_p95']:7.1f} ms   "
+            f"end-to-end p50 {f['e2e_p50']:7.1f} ms  p95 {f['e2e_p95']:7.1f} ms   peak RSS {f['rss']:6.1f} MB"
+        )
+    same = runs["ours"][0]["findings"] == runs["torch"][0]["findings"]
+    print(f"  findings per image, ours {runs['ours'][0]['findings']} torch {runs['torch'][0]['findings']} same={same}")
+    print(f"  peak RSS of the analysing process: {ours['rss']:.0f} MB (budget 600 MB)")
+    print(f"ratio model_step_vs_torch_eager = {peer['model_p50'] / ours['model_p50']:.2f}")
+    print(f"ratio model_step_p95_vs_torch_eager = {peer['model_p95'] / ours['model_p95']:.2f}")
+    print(f"ratio end_to_end_vs_torch_eager = {peer['e2e_p50'] / ours['e2e_p50']:.2f}")
+    print(f"ratio peak_rss_vs_torch_eager = {peer['rss'] / ours['rss']:.2f}")
+    print(f"ratio peak_rss_vs_600mb_budget = {600.0 / ours['rss']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -227,7 +227,7 @@ class UnitService:
         link = self.link_status()
         if (link.state, link.error) != self._last_link:
             self._last_link = (link.state, link.error)
-            level = logging.INFO if link.state == "connected" else logging.WARNING
+            level = logging.INFO if link.state == "connected" or not link.error else logging.WARNING
             event(log, "unit link", level=level, state=link.state, port=self.config.port, error=link.error or "")
         with self._db_lock:
             if self._conn is not None:

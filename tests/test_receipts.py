@@ -491,3 +491,59 @@ def test_record_stream_resigns_when_another_writer_moved_the_chain(tmp_path: Pat
     assert [r.seq for r in result.receipts] == list(range(1, 14))
     assert [r.kind for r in result.receipts].count("exposure") == 1
     other.close()
+
+
+# --- key rotation -----------------------------------------------------------------------------------------
+
+
+def test_rotation_continues_the_chain_and_retires_the_old_key(tmp_path: Path) -> None:
+    from edge.receipts.identity import rotate
+
+    b = make_box(tmp_path)
+    b.record(3)
+    b.book.close_batch(b.conn, 100)
+    old = b.identity
+    files = KeyFiles(tmp_path / "keys")
+    rotate(files, b.manufacturer)
+    new = load_identity(files)
+    assert new is not None
+    assert new.key.keyid != old.key.keyid
+    assert new.parsed.replaces == old.key.keyid
+    assert new.device_id == old.device_id
+    assert new.history == (old.certificate,)
+    book = ReceiptBook(new)
+    book.record_batch(b.conn, [Use(kind="analysis")] * 2)
+    book.close_batch(b.conn, 100)
+    doc = book.export(b.conn)
+    result = verify_export(doc, trust(b))
+    assert [r.keyid for r in result.receipts] == [old.key.keyid] * 3 + [new.key.keyid] * 2
+    assert len(result.settlements) == 2
+
+    # the replaced key signing after the rotation (say it was stolen) is refused
+    stolen = seal(RECEIPT, dict(doc["receipts"][-1]["signed"]) | {"keyid": old.key.keyid, "seq": 6}, old.key)
+    doc["receipts"].append(stolen)
+    doc["settlements"] = []
+    with pytest.raises(errors.RevokedKey):
+        verify_export(doc, trust(b))
+
+
+def test_interrupted_rotation_is_finished_on_load(tmp_path: Path) -> None:
+    from edge.receipts.keys import save_private_key
+
+    b = make_box(tmp_path)
+    files = KeyFiles(tmp_path / "keys")
+    new = generate_key()
+    from edge.receipts.identity import REQUEST, issue_certificate
+
+    request = seal(
+        REQUEST,
+        {"type": REQUEST, "format": 1, "device": b.identity.device_id, "key": new.public.to_json()},
+        new,
+    )
+    save_private_key(files.next_key, new)
+    cert = issue_certificate(request, b.manufacturer, serial=2, issued_ms=0)
+    files.next_certificate.write_bytes(canonical_bytes(cert))
+    loaded = load_identity(files)  # as after a crash between staging and swapping
+    assert loaded is not None
+    assert loaded.key.keyid == new.keyid
+    assert not files.next_certificate.exists()

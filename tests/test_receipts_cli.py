@@ -140,3 +140,18 @@ def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Pa
     assert agent.returncode == 0, log
     assert "device identity provisioned" in log
     assert load_identity(KeyFiles(data / "keys")) is not None
+
+
+def test_rotate_then_export_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
+    _record(data, 2)
+    assert main(["provision", "--data-dir", str(data), "--rotate"]) == 2  # needs the manufacturer
+    assert main(["provision", "--data-dir", str(data), "--rotate", "--dev"]) == 0
+    _record(data, 2)
+    export = tmp_path / "export.json"
+    assert main(["receipts", "export", "--data-dir", str(data), "--out", str(export)]) == 0
+    assert len(json.loads(export.read_text())["certificates"]) == 2
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(export), "--trust", str(data / "keys" / "dev-manufacturer.pub")]) == 0
+    assert "4 receipts" in capsys.readouterr().out

@@ -6,6 +6,7 @@ On the box::
     btt-edge provision --data-dir DIR --manufacturer-key M.key    # factory line: certify on the spot
     btt-edge provision --data-dir DIR                             # key + request; send keys/device.request.json
     btt-edge provision --data-dir DIR --install-certificate CERT --trust M.pub
+    btt-edge provision --data-dir DIR --rotate --manufacturer-key M.key   # new device key, old cert retired
 
 At the manufacturer::
 
@@ -41,6 +42,9 @@ def register(sub: Any) -> None:
     mode.add_argument("--new-manufacturer-key", type=Path, metavar="FILE", help="generate a manufacturer key")
     mode.add_argument("--sign-request", type=Path, metavar="REQ", help="manufacturer: certify a device request")
     mode.add_argument("--revoke", nargs="+", metavar="KEYID", help="manufacturer: sign a revocation list")
+    parser.add_argument(
+        "--rotate", action="store_true", help="replace the device key (with --dev or --manufacturer-key)"
+    )
     parser.add_argument("--manufacturer-key", type=Path, metavar="FILE", help="manufacturer private key")
     parser.add_argument("--trust", type=Path, metavar="PUBKEY", help="manufacturer public key (with --install-)")
     parser.add_argument("--device-id", help="device identifier (default: btt-<key id prefix>)")
@@ -62,6 +66,7 @@ def _provision(args: argparse.Namespace) -> int:
         load_identity,
         now_ms,
         provision,
+        rotate,
     )
     from edge.receipts.keys import (
         PrivateKey,
@@ -112,6 +117,13 @@ def _provision(args: argparse.Namespace) -> int:
         signer = dev_manufacturer_key(files)
     elif args.manufacturer_key is not None:
         signer = load_private_key(args.manufacturer_key)
+    if args.rotate:
+        if signer is None:
+            raise IdentityError("--rotate needs the manufacturer: --dev or --manufacturer-key")
+        rotated = rotate(files, signer, valid_days=args.valid_days)
+        print(f"key rotated: device {rotated['signed']['device']}, new key {rotated['signed']['keyid']}")
+        print("restart the agent to sign with the new key")
+        return 0
     existing = load_identity(files)
     if existing is not None:
         print(f"already provisioned: device {existing.device_id}, key {existing.key.keyid}")

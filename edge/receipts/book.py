@@ -390,7 +390,7 @@ class ReceiptBook:
                 "format": 1,
                 "device": identity.device_id,
                 "exported_ms": self._clock(),
-                "certificates": [identity.certificate],
+                "certificates": [*identity.history, identity.certificate],
                 "receipts": self.receipts(conn),
                 "settlements": self.settlements(conn),
                 "grants": [decode(row[0]) for row in conn.execute("SELECT envelope FROM receipt_grants ORDER BY id")],

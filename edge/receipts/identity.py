@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.durable import atomic_write_bytes
+from edge.durable import atomic_write_bytes, fsync_dir
 from edge.errors import CertificateInvalid, EncodingError, IdentityError, MalformedRecord, VerificationError
 from edge.receipts.encoding import canonical_bytes, decode
 from edge.receipts.keys import (
@@ -58,6 +58,7 @@ __all__ = [
     "now_ms",
     "parse_certificate",
     "provision",
+    "rotate",
 ]
 
 CERTIFICATE = "device-certificate"
@@ -188,6 +189,19 @@ class KeyFiles:
         return self.directory / "study.salt"
 
     @property
+    def next_key(self) -> Path:
+        return self.directory / "device.next.key"
+
+    @property
+    def next_certificate(self) -> Path:
+        return self.directory / "device.next.cert.json"
+
+    @property
+    def retired(self) -> Path:
+        """Certificates of replaced keys: verifiers still need them for the receipts those keys signed."""
+        return self.directory / "retired"
+
+    @property
     def dev_manufacturer_key(self) -> Path:
         return self.directory / "dev-manufacturer.key"
 
@@ -204,6 +218,8 @@ class DeviceIdentity:
     certificate: dict[str, Any]
     parsed: DeviceCertificate
     salt: bytes
+    history: tuple[dict[str, Any], ...] = ()
+    """Certificates of the keys this one replaced, oldest first."""
     _mac: hmac.HMAC = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -231,6 +247,8 @@ def _read_envelope(path: Path, what: str) -> Any:
 
 def load_identity(files: KeyFiles) -> DeviceIdentity | None:
     """The device identity, or None when the box has no certificate yet; :class:`IdentityError` if broken."""
+    if files.next_certificate.exists():
+        _finish_rotation(files)
     if not files.certificate.exists():
         return None
     key = load_private_key(files.device_key)
@@ -247,7 +265,10 @@ def load_identity(files: KeyFiles) -> DeviceIdentity | None:
         raise IdentityError(f"cannot read study salt {files.salt}: {exc.strerror}") from exc
     if len(salt) < 32:
         raise IdentityError(f"study salt {files.salt} is shorter than 32 bytes")
-    return DeviceIdentity(key, envelope, parsed, salt)
+    retired = sorted(files.retired.glob("*.json")) if files.retired.exists() else []
+    history = [_read_envelope(path, "retired certificate") for path in retired]
+    history.sort(key=lambda cert: parse_certificate(cert).serial)
+    return DeviceIdentity(key, envelope, parsed, salt, tuple(history))
 
 
 def provision(
@@ -309,3 +330,41 @@ def dev_manufacturer_key(files: KeyFiles) -> PrivateKey:
     save_private_key(files.dev_manufacturer_key, key)
     save_public_key(files.dev_manufacturer_public, key.public)
     return key
+
+
+def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None = None) -> dict[str, Any]:
+    """Replace the device key: a new key and certificate (``replaces`` the old key id), the old certificate kept
+    under ``retired/`` for verifiers, the old private key gone. Crash-safe: the new key and certificate are staged
+    (``device.next.*``) and :func:`load_identity` finishes an interrupted rotation.
+
+    A running agent keeps signing with the key it loaded until it restarts (the old key stays valid unless the
+    manufacturer revokes it).
+    """
+    current = load_identity(files)
+    if current is None:
+        raise IdentityError("nothing to rotate: this box has no device identity yet")
+    new = generate_key()
+    body = {
+        "type": REQUEST,
+        "format": 1,
+        "device": current.device_id,
+        "key": new.public.to_json(),
+        "replaces": current.key.keyid,
+    }
+    issued = now_ms()
+    certificate = issue_certificate(
+        seal(REQUEST, body, new), manufacturer, serial=issued, issued_ms=issued, valid_days=valid_days
+    )
+    files.retired.mkdir(mode=0o700, exist_ok=True)
+    atomic_write_bytes(files.retired / f"{current.key.keyid}.json", canonical_bytes(current.certificate) + b"\n")
+    save_private_key(files.next_key, new)
+    atomic_write_bytes(files.next_certificate, canonical_bytes(certificate) + b"\n")
+    _finish_rotation(files)
+    return certificate
+
+
+def _finish_rotation(files: KeyFiles) -> None:
+    if files.next_key.exists():
+        os.replace(files.next_key, files.device_key)
+    os.replace(files.next_certificate, files.certificate)
+    fsync_dir(files.directory)

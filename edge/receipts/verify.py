@@ -152,6 +152,8 @@ def verify_receipts(
     seen: dict[int, str] = {}
     expected, prev = checkpoint.seq + 1, checkpoint.receipt_hash
     device: str | None = None
+    current: DeviceCertificate | None = None
+    replaced: set[str] = set()
     # Fast path per usable key: one signature, by the receipt's key, of the certificate's algorithm. Anything
     # else (and any failure) goes through the general checks below, which raise the specific error.
     usable = {k: (c, c.key.alg, c.key.verifier()) for k, c in certificates.items() if k not in trust.revoked}
@@ -176,6 +178,12 @@ def verify_receipts(
         else:
             body, receipt = fast
         seq = receipt.seq
+        if cert is not current:  # a key change: the first receipt, or a rotation
+            if cert.key.keyid in replaced:
+                raise RevokedKey(f"receipt {seq}: key {cert.key.keyid[:16]} was replaced by a newer key")
+            if cert.replaces is not None:
+                replaced.add(cert.replaces)
+            current = cert
         if receipt.device != cert.device_id or (cert.not_after_ms is not None and receipt.time_ms >= cert.not_after_ms):
             raise CertificateInvalid(f"receipt {seq}: outside the certificate of {cert.device_id}")
         if receipt.device != device:

@@ -162,3 +162,29 @@ def start_agent(dcmtk: Dcmtk, tmp_path: Path) -> Iterator[StartAgent]:
 def agent(start_agent: StartAgent, tmp_path: Path) -> AgentProcess:
     """``btt-edge run`` on a fresh data directory and a free port, accepting associations."""
     return start_agent(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def big_multiframe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~157 MB multi-frame 16-bit Enhanced CT object (a CBCT volume's size), explicit VR little endian."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    path = tmp_path_factory.mktemp("big") / "cbct.dcm"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "CBCT1", "Test^Volume", "CT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 640, 1024, 120
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    frame = (np.arange(640 * 1024, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
+    ds.PixelData = frame * 120
+    ds.save_as(path, enforce_file_format=True)
+    return path

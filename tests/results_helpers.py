@@ -42,8 +42,13 @@ _SOP_CLASSES = {
 }
 
 
-def source_image(modality: str = "PX", *, rows: int = 600, columns: int = 1200, seed: int = 1) -> Dataset:
-    """A plausible radiograph of ``modality`` (PX panoramic, IO intra-oral, CT a CBCT slice)."""
+def source_image(
+    modality: str = "PX", *, rows: int = 600, columns: int = 1200, seed: int = 1, pixels: np.ndarray | None = None
+) -> Dataset:
+    """A plausible radiograph of ``modality`` (PX panoramic, IO intra-oral, CT a CBCT slice); random pixels
+    unless ``pixels`` (unsigned, 12 bits) are given."""
+    if pixels is not None:
+        rows, columns = pixels.shape
     rng = np.random.default_rng(seed)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -103,11 +108,12 @@ def source_image(modality: str = "PX", *, rows: int = 600, columns: int = 1200, 
         ds.AnatomicRegionSequence = []
         ds.LossyImageCompression = "00"
         ds.WindowCenter, ds.WindowWidth = 2048, 4096
-        pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16)
+        if pixels is None:
+            pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16)
     if modality == "IO":
         ds.ImageLaterality = "R"
         ds.PositionerType = ""
-    ds.PixelData = pixels.tobytes()
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16 if modality != "CT" else np.int16).tobytes()
     return ds
 
 

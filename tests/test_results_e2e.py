@@ -1,0 +1,104 @@
+"""End to end on loopback: storescu sends a radiograph to ``btt-edge run --forward PACS@...``; DCMTK's storescp
+plays the PACS; the SR and the overlay arrive and validate. Then the PACS goes away, results queue, the PACS comes
+back, and they arrive."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from edge.db import DB_FILENAME, connect
+from models.bundle import pack_bundle, write_bundle
+from tests.conftest import Dcmtk, StartAgent, free_port
+from tests.pipeline_helpers import MANIFEST, bright_spot_image, tiny_bundle
+from tests.results_helpers import dciodvfy_errors, received, source_image, storescp
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _results(data_dir: Path) -> list[dict]:  # type: ignore[type-arg]
+    out = subprocess.run(
+        [sys.executable, "-m", "edge", "results", "list", "--data-dir", str(data_dir), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _send(dcmtk: Dcmtk, port: int, path: Path) -> None:
+    out = dcmtk.run("storescu", "-aec", "BTT_EDGE", "127.0.0.1", str(port), str(path))
+    assert out.returncode == 0, out.stderr
+
+
+def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    bundle_dir = tmp_path / "bundle"
+    write_bundle(bundle_dir, pack_bundle(MANIFEST, tiny_bundle().files))
+    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
+    env = {
+        "BTT_EDGE_PIPELINE_BUNDLE_PATH": str(bundle_dir),
+        "BTT_EDGE_PIPELINE_BACKEND": "onnxruntime-cpu",
+        "BTT_EDGE_PIPELINE_POLL_INTERVAL_S": "0.1",
+        "BTT_EDGE_RESULTS_BACKOFF_INITIAL_S": "0.5",
+        "BTT_EDGE_RESULTS_BACKOFF_MAX_S": "1",
+    }
+    data = tmp_path / "data"
+    first = source_image("PX", pixels=bright_spot_image(200, 400), seed=1)
+    first.save_as(tmp_path / "first.dcm", enforce_file_format=True)
+    with storescp(pacs_dir, pacs_port):
+        agent = start_agent(data, args=["--forward", f"PACS@127.0.0.1:{pacs_port}"], env=env)
+        _send(dcmtk, agent.port, tmp_path / "first.dcm")
+        _wait("the SR and the overlay at the PACS", lambda: len(received(pacs_dir)) == 2)
+    files = received(pacs_dir)
+    kinds = {dcmread(p).Modality: p for p in files.values()}
+    assert set(kinds) == {"SR", "OT"}
+    for path in files.values():
+        assert dciodvfy_errors(path) == []
+        ds = dcmread(path)
+        assert (ds.PatientID, ds.PatientName, ds.StudyInstanceUID) == (
+            first.PatientID.rstrip(),
+            first.PatientName,
+            first.StudyInstanceUID,
+        )
+    sr = dcmread(kinds["SR"])
+    assert "caries" in str(sr.ContentSequence)  # the tiny model's finding, coded from its manifest
+    listed = _results(data)
+    assert {d["kind"] for d in listed} == {"sr", "overlay"}
+    assert {(x["destination"], x["state"]) for d in listed for x in d["deliveries"]} == {
+        (f"PACS@127.0.0.1:{pacs_port}", "sent")
+    }
+    conn = connect(data / DB_FILENAME, readonly=True)
+    assert (
+        conn.execute(
+            "SELECT pipeline_state FROM instances WHERE sop_instance_uid = ?", (first.SOPInstanceUID,)
+        ).fetchone()[0]
+        == "forwarded"
+    )
+
+    # the PACS is down: results queue with their error, and arrive when it is back
+    second = source_image("PX", pixels=bright_spot_image(200, 400), seed=2)
+    second.save_as(tmp_path / "second.dcm", enforce_file_format=True)
+    _send(dcmtk, agent.port, tmp_path / "second.dcm")
+
+    def queued() -> bool:
+        pending = [x for d in _results(data) if d["source_sop_uid"] == second.SOPInstanceUID for x in d["deliveries"]]
+        return len(pending) == 2 and all(x["state"] == "pending" and x["attempts"] >= 1 for x in pending)
+
+    _wait("results queued while the PACS is down", queued)
+    assert "cannot connect" in json.dumps(_results(data))
+    with storescp(pacs_dir, pacs_port):
+        _wait("the queued results at the PACS", lambda: len(received(pacs_dir)) == 4, timeout=30)
+    assert all(x["state"] == "sent" for d in _results(data) for x in d["deliveries"])
+    assert agent.terminate() == 0

@@ -547,3 +547,16 @@ def test_interrupted_rotation_is_finished_on_load(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.key.keyid == new.keyid
     assert not files.next_certificate.exists()
+
+
+def test_hook_survives_a_database_without_its_tables(tmp_path: Path) -> None:
+    from edge.db import connect
+
+    b = make_box(tmp_path)
+    conn = connect(tmp_path / "other.db")  # never migrated: the receipt and the parking both fail
+    conn.execute("CREATE TABLE work (id INTEGER PRIMARY KEY)")
+    with transaction(conn):
+        conn.execute("INSERT INTO work (id) VALUES (1)")
+        assert b.book.record(conn, Use(kind="analysis")) is None
+    assert conn.execute("SELECT count(*) FROM work").fetchone()[0] == 1
+    conn.close()

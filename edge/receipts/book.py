@@ -145,7 +145,7 @@ class ReceiptBook:
         """
         time_ms = self._clock()
         try:
-            conn.execute("SAVEPOINT receipt")
+            conn.execute("SAVEPOINT btt_receipt")
         except sqlite3.Error as exc:
             event(log, "receipt not recorded", level=logging.ERROR, kind=str(use.kind), error=str(exc))
             return None
@@ -156,14 +156,17 @@ class ReceiptBook:
             else:
                 [receipt] = self._append(conn, [(use, time_ms)])
         except Exception as exc:
-            conn.execute("ROLLBACK TO receipt")
-            event(log, "receipt failed; use parked", level=logging.ERROR, kind=str(use.kind), error=str(exc))
+            receipt = None
+            event(log, "receipt failed; parking the use", level=logging.ERROR, kind=str(use.kind), error=str(exc))
             try:
+                conn.execute("ROLLBACK TO btt_receipt")
                 self._park(conn, use, time_ms, f"{type(exc).__name__}: {exc}")
-            except Exception as park_exc:
+            except Exception as park_exc:  # the database itself is failing: the caller's commit will say so
                 event(log, "use not parked", level=logging.ERROR, error=str(park_exc))
-                conn.execute("ROLLBACK TO receipt")
-        conn.execute("RELEASE receipt")
+        try:
+            conn.execute("RELEASE btt_receipt")
+        except sqlite3.Error as exc:
+            event(log, "receipt savepoint not released", level=logging.ERROR, error=str(exc))
         return receipt
 
     def record_batch(self, conn: sqlite3.Connection, uses: Iterable[Use]) -> list[Receipt]:

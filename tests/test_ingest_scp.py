@@ -1,0 +1,112 @@
+"""The SCP in-process: statuses for input storescu cannot produce, and large objects spooled, not buffered."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import AE, _config
+
+from edge.config import DicomConfig
+from edge.ingest.scp import STATUS_CANNOT_UNDERSTAND, STATUS_DUPLICATE, StorageSCP
+from edge.store.image_store import DuplicatePolicy, ImageStore
+from edge.store.index import list_instances
+from tests.conftest import Dcmtk, free_port
+
+CT = Path(str(get_testdata_file("CT_small.dcm")))
+
+
+class Running:
+    def __init__(self, tmp_path: Path, policy: DuplicatePolicy = "keep") -> None:
+        self.store = ImageStore(tmp_path / "data", min_free_mb=0, duplicate_policy=policy)
+        self.scp = StorageSCP(replace(DicomConfig(), bind_address="127.0.0.1", port=free_port()), self.store)
+        self.store.start()
+        self.scp.start()
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self.store.stop()
+
+
+@pytest.fixture(autouse=True)
+def _send_files_unparsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    running = Running(tmp_path)
+    yield running
+    running.stop()
+
+
+def _send(port: int, *paths: Path) -> list[int]:
+    """C-STORE each Part 10 file as it is on disk (pynetdicom streams the bytes after the meta unparsed)."""
+    ae = AE(ae_title="TESTSCU")
+    for path in paths:
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="BTT_EDGE")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in paths]
+    finally:
+        assoc.release()
+
+
+def _garbage(tmp_path: Path) -> Path:
+    """Valid file meta, then bytes that are no dataset at all."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    path = tmp_path / "garbage.dcm"
+    with path.open("wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(fh, meta)  # type: ignore[arg-type]
+        fh.write(b"\x08\x00\x16\x00UI\xff\xff" + b"\x01" * 40)
+    return path
+
+
+def test_undecodable_dataset_gets_c210_and_the_next_one_is_stored(running: Running, tmp_path: Path) -> None:
+    assert _send(running.scp.port, _garbage(tmp_path), CT) == [STATUS_CANNOT_UNDERSTAND, 0]
+    assert len(list(running.store.quarantine_dir.glob("*1.2.3.4.5.6.7.dcm"))) == 1
+    assert [i.sop_instance_uid for i in list_instances(running.store.conn)] == [str(dcmread(CT).SOPInstanceUID)]
+
+
+def test_duplicate_with_different_content_gets_0111_under_reject(tmp_path: Path) -> None:
+    running = Running(tmp_path, policy="reject")
+    try:
+        changed = dcmread(CT)
+        changed.PatientName = "Other^Patient"
+        changed.save_as(tmp_path / "changed.dcm")
+        assert _send(running.scp.port, CT, CT, tmp_path / "changed.dcm") == [0, 0, STATUS_DUPLICATE]
+        assert len(list_instances(running.store.conn)) == 1
+    finally:
+        running.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_large_object_is_spooled_to_disk_not_held_in_memory(
+    running: Running, dcmtk: Dcmtk, big_multiframe: Path
+) -> None:
+    size = big_multiframe.stat().st_size
+    tracemalloc.start()
+    try:
+        result = dcmtk.run("storescu", "-aec", "BTT_EDGE", "127.0.0.1", str(running.scp.port), str(big_multiframe))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.returncode == 0, result.stderr
+    assert peak < size / 10, f"peak Python allocations {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB object"
+    (instance,) = list_instances(running.store.conn)
+    assert instance.size_bytes > size - 1000
+    assert instance.number_of_frames == 120

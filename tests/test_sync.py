@@ -232,6 +232,33 @@ def test_catch_up_marks_done_only_what_the_relay_acked(box: Box, running: Any) -
     assert broker.retained[presence_topic(box.identity.device_id)] == ONLINE
 
 
+def test_certificate_and_settlements_wait_for_what_comes_before(box: Box, running: Any) -> None:
+    box.record(30)
+    box.book.close_batch(box.conn, 30)
+    box.record(5)
+    _service, broker, outbox = running(batch_max_items=10)
+    relay = FakeRelay(broker)
+
+    def settled() -> bool:
+        relay.pump()
+        return len(relay.received) > 30 and not _pending(box, outbox)
+
+    wait_until(settled)
+    log: list[tuple[str, list[str]]] = []  # ("up:<kind>", ids sent) or ("ack", ids stored), in broker order
+    for _, topic, payload in broker.published:
+        if "/up/" in topic:
+            log.append(("up:" + topic.rsplit("/", 1)[1], [i["id"] for i in json.loads(payload)["items"]]))
+        elif topic.endswith("/ack"):
+            log.append(("ack", json.loads(payload)["stored"]))
+    assert log[0][0] == "up:certificate"
+    assert log[1][0] == "ack"  # nothing else went out before the relay acknowledged the certificate
+    at = next(n for n, (what, _) in enumerate(log) if what == "up:settlements")
+    sent = {i for what, ids in log[:at] if what == "up:receipts" for i in ids}
+    acked = {i for what, ids in log[:at] if what == "ack" for i in ids}
+    assert len(sent) >= 30  # (the 5 later receipts were copied before the settlement)
+    assert sent <= acked  # the settlement went out only once all its receipts were acknowledged
+
+
 def test_outage_then_catch_up_loses_nothing(box: Box, running: Any) -> None:
     broker = FakeBroker()
     broker.set_down(True)  # the box boots without a network
@@ -277,7 +304,8 @@ def test_bad_acks_and_permanent_rejections(box: Box, running: Any) -> None:
     box.record(2)
     service, broker, outbox = running()
     device = box.identity.device_id
-    wait_until(lambda: any("/up/receipts" in t for _, t, _ in broker.published))
+    relay = FakeRelay(broker, accept=lambda item: item.startswith("certificate:"))
+    wait_until(lambda: (relay.pump(), any("/up/receipts" in t for _, t, _ in broker.published))[1])
     broker.route("relay", ack_topic(device), b"not json")
     items = next(json.loads(p)["items"] for _, t, p in broker.published if t.endswith("/up/receipts"))
     first, second = items[0]["id"], items[1]["id"]

@@ -7,7 +7,9 @@ One thread owns the link and its own connection to ``edge.db``. Each turn it
 * when ``[sync] url`` is set: connects if it is not connected (MQTT v5, clean start off, session expiry, last
   will ``offline`` on the retained presence topic; a failure waits a full-jitter backoff, so a box that boots
   without a network simply keeps trying), subscribes to its ack and command topics, publishes ``online``;
-* sends pending items in send order as batches, keeping at most ``max_inflight`` messages unacknowledged;
+* sends pending items in send order as batches, keeping at most ``max_inflight`` messages unacknowledged; the
+  certificate and each settlement go alone, after everything before them is acknowledged (the relay needs the
+  certificate before the receipts it vouches for, and a settlement's receipts before the settlement);
 * reads what arrived: an ack marks the ids the relay stored ``done`` (and permanent rejections ``rejected``) in
   one transaction; a command is logged.
 
@@ -57,6 +59,9 @@ __all__ = ["SyncService"]
 log = logging.getLogger("edge.sync")
 
 _POLL_S = 0.1
+_BARRIERS = frozenset({"certificate", "settlements"})
+"""Kinds sent only when nothing is in flight, with nothing after them until they are acked: the relay needs the
+certificate before any receipt it signs, and a settlement's receipts before the settlement."""
 _PRUNE_INTERVAL_S = 3600.0
 
 
@@ -66,6 +71,7 @@ class _Flight:
 
     items: dict[str, int]
     deadline: float
+    barrier: bool
 
 
 @dataclass
@@ -217,19 +223,25 @@ class SyncService:
     def _send(self, conn: sqlite3.Connection, link: MqttLink) -> None:
         assert self._device is not None
         free = self._cfg.max_inflight - len(self._flights)
-        if free <= 0:
+        if free <= 0 or any(f.barrier for f in self._flights.values()):
             return
         busy = {row for flight in self._flights.values() for row in flight.items.values()}
         items = self._outbox.pending(conn, free * self._cfg.batch_max_items, skip=busy)
         for batch in batches(self._device, items, self._cfg.batch_max_items, self._cfg.batch_max_bytes)[:free]:
             kind = batch[0].kind
+            barrier = kind in _BARRIERS
+            if barrier and self._flights:
+                return
             link.publish(up_topic(self._device, kind), encode_up(self._device, kind, batch))
-            self._track(batch)
+            self._track(batch, barrier)
+            if barrier:
+                return
 
-    def _track(self, batch: list[Item]) -> None:
+    def _track(self, batch: list[Item], barrier: bool) -> None:
         key = self._next_flight
         self._next_flight += 1
-        self._flights[key] = _Flight({i.item: i.row for i in batch}, time.monotonic() + self._cfg.ack_timeout_s)
+        deadline = time.monotonic() + self._cfg.ack_timeout_s
+        self._flights[key] = _Flight({i.item: i.row for i in batch}, deadline, barrier)
         for i in batch:
             self._item_flight[i.item] = key
         self.counters.sent_messages += 1

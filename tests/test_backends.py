@@ -15,6 +15,7 @@ from edge.pipeline.backends.fake import FakeFactory
 from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
 from edge.pipeline.backends.trt import CalibrationBatches, GpuIdentity, TensorRtFactory, engine_cache_key
 from models.bundle import MODEL_NAME, pack_bundle, parse_bundle
+from tests import fake_gpu
 from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, tiny_bundle
 
 GPU_SKIP = "needs an NVIDIA GPU with TensorRT 10"
@@ -201,3 +202,62 @@ def test_tensorrt_builds_caches_and_passes_golden(tmp_path: Path, precision: str
     again = factory.load(tiny_bundle(), options)  # from the cache this time
     np.testing.assert_allclose(again.run(_batch())["teeth"], reference_outputs(_batch())["teeth"], atol=0.1)
     again.close()
+
+
+# --- TensorRT logic against CPU stand-ins of tensorrt and pycuda (tests/fake_gpu.py) ------------------------
+
+
+def test_tensorrt_fp16_builds_caches_and_runs_named_tensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log, _ = fake_gpu.install(monkeypatch)
+    factory = TensorRtFactory()
+    assert factory.unavailable_reason() is None
+    options = BackendOptions(engine_cache_dir=tmp_path, precision="fp16")
+    backend = select_backend(tiny_bundle(), "tensorrt", options)  # golden vectors pass through the engine
+    assert backend.name == "tensorrt"
+    assert "build fp16" in log
+    [engine] = tmp_path.glob("*.engine")
+    gpu = GpuIdentity("Fake Orin", (8, 7), "10.3.0")
+    assert engine.name == engine_cache_key(tiny_bundle().sha256, gpu, "fp16") + ".engine"
+    batch = _batch(2)
+    outputs = backend.run(batch)
+    for name, value in reference_outputs(batch).items():
+        np.testing.assert_allclose(outputs[name], value, atol=1e-4)
+    assert log.count("ctx.push") == log.count("ctx.pop")
+    backend.close()
+    log.clear()
+    again = factory.load(tiny_bundle(), options)  # the cached engine, no build
+    assert "builder" not in log
+    assert "deserialize" in log
+    again.close()
+
+
+def test_tensorrt_rebuilds_an_unreadable_cached_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log, _ = fake_gpu.install(monkeypatch)
+    options = BackendOptions(engine_cache_dir=tmp_path, precision="fp16")
+    TensorRtFactory().load(tiny_bundle(), options).close()
+    [engine] = tmp_path.glob("*.engine")
+    engine.write_bytes(b"garbage")
+    log.clear()
+    TensorRtFactory().load(tiny_bundle(), options).close()
+    assert "builder" in log
+    assert engine.read_bytes().startswith(fake_gpu.PLAN_MAGIC)
+
+
+def test_tensorrt_int8_calibrates_on_the_given_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log, seen = fake_gpu.install(monkeypatch)
+    images = _batch(9)
+    options = BackendOptions(engine_cache_dir=tmp_path, precision="int8", calibration=images)
+    TensorRtFactory().load(tiny_bundle(), options).close()
+    assert "build fp16,int8" in log
+    assert [b.shape for b in seen] == [(4, 1, HEIGHT, WIDTH)] * 2  # 9 images in batches of 4, tail dropped
+    np.testing.assert_array_equal(np.concatenate(seen), images[:8])
+    assert len(list(tmp_path.glob("*.calib"))) == 1
+    with pytest.raises(BackendError, match="INT8 needs calibration images"):
+        TensorRtFactory().load(tiny_bundle(), BackendOptions(engine_cache_dir=tmp_path / "x", precision="int8"))
+
+
+def test_tensorrt_parse_failure_is_a_backend_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpu.install(monkeypatch)
+    broken = parse_bundle(pack_bundle(MANIFEST, {**tiny_bundle().files, MODEL_NAME: b"not onnx"}))
+    with pytest.raises(BackendError, match="TensorRT cannot parse tiny-test-model"):
+        TensorRtFactory().load(broken, BackendOptions())

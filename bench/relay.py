@@ -263,11 +263,12 @@ def _stored(url: str) -> int:
 
 
 def _worker(url: str, broker: MosquittoBroker, group: str, client_id: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(BTT_RELAY), "run", "--db", url, "--mqtt", broker.url(RELAY_USER, RELAY_PW), "--group", group,
-         "--client-id", client_id, "--http-port", "0", "--log-format", "json"],
-        stdout=subprocess.DEVNULL, stderr=log.open("ab"),
-    )  # fmt: skip
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            [str(BTT_RELAY), "run", "--db", url, "--mqtt", broker.url(RELAY_USER, RELAY_PW), "--group", group,
+             "--client-id", client_id, "--http-port", "0", "--log-format", "json"],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge.errors import MalformedRecord, RightsError, UntrustedIssuer
 from edge.receipts.encoding import canonical_bytes
@@ -99,8 +99,7 @@ def install_grant(conn: sqlite3.Connection, envelope: Any, issuers: Mapping[str,
     return grant
 
 
-@dataclass(frozen=True)
-class Consumption:
+class Consumption(NamedTuple):
     """What one use consumed: the right (if any), and units beyond rights."""
 
     right_id: str | None
@@ -147,7 +146,10 @@ class Balances:
         right of this kind that expires first and still has units. With no usable right, the first valid right
         of the kind (even if exhausted) is named so overage is billed at its price; with none, no right.
         """
-        candidates = [b for b in self._by_kind.get(kind, ()) if b.valid(at_ms)]
+        rights = self._by_kind.get(kind)
+        if rights is None:  # the common case on a box without grants for this kind
+            return Consumption(None, units)
+        candidates = [b for b in rights if b.valid(at_ms)]
         if not candidates:
             return Consumption(None, units)
         chosen = next((b for b in candidates if b.id == right_id), None)

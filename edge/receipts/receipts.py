@@ -58,10 +58,9 @@ class Use:
             raise MalformedRecord(f"use: units {self.units!r} must be an integer from 1 to {_MAX_UNITS}")
         if self.right_id is not None and not (isinstance(self.right_id, str) and ID_RE.match(self.right_id)):
             raise MalformedRecord(f"use: right_id {self.right_id!r} is not a valid identifier")
-        for name in ("bundle_id", "bundle_version", "study_uid"):
-            value = getattr(self, name)
+        for value in (self.bundle_id, self.bundle_version, self.study_uid):
             if value is not None and not (isinstance(value, str) and 0 < len(value) <= 256):
-                raise MalformedRecord(f"use: {name} must be a string of 1-256 characters")
+                raise MalformedRecord("use: bundle_id, bundle_version and study_uid must be 1-256 characters")
         if self.output_digest is not None and not (
             isinstance(self.output_digest, str) and _DIGEST_RE.match(self.output_digest)
         ):

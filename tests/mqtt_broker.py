@@ -13,24 +13,41 @@ The config is the shipped ``btt-password.conf`` (or ``btt-tls.conf`` with ``tls=
 persistence and a log file; the ACL is the shipped ``acl`` file, unchanged. ``users`` become a password file in
 one ``mosquitto_passwd -U`` run (thousands are fine). With ``tls=True``, :func:`make_pki` creates a CA, a
 server certificate for 127.0.0.1 and one client certificate per user (CN = the user): ``broker.pki``.
-Use it as a context manager, or call :meth:`MosquittoBroker.stop` in a ``finally``.
+Use it as a context manager, or call :meth:`MosquittoBroker.stop` in a ``finally``. :class:`StubRelay` plays the
+relay's MQTT side (store once, ack) until the real relay is used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
-__all__ = ["MOSQUITTO", "PACKAGING", "RELAY_USER", "MosquittoBroker", "Pki", "free_port", "make_pki"]
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+__all__ = [
+    "MOSQUITTO",
+    "PACKAGING",
+    "RELAY_USER",
+    "MosquittoBroker",
+    "Pki",
+    "StubRelay",
+    "free_port",
+    "make_pki",
+    "wait_until",
+]
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 PASSWD = Path("/usr/bin/mosquitto_passwd")
@@ -229,3 +246,63 @@ class MosquittoBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class StubRelay:
+    """A stand-in for the relay: consumes ``$share/btt-relay/btt/v1/dev/+/up/#`` as ``btt-relay``, stores each
+    item id once (the relay's de-duplication) and acks what it stored while ``ack`` is true.
+
+    Also a spy: every payload it sees (up messages, and presence on a second subscription) is kept in
+    ``payloads`` so a test can scan them.
+    """
+
+    def __init__(self, broker: MosquittoBroker, password: str, *, client_id: str = "relay-1") -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.deliveries: dict[str, int] = {}
+        self.payloads: list[tuple[str, bytes]] = []
+        self.presence: dict[str, bytes] = {}
+        self.ack = True
+        self._lock = threading.Lock()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.username_pw_set(RELAY_USER, password)
+        client.reconnect_delay_set(1, 2)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        self.client = client
+        wait_until(client.is_connected, 10, "the stub relay to connect")
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
+        client.subscribe("btt/v1/dev/+/presence", qos=1)
+
+    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.payloads.append((message.topic, bytes(message.payload)))
+            if message.topic.endswith("/presence"):
+                self.presence[message.topic.split("/")[3]] = bytes(message.payload)
+                return
+            doc = json.loads(message.payload)
+            ids = [item["id"] for item in doc["items"]]
+            for item in doc["items"]:
+                self.deliveries[item["id"]] = self.deliveries.get(item["id"], 0) + 1
+                self.stored.setdefault(item["id"], item["body"])  # de-duplicated on (device, id)
+            if self.ack:
+                client.publish(f"btt/v1/dev/{doc['device']}/ack", json.dumps({"v": 1, "stored": ids}), qos=1)
+
+    def ids(self, prefix: str) -> set[str]:
+        with self._lock:
+            return {i for i in self.stored if i.startswith(prefix)}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

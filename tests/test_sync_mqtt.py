@@ -1,7 +1,7 @@
 """Sync against a real Mosquitto (the shipped config and ACL): outages, kill -9, ACL, TLS, no patient data.
 
-The relay's side is played by :class:`StubRelay`, a small paho client on the relay's shared subscription that
-stores each item id once (the relay's de-duplication) and acks it; G2's relay replaces it in the end-to-end tests.
+The relay's side is played by :class:`tests.mqtt_broker.StubRelay` (stores each item id once, acks it); G2's relay
+replaces it in the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,71 +27,13 @@ from edge.outbox import Outbox
 from edge.receipts.receipts import Use
 from edge.sync import LinkSettings, PahoLink, SyncService
 from edge.sync.protocol import ONLINE, ack_topic, presence_topic, up_topic
-from tests.mqtt_broker import RELAY_USER, MosquittoBroker, free_port
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay, free_port, wait_until
 from tests.receipts_helpers import Box, make_box
 
 pytestmark = pytest.mark.integration
 
 RELAY_PW = "relay-secret"
 DEVICE_PW = "device-secret"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-class StubRelay:
-    """Consumes ``$share/btt-relay/btt/v1/dev/+/up/#``; stores each item id once; acks what it stored.
-
-    Also a spy: every payload it sees (up messages, and presence on a second subscription) is kept in
-    ``payloads`` so a test can scan them.
-    """
-
-    def __init__(self, broker: MosquittoBroker, *, client_id: str = "relay-1") -> None:
-        self.stored: dict[str, dict[str, Any]] = {}
-        self.deliveries: dict[str, int] = {}
-        self.payloads: list[tuple[str, bytes]] = []
-        self.presence: dict[str, bytes] = {}
-        self.ack = True
-        self._lock = threading.Lock()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        client.username_pw_set(RELAY_USER, RELAY_PW)
-        client.reconnect_delay_set(0.05, 0.5)
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.connect("127.0.0.1", broker.port)
-        client.loop_start()
-        self.client = client
-        wait_until(client.is_connected, 10, "the stub relay to connect")
-
-    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
-        client.subscribe("btt/v1/dev/+/presence", qos=1)
-
-    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.payloads.append((message.topic, bytes(message.payload)))
-            if message.topic.endswith("/presence"):
-                self.presence[message.topic.split("/")[3]] = bytes(message.payload)
-                return
-            doc = json.loads(message.payload)
-            ids = [item["id"] for item in doc["items"]]
-            for item in doc["items"]:
-                self.deliveries[item["id"]] = self.deliveries.get(item["id"], 0) + 1
-                self.stored.setdefault(item["id"], item["body"])  # de-duplicated on (device, id)
-            if self.ack:
-                client.publish(ack_topic(doc["device"]), json.dumps({"v": 1, "stored": ids}), qos=1)
-
-    def ids(self, prefix: str) -> set[str]:
-        with self._lock:
-            return {i for i in self.stored if i.startswith(prefix)}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -144,7 +85,7 @@ def test_offline_boot_catch_up_and_broker_restart(box: Box, broker: MosquittoBro
         time.sleep(1.0)
         assert service.counters.connects == 0
         broker.start()
-        relays.append(StubRelay(broker))
+        relays.append(StubRelay(broker, RELAY_PW))
         relay = relays[0]
         wait_until(lambda: relay.ids("receipt:") == _receipt_ids(box) and _all_done(box), what="catch-up")
         assert relay.presence[box.identity.device_id] == ONLINE
@@ -189,7 +130,7 @@ def test_agent_killed_mid_publish_and_restarted(box: Box, broker: MosquittoBroke
     box.record(1500)
     expected = _receipt_ids(box)
     broker.start()
-    relays.append(StubRelay(broker))
+    relays.append(StubRelay(broker, RELAY_PW))
     relay = relays[0]
     url = broker.url(box.identity.device_id, DEVICE_PW)
     log = box.data_dir.parent / "agent.log"
@@ -221,7 +162,7 @@ def _link(broker: MosquittoBroker, user: str, password: str) -> PahoLink:
 
 def test_a_device_cannot_publish_or_read_as_another(box: Box, broker: MosquittoBroker, relays: list[StubRelay]) -> None:
     broker.start()
-    relays.append(StubRelay(broker))
+    relays.append(StubRelay(broker, RELAY_PW))
     relay = relays[0]
     dev_a = box.identity.device_id
     a = _link(broker, dev_a, DEVICE_PW)
@@ -322,7 +263,7 @@ def test_no_patient_data_in_any_payload(box: Box, broker: MosquittoBroker, relay
                                       output_digest="sha256:" + "ab" * 32))  # fmt: skip
     box.book.close_batch(box.conn, 10)
     broker.start()
-    relays.append(StubRelay(broker))
+    relays.append(StubRelay(broker, RELAY_PW))
     relay = relays[0]
     config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
     service = SyncService(config, Outbox.open(config), box.book)

@@ -10,10 +10,11 @@ import pytest
 from pydicom import dcmread
 
 from edge.config import DestinationConfig, ResultsConfig
-from edge.db import DB_FILENAME, connect
+from edge.db import DB_FILENAME, connect, transaction
 from edge.results import queue
 from edge.results.scu import Outcome, Outgoing
 from edge.results.service import ResultsService
+from edge.results.sr import build_sr
 from edge.store.image_store import ImageStore
 from edge.store.index import get_instance
 from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
@@ -182,3 +183,25 @@ def test_missing_analysis_or_unreadable_source_is_recorded_as_failed(store: Imag
 
 def test_backoff_delay() -> None:
     assert [queue.backoff_delay(n, 5, 600) for n in (1, 2, 3, 8, 9, 500)] == [5, 10, 20, 600, 600, 600]
+
+
+def test_forwarded_only_once_all_objects_are_built_and_confirmed(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    source = source_image("PX", rows=100, columns=200)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    uid = ingest(store, source)
+    sr_only = DestinationConfig(ae_title="SRONLY", host="127.0.0.1", port=106, kinds=("sr",))
+    service = _service(store, analyses, sender, clock, destinations=(sr_only,))
+    conn = store.conn
+    sr = service._write(
+        build_sr(dcmread(store.data_dir / get_instance(conn, uid).path), analyses.analyses[uid], service.uids),
+        "sr", uid, source.StudyInstanceUID,
+    )  # fmt: skip
+    with transaction(conn):
+        queue.enqueue(conn, sr, [sr_only.name], clock())
+    service.send_due(conn, sr_only)  # the SR is confirmed before the overlay exists
+    assert not queue.source_delivered(conn, uid)
+    assert get_instance(conn, uid).pipeline_state == "analysed"
+    service.build_pending(conn)  # builds (the SR again: same UID, nothing new) and the overlay, nobody takes it
+    assert get_instance(conn, uid).pipeline_state == "forwarded"
+    assert len(sender.sent) == 1

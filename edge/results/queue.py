@@ -342,10 +342,11 @@ def resend(
 
 
 def source_delivered(conn: sqlite3.Connection, source_sop_uid: str) -> bool:
-    """Every result object (SR, overlay) of ``source_sop_uid`` has been confirmed by every destination it has."""
+    """All result objects (SR, overlay) of ``source_sop_uid`` are built and confirmed by every destination they have."""
     row = conn.execute(
         "SELECT COUNT(*), SUM(d.state = 'sent') FROM results_objects o JOIN results_deliveries d "
-        "ON d.object_uid = o.object_uid WHERE o.source_sop_uid = ? AND o.kind != 'original'",
+        "ON d.object_uid = o.object_uid WHERE o.source_sop_uid = ? AND o.kind != 'original' AND EXISTS "
+        "(SELECT 1 FROM results_sources s WHERE s.sop_instance_uid = o.source_sop_uid AND s.state = 'built')",
         (source_sop_uid,),
     ).fetchone()
     return bool(row[0]) and row[0] == row[1]

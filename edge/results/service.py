@@ -1,12 +1,13 @@
 """The results service: analysed instances -> SR and overlay on disk -> delivery queue -> the clinic's PACS.
 
-One builder thread turns every instance the pipeline marked ``analysed`` into its result objects, writes each one
-durably (:mod:`edge.durable`) under ``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one
-transaction, records the objects, a pending delivery to every destination that takes their kind, and that the
-instance's results are built. When a destination takes ``original`` images, every received instance is queued
-too (its stored file, as received). One sender thread per destination sends what is due (SR first), records each
-answer in its own transaction and, when every result object of an instance is confirmed everywhere, moves the
-instance ``analysed -> forwarded``. An unreachable destination holds up nobody but itself.
+One builder thread turns every instance the pipeline marked ``analysed`` into its result objects: first the SR
+(from the header alone), then the overlay. Each is written durably (:mod:`edge.durable`) under
+``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one transaction, recorded with a pending delivery to
+every destination that takes its kind (the overlay's transaction also records that the instance is done), and
+the senders are woken. When a destination takes ``original`` images, every received instance is queued too (its
+stored file, as received). One sender thread per destination sends what is due (SR first), records each answer
+in its own transaction and, when every result object of an instance is confirmed everywhere, moves the instance
+``analysed -> forwarded``. An unreachable destination holds up nobody but itself.
 
 The findings come from an :class:`AnalysisSource` (the pipeline's record of each analysis).
 """
@@ -50,6 +51,8 @@ _BUILDERS: dict[ObjectKind, Callable[[Dataset, Analysis, UidFactory], Dataset]] 
     "sr": build_sr,
     "overlay": build_overlay,
 }
+"""In build order: the SR first."""
+_LAST_KIND: ObjectKind = "overlay"
 
 
 class AnalysisSource(Protocol):
@@ -177,21 +180,39 @@ class ResultsService:
             queue.enqueue(conn, obj, self._targets("original"), self.clock())
 
     def build(self, conn: sqlite3.Connection, uid: str) -> list[ResultObject]:
-        """Build, write and queue the result objects of one analysed instance (a failure is recorded, not raised)."""
+        """Build, write and queue the result objects of one analysed instance (a failure is recorded, not raised).
+
+        The SR is built from the header alone and queued (and its senders woken) before the overlay is drawn, so
+        the report does not wait for the picture. Rebuilding after a crash in between gives the same UIDs, and
+        queueing an object twice adds nothing.
+        """
         started = time.perf_counter()
+        objects: list[ResultObject] = []
         try:
-            objects = self._write_objects(conn, uid)
+            instance = get_instance(conn, uid)
+            if instance is None:
+                raise ResultBuildError(f"instance {uid} is not indexed")
+            analysis = self.analyses.load(conn, uid)
+            if analysis is None:
+                raise ResultBuildError(f"no analysis is recorded for {uid}")
+            for kind, builder in _BUILDERS.items():
+                source = self._read(instance.path, pixels=kind != "sr")
+                obj = self._write(builder(source, analysis, self.uids), kind, uid, instance.study_uid)
+                with transaction(conn):
+                    queue.enqueue(conn, obj, self._targets(kind), self.clock())
+                    if kind == _LAST_KIND:
+                        queue.mark_source(conn, uid, "built")
+                        if queue.source_delivered(conn, uid):  # the SR was confirmed while the overlay was drawn
+                            self._forwarded(conn, uid)
+                self.wake()
+                objects.append(obj)
         except ResultBuildError as exc:
             self._fail(conn, uid, str(exc))
-            return []
+            return objects
         except Exception as exc:  # a bug must not wedge the queue: record it and go on
             log.exception("building results for %s failed", uid)
             self._fail(conn, uid, f"unexpected error: {exc!r}")
-            return []
-        with transaction(conn):
-            for obj in objects:
-                queue.enqueue(conn, obj, self._targets(obj.kind), self.clock())
-            queue.mark_source(conn, uid, "built")
+            return objects
         event(log, "results built", sop=uid, objects=len(objects), ms=round((time.perf_counter() - started) * 1000))
         return objects
 
@@ -200,37 +221,28 @@ class ResultsService:
         with transaction(conn):
             queue.mark_source(conn, uid, "failed", reason)
 
-    def _write_objects(self, conn: sqlite3.Connection, uid: str) -> list[ResultObject]:
-        instance = get_instance(conn, uid)
-        if instance is None:
-            raise ResultBuildError(f"instance {uid} is not indexed")
-        analysis = self.analyses.load(conn, uid)
-        if analysis is None:
-            raise ResultBuildError(f"no analysis is recorded for {uid}")
+    def _read(self, relative: str, *, pixels: bool) -> Dataset:
         try:
-            source = dcmread(self.data_dir / instance.path)
+            return dcmread(self.data_dir / relative, stop_before_pixels=not pixels)
         except (OSError, InvalidDicomError) as exc:
-            raise ResultBuildError(f"cannot read the source image {instance.path}: {exc}") from exc
-        objects = []
-        for kind, builder in _BUILDERS.items():
-            ds = builder(source, analysis, self.uids)
-            data = _file_bytes(ds)
-            relative = f"{RESULTS_DIR}/{instance.study_uid}/{ds.SOPInstanceUID}.dcm"
-            atomic_write_bytes(self.data_dir / relative, data)
-            objects.append(
-                ResultObject(
-                    object_uid=str(ds.SOPInstanceUID),
-                    source_sop_uid=uid,
-                    study_uid=instance.study_uid,
-                    kind=kind,
-                    sop_class_uid=str(ds.SOPClassUID),
-                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                    path=relative,
-                    size_bytes=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                )
-            )
-        return objects
+            raise ResultBuildError(f"cannot read the source image {relative}: {exc}") from exc
+
+    def _write(self, ds: Dataset, kind: ObjectKind, source_uid: str, study_uid: str) -> ResultObject:
+        """Write ``ds`` durably under ``results/`` and describe it for the queue."""
+        data = _file_bytes(ds)
+        relative = f"{RESULTS_DIR}/{study_uid}/{ds.SOPInstanceUID}.dcm"
+        atomic_write_bytes(self.data_dir / relative, data)
+        return ResultObject(
+            object_uid=str(ds.SOPInstanceUID),
+            source_sop_uid=source_uid,
+            study_uid=study_uid,
+            kind=kind,
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            path=relative,
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
 
     # --- sending ---------------------------------------------------------------------------------------------
 

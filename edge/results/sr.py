@@ -78,7 +78,8 @@ def _outline(finding: Finding, rows: int, columns: int) -> np.ndarray:
     return outline
 
 
-def _measurements(finding: Finding, algorithm_id: AlgorithmIdentification) -> list[Measurement]:
+def _measurements(finding: Finding) -> list[Measurement]:
+    """The group's measurements (its Algorithm Identification covers them: not repeated per measurement)."""
     values: list[tuple[CodedConcept, float, CodedConcept]] = []
     if finding.area_mm2 is not None:
         values.append((rc.AREA, finding.area_mm2, rc.UNIT_MM2))
@@ -89,10 +90,7 @@ def _measurements(finding: Finding, algorithm_id: AlgorithmIdentification) -> li
     if finding.bone_loss_pct is not None:
         values.append((rc.BONE_LOSS_PERCENT, finding.bone_loss_pct, rc.UNIT_PERCENT))
     values.append((rc.CONFIDENCE, finding.confidence, rc.UNIT_RATIO))
-    return [
-        Measurement(name=name, value=round(float(value), 4), unit=unit, algorithm_id=algorithm_id)
-        for name, value, unit in values
-    ]
+    return [Measurement(name=name, value=round(float(value), 4), unit=unit) for name, value, unit in values]
 
 
 def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
@@ -121,7 +119,7 @@ def _group(
         finding_type=_concept(algorithm, finding.kind),
         algorithm_id=algorithm_id,
         finding_sites=sites,
-        measurements=_measurements(finding, algorithm_id),
+        measurements=_measurements(finding),
     )
 
 

@@ -2,8 +2,8 @@
 
 The session gets the bundle's verified bytes, never a path, so what runs is what was hashed. Graph optimisation
 is at ``ORT_ENABLE_ALL`` (constant folding, conv/batch-norm/activation fusions, NCHWc layout on x86), execution
-is sequential with ``threads`` intra-op threads and one inter-op thread, and the CPU memory arena is off (peak
-memory; see ``session_options``).
+is sequential with ``threads`` intra-op threads (not spinning) and one inter-op thread, and the CPU memory arena is
+off (peak memory; see ``session_options``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def session_options(options: BackendOptions) -> Any:
     # No CPU arena: the arena keeps its high-water mark of full-resolution activations for the life of the
     # session, which costs ~150 MB of resident memory at 512x1024 for no measurable speed-up on one image at a time.
     so.enable_cpu_mem_arena = False
+    # Worker threads sleep instead of spinning between operators: the box runs the SCP, sync and other jobs beside
+    # the model, and on a busy 2-core machine spinning threads took CPU from the ones doing the work.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     if options.optimized_model_path is not None:
         so.optimized_model_filepath = str(options.optimized_model_path)

@@ -560,3 +560,22 @@ def test_hook_survives_a_database_without_its_tables(tmp_path: Path) -> None:
         assert b.book.record(conn, Use(kind="analysis")) is None
     assert conn.execute("SELECT count(*) FROM work").fetchone()[0] == 1
     conn.close()
+
+
+def test_stand_alone_proofs(box: Box) -> None:
+    from edge.receipts.verify import verify_proof
+
+    proof = box.book.prove(box.conn, 6)
+    receipt, settlement = verify_proof(copy.deepcopy(proof), trust(box))
+    assert (receipt.seq, settlement.batch) == (6, 2)
+    other = box.book.prove(box.conn, 2)
+    with pytest.raises(errors.InclusionProofInvalid):
+        verify_proof(proof | {"settlement": other["settlement"]}, trust(box))
+    altered = copy.deepcopy(proof)
+    altered["receipt"]["signed"]["units"] = 9
+    with pytest.raises(errors.BadSignature):
+        verify_proof(altered, trust(box))
+    with pytest.raises(errors.UntrustedIssuer):
+        verify_proof(proof, Trust.of([generate_key().public]))
+    with pytest.raises(errors.ReceiptError):
+        box.book.prove(box.conn, 11)  # not settled yet

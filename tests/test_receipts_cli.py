@@ -155,3 +155,23 @@ def test_rotate_then_export_verifies(tmp_path: Path, capsys: pytest.CaptureFixtu
     capsys.readouterr()
     assert main(["receipts", "verify", str(export), "--trust", str(data / "keys" / "dev-manufacturer.pub")]) == 0
     assert "4 receipts" in capsys.readouterr().out
+
+
+def test_inclusion_proof_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
+    _record(data, 7)
+    proof = tmp_path / "proof.json"
+    assert main(["receipts", "prove", "3", "--data-dir", str(data), "--out", str(proof)]) == 2  # not settled yet
+    assert main(["receipts", "settle", "--data-dir", str(data)]) == 0
+    trust = str(data / "keys" / "dev-manufacturer.pub")
+    for seq in (1, 5, 7):
+        assert main(["receipts", "prove", str(seq), "--data-dir", str(data), "--out", str(proof)]) == 0
+        capsys.readouterr()
+        assert main(["receipts", "verify-proof", str(proof), "--trust", trust]) == 0
+        assert f"receipt {seq} of" in capsys.readouterr().out
+    doc = json.loads(proof.read_text())
+    doc["proof"][0] = "00" * 32
+    proof.write_text(json.dumps(doc))
+    assert main(["receipts", "verify-proof", str(proof), "--trust", trust]) == 1
+    assert capsys.readouterr().out.startswith("FAIL InclusionProofInvalid")

@@ -1,4 +1,4 @@
-"""``btt-edge receipts list|export|verify|settle|grant|balances``: receipts for a technician or an auditor.
+"""``btt-edge receipts list|export|verify|prove|verify-proof|settle|grant|balances``: for technicians and auditors.
 
 ``verify`` is the pure verifier (:mod:`edge.receipts.verify`) over an export: exit 0 when everything is valid,
 1 naming the first failure (its error class and what failed).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,16 @@ def register(sub: Any) -> None:
     verify.add_argument("--trust", type=Path, action="append", required=True, metavar="PUBKEY_FILE")
     verify.add_argument("--revocations", type=Path, metavar="FILE", help="manufacturer's signed revocation list")
     verify.set_defaults(func=_verify)
+    prove = actions.add_parser("prove", help="write an inclusion proof of one settled receipt as JSON")
+    add_config_args(prove)
+    prove.add_argument("seq", type=int, metavar="SEQ")
+    prove.add_argument("--out", type=Path, required=True, metavar="FILE")
+    prove.set_defaults(func=_prove)
+    check = actions.add_parser("verify-proof", help="verify an inclusion proof; exit 1 naming the failure")
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("--trust", type=Path, action="append", required=True, metavar="PUBKEY_FILE")
+    check.add_argument("--revocations", type=Path, metavar="FILE", help="manufacturer's signed revocation list")
+    check.set_defaults(func=_verify_proof)
     settle = actions.add_parser("settle", help="close settlements over every unsettled receipt now")
     add_config_args(settle)
     settle.set_defaults(func=_settle)
@@ -92,27 +103,57 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _checked(args: argparse.Namespace, check: Callable[[Any, Any], str]) -> int:
+    """Run a pure verifier over the file in ``args``; print ``ok: ...`` (0) or ``FAIL <error>: ...`` (1)."""
     from edge.errors import EncodingError, VerificationError
     from edge.receipts.encoding import decode
     from edge.receipts.keys import load_public_key
-    from edge.receipts.verify import Trust, verify_export
+    from edge.receipts.verify import Trust
 
     keys = [load_public_key(p) for p in args.trust]
     try:
         revocations = decode(args.revocations.read_bytes()) if args.revocations else None
-        doc = decode(args.file.read_bytes())
-        result = verify_export(doc, Trust.of(keys, revocations))
+        summary = check(decode(args.file.read_bytes()), Trust.of(keys, revocations))
     except OSError as exc:
         print(f"FAIL cannot read {exc.filename}: {exc.strerror}")
         return 1
     except (VerificationError, EncodingError) as exc:
         print(f"FAIL {type(exc).__name__}: {exc}")
         return 1
-    print(
-        f"ok: device {result.device}, {len(result.receipts)} receipts, {len(result.settlements)} settlements, "
-        f"{result.unsettled} unsettled"
-    )
+    print(f"ok: {summary}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from edge.receipts.verify import verify_export
+
+    def check(doc: Any, trust: Any) -> str:
+        result = verify_export(doc, trust)
+        return (
+            f"device {result.device}, {len(result.receipts)} receipts, {len(result.settlements)} settlements, "
+            f"{result.unsettled} unsettled"
+        )
+
+    return _checked(args, check)
+
+
+def _verify_proof(args: argparse.Namespace) -> int:
+    from edge.receipts.verify import verify_proof
+
+    def check(doc: Any, trust: Any) -> str:
+        receipt, settlement = verify_proof(doc, trust)
+        return f"receipt {receipt.seq} of {receipt.device} is in settlement {settlement.batch}"
+
+    return _checked(args, check)
+
+
+def _prove(args: argparse.Namespace) -> int:
+    from edge.durable import atomic_write_bytes
+    from edge.receipts.encoding import canonical_bytes
+
+    _, conn, book = _open(args)
+    atomic_write_bytes(args.out, canonical_bytes(book.prove(conn, args.seq)) + b"\n")
+    print(f"inclusion proof of receipt {args.seq} written to {args.out}")
     return 0
 
 

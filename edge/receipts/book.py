@@ -37,14 +37,13 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from edge.db import migrate, transaction
-from edge.errors import IdentityError
+from edge.errors import IdentityError, ReceiptError
 from edge.logs import event
 from edge.receipts import merkle
 from edge.receipts.encoding import canonical_bytes, decode, sha256_hex, signing_message
@@ -53,7 +52,7 @@ from edge.receipts.identity import DeviceIdentity, now_ms
 from edge.receipts.keys import seal
 from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, encode_receipt, parse_receipt
 from edge.receipts.settlement import SETTLEMENT, settlement_body
-from edge.receipts.verify import EXPORT
+from edge.receipts.verify import EXPORT, PROOF
 
 __all__ = ["COMPONENT", "MIGRATIONS", "ReceiptBook"]
 
@@ -125,7 +124,6 @@ class ReceiptBook:
     def __init__(self, identity: DeviceIdentity | None, *, clock: Callable[[], int] = now_ms) -> None:
         self._identity = identity
         self._clock = clock
-        self._lock = threading.Lock()
 
     @property
     def identity(self) -> DeviceIdentity | None:
@@ -287,8 +285,7 @@ class ReceiptBook:
 
     def adopt_identity(self, conn: sqlite3.Connection, identity: DeviceIdentity) -> int:
         """Start signing with ``identity`` and sign the uses parked while the box had none; returns how many."""
-        with self._lock:
-            self._identity = identity
+        self._identity = identity
         with transaction(conn):
             rows = conn.execute("SELECT id, time_ms, use FROM receipt_pending WHERE error IS NULL ORDER BY id")
             parked = rows.fetchall()
@@ -382,6 +379,29 @@ class ReceiptBook:
         """Settlement envelopes in batch order."""
         rows = conn.execute("SELECT envelope FROM receipt_settlements ORDER BY batch").fetchall()
         return [decode(row[0]) for row in rows]
+
+    def prove(self, conn: sqlite3.Connection, seq: int) -> dict[str, Any]:
+        """A stand-alone inclusion proof of receipt ``seq`` in the settlement that covers it."""
+        identity = self._require_identity()
+        row = conn.execute(
+            "SELECT first_seq, last_seq, envelope FROM receipt_settlements WHERE first_seq <= ? AND ? <= last_seq",
+            (seq, seq),
+        ).fetchone()
+        if row is None:
+            raise ReceiptError(f"receipt {seq} is not in any settlement yet (btt-edge receipts settle)")
+        rows = conn.execute(
+            "SELECT seq, body, alg, sig FROM receipts WHERE seq BETWEEN ? AND ? ORDER BY seq", (row[0], row[1])
+        ).fetchall()
+        leaves = [merkle.leaf_hash(bytes(r["body"])) for r in rows]
+        index = seq - int(row[0])
+        return {
+            "type": PROOF,
+            "format": 1,
+            "certificates": [*identity.history, identity.certificate],
+            "receipt": self.envelope(rows[index]),
+            "settlement": decode(row[2]),
+            "proof": [p.hex() for p in merkle.inclusion_proof(index, leaves)],
+        }
 
     def export(self, conn: sqlite3.Connection) -> dict[str, Any]:
         """Everything a verifier needs, as one JSON-ready document (no patient data: study digests only)."""

@@ -60,18 +60,21 @@ from edge.receipts.settlement import SETTLEMENT, Settlement, compute_totals, par
 
 __all__ = [
     "EXPORT",
+    "PROOF",
     "Checkpoint",
     "Trust",
     "VerifiedExport",
     "verify_certificates",
     "verify_export",
     "verify_inclusion",
+    "verify_proof",
     "verify_receipts",
     "verify_revocations",
     "verify_settlements",
 ]
 
 EXPORT = "receipt-export"
+PROOF = "inclusion-proof"
 _RECEIPT_PREFIX = signing_message(RECEIPT, b"")
 
 
@@ -310,3 +313,27 @@ def verify_export(doc: Any, trust: Trust, checkpoint: Checkpoint = Checkpoint())
         ),
         unsettled=(last.seq if last else checkpoint.seq) - settled,
     )
+
+
+def verify_proof(doc: Any, trust: Trust) -> tuple[Receipt, Settlement]:
+    """Verify a stand-alone inclusion proof (``btt-edge receipts prove``): one receipt, the settlement that
+    covers it, the audit path between them, and the certificates that vouch for the signing keys."""
+    if not isinstance(doc, Mapping) or doc.get("type") != PROOF:
+        raise MalformedRecord(f"not an inclusion proof (type {PROOF!r})")
+    certificates = doc.get("certificates")
+    proof = doc.get("proof")
+    if not isinstance(certificates, list) or not isinstance(proof, list) or not all(isinstance(p, str) for p in proof):
+        raise MalformedRecord("inclusion proof: certificates and proof must be lists")
+    certs = verify_certificates(certificates, trust)
+    signed = signed_part(doc.get("receipt"), RECEIPT)
+    seq, prev = signed.get("seq"), signed.get("prev")
+    if type(seq) is not int or not isinstance(prev, str):
+        raise MalformedRecord("inclusion proof: the receipt has no seq or prev")
+    [(receipt, body)] = verify_receipts([doc["receipt"]], certs, trust, Checkpoint(seq=seq - 1, receipt_hash=prev))
+    settled = signed_part(doc.get("settlement"), SETTLEMENT)
+    cert = _signer(settled, "settlement", certs, trust)
+    settlement = parse_settlement(settled, sha256_hex(check_signature(SETTLEMENT, doc["settlement"], cert.key)))
+    if settlement.device != receipt.device or not settlement.first_seq <= receipt.seq <= settlement.last_seq:
+        raise InclusionProofInvalid(f"settlement {settlement.batch} does not cover receipt {receipt.seq}")
+    verify_inclusion(body, receipt.seq - settlement.first_seq, proof, settlement)
+    return receipt, settlement

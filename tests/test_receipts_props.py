@@ -25,6 +25,7 @@ _values = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(_values)
 def test_canonical_round_trip(value: Any) -> None:
     data = canonical_bytes(value)
@@ -33,6 +34,7 @@ def test_canonical_round_trip(value: Any) -> None:
     assert encode_unchecked(value) == data  # the verifier's fast path agrees with the checked encoder
 
 
+@settings(deadline=None)
 @given(st.dictionaries(_keys, _scalars, max_size=8), st.randoms())
 def test_canonical_ignores_insertion_order(value: dict[str, Any], rnd: Any) -> None:
     items = list(value.items())
@@ -40,6 +42,7 @@ def test_canonical_ignores_insertion_order(value: dict[str, Any], rnd: Any) -> N
     assert canonical_bytes(dict(items)) == canonical_bytes(value)
 
 
+@settings(deadline=None)
 @given(_values)
 def test_decode_of_pretty_json_gives_the_same_canonical_bytes(value: Any) -> None:
     pretty = json.dumps(value, indent=3, ensure_ascii=True)
@@ -77,12 +80,13 @@ def _mth(leaves: list[bytes]) -> bytes:
 _leaves = st.lists(st.binary(max_size=16), min_size=1, max_size=70).map(lambda xs: [merkle.leaf_hash(x) for x in xs])
 
 
+@settings(deadline=None)
 @given(_leaves)
 def test_merkle_root_matches_the_rfc_definition(leaves: list[bytes]) -> None:
     assert merkle.root(leaves) == _mth(leaves)
 
 
-@settings(max_examples=60)
+@settings(deadline=None, max_examples=60)
 @given(_leaves, st.data())
 def test_every_inclusion_proof_verifies_and_tampering_fails(leaves: list[bytes], data: Any) -> None:
     root = merkle.root(leaves)
@@ -109,6 +113,7 @@ def test_empty_tree_and_index_out_of_range() -> None:
 _shares = st.lists(st.integers(1, 10_000), min_size=1, max_size=12).filter(lambda xs: sum(xs) <= 10_000)
 
 
+@settings(deadline=None)
 @given(_shares, st.integers(0, 10**15))
 def test_split_is_exact_and_within_one_unit(bps: list[int], total: int) -> None:
     bps = [*bps[:-1], bps[-1] + 10_000 - sum(bps)]
@@ -140,6 +145,7 @@ _uses = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(
     _uses,
     st.integers(1, MAX_SAFE_INTEGER),

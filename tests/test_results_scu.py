@@ -3,6 +3,8 @@ answer a failure or warning status, or abort; and a destination nobody listens o
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,37 @@ def test_rejected_association_is_retried(objects: list[Outgoing], scp: Callable[
     port = scp(lambda event: 0x0000, require_called_aet=True)
     outcomes = StoreSCU("BTT_EDGE").send(_dest(port, ae="NOT_PACS"), objects[:1])
     assert (outcomes[0].result, outcomes[0].detail) == ("retry", "association rejected by the destination")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed server certificate for 127.0.0.1 (openssl) and its key."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "pacs.crt", directory / "pacs.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pacs",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_destination(objects: list[Outgoing], certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(Comprehensive3DSRStorage, [ExplicitVRLittleEndian])
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, ssl_context=server_context, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)]
+    )
+    try:
+        trusted = DestinationConfig(ae_title="PACS", host="127.0.0.1", port=port, tls=True, tls_ca_file=str(cert))
+        assert StoreSCU("BTT_EDGE").send(trusted, objects[:1])[0].result == "sent"
+        untrusted = DestinationConfig(ae_title="PACS", host="127.0.0.1", port=port, tls=True)  # system CAs only
+        outcome = StoreSCU("BTT_EDGE", connect_timeout_s=5).send(untrusted, objects[:1])[0]
+        assert (outcome.result, outcome.detail) == ("retry", "cannot connect (unreachable, refused or timed out)")
+    finally:
+        server.shutdown()

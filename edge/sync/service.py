@@ -190,7 +190,7 @@ class SyncService:
             try:
                 self._open(link)
             except LinkError as exc:
-                self._link_failed(exc, "cannot reach broker")
+                self._link_failed(link, exc, "cannot reach broker")
                 return
         try:
             self._expire(now)
@@ -198,7 +198,7 @@ class SyncService:
             for message in link.poll(_POLL_S):
                 self._receive(conn, message)
         except LinkError as exc:
-            self._link_failed(exc, "link to broker lost")
+            self._link_failed(link, exc, "link to broker lost")
 
     def _open(self, link: MqttLink) -> None:
         assert self._device is not None
@@ -211,7 +211,8 @@ class SyncService:
         self.counters.connects += 1
         event(log, "connected to broker", device=self._device, url=self._cfg.url.split("@")[-1])
 
-    def _link_failed(self, exc: LinkError, what: str) -> None:
+    def _link_failed(self, link: MqttLink, exc: LinkError, what: str) -> None:
+        link.disconnect()  # e.g. connected but the subscription failed: start over cleanly
         delay = self._backoff.next_delay()
         self._next_attempt = time.monotonic() + delay
         self._release(list(self._item_flight))

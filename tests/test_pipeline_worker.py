@@ -228,3 +228,13 @@ def test_service_without_a_model_stays_idle(tmp_path: Path, conn: sqlite3.Connec
     service.stop()
     assert not service.ready.is_set()
     assert _state(conn, uid)[0] == "received"
+
+
+def test_a_file_that_is_not_the_indexed_instance_fails(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    [uid] = _receive(conn, tmp_path, 1)
+    write_radiograph(tmp_path / "images" / "PX-0.dcm", bright_spot_image())  # another instance in its place
+    PipelineWorker(conn, tmp_path, _analyzer()).drain()
+    state, reason = _state(conn, uid)
+    assert state == "failed"
+    assert "holds SOP Instance UID" in reason
+    assert conn.execute("SELECT COUNT(*) FROM pipeline_results").fetchone()[0] == 0

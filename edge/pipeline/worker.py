@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.db import DB_FILENAME, connect, migrate, transaction
-from edge.errors import EdgeError, StateConflict, UnsupportedImage
+from edge.errors import EdgeError, PipelineError, StateConflict, UnsupportedImage
 from edge.logs import event
 from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
 from edge.receipts.book import ReceiptBook
@@ -185,13 +185,11 @@ class PipelineWorker:
     def _process(self, instance: Instance) -> None:
         uid = instance.sop_instance_uid
         try:
-            result = self._analyse(instance)
+            self._record(instance, self._analyse(instance))
         except Exception as exc:  # any failure counts as an attempt; an unexpected one is logged with its trace
             if not isinstance(exc, EdgeError):
                 log.exception("unexpected error analysing %s", uid)
-            self._fail(uid, f"{type(exc).__name__}: {exc}" if not isinstance(exc, EdgeError) else str(exc))
-            return
-        self._record(instance, result)
+            self._fail(uid, str(exc) if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}")
 
     def _analyse(self, instance: Instance) -> AnalysisResult:
         uid = instance.sop_instance_uid
@@ -203,7 +201,7 @@ class PipelineWorker:
             return self._analyzer.skipped(uid, str(exc))
         result = self._analyzer.analyse(ds)
         if result.sop_instance_uid != uid:
-            raise EdgeError(f"the file of {uid} holds SOP Instance UID {result.sop_instance_uid}")
+            raise PipelineError(f"the file of {uid} holds SOP Instance UID {result.sop_instance_uid}")
         return result
 
     def _fail(self, uid: str, error: str) -> None:

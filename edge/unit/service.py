@@ -43,7 +43,7 @@ from firmware_bridge.driver import DriverStatus, UnitDriver, load_driver
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import LinkSettings
 from firmware_bridge.messages import ExposureCompleted, ExposureLogEnd, ExposureStarted, Identify, Status
-from firmware_bridge.transport import PySerialTransport, SerialTransport
+from firmware_bridge.transport import PySerialTransport
 
 __all__ = ["UnitService", "image_facts", "link_settings"]
 
@@ -70,18 +70,10 @@ class UnitService:
 
     name = "unit"
 
-    def __init__(
-        self,
-        config: UnitConfig,
-        data_dir: Path,
-        *,
-        book: ReceiptBook | None = None,
-        transport: SerialTransport | None = None,
-    ) -> None:
+    def __init__(self, config: UnitConfig, data_dir: Path, *, book: ReceiptBook | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
         self.book = book
-        self._transport = transport
         self.driver: UnitDriver | None = None
         self.identity: Identify | None = None
         self.status: Status | None = None
@@ -96,21 +88,20 @@ class UnitService:
 
     def start(self) -> None:
         """Open the database, start the driver (it opens the port, with backoff) and the housekeeping thread."""
+        try:
+            factory = load_driver(self.config.driver)
+        except BridgeError as exc:
+            raise ConfigError(f"unit.driver: {exc}") from exc
         conn = connect(self.data_dir / DB_FILENAME)
         migrate_index(conn)
         migrate_unit(conn)
         self._conn = conn
-        transport = self._transport or PySerialTransport(
+        transport = PySerialTransport(
             self.config.port,
             baudrate=self.config.baudrate,
             parity=self.config.parity,
             read_timeout_s=self.config.read_timeout_s,
         )
-        try:
-            factory = load_driver(self.config.driver)
-        except BridgeError as exc:
-            conn.close()
-            raise ConfigError(f"unit.driver: {exc}") from exc
         self.driver = factory(transport, link_settings(self.config))
         self._stop.clear()
         self.driver.start(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from edge.unit.exposures import (
     ImageFacts,
     contiguous_watermark,
     expire_unmatched,
+    exposure_digest,
     list_exposures,
     match_image,
     migrate_unit,
@@ -153,4 +155,6 @@ def test_signed_exposure_receipts_and_exhausted_rights(tmp_path: Path) -> None:
         ("exposure", "grant-1", 0),
         ("exposure", "grant-1", 1),
     ]
+    digests = [json.loads(r[0])["output_digest"] for r in box.conn.execute("SELECT body FROM receipts ORDER BY seq")]
+    assert digests == [exposure_digest("SN-1", _exposure(i)) for i in (1, 2, 3)]
     box.conn.close()

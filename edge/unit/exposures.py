@@ -25,6 +25,7 @@ still match later if the other side turns up).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -36,7 +37,7 @@ from edge.receipts.book import ReceiptBook
 from edge.receipts.receipts import Use
 from edge.store.index import utc_now
 from firmware_bridge.driver import DriverStatus
-from firmware_bridge.messages import ExposureCompleted, Identify, Status
+from firmware_bridge.messages import ExposureCompleted, Identify, Status, encode_message
 
 __all__ = [
     "COMPONENT",
@@ -46,6 +47,7 @@ __all__ = [
     "ImageFacts",
     "contiguous_watermark",
     "expire_unmatched",
+    "exposure_digest",
     "list_exposures",
     "match_image",
     "migrate_unit",
@@ -209,6 +211,13 @@ class ExposureRecord:
     sop_instance_uid: str | None
 
 
+def exposure_digest(serial: str, exposure: ExposureCompleted) -> str:
+    """What an exposure receipt commits to: SHA-256 of the unit serial, a zero byte, and the exposure message as
+    the unit encoded it (``messages.encode_message``), so an auditor holding the unit's log can tie a receipt to
+    one exposure. No patient data is in either."""
+    return "sha256:" + hashlib.sha256(serial.encode("utf-8") + b"\x00" + encode_message(exposure)).hexdigest()
+
+
 def record_exposure(
     conn: sqlite3.Connection, serial: str, exposure: ExposureCompleted, book: ReceiptBook | None = None
 ) -> bool:
@@ -244,7 +253,7 @@ def record_exposure(
                 (serial, exposure.exposure_id - 1),
             )
             if book is not None:
-                book.record(conn, Use(kind=USE_KIND, units=1))
+                book.record(conn, Use(kind=USE_KIND, units=1, output_digest=exposure_digest(serial, exposure)))
     return new
 
 

@@ -302,12 +302,14 @@ def test_no_identity_parks_uses_then_signs_them_in_order(tmp_path: Path) -> None
     for i in range(3):
         with transaction(conn):
             assert book.record(conn, Use(kind="exposure", study_uid=f"1.2.{i}")) is None
+            assert book.record(conn, Use(kind="exposure", units=-1)) is None  # parked with its error
     manufacturer = generate_key()
     files = KeyFiles(tmp_path / "keys")
     provision(files, manufacturer=manufacturer)
     identity = load_identity(files)
     assert identity is not None
     assert book.adopt_identity(conn, identity) == 3
+    assert conn.execute("SELECT count(*) FROM receipt_pending WHERE error IS NOT NULL").fetchone()[0] == 3
     doc = book.export(conn)
     assert [r["signed"]["seq"] for r in doc["receipts"]] == [1, 2, 3]
     verify_export(doc, Trust.of([manufacturer.public]))

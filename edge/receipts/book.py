@@ -26,7 +26,8 @@ receipt commits together with the state change that caused it, or neither does. 
 Group commit
 ------------
 :meth:`ReceiptBook.record_batch` records many uses in one transaction and one fsync, and returns only after
-the commit: acknowledged still means durable.
+the commit: acknowledged still means durable. :meth:`ReceiptBook.record_stream` pipelines batches: the next one
+is signed while the previous one's transaction is being committed, and each is yielded once durable.
 
 Tables (component ``receipts``): ``receipts`` (one row per receipt: its canonical bytes and signature),
 ``receipt_settlements``, ``receipt_grants`` (rights and balances), ``receipt_pending``.
@@ -150,6 +151,7 @@ class ReceiptBook:
         receipt: Receipt | None = None
         try:
             if self._identity is None:
+                use.validate()  # park only what can be signed later; a bad use is parked with its error below
                 self._park(conn, use, time_ms, None)
             else:
                 [receipt] = self._append(conn, [(use, time_ms)])
@@ -250,7 +252,7 @@ class ReceiptBook:
         self._require_identity()
         head, balances = self._head(conn), Balances(conn, None)
         with ThreadPoolExecutor(1, thread_name_prefix="receipt-commit") as committer:
-            pending: Future[list[Receipt]] | None = None
+            pending: tuple[Future[list[Receipt]], _Signed] | None = None
             for uses in batches:
                 now = self._clock()
                 items = [(use, now) for use in uses]
@@ -258,12 +260,17 @@ class ReceiptBook:
                     use.validate()
                 before = balances.used()
                 batch = self._sign(items, head, balances)
-                head = (batch.receipts[-1].seq, batch.receipts[-1].hash) if batch.receipts else head
                 if pending is not None:
-                    yield pending.result()
-                pending = committer.submit(self._commit_signed, conn, batch, before)
+                    done = pending[0].result()
+                    yield done
+                    if done is not pending[1].receipts:  # signed again in its commit: the chain had moved
+                        head, balances = self._head(conn), Balances(conn, None)  # no commit in flight now
+                        before = balances.used()
+                        batch = self._sign(items, head, balances)
+                head = (batch.receipts[-1].seq, batch.receipts[-1].hash) if batch.receipts else head
+                pending = (committer.submit(self._commit_signed, conn, batch, before), batch)
             if pending is not None:
-                yield pending.result()
+                yield pending[0].result()
 
     def _commit_signed(self, conn: sqlite3.Connection, batch: _Signed, used_before: dict[str, int]) -> list[Receipt]:
         with transaction(conn):
@@ -288,13 +295,21 @@ class ReceiptBook:
         self._identity = identity
         with transaction(conn):
             rows = conn.execute("SELECT id, time_ms, use FROM receipt_pending WHERE error IS NULL ORDER BY id")
-            parked = rows.fetchall()
-            if parked:
-                self._append(conn, [(Use(**json.loads(row["use"])), int(row["time_ms"])) for row in parked])
-                conn.execute("DELETE FROM receipt_pending WHERE error IS NULL")
-        if parked:
-            event(log, "parked uses signed", count=len(parked))
-        return len(parked)
+            ready: list[tuple[Use, int]] = []
+            for row in rows.fetchall():
+                try:
+                    use = Use(**json.loads(row["use"]))
+                    use.validate()
+                except (TypeError, ValueError, ReceiptError) as exc:
+                    conn.execute("UPDATE receipt_pending SET error = ? WHERE id = ?", (f"unreadable: {exc}", row["id"]))
+                    continue
+                ready.append((use, int(row["time_ms"])))
+                conn.execute("DELETE FROM receipt_pending WHERE id = ?", (row["id"],))
+            if ready:
+                self._append(conn, ready)
+        if ready:
+            event(log, "parked uses signed", count=len(ready))
+        return len(ready)
 
     # --- settlement -------------------------------------------------------------------------------------
 

@@ -80,7 +80,10 @@ def open_book(config: AgentConfig) -> ReceiptBook:
     try:
         book.migrate(conn)
         if identity is not None:
-            book.adopt_identity(conn, identity)
+            try:
+                book.adopt_identity(conn, identity)
+            except ReceiptError as exc:  # parked uses stay parked; new uses are signed
+                event(log, "parked uses not signed", level=logging.ERROR, error=str(exc))
     finally:
         conn.close()
     return book

@@ -172,12 +172,15 @@ def ingest(store: ImageStore, ds: Dataset, *, analysed: bool = True) -> str:
 
 
 @contextlib.contextmanager
-def storescp(out_dir: Path, port: int, ae_title: str = "PACS") -> Iterator[subprocess.Popen[bytes]]:
-    """DCMTK's ``storescp`` playing the clinic's PACS on ``port``, writing what it receives to ``out_dir``."""
+def storescp(
+    out_dir: Path, port: int, ae_title: str = "PACS", *, unique: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """DCMTK's ``storescp`` playing the clinic's PACS on ``port``, writing what it receives to ``out_dir`` (with
+    ``unique``, a copy received twice becomes two files)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TCP_NODELAY": "1"}
     process = subprocess.Popen(
-        [STORESCP, "-aet", ae_title, "-od", str(out_dir), str(port)],
+        [STORESCP, "-aet", ae_title, "-od", str(out_dir), *(["+uf"] if unique else []), str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

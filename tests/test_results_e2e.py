@@ -102,3 +102,31 @@ def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, 
         _wait("the queued results at the PACS", lambda: len(received(pacs_dir)) == 4, timeout=30)
     assert all(x["state"] == "sent" for d in _results(data) for x in d["deliveries"])
     assert agent.terminate() == 0
+
+
+def test_kill_9_with_results_queued_loses_nothing_and_sends_nothing_twice(
+    start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path
+) -> None:
+    bundle_dir = tmp_path / "bundle"
+    write_bundle(bundle_dir, pack_bundle(MANIFEST, tiny_bundle().files))
+    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
+    env = {
+        "BTT_EDGE_PIPELINE_BUNDLE_PATH": str(bundle_dir),
+        "BTT_EDGE_PIPELINE_BACKEND": "onnxruntime-cpu",
+        "BTT_EDGE_PIPELINE_POLL_INTERVAL_S": "0.1",
+        "BTT_EDGE_RESULTS_BACKOFF_INITIAL_S": "0.2",
+        "BTT_EDGE_RESULTS_BACKOFF_MAX_S": "0.5",
+    }
+    data, args = tmp_path / "data", ["--forward", f"PACS@127.0.0.1:{pacs_port}"]
+    agent = start_agent(data, args=args, env=env)
+    image = source_image("PX", pixels=bright_spot_image(150, 300))
+    image.save_as(tmp_path / "pano.dcm", enforce_file_format=True)
+    _send(dcmtk, agent.port, tmp_path / "pano.dcm")
+    _wait("both results queued", lambda: sum(x["attempts"] >= 1 for d in _results(data) for x in d["deliveries"]) == 2)
+    agent.kill()
+    with storescp(pacs_dir, pacs_port, unique=True):
+        start_agent(data, port=agent.port, args=args, env=env)
+        _wait("the results after the restart", lambda: len(list(pacs_dir.iterdir())) == 2)
+        time.sleep(1.0)  # anything sent twice would arrive by now
+    assert len(list(pacs_dir.iterdir())) == 2  # unique file names: a second copy would be a third file
+    assert all(x["state"] == "sent" for d in _results(data) for x in d["deliveries"])

@@ -190,3 +190,62 @@ def test_fast_receipt_declines_anything_unusual(change: dict[str, Any]) -> None:
     )  # fmt: skip
     assert fast_receipt(body) is not None
     assert fast_receipt(body | change) is None
+
+
+_EXPORT: list[tuple[dict[str, Any], Any]] = []
+
+
+def _valid_export() -> tuple[dict[str, Any], Any]:
+    """One small valid export (built once: hypothesis runs the test body many times)."""
+    if not _EXPORT:
+        import tempfile
+        from pathlib import Path
+
+        from edge.receipts.verify import Trust
+        from tests.receipts_helpers import make_box
+
+        with tempfile.TemporaryDirectory() as tmp:
+            box = make_box(Path(tmp))
+            box.record(4)
+            box.book.close_batch(box.conn, 3)
+            box.record(1)
+            _EXPORT.append((box.export(), Trust.of([box.manufacturer.public])))
+            box.conn.close()
+    return _EXPORT[0]
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _paths(item, (*prefix, i))
+    return out
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.data())
+def test_any_mutation_of_an_export_is_refused_with_a_verification_error(data: Any) -> None:
+    import copy
+
+    from edge.errors import VerificationError
+    from edge.receipts.verify import verify_export
+
+    doc, trust = _valid_export()
+    doc = copy.deepcopy(doc)
+    path = data.draw(st.sampled_from([p for p in _paths(doc) if p and p[0] in ("receipts", "settlements")]))
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(_values)
+    try:
+        verify_export(doc, trust)
+    except (VerificationError, EncodingError):
+        return
+    original, _ = _valid_export()
+    assert canonical_bytes(doc) == canonical_bytes(original)  # only a no-op mutation may pass

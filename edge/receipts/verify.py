@@ -221,7 +221,11 @@ def _sequence_error(
         if seq == expected - 1:
             raise DuplicateReceipt(f"receipt {seq}: the same receipt twice in a row")
         raise ReplayedReceipt(f"receipt {seq}: sent again after receipt {expected - 1}")
-    later = (e.get("signed", {}).get("seq") for e in envelopes[position + 1 :] if isinstance(e, Mapping))
+    later = (
+        e["signed"].get("seq")
+        for e in envelopes[position + 1 :]
+        if isinstance(e, Mapping) and isinstance(e.get("signed"), Mapping)
+    )
     if expected in later:
         raise ReorderedReceipt(f"receipt {seq}: arrives before receipt {expected}")
     raise SequenceGap(f"receipt {expected}: missing (next is {seq})")

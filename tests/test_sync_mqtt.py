@@ -60,7 +60,7 @@ def relays() -> Iterator[list[StubRelay]]:
 
 
 def _config(box: Box, url: str, **sync: Any) -> AgentConfig:
-    values: dict[str, Any] = {"url": url, "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "ack_timeout_s": 5.0}
+    values: dict[str, Any] = {"url": url, "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "ack_timeout_s": 2.0}
     values.update(sync)
     return with_overrides(
         AgentConfig(), agent={"data_dir": str(box.data_dir)}, sync=values, outbox={"feed_interval_s": 0.1}
@@ -76,7 +76,9 @@ def _all_done(box: Box) -> bool:
 
 
 @pytest.mark.slow
-def test_offline_boot_catch_up_and_broker_restart(box: Box, broker: MosquittoBroker, relays: list[StubRelay]) -> None:
+def test_offline_boot_catch_up_broker_restart_and_crash(
+    box: Box, broker: MosquittoBroker, relays: list[StubRelay]
+) -> None:
     box.record(300)
     config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
     service = SyncService(config, Outbox.open(config), box.book)
@@ -103,10 +105,49 @@ def test_offline_boot_catch_up_and_broker_restart(box: Box, broker: MosquittoBro
             what="catch-up after the broker restart",
         )
         assert len(relay.ids("receipt:")) == 600
-        assert service.counters.connects >= 2
+
+        box.record(100)
+        broker.kill()  # now it crashes (no clean shutdown, its in-memory sessions are gone) mid-stream
+        box.record(100)
+        broker.start()
+        wait_until(
+            lambda: relay.ids("receipt:") == _receipt_ids(box) and _all_done(box),
+            what="catch-up after the broker crash",
+        )
+        assert len(relay.ids("receipt:")) == 800
+        assert service.counters.connects >= 3
     finally:
         service.stop()
     wait_until(lambda: relays[0].presence[box.identity.device_id] == b"offline", 10, "presence offline")
+
+
+def test_acks_kept_in_the_session_settle_without_resending(
+    box: Box, broker: MosquittoBroker, relays: list[StubRelay]
+) -> None:
+    box.record(50)
+    broker.start()
+    relays.append(StubRelay(broker, RELAY_PW))
+    relay = relays[0]
+    config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
+    service = SyncService(config, Outbox.open(config), box.book)
+    service.start()
+    wait_until(lambda: relay.ids("certificate:") != set(), what="the certificate")
+    relay.ack = False  # the relay stores but its acks are late: the box goes offline first
+    wait_until(lambda: relay.ids("receipt:") == _receipt_ids(box), what="all receipts at the relay")
+    service.stop()
+    assert not _all_done(box)
+    device = box.identity.device_id
+    relay.client.publish(
+        ack_topic(device), json.dumps({"v": 1, "stored": sorted(relay.stored)}), qos=1
+    ).wait_for_publish(5)
+    relay.ack = True  # (for the new health report the restart queues)
+    service = SyncService(config, Outbox.open(config), box.book)
+    service.start()  # same client id, clean start off: the broker delivers the ack it kept for us
+    try:
+        wait_until(lambda: _all_done(box), what="the kept ack settling the outbox")
+    finally:
+        service.stop()
+    assert {relay.deliveries[i] for i in _receipt_ids(box)} == {1}  # nothing was sent twice
 
 
 def _agent(data_dir: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -285,3 +326,16 @@ def test_no_patient_data_in_any_payload(box: Box, broker: MosquittoBroker, relay
     finally:
         db_conn.close()
     assert study not in bodies
+
+
+def test_paho_failures_become_link_errors(tmp_path: Path) -> None:
+    nobody = PahoLink(LinkSettings(host="127.0.0.1", port=free_port(), client_id="x", connect_timeout_s=2))
+    with pytest.raises(LinkError, match="cannot connect"):
+        nobody.connect()
+    with pytest.raises(LinkError, match="not connected"):
+        nobody.publish("btt/v1/dev/x/up/health", b"{}")
+    missing_ca = str(tmp_path / "missing-ca.pem")
+    tls = PahoLink(LinkSettings(host="127.0.0.1", port=free_port(), client_id="x", tls=True, ca_file=missing_ca))
+    with pytest.raises(LinkError, match="TLS setup failed"):
+        tls.connect()
+    nobody.disconnect()  # never raises

@@ -193,10 +193,12 @@ class SyncService:
                 self._link_failed(link, exc, "cannot reach broker")
                 return
         try:
-            self._expire(now)
-            self._send(conn, link)
+            # read first: right after a reconnect the broker hands over the acks it kept in our session, so
+            # what the relay already stored is settled instead of sent again
             for message in link.poll(_POLL_S):
                 self._receive(conn, message)
+            self._expire(time.monotonic())
+            self._send(conn, link)
         except LinkError as exc:
             self._link_failed(link, exc, "link to broker lost")
 

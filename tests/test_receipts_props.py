@@ -235,7 +235,9 @@ def test_any_mutation_of_an_export_is_refused_with_a_verification_error(data: An
 
     doc, trust = _valid_export()
     doc = copy.deepcopy(doc)
-    path = data.draw(st.sampled_from([p for p in _paths(doc) if p and p[0] in ("receipts", "settlements")]))
+    # inside one receipt or settlement (dropping the tail of a list is a truncation only a checkpoint can see)
+    inside = [p for p in _paths(doc) if len(p) >= 2 and p[0] in ("receipts", "settlements")]
+    path = data.draw(st.sampled_from(inside))
     parent = doc
     for key in path[:-1]:
         parent = parent[key]

@@ -236,7 +236,7 @@ class SyncConfig:
             raise ConfigError("sync.backoff_initial_s: above sync.backoff_max_s")
 
 
-ResultKind = Literal["sr", "overlay", "original"]
+ResultKind = Literal["sr", "overlay", "gsps", "original"]
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 
@@ -259,7 +259,8 @@ class DestinationConfig:
     host: str = ""
     port: int = bounded(104, lo=1, hi=65535)
     kinds: tuple[ResultKind, ...] = ("sr", "overlay")
-    """What it gets: ``sr`` (the structured report), ``overlay`` (the annotated Secondary Capture), ``original``
+    """What it gets: ``sr`` (the structured report), ``overlay`` (the annotated Secondary Capture), ``gsps`` (a
+    presentation state with the findings as switchable annotations over the original), ``original``
     (every received image as it came, for a box in line between the unit and the PACS)."""
     tls: bool = False
     """Associate over TLS (the PACS's certificate is checked against ``tls_ca_file``, else the system CAs)."""

@@ -1,4 +1,4 @@
-"""Result objects: the TID 1500 SR and the Secondary Capture overlay, validated by dciodvfy."""
+"""Result objects: the TID 1500 SR, the Secondary Capture overlay and the GSPS, validated by dciodvfy."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from edge.errors import ResultBuildError
 from edge.pipeline.teeth import PERMANENT_FDI
 from edge.results.analysis import Algorithm, Analysis
 from edge.results.codes import tooth_codes
+from edge.results.gsps import build_gsps
 from edge.results.overlay import BANNER, build_overlay, render
 from edge.results.sr import AI_LABEL, build_sr
 from edge.results.uids import UidFactory
@@ -40,7 +41,7 @@ def test_objects_pass_dciodvfy_and_copy_identifiers(case: str, tmp_path: Path) -
     modality, rows, columns = CASES[case]
     source = source_image(modality, rows=rows, columns=columns)
     received = dcmread(io.BytesIO(file_bytes(source)))  # as the store holds it
-    for build in (build_sr, build_overlay):
+    for build in (build_sr, build_overlay, build_gsps):
         ds = build(source, analysis_of(source), UidFactory("1.2.3.4"))
         path = tmp_path / f"{build.__name__}.dcm"
         path.write_bytes(file_bytes(ds))
@@ -141,3 +142,16 @@ def test_every_permanent_tooth_has_three_codes() -> None:
         assert universal.value.isdigit()
     with pytest.raises(ValueError, match="not an FDI"):
         tooth_codes("99")
+
+
+def test_gsps_annotates_the_source_in_two_layers() -> None:
+    source = source_image("PX")
+    gsps = build_gsps(source, analysis_of(source), UidFactory())
+    layers = {a.GraphicLayer: a for a in gsps.GraphicAnnotationSequence}
+    assert set(layers) == {"AI_BANNER", "AI_FINDINGS"}
+    assert layers["AI_BANNER"].TextObjectSequence[0].UnformattedTextValue.startswith("AI RESULT - NOT A DIAGNOSIS")
+    findings = layers["AI_FINDINGS"]
+    assert len(findings.GraphicObjectSequence) == 3
+    assert findings.TextObjectSequence[0].UnformattedTextValue == "caries 36/U19 91%"
+    assert findings.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert gsps.SoftcopyVOILUTSequence[0].WindowCenter == source.WindowCenter  # the source's own window

@@ -20,7 +20,7 @@ from edge.store.index import get_instance
 from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
 
 PACS = DestinationConfig(ae_title="PACS", host="127.0.0.1", port=104)
-ARCHIVE = DestinationConfig(ae_title="ARCHIVE", host="127.0.0.1", port=105, kinds=("original", "sr"))
+ARCHIVE = DestinationConfig(ae_title="ARCHIVE", host="127.0.0.1", port=105, kinds=("original", "sr", "gsps"))
 
 
 class FakeSender:
@@ -85,15 +85,16 @@ def test_builds_routes_sends_and_marks_forwarded(store: ImageStore) -> None:
     conn = store.conn
     assert service.build_pending(conn) == 2  # the original (ARCHIVE takes originals) and the results
     objects = {s.object.kind: s for s in queue.list_objects(conn)}
-    assert set(objects) == {"original", "sr", "overlay"}
+    assert set(objects) == {"original", "sr", "gsps", "overlay"}
     assert {d.destination for d in objects["overlay"].deliveries} == {PACS.name}
+    assert {d.destination for d in objects["gsps"].deliveries} == {ARCHIVE.name}
     assert {d.destination for d in objects["original"].deliveries} == {ARCHIVE.name}
     written = dcmread(store.data_dir / objects["sr"].object.path)
     assert written.SOPInstanceUID == objects["sr"].object.object_uid
     assert service.send_due(conn, PACS) == 2
     assert sender.sent[0] == (PACS.name, objects["sr"].object.object_uid)  # SR first
     assert get_instance(conn, uid).pipeline_state == "analysed"  # ARCHIVE has not confirmed the SR yet
-    assert service.send_due(conn, ARCHIVE) == 2
+    assert service.send_due(conn, ARCHIVE) == 3
     assert get_instance(conn, uid).pipeline_state == "forwarded"
     assert set(_states(conn).values()) == {"sent"}
     assert service.build_pending(conn) == 0

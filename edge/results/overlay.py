@@ -28,7 +28,7 @@ from edge.results.analysis import Analysis
 from edge.results.sr import AI_LABEL, MANUFACTURER, copy_identifiers
 from edge.results.uids import UidFactory
 
-__all__ = ["BANNER", "OVERLAY_SERIES_NUMBER", "build_overlay", "render"]
+__all__ = ["BANNER", "OVERLAY_SERIES_NUMBER", "build_overlay", "copy_laterality", "label", "render"]
 
 BANNER = "AI RESULT — NOT A DIAGNOSIS"
 OVERLAY_SERIES_NUMBER = 9902
@@ -53,7 +53,8 @@ def _to_grey8(pixels: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
     return grey
 
 
-def _label(finding: Finding) -> str:
+def label(finding: Finding) -> str:
+    """``caries 36/U19 91%``: kind, tooth (FDI/Universal), confidence."""
     tooth = f" {finding.tooth_fdi}/U{finding.tooth_universal}" if finding.tooth_fdi else ""
     return f"{finding.kind.replace('_', ' ')}{tooth} {finding.confidence:.0%}"
 
@@ -93,7 +94,7 @@ def render(pixels: npt.NDArray[np.floating], findings: Sequence[Finding], algori
         else:
             x0, y0, x1, y1 = finding.bbox
             draw.rectangle((x0, y0 + banner_h, max(x0, x1 - 1), max(y0, y1 - 1) + banner_h), outline=colour, width=line)
-        text = _label(finding)
+        text = label(finding)
         x, y = finding.bbox[0], finding.bbox[1] + banner_h
         left, top, right, bottom = draw.textbbox((0, 0), text, font=small)
         ty = (
@@ -105,6 +106,11 @@ def render(pixels: npt.NDArray[np.floating], findings: Sequence[Finding], algori
         draw.rectangle((tx, ty + top - line, tx + right - left + line, ty + bottom + line), fill=(0, 0, 0))
         draw.text((tx, ty), text, fill=colour, font=small)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def copy_laterality(source: Dataset, target: Dataset) -> None:
+    """General Series Laterality (Type 2C) from the source's series or image laterality; empty when unknown."""
+    target.Laterality = source.get("Laterality", source.get("ImageLaterality", ""))
 
 
 def _orientation(source: Dataset) -> list[str]:
@@ -139,7 +145,7 @@ def build_overlay(
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ResultBuildError(f"cannot build the overlay for {analysis.sop_instance_uid}: {exc}") from exc
     sc.PatientOrientation = _orientation(source)
-    sc.Laterality = source.get("Laterality", source.get("ImageLaterality", ""))
+    copy_laterality(source, sc)
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.SeriesDescription = AI_LABEL

@@ -2,9 +2,9 @@
 
 Schema (component ``results``; times are ISO 8601 UTC except ``next_attempt_at``, epoch seconds)::
 
-    results_objects     object_uid PK (SOP Instance UID), source_sop_uid, study_uid, kind (sr | overlay |
-                        original), sop_class_uid, transfer_syntax_uid, path (relative to data_dir), size_bytes,
-                        sha256, created_at
+    results_objects     object_uid PK (SOP Instance UID), source_sop_uid, study_uid, kind (sr | gsps |
+                        overlay | original), sop_class_uid, transfer_syntax_uid, path (relative to data_dir),
+                        size_bytes, sha256, created_at
     results_deliveries  (object_uid, destination) PK, state, attempts, next_attempt_at, last_status (DIMSE),
                         last_error, updated_at, sent_at
     results_sources     sop_instance_uid PK: an analysed instance whose results were built (state ``built``)
@@ -57,7 +57,7 @@ __all__ = [
 
 DeliveryState = Literal["pending", "sent", "rejected", "dead"]
 DELIVERY_STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
-ObjectKind = Literal["sr", "overlay", "original"]
+ObjectKind = Literal["sr", "gsps", "overlay", "original"]
 
 _MIGRATIONS = [
     """
@@ -96,7 +96,7 @@ _MIGRATIONS = [
     """,
 ]
 
-_KIND_ORDER = "CASE o.kind WHEN 'sr' THEN 0 WHEN 'overlay' THEN 1 ELSE 2 END"
+_KIND_ORDER = "CASE o.kind WHEN 'sr' THEN 0 WHEN 'gsps' THEN 1 WHEN 'overlay' THEN 2 ELSE 3 END"
 """The SR goes first: it is small and it is what a reader's worklist reacts to."""
 
 

@@ -1,13 +1,14 @@
 """The results service: analysed instances -> SR and overlay on disk -> delivery queue -> the clinic's PACS.
 
 One builder thread turns every instance the pipeline marked ``analysed`` into its result objects: first the SR
-(from the header alone), then the overlay. Each is written durably (:mod:`edge.durable`) under
-``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one transaction, recorded with a pending delivery to
-every destination that takes its kind (the overlay's transaction also records that the instance is done), and
-the senders are woken. When a destination takes ``original`` images, every received instance is queued too (its
-stored file, as received). One sender thread per destination sends what is due (SR first), records each answer
-in its own transaction and, when every result object of an instance is confirmed everywhere, moves the instance
-``analysed -> forwarded``. An unreachable destination holds up nobody but itself.
+(from the header alone), then the presentation state (when a destination takes it), then the overlay. Each is
+written durably (:mod:`edge.durable`) under ``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one
+transaction, recorded with a pending delivery to every destination that takes its kind (the overlay's
+transaction also records that the instance is done), and the senders are woken. When a destination takes
+``original`` images, every received instance is queued too (its stored file, as received). One sender thread per
+destination sends what is due (SR first), records each answer in its own transaction and, when every result
+object of an instance is confirmed everywhere, moves the instance ``analysed -> forwarded``. An unreachable
+destination holds up nobody but itself.
 
 The findings come from an :class:`AnalysisSource` (the pipeline's record of each analysis).
 """
@@ -35,6 +36,7 @@ from edge.errors import ResultBuildError, StateConflict
 from edge.logs import event
 from edge.results import queue
 from edge.results.analysis import Analysis
+from edge.results.gsps import build_gsps
 from edge.results.overlay import build_overlay
 from edge.results.queue import ObjectKind, ResultObject
 from edge.results.scu import Outcome, Outgoing, Sender, StoreSCU
@@ -49,9 +51,11 @@ log = logging.getLogger("edge.results")
 RESULTS_DIR = "results"
 _BUILDERS: dict[ObjectKind, Callable[[Dataset, Analysis, UidFactory], Dataset]] = {
     "sr": build_sr,
+    "gsps": build_gsps,
     "overlay": build_overlay,
 }
-"""In build order: the SR first."""
+"""In build order: the SR first, the overlay (the heaviest) last. The GSPS is built only when a destination
+takes it."""
 _LAST_KIND: ObjectKind = "overlay"
 
 
@@ -196,6 +200,8 @@ class ResultsService:
             if analysis is None:
                 raise ResultBuildError(f"no analysis is recorded for {uid}")
             for kind, builder in _BUILDERS.items():
+                if kind == "gsps" and not self._targets("gsps"):
+                    continue
                 source = self._read(instance.path, pixels=kind != "sr")
                 obj = self._write(builder(source, analysis, self.uids), kind, uid, instance.study_uid)
                 with transaction(conn):

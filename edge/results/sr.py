@@ -41,7 +41,7 @@ from edge.results import codes as rc
 from edge.results.analysis import Algorithm, Analysis
 from edge.results.uids import UidFactory
 
-__all__ = ["AI_LABEL", "MANUFACTURER", "SR_SERIES_NUMBER", "build_sr", "copy_identifiers"]
+__all__ = ["AI_LABEL", "MANUFACTURER", "SR_SERIES_NUMBER", "build_sr", "copy_identifiers", "outline"]
 
 AI_LABEL = "AI result - not a diagnosis"
 """Series description of every object we write (ASCII: the banner on the overlay carries the long dash)."""
@@ -65,7 +65,7 @@ def _concept(algorithm: Algorithm, kind: str) -> CodedConcept:
     return CodedConcept(code.value, code.scheme, code.meaning)
 
 
-def _outline(finding: Finding, rows: int, columns: int) -> np.ndarray:
+def outline(finding: Finding, rows: int, columns: int) -> np.ndarray:
     """The finding's region as a closed polyline (first point repeated last), clipped to the image."""
     if len(finding.polygon) >= 3:
         points = [*finding.polygon, finding.polygon[0]]
@@ -105,7 +105,7 @@ def _group(
     algorithm_id = _algorithm_id(algorithm)
     region = ImageRegion(
         graphic_type="POLYLINE",
-        graphic_data=_outline(finding, int(source.Rows), int(source.Columns)),
+        graphic_data=outline(finding, int(source.Rows), int(source.Columns)),
         source_image=SourceImageForRegion.from_source_image(source),
     )
     sites = [] if finding.tooth_fdi is None else [FindingSite(code) for code in rc.tooth_codes(finding.tooth_fdi)]

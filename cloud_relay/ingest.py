@@ -21,13 +21,14 @@ whose topic, JSON or device is wrong as a whole is recorded and not acknowledged
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cloud_relay.errors import NotYet, Rejected
 from cloud_relay.registry import device_certificates, load_trust, store_certificate
@@ -47,6 +48,8 @@ KINDS = ("receipts", "settlements", "certificate", "offers", "health", "results"
 TOPIC_FILTER = "btt/v1/dev/+/up/#"
 _TOPIC_RE = re.compile(r"^btt/v1/dev/([^/+#]{1,128})/up/([a-z]{1,32})$")
 _ITEM_ID_MAX = 128
+_LOOKUP_CHUNK = 300
+_T = TypeVar("_T")
 
 
 def parse_topic(topic: str) -> tuple[str, str]:
@@ -135,19 +138,19 @@ class Ingestor:
             except Rejected as exc:
                 bad.append((message.topic.split("/")[3] if message.topic.count("/") >= 3 else "?", "*", str(exc)))
         acks: dict[str, Ack] = {}
+        work = [
+            (device, kind, item, acks.setdefault(device, Ack(device)))
+            for device, kind, items in parsed
+            for item in items
+        ]
         with self._db.transaction() as tx:
-            for device in sorted({d for d, _, _ in parsed}):
-                tx.lock_device(device)
+            tx.lock_devices(sorted(acks))
             batch = _Batch(tx, load_trust(tx), now, self._certs)
-            for device, kind, items in parsed:
-                ack = acks.setdefault(device, Ack(device))
-                for item in items:
-                    batch.item(device, kind, item, ack)
-            for device, _, reason in bad:
-                tx.execute(
-                    "INSERT INTO rejects (device, item_id, kind, reason, received_ms) VALUES (?, ?, ?, ?, ?)",
-                    (device[:128], "*", "*", reason, now),
-                )
+            batch.run(work)
+            batch.rejects += [(device[:128], "*", "*", reason, now) for device, _, reason in bad]
+            tx.execute_many(
+                "INSERT INTO rejects (device, item_id, kind, reason, received_ms) VALUES (?, ?, ?, ?, ?)", batch.rejects
+            )
         for device, _, reason in bad:
             event(log, "message rejected", level=logging.WARNING, device=device, reason=reason)
         return [a for a in acks.values() if a.stored or a.rejected]
@@ -165,12 +168,17 @@ class _CertificateCache:
     def __init__(self) -> None:
         self._by_device: dict[str, dict[str, DeviceCertificate]] = {}
 
+    def load(self, tx: Tx, devices: Iterable[str]) -> None:
+        """Load the certificates of the ``devices`` not cached yet, in one query per chunk."""
+        missing = sorted(d for d in devices if d not in self._by_device)
+        if len(self._by_device) + len(missing) > self.MAX_DEVICES:
+            self._by_device.clear()
+        self._by_device.update(device_certificates(tx, missing))
+
     def get(self, tx: Tx, device: str, keyid: object = None) -> dict[str, DeviceCertificate]:
         certs = self._by_device.get(device)
         if certs is None or (keyid is not None and keyid not in certs):
-            if len(self._by_device) >= self.MAX_DEVICES:
-                self._by_device.clear()
-            certs = self._by_device[device] = device_certificates(tx, device)
+            certs = self._by_device[device] = device_certificates(tx, [device])[device]
         return certs
 
     def forget(self, device: str) -> None:
@@ -185,22 +193,40 @@ class _Batch:
         self.trust = trust
         self.now = now
         self._certs = certs
+        self.rejects: list[tuple[str, str, str, str, int]] = []
 
     def certs(self, device: str, keyid: object = None) -> dict[str, DeviceCertificate]:
         return self._certs.get(self.tx, device, keyid)
 
-    def item(self, device: str, kind: str, item: _Item, ack: Ack) -> None:
+    def run(self, work: Sequence[tuple[str, str, _Item, Ack]]) -> None:
+        """Certificates first, then receipts (verified, then stored together), settlements, and the rest."""
+        for device, kind, item, ack in work:
+            if kind == "certificate":
+                self._attempt(device, kind, item, ack, self._certificate)
+        receipts = [w for w in work if w[1] == "receipts"]
+        self._certs.load(self.tx, {w[0] for w in receipts})
+        self._receipts(receipts)
+        for device, kind, item, ack in work:
+            if kind == "settlements":
+                self._attempt(device, kind, item, ack, self._settlement)
+        reports = []
+        for device, kind, item, ack in work:
+            if kind not in ("certificate", "receipts", "settlements"):
+                body = self._attempt(device, kind, item, ack, functools.partial(self._report, kind=kind))
+                if body is not None:
+                    reports.append((device, item.id, kind, body, self.now))
+        self.tx.execute_many(
+            "INSERT INTO reports (device, item_id, kind, body, received_ms) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            reports,
+        )
+
+    def _attempt(
+        self, device: str, kind: str, item: _Item, ack: Ack, step: Callable[[str, _Item], _T], *, stored: bool = True
+    ) -> _T | None:
+        """Run one item's step; record a rejection, log a deferral, or (when ``stored``) acknowledge it."""
         try:
-            if kind == "receipts":
-                self._receipt(device, item)
-            elif kind == "settlements":
-                self._settlement(device, item)
-            elif kind == "certificate":
-                self._certificate(device, item)
-            elif kind in KINDS:
-                self._report(device, kind, item)
-            else:
-                raise Rejected(f"unknown kind {kind!r}")
+            result = step(device, item)
         except VerificationError as exc:
             self._reject(device, kind, item, ack, f"{type(exc).__name__}: {exc}")
         except Rejected as exc:
@@ -208,13 +234,13 @@ class _Batch:
         except NotYet as exc:
             event(log, "item deferred", device=device, kind=kind, id=item.id, reason=str(exc))
         else:
-            ack.stored.append(item.id)
+            if stored:
+                ack.stored.append(item.id)
+            return result
+        return None
 
     def _reject(self, device: str, kind: str, item: _Item, ack: Ack, reason: str) -> None:
-        self.tx.execute(
-            "INSERT INTO rejects (device, item_id, kind, reason, received_ms) VALUES (?, ?, ?, ?, ?)",
-            (device, item.id, kind, reason, self.now),
-        )
+        self.rejects.append((device, item.id, kind, reason, self.now))
         ack.rejected.append({"id": item.id, "reason": reason, "permanent": True})
         event(log, "item rejected", level=logging.WARNING, device=device, kind=kind, id=item.id, reason=reason)
 
@@ -224,7 +250,25 @@ class _Batch:
             raise Rejected(f"certificate of {cert.device_id} published by {device}")
         self._certs.forget(device)
 
-    def _receipt(self, device: str, item: _Item) -> None:
+    def _receipts(self, work: Sequence[tuple[str, str, _Item, Ack]]) -> None:
+        """Verify each receipt, look up all their stored neighbours at once, then place them in order."""
+        verified = []
+        for device, kind, item, ack in work:
+            result = self._attempt(device, kind, item, ack, self._verify_receipt, stored=False)
+            if result is not None:
+                verified.append((device, item, ack, *result))
+        known = self._known({(d, r.seq + k) for d, _, _, r, _ in verified for k in (-1, 0, 1)})
+        rows: list[tuple[Any, ...]] = []
+        for device, item, ack, receipt, body in verified:
+            place = functools.partial(self._place, known, rows, receipt=receipt, body=body)
+            self._attempt(device, "receipts", item, ack, place)
+        self.tx.execute_many(
+            "INSERT INTO receipts (device, seq, hash, prev, keyid, time_ms, kind, right_id, units, overage_units,"
+            " body, signatures, item_id, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _verify_receipt(self, device: str, item: _Item) -> tuple[Receipt, bytes]:
         signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
         if not isinstance(signed, Mapping):
             raise Rejected("receipt: not a signed receipt envelope")
@@ -237,24 +281,47 @@ class _Batch:
         ((receipt, body),) = verify_receipts([item.body], certs, self.trust, Checkpoint(seq - 1, prev))
         if receipt.device != device:
             raise Rejected(f"receipt {seq} of device {receipt.device} published by {device}")
-        near = {
-            int(r[0]): (str(r[1]), str(r[2]))
-            for r in self.tx.all(
-                "SELECT seq, hash, prev FROM receipts WHERE device = ? AND seq BETWEEN ? AND ?",
-                (device, seq - 1, seq + 1),
+        return receipt, body
+
+    def _known(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+        """``(hash, prev)`` of the stored receipts among ``keys`` ((device, seq) pairs)."""
+        out: dict[tuple[str, int], tuple[str, str]] = {}
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), _LOOKUP_CHUNK):
+            chunk = ordered[start : start + _LOOKUP_CHUNK]
+            values = ", ".join("(?, ?)" for _ in chunk)
+            rows = self.tx.all(
+                "SELECT r.device, r.seq, r.hash, r.prev FROM receipts r"
+                f" JOIN (VALUES {values}) AS k ON r.device = k.column1 AND r.seq = k.column2",
+                [v for key in chunk for v in key],
             )
-        }
-        if seq in near:
-            if near[seq][0] == receipt.hash:
+            out.update({(str(d), int(q)): (str(h), str(p)) for d, q, h, p in rows})
+        return out
+
+    def _place(
+        self,
+        known: dict[tuple[str, int], tuple[str, str]],
+        rows: list[tuple[Any, ...]],
+        device: str,
+        item: _Item,
+        *,
+        receipt: Receipt,
+        body: bytes,
+    ) -> None:
+        """Check a verified receipt against the stored (and just placed) neighbours and queue its row."""
+        seq = receipt.seq
+        same = known.get((device, seq))
+        if same is not None:
+            if same[0] == receipt.hash:
                 return
             raise Rejected(f"ConflictingReceipt: receipt {seq} differs from the receipt {seq} stored (forked chain)")
-        if seq - 1 in near and near[seq - 1][0] != receipt.prev:
+        before, after = known.get((device, seq - 1)), known.get((device, seq + 1))
+        if before is not None and before[0] != receipt.prev:
             raise Rejected(f"BrokenChain: receipt {seq}: prev is not the hash of the stored receipt {seq - 1}")
-        if seq + 1 in near and near[seq + 1][1] != receipt.hash:
+        if after is not None and after[1] != receipt.hash:
             raise Rejected(f"BrokenChain: the stored receipt {seq + 1} does not link to receipt {seq}")
-        self.tx.execute(
-            "INSERT INTO receipts (device, seq, hash, prev, keyid, time_ms, kind, right_id, units, overage_units,"
-            " body, signatures, item_id, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        known[(device, seq)] = (receipt.hash, receipt.prev)
+        rows.append(
             (
                 device,
                 seq,
@@ -270,7 +337,7 @@ class _Batch:
                 json.dumps(item.body.get("signatures")),
                 item.id,
                 self.now,
-            ),
+            )
         )
 
     def _settlement(self, device: str, item: _Item) -> None:
@@ -330,11 +397,10 @@ class _Batch:
             ),
         )
 
-    def _report(self, device: str, kind: str, item: _Item) -> None:
+    @staticmethod
+    def _report(device: str, item: _Item, *, kind: str) -> str:
+        if kind not in KINDS:
+            raise Rejected(f"unknown kind {kind!r}")
         if not isinstance(item.body, Mapping):
             raise Rejected(f"{kind}: body must be a JSON object")
-        self.tx.execute(
-            "INSERT INTO reports (device, item_id, kind, body, received_ms) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            (device, item.id, kind, json.dumps(item.body), self.now),
-        )
+        return json.dumps(item.body)

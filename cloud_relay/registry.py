@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 MANUFACTURER = "manufacturer"
+_LOOKUP_CHUNK = 500
 ISSUER = "issuer"
 _ROLES = (MANUFACTURER, ISSUER)
 
@@ -61,11 +62,16 @@ def load_trust(tx: Tx) -> Trust:
     return Trust({k.keyid: k for k in trusted_keys(tx, MANUFACTURER)}, frozenset(str(r[0]) for r in revoked))
 
 
-def device_certificates(tx: Tx, device: str) -> dict[str, DeviceCertificate]:
-    """The stored (already verified) certificates of ``device``, by key id."""
-    rows = tx.all("SELECT envelope FROM certificates WHERE device = ?", (device,))
-    certs = (parse_certificate(decode(r[0])) for r in rows)
-    return {c.key.keyid: c for c in certs}
+def device_certificates(tx: Tx, devices: Sequence[str]) -> dict[str, dict[str, DeviceCertificate]]:
+    """The stored (already verified) certificates of ``devices``, by device and key id (every device a key)."""
+    out: dict[str, dict[str, DeviceCertificate]] = {d: {} for d in devices}
+    for start in range(0, len(devices), _LOOKUP_CHUNK):
+        chunk = devices[start : start + _LOOKUP_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        for device, envelope in tx.all(f"SELECT device, envelope FROM certificates WHERE device IN ({marks})", chunk):
+            cert = parse_certificate(decode(envelope))
+            out[str(device)][cert.key.keyid] = cert
+    return out
 
 
 def store_certificate(tx: Tx, envelope: Any, trust: Trust, received_ms: int) -> DeviceCertificate:

@@ -13,7 +13,8 @@ from cloud_relay.errors import RegistryError
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
-from edge.receipts.keys import generate_key
+from edge.receipts.keys import generate_key, seal
+from edge.receipts.receipts import RECEIPT
 from tests.receipts_helpers import Box, make_box
 from tests.relay_helpers import provisioned, receipt_items, throwaway_db, up
 
@@ -195,3 +196,19 @@ def test_reports_are_stored_once(db: Database, box: Box) -> None:
         )
         assert ack.stored == ["h1", "o1"]
     assert _count(db, "reports") == 2
+
+
+def test_a_receipt_that_does_not_link_to_its_stored_neighbours_is_rejected(db: Database, box: Box) -> None:
+    box.record(3)
+    device = box.identity.device_id
+    items = receipt_items(box)
+    ingest = Ingestor(db)
+    ingest.handle([up(device, "receipts", [items[0], items[2]])])
+    # receipt 2 signed by the device's own key but linked to the wrong predecessor (a rewritten history)
+    signed = dict(items[1][1]["signed"], prev="ab" * 32)
+    rewritten = seal(RECEIPT, signed, box.identity.key)
+    ack = _one_ack(ingest.handle([up(device, "receipts", [("r2-bad", rewritten), items[1]])]))
+    assert ack.rejected[0]["id"] == "r2-bad"
+    assert ack.rejected[0]["reason"].startswith("BrokenChain")
+    assert ack.stored == ["r2"]
+    assert _count(db, "receipts") == 3

@@ -1,11 +1,11 @@
 """Relay storage: one portable SQL schema behind a small interface, on SQLite (embedded) or PostgreSQL.
 
 :class:`Database` is the whole interface the rest of the relay uses: :meth:`Database.transaction` yields a
-:class:`Tx` with ``execute``/``one``/``all`` over SQL written with ``?`` placeholders in the common subset of
-SQLite and PostgreSQL (``INSERT ... ON CONFLICT DO NOTHING``, ``RETURNING``), plus ``lock_device`` to
-serialise writers of one device's chain. :func:`open_database` picks the backend from the URL: a file path
-(or ``sqlite:///path``) is SQLite, ``postgresql://...`` is PostgreSQL (psycopg 3). Both run the same
-migrations (:mod:`cloud_relay.storage.schema`) and the same test suite.
+:class:`Tx` with ``execute``/``execute_many``/``one``/``all`` over SQL written with ``?`` placeholders in the
+common subset of SQLite and PostgreSQL (``INSERT ... ON CONFLICT DO NOTHING``, ``VALUES`` lists), plus
+``lock_devices`` to serialise writers of one device's chain. :func:`open_database` picks the backend from the
+URL: a file path (or ``sqlite:///path``) is SQLite, ``postgresql://...`` is PostgreSQL (psycopg 3). Both run the
+same migrations (:mod:`cloud_relay.storage.schema`) and the same test suite.
 """
 
 from __future__ import annotations

@@ -23,8 +23,11 @@ class Tx(Protocol):
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """All rows of a query."""
 
-    def lock_device(self, device: str) -> None:
-        """Hold a per-device lock until the transaction ends (writers of one chain serialise)."""
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row of parameters (one round trip where the driver can)."""
+
+    def lock_devices(self, devices: Sequence[str]) -> None:
+        """Hold per-device locks until the transaction ends (writers of one chain serialise); sorted input."""
 
 
 class Database(Protocol):

@@ -37,8 +37,17 @@ class _PgTx:
         self._cur.execute(_pg(sql), params)
         return [tuple(r) for r in self._cur.fetchall()]
 
-    def lock_device(self, device: str) -> None:
-        self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (device,))
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cur.executemany(_pg(sql), rows)
+
+    def lock_devices(self, devices: Sequence[str]) -> None:
+        if devices:
+            self._cur.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(d, 0)))"
+                " FROM (SELECT unnest(%s::text[]) AS d ORDER BY 1) AS s",
+                (list(devices),),
+            )
 
 
 class PostgresDatabase:

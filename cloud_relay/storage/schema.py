@@ -76,7 +76,7 @@ MIGRATIONS = [
 def migrate(db: Database) -> None:
     """Apply the migrations not yet applied, in one transaction serialised across workers."""
     with db.transaction() as tx:
-        tx.lock_device("relay-schema")
+        tx.lock_devices(["relay-schema"])
         tx.execute("CREATE TABLE IF NOT EXISTS relay_schema (version BIGINT NOT NULL)")
         row = tx.one("SELECT max(version) FROM relay_schema")
         current = 0 if row is None or row[0] is None else int(row[0])

@@ -29,7 +29,11 @@ class _SqliteTx:
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return [tuple(r) for r in self._conn.execute(sql, params).fetchall()]
 
-    def lock_device(self, device: str) -> None:
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._conn.executemany(sql, rows)
+
+    def lock_devices(self, devices: Sequence[str]) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's single write lock."""
 
 

@@ -5,8 +5,8 @@ pynetdicom can write a received dataset straight to a file instead of holding it
 (``event.dataset_path``). By default that file lands in the system temp directory, which is often another file
 system (a RAM disk) than the data directory, so storing it would mean a second full copy. :func:`install`
 points the spool of one AE's associations at a directory beside the store, so that accepting an object is a
-rename, and makes each spool file start the kernel's write-back as data arrives (``sync_file_range``) so the
-fsync before the success response has little left to flush.
+rename. Each fragment is written straight to the kernel (no Python buffer, no copy into a ``BytesIO``); the
+store fsyncs the file before it answers.
 
 pynetdicom creates the spool file with ``tempfile.NamedTemporaryFile`` looked up in
 ``pynetdicom.dimse_messages``; :func:`install` replaces that name with :func:`_spool_file`, which falls back
@@ -15,8 +15,6 @@ to the original for associations of any AE that was not installed.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import os
 import tempfile
@@ -27,33 +25,15 @@ from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
-__all__ = ["WRITEBACK_BYTES", "SpoolFile", "install"]
+__all__ = ["SpoolFile", "install"]
 
-WRITEBACK_BYTES = 1 << 20
-"""Start write-back of each further megabyte as soon as it is written."""
-
-_SYNC_FILE_RANGE_WRITE = 2
 _spool_dirs: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
 _original = tempfile.NamedTemporaryFile
 _install_lock = threading.Lock()
 
 
-def _load_sync_file_range() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        func = libc.sync_file_range
-    except (OSError, AttributeError):  # not Linux: the final fsync does all the work
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_sync_file_range = _load_sync_file_range()
-
-
 class SpoolFile(io.FileIO):
-    """An unbuffered spool file that starts write-back every :data:`WRITEBACK_BYTES`.
+    """An unbuffered spool file in a given directory.
 
     It offers what pynetdicom uses of a ``NamedTemporaryFile``: ``name``, ``write``, ``file.flush`` and
     ``close``. Writes go straight to the kernel, so pynetdicom's flush after every fragment costs nothing.
@@ -63,8 +43,6 @@ class SpoolFile(io.FileIO):
         fd, name = tempfile.mkstemp(dir=directory, prefix=".spool-", suffix=".dcm")
         super().__init__(fd, "wb", closefd=True)
         self.name = name
-        self._written = 0
-        self._started = 0
 
     @property
     def file(self) -> SpoolFile:
@@ -72,17 +50,12 @@ class SpoolFile(io.FileIO):
         return self
 
     def write(self, data: Any) -> int:
-        """Write all of ``data``; start write-back of every full megabyte written so far."""
+        """Write all of ``data`` (a raw write may be partial; pynetdicom does not check)."""
         view = memoryview(data)
-        total = 0
-        while total < len(view):
-            n = super().write(view[total:])
-            total += n or 0
-        self._written += total
-        if _sync_file_range is not None and self._written - self._started >= WRITEBACK_BYTES:
-            _sync_file_range(self.fileno(), self._started, self._written - self._started, _SYNC_FILE_RANGE_WRITE)
-            self._started = self._written
-        return total
+        written = 0
+        while written < len(view):
+            written += super().write(view[written:]) or 0
+        return written
 
 
 def _spool_file(*args: Any, **kwargs: Any) -> Any:

@@ -341,6 +341,18 @@ def test_health_reports_the_drop_counters(box: Box, running: Any) -> None:
     wait_until(health_with_drops)
 
 
+def test_unusable_settings_queue_offline_instead_of_stopping_the_agent(box: Box) -> None:
+    config = _config(box, password_file=str(box.data_dir / "no-such-file"))
+    outbox = Outbox.open(config)
+    service = SyncService(config, outbox, box.book, link_factory=pytest.fail)  # type: ignore[arg-type]
+    box.record(1)
+    service.start()
+    try:
+        wait_until(lambda: _pending(box, outbox).get("receipts") == 1)
+    finally:
+        service.stop()
+
+
 def test_no_device_id_means_no_link(tmp_path: Path) -> None:
     config = with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)}, sync={"url": "mqtt://fake"})
     service = SyncService(config, Outbox.open(config), None, link_factory=pytest.fail)  # type: ignore[arg-type]

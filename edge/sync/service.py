@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from edge import __version__
 from edge.config import AgentConfig
 from edge.db import DB_FILENAME, connect
-from edge.errors import AckError, LinkError, LinkRefused
+from edge.errors import AckError, ConfigError, LinkError, LinkRefused
 from edge.logs import event
 from edge.outbox.feed import feed
 from edge.outbox.outbox import Item, Outbox
@@ -120,11 +120,16 @@ class SyncService:
     # --- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the thread. Never fails for a sync problem (safety first: the agent's clinical work runs on);
+        an unusable ``[sync]`` setting is logged as an error and the box queues offline."""
         self._device = self._device_id()
         if self._cfg.url and self._device is None:
             event(log, "no device id yet (not provisioned): queuing offline", level=logging.WARNING)
         elif self._cfg.url and self._device is not None:
-            self._link = self._link_factory(link_settings(self._cfg, self._device))
+            try:
+                self._link = self._link_factory(link_settings(self._cfg, self._device))
+            except ConfigError as exc:
+                event(log, "sync settings unusable: queuing offline", level=logging.ERROR, error=str(exc))
         else:
             event(log, "no broker configured ([sync] url, --mqtt): queuing offline")
         self._stop.clear()

@@ -15,9 +15,9 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
     │   ├── UnsupportedImage   the model cannot read this image (recorded as "skipped" with the reason)
     │   └── BackendError       an inference backend failed to load or run
     ├── BundleError            a model bundle is malformed, tampered with or incompatible
-    ├── ResultsError           clinical result objects and their delivery (``edge.results``)
-    │   ├── ResultBuildError       a result object cannot be built from this image and these findings
-    │   └── DeliveryError          a destination could not take an object (unreachable, refused, aborted)
+    ├── ResultsError           clinical result objects and their delivery (``edge.results``; what a destination
+    │                          does with an object is an outcome recorded in the queue, not an exception)
+    │   └── ResultBuildError       a result object cannot be built from this image and these findings
     ├── SyncError              the outbox or the link to the relay (``edge.outbox``, ``edge.sync``)
     │   ├── OutboxError            an item the outbox cannot take (unknown kind, not JSON, too large)
     │   ├── AckError               a malformed application acknowledgement from the relay (ignored, logged)
@@ -58,7 +58,6 @@ __all__ = [
     "CertificateInvalid",
     "ConfigError",
     "ConflictingReceipt",
-    "DeliveryError",
     "DuplicateConflict",
     "DuplicateReceipt",
     "EdgeError",
@@ -164,10 +163,6 @@ class ResultsError(EdgeError):
 
 class ResultBuildError(ResultsError):
     """A result object (SR, overlay) cannot be built from this image and these findings."""
-
-
-class DeliveryError(ResultsError):
-    """A destination could not take an object; the message says why (the queue records it)."""
 
 
 class ReceiptError(EdgeError):

@@ -3,6 +3,7 @@ resend, restart without resending, and the ``forwarded`` state."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -11,12 +12,15 @@ from pydicom import dcmread
 
 from edge.config import DestinationConfig, ResultsConfig
 from edge.db import DB_FILENAME, connect, transaction
+from edge.pipeline.worker import migrate_pipeline
 from edge.results import queue
+from edge.results.analysis import RecordedAnalyses
 from edge.results.scu import Outcome, Outgoing
 from edge.results.service import ResultsService
 from edge.results.sr import build_sr
 from edge.store.image_store import ImageStore
 from edge.store.index import get_instance
+from tests.pipeline_helpers import MANIFEST
 from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
 
 PACS = DestinationConfig(ae_title="PACS", host="127.0.0.1", port=104)
@@ -113,7 +117,8 @@ def test_transient_failures_back_off_then_dead_letter_and_resend(store: ImageSto
     for _ in range(4):
         sender.script = ["retry", "retry"]
         assert service.send_due(conn, PACS) == 2
-        due_at = queue.next_due_at(conn, PACS.name)
+        pending = [d.next_attempt_at for s in queue.list_objects(conn) for d in s.deliveries if d.state == "pending"]
+        due_at = min(pending, default=None)
         if due_at is not None:
             waits.append(due_at - clock.now)
             assert service.send_due(conn, PACS) == 0  # not yet due
@@ -206,3 +211,30 @@ def test_forwarded_only_once_all_objects_are_built_and_confirmed(store: ImageSto
     service.build_pending(conn)  # builds (the SR again: same UID, nothing new) and the overlay, nobody takes it
     assert get_instance(conn, uid).pipeline_state == "forwarded"
     assert len(sender.sent) == 1
+
+
+def test_recorded_analyses_read_the_pipeline_record(tmp_path: Path) -> None:
+    conn = connect(tmp_path / DB_FILENAME)
+    migrate_pipeline(conn)
+    findings = analysis_of(source_image("PX", rows=100, columns=200)).findings
+    conn.execute(
+        "INSERT INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, clinical, backend, "
+        "timings_json, findings_json, recorded_at) "
+        "VALUES (?, ?, '', 'tiny-test-model', '0.0.1', 0, 'cpu', '{}', ?, '')",
+        ("1.2.3", "analysed", json.dumps([f.to_json() for f in findings])),
+    )
+    conn.execute(
+        "INSERT INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, clinical, backend, "
+        "timings_json, findings_json, recorded_at) VALUES ('1.2.4', 'skipped', 'colour', 'm', '1', 0, 'cpu', '{}', "
+        "'[]', '')"
+    )
+    analyses = RecordedAnalyses(lambda: MANIFEST)
+    analysis = analyses.load(conn, "1.2.3")
+    assert analysis is not None
+    assert (analysis.algorithm.bundle_id, analysis.algorithm.version) == ("tiny-test-model", "0.0.1")
+    assert analysis.algorithm.name == "pipeline test network"
+    assert analysis.algorithm.codes["caries"] == MANIFEST.findings.classes[0].code
+    assert [f.kind for f in analysis.findings] == [f.kind for f in findings]
+    assert analyses.load(conn, "1.2.4") is None  # skipped: nothing to report
+    assert analyses.load(conn, "9.9") is None
+    conn.close()

@@ -127,7 +127,10 @@ def build_overlay(
         pixels = pixels_from_dataset(source)
     except PipelineError as exc:
         raise ResultBuildError(f"cannot draw the overlay for {analysis.sop_instance_uid}: {exc}") from exc
-    picture = render(pixels, analysis.findings, f"{algorithm.name} ({algorithm.bundle_id} {algorithm.version})")
+    caption = f"{algorithm.name} ({algorithm.bundle_id} {algorithm.version})"
+    if not algorithm.clinical:
+        caption += " - research model, not cleared for clinical use"
+    picture = render(pixels, analysis.findings, caption)
     try:
         sc = SCImage.from_ref_dataset(
             ref_dataset=source,

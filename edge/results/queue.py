@@ -45,7 +45,6 @@ __all__ = [
     "list_objects",
     "mark_source",
     "migrate_results",
-    "next_due_at",
     "record_failure",
     "record_rejected",
     "record_sent",
@@ -257,15 +256,6 @@ def due(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> l
         (destination, now, limit),
     ).fetchall()
     return [_object(r) for r in rows]
-
-
-def next_due_at(conn: sqlite3.Connection, destination: str) -> float | None:
-    """When the earliest pending delivery to ``destination`` is due, or ``None`` if there is none."""
-    row = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM results_deliveries WHERE destination = ? AND state = 'pending'",
-        (destination,),
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
 
 
 def _update(conn: sqlite3.Connection, object_uid: str, destination: str, sql: str, *values: object) -> None:

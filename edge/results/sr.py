@@ -95,7 +95,9 @@ def _measurements(finding: Finding) -> list[Measurement]:
 
 def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
     return AlgorithmIdentification(
-        name=algorithm.name[:64], version=algorithm.version, parameters=[f"bundle_id={algorithm.bundle_id}"]
+        name=algorithm.name[:64],
+        version=algorithm.version,
+        parameters=[f"bundle_id={algorithm.bundle_id}", f"cleared_for_clinical_use={str(algorithm.clinical).lower()}"],
     )
 
 

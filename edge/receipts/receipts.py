@@ -150,6 +150,7 @@ _FIELDS = tuple(
     )
 )  # fmt: skip
 _get_fields = operator.itemgetter(*_FIELDS)
+_new_receipt = tuple.__new__  # Receipt from a ready tuple, without the generated __new__'s argument handling
 _TEMPLATE = "{" + ",".join(f'"{name}":%s' for name in _FIELDS) + "}"
 
 
@@ -208,7 +209,8 @@ def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
         data = text.encode("utf-8")
     except (KeyError, TypeError, UnicodeEncodeError):
         return None
-    return data, Receipt(device, keyid, seq, prev, time_ms, kind, units, overage, right, sha256(data).hexdigest())
+    digest = sha256(data).hexdigest()
+    return data, _new_receipt(Receipt, (device, keyid, seq, prev, time_ms, kind, units, overage, right, digest))
 
 
 def encode_receipt(

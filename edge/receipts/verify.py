@@ -152,7 +152,6 @@ def verify_receipts(
     Returns each receipt with its canonical bytes (the Merkle leaf data).
     """
     out: list[tuple[Receipt, bytes]] = []
-    seen: dict[int, str] = {}
     expected, prev = checkpoint.seq + 1, checkpoint.receipt_hash
     device: str | None = None
     current: DeviceCertificate | None = None
@@ -186,18 +185,16 @@ def verify_receipts(
                 raise RevokedKey(f"receipt {seq}: key {cert.key.keyid[:16]} was replaced by a newer key")
             if cert.replaces is not None:
                 replaced.add(cert.replaces)
-            current = cert
-        if receipt.device != cert.device_id or (cert.not_after_ms is not None and receipt.time_ms >= cert.not_after_ms):
+            if device is not None and cert.device_id != device:
+                raise CertificateInvalid(f"receipt {seq}: device {cert.device_id} in a stream of {device}")
+            current, device = cert, cert.device_id
+        if receipt.device != device or (cert.not_after_ms is not None and receipt.time_ms >= cert.not_after_ms):
             raise CertificateInvalid(f"receipt {seq}: outside the certificate of {cert.device_id}")
-        if receipt.device != device:
-            if device is not None:
-                raise CertificateInvalid(f"receipt {seq}: device {receipt.device} in a stream of {device}")
-            device = receipt.device
         if seq != expected:
-            _sequence_error(envelopes, position, receipt=receipt, expected=expected, seen=seen, checkpoint=checkpoint)
+            _sequence_error(envelopes, position, receipt=receipt, expected=expected, seen=out, checkpoint=checkpoint)
         if receipt.prev != prev:
             raise BrokenChain(f"receipt {seq}: prev does not match the hash of receipt {seq - 1}")
-        seen[seq] = prev = receipt.hash
+        prev = receipt.hash
         expected = seq + 1
         out.append((receipt, body))
     return out
@@ -209,14 +206,15 @@ def _sequence_error(
     *,
     receipt: Receipt,
     expected: int,
-    seen: Mapping[int, str],
+    seen: Sequence[tuple[Receipt, bytes]],
     checkpoint: Checkpoint,
 ) -> None:
     seq = receipt.seq
     if seq <= checkpoint.seq:
         raise ReplayedReceipt(f"receipt {seq}: at or before the checkpoint (seq {checkpoint.seq})")
     if seq < expected:
-        if seen.get(seq) != receipt.hash:
+        earlier = seen[seq - checkpoint.seq - 1][0]  # the verified stream so far is contiguous from the checkpoint
+        if earlier.hash != receipt.hash:
             raise ConflictingReceipt(f"receipt {seq}: differs from the receipt {seq} seen before (forked chain)")
         if seq == expected - 1:
             raise DuplicateReceipt(f"receipt {seq}: the same receipt twice in a row")

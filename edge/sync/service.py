@@ -67,7 +67,8 @@ _PRUNE_INTERVAL_S = 3600.0
 
 @dataclass
 class _Flight:
-    """One up message awaiting the relay's ack: its items (id -> outbox row) and when to give up waiting."""
+    """One up message awaiting the relay's ack: its items (id -> outbox row), when to give up waiting, and
+    whether it is a barrier (nothing else is sent while it is in flight)."""
 
     items: dict[str, int]
     deadline: float
@@ -76,6 +77,8 @@ class _Flight:
 
 @dataclass
 class _Counters:
+    """What the link has done since the agent started (reported in every health report)."""
+
     connects: int = 0
     sent_messages: int = 0
     acked_items: int = 0
@@ -255,13 +258,15 @@ class SyncService:
         self.counters.sent_messages += 1
 
     def _release(self, items: Iterable[str]) -> None:
+        """Forget ``items`` as in flight (acked, rejected for good, or to be sent again)."""
         for item in items:
             key = self._item_flight.pop(item, None)
-            flight = self._flights.get(key) if key is not None else None
-            if flight is not None:
-                flight.items.pop(item, None)
-                if not flight.items:
-                    del self._flights[key]  # type: ignore[arg-type]
+            if key is None:
+                continue
+            flight = self._flights[key]
+            del flight.items[item]
+            if not flight.items:
+                del self._flights[key]
 
     def _expire(self, now: float) -> None:
         late = [item for f in self._flights.values() if f.deadline <= now for item in f.items]

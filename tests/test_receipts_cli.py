@@ -175,3 +175,12 @@ def test_inclusion_proof_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtur
     proof.write_text(json.dumps(doc))
     assert main(["receipts", "verify-proof", str(proof), "--trust", trust]) == 1
     assert capsys.readouterr().out.startswith("FAIL InclusionProofInvalid")
+
+
+def test_clear_errors_without_a_database_or_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["receipts", "list", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "no agent database" in capsys.readouterr().err
+    connect(tmp_path / DB_FILENAME).close()
+    assert main(["receipts", "list", "--data-dir", str(tmp_path)]) == 2
+    assert "no receipts yet" in capsys.readouterr().err
+    assert main(["receipts", "verify", str(tmp_path / "missing.json"), "--trust", str(tmp_path / "none.pub")]) == 2

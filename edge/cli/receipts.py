@@ -70,6 +70,8 @@ def _open(args: argparse.Namespace, *, write: bool = False) -> Any:
     conn = connect(path, readonly=not write)
     if write:
         ReceiptBook.migrate(conn)
+    elif conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'receipts'").fetchone() is None:
+        raise ReceiptError(f"{path} has no receipts yet (the agent creates the tables on its first run)")
     return config, conn, ReceiptBook(load_identity(key_files(config)))
 
 

@@ -50,9 +50,7 @@ def _modified_copy(tmp_path: Path, source: Path = CT) -> Path:
 def test_accept_moves_the_file_into_place_and_indexes_it(store: ImageStore) -> None:
     stored = store.accept(_spool(store), "UNIT1")
     assert stored.outcome == "stored"
-    assert (
-        stored.path == store.data_dir / "dicom" / stored.header.study_uid / stored.header.series_uid / f"{CT_SOP}.dcm"
-    )
+    assert stored.path == store.data_dir / "dicom" / stored.header.study_uid / f"{CT_SOP}.dcm"
     assert stored.path.read_bytes() == CT.read_bytes()
     assert list(store.incoming_dir.iterdir()) == []
     instance = get_instance(store.conn, CT_SOP)
@@ -134,7 +132,7 @@ def test_start_clears_partial_transfers_temps_and_unindexed_files(tmp_path: Path
     kept = store.accept(_spool(store), "UNIT1").path
     store.stop()
     (data / "incoming" / ".spool-abc.dcm").write_bytes(b"half a transfer")
-    stray = data / "dicom" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    stray = data / "dicom" / "1.2" / "1.2.3.4.dcm"
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"renamed but never indexed")
     (kept.parent / f".{kept.name}.abc.tmp").write_bytes(b"temp")

@@ -25,10 +25,11 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.transport import AssociationSocket
 
 from edge.config import DicomConfig
 from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace, StoreError
@@ -46,6 +47,29 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_DUPLICATE = 0x0111
 _SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+class _ReceiveIntoSocket(AssociationSocket):
+    """pynetdicom's socket, reading each PDU with ``recv_into`` one buffer instead of 4 KiB ``recv`` calls.
+
+    Profiling the receive path showed pynetdicom's 4 KiB reads (about 2000 calls and as many ``extend`` copies
+    per panoramic image) as the largest cost of the receiving thread.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        received = 0
+        while received < nr_bytes:
+            n = sock.recv_into(view[received:], nr_bytes - received)
+            if not n:  # connection closed: return what arrived, as pynetdicom does
+                view.release()
+                del buffer[received:]
+                return buffer
+            received += n
+        view.release()
+        return buffer
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -110,6 +134,7 @@ class StorageSCP:
     # --- handlers ----------------------------------------------------------------------------------------
 
     def _on_connect(self, ev: Any) -> None:
+        ev.assoc.dul.socket.__class__ = _ReceiveIntoSocket  # same object, faster reads
         sock = ev.assoc.dul.socket.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)

@@ -4,7 +4,9 @@ Layout under ``data_dir``::
 
     edge.db                                    the agent database (index tables: edge.store.index)
     incoming/                                  spool: objects being received (cleared at start)
-    dicom/<study uid>/<series uid>/<sop uid>.dcm   stored instances, byte for byte as received
+    dicom/<study uid>/<sop uid>.dcm            stored instances, byte for byte as received (one folder per
+                                               study; series are in the index: a folder per series would
+                                               cost one more directory fsync per image from a dental unit)
     quarantine/<time>-<sop uid>.dcm (+ .txt)   rejected input and the reason, for inspection
 
 :meth:`ImageStore.accept` takes a spooled file, checks it (:func:`~edge.store.header.read_header`), makes it
@@ -176,7 +178,7 @@ class ImageStore:
             os.fsync(fd)  # the expensive flush happens outside the lock
         finally:
             os.close(fd)
-        relative = Path("dicom", header.study_uid, header.series_uid, f"{header.sop_instance_uid}.dcm")
+        relative = Path("dicom", header.study_uid, f"{header.sop_instance_uid}.dcm")
         final = self.data_dir / relative
         with self._lock:
             existing = get_instance(self.conn, header.sop_instance_uid)

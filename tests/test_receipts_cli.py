@@ -112,6 +112,7 @@ def test_grant_install_and_balances(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["receipts", "grant", str(grant), "--config", str(bad), "--data-dir", str(data)]) == 2
 
 
+@pytest.mark.slow
 def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Path) -> None:
     import os
     import signal

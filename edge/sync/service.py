@@ -34,7 +34,7 @@ from edge.config import AgentConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import AckError, ConfigError, LinkError, LinkRefused
 from edge.logs import event
-from edge.outbox.feed import feed
+from edge.outbox.feed import FEED_BATCH, feed
 from edge.outbox.outbox import Item, Outbox
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import now_ms
@@ -179,8 +179,8 @@ class SyncService:
             self._next_feed = now + self._config.outbox.feed_interval_s
             if self._book is not None:
                 queued = feed(self._outbox, conn, self._book)
-                if queued:
-                    event(log, "queued from receipt book", level=logging.DEBUG, items=queued)
+                if queued >= FEED_BATCH:  # a backlog: copy the next batch on the next turn
+                    self._next_feed = now
         if now >= self._next_health:
             self._next_health = now + self._cfg.health_interval_s
             self._outbox.enqueue(conn, "health", self.health(conn))

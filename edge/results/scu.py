@@ -97,10 +97,22 @@ def _status_detail(rsp: Any) -> str:
     return f"status 0x{int(rsp.Status):04X}" + (f": {comment}" if comment else "")
 
 
+class _QuietConnectFailures(logging.Filter):
+    """Drops pynetdicom's two ERROR lines per refused connection; :class:`StoreSCU` logs one line per batch."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Association request failed: unable to connect", "TCP Initialisation Error"))
+
+
+_QUIET = _QuietConnectFailures()
+
+
 class StoreSCU:
     """The real :class:`Sender`: C-STORE SCU as ``calling_ae``."""
 
     def __init__(self, calling_ae: str, *, connect_timeout_s: float = 10.0, dimse_timeout_s: float = 60.0) -> None:
+        logging.getLogger("pynetdicom.transport").addFilter(_QUIET)  # the same filter object: added once
         self.calling_ae = calling_ae
         self.connect_timeout_s = connect_timeout_s
         self.dimse_timeout_s = dimse_timeout_s
@@ -135,7 +147,8 @@ class StoreSCU:
                 if assoc.is_rejected
                 else "association aborted or timed out during negotiation"
             )
-            event(log, "destination unavailable", level=logging.WARNING, destination=destination.name, reason=why)
+            event(log, "destination unavailable", level=logging.WARNING, destination=destination.name, reason=why,
+                  objects=len(items))  # fmt: skip
             return [Outcome(i.object_uid, "retry", None, why) for i in items]
         outcomes: list[Outcome] = []
         try:

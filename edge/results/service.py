@@ -299,7 +299,8 @@ class ResultsService:
                     max_attempts=self.config.max_attempts,
                 )
         what = "dead" if result == "retry" and state == "dead" else result
-        level = logging.INFO if what == "sent" else logging.WARNING if what == "retry" else logging.ERROR
+        # a retry is logged once per batch by the sender ("destination unavailable"); per object only in DEBUG
+        level = logging.INFO if what == "sent" else logging.DEBUG if what == "retry" else logging.ERROR
         event(log, f"delivery {what}", level=level, destination=destination.name, kind=obj.kind,
               sop=obj.object_uid, status=status, detail=detail)  # fmt: skip
 

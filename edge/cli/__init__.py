@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "edge.cli.config_cmd",
     "edge.cli.provision",
     "edge.cli.receipts",
+    "edge.cli.outbox",
     "edge.cli.results",
     "edge.cli.model",
     "edge.cli.analyze",

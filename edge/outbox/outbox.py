@@ -238,6 +238,31 @@ class Outbox:
                     refused += cur.rowcount
         return Settled(done, refused)
 
+    @staticmethod
+    def requeue(conn: sqlite3.Connection, items: Iterable[str] | None = None) -> int:
+        """Make rejected items pending again (all of them when ``items`` is None), e.g. once the relay is fixed."""
+        with transaction(conn):
+            if items is None:
+                cur = conn.execute("UPDATE outbox SET state = 'pending', settled_ms = NULL WHERE state = 'rejected'")
+                return cur.rowcount
+            count = 0
+            for item in items:
+                cur = conn.execute(
+                    "UPDATE outbox SET state = 'pending', settled_ms = NULL WHERE state = 'rejected' AND item = ?",
+                    (item,),
+                )
+                count += cur.rowcount
+        return count
+
+    @staticmethod
+    def rejected(conn: sqlite3.Connection, limit: int = 100) -> list[tuple[str, str, str]]:
+        """The most recently rejected items as (item, kind, reason)."""
+        rows = conn.execute(
+            "SELECT item, kind, reason FROM outbox WHERE state = 'rejected' ORDER BY settled_ms DESC, id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(r["item"], r["kind"], r["reason"] or "") for r in rows]
+
     def prune(self, conn: sqlite3.Connection) -> int:
         """Delete items acknowledged more than ``keep_done_days`` ago (the certificate's row stays)."""
         cutoff = self._clock() - int(self._cfg.keep_done_days * 86_400_000)

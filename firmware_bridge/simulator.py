@@ -441,6 +441,7 @@ class ImageSender:
         self.sent = 0
         self.failed = 0
         self._queue: queue.Queue[tuple[Identify, ExposureCompleted] | None] = queue.Queue()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="simulator-cstore", daemon=True)
         self._thread.start()
 
@@ -458,12 +459,13 @@ class ImageSender:
         self._queue.put((identity, exposure))
 
     def stop(self) -> None:
-        """Finish what is queued (bounded by the retries) and stop."""
+        """Stop after the image being sent; images still queued are dropped (the simulated unit is switched off)."""
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None and not self._stopping.is_set():
             identity, exposure = item
             try:
                 dataset = image_dataset(identity, exposure)
@@ -487,7 +489,8 @@ class ImageSender:
                     status,
                     attempt + 1,
                 )
-                time.sleep(min(2**attempt, 10))
+                if self._stopping.wait(min(2**attempt, 10)):
+                    return
             else:
                 self.failed += 1
 

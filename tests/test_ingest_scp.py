@@ -81,6 +81,17 @@ def test_undecodable_dataset_gets_c210_and_the_next_one_is_stored(running: Runni
     assert [i.sop_instance_uid for i in list_instances(running.store.conn)] == [str(dcmread(CT).SOPInstanceUID)]
 
 
+def test_stopping_the_last_scp_restores_pynetdicoms_switches(tmp_path: Path) -> None:
+    before = (_config.STORE_RECV_CHUNKED_DATASET, _config.UNRESTRICTED_STORAGE_SERVICE)
+    first, second = Running(tmp_path / "a"), Running(tmp_path / "b")
+    assert _config.STORE_RECV_CHUNKED_DATASET
+    assert _config.UNRESTRICTED_STORAGE_SERVICE
+    first.stop()
+    assert _send(second.scp.port, CT) == [0]  # the other SCP still spools and accepts
+    second.stop()
+    assert before == (_config.STORE_RECV_CHUNKED_DATASET, _config.UNRESTRICTED_STORAGE_SERVICE)
+
+
 def test_duplicate_with_different_content_gets_0111_under_reject(tmp_path: Path) -> None:
     running = Running(tmp_path, policy="reject")
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -46,7 +47,9 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_DUPLICATE = 0x0111
-_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+_switch_lock = threading.Lock()
+_running: set[int] = set()
+_saved_unrestricted: list[bool] = []
 
 
 class _ReceiveIntoSocket(AssociationSocket):
@@ -109,7 +112,11 @@ class StorageSCP:
         ae.network_timeout = cfg.network_timeout_s
         ae.require_calling_aet = list(cfg.allowed_calling_aes)
         ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
-        _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept every storage SOP class, known or private
+        with _switch_lock:  # process-wide pynetdicom switches, undone when the last SCP stops
+            if not _running:
+                _saved_unrestricted.append(_config.UNRESTRICTED_STORAGE_SERVICE)
+                _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept every storage SOP class, known or private
+            _running.add(id(self))
         spool.install(ae, self.store.incoming_dir)
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connect),
@@ -129,15 +136,24 @@ class StorageSCP:
             self._server = None
         if self._ae is not None:
             self._ae.shutdown()
+            spool.uninstall(self._ae)
             self._ae = None
+        with _switch_lock:
+            if id(self) in _running:
+                _running.discard(id(self))
+                if not _running:
+                    _config.UNRESTRICTED_STORAGE_SERVICE = _saved_unrestricted.pop()
 
     # --- handlers ----------------------------------------------------------------------------------------
 
     def _on_connect(self, ev: Any) -> None:
+        """Tune the accepted socket: no Nagle delay on our small responses, reads with ``recv_into``.
+
+        The receive buffer is left to Linux's autotuning (up to ``net.ipv4.tcp_rmem``), which grows past what a
+        fixed ``SO_RCVBUF`` may (``net.core.rmem_max``) and setting one would switch autotuning off.
+        """
         ev.assoc.dul.socket.__class__ = _ReceiveIntoSocket  # same object, faster reads
-        sock = ev.assoc.dul.socket.socket
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
+        ev.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_accepted(self, ev: Any) -> None:
         requestor = ev.assoc.requestor

@@ -10,7 +10,9 @@ store fsyncs the file before it answers.
 
 pynetdicom creates the spool file with ``tempfile.NamedTemporaryFile`` looked up in
 ``pynetdicom.dimse_messages``; :func:`install` replaces that name with :func:`_spool_file`, which falls back
-to the original for associations of any AE that was not installed.
+to the original for associations of any AE that was not installed. Both switches are process-wide, so
+:func:`uninstall` puts them back once the last installed AE is gone: another pynetdicom SCP in the process (a
+test's fake PACS) then receives in memory again, as pynetdicom does by default.
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ import io
 import os
 import tempfile
 import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
-__all__ = ["SpoolFile", "install"]
+__all__ = ["SpoolFile", "install", "uninstall"]
 
-_spool_dirs: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
+_spool_dirs: dict[Any, Path] = {}
+_saved: dict[str, Any] = {}
 _original = tempfile.NamedTemporaryFile
-_install_lock = threading.Lock()
+_lock = threading.Lock()
 
 
 class SpoolFile(io.FileIO):
@@ -69,8 +71,19 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
 
 def install(ae: Any, directory: Path) -> None:
     """Make associations of ``ae`` spool received C-STORE datasets to ``directory`` (on the store's disk)."""
-    with _install_lock:
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        dimse_messages.NamedTemporaryFile = _spool_file  # type: ignore[attr-defined]
-        _spool_dirs[ae] = directory
     os.makedirs(directory, exist_ok=True)
+    with _lock:
+        if not _spool_dirs:
+            _saved["chunked"] = _config.STORE_RECV_CHUNKED_DATASET
+            _saved["factory"] = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
+            _config.STORE_RECV_CHUNKED_DATASET = True
+            dimse_messages.NamedTemporaryFile = _spool_file  # type: ignore[attr-defined]
+        _spool_dirs[ae] = directory
+
+
+def uninstall(ae: Any) -> None:
+    """Undo :func:`install` for ``ae``; after the last one, pynetdicom receives as it did before."""
+    with _lock:
+        if _spool_dirs.pop(ae, None) is not None and not _spool_dirs:
+            _config.STORE_RECV_CHUNKED_DATASET = _saved["chunked"]
+            dimse_messages.NamedTemporaryFile = _saved["factory"]  # type: ignore[attr-defined]

@@ -144,6 +144,8 @@ class Link:
         self._expected: int | None = None
         self._last_rx = 0.0
         self._last_hello = 0.0
+        self._backoff = Backoff(self.settings.reopen_initial_s, self.settings.reopen_max_s)
+        """Delay before reopening the port; reset by a successful handshake."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -246,14 +248,13 @@ class Link:
 
     # --- reader ---------------------------------------------------------------------------------------------
 
-    def _open(self, backoff: Backoff) -> bool:
+    def _open(self) -> bool:
         try:
             self.transport.open()
         except TransportError as exc:
             self.error = str(exc)
-            self._stop.wait(backoff.next())
+            self._stop.wait(self._backoff.next())
             return False
-        backoff.reset()
         with self._cond:
             previous = self._session
             while self._session == previous:
@@ -270,19 +271,19 @@ class Link:
         return True
 
     def _reader(self) -> None:
-        backoff = Backoff(self.settings.reopen_initial_s, self.settings.reopen_max_s)
         while not self._stop.is_set():
             try:
-                self._read_once(backoff)
+                self._read_once()
             except TransportError as exc:
                 self._lost_port(exc)
+                self._stop.wait(self._backoff.next())  # a port that opens but then fails must not spin
             except Exception:  # a bug here must not silence the unit: log it, count it, carry on
                 self.stats.internal_errors += 1
                 log.exception("%s: reader failed", self.name)
                 self._stop.wait(0.1)
 
-    def _read_once(self, backoff: Backoff) -> None:
-        if self.state == "closed" and not self._open(backoff):
+    def _read_once(self) -> None:
+        if self.state == "closed" and not self._open():
             return
         self._housekeeping()
         data = self.transport.read()
@@ -377,6 +378,7 @@ class Link:
         if not peer.reply:
             self._send_now(self._hello(reply=True))
         self.version, self.peer, self.error = version, peer, None
+        self._backoff.reset()
         self.stats.handshakes += 1
         self._set_state("connected")
         if self._on_connected is not None:

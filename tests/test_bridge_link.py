@@ -327,3 +327,20 @@ def test_any_mix_of_line_faults_delivers_each_exposure_once(
     finally:
         agent.stop()
         unit.stop()
+
+
+class _BrokenPort(MemoryTransport):
+    """Opens fine, then every read fails: a flaky adapter."""
+
+    def read(self) -> bytes:
+        raise TransportError("read failed")
+
+
+def test_a_port_that_opens_but_fails_is_retried_with_backoff_not_spun() -> None:
+    settings = LinkSettings(hello_interval_s=10, reopen_initial_s=0.05, reopen_max_s=0.1)
+    link = Link(_BrokenPort(), on_message=lambda m: None, settings=settings, name="flaky")
+    link.start()
+    time.sleep(0.5)
+    link.stop()
+    assert 2 <= link.stats.reconnects <= 8
+    assert link.error == "read failed"

@@ -24,9 +24,10 @@ CT = Path(str(get_testdata_file("CT_small.dcm")))
 
 
 class Running:
-    def __init__(self, tmp_path: Path, policy: DuplicatePolicy = "keep") -> None:
+    def __init__(self, tmp_path: Path, policy: DuplicatePolicy = "keep", max_associations: int = 8) -> None:
         self.store = ImageStore(tmp_path / "data", min_free_mb=0, duplicate_policy=policy)
-        self.scp = StorageSCP(replace(DicomConfig(), bind_address="127.0.0.1", port=free_port()), self.store)
+        config = replace(DicomConfig(), bind_address="127.0.0.1", port=free_port(), max_associations=max_associations)
+        self.scp = StorageSCP(config, self.store)
         self.store.start()
         self.scp.start()
 
@@ -90,6 +91,23 @@ def test_stopping_the_last_scp_restores_pynetdicoms_switches(tmp_path: Path) -> 
     assert _send(second.scp.port, CT) == [0]  # the other SCP still spools and accepts
     second.stop()
     assert before == (_config.STORE_RECV_CHUNKED_DATASET, _config.UNRESTRICTED_STORAGE_SERVICE)
+
+
+def test_association_limit_rejects_the_extra_association(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    running = Running(tmp_path, max_associations=1)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    first = ae.associate("127.0.0.1", running.scp.port, ae_title="BTT_EDGE")
+    try:
+        assert first.is_established
+        second = ae.associate("127.0.0.1", running.scp.port, ae_title="BTT_EDGE")
+        assert second.is_rejected
+        assert [r.btt_fields["reason"] for r in caplog.records if r.getMessage() == "association rejected"] == [
+            "dicom.max_associations (1) reached"
+        ]
+    finally:
+        first.release()
+        running.stop()
 
 
 def test_duplicate_with_different_content_gets_0111_under_reject(tmp_path: Path) -> None:

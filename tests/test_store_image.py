@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from edge.db import transaction
-from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace
+from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace, StoreError
 from edge.store.image_store import DuplicatePolicy, ImageStore
 from edge.store.index import get_instance, list_instances, set_state
 from edge.store.retention import prune
@@ -115,6 +115,14 @@ def test_undecodable_input_is_invalid_and_can_be_quarantined(store: ImageStore) 
     assert "reason: cannot be decoded" in where.with_suffix(".txt").read_text()
     assert list(store.incoming_dir.iterdir()) == []
     assert list_instances(store.conn) == []
+
+
+def test_a_database_failure_is_a_store_error_and_indexes_nothing(store: ImageStore) -> None:
+    spooled = _spool(store)
+    store.conn.close()
+    with pytest.raises(StoreError, match=f"cannot store {CT_SOP}"):
+        store.accept(spooled, "UNIT1")
+    assert not list(store.dicom_dir.rglob("*.dcm"))
 
 
 def test_disk_guard_refuses_below_the_reserve(tmp_path: Path) -> None:

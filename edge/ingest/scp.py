@@ -9,6 +9,7 @@ store says                  status   meaning
 ==========================  =======  ==================================================================
 stored / duplicate          0x0000   success (the file and its index row are on disk)
 OutOfSpace                  0xA700   refused: free space is below ``dicom.min_free_mb``
+StoreError (disk, database) 0xA700   refused: nothing was indexed; the sender retries later
 InvalidDataset              0xC210   cannot understand; the object is quarantined for inspection
 DuplicateConflict           0x0111   duplicate SOP instance (policy ``reject``)
 anything else               0xC211   pynetdicom's own net for an unexpected error (logged with a trace)
@@ -199,6 +200,10 @@ class StorageSCP:
         except DuplicateConflict as exc:
             event(log, "store rejected", level=logging.WARNING, sop=sop, calling_ae=calling, reason=str(exc))
             return _status(STATUS_DUPLICATE, "duplicate SOP instance with different content")
+        except StoreError as exc:  # the disk or the database failed: nothing was indexed, the unit retries
+            spooled.unlink(missing_ok=True)
+            event(log, "store failed", level=logging.ERROR, sop=sop, calling_ae=calling, reason=str(exc))
+            return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}")
         header = stored.header
         event(
             log,

@@ -168,10 +168,17 @@ class ImageStore:
         """Store the Part 10 file ``spooled`` (in :attr:`incoming_dir`) durably and index it.
 
         Raises :class:`~edge.errors.OutOfSpace`, :class:`~edge.errors.InvalidDataset` (the caller quarantines
-        the file) or :class:`~edge.errors.DuplicateConflict`. On success the file has been moved or removed.
+        the file), :class:`~edge.errors.DuplicateConflict`, or :class:`~edge.errors.StoreError` when the disk
+        or the database fails (nothing is indexed then). On success the file has been moved or removed.
         """
         self.check_space()
         header = _read(spooled)
+        try:
+            return self._store(spooled, header, calling_ae)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot store {header.sop_instance_uid}: {exc}") from exc
+
+    def _store(self, spooled: Path, header: InstanceHeader, calling_ae: str) -> StoredInstance:
         size = spooled.stat().st_size
         fd = os.open(spooled, os.O_RDONLY)
         try:

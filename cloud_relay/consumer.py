@@ -77,6 +77,7 @@ class Consumer:
             )
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(c.receive_maximum)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -178,15 +178,20 @@ class Registry:
     def add_device(
         self, device: str, *, clinic: str | None = None, asset: str | None = None, certificate: Any = None
     ) -> None:
-        """Register ``device`` (or re-assign it) to ``clinic``; with ``certificate``, verify and store that too."""
+        """Register ``device``, or re-assign it to ``clinic`` / ``asset`` (None keeps what it has).
+
+        With ``certificate``, verify that against the manufacturer keys and store it too.
+        """
         _check_id(device, "device id")
         with self._db.transaction() as tx:
             if clinic is not None and tx.one("SELECT 1 FROM clinics WHERE id = ?", (clinic,)) is None:
                 raise RegistryError(f"unknown clinic {clinic!r}")
+            if asset is not None:
+                _check_id(asset, "asset id")
             tx.execute(
-                "INSERT INTO devices (id, clinic, asset, registered_ms) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET clinic = excluded.clinic, asset = excluded.asset",
-                (device, clinic, _check_id(asset or device, "asset id"), self._clock()),
+                "INSERT INTO devices (id, clinic, asset, registered_ms) VALUES (?, ?, ?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET clinic = COALESCE(?, devices.clinic), asset = COALESCE(?, devices.asset)",
+                (device, clinic, asset or device, self._clock(), clinic, asset),
             )
             if certificate is not None:
                 try:

@@ -49,12 +49,14 @@ def test_admin_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["trust", "add", "manufacturer", str(tmp_path / "m.pub"), "--db", db]) == 0
     assert main(["clinic", "add", "clinic-a", "--name", "Clinic A", "--db", db]) == 0
     assert main(["device", "add", device, "--clinic", "clinic-a", "--certificate", str(cert), "--db", db]) == 0
+    assert main(["device", "add", device, "--asset", "asset-9", "--db", db]) == 0  # keeps its clinic
     capsys.readouterr()
     assert main(["token", "add", "clinic-a", "--db", db]) == 0
     assert capsys.readouterr().out.startswith("btt_")
     assert main(["device", "list", "--db", db]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert (listed["id"], listed["clinic"], listed["keyids"]) == (device, "clinic-a", [box.identity.key.keyid])
+    assert (listed["id"], listed["clinic"], listed["asset"]) == (device, "clinic-a", "asset-9")
+    assert listed["keyids"] == [box.identity.key.keyid]
     assert main(["device", "revoke", device, "--reason", "stolen", "--db", db]) == 0
     assert main(["tariff", "set", "exposure", "CNY", "200", "--db", db]) == 0
     capsys.readouterr()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_relay.config import IngestConfig, MqttConfig
 from cloud_relay.consumer import Consumer
-from cloud_relay.ingest import Ingestor
+from cloud_relay.errors import StorageUnavailable
+from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.storage import Database
 from edge.receipts.keys import generate_key
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
@@ -135,3 +136,40 @@ def test_two_workers_split_the_stream_and_store_each_receipt_once(
         device.close()
         for w in workers:
             w.stop()
+
+
+class _FlakyIngestor(Ingestor):
+    """The database refuses the first ``failures`` batches (as if PostgreSQL were restarting)."""
+
+    def __init__(self, db: Database, failures: int) -> None:
+        super().__init__(db)
+        self.failures = failures
+
+    def handle(self, messages: Sequence[UpMessage]) -> list[Ack]:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("database restarting")
+        return super().handle(messages)
+
+
+def test_nothing_is_acked_while_the_database_refuses_and_all_is_stored_after(
+    broker: MosquittoBroker, db: Database, box: Box
+) -> None:
+    config = MqttConfig.from_url(broker.url(RELAY_USER, "pw-relay"), client_id="relay-flaky")
+    flaky = _FlakyIngestor(db, failures=3)
+    worker = Consumer(config, flaky, IngestConfig(batch_wait_ms=5, retry_s=0.2))
+    worker.start()
+    assert worker.wait_connected(10)
+    device = Device(broker, box.identity.device_id, "pw-dev")
+    try:
+        box.record(5)
+        device.publish("receipts", receipt_items(box))
+        with pytest.raises(queue.Empty):
+            device.acks.get(timeout=0.4)  # the first attempts fail: no ack goes out
+        stored, rejected = device.acked(5)
+        assert (stored, rejected) == (["r1", "r2", "r3", "r4", "r5"], [])
+        assert flaky.failures == 0
+        assert _stored_seqs(db) == [1, 2, 3, 4, 5]
+    finally:
+        device.close()
+        worker.stop()

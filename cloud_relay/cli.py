@@ -9,6 +9,7 @@
     btt-relay device revoke ID --reason TEXT
     btt-relay device list [--clinic C]
     btt-relay trust add manufacturer|issuer PUBLIC_KEY_FILE
+    btt-relay trust revocations FILE                     # a manufacturer-signed revocation list
     btt-relay grant add FILE | shares add FILE | tariff set KIND CURRENCY AMOUNT
     btt-relay ledger export --period YYYY-MM [--format csv|json] [--clinic C] [--out FILE]
     btt-relay rejects [--limit N]
@@ -105,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("role", choices=(MANUFACTURER, ISSUER))
     p.add_argument("key_file")
+    p = command("revocations", "apply a revocation list signed by a trusted manufacturer", _revocations, trust)
+    p.add_argument("file")
 
     grant = sub.add_parser("grant", help="grants").add_subparsers(dest="action", required=True)
     command("add", "add a signed grant", _grant_add, grant).add_argument("file")
@@ -247,6 +250,12 @@ def _trust_add(args: argparse.Namespace, db: Database) -> int:
     key = load_public_key(Path(args.key_file))
     Registry(db).add_trust_key(args.role, key)
     print(f"trusting {args.role} key {key.keyid[:16]}")
+    return 0
+
+
+def _revocations(args: argparse.Namespace, db: Database) -> int:
+    count = Registry(db).add_revocations(_read_json(args.file))
+    print(f"revocation list applied: {count} key(s) revoked")
     return 0
 
 

@@ -3,7 +3,8 @@
 Operators change it with ``btt-relay`` admin commands; the ingest path reads it inside its own transaction
 (:func:`load_trust`, :func:`device_certificates`, :func:`store_certificate`). A device belongs to at most one
 clinic (none until the operator assigns it) and names the ``asset`` its revenue shares are kept for.
-Revoking a device revokes every key its certificates vouch for: from then on its receipts are rejected.
+Revoking a device revokes every key its certificates vouch for: from then on its receipts are rejected; a
+manufacturer's signed revocation list (``btt-relay trust revocations FILE``) revokes the key ids it names.
 Clinic tokens are random, shown once, and stored only as their SHA-256.
 """
 
@@ -23,7 +24,7 @@ from edge.receipts.encoding import canonical_bytes, decode
 from edge.receipts.identity import DeviceCertificate, now_ms, parse_certificate
 from edge.receipts.keys import PublicKey
 from edge.receipts.records import ID_RE
-from edge.receipts.verify import Trust, verify_certificates
+from edge.receipts.verify import Trust, verify_certificates, verify_revocations
 
 __all__ = [
     "ISSUER",
@@ -55,9 +56,10 @@ def trusted_keys(tx: Tx, role: str) -> list[PublicKey]:
 
 
 def load_trust(tx: Tx) -> Trust:
-    """Manufacturer keys and the keys of revoked devices, as the verifier's :class:`Trust`."""
+    """Manufacturer keys, and the keys of revoked devices and of manufacturer revocation lists, as a :class:`Trust`."""
     revoked = tx.all(
         "SELECT c.keyid FROM certificates c JOIN devices d ON d.id = c.device WHERE d.revoked_ms IS NOT NULL"
+        " UNION SELECT keyid FROM revoked_keys"
     )
     return Trust({k.keyid: k for k in trusted_keys(tx, MANUFACTURER)}, frozenset(str(r[0]) for r in revoked))
 
@@ -210,6 +212,19 @@ class Registry:
             )
             if not changed and tx.one("SELECT 1 FROM devices WHERE id = ?", (device,)) is None:
                 raise RegistryError(f"unknown device {device!r}")
+
+    def add_revocations(self, envelope: Any) -> int:
+        """Apply a revocation list signed by a trusted manufacturer key; returns how many key ids it names."""
+        with self._db.transaction() as tx:
+            try:
+                revoked = verify_revocations(envelope, {k.keyid: k for k in trusted_keys(tx, MANUFACTURER)})
+            except VerificationError as exc:
+                raise RegistryError(f"revocation list: {exc}") from exc
+            tx.execute_many(
+                "INSERT INTO revoked_keys (keyid, added_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(keyid, self._clock()) for keyid in sorted(revoked)],
+            )
+        return len(revoked)
 
     def devices(self, clinic: str | None = None) -> list[DeviceInfo]:
         """Devices (of ``clinic``, or all), with their certificate key ids."""

@@ -13,6 +13,7 @@ from cloud_relay.errors import RegistryError
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
+from edge.receipts.identity import issue_revocations
 from edge.receipts.keys import generate_key, seal
 from edge.receipts.receipts import RECEIPT
 from tests.receipts_helpers import Box, make_box
@@ -212,3 +213,16 @@ def test_a_receipt_that_does_not_link_to_its_stored_neighbours_is_rejected(db: D
     assert ack.rejected[0]["reason"].startswith("BrokenChain")
     assert ack.stored == ["r2"]
     assert _count(db, "receipts") == 3
+
+
+def test_manufacturer_revocation_list_revokes_keys(db: Database, box: Box) -> None:
+    box.record(1)
+    registry = Registry(db)
+    with pytest.raises(RegistryError, match="revocation list"):
+        registry.add_revocations(issue_revocations(generate_key(), [box.identity.key.keyid], number=1, issued_ms=0))
+    assert (
+        registry.add_revocations(issue_revocations(box.manufacturer, [box.identity.key.keyid], number=1, issued_ms=0))
+        == 1
+    )
+    ack = _one_ack(Ingestor(db).handle([up(box.identity.device_id, "receipts", receipt_items(box))]))
+    assert ack.rejected[0]["reason"].startswith("RevokedKey")

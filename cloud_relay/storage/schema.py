@@ -4,7 +4,8 @@ Tables: ``clinics``, ``api_tokens`` (SHA-256 of each clinic token), ``devices`` 
 ``trust_keys`` (manufacturer and grant-issuer public keys), ``certificates`` (verified device certificates),
 ``receipts`` (one row per (device, seq), unique hash), ``settlements`` (one per (device, batch)), ``reports``
 (capacity offers, health and result summaries by (device, item id)), ``rejects`` (what was refused and why),
-``grants``, ``share_tables`` and ``tariffs`` (what the ledger prices with).
+``grants``, ``share_tables`` and ``tariffs`` (what the ledger prices with); ``revoked_keys`` (from
+manufacturer revocation lists).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ MIGRATIONS = [
         PRIMARY KEY (asset, version)
     );
     CREATE TABLE tariffs (kind TEXT PRIMARY KEY, currency TEXT NOT NULL, amount BIGINT NOT NULL)
+    """,
+    """
+    CREATE TABLE revoked_keys (keyid TEXT PRIMARY KEY, added_ms BIGINT NOT NULL)
     """,
 ]
 

@@ -152,17 +152,18 @@ def build_sr(
                 serial_number=algorithm.version[:64],
             ),
         )
+        context = ObservationContext(observer_device_context=observer)
         groups: Sequence[PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations] = [
             _group(source, finding, i, algorithm, uids) for i, finding in enumerate(analysis.findings)
         ] or [_empty_group(source, algorithm, uids)]
-        report = MeasurementReport(
-            observation_context=ObservationContext(observer_device_context=observer),
-            procedure_reported=rc.PROCEDURE,
-            imaging_measurements=groups,
-        )
+        report = MeasurementReport(context, rc.PROCEDURE, imaging_measurements=groups)
+        # highdicom's document constructor deep-copies and walks the whole content tree (two thirds of the SR's
+        # time for a dozen findings); build the document around a one-group report, then give it the full
+        # content exactly as that constructor copies it (every item references only ``source``, the evidence).
+        stub = MeasurementReport(context, rc.PROCEDURE, imaging_measurements=[_empty_group(source, algorithm, uids)])
         sr = Comprehensive3DSR(
             evidence=[source],
-            content=report,
+            content=stub,
             series_instance_uid=uids.derived(source.SeriesInstanceUID, algorithm.bundle_id, "sr-series"),
             series_number=series_number,
             sop_instance_uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "sr"),
@@ -172,6 +173,8 @@ def build_sr(
             is_final=False,
             is_verified=False,
         )
+        for tag, value in report[0].items():
+            sr[tag] = value
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ResultBuildError(f"cannot build the SR for {analysis.sop_instance_uid}: {exc}") from exc
     sr.SeriesDescription = AI_LABEL

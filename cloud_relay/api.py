@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -74,6 +74,16 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
     ) -> dict[str, Any]:
         try:
             return view.receipts(clinic_id, device, after_seq, limit)
+        except RegistryError as exc:
+            raise not_found(exc) from exc
+
+    @app.get(
+        "/v1/devices/{device}/receipts/{seq}/proof",
+        summary="A stand-alone inclusion proof of one settled receipt (checked by `btt-edge receipts verify-proof`)",
+    )
+    def proof(clinic_id: Clinic, device: str, seq: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+        try:
+            return view.proof(clinic_id, device, seq)
         except RegistryError as exc:
             raise not_found(exc) from exc
 

@@ -1,5 +1,7 @@
 """What a clinic may read: its devices, their usage, receipts with inclusion proofs, settlements and capacity.
 
+A receipt's proof is also available as the stand-alone document ``btt-edge receipts verify-proof`` checks.
+
 Every query takes the clinic id and only ever returns that clinic's devices; a device of another clinic is
 reported as unknown (:class:`RegistryError`), never as forbidden, so clinics cannot probe each other's ids.
 """
@@ -14,6 +16,7 @@ from cloud_relay.ledger import period_bounds
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database, Tx
 from edge.receipts import merkle
+from edge.receipts.verify import PROOF
 
 __all__ = ["ClinicView"]
 
@@ -94,6 +97,36 @@ class ClinicView:
                     }
             out.append(entry)
         return {"device": device, "receipts": out}
+
+    def proof(self, clinic: str, device: str, seq: int) -> dict[str, Any]:
+        """A stand-alone inclusion proof of one receipt, the document ``btt-edge receipts verify-proof`` checks."""
+        with self._db.transaction() as tx:
+            self._own(tx, clinic, device)
+            settlement = tx.one(
+                "SELECT first_seq, last_seq, envelope FROM settlements WHERE device = ? AND first_seq <= ?"
+                " AND ? <= last_seq",
+                (device, seq, seq),
+            )
+            if settlement is None:
+                raise RegistryError(f"receipt {seq} of {device} is not in a settlement at the relay")
+            first, last = int(settlement[0]), int(settlement[1])
+            rows = tx.all(
+                "SELECT body, signatures FROM receipts WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (device, first, last),
+            )
+            certificates = [
+                json.loads(r[0]) for r in tx.all("SELECT envelope FROM certificates WHERE device = ?", (device,))
+            ]
+        leaves = [merkle.leaf_hash(str(r[0]).encode("utf-8")) for r in rows]
+        body, signatures = rows[seq - first]
+        return {
+            "type": PROOF,
+            "format": 1,
+            "certificates": certificates,
+            "receipt": {"signed": json.loads(body), "signatures": json.loads(signatures)},
+            "settlement": json.loads(settlement[2]),
+            "proof": [p.hex() for p in merkle.inclusion_proof(seq - first, leaves)],
+        }
 
     def settlements(self, clinic: str, device: str) -> dict[str, Any]:
         """The device's verified settlement envelopes in batch order."""

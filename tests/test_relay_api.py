@@ -22,7 +22,7 @@ from edge.receipts.grants import install_grant
 from edge.receipts.keys import generate_key
 from edge.receipts.money import Money
 from edge.receipts.settlement import parse_settlement
-from edge.receipts.verify import verify_inclusion
+from edge.receipts.verify import Trust, verify_inclusion, verify_proof
 from tests.receipts_helpers import Box, make_grant, make_shares
 from tests.relay_helpers import provisioned, receipt_items, throwaway_db, up
 
@@ -41,6 +41,7 @@ class World:
 
     def __init__(self, db: Database, tmp_path: Path) -> None:
         manufacturer, self.issuer = generate_key(), generate_key()
+        self.manufacturer = manufacturer
         self.a: Box = provisioned(db, tmp_path / "a", manufacturer, clinic="clinic-a")
         self.b: Box = provisioned(db, tmp_path / "b", manufacturer, clinic="clinic-b")
         registry = Registry(db)
@@ -125,6 +126,15 @@ def test_receipts_come_with_inclusion_proofs_that_verify(world: World) -> None:
     assert page["receipts"][0]["inclusion"]["index"] == 4
     settlements = world.get(f"/v1/devices/{a}/settlements", world.token_a).json()  # type: ignore[attr-defined]
     assert settlements["settlements"] == [world.settlement]
+
+
+def test_stand_alone_proof_verifies_with_the_device_side_verifier(world: World) -> None:
+    a, b = world.a.identity.device_id, world.b.identity.device_id
+    doc = world.get(f"/v1/devices/{a}/receipts/3/proof", world.token_a).json()  # type: ignore[attr-defined]
+    receipt, settlement = verify_proof(doc, Trust.of([world.manufacturer.public]))
+    assert (receipt.seq, settlement.batch) == (3, 1)
+    assert world.get(f"/v1/devices/{a}/receipts/6/proof", world.token_a).status_code == 404  # type: ignore[attr-defined]
+    assert world.get(f"/v1/devices/{b}/receipts/1/proof", world.token_a).status_code == 404  # type: ignore[attr-defined]
 
 
 def test_payouts_per_clinic_and_owner_from_settled_receipts(world: World) -> None:

@@ -238,3 +238,15 @@ def test_recorded_analyses_read_the_pipeline_record(tmp_path: Path) -> None:
     assert analyses.load(conn, "1.2.4") is None  # skipped: nothing to report
     assert analyses.load(conn, "9.9") is None
     conn.close()
+
+
+def test_without_destinations_results_are_built_and_the_image_is_done(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    source = source_image("PX", rows=100, columns=200)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    uid = ingest(store, source)
+    service = _service(store, analyses, sender, clock, destinations=())
+    assert service.build_pending(store.conn) == 1
+    assert {s.object.kind for s in queue.list_objects(store.conn)} == {"sr", "overlay"}
+    assert get_instance(store.conn, uid).pipeline_state == "forwarded"  # nothing left to deliver
+    assert queue.unbuilt_sources(store.conn) == []

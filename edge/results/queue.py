@@ -332,14 +332,19 @@ def resend(
 
 
 def source_delivered(conn: sqlite3.Connection, source_sop_uid: str) -> bool:
-    """All result objects (SR, overlay) of ``source_sop_uid`` are built and confirmed by every destination they have."""
-    row = conn.execute(
-        "SELECT COUNT(*), SUM(d.state = 'sent') FROM results_objects o JOIN results_deliveries d "
-        "ON d.object_uid = o.object_uid WHERE o.source_sop_uid = ? AND o.kind != 'original' AND EXISTS "
-        "(SELECT 1 FROM results_sources s WHERE s.sop_instance_uid = o.source_sop_uid AND s.state = 'built')",
-        (source_sop_uid,),
+    """The results of ``source_sop_uid`` are built and every delivery of them (SR, GSPS, overlay) is confirmed.
+
+    With no destination for them this is true as soon as they are built: there is nothing left to deliver.
+    """
+    built = conn.execute(
+        "SELECT 1 FROM results_sources WHERE sop_instance_uid = ? AND state = 'built'", (source_sop_uid,)
     ).fetchone()
-    return bool(row[0]) and row[0] == row[1]
+    open_deliveries = conn.execute(
+        "SELECT COUNT(*) FROM results_objects o JOIN results_deliveries d ON d.object_uid = o.object_uid "
+        "WHERE o.source_sop_uid = ? AND o.kind != 'original' AND d.state != 'sent'",
+        (source_sop_uid,),
+    ).fetchone()[0]
+    return built is not None and open_deliveries == 0
 
 
 def list_objects(conn: sqlite3.Connection, *, source_sop_uid: str | None = None) -> list[ObjectStatus]:

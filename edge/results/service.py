@@ -57,6 +57,8 @@ _BUILDERS: dict[ObjectKind, Callable[[Dataset, Analysis, UidFactory], Dataset]] 
 """In build order: the SR first, the overlay (the heaviest) last. The GSPS is built only when a destination
 takes it."""
 _LAST_KIND: ObjectKind = "overlay"
+_ORIGINALS_SCAN_S = 1.0
+"""Received instances are checked for originals to forward at most this often (the check scans the index)."""
 
 
 class AnalysisSource(Protocol):
@@ -99,6 +101,7 @@ class ResultsService:
         self.clock = clock
         self._stop = threading.Event()
         self._wakes = {d.name: threading.Event() for d in self.destinations}
+        self._next_originals_scan = 0.0
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -150,7 +153,8 @@ class ResultsService:
     def build_pending(self, conn: sqlite3.Connection) -> int:
         """Queue new originals and build the results of newly analysed instances; returns how many were handled."""
         handled = 0
-        if self._targets("original"):
+        if self._targets("original") and time.monotonic() >= self._next_originals_scan:
+            self._next_originals_scan = time.monotonic() + _ORIGINALS_SCAN_S
             for uid in queue.unqueued_originals(conn):
                 self._queue_original(conn, uid)
                 handled += 1

@@ -81,6 +81,10 @@ def build_agent(config: AgentConfig) -> Agent:
     # The receipt book: pass it to every component where a use happens (pipeline, unit bridge); they call
     # book.record(conn, Use(...)) inside their own transaction. None when [receipts] enabled = false.
     book = open_book(config) if config.receipts.enabled else None
+    # The outbox: components queue telemetry (kinds "results", "offers") with outbox.enqueue(conn, kind, body)
+    # inside their own transaction; receipts and settlements reach it from the book (edge.outbox.feed). The
+    # sync service sends it to the relay when [sync] url (btt-edge run --mqtt) is set, else it queues offline.
+    outbox = Outbox.open(config)
     services: list[Service] = [store, StorageSCP(config.dicom, store), Pruner(config.retention, data_dir)]
     if config.pipeline.enabled:
         from edge.pipeline.analyzer import open_analyzer
@@ -94,6 +98,7 @@ def build_agent(config: AgentConfig) -> Agent:
                 queue_size=pipeline.queue_size,
                 poll_interval_s=pipeline.poll_interval_s,
                 book=book,
+                outbox=outbox,
             )
         )
     if config.results.enabled:
@@ -113,9 +118,5 @@ def build_agent(config: AgentConfig) -> Agent:
         from edge.unit.service import UnitService
 
         services.append(UnitService(config.unit, data_dir, book=book))
-    # The outbox: components queue telemetry (kinds "results", "offers") with outbox.enqueue(conn, kind, body)
-    # inside their own transaction; receipts and settlements reach it from the book (edge.outbox.feed). The
-    # sync service sends it to the relay when [sync] url (btt-edge run --mqtt) is set, else it queues offline.
-    outbox = Outbox.open(config)
     services.append(SyncService(config, outbox, book))
     return Agent(config, services)

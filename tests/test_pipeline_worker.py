@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.config import OutboxConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import BundleError
+from edge.outbox import Outbox
 from edge.pipeline.analyzer import Analyzer
 from edge.pipeline.backends.fake import FakeBackend
 from edge.pipeline.worker import MAX_ATTEMPTS, PipelineService, PipelineWorker, migrate_pipeline
@@ -238,3 +240,58 @@ def test_a_file_that_is_not_the_indexed_instance_fails(tmp_path: Path, conn: sql
     assert state == "failed"
     assert "holds SOP Instance UID" in reason
     assert conn.execute("SELECT COUNT(*) FROM pipeline_results").fetchone()[0] == 0
+
+
+def test_results_summary_goes_to_the_outbox_without_identifiers(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    outbox = Outbox(OutboxConfig())
+    outbox.migrate(conn)
+    [uid] = _receive(conn, tmp_path, 1)
+    PipelineWorker(conn, tmp_path, _analyzer(), outbox=outbox).drain()
+    [item] = Outbox.pending(conn, 10)
+    assert item.kind == "results"
+    body = json.loads(item.body)
+    assert body["findings"] == {"caries": 1}
+    assert body["status"] == "analysed"
+    assert uid not in json.dumps(body)
+    assert "1.2.3" not in json.dumps(body)
+
+
+class _Gate:
+    def __init__(self, replacement: Analyzer) -> None:
+        self.replacement: Analyzer | None = replacement
+        self.outcomes: list[tuple[bool, str]] = []
+        self.idle_calls = 0
+
+    def idle(self, current: Analyzer) -> Analyzer | None:
+        self.idle_calls += 1
+        update, self.replacement = self.replacement, None
+        return update
+
+    def outcome(self, ok: bool, error: str) -> None:
+        self.outcomes.append((ok, error))
+
+
+def test_model_gate_swaps_the_analyzer_when_idle_and_sees_outcomes(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    first = FakeBackend(reference_outputs, name="first")
+    second = FakeBackend(reference_outputs, name="second")
+    gate = _Gate(_analyzer(second))
+    service = PipelineService(tmp_path, lambda: _analyzer(first), poll_interval_s=30, model_gate=gate)
+    service.start()
+    try:
+        assert service.ready.wait(30)
+        deadline = time.monotonic() + 30
+        while gate.idle_calls < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert first.closed
+        [uid] = _receive(conn, tmp_path, 1)
+        service.notify()
+        while _state(conn, uid)[0] != "analysed":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        service.stop()
+    assert second.calls == 1
+    assert first.calls == 0
+    assert gate.outcomes == [(True, "")]
+    assert second.closed

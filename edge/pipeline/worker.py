@@ -8,6 +8,10 @@ result (findings, timings, the receipt for the use) commits in one transaction w
   back to ``received`` (or, if that was its last attempt, marks it ``failed``) and it is analysed again;
 * an instance that fails twice is ``failed`` with its error and not retried again.
 
+With an outbox, the same transaction queues a ``results`` summary for the relay (model, status, counts of findings
+by kind, timings; never an identifier). A :class:`ModelGate` (OTA) may swap the analyser while nothing is in
+flight and is told how each instance went.
+
 Work is taken from the index in receipt order into a bounded in-memory queue (``queue_size``), so a burst of
 images never loads more than that many index rows at once. Tables (component ``pipeline``)::
 
@@ -28,10 +32,12 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from edge.db import DB_FILENAME, connect, migrate, transaction
 from edge.errors import EdgeError, PipelineError, StateConflict, UnsupportedImage
 from edge.logs import event
+from edge.outbox import Outbox
 from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
 from edge.receipts.book import ReceiptBook
 from edge.receipts.receipts import Use
@@ -45,7 +51,7 @@ from edge.store.index import (
     utc_now,
 )
 
-__all__ = ["MAX_ATTEMPTS", "PipelineService", "PipelineWorker", "migrate_pipeline"]
+__all__ = ["MAX_ATTEMPTS", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]
 
 log = logging.getLogger("edge.pipeline")
 
@@ -95,6 +101,18 @@ def migrate_pipeline(conn: sqlite3.Connection) -> None:
     migrate(conn, "pipeline", _MIGRATIONS)
 
 
+class ModelGate(Protocol):
+    """Lets a model update (OTA) swap the analyser only while nothing is being analysed, and see how it does."""
+
+    def idle(self, current: Analyzer) -> Analyzer | None:
+        """Called from the worker thread when no instance is in flight; a new analyser replaces ``current``."""
+        ...
+
+    def outcome(self, ok: bool, error: str) -> None:
+        """Called after each instance: ``ok`` when its result was recorded, else the error it failed with."""
+        ...
+
+
 class PipelineWorker:
     """Takes received instances in order and analyses them; one thread calls :meth:`step` or :meth:`drain`."""
 
@@ -106,13 +124,18 @@ class PipelineWorker:
         *,
         queue_size: int = 8,
         book: ReceiptBook | None = None,
+        outbox: Outbox | None = None,
+        on_outcome: Callable[[bool, str], None] | None = None,
     ) -> None:
         self._conn = conn
         self._data_dir = data_dir
-        self._analyzer = analyzer
+        self.analyzer = analyzer
+        """Replaceable between instances (a model update)."""
         self._queue_size = queue_size
         self._queue: collections.deque[str] = collections.deque()
         self._book = book
+        self._outbox = outbox
+        self._on_outcome = on_outcome
 
     def recover(self) -> int:
         """Re-queue instances a crash left in ``processing`` (``failed`` if that was their last attempt)."""
@@ -189,17 +212,23 @@ class PipelineWorker:
         except Exception as exc:  # any failure counts as an attempt; an unexpected one is logged with its trace
             if not isinstance(exc, EdgeError):
                 log.exception("unexpected error analysing %s", uid)
-            self._fail(uid, str(exc) if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}")
+            error = str(exc) if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
+            self._fail(uid, error)
+            if self._on_outcome is not None:
+                self._on_outcome(False, error)
+            return
+        if self._on_outcome is not None:
+            self._on_outcome(True, "")
 
     def _analyse(self, instance: Instance) -> AnalysisResult:
         uid = instance.sop_instance_uid
         if instance.pixels_pruned_at is not None:
-            return self._analyzer.skipped(uid, "pixel data was removed by retention before analysis")
+            return self.analyzer.skipped(uid, "pixel data was removed by retention before analysis")
         try:
             ds = read_dataset(instance_path(self._data_dir, instance))
         except UnsupportedImage as exc:
-            return self._analyzer.skipped(uid, str(exc))
-        result = self._analyzer.analyse(ds)
+            return self.analyzer.skipped(uid, str(exc))
+        result = self.analyzer.analyse(ds)
         if result.sop_instance_uid != uid:
             raise PipelineError(f"the file of {uid} holds SOP Instance UID {result.sop_instance_uid}")
         return result
@@ -244,6 +273,8 @@ class PipelineWorker:
                 ],
             )
             set_state(self._conn, uid, result.status, expected="processing", reason=result.reason or "")
+            if self._outbox is not None:
+                self._outbox.enqueue(self._conn, "results", _summary(result))
             if self._book is not None and result.status == "analysed":
                 self._book.record(
                     self._conn,
@@ -265,6 +296,18 @@ class PipelineWorker:
         )
 
 
+def _summary(result: AnalysisResult) -> dict[str, object]:
+    """What the relay may see of a result: counts and timings only, never an identifier or header value."""
+    return {
+        "model_id": result.model_id,
+        "model_version": result.model_version,
+        "status": result.status,
+        "backend": result.backend,
+        "findings": dict(collections.Counter(f.kind for f in result.findings)),
+        "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
+    }
+
+
 class PipelineService:
     """The worker on its own thread: loads the bundle and backend, recovers, then analyses as instances arrive.
 
@@ -282,12 +325,16 @@ class PipelineService:
         queue_size: int = 8,
         poll_interval_s: float = 2.0,
         book: ReceiptBook | None = None,
+        outbox: Outbox | None = None,
+        model_gate: ModelGate | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._load_analyzer = load_analyzer
         self._queue_size = queue_size
         self._poll = poll_interval_s
         self._book = book
+        self._outbox = outbox
+        self._gate = model_gate
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -319,14 +366,26 @@ class PipelineService:
             except EdgeError as exc:
                 event(log, "pipeline idle: no model", level=logging.ERROR, error=str(exc))
                 return
-            worker = PipelineWorker(conn, self._data_dir, analyzer, queue_size=self._queue_size, book=self._book)
+            worker = PipelineWorker(
+                conn,
+                self._data_dir,
+                analyzer,
+                queue_size=self._queue_size,
+                book=self._book,
+                outbox=self._outbox,
+                on_outcome=None if self._gate is None else self._gate.outcome,
+            )
             worker.recover()
             self.ready.set()
             while not self._stop.is_set():
                 worker.drain(self._stop.is_set)
+                if self._gate is not None and (update := self._gate.idle(worker.analyzer)) is not None:
+                    worker.analyzer.backend.close()
+                    worker.analyzer = update
+                    continue
                 self._wake.wait(self._poll)
                 self._wake.clear()
-            analyzer.backend.close()
+            worker.analyzer.backend.close()
         except Exception:
             log.exception("pipeline worker stopped by an unexpected error")
         finally:

@@ -210,7 +210,10 @@ def test_a_device_cannot_publish_or_read_as_another(box: Box, broker: MosquittoB
     b = _link(broker, "dev-b", "b-secret")
     try:
         a.subscribe(ack_topic("dev-b"))  # refused by the broker (logged), so nothing arrives
+        a.subscribe("btt/v1/dev/+/up/#")  # nor may it read other devices' receipts
         a.subscribe(ack_topic(dev_a))
+        theirs = {"id": "receipt:1:b", "body": {}}
+        b.publish(up_topic("dev-b", "receipts"), json.dumps({"v": 1, "device": "dev-b", "items": [theirs]}).encode())
         body = {"id": "receipt:1:forged", "body": {}}
         a.publish(up_topic("dev-b", "receipts"), json.dumps({"v": 1, "device": "dev-b", "items": [body]}).encode())
         a.publish(presence_topic("dev-b"), b"online", retain=True)
@@ -229,8 +232,10 @@ def test_a_device_cannot_publish_or_read_as_another(box: Box, broker: MosquittoB
         for _ in range(10):
             got.extend(a.poll(0.05))
         topics = [t for t, _ in relay.payloads]
+        assert "receipt:1:b" in relay.stored  # dev-b's own publish went through, to the relay only
         assert topics.count(up_topic(dev_a, "health")) == 1
-        assert up_topic("dev-b", "receipts") not in topics
+        assert "receipt:1:forged" not in relay.stored
+        assert topics.count(up_topic("dev-b", "receipts")) == 1
         assert presence_topic("dev-b") not in topics
         assert [(m.topic, json.loads(m.payload)["stored"]) for m in got] == [(ack_topic(dev_a), ["health:1"])]
     finally:

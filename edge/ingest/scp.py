@@ -23,19 +23,17 @@ empty) and the association limit (``dicom.max_associations``) reject at associat
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.transport import AssociationSocket
 
 from edge.config import DicomConfig
 from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace, StoreError
-from edge.ingest import spool
+from edge.ingest import spool, transport
 from edge.logs import event
 from edge.store.image_store import ImageStore
 
@@ -51,29 +49,6 @@ STATUS_DUPLICATE = 0x0111
 _switch_lock = threading.Lock()
 _running: set[int] = set()
 _saved_unrestricted: list[bool] = []
-
-
-class _ReceiveIntoSocket(AssociationSocket):
-    """pynetdicom's socket, reading each PDU with ``recv_into`` one buffer instead of 4 KiB ``recv`` calls.
-
-    Profiling the receive path showed pynetdicom's 4 KiB reads (about 2000 calls and as many ``extend`` copies
-    per panoramic image) as the largest cost of the receiving thread.
-    """
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        received = 0
-        while received < nr_bytes:
-            n = sock.recv_into(view[received:], nr_bytes - received)
-            if not n:  # connection closed: return what arrived, as pynetdicom does
-                view.release()
-                del buffer[received:]
-                return buffer
-            received += n
-        view.release()
-        return buffer
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -148,13 +123,7 @@ class StorageSCP:
     # --- handlers ----------------------------------------------------------------------------------------
 
     def _on_connect(self, ev: Any) -> None:
-        """Tune the accepted socket: no Nagle delay on our small responses, reads with ``recv_into``.
-
-        The receive buffer is left to Linux's autotuning (up to ``net.ipv4.tcp_rmem``), which grows past what a
-        fixed ``SO_RCVBUF`` may (``net.core.rmem_max``) and setting one would switch autotuning off.
-        """
-        ev.assoc.dul.socket.__class__ = _ReceiveIntoSocket  # same object, faster reads
-        ev.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.tune(ev.assoc)
 
     def _on_accepted(self, ev: Any) -> None:
         requestor = ev.assoc.requestor

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from edge.agent import build_agent
 from edge.config import AgentConfig, SyncConfig, with_overrides
+from edge.db import DB_FILENAME, connect
 from edge.errors import AckError, ConfigError
 from edge.outbox import Item, Outbox
 from edge.sync import FakeBroker, SyncService, link_settings
@@ -358,3 +360,12 @@ def test_no_device_id_means_no_link(tmp_path: Path) -> None:
     service = SyncService(config, Outbox.open(config), None, link_factory=pytest.fail)  # type: ignore[arg-type]
     service.start()
     service.stop()
+
+
+@pytest.mark.slow  # (imports every component)
+def test_build_agent_wires_the_outbox_and_sync(tmp_path: Path) -> None:
+    agent = build_agent(with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)}))
+    assert [s for s in agent.services if s.name == "sync"]
+    conn = connect(tmp_path / DB_FILENAME)
+    assert Outbox.mark(conn, "receipts") == 0  # the outbox tables exist before any service starts
+    conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -155,6 +156,16 @@ def test_feed_copies_certificate_receipts_and_settlements_once(box: Box) -> None
     assert [i.item.split(":")[1] for i in items if i.kind == "receipts"] == [str(n) for n in range(1, 8)]
     assert [json.loads(i.body) for i in items if i.kind == "receipts"] == envelopes
     assert [json.loads(i.body) for i in items if i.kind == "settlements"] == box.book.settlements(box.conn)
+
+
+def test_retired_certificates_are_queued_too_oldest_first(box: Box) -> None:
+    retired = {"signed": {"type": "device-certificate", "n": 1}, "signatures": []}
+    book = ReceiptBook(dataclasses.replace(box.identity, history=(retired,)))
+    outbox = Outbox(OutboxConfig())
+    assert feed(outbox, box.conn, book) == 2
+    assert feed(outbox, box.conn, book) == 0
+    items = outbox.pending(box.conn, 10)
+    assert [i.item for i in items] == [certificate_item(retired), certificate_item(box.identity.certificate)]
 
 
 def test_a_settlement_waits_for_all_its_receipts(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:

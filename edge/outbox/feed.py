@@ -1,4 +1,4 @@
-"""How receipts, settlements and the device certificate enter the outbox: relayed from the receipt book's tables.
+"""How receipts, settlements and the device certificates enter the outbox: relayed from the receipt book's tables.
 
 The receipt book (:mod:`edge.receipts.book`) commits every receipt with the state change that caused it, in the same
 ``edge.db``. :func:`feed` copies what is new since the last copy into the outbox, in ONE transaction that inserts
@@ -39,9 +39,9 @@ def feed(outbox: Outbox, conn: sqlite3.Connection, book: ReceiptBook) -> int:
     queued = 0
     identity = book.identity
     with transaction(conn):
-        if identity is not None:
-            cert = identity.certificate
-            queued += outbox.enqueue(conn, "certificate", cert, item=certificate_item(cert))
+        if identity is not None:  # retired certificates too, oldest first: receipts signed before a rotation
+            for cert in (*identity.history, identity.certificate):
+                queued += outbox.enqueue(conn, "certificate", cert, item=certificate_item(cert))
         envelopes = book.receipts(conn, after_seq=outbox.mark(conn, "receipts"), limit=FEED_BATCH)
         for envelope in envelopes:
             item = f"receipt:{envelope['signed']['seq']}:{envelope['signatures'][0]['sig'][:16]}"

@@ -11,12 +11,13 @@ Telemetry (classes 1-3) is bounded by ``[outbox] max_telemetry_items``: queuing 
 pending telemetry items first, in the same transaction, and adds them to a per-kind drop counter that is never
 reset; health reports carry the counters, so the relay learns what was dropped.
 
-An item's life: ``pending`` until the relay's application acknowledgement lists its id as stored -> ``done``
-(the broker's PUBACK is not enough), or rejects it permanently -> ``rejected`` with the reason (kept for a
-technician, not resent). A transient rejection or no answer leaves it ``pending``: it is sent again, and the
-relay de-duplicates on the item id, so resending is always safe. Item ids are stable and unique per device:
-receipts ``receipt:<seq>:<signature prefix>``, settlements ``settlement:<batch>:<signature prefix>``, the
-certificate ``certificate:<hash prefix>``, telemetry ``<kind>:<random hex>``.
+An item's life: ``pending`` until the relay's application acknowledgement lists its id as stored -> ``done`` (the
+broker's PUBACK is not enough), or rejects it permanently -> ``rejected`` with the reason (kept for a technician,
+not resent; ``btt-edge outbox requeue`` makes it pending again). A transient rejection or no answer leaves it
+``pending``: it is sent again, and the relay de-duplicates on the item id, so resending is always safe. Item ids are
+stable and unique per device: receipts ``receipt:<seq>:<signature prefix>``, settlements
+``settlement:<batch>:<signature prefix>``, the certificate ``certificate:<hash prefix>``, telemetry ``<kind>:<random
+hex>``.
 
 Callers queue inside their own transaction (``enqueue`` joins it), so an item commits with the state change
 that caused it; receipts and settlements come in through :mod:`edge.outbox.feed`.

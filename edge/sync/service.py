@@ -7,11 +7,12 @@ One thread owns the link and its own connection to ``edge.db``. Each turn it
 * when ``[sync] url`` is set: connects if it is not connected (MQTT v5, clean start off, session expiry, last
   will ``offline`` on the retained presence topic; a failure waits a full-jitter backoff, so a box that boots
   without a network simply keeps trying), subscribes to its ack and command topics, publishes ``online``;
+* reads what arrived (first, so that acks the broker kept in our session settle items before they would be
+  resent): an ack marks the ids the relay stored ``done`` (and permanent rejections ``rejected``) in one
+  transaction; a command is logged;
 * sends pending items in send order as batches, keeping at most ``max_inflight`` messages unacknowledged; the
   certificate and each settlement go alone, after everything before them is acknowledged (the relay needs the
-  certificate before the receipts it vouches for, and a settlement's receipts before the settlement);
-* reads what arrived: an ack marks the ids the relay stored ``done`` (and permanent rejections ``rejected``) in
-  one transaction; a command is logged.
+  certificate before the receipts it vouches for, and a settlement's receipts before the settlement).
 
 A message not acknowledged within ``ack_timeout_s``, and every message in flight when the link drops, is sent
 again; the relay de-duplicates on the item id. Without a URL (``btt-edge run`` without ``--mqtt``) everything

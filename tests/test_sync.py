@@ -322,6 +322,32 @@ def test_bad_acks_and_permanent_rejections(box: Box, running: Any) -> None:
     assert sum(1 for _, t, _ in broker.published if t.endswith("/up/receipts")) == sent_before  # not resent
 
 
+def test_commands_reach_their_handler_and_a_failing_handler_is_contained(box: Box) -> None:
+    broker = FakeBroker()
+    got: list[bytes] = []
+
+    def wake(payload: bytes) -> None:
+        got.append(payload)
+        if payload == b"boom":
+            raise RuntimeError("handler failed")
+
+    config = _config(box)
+    service = SyncService(
+        config, Outbox.open(config), box.book, link_factory=broker.link, commands={"ota-available": wake}
+    )
+    service.start()
+    try:
+        device = box.identity.device_id
+        wait_until(lambda: any(t.endswith("/presence") for _, t, _ in broker.published))
+        for payload in (b"boom", b'{"v":1}'):
+            broker.route("relay", f"btt/v1/dev/{device}/cmd/ota-available", payload)
+        broker.route("relay", f"btt/v1/dev/{device}/cmd/self-destruct", b"{}")
+        wait_until(lambda: got == [b"boom", b'{"v":1}'])
+        assert service.counters.connects == 1  # the failing handler did not disturb the link
+    finally:
+        service.stop()
+
+
 def test_health_reports_the_drop_counters(box: Box, running: Any) -> None:
     config = _config(box)
     outbox = Outbox(with_overrides(config, outbox={"max_telemetry_items": 10}).outbox)

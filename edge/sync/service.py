@@ -9,7 +9,8 @@ One thread owns the link and its own connection to ``edge.db``. Each turn it
   without a network simply keeps trying), subscribes to its ack and command topics, publishes ``online``;
 * reads what arrived (first, so that acks the broker kept in our session settle items before they would be
   resent): an ack marks the ids the relay stored ``done`` (and permanent rejections ``rejected``) in one
-  transaction; a command is logged;
+  transaction; a command ``btt/v1/dev/{device}/cmd/<name>`` goes to the handler registered for ``<name>``
+  (``commands``; its exceptions are logged, never raised);
 * sends pending items in send order as batches, keeping at most ``max_inflight`` messages unacknowledged; the
   certificate and each settlement go alone, after everything before them is acknowledged (the relay needs the
   certificate before the receipts it vouches for, and a settlement's receipts before the settlement).
@@ -27,7 +28,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from edge import __version__
@@ -89,7 +90,11 @@ class _Counters:
 
 
 class SyncService:
-    """Runs the outbox feed and the MQTT link in one thread (see the module docstring)."""
+    """Runs the outbox feed and the MQTT link in one thread (see the module docstring).
+
+    ``commands`` maps a command name to a handler taking the payload; it runs on the sync thread, so it should
+    only wake its component (e.g. ``{"ota-available": ota.wake}``).
+    """
 
     name = "sync"
 
@@ -101,8 +106,10 @@ class SyncService:
         *,
         link_factory: Callable[[LinkSettings], MqttLink] = PahoLink,
         rand: Callable[[], float] = random.random,
+        commands: Mapping[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         self._config = config
+        self._commands = dict(commands or {})
         self._cfg = config.sync
         self._outbox = outbox
         self._book = book
@@ -293,8 +300,17 @@ class SyncService:
                 event(log, "relay rejected an item", level=level, item=rejection.item, reason=rejection.reason)
             return
         name = command_name(self._device, message.topic)
-        if name is not None:
-            event(log, "command received", command=name, bytes=len(message.payload))
+        if name is None:
+            return
+        handler = self._commands.get(name)
+        if handler is None:
+            event(log, "unknown command ignored", level=logging.WARNING, command=name)
+            return
+        event(log, "command received", command=name, bytes=len(message.payload))
+        try:
+            handler(message.payload)
+        except Exception:
+            log.exception("command %s failed", name)
 
     # --- reporting --------------------------------------------------------------------------------------
 

@@ -86,31 +86,37 @@ def build_agent(config: AgentConfig) -> Agent:
     # sync service sends it to the relay when [sync] url (btt-edge run --mqtt) is set, else it queues offline.
     outbox = Outbox.open(config)
     services: list[Service] = [store, StorageSCP(config.dicom, store), Pruner(config.retention, data_dir)]
+    # Model updates (ota, docs/ota.md): the pipeline runs the active A/B slot (else [pipeline] bundle_path); the
+    # updater is its model gate, switching or rolling back only while nothing is in flight. Failures are
+    # reported to the relay through the outbox (kind "health").
+    from ota.service import OtaService, build_updater, outbox_reporter
+
+    updater = build_updater(config, outbox_reporter(outbox, data_dir))
     if config.pipeline.enabled:
-        from edge.pipeline.analyzer import open_analyzer
         from edge.pipeline.worker import PipelineService
 
         pipeline = config.pipeline
         services.append(
             PipelineService(
                 data_dir,
-                lambda: open_analyzer(pipeline, data_dir),
+                updater.load_active,
                 queue_size=pipeline.queue_size,
                 poll_interval_s=pipeline.poll_interval_s,
                 book=book,
                 outbox=outbox,
+                model_gate=updater,
             )
         )
+    if config.ota.repository_url:
+        services.append(OtaService(updater, check_interval_s=config.ota.check_interval_s))
     if config.results.enabled:
         # Results: the SR and overlay of every analysed instance, queued and sent to [results] destinations
         # (btt-edge run --forward AE@HOST:PORT); the finding codes come from the configured bundle's manifest.
-        from edge.pipeline.analyzer import resolve_bundle_path
         from edge.results.analysis import RecordedAnalyses
         from edge.results.service import ResultsService
         from models.bundle import load_bundle
 
-        bundle_path = config.pipeline.bundle_path
-        analyses = RecordedAnalyses(lambda: load_bundle(resolve_bundle_path(bundle_path)).manifest)
+        analyses = RecordedAnalyses(lambda: load_bundle(updater.active_path()).manifest)
         services.append(ResultsService(config.results, data_dir, analyses, calling_ae=config.dicom.ae_title))
     if book is not None:
         services.append(SettlementService(config, book))

@@ -37,6 +37,7 @@ __all__ = [
     "AgentSection",
     "DestinationConfig",
     "DicomConfig",
+    "OtaConfig",
     "OutboxConfig",
     "PipelineConfig",
     "ReceiptsConfig",
@@ -355,6 +356,40 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class OtaConfig:
+    """``[ota]``: signed over-the-air model updates (``ota``, docs/ota.md). With no ``repository_url``: off."""
+
+    repository_url: str = ""
+    """Base URL of the update repository (``metadata/`` and ``targets/`` below it), ``https://`` (or ``http://``:
+    the metadata is signed either way). Empty: the box never looks for updates."""
+    trusted_root: str = ""
+    """The manufacturer's ``root.json`` the box trusts first (newer roots are reached through it). Required with
+    ``repository_url``."""
+    ca_file: str = ""
+    """CA bundle for an ``https`` repository. Empty: the system's CAs."""
+    check_interval_s: float = bounded(3600.0, lo=10, hi=604_800)
+    """How often the repository is asked (an ``ota-available`` command from the relay asks at once)."""
+    timeout_s: float = bounded(30.0, lo=1, hi=600)
+    """Longest wait for the repository on one read."""
+    max_bundle_bytes: int = bounded(536_870_912, lo=1024, hi=8_589_934_592)
+    """A bundle larger than this is refused before download, whatever the signed metadata says."""
+    failure_threshold: int = bounded(3, lo=1, hi=1000)
+    """Consecutive failed studies after a switch that bring the previous model back."""
+    watch_studies: int = bounded(50, lo=1, hi=1_000_000)
+    """Studies observed after a switch; a model that got through them is confirmed."""
+    groups: tuple[str, ...] = ()
+    """Rollout groups this box belongs to (a bundle may go to a group, e.g. ``pilot``, first)."""
+
+    def __post_init__(self) -> None:
+        if self.repository_url:
+            parts = urlsplit(self.repository_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"ota.repository_url: {self.repository_url!r} is not http(s)://host/...")
+            if not self.trusted_root:
+                raise ConfigError("ota.trusted_root: required with ota.repository_url")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration, one attribute per TOML section."""
 
@@ -367,6 +402,7 @@ class AgentConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    ota: OtaConfig = field(default_factory=OtaConfig)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "edge.cli.results",
     "edge.cli.model",
     "edge.cli.analyze",
+    "edge.cli.ota",
 )
 
 

@@ -1,0 +1,39 @@
+"""The health check a bundle must pass on this device before it may become active.
+
+The bundle is loaded the way the pipeline will load it (``load``: bundle verification, backend selection, on a
+GPU the TensorRT engine built and cached under ``<data_dir>/engines``), then its golden vectors are run on that
+backend and compared within the manifest's tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from edge.errors import EdgeError
+from edge.pipeline.analyzer import Analyzer
+from models.golden import check_golden
+from ota.errors import HealthCheckFailed
+
+__all__ = ["AnalyzerLoader", "health_check"]
+
+AnalyzerLoader = Callable[[Path], Analyzer]
+"""Loads the bundle at a path on the device's backend (``open_analyzer`` with that bundle path)."""
+
+
+def health_check(load: AnalyzerLoader, bundle_dir: Path) -> str:
+    """Load ``bundle_dir`` and check its golden vectors; return the backend's name or raise
+    :class:`HealthCheckFailed` with the reason."""
+    try:
+        analyzer = load(bundle_dir)
+    except EdgeError as exc:
+        raise HealthCheckFailed(f"the bundle does not load on this device: {exc}") from exc
+    try:
+        report = check_golden(analyzer.bundle, analyzer.backend.run)
+    except EdgeError as exc:
+        raise HealthCheckFailed(f"golden vectors cannot be read: {exc}") from exc
+    finally:
+        analyzer.backend.close()
+    if not report.ok:
+        raise HealthCheckFailed(f"golden vectors fail on {analyzer.backend.name}: {report.reason}")
+    return analyzer.backend.name

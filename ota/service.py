@@ -1,0 +1,139 @@
+"""Wiring: the updater built from the agent's configuration, its reports to the outbox, and the agent service.
+
+:class:`OtaService` holds ``<data_dir>/ota/agent.lock`` while the agent runs (so ``btt-edge ota apply`` leaves
+the switch to the agent's pipeline at its next idle moment), asks the repository every ``check_interval_s``
+and when :meth:`OtaService.notify` is called (the relay's ``ota-available`` command), and installs up to
+``staged``. A failure is logged and retried at the next check; it never stops the agent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from edge.config import AgentConfig
+from edge.errors import ConfigError, EdgeError
+from edge.logs import event
+from edge.outbox import Outbox
+from edge.pipeline.analyzer import Analyzer, open_analyzer, resolve_bundle_path
+from ota.client import UpdateClient
+from ota.http import HttpFetcher
+from ota.slots import SlotStore
+from ota.updater import OtaUpdater, Reporter
+
+__all__ = ["OtaService", "agent_running", "build_updater", "outbox_reporter"]
+
+log = logging.getLogger("edge.ota")
+
+
+def outbox_reporter(outbox: Outbox, data_dir: Path) -> Reporter:
+    """Queue OTA events for the relay as outbox items of kind ``health`` (one transaction each)."""
+    from edge.db import DB_FILENAME, connect, transaction
+
+    path = data_dir / DB_FILENAME
+
+    def report(body: Mapping[str, Any]) -> None:
+        conn = connect(path)
+        try:
+            with transaction(conn):
+                outbox.enqueue(conn, "health", body)
+        finally:
+            conn.close()
+
+    return report
+
+
+def build_updater(config: AgentConfig, report: Reporter | None = None) -> OtaUpdater:
+    """The updater of ``config``'s data directory (without a repository when ``[ota]`` is off)."""
+    ota, data_dir = config.ota, config.agent.data_dir
+    client = None
+    if ota.repository_url:
+        try:
+            root = Path(ota.trusted_root).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"ota.trusted_root: cannot read {ota.trusted_root}: {exc.strerror}") from exc
+        client = UpdateClient(
+            repository_url=ota.repository_url,
+            metadata_dir=data_dir / "ota" / "metadata",
+            trusted_root=root,
+            fetcher=HttpFetcher(timeout_s=ota.timeout_s, ca_file=ota.ca_file),
+            max_bundle_bytes=ota.max_bundle_bytes,
+        )
+
+    def load(path: Path) -> Analyzer:
+        return open_analyzer(dataclasses.replace(config.pipeline, bundle_path=path), data_dir)
+
+    return OtaUpdater(
+        SlotStore(data_dir / "ota", resolve_bundle_path(config.pipeline.bundle_path)),
+        client,
+        load,
+        device_id=config.receipts.device_id or socket.gethostname(),
+        groups=ota.groups,
+        failure_threshold=ota.failure_threshold,
+        watch_studies=ota.watch_studies,
+        report=report or (lambda _: None),
+    )
+
+
+def agent_running(data_dir: Path) -> bool:
+    """True while an agent's :class:`OtaService` holds the agent lock of ``data_dir``."""
+    from ota.slots import file_lock
+
+    with file_lock(data_dir / "ota" / "agent.lock", wait=False) as free:
+        return not free
+
+
+class OtaService:
+    """Checks for and installs model updates in the background."""
+
+    name = "ota"
+
+    def __init__(self, updater: OtaUpdater, *, check_interval_s: float) -> None:
+        self._updater = updater
+        self._interval = check_interval_s
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_file: IO[str] | None = None
+
+    def notify(self, _payload: bytes = b"") -> None:
+        """Check now (the relay announced a bundle)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        import fcntl
+
+        path = self._updater.store.root / "agent.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = path.open("a")
+        fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="ota", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self._updater.apply()
+                event(log, "ota check", outcome=result.outcome, model=result.model_id, version=result.version)
+            except EdgeError as exc:
+                event(log, "ota check failed", level=logging.WARNING, error=str(exc), kind=type(exc).__name__)
+            except Exception:
+                log.exception("ota check stopped by an unexpected error")
+            self._wake.wait(self._interval)
+            self._wake.clear()

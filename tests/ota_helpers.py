@@ -1,0 +1,143 @@
+"""OTA test helpers: a real HTTP server on loopback (Range, cut connections, attacker overrides), test bundles,
+and a manufacturer repository made with the real ``btt-ota`` code.
+
+* :class:`RepoServer` serves a directory over ``http.server`` in a thread. ``override[path] = bytes`` serves
+  other bytes for one path (an attacker or a broken mirror); ``endless`` paths stream without end;
+  ``cut_after[path] = n`` closes the connection after ``n`` bytes once (an interrupted download); ``ranges``
+  records the ``Range`` headers received.
+* :func:`bundle_dir` writes the tiny pipeline network as a bundle with a given version (optionally with golden
+  vectors it cannot meet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import AgentConfig, OtaConfig, PipelineConfig
+from models.bundle import MODEL_NAME, pack_bundle, write_bundle
+from models.golden import build_golden
+from ota.repository import KeyStore, Repository, bundle_archive
+from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, tiny_onnx
+
+__all__ = ["RepoServer", "agent_config", "bundle_dir", "new_repository", "serve"]
+
+
+def bundle_dir(root: Path, version: str, *, bad_golden: bool = False) -> Path:
+    """The tiny network as bundle ``tiny-test-model`` ``version`` in ``root/<version>``."""
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(0, 1, (1, 1, HEIGHT, WIDTH)).astype(np.float16).astype(np.float32)
+    outputs = reference_outputs(inputs)
+    if bad_golden:
+        outputs = {name: value + 1.0 for name, value in outputs.items()}
+    files = {MODEL_NAME: tiny_onnx(), "golden/a.npz": build_golden(inputs, outputs, 256, 0)}
+    directory = root / f"{version}{'-bad' if bad_golden else ''}"
+    directory.mkdir(parents=True)
+    write_bundle(directory, pack_bundle(dataclasses.replace(MANIFEST, version=version), files))
+    return directory
+
+
+def new_repository(root: Path, **kwargs: object) -> Repository:
+    """A fresh repository in ``root/repo`` with keys in ``root/keys``."""
+    return Repository.create(root / "repo", KeyStore(root / "keys"), **kwargs)  # type: ignore[arg-type]
+
+
+def publish_bundle(repo: Repository, directory: Path, **kwargs: object) -> None:
+    archive, model_id, version = bundle_archive(directory)
+    repo.add_bundle(archive, model_id, version, **kwargs)  # type: ignore[arg-type]
+
+
+class RepoServer:
+    """A directory served over HTTP on 127.0.0.1 with Range support and fault knobs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.override: dict[str, bytes] = {}
+        self.endless: set[str] = set()
+        self.cut_after: dict[str, int] = {}
+        self.ranges: list[tuple[str, str]] = []
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0].lstrip("/")
+                server.requests.append(path)
+                if path in server.endless:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.end_headers()
+                    try:
+                        while True:
+                            self.wfile.write(b"x" * 65536)
+                    except OSError:
+                        return
+                if path in server.override:
+                    data = server.override[path]
+                else:
+                    file = server.root / path
+                    if not file.is_file():
+                        self.send_error(404)
+                        return
+                    data = file.read_bytes()
+                start = 0
+                header = self.headers.get("Range")
+                if header:
+                    server.ranges.append((path, header))
+                    start = int(header.removeprefix("bytes=").split("-", 1)[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut = server.cut_after.pop(path, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextmanager
+def serve(root: Path) -> Iterator[RepoServer]:
+    server = RepoServer(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def agent_config(data_dir: Path, factory: Path, url: str, trusted_root: Path, **ota: object) -> AgentConfig:
+    """An agent configuration with the factory bundle, ONNX Runtime on the CPU and ``[ota]`` pointing at ``url``."""
+    return AgentConfig(
+        agent=dataclasses.replace(AgentConfig().agent, data_dir=data_dir),
+        pipeline=PipelineConfig(bundle_path=factory, backend="onnxruntime-cpu", threads=1),
+        ota=OtaConfig(repository_url=url, trusted_root=str(trusted_root), timeout_s=5, **ota),  # type: ignore[arg-type]
+    )

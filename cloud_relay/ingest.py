@@ -6,7 +6,10 @@ published only after it returns (the commit is durable by then). Per item:
 
 * ``certificate``: verified against the manufacturer keys, stored (its device registered if new);
 * ``receipts``: verified with :func:`edge.receipts.verify.verify_receipts` against the device's stored
-  certificates and the revocations, continuing the chain from the receipt's own ``prev``; then stored once per
+  certificates (all of them: keys rotate) and the revocations, continuing the chain from the receipt's own
+  ``prev``; a receipt by a key that a newer certificate replaced is refused once a receipt by the newer key is
+  stored before it in the chain (the other order, a replaced key's receipt stored first, is not caught); then
+  stored once per
   (device, seq). The same receipt again is acknowledged as stored (a resend); a different one with a stored
   sequence number, or one whose chain link disagrees with a stored neighbour, is rejected. Receipts may
   arrive out of order (several workers share the stream): links are checked whenever a neighbour is present;
@@ -281,6 +284,14 @@ class _Batch:
         ((receipt, body),) = verify_receipts([item.body], certs, self.trust, Checkpoint(seq - 1, prev))
         if receipt.device != device:
             raise Rejected(f"receipt {seq} of device {receipt.device} published by {device}")
+        newer = sorted(c.key.keyid for c in certs.values() if c.replaces == receipt.keyid)
+        if newer:
+            marks = ", ".join("?" for _ in newer)
+            if self.tx.one(
+                f"SELECT 1 FROM receipts WHERE device = ? AND seq < ? AND keyid IN ({marks}) LIMIT 1",
+                [device, seq, *newer],
+            ):
+                raise Rejected(f"RevokedKey: receipt {seq}: key {receipt.keyid[:16]} was replaced by a newer key")
         return receipt, body
 
     def _known(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:

@@ -13,9 +13,10 @@ from cloud_relay.errors import RegistryError
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
-from edge.receipts.identity import issue_revocations
+from edge.receipts.book import ReceiptBook
+from edge.receipts.identity import KeyFiles, issue_revocations, load_identity, rotate
 from edge.receipts.keys import generate_key, seal
-from edge.receipts.receipts import RECEIPT
+from edge.receipts.receipts import RECEIPT, Use
 from tests.receipts_helpers import Box, make_box
 from tests.relay_helpers import provisioned, receipt_items, throwaway_db, up
 
@@ -225,4 +226,26 @@ def test_manufacturer_revocation_list_revokes_keys(db: Database, box: Box) -> No
         == 1
     )
     ack = _one_ack(Ingestor(db).handle([up(box.identity.device_id, "receipts", receipt_items(box))]))
+    assert ack.rejected[0]["reason"].startswith("RevokedKey")
+
+
+def test_rotated_keys_both_verify_and_the_replaced_key_cannot_sign_later(
+    db: Database, box: Box, tmp_path: Path
+) -> None:
+    box.record(3)
+    old = box.identity
+    rotate(KeyFiles(box.data_dir / "keys"), box.manufacturer)
+    new = load_identity(KeyFiles(box.data_dir / "keys"))
+    assert new is not None
+    book = ReceiptBook(new)
+    book.record_batch(box.conn, [Use(kind="analysis")] * 2)
+    device = old.device_id
+    ingest = Ingestor(db)
+    ack = _one_ack(ingest.handle([up(device, "certificate", [("c2", new.certificate)])]))
+    assert ack.stored == ["c2"]
+    ack = _one_ack(ingest.handle([up(device, "receipts", receipt_items(box))]))
+    assert ack.stored == ["r1", "r2", "r3", "r4", "r5"]
+    last = box.book.receipts(box.conn)[-1]["signed"]
+    stolen = seal(RECEIPT, dict(last) | {"keyid": old.key.keyid, "seq": 6, "prev": "00" * 32}, old.key)
+    ack = _one_ack(ingest.handle([up(device, "receipts", [("r6-stolen", stolen)])]))
     assert ack.rejected[0]["reason"].startswith("RevokedKey")

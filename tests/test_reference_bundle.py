@@ -1,0 +1,74 @@
+"""The committed reference bundle: verified, labelled synthetic, golden vectors pass on ONNX Runtime, and it works."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge.cli import main
+from edge.cli.model import DEFAULT_BUNDLE
+from models.bundle import Bundle, load_bundle
+from models.golden import check_golden
+from models.reference.evaluate import evaluate
+from models.synthetic import KINDS
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return load_bundle(DEFAULT_BUNDLE)
+
+
+def test_bundle_is_small_and_says_it_is_synthetic(bundle: Bundle) -> None:
+    manifest = bundle.manifest
+    assert manifest.clinical is False
+    assert "synthetic" in manifest.description
+    assert "NOT a clinical model" in manifest.description
+    assert [c.kind for c in manifest.findings.classes] == list(KINDS)
+    assert sum(len(data) for data in bundle.files.values()) < 5_000_000
+    assert manifest.golden
+
+
+def test_golden_vectors_pass_on_onnxruntime(bundle: Bundle) -> None:
+    session = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert [i.name for i in session.get_inputs()] == [bundle.manifest.input.name]
+
+    def run(batch: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        return dict(zip(names, session.run(names, {bundle.manifest.input.name: batch}), strict=True))
+
+    report = check_golden(bundle, run)
+    assert report.ok, report.reason
+
+
+def test_verify_cli_accepts_the_bundle_and_refuses_a_tampered_copy(tmp_path: Path) -> None:
+    assert main(["model", "verify", str(DEFAULT_BUNDLE)]) == 0
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    assert main(["model", "verify", str(copy)]) == 2
+
+
+@pytest.mark.slow
+def test_reference_model_finds_what_was_planted(bundle: Bundle) -> None:
+    report = evaluate(bundle, count=2)
+    assert report["model"]["clinical"] is False
+    assert report["dice"]["teeth_mean"] > 0.4
+    assert report["dice"]["findings"]["crown"] > 0.6
+    assert report["findings"]["crown"]["recall"] > 0.5
+
+
+@pytest.mark.slow
+def test_eval_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "eval", "--count", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["findings"]) == set(KINDS)
+    assert set(report["dice"]["findings"]) == set(KINDS)
+    assert report["held_out"]["images"] == 1

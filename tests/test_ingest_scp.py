@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
@@ -139,3 +141,28 @@ def test_large_object_is_spooled_to_disk_not_held_in_memory(
     (instance,) = list_instances(running.store.conn)
     assert instance.size_bytes > size - 1000
     assert instance.number_of_frames == 120
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_transfer_cut_off_leaves_no_spool_file(
+    running: Running, dcmtk: Dcmtk, big_multiframe: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = subprocess.Popen(
+        [dcmtk.storescu, "-aec", "BTT_EDGE", "127.0.0.1", str(running.scp.port), str(big_multiframe)],
+        env=dict(dcmtk.env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    incoming = running.store.incoming_dir
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size > 20_000_000 for p in incoming.iterdir()):
+        assert time.monotonic() < deadline, "the transfer never reached the spool"
+        time.sleep(0.01)
+    sender.kill()
+    sender.wait(10)
+    while list(incoming.iterdir()):
+        assert time.monotonic() < deadline + 10, "the partial spool file was left behind"
+        time.sleep(0.05)
+    assert any(r.getMessage() == "partial transfer discarded" for r in caplog.records)
+    assert list_instances(running.store.conn) == []

@@ -96,6 +96,7 @@ class StorageSCP:
         spool.install(ae, self.store.incoming_dir)
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connect),
+            (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -124,6 +125,12 @@ class StorageSCP:
 
     def _on_connect(self, ev: Any) -> None:
         transport.tune(ev.assoc)
+
+    def _on_close(self, ev: Any) -> None:
+        size = spool.discard_partial(ev.assoc)
+        if size is not None:
+            calling = ev.assoc.requestor.ae_title
+            event(log, "partial transfer discarded", level=logging.WARNING, calling_ae=calling, bytes=size)
 
     def _on_accepted(self, ev: Any) -> None:
         requestor = ev.assoc.requestor

@@ -26,10 +26,11 @@ from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
-__all__ = ["SpoolFile", "install", "uninstall"]
+__all__ = ["SpoolFile", "discard_partial", "install", "uninstall"]
 
 _spool_dirs: dict[Any, Path] = {}
 _saved: dict[str, Any] = {}
+_receiving: dict[int, SpoolFile] = {}  # id(association) -> spool file of its latest C-STORE
 _original = tempfile.NamedTemporaryFile
 _lock = threading.Lock()
 
@@ -66,7 +67,28 @@ def _spool_file(*args: Any, **kwargs: Any) -> Any:
     directory = _spool_dirs.get(getattr(assoc, "ae", None)) if assoc is not None else None
     if directory is None:
         return _original(*args, **kwargs)
-    return SpoolFile(directory)
+    spool = SpoolFile(directory)
+    with _lock:
+        _receiving[id(assoc)] = spool
+    return spool
+
+
+def discard_partial(assoc: Any) -> int | None:
+    """When ``assoc`` has closed, remove the spool file of a C-STORE it never finished; return its size.
+
+    A completed C-STORE's spool file is gone by then (stored, quarantined or deleted by its handler); one
+    that is still there was cut off by an abort or a dropped connection and would otherwise stay until the
+    next start.
+    """
+    with _lock:
+        spool = _receiving.pop(id(assoc), None)
+    if spool is None or not os.path.exists(spool.name):
+        return None
+    spool.close()
+    path = Path(spool.name)
+    size = path.stat().st_size
+    path.unlink(missing_ok=True)
+    return size
 
 
 def install(ae: Any, directory: Path) -> None:

@@ -107,8 +107,9 @@ def build_agent(config: AgentConfig) -> Agent:
                 model_gate=updater,
             )
         )
+    ota_service = OtaService(updater, check_interval_s=config.ota.check_interval_s)
     if config.ota.repository_url:
-        services.append(OtaService(updater, check_interval_s=config.ota.check_interval_s))
+        services.append(ota_service)
     if config.results.enabled:
         # Results: the SR and overlay of every analysed instance, queued and sent to [results] destinations
         # (btt-edge run --forward AE@HOST:PORT); the finding codes come from the configured bundle's manifest.
@@ -124,5 +125,6 @@ def build_agent(config: AgentConfig) -> Agent:
         from edge.unit.service import UnitService
 
         services.append(UnitService(config.unit, data_dir, book=book))
-    services.append(SyncService(config, outbox, book))
+    # The relay's "ota-available" command asks the repository at once (no-op while [ota] is off).
+    services.append(SyncService(config, outbox, book, commands={"ota-available": ota_service.notify}))
     return Agent(config, services)

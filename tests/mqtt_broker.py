@@ -11,7 +11,8 @@
 The config is the shipped ``btt-password.conf`` (or ``btt-tls.conf`` with ``tls=True``) with its
 ``/etc/mosquitto/btt/`` paths pointed at the broker's directory and its listener at a free loopback port, plus
 persistence and a log file; the ACL is the shipped ``acl`` file, unchanged. ``users`` become a password file in
-one ``mosquitto_passwd -U`` run (thousands are fine). With ``tls=True``, :func:`make_pki` creates a CA, a
+one ``mosquitto_passwd -U`` run (thousands are fine); ``{directory}`` in ``extra_config`` is the broker's
+directory. With ``tls=True``, :func:`make_pki` creates a CA, a
 server certificate for 127.0.0.1 and one client certificate per user (CN = the user): ``broker.pki``.
 Use it as a context manager, or call :meth:`MosquittoBroker.stop` in a ``finally``. :class:`StubRelay` plays the
 relay's MQTT side (store once, ack) until the real relay is used.
@@ -40,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 __all__ = [
     "MOSQUITTO",
     "PACKAGING",
+    "PASSWORDS_OVER_TLS",
     "RELAY_USER",
     "MosquittoBroker",
     "Pki",
@@ -55,6 +57,8 @@ OPENSSL = "openssl"
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging" / "mosquitto"
 RELAY_USER = "btt-relay"
 _SHIPPED_DIR = "/etc/mosquitto/btt/"
+PASSWORDS_OVER_TLS = "require_certificate false\nuse_identity_as_username false\npassword_file {directory}/passwd"
+"""``extra_config`` for ``tls=True`` brokers whose clients authenticate with passwords over server-only TLS."""
 
 
 def free_port() -> int:
@@ -159,7 +163,7 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "connection_messages true",
-            extra,
+            extra.replace("{directory}", str(self.directory)),
         ]
         (self.directory / "mosquitto.conf").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (self.directory / "acl").write_text((PACKAGING / "acl").read_text(encoding="utf-8"), encoding="utf-8")
@@ -168,10 +172,11 @@ class MosquittoBroker:
             for name, src in (("ca.crt", self.pki.ca), ("server.crt", self.pki.server_cert)):
                 (self.directory / name).write_bytes(src.read_bytes())
             (self.directory / "server.key").write_bytes(self.pki.server_key.read_bytes())
-        else:
-            passwd = self.directory / "passwd"
-            passwd.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()), encoding="utf-8")
-            passwd.chmod(0o600)
+        # always written (users with a password), so a TLS test can switch to passwords (PASSWORDS_OVER_TLS)
+        passwd = self.directory / "passwd"
+        passwd.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items() if p), encoding="utf-8")
+        passwd.chmod(0o600)
+        if any(self.users.values()):
             subprocess.run([str(PASSWD), "-U", str(passwd)], check=True, capture_output=True)
 
     # --- addresses --------------------------------------------------------------------------------------

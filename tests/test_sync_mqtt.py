@@ -27,7 +27,7 @@ from edge.outbox import Outbox
 from edge.receipts.receipts import Use
 from edge.sync import LinkSettings, PahoLink, SyncService
 from edge.sync.protocol import ONLINE, ack_topic, presence_topic, up_topic
-from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay, free_port, wait_until
+from tests.mqtt_broker import PASSWORDS_OVER_TLS, RELAY_USER, MosquittoBroker, StubRelay, free_port, wait_until
 from tests.receipts_helpers import Box, make_box
 
 pytestmark = pytest.mark.integration
@@ -292,6 +292,47 @@ def test_tls_with_a_client_certificate(tmp_path: Path, box: Box, relays: list[St
                                         ca_file=str(tls.pki.ca), connect_timeout_s=3))  # fmt: skip
         with pytest.raises(LinkError):
             no_cert.connect()
+    finally:
+        tls.stop()
+
+
+def test_tls_with_a_password(tmp_path: Path, box: Box, relays: list[StubRelay]) -> None:
+    dev = box.identity.device_id
+    users = {dev: DEVICE_PW, RELAY_USER: RELAY_PW}
+    tls = MosquittoBroker(tmp_path / "tls-pw", users=users, tls=True, extra_config=PASSWORDS_OVER_TLS)
+    tls.start()
+    try:
+        assert tls.pki is not None
+        secret = tmp_path / "mqtt-password"
+        secret.write_text(DEVICE_PW + "\n")
+        box.record(5)
+        config = _config(box, tls.url(), ca_file=str(tls.pki.ca), password_file=str(secret))
+        seen: list[str] = []
+        relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="relay-tls-pw", protocol=mqtt.MQTTv5)
+        relay.tls_set(ca_certs=str(tls.pki.ca))
+        relay.username_pw_set(RELAY_USER, RELAY_PW)
+
+        def on_message(client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+            doc = json.loads(message.payload)
+            seen.extend(i["id"] for i in doc["items"])
+            client.publish(ack_topic(doc["device"]), json.dumps({"v": 1, "stored": seen[-len(doc["items"]) :]}), qos=1)
+
+        relay.on_message = on_message
+        relay.on_connect = lambda c, *_: c.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
+        relay.connect("127.0.0.1", tls.port)
+        relay.loop_start()
+        service = SyncService(config, Outbox.open(config), box.book)
+        service.start()
+        try:
+            wait_until(lambda: _all_done(box) and len([i for i in seen if i.startswith("receipt:")]) == 5, 30)
+        finally:
+            service.stop()
+            relay.disconnect()
+            relay.loop_stop()
+        wrong = PahoLink(LinkSettings(host="127.0.0.1", port=tls.port, client_id="x", tls=True,
+                                      ca_file=str(tls.pki.ca), username=dev, password="wrong"))  # fmt: skip
+        with pytest.raises(LinkRefused):
+            wrong.connect()
     finally:
         tls.stop()
 

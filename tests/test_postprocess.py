@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from edge.errors import PipelineError
-from edge.pipeline.postprocess import findings_from_outputs, region_outline
+from edge.pipeline.postprocess import findings_from_outputs, region_outline, tooth_labels
 from edge.pipeline.preprocess import Prepared
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import FindingsOutput, InputSpec, Manifest
@@ -142,3 +142,22 @@ def test_reference_spec_matches_the_contract() -> None:
         "implant",
         "bone_loss",
     ]
+
+
+def test_a_wavering_tooth_gets_one_number() -> None:
+    teeth, _ = _outputs()
+    other = PERMANENT_FDI.index("12") + 1
+    teeth[0, other, 12:16, 20:30] = 9.0  # a strip of tooth 11 reads as 12
+    labels = tooth_labels(teeth[0])
+    assert set(np.unique(labels[10:30, 20:30])) == {PERMANENT_FDI.index("11") + 1}
+
+
+def test_a_small_share_in_a_neighbour_zone_stays_with_the_main_tooth() -> None:
+    teeth, scores = _outputs()
+    teeth[0, 0, 10:30, 31:41] = -5.0
+    teeth[0, PERMANENT_FDI.index("21") + 1, 10:30, 31:41] = 5.0
+    scores[0, KINDS.index("crown"), 22:30, 20:32] = 3.0  # 10 of its 12 columns on tooth 11, the rest on 21
+    found = findings_from_outputs({"teeth": teeth, "findings": scores}, _manifest(), _prepared(), None)
+    crowns = [f for f in found if f.kind == "crown"]
+    assert [f.tooth_fdi for f in crowns] == ["11"]
+    assert crowns[0].area_px == 12 * 8 * 4

@@ -4,10 +4,11 @@ The reference model's outputs, for one image: ``teeth`` logits ``[1, 1 + T, H, W
 background, channel ``k`` is the tooth ``labels_fdi[k - 1]`` of the manifest) and ``findings`` logits
 ``[1, K, H, W]`` (independent sigmoids, one per finding class in manifest order).
 
-Every model pixel is given to its nearest tooth (a Voronoi partition of the predicted tooth labels), so a region
-that spans two teeth (a bridge of two crowns, bone loss along a row) becomes one finding per tooth. A finding is
-a connected region of one class above the class threshold within one tooth's zone, at least ``min_area_px``
-model pixels large; its tooth is the zone's tooth, or none when the region lies more than
+Tooth labels are the arg-max, steadied per connected blob (:func:`tooth_labels`). Every model pixel is given to
+its nearest tooth (a Voronoi partition of the tooth labels). A finding is a connected region of one class above
+the class threshold, at least ``min_area_px`` model pixels large; a region that spans several teeth' zones with a
+substantial share in each (a bridge of two crowns, bone loss along a row) becomes one finding per tooth
+(:data:`MIN_SHARE`). Its tooth is the zone's tooth, or none when the region lies more than
 :data:`MAX_TOOTH_DISTANCE` of the model's width from every tooth. Confidence is the mean probability over the
 region. Boxes and outlines (the convex hull of the region) are mapped to source pixels through the letterbox
 transform; areas are scaled to source pixels and to mm² with the pixel spacing when it is known.
@@ -29,10 +30,13 @@ from edge.errors import PipelineError
 from edge.pipeline.findings import Finding
 from edge.pipeline.teeth import is_upper
 
-__all__ = ["MAX_TOOTH_DISTANCE", "findings_from_outputs", "region_outline"]
+__all__ = ["MAX_TOOTH_DISTANCE", "MIN_SHARE", "findings_from_outputs", "region_outline", "tooth_labels"]
 
 MAX_TOOTH_DISTANCE = 0.04
 """A region farther than this fraction of the model's width from every tooth is reported without a tooth."""
+MIN_SHARE = 0.15
+"""A region is split between teeth only where each tooth holds at least this share of it (and the class's minimum
+area); the pixels of smaller shares go to the tooth holding the most."""
 
 
 class _Transform(Protocol):
@@ -78,6 +82,25 @@ def region_outline(mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
             upper.pop()
         upper.append(p)
     return lower[:-1] + upper[:-1]
+
+
+def tooth_labels(teeth: npt.NDArray[np.float32]) -> npt.NDArray[np.intp]:
+    """Tooth label per pixel from ``[1 + T, H, W]`` logits: the arg-max, then each connected blob of teeth takes
+    the label that holds at least half of it (a tooth whose pixels waver between two numbers gets one)."""
+    labels: npt.NDArray[np.intp] = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
+    blobs, count = ndimage.label(labels > 0)
+    if count == 0:
+        return labels
+    channels = teeth.shape[0]
+    inside = blobs > 0
+    counts = np.bincount(blobs[inside] * channels + labels[inside], minlength=(count + 1) * channels)
+    counts = counts.reshape(count + 1, channels)
+    best = counts.argmax(axis=1)
+    settled = counts.max(axis=1) * 2 >= np.maximum(counts.sum(axis=1), 1)
+    settled[0] = False
+    relabel = settled[blobs]
+    labels[relabel] = best[blobs[relabel]]
+    return labels
 
 
 def _single(outputs: dict[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.float32]:
@@ -184,7 +207,7 @@ def findings_from_outputs(
         )
     if teeth.shape[1:] != scores.shape[1:]:
         raise PipelineError(f"model outputs disagree in size: {teeth.shape[1:]} and {scores.shape[1:]}")
-    labels = teeth.argmax(axis=0)
+    labels = tooth_labels(teeth)
     width = labels.shape[1]
     if labels.any():
         distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
@@ -199,27 +222,34 @@ def findings_from_outputs(
         if not mask.any():
             continue
         components, _ = ndimage.label(mask)
-        keys = components.astype(np.int64) * (len(teeth_spec.labels_fdi) + 1) + zones
-        unique, inverse = np.unique(keys[mask], return_inverse=True)
-        pieces = np.zeros(mask.shape, np.int32)
-        pieces[mask] = inverse.reshape(-1) + 1
-        areas = np.bincount(pieces.reshape(-1), minlength=unique.size + 1)
-        for number, window in enumerate(ndimage.find_objects(pieces), start=1):
-            if window is None or areas[number] < cls.min_area_px:
+        for number, window in enumerate(ndimage.find_objects(components), start=1):
+            if window is None:
                 continue
-            region = pieces[window] == number
-            zone = int(unique[number - 1] % (len(teeth_spec.labels_fdi) + 1))
-            found.append(
-                _finding(
-                    kind=cls.kind,
-                    region=region,
-                    window=window,
-                    logits=logits,
-                    zone=zone,
-                    labels=labels,
-                    labels_fdi=teeth_spec.labels_fdi,
-                    prepared=prepared,
-                    pixel_spacing_mm=pixel_spacing_mm,
+            whole = components[window] == number
+            total = int(whole.sum())
+            if total < cls.min_area_px:
+                continue
+            local_zones = zones[window]
+            counts = np.bincount(local_zones[whole], minlength=len(teeth_spec.labels_fdi) + 1)
+            floor = max(cls.min_area_px, MIN_SHARE * total)
+            major = [int(z) for z in np.flatnonzero(counts >= floor)] or [int(counts.argmax())]
+            largest = max(major, key=lambda z: int(counts[z]))
+            stray = whole & ~np.isin(local_zones, major)
+            for zone in major:
+                region = whole & (local_zones == zone)
+                if zone == largest:
+                    region |= stray
+                found.append(
+                    _finding(
+                        kind=cls.kind,
+                        region=region,
+                        window=window,
+                        logits=logits,
+                        zone=zone,
+                        labels=labels,
+                        labels_fdi=teeth_spec.labels_fdi,
+                        prepared=prepared,
+                        pixel_spacing_mm=pixel_spacing_mm,
+                    )
                 )
-            )
     return found

@@ -4,8 +4,8 @@ Each held-out radiograph (seeds from :data:`~models.reference.data.EVAL_SEED_BAS
 prepared by the device's preprocessing, run through the bundle's network and post-processed into findings
 exactly as on the device. Reported:
 
-* per-class Dice at the model's resolution, pooled over the set: each tooth (and their mean) from the arg-max
-  tooth labels, each finding class from its thresholded probability;
+* per-class Dice at the model's resolution, pooled over the set: each tooth (and their mean) from the tooth
+  labels post-processing uses, each finding class from its thresholded probability;
 * per-finding precision and recall: a predicted finding is a true positive when it has the same kind as an
   unmatched ground-truth finding and their boxes overlap with IoU >= ``iou`` (greedy, most confident first);
   ``tooth_accuracy`` is the share of true positives given the right tooth;
@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.pipeline.findings import Finding
-from edge.pipeline.postprocess import findings_from_outputs
+from edge.pipeline.postprocess import findings_from_outputs, tooth_labels
 from models.bundle import Bundle
 from models.reference.data import EVAL_SEED_BASE, sample
 
@@ -78,7 +78,7 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
     for seed in seeds:
         s = sample(seed, manifest.input)
         teeth, scores = session.run(names, {manifest.input.name: s.image[np.newaxis]})
-        labels = teeth[0].argmax(axis=0)
+        labels = tooth_labels(teeth[0])
         for k in range(1, len(labels_fdi) + 1):
             pred, true = labels == k, s.teeth == k
             teeth_inter[k] += np.logical_and(pred, true).sum()

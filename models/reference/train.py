@@ -4,6 +4,11 @@ The training set is ``images`` synthetic radiographs (seeds ``0 .. images - 1``)
 own :func:`edge.pipeline.preprocess.prepare`. Each step takes ``batch`` random crops (the network is fully
 convolutional; the crop's position is passed so that its coordinate channels match the full image). Loss: cross
 entropy plus soft Dice for tooth labels, weighted binary cross entropy plus soft Dice for findings.
+
+Two stages, each with a fresh optimiser and a one-cycle learning rate: ``steps`` at ``lr``, then
+``refine_steps`` at ``refine_lr`` with a heavier positive weight on the small findings (caries, periapical
+lesions). Stage two starts from stage one's weights only, so resuming it from saved stage-one weights
+(``resume``) computes the same thing as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class TrainConfig:
     batch: int = 4
     crop: tuple[int, int] = (288, 512)
     lr: float = 4e-3
+    refine_steps: int = 300
+    refine_lr: float = 1.5e-3
     threads: int = 2
 
 
@@ -79,26 +86,27 @@ def _soft_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - dice[present].mean() if bool(present.any()) else probs.sum() * 0.0
 
 
-def train(config: TrainConfig, out: Path, log: bool = True) -> dict[str, object]:
-    """Train from scratch and write the weights to ``out``; return a summary of the run."""
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
-    started = time.monotonic()
-    images, teeth, bits = _dataset(config.images, config.threads)
-    if log:
-        print(f"dataset: {config.images} images in {time.monotonic() - started:.0f} s", flush=True)
-    net = build_network()
-    net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.15)
+_DATA = tuple[npt.NDArray[np.float16], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]
+_SMALL_KINDS = {"caries": 12.0, "periapical_lesion": 8.0}
+
+
+def _stage(
+    net: UNet, data: _DATA, config: TrainConfig, stage: int, *, started: float, log: bool
+) -> list[tuple[int, float]]:
+    images, teeth, bits = data
+    steps, lr = (config.steps, config.lr) if stage == 1 else (config.refine_steps, config.refine_lr)
+    rng = np.random.default_rng(config.seed if stage == 1 else [config.seed, stage])
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     ch, cw = config.crop
     height, width = images.shape[1:]
     kinds = len(CLASSES)
     shifts = torch.arange(kinds, dtype=torch.uint8).view(1, kinds, 1, 1)
-    pos_weight = torch.full((1, kinds, 1, 1), 4.0)
+    weights = [(_SMALL_KINDS.get(c.kind, 4.0) if stage == 2 else 4.0) for c in CLASSES]
+    pos_weight = torch.tensor(weights).view(1, kinds, 1, 1)
     trace: list[tuple[int, float]] = []
-    for step in range(config.steps):
+    net.train()
+    for step in range(steps):
         oy = int(rng.integers(0, (height - ch) // 8 + 1)) * 8
         ox = int(rng.integers(0, (width - cw) // 8 + 1)) * 8
         idx = rng.integers(0, config.images, size=config.batch)
@@ -120,17 +128,40 @@ def train(config: TrainConfig, out: Path, log: bool = True) -> dict[str, object]
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == config.steps - 1:
+        if step % 25 == 0 or step == steps - 1:
             trace.append((step, round(loss.item(), 4)))
             if log:
-                print(f"step {step:4d}  loss {loss.item():.4f}  {time.monotonic() - started:.0f} s", flush=True)
+                print(
+                    f"stage {stage} step {step:4d}  loss {loss.item():.4f}  {time.monotonic() - started:.0f} s",
+                    flush=True,
+                )
+    return trace
+
+
+def train(config: TrainConfig, out: Path, log: bool = True, resume: Path | None = None) -> dict[str, object]:
+    """Train from scratch (or stage two from ``resume``, stage one's weights) and write the weights to ``out``."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    started = time.monotonic()
+    data = _dataset(config.images, config.threads)
+    if log:
+        print(f"dataset: {config.images} images in {time.monotonic() - started:.0f} s", flush=True)
+    net = build_network()
+    traces: dict[str, list[tuple[int, float]]] = {}
+    if resume is None:
+        traces["stage1"] = _stage(net, data, config, 1, started=started, log=log)
+    else:
+        net.load_state_dict(torch.load(resume, map_location="cpu", weights_only=True))
+    torch.manual_seed(config.seed + 1)
+    traces["stage2"] = _stage(net, data, config, 2, started=started, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)
     summary: dict[str, object] = {
         "config": asdict(config),
+        "resumed_from_stage1": resume is not None,
         "seconds": round(time.monotonic() - started, 1),
         "parameters": sum(p.numel() for p in net.parameters()),
-        "loss_trace": trace,
+        "loss_trace": traces,
     }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

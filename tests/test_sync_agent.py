@@ -61,9 +61,9 @@ def test_no_patient_data_leaves_the_box(start_agent: StartAgent, dcmtk: Dcmtk, t
         sent = dcmtk.run("storescu", "-aec", "BTT_EDGE", "127.0.0.1", str(agent.port), str(image))
         assert sent.returncode == 0, sent.stderr
         wait_until(
-            lambda: bool(relay.ids("receipt:")) and bool(relay.ids("settlement:")) and bool(relay.ids("health:")),
+            lambda: all(relay.ids(kind) for kind in ("receipt:", "settlement:", "results:", "health:")),
             60,
-            "the analysis receipt, its settlement and a health report at the relay",
+            "the analysis receipt, its settlement, the results summary and a health report at the relay",
         )
         conn = connect(box.data_dir / DB_FILENAME, readonly=True)
         try:
@@ -85,7 +85,7 @@ def test_no_patient_data_leaves_the_box(start_agent: StartAgent, dcmtk: Dcmtk, t
     assert receipt["signed"]["kind"] == "analysis"
     assert receipt["signed"]["study_digest"]  # the study, as a salted digest only
     kinds = {topic.rsplit("/", 1)[1] for topic, _ in relay.payloads}
-    assert {"certificate", "receipts", "settlements", "health", "presence"} <= kinds
+    assert {"certificate", "receipts", "settlements", "results", "health", "presence"} <= kinds
     for topic, payload in relay.payloads:
         text = payload.decode("utf-8")
         for needle in needles:

@@ -6,6 +6,7 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
 
     EdgeError
     ├── ConfigError            a bad key or value in the configuration (names the key)
+    ├── IngestError            the DICOM listener cannot run (``edge.ingest``: the port cannot be bound)
     ├── StoreError             the image store or its index could not do what was asked
     │   ├── OutOfSpace         below the free-space reserve: refuse rather than fill the disk
     │   ├── InvalidDataset     a dataset we must not store (no SOP Instance UID, unreadable, ...)
@@ -64,6 +65,7 @@ __all__ = [
     "EncodingError",
     "IdentityError",
     "InclusionProofInvalid",
+    "IngestError",
     "InvalidDataset",
     "LinkError",
     "LinkRefused",
@@ -99,6 +101,10 @@ class EdgeError(Exception):
 
 class ConfigError(EdgeError):
     """A configuration key or value is wrong; the message names the key."""
+
+
+class IngestError(EdgeError):
+    """The DICOM listener cannot run."""
 
 
 class StoreError(EdgeError):

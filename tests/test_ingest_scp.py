@@ -17,6 +17,7 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, _config
 
 from edge.config import DicomConfig
+from edge.errors import IngestError
 from edge.ingest.scp import STATUS_CANNOT_UNDERSTAND, STATUS_DUPLICATE, StorageSCP
 from edge.store.image_store import DuplicatePolicy, ImageStore
 from edge.store.index import list_instances
@@ -93,6 +94,16 @@ def test_stopping_the_last_scp_restores_pynetdicoms_switches(tmp_path: Path) -> 
     assert _send(second.scp.port, CT) == [0]  # the other SCP still spools and accepts
     second.stop()
     assert before == (_config.STORE_RECV_CHUNKED_DATASET, _config.UNRESTRICTED_STORAGE_SERVICE)
+
+
+def test_a_port_in_use_is_an_ingest_error_and_leaves_nothing_switched_on(running: Running, tmp_path: Path) -> None:
+    before = (_config.STORE_RECV_CHUNKED_DATASET, _config.UNRESTRICTED_STORAGE_SERVICE)
+    store = ImageStore(tmp_path / "other", min_free_mb=0, duplicate_policy="keep")
+    clash = StorageSCP(replace(running.scp.config), store)
+    with pytest.raises(IngestError, match=f"cannot listen on 127.0.0.1:{running.scp.port}"):
+        clash.start()
+    assert before == (_config.STORE_RECV_CHUNKED_DATASET, _config.UNRESTRICTED_STORAGE_SERVICE)
+    assert _send(running.scp.port, CT) == [0]
 
 
 def test_association_limit_rejects_the_extra_association(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

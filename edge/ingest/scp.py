@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 
 from edge.config import DicomConfig
-from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace, StoreError
+from edge.errors import DuplicateConflict, IngestError, InvalidDataset, OutOfSpace, StoreError
 from edge.ingest import spool, transport
 from edge.logs import event
 from edge.store.image_store import ImageStore
@@ -74,7 +74,7 @@ class StorageSCP:
     def port(self) -> int:
         """The port actually listened on (useful when configured as 0)."""
         if self._server is None:
-            raise StoreError("the SCP is not running")
+            raise IngestError("the SCP is not running")
         return int(self._server.server_address[1])
 
     def start(self) -> None:
@@ -94,6 +94,7 @@ class StorageSCP:
                 _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept every storage SOP class, known or private
             _running.add(id(self))
         spool.install(ae, self.store.incoming_dir)
+        self._ae = ae
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connect),
             (evt.EVT_CONN_CLOSE, self._on_close),
@@ -102,8 +103,11 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = ae.start_server((cfg.bind_address, cfg.port), block=False, evt_handlers=handlers)
-        self._ae = ae
+        try:
+            self._server = ae.start_server((cfg.bind_address, cfg.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            self.stop()
+            raise IngestError(f"cannot listen on {cfg.bind_address}:{cfg.port}: {exc.strerror or exc}") from exc
         event(log, "listening", ae_title=cfg.ae_title, port=self.port, allow_list=",".join(cfg.allowed_calling_aes))
 
     def stop(self) -> None:

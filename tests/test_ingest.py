@@ -93,6 +93,10 @@ def test_echo_store_list_and_clean_stop(agent: AgentProcess, dcmtk: Dcmtk) -> No
         stored = dcmread(agent.data_dir / str(instance["path"]))
         assert stored.StudyInstanceUID == ds.StudyInstanceUID
         assert stored.PixelData == ds.PixelData
+    again = store(dcmtk, agent.port, files)  # the unit resends: acknowledged, nothing added
+    assert again.returncode == 0, again.stderr
+    assert studies(agent.data_dir).keys() == index.keys()
+    assert agent.log().count("duplicate ignored") == 2
     assert agent.terminate() == 0
     assert "agent stopped" in agent.log()
 

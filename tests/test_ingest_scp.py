@@ -16,6 +16,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, _config
 
+from edge.cli import main
 from edge.config import DicomConfig
 from edge.errors import IngestError
 from edge.ingest.scp import STATUS_CANNOT_UNDERSTAND, STATUS_DUPLICATE, StorageSCP
@@ -83,6 +84,24 @@ def test_undecodable_dataset_gets_c210_and_the_next_one_is_stored(running: Runni
     assert _send(running.scp.port, _garbage(tmp_path), CT) == [STATUS_CANNOT_UNDERSTAND, 0]
     assert len(list(running.store.quarantine_dir.glob("*1.2.3.4.5.6.7.dcm"))) == 1
     assert [i.sop_instance_uid for i in list_instances(running.store.conn)] == [str(dcmread(CT).SOPInstanceUID)]
+
+
+def test_a_private_storage_class_is_accepted_too(running: Running, tmp_path: Path) -> None:
+    ds = dcmread(CT)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.8.498.777"  # unknown to anyone
+    ds.save_as(tmp_path / "private.dcm")
+    assert _send(running.scp.port, tmp_path / "private.dcm") == [0]
+    (instance,) = list_instances(running.store.conn)
+    assert instance.sop_class_uid == "1.2.826.0.1.3680043.8.498.777"
+
+
+def test_studies_list_prints_one_line_per_study(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _send(running.scp.port, CT) == [0]
+    assert main(["studies", "list", "--data-dir", str(running.store.data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith(str(dcmread(CT).StudyInstanceUID))
+    assert "received:1" in lines[1]
 
 
 def test_stopping_the_last_scp_restores_pynetdicoms_switches(tmp_path: Path) -> None:

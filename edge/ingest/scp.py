@@ -184,10 +184,12 @@ class StorageSCP:
             spooled.unlink(missing_ok=True)
             event(log, "store failed", level=logging.ERROR, sop=sop, calling_ae=calling, reason=str(exc))
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}")
+        if stored.outcome != "stored":  # a duplicate: the store logged its decision and the policy
+            return STATUS_SUCCESS
         header = stored.header
         event(
             log,
-            "stored" if stored.outcome == "stored" else f"duplicate ({stored.outcome})",
+            "stored",
             study=header.study_uid,
             sop=header.sop_instance_uid,
             patient=header.patient_id,

@@ -44,12 +44,12 @@ __all__ = [
 ED25519 = "ed25519"
 
 
-def _ed25519_verifier(public: bytes) -> Callable[[bytes, bytes], bool]:
-    open_signed, bad = nacl.bindings.crypto_sign_open, nacl.exceptions.BadSignatureError
+def _ed25519_verifier(public: bytes, prefix: bytes) -> Callable[[bytes, bytes], bool]:
+    open_signed, bad, join = nacl.bindings.crypto_sign_open, nacl.exceptions.BadSignatureError, b"".join
 
     def check(message: bytes, signature: bytes) -> bool:
         try:
-            open_signed(signature + message, public)
+            open_signed(join((signature, prefix, message)), public)  # libsodium takes signature || message
         except bad:
             return False
         return True
@@ -70,7 +70,7 @@ def _ed25519_public(seed: bytes) -> bytes:
 class _Algorithm:
     public_len: int
     signature_len: int
-    verifier: Callable[[bytes], Callable[[bytes, bytes], bool]]
+    verifier: Callable[[bytes, bytes], Callable[[bytes, bytes], bool]]
     signer: Callable[[bytes], Callable[[bytes], bytes]]
     public_from_secret: Callable[[bytes], bytes]
     generate_secret: Callable[[], bytes]
@@ -127,9 +127,10 @@ class PublicKey:
         """True when ``signature`` is this key's signature of ``message``."""
         return self.verifier()(message, signature)
 
-    def verifier(self) -> Callable[[bytes, bytes], bool]:
-        """``verify`` bound to this key, for hot loops: ``check(message, signature) -> bool``."""
-        return _ALGORITHMS[self.alg].verifier(self.key)
+    def verifier(self, prefix: bytes = b"") -> Callable[[bytes, bytes], bool]:
+        """``verify`` bound to this key, for hot loops: ``check(message, signature)`` verifies ``signature``
+        over ``prefix + message`` (a domain-separation prefix joined without an extra copy)."""
+        return _ALGORITHMS[self.alg].verifier(self.key, prefix)
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,9 @@ def verify_receipts(
     replaced: set[str] = set()
     # Fast path per usable key: one signature, by the receipt's key, of the certificate's algorithm. Anything
     # else (and any failure) goes through the general checks below, which raise the specific error.
-    usable = {k: (c, c.key.alg, c.key.verifier()) for k, c in certificates.items() if k not in trust.revoked}
+    usable = {
+        k: (c, c.key.alg, c.key.verifier(_RECEIPT_PREFIX)) for k, c in certificates.items() if k not in trust.revoked
+    }
     for position, envelope in enumerate(envelopes):
         fast = None
         try:
@@ -168,7 +170,7 @@ def verify_receipts(
             entry = envelope["signatures"][0]
             if entry["keyid"] == keyid and entry["alg"] == alg:
                 fast = fast_receipt(signed)
-                if fast is not None and not check(_RECEIPT_PREFIX + fast[0], bytes.fromhex(entry["sig"])):
+                if fast is not None and not check(fast[0], bytes.fromhex(entry["sig"])):
                     fast = None
         except (KeyError, TypeError, IndexError, ValueError, AttributeError):
             fast = None

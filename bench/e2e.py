@@ -6,7 +6,7 @@ DCMTK's ``storescu`` sends a synthetic panoramic (``models.synthetic``, about 11
 run --forward PACS@127.0.0.1:<port>`` (CPU backend, 2 threads), and DCMTK's ``storescp`` plays the PACS. Latency is
 measured from the moment ``storescu`` exits (the agent has acknowledged the image: it is durable and indexed)
 until the agent has the PACS's C-STORE confirmation of the SR (``storescp`` has written it) recorded, observed by
-polling the agent's database every 2 ms. The stage breakdown comes from the agent's own records: ``store``
+polling the agent's database every 5 ms. The stage breakdown comes from the agent's own records: ``store``
 (storescu's send, including the durable store), ``wait`` (until the pipeline takes the image), ``decode``,
 ``preprocess``, ``infer``, ``postprocess`` (the pipeline's timings), ``write`` (SR and overlay built, written
 durably, queued) and ``send`` (C-STORE of the SR, confirmed).
@@ -88,7 +88,7 @@ def _latency(db: Path, uid: str, timeout: float = 60) -> tuple[float, sqlite3.Ro
                 return time.perf_counter() - start, row
             if time.perf_counter() - start > timeout:
                 raise SystemExit(f"no SR for {uid} within {timeout} s")
-            time.sleep(0.002)
+            time.sleep(0.005)
     finally:
         conn.close()
 

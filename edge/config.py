@@ -308,7 +308,7 @@ class ResultsConfig:
     """Shorthand destinations ``AE@HOST:PORT`` that get the SR and the overlay (``run --forward`` sets this)."""
     destinations: tuple[DestinationConfig, ...] = ()
     """Full destinations as ``[[results.destinations]]`` tables (see examples/edge.toml)."""
-    poll_interval_s: float = bounded(0.1, lo=0.01, hi=60)
+    poll_interval_s: float = bounded(0.05, lo=0.01, hi=60)
     """How often the index is checked for newly analysed images and due deliveries."""
     backoff_initial_s: float = bounded(5.0, lo=0.01, hi=3600)
     """First retry delay after a failed delivery; doubles per attempt up to ``backoff_max_s``."""

@@ -57,14 +57,6 @@ def copy_identifiers(source: Dataset, target: Dataset) -> None:
             target[keyword] = source[keyword]
 
 
-def _concept(algorithm: Algorithm, kind: str) -> CodedConcept:
-    try:
-        code = algorithm.codes[kind]
-    except KeyError:
-        raise ResultBuildError(f"bundle {algorithm.bundle_id} has no code for finding kind {kind!r}") from None
-    return CodedConcept(code.value, code.scheme, code.meaning)
-
-
 def outline(finding: Finding, rows: int, columns: int) -> np.ndarray:
     """The finding's region as a closed polyline (first point repeated last), clipped to the image."""
     if len(finding.polygon) >= 3:
@@ -93,46 +85,71 @@ def _measurements(finding: Finding) -> list[Measurement]:
     return [Measurement(name=name, value=round(float(value), 4), unit=unit) for name, value, unit in values]
 
 
-def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
-    return AlgorithmIdentification(
-        name=algorithm.name[:64],
-        version=algorithm.version,
-        parameters=[f"bundle_id={algorithm.bundle_id}", f"cleared_for_clinical_use={str(algorithm.clinical).lower()}"],
-    )
+class _Shared:
+    """Content items every finding group of one report repeats, made once (a group takes about half the time
+    otherwise): the algorithm identification, the source image reference, finding types and tooth sites."""
+
+    def __init__(self, source: Dataset, algorithm: Algorithm, uids: UidFactory) -> None:
+        self.source, self.algorithm, self.uids = source, algorithm, uids
+        self.rows, self.columns = int(source.Rows), int(source.Columns)
+        self.algorithm_id = AlgorithmIdentification(
+            name=algorithm.name[:64],
+            version=algorithm.version,
+            parameters=[
+                f"bundle_id={algorithm.bundle_id}",
+                f"cleared_for_clinical_use={str(algorithm.clinical).lower()}",
+            ],
+        )
+        self.source_image = SourceImageForRegion.from_source_image(source)
+        self._types: dict[str, CodedConcept] = {}
+        self._sites: dict[str, list[FindingSite]] = {}
+
+    def finding_type(self, kind: str) -> CodedConcept:
+        if kind not in self._types:
+            try:
+                code = self.algorithm.codes[kind]
+            except KeyError:
+                raise ResultBuildError(
+                    f"bundle {self.algorithm.bundle_id} has no code for finding kind {kind!r}"
+                ) from None
+            self._types[kind] = CodedConcept(code.value, code.scheme, code.meaning)
+        return self._types[kind]
+
+    def sites(self, fdi: str | None) -> list[FindingSite]:
+        if fdi is None:
+            return []
+        if fdi not in self._sites:
+            self._sites[fdi] = [FindingSite(code) for code in rc.tooth_codes(fdi)]
+        return self._sites[fdi]
+
+    def tracking(self, identifier: str, *parts: str) -> TrackingIdentifier:
+        """A tracking identifier whose UID derives from the source, the bundle and ``parts``."""
+        a = self.algorithm
+        uid = self.uids.derived(self.source.SOPInstanceUID, a.bundle_id, a.version, *parts)
+        return TrackingIdentifier(uid=uid, identifier=identifier)
 
 
-def _group(
-    source: Dataset, finding: Finding, index: int, algorithm: Algorithm, uids: UidFactory
-) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    algorithm_id = _algorithm_id(algorithm)
-    region = ImageRegion(
-        graphic_type="POLYLINE",
-        graphic_data=outline(finding, int(source.Rows), int(source.Columns)),
-        source_image=SourceImageForRegion.from_source_image(source),
-    )
-    sites = [] if finding.tooth_fdi is None else [FindingSite(code) for code in rc.tooth_codes(finding.tooth_fdi)]
+def _group(shared: _Shared, finding: Finding, index: int) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     tooth = f" tooth {finding.tooth_fdi}" if finding.tooth_fdi else ""
     return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "finding", str(index)),
-            identifier=f"{finding.kind}{tooth} #{index + 1}",
+        tracking_identifier=shared.tracking(f"{finding.kind}{tooth} #{index + 1}", "finding", str(index)),
+        referenced_region=ImageRegion(
+            graphic_type="POLYLINE",
+            graphic_data=outline(finding, shared.rows, shared.columns),
+            source_image=shared.source_image,
         ),
-        referenced_region=region,
-        finding_type=_concept(algorithm, finding.kind),
-        algorithm_id=algorithm_id,
-        finding_sites=sites,
+        finding_type=shared.finding_type(finding.kind),
+        algorithm_id=shared.algorithm_id,
+        finding_sites=shared.sites(finding.tooth_fdi),
         measurements=_measurements(finding),
     )
 
 
-def _empty_group(source: Dataset, algorithm: Algorithm, uids: UidFactory) -> MeasurementsAndQualitativeEvaluations:
+def _empty_group(shared: _Shared) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 for an image without findings: the algorithm looked and found none of the kinds it knows."""
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "no-findings"),
-            identifier="no findings",
-        ),
-        algorithm_id=_algorithm_id(algorithm),
+        tracking_identifier=shared.tracking("no findings", "no-findings"),
+        algorithm_id=shared.algorithm_id,
     )
 
 
@@ -153,14 +170,15 @@ def build_sr(
             ),
         )
         context = ObservationContext(observer_device_context=observer)
+        shared = _Shared(source, algorithm, uids)
         groups: Sequence[PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations] = [
-            _group(source, finding, i, algorithm, uids) for i, finding in enumerate(analysis.findings)
-        ] or [_empty_group(source, algorithm, uids)]
+            _group(shared, finding, i) for i, finding in enumerate(analysis.findings)
+        ] or [_empty_group(shared)]
         report = MeasurementReport(context, rc.PROCEDURE, imaging_measurements=groups)
         # highdicom's document constructor deep-copies and walks the whole content tree (two thirds of the SR's
         # time for a dozen findings); build the document around a one-group report, then give it the full
         # content exactly as that constructor copies it (every item references only ``source``, the evidence).
-        stub = MeasurementReport(context, rc.PROCEDURE, imaging_measurements=[_empty_group(source, algorithm, uids)])
+        stub = MeasurementReport(context, rc.PROCEDURE, imaging_measurements=[_empty_group(shared)])
         sr = Comprehensive3DSR(
             evidence=[source],
             content=stub,

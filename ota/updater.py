@@ -277,7 +277,15 @@ class OtaUpdater:
 
     def idle(self, current: Analyzer) -> Analyzer | None:
         """Called by the worker when no study is in the pipeline: switch a staged model, follow a switch or
-        rollback made elsewhere; returns the analyzer to use from now on, or None to keep the current one."""
+        rollback made elsewhere; returns the analyzer to use from now on, or None to keep the current one.
+        Never raises: a failure is logged and the current analyzer stays."""
+        try:
+            return self._idle()
+        except EdgeError as exc:
+            event(log, "model switch failed; keeping the current model", level=logging.ERROR, error=str(exc))
+            return None
+
+    def _idle(self) -> Analyzer | None:
         state = self.store.read()
         if state.staged is not None:
             self._switch()
@@ -288,9 +296,16 @@ class OtaUpdater:
         return self.load_active()
 
     def outcome(self, ok: bool, error: str = "") -> None:
-        """The worker finished a study (``ok``) or failed one; counts towards confirming or rolling back."""
+        """The worker finished a study (``ok``) or failed one; counts towards confirming or rolling back.
+        Never raises (it runs inside the worker's loop): a failure is logged."""
         if not self._watching:
             return
+        try:
+            self._outcome(ok, error)
+        except EdgeError as exc:
+            event(log, "cannot record the study outcome", level=logging.ERROR, error=str(exc))
+
+    def _outcome(self, ok: bool, error: str) -> None:
         rollback = False
         with self._state() as box:
             state = box[0]

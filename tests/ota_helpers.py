@@ -29,8 +29,12 @@ from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, t
 __all__ = ["RepoServer", "agent_config", "bundle_dir", "new_repository", "serve"]
 
 
-def bundle_dir(root: Path, version: str, *, bad_golden: bool = False) -> Path:
-    """The tiny network as bundle ``tiny-test-model`` ``version`` in ``root/<version>``."""
+def bundle_dir(root: Path, version: str, *, bad_golden: bool = False, fails_on_studies: bool = False) -> Path:
+    """The tiny network as bundle ``tiny-test-model`` ``version`` in ``root/<version>``.
+
+    ``bad_golden``: golden vectors the network cannot meet. ``fails_on_studies``: the manifest asks for twice the
+    input size the network takes, so the golden vectors pass but every real image fails in the backend.
+    """
     rng = np.random.default_rng(1)
     inputs = rng.normal(0, 1, (1, 1, HEIGHT, WIDTH)).astype(np.float16).astype(np.float32)
     outputs = reference_outputs(inputs)
@@ -39,7 +43,12 @@ def bundle_dir(root: Path, version: str, *, bad_golden: bool = False) -> Path:
     files = {MODEL_NAME: tiny_onnx(), "golden/a.npz": build_golden(inputs, outputs, 256, 0)}
     directory = root / f"{version}{'-bad' if bad_golden else ''}"
     directory.mkdir(parents=True)
-    write_bundle(directory, pack_bundle(dataclasses.replace(MANIFEST, version=version), files))
+    manifest = dataclasses.replace(MANIFEST, version=version)
+    if fails_on_studies:
+        manifest = dataclasses.replace(
+            manifest, input=dataclasses.replace(manifest.input, height=2 * HEIGHT, width=2 * WIDTH)
+        )
+    write_bundle(directory, pack_bundle(manifest, files))
     return directory
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, Verification
 
@@ -74,12 +74,13 @@ def scp() -> Iterator[Callable[..., int]]:
         sop_classes: tuple[str, ...] = (Comprehensive3DSRStorage,),
         *,
         require_called_aet: bool = False,
+        syntax: str = ExplicitVRLittleEndian,
     ) -> int:
         ae = AE(ae_title="PACS")
         ae.require_called_aet = require_called_aet
         ae.add_supported_context(Verification)  # as every PACS does
         for sop_class in sop_classes:
-            ae.add_supported_context(sop_class, [ExplicitVRLittleEndian])
+            ae.add_supported_context(sop_class, [syntax])
         port = free_port()
         servers.append(ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)]))
         return port
@@ -165,3 +166,16 @@ def test_tls_destination(objects: list[Outgoing], certificate: tuple[Path, Path]
         assert (outcome.result, outcome.detail) == ("retry", "cannot connect (unreachable, refused or timed out)")
     finally:
         server.shutdown()
+
+
+def test_implicit_only_destination_gets_the_sr_re_encoded(objects: list[Outgoing], scp: Callable[..., int]) -> None:
+    got: list[Any] = []
+
+    def keep(event: Any) -> int:
+        got.append((event.context.transfer_syntax, event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    port = scp(keep, syntax=ImplicitVRLittleEndian)
+    (outcome,) = StoreSCU("BTT_EDGE").send(_dest(port), objects[:1])
+    assert outcome.result == "sent"
+    assert got == [(ImplicitVRLittleEndian, objects[0].object_uid)]

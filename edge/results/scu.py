@@ -3,9 +3,9 @@
 Presentation contexts: Verification (so that an association stands even when none of our SOP classes is
 accepted), and per SOP class the object's own transfer syntax when it is compressed (so a PACS that
 takes it gets the bytes as they are) and one with Explicit and Implicit VR Little Endian, which every storage SCP
-takes; a compressed object the destination only accepts uncompressed is decompressed before sending, and
-pynetdicom re-encodes between the two little-endian syntaxes itself. Optional TLS (server certificate checked;
-client certificate when configured).
+takes. An object in a transfer syntax the destination accepted is streamed from its file as stored; otherwise it
+is read, decompressed if the destination takes it only uncompressed, and pynetdicom re-encodes it into the
+accepted little-endian syntax. Optional TLS (server certificate checked; client certificate when configured).
 
 Outcomes: ``sent`` (success or a warning status, kept), ``rejected`` (a failure status, a SOP class the
 destination did not accept, or an object we cannot read: recorded, not retried blindly) and ``retry`` (no
@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
@@ -113,6 +113,9 @@ class StoreSCU:
 
     def __init__(self, calling_ae: str, *, connect_timeout_s: float = 10.0, dimse_timeout_s: float = 60.0) -> None:
         logging.getLogger("pynetdicom.transport").addFilter(_QUIET)  # the same filter object: added once
+        # A file whose transfer syntax the destination accepted is streamed as stored (no decode, no re-encode).
+        # A process-wide pynetdicom switch; it only changes sends given a path, and only this class sends so.
+        _config.STORE_SEND_CHUNKED_DATASET = True
         self.calling_ae = calling_ae
         self.connect_timeout_s = connect_timeout_s
         self.dimse_timeout_s = dimse_timeout_s
@@ -168,16 +171,20 @@ class StoreSCU:
         if not accepted:
             name = UID(item.sop_class_uid).name
             return Outcome(item.object_uid, "rejected", None, f"the destination does not accept {name}")
+        payload: Path | Any = item.path  # sent as stored, without decoding and re-encoding it
         try:
-            ds = dcmread(item.path)
-            if ds.file_meta.TransferSyntaxUID not in accepted and ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
+            if item.transfer_syntax_uid not in accepted:
+                payload = dcmread(item.path)
+                if payload.file_meta.TransferSyntaxUID.is_compressed:
+                    payload.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
         except (OSError, InvalidDicomError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
             return Outcome(item.object_uid, "rejected", None, f"cannot read or transcode {item.path.name}: {exc}")
         try:
-            rsp = assoc.send_c_store(ds)
+            rsp = assoc.send_c_store(payload)
         except RuntimeError as exc:  # the association went away under us
             return Outcome(item.object_uid, "retry", None, f"association lost: {exc}")
+        except OSError as exc:
+            return Outcome(item.object_uid, "rejected", None, f"cannot read {item.path.name}: {exc}")
         except (ValueError, AttributeError) as exc:
             return Outcome(item.object_uid, "rejected", None, f"cannot encode for this destination: {exc}")
         if "Status" not in rsp:

@@ -19,11 +19,14 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
     ├── ResultsError           clinical result objects and their delivery (``edge.results``; what a destination
     │                          does with an object is an outcome recorded in the queue, not an exception)
     │   └── ResultBuildError       a result object cannot be built from this image and these findings
+    ├── ControlError           the local control socket (``edge.control``): the agent cannot be reached, or it
+    │                          refused a technician's request (the message says why)
     ├── SyncError              the outbox or the link to the relay (``edge.outbox``, ``edge.sync``)
     │   ├── OutboxError            an item the outbox cannot take (unknown kind, not JSON, too large)
     │   ├── AckError               a malformed application acknowledgement from the relay (ignored, logged)
     │   └── LinkError              the broker cannot be reached or the connection dropped (paho errors, OSError)
     │       └── LinkRefused        the broker refused the connection (bad credentials, not authorised)
+    ├── OtaError               over-the-air model updates; its own tree is drawn in ``ota/errors.py``
     └── ReceiptError           service-right receipts, settlements and payouts (``edge.receipts``)
         ├── EncodingError          a value outside the canonical-JSON subset, or bytes that are not strict JSON
         ├── IdentityError          the device key, salt or certificate is missing, unreadable or inconsistent
@@ -59,6 +62,7 @@ __all__ = [
     "CertificateInvalid",
     "ConfigError",
     "ConflictingReceipt",
+    "ControlError",
     "DuplicateConflict",
     "DuplicateReceipt",
     "EdgeError",
@@ -141,6 +145,10 @@ class BackendError(PipelineError):
 
 class BundleError(EdgeError):
     """A model bundle is malformed, does not match its hashes, or needs another agent version."""
+
+
+class ControlError(EdgeError):
+    """The agent's control socket cannot be reached, or the agent refused the request."""
 
 
 class SyncError(EdgeError):

@@ -12,6 +12,9 @@ and a manufacturer repository made with the real ``btt-ota`` code.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import ipaddress
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from edge.config import AgentConfig, OtaConfig, PipelineConfig
 from models.bundle import MODEL_NAME, pack_bundle, write_bundle
@@ -26,7 +33,7 @@ from models.golden import build_golden
 from ota.repository import KeyStore, Repository, bundle_archive
 from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, tiny_onnx
 
-__all__ = ["RepoServer", "agent_config", "bundle_dir", "new_repository", "serve"]
+__all__ = ["RepoServer", "agent_config", "bundle_dir", "new_repository", "publish_bundle", "self_signed", "serve"]
 
 
 def bundle_dir(root: Path, version: str, *, bad_golden: bool = False, fails_on_studies: bool = False) -> Path:
@@ -65,7 +72,7 @@ def publish_bundle(repo: Repository, directory: Path, **kwargs: object) -> None:
 class RepoServer:
     """A directory served over HTTP on 127.0.0.1 with Range support and fault knobs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, tls_cert: tuple[Path, Path] | None = None) -> None:
         self.root = root
         self.override: dict[str, bytes] = {}
         self.endless: set[str] = set()
@@ -122,7 +129,13 @@ class RepoServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls_cert is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls_cert)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def start(self) -> None:
@@ -133,9 +146,35 @@ class RepoServer:
         self.httpd.server_close()
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself (the CA file of the test), and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 @contextmanager
-def serve(root: Path) -> Iterator[RepoServer]:
-    server = RepoServer(root)
+def serve(root: Path, *, tls_cert: tuple[Path, Path] | None = None) -> Iterator[RepoServer]:
+    server = RepoServer(root, tls_cert=tls_cert)
     server.start()
     try:
         yield server

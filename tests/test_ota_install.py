@@ -21,7 +21,15 @@ from ota.errors import HealthCheckFailed, InstallError, RepositoryUnavailable
 from ota.repository import KeyStore, Repository
 from ota.service import OtaService, build_updater
 from ota.updater import OtaUpdater
-from tests.ota_helpers import RepoServer, agent_config, bundle_dir, new_repository, publish_bundle, serve
+from tests.ota_helpers import (
+    RepoServer,
+    agent_config,
+    bundle_dir,
+    new_repository,
+    publish_bundle,
+    self_signed,
+    serve,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,3 +250,16 @@ def test_command_lines(tmp_path: Path) -> None:
         assert edge("status")["active_model"] == {"id": "tiny-test-model", "version": "1.1.0"}
         assert edge("rollback")["active"] == "factory"
         assert edge("status")["last_event"]["event"] == "rollback"
+
+
+def test_the_repository_over_https(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path / "tls")
+    repo = new_repository(tmp_path)
+    publish_bundle(repo, bundle_dir(tmp_path / "bundles", "1.1.0"))
+    with serve(repo.directory, tls_cert=(cert, key)) as server:
+        assert server.url.startswith("https://")
+        with pytest.raises(RepositoryUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            _updater(tmp_path, server).check()  # the system CAs do not know this server
+        updater = _updater(tmp_path, server, ca_file=str(cert))
+        assert updater.apply(switch_now=True).outcome == "switched"
+        assert _version(updater) == "1.1.0"

@@ -115,10 +115,12 @@ def test_grant_install_and_balances(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.slow
 def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Path) -> None:
     import os
+    import queue
     import signal
     import socket
     import subprocess
     import sys
+    import threading
 
     from edge.receipts.keys import generate_key, save_private_key
 
@@ -127,19 +129,35 @@ def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Pa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = tmp_path / "data"
-    env = {**os.environ, "BTT_EDGE_RECEIPTS_MANUFACTURER_KEY": str(tmp_path / "m.key"), "BTT_EDGE_CONFIG": ""}
+    env = {
+        **os.environ,
+        "BTT_EDGE_CONFIG": "",
+        "BTT_EDGE_RECEIPTS_MANUFACTURER_KEY": str(tmp_path / "m.key"),
+        # only what this test is about: no model loading, no result forwarding, no control socket
+        "BTT_EDGE_PIPELINE_ENABLED": "false",
+        "BTT_EDGE_RESULTS_ENABLED": "false",
+        "BTT_EDGE_CONTROL_ENABLED": "false",
+    }
     argv = [sys.executable, "-m", "edge", "run", "--data-dir", str(data), "--port", str(port)]
     with subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True) as agent:
         assert agent.stderr is not None
-        lines = []
-        for line in agent.stderr:  # until the agent is serving (its signal handlers are installed by then)
-            lines.append(line)
-            if "agent ready" in line:
-                break
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in agent.stderr], daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        log: list[str] = []
+        try:
+            while not any("agent ready" in line for line in log):  # signal handlers are installed by then
+                log.append(lines.get(timeout=120))
+        except queue.Empty:
+            agent.kill()
+            pytest.fail("the agent did not get ready within 120 s:\n" + "".join(log))
         agent.send_signal(signal.SIGTERM)
-        log = "".join(lines) + agent.communicate(timeout=60)[1]
-    assert agent.returncode == 0, log
-    assert "device identity provisioned" in log
+        assert agent.wait(timeout=60) == 0
+        reader.join(timeout=10)
+    while not lines.empty():
+        log.append(lines.get())
+    text = "".join(log)
+    assert "device identity provisioned" in text
     assert load_identity(KeyFiles(data / "keys")) is not None
 
 

@@ -140,9 +140,10 @@ def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Pa
     }
     argv = [sys.executable, "-m", "edge", "run", "--data-dir", str(data), "--port", str(port)]
     with subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True) as agent:
-        assert agent.stderr is not None
+        stream = agent.stderr
+        assert stream is not None
         lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(line) for line in agent.stderr], daemon=True)  # type: ignore[union-attr]
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True)
         reader.start()
         log: list[str] = []
         try:

@@ -7,6 +7,7 @@ slicing off each fragment's control byte) before the data reached the spool file
 association:
 
 * read each PDU with ``recv_into`` into one buffer (:class:`ReceiveIntoSocket`);
+* poll faster while data flows (:class:`ZeroCopyDUL`);
 * decode P-DATA-TF PDUs into PDV items that are ``memoryview`` slices of that buffer
   (:class:`ZeroCopyDUL`), so the control byte is dropped and the fragment written to the spool file without
   any copy (pynetdicom's DIMSE decoder only indexes and slices the fragment, which a view supports). Every other
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -31,10 +33,12 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["ReceiveIntoSocket", "ZeroCopyDUL", "pdv_items", "tune"]
+__all__ = ["BUSY_DELAY_S", "BUSY_WINDOW_S", "ReceiveIntoSocket", "ZeroCopyDUL", "pdv_items", "tune"]
 
 log = logging.getLogger("edge.ingest")
 
+BUSY_WINDOW_S = 0.05
+BUSY_DELAY_S = 0.0001
 _P_DATA_TF = 0x04
 _KNOWN_PDU_TYPES = range(0x01, 0x08)
 
@@ -76,9 +80,26 @@ def pdv_items(body: bytearray) -> list[PresentationDataValueItem]:
 
 
 class ZeroCopyDUL(DULServiceProvider):
-    """pynetdicom's DUL, decoding P-DATA-TF PDUs without copying their data."""
+    """pynetdicom's DUL, decoding P-DATA-TF PDUs without copying their data, and polling faster while busy.
+
+    pynetdicom's DUL thread sleeps ``_run_loop_delay`` (1 ms) whenever it finds nothing to do, which adds up to a
+    millisecond to every hand-over (the dataset complete, our response queued, the sender's next request). For
+    :data:`BUSY_WINDOW_S` after a PDU arrives it sleeps :data:`BUSY_DELAY_S` instead; an idle association goes
+    back to pynetdicom's delay and costs no more CPU than before.
+    """
+
+    @property
+    def _run_loop_delay(self) -> float:
+        if time.monotonic() - self.__dict__.get("_last_pdu_at", 0.0) < BUSY_WINDOW_S:
+            return BUSY_DELAY_S
+        return float(self.__dict__.get("_idle_delay", 0.001))
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        self.__dict__["_idle_delay"] = value
 
     def _read_pdu_data(self) -> None:
+        self.__dict__["_last_pdu_at"] = time.monotonic()
         sock = cast(AssociationSocket, self.socket)
         try:
             header = sock.recv(6)

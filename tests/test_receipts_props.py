@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.errors import EncodingError, InclusionProofInvalid, PayoutError
@@ -25,7 +25,7 @@ _values = st.recursive(
 )
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_values)
 def test_canonical_round_trip(value: Any) -> None:
     data = canonical_bytes(value)
@@ -34,7 +34,7 @@ def test_canonical_round_trip(value: Any) -> None:
     assert encode_unchecked(value) == data  # the verifier's fast path agrees with the checked encoder
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_keys, _scalars, max_size=8), st.randoms())
 def test_canonical_ignores_insertion_order(value: dict[str, Any], rnd: Any) -> None:
     items = list(value.items())
@@ -42,7 +42,7 @@ def test_canonical_ignores_insertion_order(value: dict[str, Any], rnd: Any) -> N
     assert canonical_bytes(dict(items)) == canonical_bytes(value)
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_values)
 def test_decode_of_pretty_json_gives_the_same_canonical_bytes(value: Any) -> None:
     pretty = json.dumps(value, indent=3, ensure_ascii=True)
@@ -80,13 +80,13 @@ def _mth(leaves: list[bytes]) -> bytes:
 _leaves = st.lists(st.binary(max_size=16), min_size=1, max_size=70).map(lambda xs: [merkle.leaf_hash(x) for x in xs])
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_leaves)
 def test_merkle_root_matches_the_rfc_definition(leaves: list[bytes]) -> None:
     assert merkle.root(leaves) == _mth(leaves)
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
 @given(_leaves, st.data())
 def test_every_inclusion_proof_verifies_and_tampering_fails(leaves: list[bytes], data: Any) -> None:
     root = merkle.root(leaves)
@@ -113,7 +113,7 @@ def test_empty_tree_and_index_out_of_range() -> None:
 _shares = st.lists(st.integers(1, 10_000), min_size=1, max_size=12).filter(lambda xs: sum(xs) <= 10_000)
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_shares, st.integers(0, 10**15))
 def test_split_is_exact_and_within_one_unit(bps: list[int], total: int) -> None:
     bps = [*bps[:-1], bps[-1] + 10_000 - sum(bps)]
@@ -145,7 +145,7 @@ _uses = st.builds(
 )
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     _uses,
     st.integers(1, MAX_SAFE_INTEGER),
@@ -225,7 +225,7 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(deadline=None, max_examples=150)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
 @given(st.data())
 def test_any_mutation_of_an_export_is_refused_with_a_verification_error(data: Any) -> None:
     import copy

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from edge.config import AgentConfig
 from edge.logs import event
+from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
 
 __all__ = ["Agent", "Service", "build_agent"]
 
@@ -33,9 +34,11 @@ class Service(Protocol):
 class Agent:
     """Runs services until :meth:`shutdown` is called or SIGTERM/SIGINT arrives."""
 
-    def __init__(self, config: AgentConfig, services: Sequence[Service]) -> None:
+    def __init__(self, config: AgentConfig, services: Sequence[Service], notifier: Notifier | None = None) -> None:
         self.config = config
         self.services = tuple(services)
+        # systemd (Type=notify, WatchdogSec=): READY=1, WATCHDOG=1 while running, STOPPING=1; no-op elsewhere.
+        self.notifier = notifier_from_env() if notifier is None else notifier
         self._stop = threading.Event()
 
     def shutdown(self) -> None:
@@ -51,8 +54,12 @@ class Agent:
                 started.append(service)
                 event(log, "started", service=service.name)
             event(log, "agent ready", data_dir=self.config.agent.data_dir)
-            self._stop.wait()
+            self.notifier.ready(f"{len(started)} services running")
+            interval = watchdog_interval_s()
+            while not self._stop.wait(interval):
+                self.notifier.watchdog()
         finally:
+            self.notifier.stopping()
             for service in reversed(started):
                 try:
                     service.stop()

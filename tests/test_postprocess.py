@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from edge.errors import PipelineError
-from edge.pipeline.postprocess import findings_from_outputs, region_outline
+from edge.pipeline.postprocess import findings_from_outputs, region_outline, tooth_labels
 from edge.pipeline.preprocess import Prepared
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import FindingsOutput, InputSpec, Manifest
@@ -153,3 +153,18 @@ def test_a_small_share_in_a_neighbour_zone_stays_with_the_main_tooth() -> None:
     crowns = [f for f in found if f.kind == "crown"]
     assert [f.tooth_fdi for f in crowns] == ["11"]
     assert crowns[0].area_px == 12 * 8 * 4
+
+
+def test_tooth_numbers_follow_the_arch() -> None:
+    """The middle upper tooth reads slightly more as its mirror image (26) than as 15; the arch order fixes it."""
+    teeth = np.full((33, 20, 60), -5.0, np.float32)
+    teeth[0] = 5.0
+    for (x0, x1), fdi in (((0, 10), "16"), ((20, 30), "25"), ((40, 50), "14")):
+        teeth[0, :, x0:x1] = -5.0
+        teeth[PERMANENT_FDI.index(fdi) + 1, :, x0:x1] = 5.0
+    teeth[PERMANENT_FDI.index("15") + 1, :, 20:30] = 4.0
+    labels = tooth_labels(teeth, PERMANENT_FDI)
+    numbers = [PERMANENT_FDI[labels[5, x] - 1] for x in (5, 25, 45)]
+    assert numbers == ["16", "15", "14"]
+    assert not labels[:, 10:20].any()
+    assert np.array_equal(tooth_labels(teeth, ("51",) * 32), teeth.argmax(axis=0))

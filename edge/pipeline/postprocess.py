@@ -4,14 +4,14 @@ The reference model's outputs, for one image: ``teeth`` logits ``[1, 1 + T, H, W
 background, channel ``k`` is the tooth ``labels_fdi[k - 1]`` of the manifest) and ``findings`` logits
 ``[1, K, H, W]`` (independent sigmoids, one per finding class in manifest order).
 
-Tooth labels are the arg-max (:func:`tooth_labels`). Every model pixel is given to its nearest tooth (a Voronoi
-partition of the tooth labels). A finding is a connected region of one class above the class threshold, at least
-``min_area_px`` model pixels large; a region that spans several teeth' zones with a substantial share in each (a
-bridge of two crowns, bone loss along a row) becomes one finding per tooth (:data:`MIN_SHARE`). Its tooth is the
-zone's tooth, or none when the region lies more than :data:`MAX_TOOTH_DISTANCE` of the model's width from every
-tooth. Confidence is the mean probability over the region. Boxes and outlines (the convex hull of the region) are
-mapped to source pixels through the letterbox transform; areas are scaled to source pixels and to mm² with the
-pixel spacing when it is known.
+Tooth numbers follow the order of the arch (:func:`tooth_labels`). Every model pixel is given to its nearest
+tooth (a Voronoi partition of the tooth labels). A finding is a connected region of one class above the class
+threshold, at least ``min_area_px`` model pixels large; a region that spans several teeth' zones with a
+substantial share in each (a bridge of two crowns, bone loss along a row) becomes one finding per tooth
+(:data:`MIN_SHARE`). Its tooth is the zone's tooth, or none when the region lies more than
+:data:`MAX_TOOTH_DISTANCE` of the model's width from every tooth. Confidence is the mean probability over the
+region. Boxes and outlines (the convex hull of the region) are mapped to source pixels through the letterbox
+transform; areas are scaled to source pixels and to mm² with the pixel spacing when it is known.
 
 Bone loss is measured per tooth zone along the image's vertical (a panoramic's teeth stand nearly upright): its
 height is the median height of the region's columns, and the root length is the distance from the region's
@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from edge.errors import PipelineError
 from edge.pipeline.findings import Finding
-from edge.pipeline.teeth import is_upper
+from edge.pipeline.teeth import PERMANENT_FDI, is_upper
 
 __all__ = ["MAX_TOOTH_DISTANCE", "MIN_SHARE", "findings_from_outputs", "region_outline", "tooth_labels"]
 
@@ -84,13 +84,56 @@ def region_outline(mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
     return lower[:-1] + upper[:-1]
 
 
-def tooth_labels(teeth: npt.NDArray[np.float32]) -> npt.NDArray[np.intp]:
-    """Tooth label per pixel (0 none, ``k`` the ``k``-th tooth of the manifest) from ``[1 + T, H, W]`` logits.
+def _monotone_columns(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+    """The non-decreasing state per column that maximises the summed ``scores[column, state]`` (Viterbi)."""
+    columns, states = scores.shape
+    index = np.arange(states)
+    value = scores[0].copy()
+    back = np.zeros((columns, states), np.intp)
+    for x in range(1, columns):
+        best = np.maximum.accumulate(value)
+        back[x] = np.maximum.accumulate(np.where(value >= best, index, 0))
+        value = scores[x] + best
+    path = np.zeros(columns, np.intp)
+    path[-1] = int(value.argmax())
+    for x in range(columns - 1, 0, -1):
+        path[x - 1] = back[x, path[x]]
+    return path
 
-    The plain arg-max: steadying labels per connected blob was tried and lowered tooth Dice, because neighbouring
-    teeth touch and share blobs.
+
+def tooth_labels(teeth: npt.NDArray[np.float32], labels_fdi: tuple[str, ...]) -> npt.NDArray[np.intp]:
+    """Tooth label per pixel (0 none, ``k`` the tooth ``labels_fdi[k - 1]``) from ``[1 + T, H, W]`` logits.
+
+    Where the pixel is a tooth comes from the arg-max; which tooth, from the order teeth stand in on a panoramic:
+    in each jaw, numbers run monotonically across the image (upper 18 ... 28 and lower 48 ... 38 from the image's
+    left). Each column of each jaw gets the number that best fits the column's tooth probabilities under that
+    order. This corrects the network's left/right and neighbour confusions. A manifest with teeth outside the
+    permanent dentition gets the plain arg-max.
     """
-    return np.asarray(teeth.argmax(axis=0), dtype=np.intp)
+    labels = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
+    if not set(labels_fdi) <= set(PERMANENT_FDI) or not labels.any():
+        return labels
+    shifted = teeth - teeth.max(axis=0, keepdims=True)
+    probs = np.exp(shifted.astype(np.float64))
+    probs /= probs.sum(axis=0, keepdims=True)
+    rank = {fdi: i for i, fdi in enumerate(PERMANENT_FDI)}
+    upper = [
+        k + 1 for k in sorted(range(len(labels_fdi)), key=lambda k: rank[labels_fdi[k]]) if is_upper(labels_fdi[k])
+    ]
+    lower = [
+        k + 1 for k in sorted(range(len(labels_fdi)), key=lambda k: -rank[labels_fdi[k]]) if not is_upper(labels_fdi[k])
+    ]
+    tooth = labels > 0
+    in_upper = probs[upper].sum(axis=0) >= probs[lower].sum(axis=0)
+    result = np.zeros_like(labels)
+    for order, jaw in ((upper, tooth & in_upper), (lower, tooth & ~in_upper)):
+        if not order or not jaw.any():
+            continue
+        scores = np.einsum("khw,hw->wk", probs[order], jaw.astype(np.float64))
+        column_label = np.asarray(order, dtype=np.intp)[_monotone_columns(scores)]
+        rows, cols = np.nonzero(jaw)
+        result[rows, cols] = column_label[cols]
+    return result
 
 
 def _single(outputs: dict[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.float32]:
@@ -197,7 +240,7 @@ def findings_from_outputs(
         )
     if teeth.shape[1:] != scores.shape[1:]:
         raise PipelineError(f"model outputs disagree in size: {teeth.shape[1:]} and {scores.shape[1:]}")
-    labels = tooth_labels(teeth)
+    labels = tooth_labels(teeth, teeth_spec.labels_fdi)
     width = labels.shape[1]
     if labels.any():
         distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)

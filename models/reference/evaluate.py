@@ -78,7 +78,7 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
     for seed in seeds:
         s = sample(seed, manifest.input)
         teeth, scores = session.run(names, {manifest.input.name: s.image[np.newaxis]})
-        labels = tooth_labels(teeth[0])
+        labels = tooth_labels(teeth[0], labels_fdi)
         for k in range(1, len(labels_fdi) + 1):
             pred, true = labels == k, s.teeth == k
             teeth_inter[k] += np.logical_and(pred, true).sum()

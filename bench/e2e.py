@@ -7,11 +7,12 @@ run --forward PACS@127.0.0.1:<port>`` (CPU backend, 2 threads), and DCMTK's ``st
 measured from the moment ``storescu`` exits (the agent has acknowledged the image: it is durable and indexed)
 until the agent has the PACS's C-STORE confirmation of the SR (``storescp`` has written it) recorded, observed by
 polling the agent's database every 5 ms; the agent's CPU time (all threads, from /proc) over the same interval is
-shown beside it, as the latency on otherwise idle cores would be bounded by it. Each image's overlay is delivered
+shown beside it: on cores nobody else uses, the latency would be about that (less where inference runs two
+threads, plus the polling waits, ``wait`` below). Each image's overlay is delivered
 before the next image is sent, so images do not overlap. The stage breakdown comes from the agent's own records:
 ``store`` (storescu's send, including the durable store), ``wait`` (until the pipeline takes the image), ``decode``,
-``preprocess``, ``infer``, ``postprocess`` (the pipeline's timings), ``write`` (SR and overlay built, written
-durably, queued) and ``send`` (C-STORE of the SR, confirmed).
+``preprocess``, ``infer``, ``postprocess`` (the pipeline's timings), ``write`` (until the SR is built, written
+durably and queued; includes the results service's poll) and ``send`` (C-STORE of the SR, confirmed).
 
 The peer, in the same run: ``storescu`` sending the same panoramic straight to ``storescp`` (what the PACS gets
 without the box). ``ratio e2e_vs_direct_store`` = direct store time / our latency (p50); ``ratio

@@ -92,7 +92,8 @@ def build_agent(config: AgentConfig) -> Agent:
     # inside their own transaction; receipts and settlements reach it from the book (edge.outbox.feed). The
     # sync service sends it to the relay when [sync] url (btt-edge run --mqtt) is set, else it queues offline.
     outbox = Outbox.open(config)
-    services: list[Service] = [store, StorageSCP(config.dicom, store), Pruner(config.retention, data_dir)]
+    scp = StorageSCP(config.dicom, store)
+    services: list[Service] = [store, scp, Pruner(config.retention, data_dir)]
     # Model updates (ota, docs/ota.md): the pipeline runs the active A/B slot (else [pipeline] bundle_path); the
     # updater is its model gate, switching or rolling back only while nothing is in flight. Failures are
     # reported to the relay through the outbox (kind "health").
@@ -117,6 +118,7 @@ def build_agent(config: AgentConfig) -> Agent:
     ota_service = OtaService(updater, check_interval_s=config.ota.check_interval_s)
     if config.ota.repository_url:
         services.append(ota_service)
+    results_service = None
     if config.results.enabled:
         # Results: the SR and overlay of every analysed instance, queued and sent to [results] destinations
         # (btt-edge run --forward AE@HOST:PORT); the finding codes come from the configured bundle's manifest.
@@ -125,7 +127,8 @@ def build_agent(config: AgentConfig) -> Agent:
         from models.bundle import load_bundle
 
         analyses = RecordedAnalyses(lambda: load_bundle(updater.active_path()).manifest)
-        services.append(ResultsService(config.results, data_dir, analyses, calling_ae=config.dicom.ae_title))
+        results_service = ResultsService(config.results, data_dir, analyses, calling_ae=config.dicom.ae_title)
+        services.append(results_service)
     if book is not None:
         services.append(SettlementService(config, book))
     if config.unit.port:
@@ -133,5 +136,16 @@ def build_agent(config: AgentConfig) -> Agent:
 
         services.append(UnitService(config.unit, data_dir, book=book))
     # The relay's "ota-available" command asks the repository at once (no-op while [ota] is off).
-    services.append(SyncService(config, outbox, book, commands={"ota-available": ota_service.notify}))
+    sync = SyncService(config, outbox, book, commands={"ota-available": ota_service.notify})
+    services.append(sync)
+    # Technician tools (edge.control, edge.ops): the control socket (btt-edge tui, doctor) and /metrics, /healthz.
+    from edge.control import AgentState, ControlServer
+
+    state = AgentState(config, listener=scp, relay=sync, updater=updater)
+    if config.control.enabled:
+        services.append(ControlServer(config.control, state, updater=updater, results=results_service))
+    if config.metrics.port:
+        from edge.ops.metrics import MetricsService
+
+        services.append(MetricsService(config.metrics, state))
     return Agent(config, services)

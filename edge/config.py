@@ -35,8 +35,10 @@ __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
     "AgentSection",
+    "ControlConfig",
     "DestinationConfig",
     "DicomConfig",
+    "MetricsConfig",
     "OtaConfig",
     "OutboxConfig",
     "PipelineConfig",
@@ -70,6 +72,12 @@ class AgentSection:
     log_format: Literal["text", "json"] = "text"
     """``text``: one readable line per event; ``json``: one JSON object per line for log shippers."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_file: str = ""
+    """Also write the log to this file, rotated at ``log_max_mb`` keeping ``log_backups`` old files. Empty: standard
+    error only (journald keeps it)."""
+    log_max_mb: int = bounded(20, lo=1, hi=10_000)
+    log_backups: int = bounded(5, lo=1, hi=100)
+
 
 
 @dataclass(frozen=True)
@@ -390,6 +398,35 @@ class OtaConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """``[control]``: the local control socket the terminal UI, ``btt-edge doctor`` and health checks use
+    (``edge.control``). Technician actions through it are recorded in the audit log (table ``control_audit``)."""
+
+    enabled: bool = True
+    socket_path: str = ""
+    """Unix socket of the control API. Empty: ``<data_dir>/control.sock``."""
+    group_access: bool = True
+    """Socket mode 0660 (the agent's group may use it, e.g. a ``btt-tech`` group); off: 0600 (its user only)."""
+    log_lines: int = bounded(2000, lo=100, hi=100_000)
+    """Recent log lines kept in memory for the terminal UI's live log view."""
+
+    def path(self, data_dir: Path) -> Path:
+        """The socket's path for an agent whose data directory is ``data_dir``."""
+        return Path(self.socket_path) if self.socket_path else data_dir / "control.sock"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus metrics (``/metrics``) and health (``/healthz``) HTTP endpoint (``edge.ops``)."""
+
+    port: int = bounded(0, lo=0, hi=65535)
+    """TCP port of the endpoint, e.g. 9464. 0: no endpoint."""
+    bind_address: str = "127.0.0.1"
+    """Listen address; keep it on loopback or a management network (the endpoint has no authentication, and
+    carries no patient data)."""
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration, one attribute per TOML section."""
 
@@ -403,6 +440,8 @@ class AgentConfig:
     results: ResultsConfig = field(default_factory=ResultsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

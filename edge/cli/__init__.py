@@ -28,6 +28,8 @@ _COMMAND_MODULES = (
     "edge.cli.model",
     "edge.cli.analyze",
     "edge.cli.ota",
+    "edge.cli.tui",
+    "edge.cli.doctor",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from edge.cli.common import add_config_args, config_from_args
@@ -42,6 +43,13 @@ def _run(args: argparse.Namespace) -> int:
         sync={"url": args.mqtt},
         results={"forward": args.forward},
     )
-    configure_logging(config.agent.log_format, config.agent.log_level)
+    agent = config.agent
+    configure_logging(
+        agent.log_format,
+        agent.log_level,
+        log_file=Path(agent.log_file) if agent.log_file else None,
+        max_bytes=agent.log_max_mb * 1024 * 1024,
+        backups=agent.log_backups,
+    )
     build_agent(config).run_until_signal()
     return 0

@@ -77,6 +77,11 @@ class StorageSCP:
             raise IngestError("the SCP is not running")
         return int(self._server.server_address[1])
 
+    @property
+    def active_associations(self) -> int:
+        """Associations open right now (0 when not listening); for the control socket's overview."""
+        return 0 if self._ae is None else len(self._ae.active_associations)
+
     def start(self) -> None:
         """Listen for associations; returns once the socket is bound."""
         cfg = self.config

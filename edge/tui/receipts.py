@@ -1,0 +1,73 @@
+"""The receipts and rights screen: balances, recent receipts, the last settlement and whether the relay confirmed it."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.markup import escape
+from textual.widgets import DataTable, Static
+
+from edge.tui.messages import fmt_ms
+
+__all__ = ["ReceiptsView", "render_receipts"]
+
+
+def render_receipts(doc: dict[str, Any]) -> str:
+    """Balances, parked uses and the last settlement as Textual markup."""
+    if not doc["enabled"]:
+        return "Receipts are off ([receipts] enabled = false)."
+    lines = ["[b]Rights[/]" if doc["balances"] else "[b]Rights[/] none installed (uses are billed as overage)"]
+    for b in doc["balances"]:
+        colour = "red" if b["remaining"] <= 0 else "green"
+        lines.append(
+            f"  {escape(b['kind'])}: [{colour}]{b['remaining']}[/] of {b['units']} left · {escape(b['id'])} "
+            f"until {fmt_ms(b['not_after_ms'])}"
+        )
+    if doc["pending"]:
+        lines.append(f"[yellow]{doc['pending']} use(s) parked[/] (no device identity yet: `btt-edge provision`)")
+    s = doc["settlement"]
+    if s is None:
+        lines.append("[b]Settlement[/] none yet")
+    else:
+        colour = "green" if s["relay"] == "confirmed" else "yellow"
+        lines.append(
+            f"[b]Settlement[/] batch {s['batch']} receipts {s['first_seq']}-{s['last_seq']} closed "
+            f"{fmt_ms(s['closed_ms'])} · relay: [{colour}]{escape(s['relay'])}[/]"
+        )
+    return "\n".join(lines)
+
+
+class ReceiptsView(VerticalScroll):
+    """Service-right balances and receipts."""
+
+    METHOD: ClassVar[str] = "receipts"
+    DEFAULT_CSS = """
+    ReceiptsView DataTable { height: auto; max-height: 12; }
+    ReceiptsView .title { text-style: bold; margin-top: 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("waiting for the agent...", id="receipts-body")
+        yield Static("Recent receipts", classes="title")
+        table: DataTable[str] = DataTable(id="receipts-table", cursor_type="row")
+        table.add_columns("Seq", "Time", "Kind", "Units", "Overage", "Right")
+        yield table
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def show(self, doc: dict[str, Any]) -> None:
+        self.query_one("#receipts-body", Static).update(render_receipts(doc))
+        table: DataTable[str] = self.query_one(DataTable)
+        table.clear()
+        for r in doc["receipts"]:
+            table.add_row(
+                str(r["seq"]),
+                fmt_ms(r["time_ms"]),
+                escape(r["kind"]),
+                str(r["units"]),
+                str(r["overage_units"]),
+                escape(r["right_id"] or "-"),
+            )

@@ -1,0 +1,88 @@
+"""The unit screen: identity, status and link of the X-ray unit, its fault history and its exposure log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.markup import escape
+from textual.widgets import DataTable, Static
+
+from edge.tui.messages import fmt_ms, value
+
+__all__ = ["UnitView", "render_unit"]
+
+
+def render_unit(doc: dict[str, Any]) -> str:
+    """Identity, status and link as Textual markup."""
+    if not doc["configured"]:
+        return "No unit link configured ([unit] port, or `btt-edge run --serial PORT`)."
+    lines = []
+    for d in doc["devices"]:
+        lines.append(
+            f"[b]{escape(d['serial'])}[/] {escape(d['manufacturer'])} {escape(d['model'])} firmware "
+            f"{escape(d['firmware'])} · seen {d['last_seen_at'][:19]}"
+        )
+    for u in doc["units"]:
+        lines.append(
+            f"  status {escape(u['state'])} · heat {u['heat_pct']}% · tube {u['tube_temp_c']:.1f} °C · "
+            f"faults {escape(u['faults'])}"
+        )
+    link = doc["link"]
+    if link is None:
+        lines.append("[red]link not started yet[/]")
+    else:
+        counters = link["counters"]
+        lines.append(
+            f"[b]Link[/] {escape(link['port'])} {link['state']} v{value(link['version'])}"
+            + (f" · [red]{escape(link['error'])}[/]" if link["error"] else "")
+        )
+        lines.append("  " + escape(json.dumps(counters, separators=(", ", "=")).strip("{}").replace('"', "")))
+    return "\n".join(lines) if lines else "The unit has not identified itself yet."
+
+
+class UnitView(VerticalScroll):
+    """The X-ray unit as the agent sees it."""
+
+    METHOD: ClassVar[str] = "unit"
+    DEFAULT_CSS = """
+    UnitView DataTable { height: auto; max-height: 8; }
+    UnitView .title { text-style: bold; margin-top: 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("waiting for the agent...", id="unit-body")
+        yield Static("Fault history", classes="title")
+        faults: DataTable[str] = DataTable(id="unit-faults", cursor_type="row")
+        faults.add_columns("Unit", "Code", "Raised", "Cleared")
+        yield faults
+        yield Static("Exposure log", classes="title")
+        exposures: DataTable[str] = DataTable(id="unit-exposures", cursor_type="row")
+        exposures.add_columns("Unit", "Id", "Time", "Program", "kV", "mA", "DAP", "Image")
+        yield exposures
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def show(self, doc: dict[str, Any]) -> None:
+        self.query_one("#unit-body", Static).update(render_unit(doc))
+        faults: DataTable[str] = self.query_one("#unit-faults", DataTable)
+        faults.clear()
+        for f in doc["faults"]:
+            cleared = f["cleared_at"][:19] if f["cleared_at"] else "[red]open[/]"
+            faults.add_row(escape(f["unit_serial"]), str(f["code"]), f["raised_at"][:19], cleared)
+        exposures: DataTable[str] = self.query_one("#unit-exposures", DataTable)
+        exposures.clear()
+        for e in doc["exposures"]:
+            exposures.add_row(
+                escape(e["unit_serial"]),
+                str(e["exposure_id"]),
+                fmt_ms(e["time_ms"]),
+                escape(e["program"]),
+                f"{e['kvp']:.0f}",
+                f"{e['ma']:.1f}",
+                f"{e['dap_mgy_cm2']:.1f}",
+                str(e["image_state"]),
+            )

@@ -232,7 +232,7 @@ def test_recorded_analyses_read_the_pipeline_record(tmp_path: Path) -> None:
     analysis = analyses.load(conn, "1.2.3")
     assert analysis is not None
     assert (analysis.algorithm.bundle_id, analysis.algorithm.version) == ("tiny-test-model", "0.0.1")
-    assert analysis.algorithm.name == "pipeline test network"
+    assert analysis.algorithm.name == "tiny-test-model"
     assert analysis.algorithm.codes["caries"] == MANIFEST.findings.classes[0].code
     assert [f.kind for f in analysis.findings] == [f.kind for f in findings]
     assert analyses.load(conn, "1.2.4") is None  # skipped: nothing to report

@@ -23,7 +23,7 @@ class Algorithm:
     bundle_id: str
     version: str
     name: str
-    """Human-readable name (the manifest's description, or the id)."""
+    """The algorithm's name (the recorded analyses use the bundle id: manifests carry no short name)."""
     codes: Mapping[str, Code] = field(default_factory=lambda: MappingProxyType({}))
     """Finding kind -> its coded meaning (SNOMED CT, from the manifest)."""
     clinical: bool = False
@@ -68,7 +68,7 @@ class RecordedAnalyses:
         algorithm = Algorithm(
             bundle_id=row[0],
             version=row[1],
-            name=(manifest.description or row[0]) if manifest.id == row[0] else row[0],
+            name=row[0],
             codes=MappingProxyType({c.kind: c.code for c in manifest.findings.classes}),
             clinical=bool(row[2]),
         )

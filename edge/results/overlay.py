@@ -94,18 +94,37 @@ def render(pixels: npt.NDArray[np.floating], findings: Sequence[Finding], algori
         else:
             x0, y0, x1, y1 = finding.bbox
             draw.rectangle((x0, y0 + banner_h, max(x0, x1 - 1), max(y0, y1 - 1) + banner_h), outline=colour, width=line)
+    placed: list[tuple[int, ...]] = []
+    for finding in findings:
         text = label(finding)
-        x, y = finding.bbox[0], finding.bbox[1] + banner_h
         left, top, right, bottom = draw.textbbox((0, 0), text, font=small)
-        ty = (
-            y - (bottom - top) - 2 * line
-            if y - (bottom - top) - 2 * line >= banner_h
-            else finding.bbox[3] + banner_h + line
-        )
-        tx = min(max(0, x), max(0, columns - (right - left)))
-        draw.rectangle((tx, ty + top - line, tx + right - left + line, ty + bottom + line), fill=(0, 0, 0))
-        draw.text((tx, ty), text, fill=colour, font=small)
+        width, height = right - left + line, bottom - top + 2 * line
+        tx, ty = _label_at(finding.bbox, (width, height), (banner_h, columns, rows + banner_h), placed)
+        placed.append((tx, ty, tx + width, ty + height))
+        draw.rectangle((tx, ty, tx + width, ty + height), fill=(0, 0, 0))
+        draw.text((tx, ty + line - top), text, fill=_COLOURS.get(finding.kind, _DEFAULT_COLOUR), font=small)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def _label_at(
+    bbox: tuple[int, int, int, int], size: tuple[int, int], frame: tuple[int, int, int], placed: list[tuple[int, ...]]
+) -> tuple[int, int]:
+    """Where a label goes: just above the finding, else just below, else further out or beside, where it covers no
+    label placed before (``frame`` = banner height, columns, total height)."""
+    (width, height), (banner_h, columns, total_h) = size, frame
+    x0, y0, _, y1 = bbox
+    above, below = y0 + banner_h - height - 2, y1 + banner_h + 2
+    spots = [
+        (min(max(0, x0 + dx), max(0, columns - width)), y)
+        for step in range(12)
+        for dx in (0, -width // 2, width // 2)
+        for y in (above - step * height, below + step * height)
+        if banner_h <= y <= total_h - height
+    ]
+    for tx, ty in spots:
+        if not any(tx < p[2] and p[0] < tx + width and ty < p[3] and p[1] < ty + height for p in placed):
+            return tx, ty
+    return spots[0] if spots else (min(max(0, x0), max(0, columns - width)), banner_h)
 
 
 def copy_laterality(source: Dataset, target: Dataset) -> None:
@@ -127,7 +146,9 @@ def build_overlay(
         pixels = pixels_from_dataset(source)
     except PipelineError as exc:
         raise ResultBuildError(f"cannot draw the overlay for {analysis.sop_instance_uid}: {exc}") from exc
-    caption = f"{algorithm.name} ({algorithm.bundle_id} {algorithm.version})"
+    caption = f"{algorithm.bundle_id} {algorithm.version}"
+    if algorithm.name != algorithm.bundle_id:
+        caption = f"{algorithm.name} ({caption})"
     if not algorithm.clinical:
         caption += " - research model, not cleared for clinical use"
     picture = render(pixels, analysis.findings, caption)

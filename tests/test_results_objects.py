@@ -155,3 +155,15 @@ def test_gsps_annotates_the_source_in_two_layers() -> None:
     assert findings.TextObjectSequence[0].UnformattedTextValue == "caries 36/U19 91%"
     assert findings.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert gsps.SoftcopyVOILUTSequence[0].WindowCenter == source.WindowCenter  # the source's own window
+
+
+def test_labels_of_crowded_findings_do_not_cover_each_other() -> None:
+    from edge.results.overlay import _label_at
+
+    placed: list[tuple[int, ...]] = []
+    for _ in range(20):  # twenty findings on the same spot
+        x, y = _label_at((500, 300, 540, 330), (120, 20), (40, 1200, 640), placed)
+        assert 40 <= y <= 620
+        assert 0 <= x <= 1080
+        assert not any(x < p[2] and p[0] < x + 120 and y < p[3] and p[1] < y + 20 for p in placed)
+        placed.append((x, y, x + 120, y + 20))

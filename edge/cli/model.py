@@ -51,6 +51,7 @@ def register(sub: Any) -> None:
     train.add_argument("--seed", type=int, default=None, metavar="S")
     train.add_argument("--steps", type=int, default=None, metavar="N")
     train.add_argument("--images", type=int, default=None, metavar="N")
+    train.add_argument("--refine-steps", type=int, default=None, metavar="N", help="second stage (default 0: none)")
     train.set_defaults(func=_train)
 
     export = actions.add_parser("export", help="export weights to an ONNX bundle (needs the train extra)")

@@ -5,10 +5,11 @@ own :func:`edge.pipeline.preprocess.prepare`. Each step takes ``batch`` random c
 convolutional; the crop's position is passed so that its coordinate channels match the full image). Loss: cross
 entropy plus soft Dice for tooth labels, weighted binary cross entropy plus soft Dice for findings.
 
-Two stages, each with a fresh optimiser and a one-cycle learning rate: ``steps`` at ``lr``, then
-``refine_steps`` at ``refine_lr`` with a heavier positive weight on the small findings (caries, periapical
-lesions). Stage two starts from stage one's weights only, so resuming it from saved stage-one weights
-(``resume``) computes the same thing as one uninterrupted run.
+Up to two stages, each with a fresh optimiser and a one-cycle learning rate: ``steps`` at ``lr``, then, when
+``refine_steps`` is not 0, ``refine_steps`` at ``refine_lr`` with a heavier positive weight on the small findings
+(caries, periapical lesions). Stage two starts from stage one's weights only, so resuming it from saved stage-one
+weights (``resume``) computes the same thing as one uninterrupted run. The committed reference weights are stage
+one alone (the default, ``refine_steps = 0``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class TrainConfig:
     batch: int = 4
     crop: tuple[int, int] = (288, 512)
     lr: float = 4e-3
-    refine_steps: int = 300
+    refine_steps: int = 0
     refine_lr: float = 1.5e-3
     threads: int = 2
 
@@ -152,8 +153,9 @@ def train(config: TrainConfig, out: Path, log: bool = True, resume: Path | None 
         traces["stage1"] = _stage(net, data, config, 1, started=started, log=log)
     else:
         net.load_state_dict(torch.load(resume, map_location="cpu", weights_only=True))
-    torch.manual_seed(config.seed + 1)
-    traces["stage2"] = _stage(net, data, config, 2, started=started, log=log)
+    if config.refine_steps:
+        torch.manual_seed(config.seed + 1)
+        traces["stage2"] = _stage(net, data, config, 2, started=started, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)
     summary: dict[str, object] = {

@@ -135,8 +135,17 @@ def build_agent(config: AgentConfig) -> Agent:
         from edge.unit.service import UnitService
 
         services.append(UnitService(config.unit, data_dir, book=book))
+    # Spare capacity (edge.capacity, README "Sharing spare capacity"): offers through the outbox, jobs from the
+    # relay's "capacity-job" command; clinical work (an open association, an image not yet analysed) pre-empts.
+    from edge.capacity import CapacityService, IndexActivity
+
+    activity = IndexActivity(data_dir, lambda: scp.active_associations, pipeline=config.pipeline.enabled)
+    capacity = CapacityService(config, book, outbox, activity)
+    services.append(capacity)
     # The relay's "ota-available" command asks the repository at once (no-op while [ota] is off).
-    sync = SyncService(config, outbox, book, commands={"ota-available": ota_service.notify})
+    sync = SyncService(
+        config, outbox, book, commands={"ota-available": ota_service.notify, "capacity-job": capacity.submit}
+    )
     services.append(sync)
     # Technician tools (edge.control, edge.ops): the control socket (btt-edge tui, doctor) and /metrics, /healthz.
     from edge.control import AgentState, ControlServer

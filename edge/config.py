@@ -35,6 +35,7 @@ __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
     "AgentSection",
+    "CapacityConfig",
     "ControlConfig",
     "DestinationConfig",
     "DicomConfig",
@@ -77,7 +78,6 @@ class AgentSection:
     error only (journald keeps it)."""
     log_max_mb: int = bounded(20, lo=1, hi=10_000)
     log_backups: int = bounded(5, lo=1, hi=100)
-
 
 
 @dataclass(frozen=True)
@@ -427,6 +427,50 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class CapacityConfig:
+    """``[capacity]``: sharing the idle accelerator with the network (``edge.capacity``). Off by default; clinical
+    work always pre-empts a shared job. ``btt-edge capacity enable|disable`` overrides ``enabled`` at run time."""
+
+    enabled: bool = False
+    """Offer spare capacity. Off: no offer is published and no job is accepted."""
+    relay_key: str = ""
+    """Hex Ed25519 public key the relay signs jobs with; a job signed by any other key is refused. Empty: no job
+    is accepted (offers are still published when enabled)."""
+    blob_url: str = ""
+    """Base URL the relay serves job bundles and input batches from (``<blob_url>/<sha256>``); each is checked
+    against the hash the signed job names. Empty: jobs are refused (nothing to fetch them from)."""
+    opening_hours: tuple[str, ...] = ("mon-fri 07:00-19:00", "sat 08:00-13:00")
+    """Local times the clinic is open, ``"<days> HH:MM-HH:MM"`` (days ``mon``..``sun``, ranges ``mon-fri``, lists
+    ``mon,wed``). Nothing is offered during opening hours."""
+    idle_minutes: float = bounded(15.0, lo=0, hi=1440)
+    """Outside opening hours, offer only after this long without clinical work (an image received or analysed)."""
+    max_memory_mb: int = bounded(2048, lo=64, hi=1_048_576)
+    """Memory cap of the job worker (address-space limit) and the most the offer promises."""
+    max_power_w: int = bounded(0, lo=0, hi=10_000)
+    """Power cap stated in the offer and applied by NVML where the driver allows it; 0: no cap."""
+    max_load: float = bounded(0.5, lo=0.0, hi=64.0)
+    """No offer while the 1-minute load average per core is above this."""
+    max_items: int = bounded(256, lo=1, hi=1_000_000)
+    """Largest batch (items) one job may carry."""
+    max_job_s: float = bounded(600.0, lo=1, hi=86_400)
+    """CPU-seconds limit of one job worker (RLIMIT_CPU); it is killed beyond that."""
+    price_per_item_micro: int = bounded(1000, lo=0, hi=1_000_000_000)
+    """Asking price per processed item, in micro-units of the settlement currency."""
+    offer_ttl_s: float = bounded(300.0, lo=10, hi=86_400)
+    """An offer expires at the relay this long after it was made; it is renewed before that while it holds."""
+    preempt: Literal["pause", "kill"] = "pause"
+    """What clinical work does to a running job: ``pause`` (SIGSTOP, resumed when idle again) or ``kill`` (the job
+    is given back to the relay)."""
+    resume_after_s: float = bounded(2.0, lo=0, hi=3600)
+    """A paused job resumes after this long without clinical activity."""
+    poll_ms: int = bounded(10, lo=1, hi=1000)
+    """How often clinical activity (an open DICOM association, an image waiting or in analysis) is checked; with
+    the signal's delivery this bounds the pre-emption delay."""
+    threads: int = bounded(1, lo=1, hi=64)
+    """Threads of the job worker."""
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration, one attribute per TOML section."""
 
@@ -442,6 +486,7 @@ class AgentConfig:
     ota: OtaConfig = field(default_factory=OtaConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
     │   └── LinkError              the broker cannot be reached or the connection dropped (paho errors, OSError)
     │       └── LinkRefused        the broker refused the connection (bad credentials, not authorised)
     ├── OtaError               over-the-air model updates; its own tree is drawn in ``ota/errors.py``
+    ├── CapacityError          sharing spare capacity (``edge.capacity``)
+    │   ├── JobRejected            a job outside the offer, badly signed, expired, or a blob whose hash differs
+    │   └── JobFailed              an accepted job's worker failed, ran out of its limits or was killed
     └── ReceiptError           service-right receipts, settlements and payouts (``edge.receipts``)
         ├── EncodingError          a value outside the canonical-JSON subset, or bytes that are not strict JSON
         ├── IdentityError          the device key, salt or certificate is missing, unreadable or inconsistent
@@ -59,6 +62,7 @@ __all__ = [
     "BadSignature",
     "BrokenChain",
     "BundleError",
+    "CapacityError",
     "CertificateInvalid",
     "ConfigError",
     "ConflictingReceipt",
@@ -71,6 +75,8 @@ __all__ = [
     "InclusionProofInvalid",
     "IngestError",
     "InvalidDataset",
+    "JobFailed",
+    "JobRejected",
     "LinkError",
     "LinkRefused",
     "MalformedRecord",
@@ -145,6 +151,18 @@ class BackendError(PipelineError):
 
 class BundleError(EdgeError):
     """A model bundle is malformed, does not match its hashes, or needs another agent version."""
+
+
+class CapacityError(EdgeError):
+    """Sharing spare capacity failed."""
+
+
+class JobRejected(CapacityError):
+    """A job is not accepted: outside the offer, badly signed, expired, or a fetched blob does not match its hash."""
+
+
+class JobFailed(CapacityError):
+    """An accepted job's worker process failed, exceeded its limits, or was killed."""
 
 
 class ControlError(EdgeError):

@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "edge.cli.ota",
     "edge.cli.tui",
     "edge.cli.doctor",
+    "edge.cli.capacity",
 )
 
 

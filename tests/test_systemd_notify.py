@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from edge.agent import Agent
 from edge.config import AgentConfig
 from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
+from tests.conftest import Dcmtk, StartAgent
 
 
 class _Service:
@@ -103,3 +106,29 @@ def test_agent_reports_ready_pets_the_watchdog_and_reports_stopping(
         states.append(line)
     assert all(state == ["WATCHDOG=1"] for state in states)
     assert not service.running
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_btt_edge_run_speaks_the_notify_protocol(
+    start_agent: StartAgent, dcmtk: Dcmtk, notify_socket: socket.socket, tmp_path: Path
+) -> None:
+    """The real ``btt-edge run`` as systemd's Type=notify with WatchdogSec=1s would run it: READY=1 once it
+    accepts associations (DCMTK's echoscu), WATCHDOG=1 at half the interval, STOPPING=1 and exit 0 on SIGTERM."""
+    env = {
+        "NOTIFY_SOCKET": notify_socket.getsockname(),
+        "WATCHDOG_USEC": "1000000",
+        "BTT_EDGE_PIPELINE_ENABLED": "false",
+    }
+    agent = start_agent(tmp_path / "data", env=env)
+    notify_socket.settimeout(60)
+    assert _receive(notify_socket)[0] == "READY=1"
+    assert dcmtk.echo(agent.port)
+    started = time.monotonic()
+    assert _receive(notify_socket) == ["WATCHDOG=1"]
+    assert _receive(notify_socket) == ["WATCHDOG=1"]
+    assert time.monotonic() - started < 3  # every 0.5 s, well inside the 1 s watchdog
+    agent.process.send_signal(signal.SIGTERM)
+    while (line := _receive(notify_socket)) != ["STOPPING=1"]:
+        assert line == ["WATCHDOG=1"]
+    assert agent.terminate() == 0, agent.log()

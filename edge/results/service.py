@@ -31,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 
 from edge.config import DestinationConfig, ResultsConfig
 from edge.db import DB_FILENAME, connect, transaction
-from edge.durable import atomic_write_bytes
+from edge.durable import atomic_write_bytes, remove_stale_temps
 from edge.errors import ResultBuildError, StateConflict
 from edge.logs import event
 from edge.results import queue
@@ -110,13 +110,15 @@ class ResultsService:
         return connect(self.data_dir / DB_FILENAME)
 
     def start(self) -> None:
-        """Create the tables, then start the builder and one sender per destination."""
+        """Create the tables, clear what a crash left half-written, start the builder and one sender per destination."""
         conn = self._connect()
         try:
             migrate_index(conn)
             queue.migrate_results(conn)
         finally:
             conn.close()
+        # a crash mid-write leaves a temp file; the object itself is rebuilt (same UID, same path)
+        remove_stale_temps(self.data_dir / RESULTS_DIR)
         self._stop.clear()
         self._threads = [threading.Thread(target=self._build_loop, name="results-build", daemon=True)]
         self._threads += [

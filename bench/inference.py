@@ -145,7 +145,7 @@ def _agent_peak_rss_mb(images: Path, work: Path, bundle: Path, threads: int) -> 
         conn = sqlite3.connect(f"file:{data / 'edge.db'}?mode=ro", uri=True)
         while True:
             states = [r[0] for r in conn.execute("SELECT pipeline_state FROM instances")]
-            if len(states) == len(files) and all(s in ("analysed", "skipped", "failed") for s in states):
+            if len(states) == len(files) and all(s in ("analysed", "skipped", "failed", "forwarded") for s in states):
                 break
             if agent.poll() is not None or time.monotonic() > deadline + 600:
                 raise RuntimeError("the agent did not analyse the images:\n" + (work / "agent.log").read_text())
@@ -153,7 +153,7 @@ def _agent_peak_rss_mb(images: Path, work: Path, bundle: Path, threads: int) -> 
         conn.close()
         status = Path(f"/proc/{agent.pid}/status").read_text()
         hwm_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        return hwm_kb / 1024.0, states.count("analysed")
+        return hwm_kb / 1024.0, len(states) - states.count("skipped") - states.count("failed")
     finally:
         agent.terminate()
         agent.wait(30)

@@ -4,6 +4,7 @@ resend, restart without resending, and the ``forwarded`` state."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -250,3 +251,31 @@ def test_without_destinations_results_are_built_and_the_image_is_done(store: Ima
     assert {s.object.kind for s in queue.list_objects(store.conn)} == {"sr", "overlay"}
     assert get_instance(store.conn, uid).pipeline_state == "forwarded"  # nothing left to deliver
     assert queue.unbuilt_sources(store.conn) == []
+
+
+def test_running_service_survives_an_unexpected_error(store: ImageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.results.service as service_module
+
+    monkeypatch.setattr(service_module, "_ERROR_PAUSE_S", 0.05)
+
+    class FlakySender(FakeSender):
+        def send(self, destination: DestinationConfig, items: Sequence[Outgoing]) -> list[Outcome]:
+            if not self.sent and not getattr(self, "failed", False):
+                self.failed = True
+                raise RuntimeError("a bug")
+            return super().send(destination, items)
+
+    analyses, sender = FakeAnalyses(), FlakySender()
+    source = source_image("PX", rows=100, columns=200)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    uid = ingest(store, source)
+    service = _service(store, analyses, sender, Clock(), destinations=(PACS,), poll_interval_s=0.02)
+    service.start()
+    try:
+        deadline = time.monotonic() + 20
+        while get_instance(store.conn, uid).pipeline_state != "forwarded":
+            assert time.monotonic() < deadline, "the service did not recover"
+            time.sleep(0.05)
+    finally:
+        service.stop()
+    assert len(sender.sent) == 2

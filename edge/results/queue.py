@@ -4,7 +4,7 @@ Schema (component ``results``; times are ISO 8601 UTC except ``next_attempt_at``
 
     results_objects     object_uid PK (SOP Instance UID), source_sop_uid, study_uid, kind (sr | gsps |
                         overlay | original), sop_class_uid, transfer_syntax_uid, path (relative to data_dir),
-                        size_bytes, sha256, created_at
+                        size_bytes, sha256 (of what we wrote; empty for an original), created_at
     results_deliveries  (object_uid, destination) PK, state, attempts, next_attempt_at, last_status (DIMSE),
                         last_error, updated_at, sent_at
     results_sources     sop_instance_uid PK: an analysed instance whose results were built (state ``built``)

@@ -57,6 +57,8 @@ _BUILDERS: dict[ObjectKind, Callable[[Dataset, Analysis, UidFactory], Dataset]] 
 """In build order: the SR first, the overlay (the heaviest) last. The GSPS is built only when a destination
 takes it."""
 _LAST_KIND: ObjectKind = "overlay"
+_ERROR_PAUSE_S = 5.0
+"""After an unexpected error in a loop (a failing database), the loop waits this long and tries again."""
 _ORIGINALS_SCAN_S = 1.0
 """Received instances are checked for originals to forward at most this often (the check scans the index)."""
 
@@ -146,7 +148,12 @@ class ResultsService:
         conn = self._connect()
         try:
             while not self._stop.is_set():
-                worked = self.build_pending(conn)
+                try:
+                    worked = self.build_pending(conn)
+                except Exception:  # the database busy or failing: log, wait, go on (the loop must not die)
+                    log.exception("results: building failed; retrying in %s s", _ERROR_PAUSE_S)
+                    self._stop.wait(_ERROR_PAUSE_S)
+                    continue
                 if not worked:
                     self._stop.wait(self.config.poll_interval_s)
         finally:
@@ -173,8 +180,6 @@ class ResultsService:
         instance = get_instance(conn, uid)
         if instance is None:
             return
-        path = self.data_dir / instance.path
-        data = path.read_bytes()
         obj = ResultObject(
             object_uid=uid,
             source_sop_uid=uid,
@@ -183,8 +188,8 @@ class ResultsService:
             sop_class_uid=instance.sop_class_uid,
             transfer_syntax_uid=instance.transfer_syntax_uid,
             path=instance.path,
-            size_bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=instance.size_bytes,
+            sha256="",  # the store's file, as received; not read here (a CBCT volume is large)
         )
         with transaction(conn):
             queue.enqueue(conn, obj, self._targets("original"), self.clock())
@@ -263,7 +268,13 @@ class ResultsService:
         wake = self._wakes[destination.name]
         try:
             while not self._stop.is_set():
-                if not self.send_due(conn, destination):
+                try:
+                    sent = self.send_due(conn, destination)
+                except Exception:  # the database busy or failing: log, wait, go on (the loop must not die)
+                    log.exception("results: sending to %s failed; retrying in %s s", destination.name, _ERROR_PAUSE_S)
+                    self._stop.wait(_ERROR_PAUSE_S)
+                    continue
+                if not sent:
                     wake.wait(self.config.poll_interval_s)
                     wake.clear()
         finally:

@@ -167,3 +167,14 @@ def test_labels_of_crowded_findings_do_not_cover_each_other() -> None:
         assert 0 <= x <= 1080
         assert not any(x < p[2] and p[0] < x + 120 and y < p[3] and p[1] < y + 20 for p in placed)
         placed.append((x, y, x + 120, y + 20))
+
+
+@pytest.mark.parametrize("build", [build_sr, build_overlay, build_gsps])
+def test_utf8_patient_name_survives(build: object) -> None:
+    source = source_image("PX", rows=200, columns=400)
+    source.SpecificCharacterSet = "ISO_IR 192"
+    source.PatientName = "山田^太郎=Yamada^Taro"
+    received = dcmread(io.BytesIO(file_bytes(source)))
+    out = dcmread(io.BytesIO(file_bytes(build(received, analysis_of(received), UidFactory()))))  # type: ignore[operator]
+    assert out.SpecificCharacterSet == "ISO_IR 192"
+    assert out.PatientName == "山田^太郎=Yamada^Taro"

@@ -100,6 +100,7 @@ class Actions:
 
     def ota_apply(self, _params: dict[str, Any]) -> dict[str, Any]:
         result = self._updater().apply(switch_now=False)
+        self.state.changed()
         return {
             "outcome": result.outcome,
             "model_id": result.model_id,
@@ -110,6 +111,7 @@ class Actions:
     def ota_rollback(self, params: dict[str, Any]) -> dict[str, Any]:
         reason = str(params.get("reason") or "technician: control socket")
         state = self._updater().rollback(reason)
+        self.state.changed()
         return {"outcome": "rolled-back", "active": state.active}
 
     def capacity_set(self, _params: dict[str, Any]) -> dict[str, Any]:

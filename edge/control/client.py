@@ -64,7 +64,8 @@ class ControlClient:
     def close(self) -> None:
         """Close the connection (the next call opens a new one)."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # flushing to a peer that has gone
+                self._file.close()
             self._file = None
         if self._sock is not None:
             self._sock.close()

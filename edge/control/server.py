@@ -59,7 +59,7 @@ class ControlServer:
         self._db_path = db_path
         self._audit: sqlite3.Connection | None = None
         self._audit_mutex = threading.Lock()
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._reads: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": lambda _: state.ping(),
@@ -111,6 +111,7 @@ class ControlServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -187,6 +188,15 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     def __init__(self, control: ControlServer) -> None:
         super().__init__("", _Handler, bind_and_activate=False)
         self.control = control
+        self.connections: set[socket.socket] = set()
+        self.connections_mutex = threading.Lock()
+
+    def close_connections(self) -> None:
+        """End every open connection (their threads see end of file and return)."""
+        with self.connections_mutex:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def server_bind_to(self, address: str) -> None:
         self.socket.bind(address)
@@ -196,6 +206,17 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
 class _Handler(socketserver.StreamRequestHandler):
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_mutex:
+            self.server.connections.add(self.request)
+
+    def finish(self) -> None:
+        with self.server.connections_mutex:
+            self.server.connections.discard(self.request)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def handle(self) -> None:
         peer = _peer(self.request)

@@ -30,6 +30,9 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
 """Pipeline stages whose latencies are recorded with every analysis (``pipeline_results.timings_json``, ms)."""
 
 
+_OTA_STATUS_TTL_S = 3.0
+
+
 class Listener(Protocol):
     """The DICOM listener (:class:`edge.ingest.scp.StorageSCP`)."""
 
@@ -80,6 +83,7 @@ class AgentState:
         self._relay = relay
         self._updater = updater
         self._started = time.monotonic()
+        self._ota_cache: tuple[float, dict[str, Any]] | None = None
         self.last_offer: dict[str, Any] | None = None
         """The last ``ota.check`` answer (set by the actions), shown on the models view."""
 
@@ -91,6 +95,10 @@ class AgentState:
             yield conn
         finally:
             conn.close()
+
+    def changed(self) -> None:
+        """Forget cached component state (after an action changed it)."""
+        self._ota_cache = None
 
     # --- views ------------------------------------------------------------------------------------------------
 
@@ -106,6 +114,7 @@ class AgentState:
             relay = self._relay_state(conn)
             last = _one(conn, "SELECT model_id, model_version, backend FROM pipeline_results ORDER BY recorded_at DESC")
             deliveries = _counts(conn, "SELECT state, COUNT(*) FROM results_deliveries GROUP BY state")
+            built = _counts(conn, "SELECT state, COUNT(*) FROM results_sources GROUP BY state")
         doc: dict[str, Any] = {
             "time": utc_now(),
             "agent": {**self.ping(), "data_dir": str(self.data_dir)},
@@ -130,7 +139,7 @@ class AgentState:
                 "backend": None if last is None else last["backend"],
                 "backend_setting": cfg.pipeline.backend,
             },
-            "results": {"deliveries": deliveries},
+            "results": {"deliveries": deliveries, "sources": built},
             "relay": relay,
             "disk": self.disk(),
             "system": _system(),
@@ -357,12 +366,18 @@ class AgentState:
         return answers.get(str(row["state"]), str(row["state"]))
 
     def _ota_status(self) -> dict[str, Any]:
+        """The updater's status, at most ``_OTA_STATUS_TTL_S`` old (it reads the active bundle's manifest)."""
         if self._updater is None:
             return {"error": "no model updater in this agent"}
+        now = time.monotonic()
+        if self._ota_cache is not None and now - self._ota_cache[0] < _OTA_STATUS_TTL_S:
+            return self._ota_cache[1]
         try:
-            return self._updater.status()
+            status = self._updater.status()
         except EdgeError as exc:
-            return {"error": str(exc)}
+            status = {"error": str(exc)}
+        self._ota_cache = (now, status)
+        return status
 
     def _active_model(self) -> dict[str, Any]:
         status = self._ota_status()
@@ -426,6 +441,9 @@ def _alerts(doc: dict[str, Any]) -> list[dict[str, str]]:
     failed = doc["pipeline"]["states"].get("failed", 0)
     if failed:
         add("warning", f"{failed} image(s) failed analysis")
+    unbuilt = doc["results"]["sources"].get("failed", 0)
+    if unbuilt:
+        add("warning", f"results of {unbuilt} image(s) could not be built (see Logs)")
     stuck = sum(doc["results"]["deliveries"].get(s, 0) for s in ("dead", "rejected"))
     if stuck:
         add("warning", f"{stuck} result deliveries dead or rejected (Studies: resend)")

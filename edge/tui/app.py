@@ -148,9 +148,10 @@ class TechnicianApp(App[None]):
 
     def on_tabbed_content_tab_activated(self, _event: TabbedContent.TabActivated) -> None:
         view = self.active_view()
-        focusable = view.query(DataTable).first() if view.query(DataTable) else view
-        if focusable.can_focus:
-            focusable.focus()
+        if view.can_focus:
+            view.focus()
+        elif view.query(DataTable):
+            view.query(DataTable).first().focus()
         self.action_refresh()
 
     def action_refresh(self) -> None:

@@ -22,6 +22,7 @@ class LogsView(Vertical):
         Binding("slash", "filter", "Filter"),
         Binding("l", "level", "Level"),
     ]
+    can_focus = True
     DEFAULT_CSS = """
     LogsView Input { height: 3; }
     LogsView RichLog { height: 1fr; }
@@ -55,7 +56,7 @@ class LogsView(Vertical):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.text = event.value.strip()
         self._restart()
-        self.query_one(RichLog).focus()
+        self.focus()
 
     def action_filter(self) -> None:
         self.query_one(Input).focus()

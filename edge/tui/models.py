@@ -48,7 +48,7 @@ def render_models(doc: dict[str, Any]) -> str:
     if last:
         lines.append(f"[b]Last event[/] {escape(str(last.get('event')))} {escape(str(last.get('reason', '')))}")
     if not doc["repository"]:
-        lines.append("[b]Updates[/]  no repository configured ([ota] repository_url)")
+        lines.append("[b]Updates[/]  no repository configured " + escape("([ota] repository_url)"))
     else:
         check = doc["last_check"]
         if check is None:

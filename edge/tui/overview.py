@@ -16,7 +16,7 @@ __all__ = ["OverviewView", "render_overview"]
 
 def _unit(u: dict[str, Any]) -> str:
     if not u["configured"]:
-        return "not configured ([unit] port)"
+        return escape("not configured ([unit] port)")
     link = u["link"]
     text = "[red]link not started[/]" if link is None else f"link {escape(str(link['state']))}"
     if link and link.get("error"):
@@ -29,14 +29,21 @@ def _unit(u: dict[str, Any]) -> str:
 
 def _relay(r: dict[str, Any]) -> str:
     if not r["configured"]:
-        link = "not configured (queuing offline)"
+        link = "offline (no relay configured)"
     else:
         link = {True: "[green]connected[/]", False: "[red]down[/]", None: "unknown"}[r["connected"]]
     outbox = r["outbox"]
-    text = f"{link} · outbox {r['outbox_depth']} pending"
+    text = f"{link} · outbox {r['outbox_depth']}"
     if outbox.get("oldest_pending_age_s"):
-        text += f" (oldest {outbox['oldest_pending_age_s']} s)"
-    return text + f" · {outbox.get('rejected', 0)} rejected"
+        text += f", oldest {_age(outbox['oldest_pending_age_s'])}"
+    return text + (f" · [red]{outbox['rejected']} rejected[/]" if outbox.get("rejected") else "")
+
+
+def _age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def render_overview(doc: dict[str, Any]) -> str:
@@ -53,8 +60,8 @@ def render_overview(doc: dict[str, Any]) -> str:
         f"{associations}/{dicom['max_associations']} associations",
         f"[b]Pipeline[/]  {'on' if pipe['enabled'] else 'off'} · queue {pipe['queue']} · "
         f"failed {pipe['states'].get('failed', 0)} · analysed {pipe['states'].get('analysed', 0)}",
-        f"[b]Model[/]     {model_text} · backend {escape(value(pipe['backend'], 'none yet'))} "
-        f"(setting {pipe['backend_setting']})",
+        f"[b]Model[/]     {model_text} on {escape(value(pipe['backend'], 'no backend yet'))} "
+        f"({pipe['backend_setting']})",
         f"[b]Relay[/]     {_relay(doc['relay'])}",
         f"[b]Disk[/]      {disk['free_mb'] / 1024:.1f} GB free of {disk['total_mb'] / 1024:.1f} GB "
         f"(reserve {disk['reserve_mb'] / 1024:.1f} GB)",

@@ -17,7 +17,7 @@ __all__ = ["ReceiptsView", "render_receipts"]
 def render_receipts(doc: dict[str, Any]) -> str:
     """Balances, parked uses and the last settlement as Textual markup."""
     if not doc["enabled"]:
-        return "Receipts are off ([receipts] enabled = false)."
+        return escape("Receipts are off ([receipts] enabled = false).")
     lines = ["[b]Rights[/]" if doc["balances"] else "[b]Rights[/] none installed (uses are billed as overage)"]
     for b in doc["balances"]:
         colour = "red" if b["remaining"] <= 0 else "green"

@@ -19,6 +19,13 @@ _COLUMNS = ("Received", "Patient", "Date", "Img", "State", "Find")
 _STATE_COLOURS = {"failed": "red", "results sent": "green", "analysed": "cyan", "analysing": "yellow"}
 
 
+def _kind(kind: str, confidences: list[float]) -> str:
+    """``caries 0.91``, or ``bone_loss x6 (max 0.67)`` for several regions of one kind on one tooth."""
+    if len(confidences) == 1:
+        return f"{kind} {confidences[0]:.2f}"
+    return f"{kind} x{len(confidences)} (max {max(confidences):.2f})"
+
+
 def render_study(doc: dict[str, Any]) -> str:
     """One study's images: state, model and backend, AI findings per tooth, result deliveries."""
     lines = [f"[b]Study[/] {escape(doc['study_uid'])}", f"[i]{escape(doc['ai_label'])}[/]"]
@@ -35,14 +42,14 @@ def render_study(doc: dict[str, Any]) -> str:
                 f"{escape(value(analysis['backend']))}"
                 + (f", {total:.0f} ms" if isinstance(total, (int, float)) else "")
             )
-        teeth: dict[str, list[str]] = defaultdict(list)
+        teeth: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for f in image["findings"]:
             tooth = "no tooth" if f["tooth_fdi"] is None else f"tooth {f['tooth_fdi']}"
-            teeth[tooth].append(f"{f['kind']} {f['confidence']:.2f}")
+            teeth[tooth][f["kind"]].append(f["confidence"])
         if not teeth and analysis:
             lines.append("  no AI findings")
         for tooth, kinds in teeth.items():
-            lines.append(f"  {tooth}: {escape(', '.join(kinds))}")
+            lines.append(f"  {tooth}: {escape(', '.join(_kind(k, c) for k, c in kinds.items()))}")
         for d in image["deliveries"]:
             error = f" ({escape(str(d['last_error']))})" if d["last_error"] else ""
             lines.append(f"  {d['kind']} -> {escape(d['destination'])}: {d['state']}{error}")

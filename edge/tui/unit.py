@@ -18,7 +18,7 @@ __all__ = ["UnitView", "render_unit"]
 def render_unit(doc: dict[str, Any]) -> str:
     """Identity, status and link as Textual markup."""
     if not doc["configured"]:
-        return "No unit link configured ([unit] port, or `btt-edge run --serial PORT`)."
+        return escape("No unit link configured ([unit] port, or `btt-edge run --serial PORT`).")
     lines = []
     for d in doc["devices"]:
         lines.append(

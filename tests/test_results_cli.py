@@ -27,6 +27,7 @@ def _queue_one(data_dir: Path) -> None:
         queue.record_failure(conn, obj.object_uid, "PACS@h:104", "cannot connect", now=0.0, backoff_initial_s=1,
                              backoff_max_s=1, max_attempts=1)  # fmt: skip
         queue.record_rejected(conn, obj.object_uid, "ARCH@h:105", 0xA900, "status 0xA900: SOP class mismatch")
+        queue.mark_source(conn, "1.2.3.7", "failed", "no analysis is recorded for 1.2.3.7")
     store.stop()
 
 
@@ -52,3 +53,12 @@ def test_list_json_and_resend(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_list_without_database_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["results", "list", "--data-dir", str(tmp_path / "none")]) == 2
     assert "no agent database" in capsys.readouterr().err
+
+
+def test_list_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _queue_one(tmp_path)
+    assert main(["results", "list", "--data-dir", str(tmp_path), "--failed", "--json"]) == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert (doc["sop_instance_uid"], doc["reason"]) == ("1.2.3.7", "no analysis is recorded for 1.2.3.7")
+    assert main(["results", "list", "--data-dir", str(tmp_path), "--failed"]) == 0
+    assert "1.2.3.7  no analysis is recorded" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 ``list --json`` prints one JSON object per result object (and forwarded original) with its deliveries:
 destination (``AE@host:port``), state (``pending``, ``sent``, ``rejected``, ``dead``), attempts, when it is next
 due, the last DIMSE status and error. ``resend`` puts rejected and dead deliveries (or, with ``--all``, every
-matching one) back in the queue; a running agent picks them up at its next poll.
+matching one) back in the queue; a running agent picks them up at its next poll. ``list --failed`` shows the
+images whose results could not be built, with the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def register(sub: Any) -> None:
     add_config_args(listing)
     listing.add_argument("--json", action="store_true", help="one JSON array (for scripts)")
     listing.add_argument("--source", metavar="SOP_UID", help="only the results of this received instance")
+    listing.add_argument("--failed", action="store_true", help="instead: images whose results could not be built")
     listing.set_defaults(func=_list)
     resend = actions.add_parser("resend", help="queue rejected and dead deliveries again")
     add_config_args(resend)
@@ -84,9 +86,17 @@ def _doc(status: Any) -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from edge.results.queue import list_objects
+    from edge.results.queue import failed_sources, list_objects
 
     conn = _open(args, write=False)
+    if args.failed:
+        failed = [] if conn is None else failed_sources(conn)
+        if args.json:
+            print(json.dumps([{"sop_instance_uid": u, "reason": r, "at": a} for u, r, a in failed], indent=2))
+        else:
+            for uid, reason, at in failed:
+                print(f"{at}  {uid}  {reason}")
+        return 0
     docs = [] if conn is None else [_doc(s) for s in list_objects(conn, source_sop_uid=args.source)]
     if args.json:
         print(json.dumps(docs, indent=2))

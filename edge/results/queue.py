@@ -42,6 +42,7 @@ __all__ = [
     "backoff_delay",
     "due",
     "enqueue",
+    "failed_sources",
     "list_objects",
     "mark_source",
     "migrate_results",
@@ -195,6 +196,14 @@ def mark_source(
         "at = excluded.at",
         (sop_instance_uid, state, reason, utc_now()),
     )
+
+
+def failed_sources(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """``(sop_instance_uid, reason, at)`` of every analysed instance whose results could not be built."""
+    rows = conn.execute(
+        "SELECT sop_instance_uid, reason, at FROM results_sources WHERE state = 'failed' ORDER BY at"
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def unbuilt_sources(conn: sqlite3.Connection, limit: int = 16) -> list[str]:

@@ -1,8 +1,10 @@
 """Clinical results out: DICOM result objects built from an analysis, queued and delivered to the clinic's PACS.
 
-Data flow: an instance the pipeline marked ``analysed`` -> :mod:`~edge.results.sr` (TID 1500 structured report)
-and :mod:`~edge.results.overlay` (Secondary Capture with the findings drawn) -> written durably under
-``<data_dir>/results`` -> :mod:`~edge.results.queue` (one delivery row per object and destination in ``edge.db``)
--> :mod:`~edge.results.scu` (C-STORE). :mod:`~edge.results.service` runs it; :mod:`~edge.results.destinations`
-says who gets what; :mod:`~edge.results.uids` makes the new UIDs.
+Data flow: an instance the pipeline marked ``analysed`` (its findings read through :mod:`~edge.results.analysis`)
+-> :mod:`~edge.results.sr` (TID 1500 structured report), :mod:`~edge.results.gsps` (presentation state, when a
+destination takes it) and :mod:`~edge.results.overlay` (Secondary Capture with the findings drawn), coded with
+:mod:`~edge.results.codes` and named with :mod:`~edge.results.uids` -> written durably under ``<data_dir>/results``
+-> :mod:`~edge.results.queue` (one delivery row per object and destination in ``edge.db``) ->
+:mod:`~edge.results.scu` (C-STORE). :mod:`~edge.results.service` runs it; the destinations and what each takes
+are ``[results]`` in :mod:`edge.config`.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,9 @@ class FakeSender:
         self.script: list[str] = []
         self.sent: list[tuple[str, str]] = []
 
-    def send(self, destination: DestinationConfig, items: Sequence[Outgoing]) -> list[Outcome]:
+    def send(
+        self, destination: DestinationConfig, items: Sequence[Outgoing], stopping: Callable[[], bool] = bool
+    ) -> list[Outcome]:
         outcomes = []
         for item in items:
             assert item.path.is_file()
@@ -259,11 +261,13 @@ def test_running_service_survives_an_unexpected_error(store: ImageStore, monkeyp
     monkeypatch.setattr(service_module, "_ERROR_PAUSE_S", 0.05)
 
     class FlakySender(FakeSender):
-        def send(self, destination: DestinationConfig, items: Sequence[Outgoing]) -> list[Outcome]:
+        def send(
+            self, destination: DestinationConfig, items: Sequence[Outgoing], stopping: Callable[[], bool] = bool
+        ) -> list[Outcome]:
             if not self.sent and not getattr(self, "failed", False):
                 self.failed = True
                 raise RuntimeError("a bug")
-            return super().send(destination, items)
+            return super().send(destination, items, stopping)
 
     analyses, sender = FakeAnalyses(), FlakySender()
     source = source_image("PX", rows=100, columns=200)

@@ -179,3 +179,16 @@ def test_implicit_only_destination_gets_the_sr_re_encoded(objects: list[Outgoing
     (outcome,) = StoreSCU("BTT_EDGE").send(_dest(port), objects[:1])
     assert outcome.result == "sent"
     assert got == [(ImplicitVRLittleEndian, objects[0].object_uid)]
+
+
+def test_stopping_leaves_the_rest_untried(objects: list[Outgoing], scp: Callable[..., int]) -> None:
+    got: list[str] = []
+
+    def keep(event: Any) -> int:
+        got.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    port = scp(keep)
+    outcomes = StoreSCU("BTT_EDGE").send(_dest(port), [objects[0]] * 3, stopping=lambda: bool(got))
+    assert [o.result for o in outcomes] == ["sent"]
+    assert len(got) == 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -62,9 +62,15 @@ class Outcome:
 
 
 class Sender(Protocol):
-    """Sends objects to a destination; never raises for what the destination or the network does."""
+    """Sends objects to a destination; never raises for what the destination or the network does.
 
-    def send(self, destination: DestinationConfig, items: Sequence[Outgoing]) -> list[Outcome]: ...
+    Returns one outcome per object tried, in order; when ``stopping()`` turns true it stops after the current
+    object, and the objects not tried get no outcome (they stay as they were).
+    """
+
+    def send(
+        self, destination: DestinationConfig, items: Sequence[Outgoing], stopping: Callable[[], bool] = bool
+    ) -> list[Outcome]: ...
 
 
 def _contexts(items: Sequence[Outgoing]) -> list[Any]:
@@ -120,8 +126,10 @@ class StoreSCU:
         self.connect_timeout_s = connect_timeout_s
         self.dimse_timeout_s = dimse_timeout_s
 
-    def send(self, destination: DestinationConfig, items: Sequence[Outgoing]) -> list[Outcome]:
-        """Send ``items`` over one association; one :class:`Outcome` per item, in order."""
+    def send(
+        self, destination: DestinationConfig, items: Sequence[Outgoing], stopping: Callable[[], bool] = bool
+    ) -> list[Outcome]:
+        """Send ``items`` over one association; one :class:`Outcome` per item tried, in order."""
         if not items:
             return []
         try:
@@ -156,6 +164,8 @@ class StoreSCU:
         outcomes: list[Outcome] = []
         try:
             for item in items:
+                if stopping():
+                    break
                 lost = bool(outcomes) and outcomes[-1].result == "retry"
                 if lost or not assoc.is_established:
                     outcomes.append(Outcome(item.object_uid, "retry", None, "association aborted"))

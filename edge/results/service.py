@@ -286,7 +286,7 @@ class ResultsService:
         if not batch:
             return 0
         items = [Outgoing(o.object_uid, o.sop_class_uid, o.transfer_syntax_uid, self.data_dir / o.path) for o in batch]
-        outcomes = self.sender.send(destination, items)
+        outcomes = self.sender.send(destination, items, self._stop.is_set)
         by_uid = {o.object_uid: o for o in batch}
         for outcome in outcomes:
             self._record(conn, destination, by_uid[outcome.object_uid], outcome)

@@ -136,7 +136,7 @@ def test_garbage_on_the_socket_gets_an_error_line(served: ControlServer) -> None
 def test_actions_are_audited_with_the_peers_uid(served: ControlServer) -> None:
     with ControlClient(served.path) as client:
         assert client.call("outbox.requeue") == {"requeued": 0}
-        with pytest.raises(ControlError, match="not built into this agent"):
+        with pytest.raises(ControlError, match="has not run on this agent"):
             client.call("capacity.set", enabled=True)
         with pytest.raises(ControlError, match="results delivery is not enabled"):
             client.call("results.resend", study_uid="1.2.3")
@@ -154,6 +154,26 @@ def test_actions_are_audited_with_the_peers_uid(served: ControlServer) -> None:
     conn = connect(served.state.data_dir / DB_FILENAME, readonly=True)
     assert conn.execute("SELECT COUNT(*) FROM control_audit").fetchone()[0] == 3
     conn.close()
+
+
+def test_capacity_switch_through_the_socket(served: ControlServer) -> None:
+    from edge.capacity.state import migrate_capacity
+
+    conn = connect(served.state.data_dir / DB_FILENAME)
+    migrate_capacity(conn)
+    conn.close()
+    with ControlClient(served.path) as client:
+        before = client.call("capacity")
+        assert before["available"] is True
+        assert before["enabled"] is False
+        assert before["switch"] == "config"
+        with pytest.raises(ControlError, match="'enabled' must be true or false"):
+            client.call("capacity.set", enabled="yes")
+        assert client.call("capacity.set", enabled=True) == {"enabled": True}
+        after = client.call("capacity")
+        assert after["enabled"] is True
+        assert after["switch"] == "btt-edge capacity"
+        assert [e["outcome"] for e in client.call("audit")] == ["ok", "refused"]
 
 
 def test_requeue_makes_rejected_items_pending(served: ControlServer) -> None:

@@ -207,7 +207,7 @@ RESPONSES: dict[str, Any] = {
             "recorded_at": "2026-11-24T09:58:01.000Z",
         },
     },
-    "capacity": {"available": False, "reason": "capacity sharing (issue #10) is not built into this agent yet"},
+    "capacity": {"available": False, "reason": "capacity sharing has not run on this agent yet"},
     "logs": {
         "lines": [
             [1, "2026-11-24T09:58:00Z INFO    ingest     stored sop=1.2.3"],
@@ -300,7 +300,7 @@ def _svg_text(svg: str) -> str:
         ("3", "unit", "#unit-body", "Acme P1 firmware 2.1"),
         ("4", "receipts", "#receipts-body", "42[/] of 100 left"),
         ("5", "models", "#models-body", "btt-reference-dental-pano 0.2.0 (slot a)"),
-        ("6", "capacity", "#capacity-body", "Capacity sharing: not available yet"),
+        ("6", "capacity", "#capacity-body", "Capacity sharing: not available"),
     ],
 )
 @sync
@@ -398,6 +398,50 @@ async def test_models_check_apply_rollback_are_confirmed_actions() -> None:
         assert ("ota.rollback", {"reason": "technician: btt-edge tui"}) in agent.calls
 
 
+CAPACITY = {
+    "available": True,
+    "enabled": False,
+    "switch": "config",
+    "decision": {"offer": False, "reason": "sharing is switched off"},
+    "accelerator": {"kind": "cuda", "name": "Orin", "memory_mb": 16000, "free_memory_mb": 9000},
+    "score_mflops": 1200,
+    "offer": None,
+    "jobs": [
+        {
+            "job_id": "job-1",
+            "state": "done",
+            "items": 64,
+            "device_ms": 5200,
+            "updated_ms": 1795946280000,
+            "reason": None,
+        }
+    ],
+    "totals": {"jobs_done": 1, "items": 64, "device_s": 5.2},
+}
+
+
+@sync
+async def test_capacity_screen_and_switch() -> None:
+    agent = FakeAgent()
+    agent.responses["capacity"] = CAPACITY
+    agent.responses["capacity.set"] = {"enabled": True}
+    app = TechnicianApp(agent, refresh_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        await _settle(pilot)
+        body = _text(app, "#capacity-body")
+        assert "not offering: sharing is switched off" in body
+        assert "cuda Orin" in body
+        assert "1 · 64 items · 5.2 s" in body
+        assert app.query_one("#capacity-jobs", DataTable).get_row_at(0)[1] == "done"
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await _settle(pilot)
+        assert ("capacity.set", {"enabled": True}) in agent.calls
+
+
 @sync
 async def test_refused_action_is_shown_not_raised() -> None:
     class Refusing(FakeAgent):
@@ -470,7 +514,7 @@ async def test_attached_to_a_real_control_socket(tmp_path: Path) -> None:
                 assert "no model updater in this agent" in body
                 await pilot.press("6")
                 await _settle(pilot)
-                assert "not available yet" in _text(app, "#capacity-body")
+                assert "not available" in _text(app, "#capacity-body")
                 await pilot.press("2")
                 await _settle(pilot)
                 assert app.query_one("#studies-table", DataTable).row_count == 0

@@ -3,7 +3,7 @@
 * ``results.resend`` — send the results of a study (or one object, or everything dead or rejected) again;
 * ``outbox.requeue`` — make items the relay rejected pending again (all, or the ones named);
 * ``ota.check`` / ``ota.apply`` / ``ota.rollback`` — model updates (the pipeline switches at its next idle moment);
-* ``capacity.set`` — refused: capacity sharing is not part of this agent yet.
+* ``capacity.set`` — switch capacity sharing on or off (as ``btt-edge capacity enable|disable``; survives restarts).
 
 Each returns a JSON-able result or raises an :class:`~edge.errors.EdgeError` whose message the technician sees.
 """
@@ -114,8 +114,20 @@ class Actions:
         self.state.changed()
         return {"outcome": "rolled-back", "active": state.active}
 
-    def capacity_set(self, _params: dict[str, Any]) -> dict[str, Any]:
-        raise ControlError("capacity sharing (issue #10) is not built into this agent yet")
+    def capacity_set(self, params: dict[str, Any]) -> dict[str, Any]:
+        from edge.capacity.state import set_value
+
+        enabled = params.get("enabled")
+        if not isinstance(enabled, bool):
+            raise ControlError("'enabled' must be true or false")
+        conn = self.connect()
+        try:
+            if not _has_table(conn, "capacity_state"):
+                raise ControlError("capacity sharing has not run on this agent yet")
+            set_value(conn, "enabled", enabled)  # the capacity service reads the switch every turn
+        finally:
+            conn.close()
+        return {"enabled": enabled}
 
 
 ACTIONS: dict[str, Callable[[Actions, dict[str, Any]], dict[str, Any]]] = {

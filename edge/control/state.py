@@ -323,8 +323,14 @@ class AgentState:
         }
 
     def capacity(self) -> dict[str, Any]:
-        """Capacity sharing is not part of this agent yet: say so rather than show numbers."""
-        return {"available": False, "reason": "capacity sharing (issue #10) is not built into this agent yet"}
+        """Capacity sharing (:func:`edge.capacity.state.status`): the switch, the policy's last decision, the open
+        offer, recent jobs and totals; ``available`` false (and why) when the agent has no capacity tables."""
+        with self.db() as conn:
+            if not _has(conn, "capacity_state"):
+                return {"available": False, "reason": "capacity sharing has not run on this agent yet"}
+            from edge.capacity.state import status
+
+            return {"available": True, **status(conn, self.config.capacity.enabled)}
 
     # --- parts ------------------------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edge.pipeline.findings import Finding
-from models.reference.evaluate import box_iou, match_findings
+from edge.pipeline.postprocess import box_iou
+from models.reference.evaluate import match_findings
 
 
 def _f(kind: str, box: tuple[int, int, int, int], confidence: float = 1.0, tooth: str | None = "11") -> Finding:

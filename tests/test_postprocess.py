@@ -168,3 +168,13 @@ def test_tooth_numbers_follow_the_arch() -> None:
     assert numbers == ["16", "15", "14"]
     assert not labels[:, 10:20].any()
     assert np.array_equal(tooth_labels(teeth, ("51",) * 32), teeth.argmax(axis=0))
+
+
+def test_exclusive_kinds_in_one_place_keep_the_more_confident() -> None:
+    teeth, scores = _outputs()
+    scores[0, KINDS.index("implant"), 40:50, 40:50] = 3.0
+    scores[0, KINDS.index("root_canal_filling"), 40:50, 41:50] = 1.0
+    scores[0, KINDS.index("root_canal_filling"), 12:20, 24:26] = 1.0  # elsewhere: kept
+    found = findings_from_outputs({"teeth": teeth, "findings": scores}, _manifest(), _prepared(), None)
+    kinds = sorted((f.kind, f.tooth_fdi) for f in found if f.kind in ("implant", "root_canal_filling"))
+    assert kinds == [("implant", "41"), ("root_canal_filling", "11")]

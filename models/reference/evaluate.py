@@ -21,20 +21,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.pipeline.findings import Finding
-from edge.pipeline.postprocess import findings_from_outputs, tooth_labels
+from edge.pipeline.postprocess import box_iou, findings_from_outputs, tooth_labels
 from models.bundle import Bundle
 from models.reference.data import EVAL_SEED_BASE, sample
 
-__all__ = ["box_iou", "evaluate", "match_findings"]
-
-
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two end-exclusive ``(x0, y0, x1, y1)`` boxes."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+__all__ = ["evaluate", "match_findings"]
 
 
 def match_findings(

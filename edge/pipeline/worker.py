@@ -39,6 +39,7 @@ from edge.errors import EdgeError, PipelineError, StateConflict, UnsupportedImag
 from edge.logs import event
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
+from edge.pipeline.memory import release_large_buffers
 from edge.receipts.book import ReceiptBook
 from edge.receipts.receipts import Use
 from edge.store.index import (
@@ -346,6 +347,7 @@ class PipelineService:
         self._wake.set()
 
     def start(self) -> None:
+        release_large_buffers()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._thread.start()

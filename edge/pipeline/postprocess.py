@@ -150,23 +150,27 @@ def tooth_labels(teeth: npt.NDArray[np.float32], labels_fdi: tuple[str, ...]) ->
     labels = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
     if not set(labels_fdi) <= set(PERMANENT_FDI) or not labels.any():
         return labels
-    shifted = teeth - teeth.max(axis=0, keepdims=True)
-    probs = np.exp(shifted.astype(np.float64))
+    probs = teeth - teeth.max(axis=0, keepdims=True)  # one float32 copy; everything below is in place or 2-D
+    np.exp(probs, out=probs)
     probs /= probs.sum(axis=0, keepdims=True)
     rank = {fdi: i for i, fdi in enumerate(PERMANENT_FDI)}
-    upper = [
-        k + 1 for k in sorted(range(len(labels_fdi)), key=lambda k: rank[labels_fdi[k]]) if is_upper(labels_fdi[k])
-    ]
-    lower = [
-        k + 1 for k in sorted(range(len(labels_fdi)), key=lambda k: -rank[labels_fdi[k]]) if not is_upper(labels_fdi[k])
-    ]
+    channels = sorted(range(1, len(labels_fdi) + 1), key=lambda k: rank[labels_fdi[k - 1]])
+    upper = [k for k in channels if is_upper(labels_fdi[k - 1])]
+    lower = [k for k in reversed(channels) if not is_upper(labels_fdi[k - 1])]
+    upper_mass = np.zeros(labels.shape, np.float32)
+    lower_mass = np.zeros(labels.shape, np.float32)
+    for k in upper:
+        upper_mass += probs[k]
+    for k in lower:
+        lower_mass += probs[k]
     tooth = labels > 0
-    in_upper = probs[upper].sum(axis=0) >= probs[lower].sum(axis=0)
+    in_upper = upper_mass >= lower_mass
     result = np.zeros_like(labels)
     for order, jaw in ((upper, tooth & in_upper), (lower, tooth & ~in_upper)):
         if not order or not jaw.any():
             continue
-        scores = np.einsum("khw,hw->wk", probs[order], jaw.astype(np.float64))
+        weight = jaw.astype(np.float32)
+        scores = np.stack([(probs[k] * weight).sum(axis=0, dtype=np.float64) for k in order], axis=1)
         column_label = np.asarray(order, dtype=np.intp)[_monotone_columns(scores)]
         rows, cols = np.nonzero(jaw)
         result[rows, cols] = column_label[cols]

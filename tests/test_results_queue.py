@@ -20,7 +20,7 @@ from edge.results.scu import Outcome, Outgoing
 from edge.results.service import ResultsService
 from edge.results.sr import build_sr
 from edge.store.image_store import ImageStore
-from edge.store.index import get_instance
+from edge.store.index import get_instance, set_state
 from tests.pipeline_helpers import MANIFEST
 from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
 
@@ -212,7 +212,7 @@ def test_forwarded_only_once_all_objects_are_built_and_confirmed(store: ImageSto
     assert not queue.source_delivered(conn, uid)
     assert get_instance(conn, uid).pipeline_state == "analysed"
     service.build_pending(conn)  # builds (the SR again: same UID, nothing new) and the overlay, nobody takes it
-    assert get_instance(conn, uid).pipeline_state == "forwarded"
+    assert get_instance(conn, uid).pipeline_state == "forwarded"  # the SR, the one delivery, is confirmed
     assert len(sender.sent) == 1
 
 
@@ -243,7 +243,7 @@ def test_recorded_analyses_read_the_pipeline_record(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_without_destinations_results_are_built_and_the_image_is_done(store: ImageStore) -> None:
+def test_without_destinations_results_are_built_and_kept(store: ImageStore) -> None:
     analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
     source = source_image("PX", rows=100, columns=200)
     analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
@@ -251,8 +251,9 @@ def test_without_destinations_results_are_built_and_the_image_is_done(store: Ima
     service = _service(store, analyses, sender, clock, destinations=())
     assert service.build_pending(store.conn) == 1
     assert {s.object.kind for s in queue.list_objects(store.conn)} == {"sr", "overlay"}
-    assert get_instance(store.conn, uid).pipeline_state == "forwarded"  # nothing left to deliver
+    assert get_instance(store.conn, uid).pipeline_state == "analysed"  # forwarded means delivered to a PACS
     assert queue.unbuilt_sources(store.conn) == []
+    assert service.build_pending(store.conn) == 0
 
 
 def test_running_service_survives_an_unexpected_error(store: ImageStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,3 +284,23 @@ def test_running_service_survives_an_unexpected_error(store: ImageStore, monkeyp
     finally:
         service.stop()
     assert len(sender.sent) == 2
+
+
+def test_an_old_instance_analysed_late_is_built_by_the_full_scan(store: ImageStore) -> None:
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    old, new = (source_image("PX", rows=100, columns=200, seed=s) for s in (1, 2))
+    for s in (old, new):
+        analyses.analyses[s.SOPInstanceUID] = analysis_of(s)
+    old_uid = ingest(store, old, analysed=False)
+    time.sleep(0.01)  # a later receipt time
+    ingest(store, new)
+    service = _service(store, analyses, sender, clock, destinations=(PACS,))
+    assert service.build_pending(store.conn) == 1  # the new one; the scan now starts at its receipt time
+    with transaction(store.conn):
+        set_state(store.conn, old_uid, "processing", expected="received")
+    with transaction(store.conn):
+        set_state(store.conn, old_uid, "analysed", expected="processing")
+    assert service.build_pending(store.conn) == 0  # older than the newest built: left for the full scan
+    service._next_full_scan = 0.0  # the minute is up
+    assert service.build_pending(store.conn) == 1
+    assert queue.unbuilt_sources(store.conn) == []

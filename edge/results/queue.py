@@ -206,15 +206,17 @@ def failed_sources(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def unbuilt_sources(conn: sqlite3.Connection, limit: int = 16) -> list[str]:
-    """Analysed instances whose results are not built yet, oldest first."""
+def unbuilt_sources(conn: sqlite3.Connection, limit: int = 16, since: str = "") -> list[tuple[str, str]]:
+    """``(sop_instance_uid, received_at)`` of analysed instances received at or after ``since`` whose results are
+    not built yet, oldest first (the index on state and receipt time keeps this cheap with a recent ``since``)."""
     rows = conn.execute(
-        "SELECT i.sop_instance_uid FROM instances i WHERE i.pipeline_state = 'analysed' AND NOT EXISTS "
+        "SELECT i.sop_instance_uid, i.received_at FROM instances i WHERE i.pipeline_state = 'analysed' "
+        "AND i.received_at >= ? AND NOT EXISTS "
         "(SELECT 1 FROM results_sources s WHERE s.sop_instance_uid = i.sop_instance_uid) "
         "ORDER BY i.received_at, i.sop_instance_uid LIMIT ?",
-        (limit,),
+        (since, limit),
     ).fetchall()
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
 def unqueued_originals(conn: sqlite3.Connection, limit: int = 16) -> list[str]:
@@ -341,19 +343,17 @@ def resend(
 
 
 def source_delivered(conn: sqlite3.Connection, source_sop_uid: str) -> bool:
-    """The results of ``source_sop_uid`` are built and every delivery of them (SR, GSPS, overlay) is confirmed.
-
-    With no destination for them this is true as soon as they are built: there is nothing left to deliver.
-    """
+    """The results of ``source_sop_uid`` are built, delivered somewhere, and every delivery of them (SR, GSPS,
+    overlay) is confirmed. Without a destination for them they are never delivered (the image stays analysed)."""
     built = conn.execute(
         "SELECT 1 FROM results_sources WHERE sop_instance_uid = ? AND state = 'built'", (source_sop_uid,)
     ).fetchone()
-    open_deliveries = conn.execute(
-        "SELECT COUNT(*) FROM results_objects o JOIN results_deliveries d ON d.object_uid = o.object_uid "
-        "WHERE o.source_sop_uid = ? AND o.kind != 'original' AND d.state != 'sent'",
+    total, sent = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(d.state = 'sent'), 0) FROM results_objects o JOIN results_deliveries d "
+        "ON d.object_uid = o.object_uid WHERE o.source_sop_uid = ? AND o.kind != 'original'",
         (source_sop_uid,),
-    ).fetchone()[0]
-    return built is not None and open_deliveries == 0
+    ).fetchone()
+    return built is not None and total > 0 and total == sent
 
 
 def list_objects(conn: sqlite3.Connection, *, source_sop_uid: str | None = None) -> list[ObjectStatus]:

@@ -59,6 +59,8 @@ takes it."""
 _LAST_KIND: ObjectKind = "overlay"
 _ERROR_PAUSE_S = 5.0
 """After an unexpected error in a loop (a failing database), the loop waits this long and tries again."""
+_FULL_SCAN_S = 60.0
+"""How often the whole set of analysed instances is checked (otherwise only those received since the newest built)."""
 _ORIGINALS_SCAN_S = 1.0
 """Received instances are checked for originals to forward at most this often (the check scans the index)."""
 
@@ -104,6 +106,9 @@ class ResultsService:
         self._stop = threading.Event()
         self._wakes = {d.name: threading.Event() for d in self.destinations}
         self._next_originals_scan = 0.0
+        self._since = ""
+        """Receipt time of the newest instance whose results were built: the scan for new ones starts there."""
+        self._next_full_scan = 0.0
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -167,10 +172,14 @@ class ResultsService:
             for uid in queue.unqueued_originals(conn):
                 self._queue_original(conn, uid)
                 handled += 1
-        for uid in queue.unbuilt_sources(conn):
+        since = self._since
+        if time.monotonic() >= self._next_full_scan:  # an old instance analysed late (a retry) is found here
+            since, self._next_full_scan = "", time.monotonic() + _FULL_SCAN_S
+        for uid, received_at in queue.unbuilt_sources(conn, since=since):
             if self._stop.is_set():
                 break
             self.build(conn, uid)
+            self._since = max(self._since, received_at)
             handled += 1
         if handled:
             self.wake()

@@ -126,7 +126,7 @@ def _stage(
             + _soft_dice(find_logits.sigmoid(), f)
         )
         opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        torch.autograd.backward(loss)
         opt.step()
         sched.step()
         if step % 25 == 0 or step == steps - 1:

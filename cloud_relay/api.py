@@ -116,4 +116,9 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
     def capacity(clinic_id: Clinic) -> dict[str, Any]:
         return view.capacity(clinic_id)
 
+    # Spare-capacity jobs (cloud_relay.capacity): submit a batch job, collect its results, offers, payouts.
+    from cloud_relay.capacity.api import capacity_router
+    from cloud_relay.capacity.coordinator import Coordinator
+
+    app.include_router(capacity_router(Coordinator(db)))
     return app

@@ -1,0 +1,128 @@
+"""The capacity coordinator on MQTT: offers and results in, jobs out (paho-mqtt 2, MQTT v5).
+
+It reads ``btt/v1/dev/+/up/offers`` through its own shared-subscription group (``btt-capacity``), so every relay
+worker's :class:`~cloud_relay.consumer.Consumer` still stores and acknowledges those items as before, and one
+capacity worker sees each message once. Each item's body goes to :meth:`Coordinator.handle` (a rejected one is
+logged; device resends are recognised as such). Every ``tick_s``, and at once after an offer, a withdrawal or a
+result, :meth:`Coordinator.tick` runs and each job it dispatches is published at QoS 1 on
+``btt/v1/dev/{device}/cmd/capacity-job``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_relay.capacity.coordinator import Coordinator
+from cloud_relay.config import MqttConfig
+from cloud_relay.errors import BrokerError, RelayError
+from edge.logs import event
+
+__all__ = ["CAPACITY_GROUP", "CapacityLink", "job_topic"]
+
+log = logging.getLogger("cloud_relay.capacity")
+
+CAPACITY_GROUP = "btt-capacity"
+_FILTER = "btt/v1/dev/+/up/offers"
+
+
+def job_topic(device: str) -> str:
+    """Where a device receives its jobs."""
+    return f"btt/v1/dev/{device}/cmd/capacity-job"
+
+
+class CapacityLink:
+    """Runs a :class:`Coordinator` against the broker (module docstring)."""
+
+    def __init__(self, config: MqttConfig, coordinator: Coordinator, *, tick_s: float = 1.0) -> None:
+        self.config = config
+        self.coordinator = coordinator
+        self.tick_s = tick_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay-capacity", daemon=True)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{config.client_id}-capacity",
+                             protocol=mqtt.MQTTv5)  # fmt: skip
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls:
+            client.tls_set(
+                ca_certs=None if config.ca_file is None else str(config.ca_file),
+                certfile=None if config.cert_file is None else str(config.cert_file),
+                keyfile=None if config.key_file is None else str(config.key_file),
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    def start(self) -> None:
+        try:
+            self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot connect to {self.config.host}:{self.config.port}: {exc}") from exc
+        self._client.loop_start()
+        self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            event(log, "capacity link refused", level=logging.ERROR, reason=str(reason))
+            return
+        client.subscribe(f"$share/{CAPACITY_GROUP}/{_FILTER}", qos=1)
+        self._connected.set()
+        event(log, "capacity link connected")
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connected.clear()
+        event(log, "capacity link disconnected", level=logging.WARNING, reason=str(reason))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        device = message.topic.split("/")[3]
+        try:
+            items = json.loads(message.payload)["items"]
+        except (ValueError, KeyError, TypeError):
+            event(log, "capacity message unreadable", level=logging.WARNING, device=device)
+            return
+        for item in items if isinstance(items, list) else []:
+            body = item.get("body") if isinstance(item, dict) else None
+            try:
+                kind = self.coordinator.handle(device, body)
+            except RelayError as exc:
+                event(log, "capacity message refused", level=logging.WARNING, device=device, reason=str(exc))
+                continue
+            event(log, "capacity message", device=device, kind=kind)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                dispatched = self.coordinator.tick()
+            except RelayError:
+                log.exception("capacity tick failed")
+                continue
+            for device, envelope in dispatched:
+                self._client.publish(job_topic(device), json.dumps(envelope), qos=1)
+                event(log, "capacity job dispatched", device=device, job=envelope["signed"]["job_id"])

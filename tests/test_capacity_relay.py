@@ -1,0 +1,246 @@
+"""The relay's capacity coordinator: offers, expiry, matching, reassignment, verification, payouts, the API."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cloud_relay.api import create_app
+from cloud_relay.capacity.coordinator import Coordinator
+from cloud_relay.capacity.market import Offer, Requirements, match, spot_checked
+from cloud_relay.errors import Rejected
+from cloud_relay.ledger import Ledger
+from cloud_relay.registry import Registry
+from cloud_relay.storage import Database
+from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, outputs_digest, sign, verify
+from edge.receipts.keys import PrivateKey, generate_key
+from tests.receipts_helpers import Box
+from tests.relay_helpers import BACKENDS, provisioned, throwaway_db
+
+T0 = 1_800_000_000_000
+BUNDLE, BATCH = "b" * 64, "c" * 64
+
+
+class Net:
+    def __init__(self, db: Database, tmp_path: Path) -> None:
+        manufacturer = generate_key()
+        self.boxes = [
+            provisioned(db, tmp_path / "a", manufacturer),
+            provisioned(db, tmp_path / "b", manufacturer, clinic=None),
+            provisioned(db, tmp_path / "c", manufacturer, clinic=None),
+        ]
+        self.now = T0
+        self.relay = generate_key()
+        self.coordinator = Coordinator(
+            db, self.relay, job_timeout_s=60, spot_check_fraction=0.0, clock=lambda: self.now
+        )
+
+    def device(self, i: int) -> str:
+        return self.boxes[i].identity.device_id
+
+    def offer(self, i: int, price: int = 10, ttl_ms: int = 300_000) -> str:
+        box = self.boxes[i]
+        fields = {
+            "offer_id": f"offer-{i}-{self.now}",
+            "device": box.identity.device_id,
+            "accelerator": {"kind": "cpu", "name": "test", "memory_mb": 4096},
+            "score_mflops": 1000,
+            "max_memory_mb": 2048,
+            "max_power_w": 0,
+            "max_items": 16,
+            "price_per_item_micro": price,
+            "issued_ms": self.now,
+            "expires_ms": self.now + ttl_ms,
+        }
+        self.coordinator.handle(box.identity.device_id, sign(OFFER, fields, box.identity.key))
+        return str(fields["offer_id"])
+
+    def result(
+        self,
+        box: Box,
+        job: dict[str, Any],
+        outputs: list[list[int]],
+        status: str = "done",
+        key: PrivateKey | None = None,
+    ) -> dict[str, Any]:
+        s = job["signed"]
+        fields = {
+            "job_id": s["job_id"], "device": box.identity.device_id, "offer_id": s["offer_id"], "status": status,
+            "bundle": s["bundle"], "batch": s["batch"], "items": len(outputs), "outputs": outputs,
+            "output_digest": outputs_digest(outputs), "device_ms": 1500, "receipts": [1, 2], "finished_ms": self.now,
+        }  # fmt: skip
+        return sign(RESULT, fields, key or box.identity.key)
+
+    def box_of(self, device: str) -> Box:
+        return next(b for b in self.boxes if b.identity.device_id == device)
+
+
+@pytest.fixture(params=BACKENDS)
+def net(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Net]:
+    with throwaway_db(request.param, tmp_path) as db:
+        yield Net(db, tmp_path)
+
+
+def _submit(net: Net, items: int = 2, spot: bool = False, **needs: Any) -> str:
+    return net.coordinator.submit("clinic-a", BUNDLE, BATCH, Requirements(items, **needs), spot)
+
+
+def test_job_dispatched_to_cheapest_signed_by_relay_and_paid_when_done(net: Net) -> None:
+    net.offer(0, price=30)
+    net.offer(1, price=10)
+    job_id = _submit(net)
+    [(device, job)] = net.coordinator.tick()
+    assert device == net.device(1)
+    assert verify(JOB, job, net.relay.public)["price_per_item_micro"] == 10
+    assert net.coordinator.tick() == []  # dispatched once
+    net.coordinator.handle(device, net.result(net.box_of(device), job, [[1, 2], [3, 4]]))
+    state = net.coordinator.job(job_id, "clinic-a")
+    assert state["state"] == "done"
+    assert state["outputs"] == [[1, 2], [3, 4]]
+    assert net.coordinator.payouts() == [
+        {"job_id": job_id, "device": device, "items": 2, "amount_micro": 20, "paid_ms": T0}
+    ]
+
+
+def test_offer_that_expires_gets_no_job(net: Net) -> None:
+    net.offer(0, ttl_ms=1000)
+    net.now += 2000
+    job_id = _submit(net)
+    assert net.coordinator.tick() == []
+    assert net.coordinator.offers() == []
+    assert net.coordinator.job(job_id)["state"] == "queued"
+    net.offer(2)
+    [(device, _)] = net.coordinator.tick()
+    assert device == net.device(2)
+
+
+def test_device_vanishing_mid_job_is_timed_out_and_job_reassigned(net: Net) -> None:
+    net.offer(0, price=5)
+    net.offer(1, price=50)
+    job_id = _submit(net)
+    [(first, first_job)] = net.coordinator.tick()
+    assert first == net.device(0)
+    net.now += 61_000  # the device said nothing within the job's deadline
+    [(second, second_job)] = net.coordinator.tick()
+    assert second == net.device(1)
+    net.coordinator.handle(second, net.result(net.box_of(second), second_job, [[1], [2]]))
+    # the vanished device comes back with its result: kept as late, not paid
+    net.coordinator.handle(first, net.result(net.box_of(first), first_job, [[1], [2]]))
+    states = {a["device"]: a["state"] for a in net.coordinator.job(job_id)["assignments"]}
+    assert states == {first: "late", second: "done"}
+    assert [p["device"] for p in net.coordinator.payouts()] == [second]
+
+
+def test_withdrawal_or_preemption_gives_job_to_another_device(net: Net) -> None:
+    offer_a = net.offer(0, price=5)
+    net.offer(1, price=50)
+    net.offer(2, price=60)
+    _submit(net)
+    [(first, _)] = net.coordinator.tick()
+    box = net.box_of(first)
+    fields = {"offer_id": offer_a, "device": first, "reason": "clinical work", "issued_ms": net.now}
+    net.coordinator.handle(first, sign(WITHDRAW, fields, box.identity.key))
+    [(second, job)] = net.coordinator.tick()
+    assert second == net.device(1)
+    net.coordinator.handle(second, net.result(net.box_of(second), job, [], status="preempted"))
+    [(third, _)] = net.coordinator.tick()
+    assert third == net.device(2)
+
+
+def test_forged_and_tampered_results_are_rejected(net: Net) -> None:
+    net.offer(0)
+    job_id = _submit(net)
+    [(device, job)] = net.coordinator.tick()
+    box = net.box_of(device)
+    with pytest.raises(Rejected, match="no certificate"):
+        net.coordinator.handle(device, net.result(box, job, [[1], [2]], key=generate_key()))
+    tampered = net.result(box, job, [[1], [2]])
+    tampered["signed"]["outputs"] = [[9], [9]]
+    with pytest.raises(Rejected, match="does not verify"):
+        net.coordinator.handle(device, tampered)
+    other = net.boxes[2]
+    with pytest.raises(Rejected, match="was not given"):
+        net.coordinator.handle(other.identity.device_id, net.result(other, job, [[1], [2]]))
+    with pytest.raises(Rejected, match="no certificate"):  # another device's signed result, replayed as its own
+        net.coordinator.handle(other.identity.device_id, net.result(box, job, [[1], [2]]))
+    wrong = dict(job, signed={**job["signed"], "batch": "d" * 64})
+    with pytest.raises(Rejected, match="batch"):
+        net.coordinator.handle(device, net.result(box, wrong, [[1], [2]]))
+    with pytest.raises(Rejected, match="outputs"):
+        net.coordinator.handle(device, net.result(box, job, [[1]]))
+    assert net.coordinator.job(job_id)["state"] == "queued"
+    assert net.coordinator.payouts() == []
+
+
+def test_spot_check_devices_disagreeing_dispute_the_job(net: Net) -> None:
+    net.offer(0)
+    net.offer(1)
+    job_id = _submit(net, spot=True)
+    dispatched = net.coordinator.tick()
+    assert sorted(d for d, _ in dispatched) == sorted([net.device(0), net.device(1)])
+    (d0, j0), (d1, j1) = dispatched
+    net.coordinator.handle(d0, net.result(net.box_of(d0), j0, [[100, 200], [300, 400]]))
+    assert net.coordinator.job(job_id)["state"] == "queued"  # waits for the second opinion
+    net.coordinator.handle(d1, net.result(net.box_of(d1), j1, [[100, 200], [300, 90_000]]))
+    state = net.coordinator.job(job_id)
+    assert state["state"] == "disputed"
+    assert "items [1]" in state["reason"]
+    assert net.coordinator.payouts() == []
+
+
+def test_spot_check_devices_agreeing_within_tolerance_are_both_paid(net: Net) -> None:
+    net.offer(0)
+    net.offer(1)
+    job_id = _submit(net, spot=True)
+    (d0, j0), (d1, j1) = net.coordinator.tick()
+    net.coordinator.handle(d0, net.result(net.box_of(d0), j0, [[100, 200], [300, 400]]))
+    net.coordinator.handle(d1, net.result(net.box_of(d1), j1, [[100, 250], [300, 400]]))
+    assert net.coordinator.job(job_id)["state"] == "done"
+    assert sorted(p["device"] for p in net.coordinator.payouts()) == sorted([d0, d1])
+
+
+def test_matching_respects_requirements() -> None:
+    offers = [
+        Offer("o1", "d1", "cpu", 4096, 500, 16, 10, 1, 10_000),
+        Offer("o2", "d2", "cuda", 16384, 90_000, 64, 40, 2, 10_000),
+        Offer("o3", "d3", "cuda", 8192, 80_000, 64, 30, 3, 10_000, busy=True),
+    ]
+    assert match(offers, Requirements(8), 5).offer_id == "o1"  # type: ignore[union-attr]
+    assert match(offers, Requirements(8, kinds=("cuda",)), 5).offer_id == "o2"  # type: ignore[union-attr]
+    assert match(offers, Requirements(32), 5).offer_id == "o2"  # type: ignore[union-attr]
+    assert match(offers, Requirements(8, min_memory_mb=32_000), 5) is None
+    assert match(offers, Requirements(8, max_price_per_item_micro=5), 5) is None
+    assert match(offers, Requirements(8), 20_000) is None
+    assert match(offers, Requirements(8), 5, exclude=["d1"]).offer_id == "o2"  # type: ignore[union-attr]
+    share = sum(spot_checked(f"job-{i}", 0.1) for i in range(2000)) / 2000
+    assert 0.07 < share < 0.13
+
+
+def test_api_submits_job_and_serves_blobs(tmp_path: Path) -> None:
+    with throwaway_db("sqlite", tmp_path) as db:
+        registry = Registry(db)
+        registry.add_clinic("clinic-a", "A")
+        token = registry.add_token("clinic-a")
+        client = TestClient(create_app(db, Ledger(db, operator="op")))
+        auth = {"Authorization": f"Bearer {token}"}
+        bundle = client.put("/v1/capacity/blobs", content=b"bundle bytes", headers=auth).json()["sha256"]
+        assert bundle == hashlib.sha256(b"bundle bytes").hexdigest()
+        batch = client.put("/v1/capacity/blobs", content=b"batch bytes", headers=auth).json()["sha256"]
+        assert client.get(f"/v1/capacity/blobs/{batch}").content == b"batch bytes"  # devices: no token
+        assert client.put("/v1/capacity/blobs", content=b"x").status_code == 401
+        missing = client.post("/v1/capacity/jobs", json={"bundle": "e" * 64, "batch": batch, "items": 1}, headers=auth)
+        assert missing.status_code == 422
+        made = client.post("/v1/capacity/jobs", json={"bundle": bundle, "batch": batch, "items": 3}, headers=auth)
+        assert made.status_code == 201
+        job = client.get(f"/v1/capacity/jobs/{made.json()['job_id']}", headers=auth).json()
+        assert job["state"] == "queued"
+        assert job["items"] == 3
+        registry.add_clinic("clinic-b", "B")
+        other = {"Authorization": f"Bearer {registry.add_token('clinic-b')}"}
+        assert client.get(f"/v1/capacity/jobs/{made.json()['job_id']}", headers=other).status_code == 404
+        assert client.get("/v1/capacity/offers", headers=auth).json() == {"offers": []}

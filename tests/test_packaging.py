@@ -152,9 +152,11 @@ def test_install_upgrade_remove_purge_in_a_throwaway_root(deb: Path, target: Pat
     assert not (target / "opt/btt-edge/venv").exists()
     assert "btt-edge:x:" in (target / "etc/passwd").read_text()
 
-    # Purge deletes them.
+    # Purge deletes them (and the log directory systemd's LogsDirectory= made).
+    (target / "var/log/btt-edge").mkdir(parents=True)
     _dpkg(target, "-P", "btt-edge")
     assert not data.exists()
+    assert not (target / "var/log/btt-edge").exists()
     assert not (target / "etc/btt-edge").exists()
     assert "btt-edge" not in (target / "etc/passwd").read_text()
     assert "btt-edge" not in (target / "etc/group").read_text()

@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--batch-wait-ms", type=int, default=IngestConfig.batch_wait_ms)
     run_p.add_argument("--operator", default=LedgerConfig.operator, help="billed for uses without a right")
     run_p.add_argument("--log-format", choices=("text", "json"), default="text")
+    run_p.add_argument("--capacity-key", type=Path, help="private key file signing spare-capacity jobs (dispatch on)")
 
     clinic = sub.add_parser("clinic", help="clinics").add_subparsers(dest="action", required=True)
     p = command("add", "register a clinic", _clinic_add, clinic)
@@ -163,6 +164,13 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
     if config.mqtt is not None:
         consumer = Consumer(config.mqtt, Ingestor(db), config.ingest)
         consumer.start()
+    capacity = None  # spare-capacity dispatch (cloud_relay.capacity), with --capacity-key
+    if config.mqtt is not None and config.capacity_key is not None:
+        from cloud_relay.capacity import CapacityLink, Coordinator
+        from edge.receipts.keys import load_private_key
+
+        capacity = CapacityLink(config.mqtt, Coordinator(db, load_private_key(config.capacity_key)))
+        capacity.start()
     try:
         if config.http.port:
             import uvicorn
@@ -185,6 +193,8 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
         else:
             stop.wait()
     finally:
+        if capacity is not None:
+            capacity.stop()
         if consumer is not None:
             consumer.stop()
 
@@ -206,6 +216,7 @@ def _run(args: argparse.Namespace, db: Database) -> int:
         http=HttpConfig(host=args.http_host, port=args.http_port),
         ingest=IngestConfig(batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms),
         ledger=LedgerConfig(operator=args.operator),
+        capacity_key=args.capacity_key,
     )
     if config.mqtt is None and not config.http.port:
         raise RelayError("nothing to run: give --mqtt, --http-port, or both")

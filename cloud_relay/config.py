@@ -129,3 +129,6 @@ class RelayConfig:
     http: HttpConfig = HttpConfig()
     ingest: IngestConfig = IngestConfig()
     ledger: LedgerConfig = LedgerConfig()
+    capacity_key: Path | None = None
+    """The relay's private key file for signing capacity jobs (``cloud_relay.capacity``); with ``mqtt``, the
+    worker also coordinates spare-capacity jobs. None: no dispatch (the capacity API still takes jobs)."""

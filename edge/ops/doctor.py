@@ -51,7 +51,15 @@ def run_checks(config: AgentConfig, config_source: str) -> Iterator[Check]:
     agent = _agent(config)
     yield agent.check
     yield from agent.alerts
-    yield _port("dicom port", config.dicom.bind_address, config.dicom.port, agent.running, "[dicom] port")
+    if agent.dicom_port is not None and agent.dicom_port != config.dicom.port:
+        yield Check(
+            "dicom port",
+            "warn",
+            f"the agent listens on {agent.dicom_port}, the configuration says {config.dicom.port}",
+            "a --port flag or BTT_EDGE_DICOM_PORT overrides [dicom] port; make them agree",
+        )
+    else:
+        yield _port("dicom port", config.dicom.bind_address, config.dicom.port, agent.running, "[dicom] port")
     if config.metrics.port:
         yield _port("metrics port", config.metrics.bind_address, config.metrics.port, agent.running, "[metrics] port")
     yield from _model(config)
@@ -103,6 +111,7 @@ class _Agent:
     running: bool
     check: Check
     alerts: tuple[Check, ...] = ()
+    dicom_port: int | None = None
 
 
 def _agent(config: AgentConfig) -> _Agent:
@@ -114,15 +123,15 @@ def _agent(config: AgentConfig) -> _Agent:
     try:
         with ControlClient(path, timeout_s=10.0) as client:
             ping = client.call("ping")
-            health = client.call("health")
+            overview = client.call("overview")
     except ControlError as exc:
         return _Agent(False, Check("agent", "warn", str(exc), "start it: sudo systemctl start btt-edge"))
     alerts = tuple(
         Check("agent alert", "fail" if a["level"] == "error" else "warn", a["text"], "see `btt-edge tui` (Overview)")
-        for a in health["alerts"]
+        for a in overview["alerts"]
     )
     detail = f"running, pid {ping['pid']}, version {ping['version']}, up {ping['uptime_s']} s ({path})"
-    return _Agent(True, Check("agent", "ok", detail), alerts)
+    return _Agent(True, Check("agent", "ok", detail), alerts, int(overview["dicom"]["port"]))
 
 
 # --- ports ------------------------------------------------------------------------------------------------------

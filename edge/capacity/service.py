@@ -55,6 +55,8 @@ log = logging.getLogger("edge.capacity")
 
 MAX_BLOB_BYTES = 1 << 30
 """Largest bundle or batch a job may name."""
+PROBE_INTERVAL_S = 30.0
+"""How often the accelerator is probed again while sharing is on."""
 
 
 class ClinicalActivity(Protocol):
@@ -126,6 +128,7 @@ class CapacityService:
         self._job: JobProcess | None = None
         self._killed = False
         self._offered = False
+        self._probed: tuple[float, Accelerator] | None = None
         self._last_clinical = time.monotonic()  # the policy's idle time starts at boot
         self._last_busy = -math.inf  # clinical work actually seen
         self.preemptions: list[float] = []
@@ -206,6 +209,13 @@ class CapacityService:
         if busy and self._offered:
             self._withdraw(conn, "clinical work")
 
+    def _probe(self) -> Accelerator:
+        """The accelerator, probed at most every :data:`PROBE_INTERVAL_S` (tegrastats starts a process)."""
+        now = time.monotonic()
+        if self._probed is None or now - self._probed[0] >= PROBE_INTERVAL_S:
+            self._probed = (now, self._accelerator())
+        return self._probed[1]
+
     def _policy(self, conn: sqlite3.Connection) -> None:
         enabled = switch(conn, self.cfg.enabled)
         with self._lock:
@@ -217,24 +227,25 @@ class CapacityService:
             return  # the job's own load must not end the offer it runs under
         if enabled and get_value(conn, "score_mflops") is None:
             set_value(conn, "score_mflops", self._score())  # measured once, on the idle box
-        accelerator = self._accelerator()
+        accelerator = self._probe() if enabled else None
         decision = decide(
             self.cfg,
             enabled=enabled,
             now=self._now(),
             idle_s=time.monotonic() - self._last_clinical,
             load_per_core=cpu_load(),
-            free_memory_mb=accelerator.free_memory_mb,
+            free_memory_mb=accelerator.free_memory_mb if accelerator is not None else 0,
             hours=self._hours,
         )
         if decision != self.decision:
             self.decision = decision
             set_value(conn, "decision", {"offer": decision.offer, "reason": decision.reason})
-            set_value(conn, "accelerator", accelerator.to_json())
+            if accelerator is not None:
+                set_value(conn, "accelerator", accelerator.to_json())
             event(log, "capacity policy", offer=decision.offer, reason=decision.reason)
         offer = open_offer(conn)
         self._offered = offer is not None
-        if not decision.offer:
+        if not decision.offer or accelerator is None:
             if offer is not None:
                 self._withdraw(conn, decision.reason)
             return

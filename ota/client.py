@@ -11,6 +11,7 @@ before anything else reads it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -180,7 +181,7 @@ class UpdateClient:
                 )
             if not resumed:
                 have = 0
-            with part.open("ab" if resumed else "wb") as fh:
+            with contextlib.closing(chunks), part.open("ab" if resumed else "wb") as fh:
                 for chunk in chunks:
                     have += len(chunk)
                     if have > offer.length:

@@ -6,11 +6,14 @@ errors (``DownloadHTTPError`` with the status, ``DownloadError`` otherwise), whi
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from http.client import HTTPResponse
+from typing import IO
 
 from tuf.api import exceptions
 from tuf.ngclient.fetcher import FetcherInterface
@@ -44,7 +47,7 @@ class HttpFetcher(FetcherInterface):
         return response
 
     @staticmethod
-    def _chunks(response: HTTPResponse, url: str) -> Iterator[bytes]:
+    def _chunks(response: HTTPResponse, url: str) -> Generator[bytes, None, None]:
         try:
             with response:
                 while chunk := response.read(_CHUNK):
@@ -55,7 +58,21 @@ class HttpFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         return self._chunks(self._open(url), url)
 
-    def fetch_from(self, url: str, start: int) -> tuple[bool, Iterator[bytes]]:
+    @contextlib.contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """python-tuf's bounded download, closing the connection at once when the server sends too much (the base
+        class leaves that to the garbage collector)."""
+        received = 0
+        with tempfile.TemporaryFile() as temp, contextlib.closing(self._chunks(self._open(url), url)) as chunks:
+            for chunk in chunks:
+                received += len(chunk)
+                if received > max_length:
+                    raise exceptions.DownloadLengthMismatchError(f"{url}: more than the maximum {max_length} bytes")
+                temp.write(chunk)
+            temp.seek(0)
+            yield temp
+
+    def fetch_from(self, url: str, start: int) -> tuple[bool, Generator[bytes, None, None]]:
         """The bytes of ``url`` from offset ``start``: ``(True, rest)`` when the server honoured the range,
         ``(False, whole file)`` when it sent everything again."""
         response = self._open(url, start)

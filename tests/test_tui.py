@@ -1,5 +1,7 @@
-"""``btt-edge tui``: behaviour with Textual's Pilot (headless, 80x24), and what a person sees, checked on the SVG
-screenshot Textual exports (pytest-textual-snapshot is not used: it pins pytest < 9).
+"""``btt-edge tui``: behaviour with Textual's Pilot (headless, 80x24), and what a person sees: the SVG screenshot
+Textual exports, laid back out as 24 lines of 80 characters and compared with the snapshots in
+``tests/snapshots/`` (pytest-textual-snapshot is not used: its syrupy pin needs pytest < 9). After an intended
+change of a screen, rewrite its snapshot file from the text the failing test prints.
 
 Most tests feed the app from a small fake of the control client; the last one attaches to a real control server
 over its Unix socket.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import html
 import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -289,6 +292,24 @@ async def test_overview_fits_80x24_and_says_everything() -> None:
     assert "Quit" in text  # the footer's key help
 
 
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+_SVG_TEXT = re.compile(
+    r'<text [^>]*?x="([\d.]+)" y="[\d.]+" textLength="[\d.]+" clip-path="url\(#[\w-]+-line-(\d+)\)">(.*?)</text>'
+)
+
+
+def screen_text(svg: str, size: tuple[int, int] = (80, 24)) -> str:
+    """The characters of a Textual SVG screenshot, one line per terminal row (trailing spaces dropped)."""
+    width, height = size
+    rows = [[" "] * width for _ in range(height)]
+    for match in _SVG_TEXT.finditer(svg):
+        column, row = round(float(match.group(1)) / 12.2), int(match.group(2))
+        for i, char in enumerate(html.unescape(match.group(3)).replace("\xa0", " ")):
+            if row < height and column + i < width:
+                rows[row][column + i] = char
+    return "\n".join("".join(r).rstrip() for r in rows) + "\n"
+
+
 def _svg_text(svg: str) -> str:
     """The visible text of a Textual SVG screenshot (non-breaking spaces as spaces)."""
     return re.sub(r"<[^>]+>", "", svg).replace("&#160;", " ").replace("\xa0", " ")
@@ -520,3 +541,20 @@ async def test_attached_to_a_real_control_socket(tmp_path: Path) -> None:
                 assert app.query_one("#studies-table", DataTable).row_count == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "keys"),
+    [("overview", ()), ("studies", ("2", "enter")), ("receipts", ("4",)), ("models", ("5",))],
+)
+@sync
+async def test_screens_match_their_snapshots(name: str, keys: tuple[str, ...]) -> None:
+    app = TechnicianApp(FakeAgent(), refresh_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await _settle(pilot)
+        seen = screen_text(app.export_screenshot())
+    expected = (SNAPSHOTS / f"tui_{name}.txt").read_text(encoding="utf-8")
+    assert seen == expected, f"the {name} screen changed; it now reads:\n{seen}"

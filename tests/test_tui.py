@@ -13,7 +13,10 @@ import asyncio
 import copy
 import functools
 import html
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -558,3 +561,18 @@ async def test_screens_match_their_snapshots(name: str, keys: tuple[str, ...]) -
         seen = screen_text(app.export_screenshot())
     expected = (SNAPSHOTS / f"tui_{name}.txt").read_text(encoding="utf-8")
     assert seen == expected, f"the {name} screen changed; it now reads:\n{seen}"
+
+
+def test_btt_edge_tui_without_an_agent_says_so(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BTT_EDGE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "tui", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "the agent is not running" in result.stderr
+    assert str(tmp_path / "control.sock") in result.stderr

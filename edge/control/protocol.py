@@ -26,6 +26,8 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Request:
+    """A call of ``method`` with ``params``; ``id`` pairs it with its response."""
+
     id: int
     method: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +38,8 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
+    """The answer to request ``id``: ``result`` when ``ok``, else the ``error`` message for the technician."""
+
     id: int
     ok: bool
     result: Any = None

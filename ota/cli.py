@@ -7,6 +7,7 @@
     btt-ota add BUNDLE --repo DIR --keys KEYDIR [--percent P] [--group G ...]
     btt-ota publish --repo DIR --keys KEYDIR [--role timestamp|snapshot|targets]   re-sign before expiry
     btt-ota rotate ROLE --repo DIR --keys KEYDIR [--add-key PEM ...] [--remove-key KEYID ...] [--threshold N]
+    btt-ota announce MODEL_ID --repo DIR --mqtt mqtt://btt-relay:PW@broker --devices FILE   staged rollout
     btt-ota status --repo DIR
 
 ``DIR`` is what the web server serves (``metadata/``, ``targets/``); give devices ``DIR/metadata/1.root.json``
@@ -22,8 +23,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from ota.errors import OtaError
-from ota.repository import DEFAULT_EXPIRY, ROLES, KeyStore, Repository, bundle_archive
+from ota.errors import OtaError, PublishError
+from ota.repository import DEFAULT_EXPIRY, ROLES, KeyStore, Repository, bundle_archive, target_path
 from ota.rollout import RolloutPolicy
 
 __all__ = ["main"]
@@ -72,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--threshold", type=int)
     rotate.set_defaults(func=_rotate)
 
+    announce = sub.add_parser("announce", help="send ota-available to the devices a bundle's rollout reaches")
+    announce.add_argument("model_id", metavar="MODEL_ID")
+    repo_args(announce, keys=False)
+    announce.add_argument("--mqtt", required=True, metavar="URL", help="mqtt[s]://btt-relay:PASSWORD@host:port")
+    announce.add_argument("--devices", type=Path, required=True, metavar="FILE", help="lines: DEVICE_ID [GROUP ...]")
+    announce.add_argument("--ca-file", default="", metavar="PEM", help="CA of an mqtts broker")
+    announce.set_defaults(func=_announce)
+
     status = sub.add_parser("status", help="versions, expiry and targets of the repository")
     repo_args(status, keys=False)
     status.set_defaults(func=_status)
@@ -118,6 +127,23 @@ def _rotate(args: argparse.Namespace) -> int:
     version = Repository(args.repo, keys).rotate(args.role, add=added, remove=args.remove_key, threshold=args.threshold)
     print(f"root version {version} published")
     return 0
+
+
+def _announce(args: argparse.Namespace) -> int:
+    from ota.announce import announce, parse_devices, select_devices
+
+    info = Repository(args.repo, KeyStore(Path())).load("targets").signed.targets.get(target_path(args.model_id))
+    if info is None:
+        raise PublishError(f"the repository has no bundle for {args.model_id}")
+    custom = info.custom or {}
+    try:
+        devices = parse_devices(args.devices.read_text(encoding="utf-8"))
+        chosen = select_devices(devices, RolloutPolicy.from_json(custom.get("rollout")))
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot select devices: {exc}") from exc
+    sent = announce(args.mqtt, chosen, args.model_id, str(custom.get("version", "")), ca_file=args.ca_file)
+    print(json.dumps({"devices": chosen, "acknowledged": sent, "of": len(devices)}))
+    return 0 if sent == len(chosen) else 1
 
 
 def _status(args: argparse.Namespace) -> int:

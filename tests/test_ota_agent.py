@@ -1,6 +1,6 @@
 """The whole agent on a real broker: the relay's ``ota-available`` command makes the box check the repository;
 a bundle failing its health check is reported to the relay and never activated, a good one is switched in at
-the pipeline's next idle moment."""
+the pipeline's next idle moment; ``btt-ota announce`` tells only the devices a bundle's rollout reaches."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from models.bundle import load_bundle
+from ota.cli import main as btt_ota
+from ota.rollout import RolloutPolicy
 from ota.slots import FACTORY, SlotStore
 from tests.conftest import StartAgent
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay, wait_until
@@ -66,4 +70,38 @@ def test_relay_announcement_health_report_and_idle_switch(start_agent: StartAgen
             assert agent.terminate() == 0
     finally:
         relay.close()
+        broker.stop()
+
+
+def test_announce_reaches_only_the_devices_of_the_rollout(tmp_path: Path) -> None:
+    repo = new_repository(tmp_path)
+    publish_bundle(repo, bundle_dir(tmp_path / "bundles", "1.1.0"), rollout=RolloutPolicy(percent=0, groups=("pilot",)))
+    devices = tmp_path / "devices.txt"
+    devices.write_text("dev-a pilot  # the pilot clinic\ndev-b\n", encoding="utf-8")
+    broker = MosquittoBroker(tmp_path / "broker", users={"dev-a": "pa", "dev-b": "pb", RELAY_USER: "relay-pw"})
+    broker.start()
+    received: dict[str, list[bytes]] = {"dev-a": [], "dev-b": []}
+    clients = []
+    try:
+        for device, password in (("dev-a", "pa"), ("dev-b", "pb")):
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+            client.username_pw_set(device, password)
+            client.on_message = lambda _c, _u, msg, device=device: received[device].append(bytes(msg.payload))
+            client.connect("127.0.0.1", broker.port)
+            client.loop_start()
+            wait_until(client.is_connected, 10, f"{device} connected")
+            client.subscribe(f"btt/v1/dev/{device}/cmd/#", qos=1)
+            clients.append(client)
+        time.sleep(0.3)
+        url = broker.url(RELAY_USER, "relay-pw")
+        args = ["announce", "tiny-test-model", "--repo", str(repo.directory), "--mqtt", url, "--devices", str(devices)]
+        assert btt_ota(args) == 0
+        wait_until(lambda: received["dev-a"], 10, "the pilot device told")
+        time.sleep(0.3)
+        assert received["dev-b"] == []
+        assert json.loads(received["dev-a"][0]) == {"v": 1, "model_id": "tiny-test-model", "version": "1.1.0"}
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
         broker.stop()

@@ -130,3 +130,30 @@ def test_kill_9_with_results_queued_loses_nothing_and_sends_nothing_twice(
         time.sleep(1.0)  # anything sent twice would arrive by now
     assert len(list(pacs_dir.iterdir())) == 2  # unique file names: a second copy would be a third file
     assert all(x["state"] == "sent" for d in _results(data) for x in d["deliveries"])
+
+
+def test_configured_destination_gets_originals_and_the_presentation_state(
+    start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path
+) -> None:
+    bundle_dir = tmp_path / "bundle"
+    write_bundle(bundle_dir, pack_bundle(MANIFEST, tiny_bundle().files))
+    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[pipeline]\nbundle_path = "{bundle_dir}"\nbackend = "onnxruntime-cpu"\npoll_interval_s = 0.1\n'
+        f'[[results.destinations]]\nae_title = "ARCHIVE"\nhost = "127.0.0.1"\nport = {pacs_port}\n'
+        'kinds = ["original", "gsps", "sr"]\n'
+    )
+    image = source_image("PX", pixels=bright_spot_image(150, 300))
+    image.save_as(tmp_path / "pano.dcm", enforce_file_format=True)
+    with storescp(pacs_dir, pacs_port, ae_title="ARCHIVE"):
+        agent = start_agent(tmp_path / "data", args=["--config", str(config)])
+        _send(dcmtk, agent.port, tmp_path / "pano.dcm")
+        _wait("the original, the GSPS and the SR at the archive", lambda: len(received(pacs_dir)) == 3)
+    files = received(pacs_dir)
+    modalities = {dcmread(p).Modality for p in files.values()}
+    assert modalities == {"PX", "PR", "SR"}
+    assert files[image.SOPInstanceUID].read_bytes().endswith(image.PixelData)  # the original, as it came
+    for path in files.values():
+        if dcmread(path).Modality != "PX":
+            assert dciodvfy_errors(path) == []

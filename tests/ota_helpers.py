@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import onnx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -47,7 +48,9 @@ def bundle_dir(root: Path, version: str, *, bad_golden: bool = False, fails_on_s
     outputs = reference_outputs(inputs)
     if bad_golden:
         outputs = {name: value + 1.0 for name, value in outputs.items()}
-    files = {MODEL_NAME: tiny_onnx(), "golden/a.npz": build_golden(inputs, outputs, 256, 0)}
+    network = onnx.load_from_string(tiny_onnx())
+    network.doc_string = f"tiny-test-model {version}"  # each version its own model hash (and TensorRT engine)
+    files = {MODEL_NAME: network.SerializeToString(), "golden/a.npz": build_golden(inputs, outputs, 256, 0)}
     directory = root / f"{version}{'-bad' if bad_golden else ''}"
     directory.mkdir(parents=True)
     manifest = dataclasses.replace(MANIFEST, version=version)

@@ -4,6 +4,7 @@ Real loopback HTTP repository, real python-tuf, real ONNX Runtime (CPU) health c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from ota.errors import HealthCheckFailed, InstallError, RepositoryUnavailable
 from ota.repository import KeyStore, Repository
 from ota.service import OtaService, build_updater
 from ota.updater import OtaUpdater
+from tests import fake_gpu
 from tests.ota_helpers import (
     RepoServer,
     agent_config,
@@ -263,3 +265,28 @@ def test_the_repository_over_https(tmp_path: Path) -> None:
         updater = _updater(tmp_path, server, ca_file=str(cert))
         assert updater.apply(switch_now=True).outcome == "switched"
         assert _version(updater) == "1.1.0"
+
+
+def test_on_a_gpu_the_engine_is_built_and_cached_before_the_switch(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT logic against tests/fake_gpu.py (a real GPU is not here): the health check builds the new bundle's
+    engine into <data_dir>/engines, and the switch only deserialises it."""
+    tmp, server, _ = setup
+    log, _ = fake_gpu.install(monkeypatch)
+    factory = bundle_dir(tmp / "bundles", "1.0.0")
+    config = agent_config(tmp / "data", factory, server.url, tmp / "repo" / "metadata" / "1.root.json")
+    config = dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, backend="tensorrt"))
+    updater = build_updater(config)
+    current = updater.load_active()
+    assert current.backend.name == "tensorrt"
+    log.clear()
+    assert updater.apply().outcome == "staged"
+    assert "build fp16" in log
+    assert len(list((tmp / "data" / "engines").glob("*.engine"))) == 2
+    log.clear()
+    new = updater.idle(current)
+    assert new is not None
+    assert new.backend.name == "tensorrt"
+    assert "deserialize" in log
+    assert "builder" not in log
+    new.backend.close()
+    current.backend.close()

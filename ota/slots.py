@@ -94,9 +94,13 @@ class OtaState:
             raise InstallError(f"ota state is malformed: {exc}") from exc
 
     def without_slot(self, name: str) -> OtaState:
+        """The state with slot ``name`` unlisted (not staged, and no longer a model to roll back to)."""
         slots = {k: v for k, v in self.slots.items() if k != name}
         return dataclasses.replace(
-            self, slots=MappingProxyType(slots), staged=None if self.staged == name else self.staged
+            self,
+            slots=MappingProxyType(slots),
+            staged=None if self.staged == name else self.staged,
+            previous=None if self.previous == name else self.previous,
         )
 
     def with_slot(self, name: str, info: SlotInfo) -> OtaState:

@@ -290,3 +290,23 @@ def test_on_a_gpu_the_engine_is_built_and_cached_before_the_switch(setup: Any, m
     assert "builder" not in log
     new.backend.close()
     current.backend.close()
+
+
+def test_third_install_reuses_the_previous_slot_only_after_confirmation(setup: Any) -> None:
+    tmp, server, _ = setup
+    updater = _updater(tmp, server, watch_studies=1)
+    repo = Repository(tmp / "repo", KeyStore(tmp / "keys"))
+    assert updater.apply(switch_now=True).outcome == "switched"  # 1.1.0 in a, previous factory
+    publish_bundle(repo, bundle_dir(tmp / "bundles", "1.2.0"))
+    assert updater.apply(switch_now=True).outcome == "waiting"  # 1.1.0 still observed
+    updater.load_active().backend.close()
+    updater.outcome(True)
+    assert updater.apply(switch_now=True).outcome == "switched"  # 1.2.0 in b, previous a
+    updater.load_active().backend.close()
+    updater.outcome(True)
+    publish_bundle(repo, bundle_dir(tmp / "bundles", "1.3.0", bad_golden=True))
+    with pytest.raises(HealthCheckFailed):
+        updater.apply(switch_now=True)  # went into a, the previous slot: no longer a rollback target
+    state = updater.store.read()
+    assert (state.active, state.previous, sorted(state.slots)) == ("b", None, ["b"])
+    assert _version(updater) == "1.2.0"

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import sqlite3
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from edge.config import AgentConfig
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError, EdgeError, OutboxError
 from edge.logs import event
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import Analyzer, open_analyzer, resolve_bundle_path
@@ -32,18 +33,22 @@ log = logging.getLogger("edge.ota")
 
 
 def outbox_reporter(outbox: Outbox, data_dir: Path) -> Reporter:
-    """Queue OTA events for the relay as outbox items of kind ``health`` (one transaction each)."""
+    """Queue OTA events for the relay as outbox items of kind ``health`` (one transaction each). A database
+    failure becomes :class:`~edge.errors.OutboxError`, which the updater logs: a report never blocks a rollback."""
     from edge.db import DB_FILENAME, connect, transaction
 
     path = data_dir / DB_FILENAME
 
     def report(body: Mapping[str, Any]) -> None:
-        conn = connect(path)
         try:
-            with transaction(conn):
-                outbox.enqueue(conn, "health", body)
-        finally:
-            conn.close()
+            conn = connect(path)
+            try:
+                with transaction(conn):
+                    outbox.enqueue(conn, "health", body)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot queue the OTA report: {exc}") from exc
 
     return report
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from edge.outbox import Outbox
 from models.bundle import load_bundle
 from ota.cli import main as btt_ota
 from ota.errors import HealthCheckFailed, InstallError, RepositoryUnavailable
 from ota.repository import KeyStore, Repository
-from ota.service import OtaService, build_updater
+from ota.service import OtaService, build_updater, outbox_reporter
 from ota.updater import OtaUpdater
 from tests import fake_gpu
 from tests.ota_helpers import (
@@ -310,3 +311,17 @@ def test_third_install_reuses_the_previous_slot_only_after_confirmation(setup: A
     state = updater.store.read()
     assert (state.active, state.previous, sorted(state.slots)) == ("b", None, ["b"])
     assert _version(updater) == "1.2.0"
+
+
+def test_a_report_that_cannot_be_queued_never_blocks_a_rollback(setup: Any) -> None:
+    tmp, server, _ = setup
+    data = tmp / "data"
+    factory = bundle_dir(tmp / "bundles", "1.0.0")
+    config = agent_config(data, factory, server.url, tmp / "repo" / "metadata" / "1.root.json", failure_threshold=1)
+    data.mkdir()
+    (data / "edge.db").mkdir()  # the database cannot be opened: every report fails
+    updater = build_updater(config, outbox_reporter(Outbox(config.outbox), data))
+    assert updater.apply(switch_now=True).outcome == "switched"
+    updater.load_active().backend.close()
+    updater.outcome(False, "backend failed")
+    assert _version(updater) == "1.0.0"

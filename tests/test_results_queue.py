@@ -3,6 +3,7 @@ resend, restart without resending, and the ``forwarded`` state."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from edge.results.service import ResultsService
 from edge.results.sr import build_sr
 from edge.store.image_store import ImageStore
 from edge.store.index import get_instance, set_state
+from models.bundle import Manifest
 from tests.pipeline_helpers import MANIFEST
 from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
 
@@ -304,3 +306,31 @@ def test_an_old_instance_analysed_late_is_built_by_the_full_scan(store: ImageSto
     service._next_full_scan = 0.0  # the minute is up
     assert service.build_pending(store.conn) == 1
     assert queue.unbuilt_sources(store.conn) == []
+
+
+def test_recorded_analyses_read_the_manifest_again_after_a_model_switch(tmp_path: Path) -> None:
+    conn = connect(tmp_path / DB_FILENAME)
+    migrate_pipeline(conn)
+    for uid, version in (("1.1", "0.0.1"), ("1.2", "0.0.1"), ("1.3", "0.0.2")):
+        conn.execute(
+            "INSERT INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, clinical, "
+            "backend, timings_json, findings_json, recorded_at) VALUES (?, 'analysed', '', 'tiny-test-model', ?, 0, "
+            "'cpu', '{}', '[]', '')",
+            (uid, version),
+        )
+    reads: list[str] = []
+    updated = dataclasses.replace(MANIFEST, version="0.0.2")
+
+    def active() -> Manifest:
+        reads.append("read")
+        return MANIFEST if len(reads) == 1 else updated
+
+    analyses = RecordedAnalyses(active)
+    for uid in ("1.1", "1.2"):
+        assert analyses.load(conn, uid) is not None
+    assert len(reads) == 1  # the same model: read once
+    analysis = analyses.load(conn, "1.3")
+    assert analysis is not None
+    assert analysis.algorithm.version == "0.0.2"
+    assert len(reads) == 2  # another model: read again
+    conn.close()

@@ -42,13 +42,23 @@ class Analysis:
 class RecordedAnalyses:
     """The analyses the pipeline worker recorded (``pipeline_results``, see :mod:`edge.pipeline.worker`).
 
-    The coded meaning of each kind comes from the bundle manifest ``manifest()`` returns (loaded once, on first
-    use); the model id and version are those recorded with the findings.
+    The coded meaning of each kind comes from the manifest ``manifest()`` returns (the active bundle's). It is
+    read on first use and read again whenever an analysis names another model than the one read (an update was
+    activated or rolled back); the model id and version are those recorded with the findings.
     """
 
     def __init__(self, manifest: Callable[[], Manifest]) -> None:
-        self._load_manifest = manifest
+        self._read_manifest = manifest
         self._manifest: Manifest | None = None
+
+    def _codes(self, model_id: str, version: str) -> Mapping[str, Code]:
+        current = self._manifest
+        if current is None or (current.id, current.version) != (model_id, version):
+            try:
+                current = self._manifest = self._read_manifest()
+            except EdgeError as exc:
+                raise ResultBuildError(f"cannot load the model bundle for the finding codes: {exc}") from exc
+        return MappingProxyType({c.kind: c.code for c in current.findings.classes})
 
     def load(self, conn: sqlite3.Connection, sop_instance_uid: str) -> Analysis | None:
         """The recorded analysis of this instance, or ``None`` if it has none (or was skipped)."""
@@ -59,18 +69,8 @@ class RecordedAnalyses:
         ).fetchone()
         if row is None:
             return None
-        if self._manifest is None:
-            try:
-                self._manifest = self._load_manifest()
-            except EdgeError as exc:
-                raise ResultBuildError(f"cannot load the model bundle for the finding codes: {exc}") from exc
-        manifest = self._manifest
         algorithm = Algorithm(
-            bundle_id=row[0],
-            version=row[1],
-            name=row[0],
-            codes=MappingProxyType({c.kind: c.code for c in manifest.findings.classes}),
-            clinical=bool(row[2]),
+            bundle_id=row[0], version=row[1], name=row[0], codes=self._codes(row[0], row[1]), clinical=bool(row[2])
         )
         try:
             findings = tuple(Finding.from_json(doc) for doc in json.loads(row[3]))

@@ -121,7 +121,7 @@ def build_agent(config: AgentConfig) -> Agent:
     results_service = None
     if config.results.enabled:
         # Results: the SR and overlay of every analysed instance, queued and sent to [results] destinations
-        # (btt-edge run --forward AE@HOST:PORT); the finding codes come from the configured bundle's manifest.
+        # (btt-edge run --forward AE@HOST:PORT); the finding codes come from the active bundle's manifest.
         from edge.results.analysis import RecordedAnalyses
         from edge.results.service import ResultsService
         from models.bundle import load_bundle

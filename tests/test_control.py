@@ -176,6 +176,22 @@ def test_capacity_switch_through_the_socket(served: ControlServer) -> None:
         assert [e["outcome"] for e in client.call("audit")] == ["ok", "refused"]
 
 
+def test_uses_parked_without_an_identity_raise_an_alert(served: ControlServer) -> None:
+    from edge.db import transaction
+    from edge.receipts.book import ReceiptBook
+    from edge.receipts.receipts import Use
+
+    conn = connect(served.state.data_dir / DB_FILENAME)
+    ReceiptBook.migrate(conn)
+    with transaction(conn):
+        assert ReceiptBook(None).record(conn, Use(kind="analysis", study_uid="1.2.3")) is None
+    conn.close()
+    with ControlClient(served.path) as client:
+        alerts = [a["text"] for a in client.call("health")["alerts"]]
+        assert "1 use(s) parked without a receipt: btt-edge provision" in alerts
+        assert client.call("receipts")["pending"] == 1
+
+
 def test_requeue_makes_rejected_items_pending(served: ControlServer) -> None:
     conn = connect(served.state.data_dir / DB_FILENAME)
     outbox = Outbox.open(_config(served.state.data_dir))

@@ -61,6 +61,8 @@ OVERVIEW: dict[str, Any] = {
         "outbox": {"pending": {"receipts": 5}, "rejected": 0, "oldest_pending_age_s": 30},
         "outbox_depth": 5,
     },
+    "receipts": {"parked": 0},
+    "ota_event": None,
     "disk": {"path": "/var/lib/btt-edge", "free_mb": 40960, "total_mb": 102400, "reserve_mb": 1024},
     "system": {"load": [0.5, 0.4, 0.3], "cpus": 6, "gpu": "37% (Jetson GPU)"},
     "alerts": [

@@ -115,6 +115,7 @@ class AgentState:
             last = _one(conn, "SELECT model_id, model_version, backend FROM pipeline_results ORDER BY recorded_at DESC")
             deliveries = _counts(conn, "SELECT state, COUNT(*) FROM results_deliveries GROUP BY state")
             built = _counts(conn, "SELECT state, COUNT(*) FROM results_sources GROUP BY state")
+            parked = _one(conn, "SELECT COUNT(*) FROM receipt_pending")
         doc: dict[str, Any] = {
             "time": utc_now(),
             "agent": {**self.ping(), "data_dir": str(self.data_dir)},
@@ -141,6 +142,8 @@ class AgentState:
             },
             "results": {"deliveries": deliveries, "sources": built},
             "relay": relay,
+            "receipts": {"parked": 0 if parked is None else int(parked[0])},
+            "ota_event": self._ota_status().get("last_event"),
             "disk": self.disk(),
             "system": _system(),
         }
@@ -453,6 +456,11 @@ def _alerts(doc: dict[str, Any]) -> list[dict[str, str]]:
     stuck = sum(doc["results"]["deliveries"].get(s, 0) for s in ("dead", "rejected"))
     if stuck:
         add("warning", f"{stuck} result deliveries dead or rejected (Studies: resend)")
+    if doc["receipts"]["parked"]:
+        add("warning", f"{doc['receipts']['parked']} use(s) parked without a receipt: btt-edge provision")
+    last = doc["ota_event"]
+    if isinstance(last, dict) and last.get("event") == "rollback":
+        add("warning", f"model rolled back: {last.get('reason', '')}")
     relay = doc["relay"]
     if relay["configured"] and relay["connected"] is False:
         add("warning", "relay link down: the outbox is queuing")

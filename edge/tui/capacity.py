@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import ActionRequested, fmt_ms, value
+from edge.tui.messages import ActionRequested, add_columns, fmt_ms, value
 
 __all__ = ["CapacityView", "render_capacity"]
 
@@ -67,7 +67,7 @@ class CapacityView(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("waiting for the agent...", id="capacity-body")
         table: DataTable[str] = DataTable(id="capacity-jobs", cursor_type="row")
-        table.add_columns("Job", "State", "Items", "Device s", "Updated", "Reason")
+        add_columns(table, ("Job", 12), ("State", 9), ("Items", 5), ("Device s", 8), ("Updated", 16), ("Reason", 16))
         yield table
 
     def params(self) -> dict[str, Any]:

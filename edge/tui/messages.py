@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from textual.message import Message
+from textual.widgets import DataTable
 
-__all__ = ["ActionRequested", "FetchRequested", "fmt_ms", "value"]
+__all__ = ["ActionRequested", "FetchRequested", "add_columns", "fmt_ms", "value"]
 
 
 class FetchRequested(Message):
@@ -28,6 +29,12 @@ class ActionRequested(Message):
         self.method = method
         self.params = params
         self.prompt = prompt
+
+
+def add_columns(table: DataTable[str], *columns: tuple[str, int]) -> None:
+    """Columns of fixed widths (label, characters): a table's layout does not depend on when it is drawn."""
+    for label, width in columns:
+        table.add_column(label, width=width)
 
 
 def value(x: Any, missing: str = "-") -> str:

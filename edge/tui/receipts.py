@@ -9,7 +9,7 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import fmt_ms
+from edge.tui.messages import add_columns, fmt_ms
 
 __all__ = ["ReceiptsView", "render_receipts"]
 
@@ -52,7 +52,7 @@ class ReceiptsView(VerticalScroll):
         yield Static("waiting for the agent...", id="receipts-body")
         yield Static("Recent receipts", classes="title")
         table: DataTable[str] = DataTable(id="receipts-table", cursor_type="row")
-        table.add_columns("Seq", "Time", "Kind", "Units", "Overage", "Right")
+        add_columns(table, ("Seq", 7), ("Time", 16), ("Kind", 12), ("Units", 5), ("Overage", 7), ("Right", 16))
         yield table
 
     def params(self) -> dict[str, Any]:

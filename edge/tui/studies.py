@@ -11,11 +11,11 @@ from textual.containers import Vertical, VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import ActionRequested, FetchRequested, value
+from edge.tui.messages import ActionRequested, FetchRequested, add_columns, value
 
 __all__ = ["StudiesView", "render_study"]
 
-_COLUMNS = ("Received", "Patient", "Date", "Img", "State", "Find")
+_COLUMNS = (("Received", 16), ("Patient", 12), ("Date", 8), ("Img", 3), ("State", 12), ("Find", 4))
 _STATE_COLOURS = {"failed": "red", "results sent": "green", "analysed": "cyan", "analysing": "yellow"}
 
 
@@ -71,7 +71,7 @@ class StudiesView(Vertical):
 
     def compose(self) -> ComposeResult:
         table: DataTable[str] = DataTable(id="studies-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*_COLUMNS)
+        add_columns(table, *_COLUMNS)
         yield table
         with VerticalScroll(id="study-detail-box"):
             yield Static("Enter on a study shows its images and AI findings per tooth.", id="study-detail")

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import fmt_ms, value
+from edge.tui.messages import add_columns, fmt_ms, value
 
 __all__ = ["UnitView", "render_unit"]
 
@@ -56,11 +56,21 @@ class UnitView(VerticalScroll):
         yield Static("waiting for the agent...", id="unit-body")
         yield Static("Fault history", classes="title")
         faults: DataTable[str] = DataTable(id="unit-faults", cursor_type="row")
-        faults.add_columns("Unit", "Code", "Raised", "Cleared")
+        add_columns(faults, ("Unit", 12), ("Code", 6), ("Raised", 19), ("Cleared", 19))
         yield faults
         yield Static("Exposure log", classes="title")
         exposures: DataTable[str] = DataTable(id="unit-exposures", cursor_type="row")
-        exposures.add_columns("Unit", "Id", "Time", "Program", "kV", "mA", "DAP", "Image")
+        add_columns(
+            exposures,
+            ("Unit", 8),
+            ("Id", 5),
+            ("Time", 16),
+            ("Program", 8),
+            ("kV", 4),
+            ("mA", 5),
+            ("DAP", 6),
+            ("Image", 11),
+        )
         yield exposures
 
     def params(self) -> dict[str, Any]:

@@ -217,6 +217,7 @@ def test_the_service_installs_when_the_relay_announces_a_bundle(setup: Any) -> N
         service.stop()
 
 
+@pytest.mark.slow
 def test_command_lines(tmp_path: Path) -> None:
     repo, keys = tmp_path / "repo", tmp_path / "keys"
     assert btt_ota(["init", "--repo", str(repo), "--keys", str(keys)]) == 0

@@ -153,7 +153,7 @@ class ControlServer:
             result = action(self.actions, params)
         except Exception as exc:
             message = self._message(method, exc)
-            outcome: audit.Outcome = "refused" if isinstance(exc, ControlError) else "failed"
+            outcome: audit.Outcome = "refused" if isinstance(exc, EdgeError) else "failed"
             self._audit_write(lambda c: audit.finish(c, entry, outcome, message))
             event(log, "technician action " + outcome, level=logging.WARNING, action=method, uid=peer[0], error=message)
             return Response(request.id, False, error=message)

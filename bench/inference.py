@@ -3,8 +3,9 @@
 Both sides analyse the same synthetic panoramic radiographs (DICOM, written once per run) with the same decoding,
 the same ``prepare`` and the same post-processing, ``--threads`` threads each; only the model step differs:
 (a) our ONNX Runtime CPU backend on the bundle's verified ONNX, (b) the same weights in PyTorch eager
-(``models/reference/reference.pt``, needs the ``train`` extra). Each side runs in its own process (so its peak RSS
-is its own), alternating ``--rounds`` times to spread the noise of a shared machine over both.
+(``models/reference/reference.pt``, needs the ``train`` extra). Latency is measured in one process that runs both
+sides image by image, alternating which goes first, so both see the same load on a shared machine; peak RSS is
+measured in a process per side that loads and runs only that side.
 
 Figures: p50/p95 latency of the model step and of end to end (read the file -> findings), per image; peak RSS of
 the analysing process; and the peak RSS (VmHWM) of a whole agent (``btt-edge run``: SCP, store, pipeline,
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +42,24 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _ours(files: list[Path], bundle: Path, threads: int) -> dict[str, Any]:
+Analyse = Callable[[Path], tuple[float, int]]
+"""Analyse one file: ``(model step ms, number of findings)``."""
+
+
+def _ours(bundle: Path, threads: int) -> tuple[str, Analyse]:
     from edge.config import PipelineConfig
     from edge.pipeline.analyzer import open_analyzer, read_dataset
 
     analyzer = open_analyzer(PipelineConfig(bundle_path=bundle, backend="onnxruntime-cpu", threads=threads))
-    analyzer.analyse(read_dataset(files[0]))  # warm-up
-    model, e2e, counts = [], [], []
-    for path in files:
-        start = time.perf_counter()
+
+    def analyse(path: Path) -> tuple[float, int]:
         result = analyzer.analyse(read_dataset(path))
-        e2e.append((time.perf_counter() - start) * 1000.0)
-        model.append(result.timings_ms["infer"])
-        counts.append(len(result.findings))
-    return {"model_ms": model, "e2e_ms": e2e, "findings": counts, "backend": analyzer.backend.name}
+        return result.timings_ms["infer"], len(result.findings)
+
+    return analyzer.backend.name, analyse
 
 
-def _torch(files: list[Path], bundle: Path, weights: Path, threads: int) -> dict[str, Any]:
+def _torch(bundle: Path, weights: Path, threads: int) -> tuple[str, Analyse]:
     import torch
 
     from edge.pipeline.analyzer import read_dataset
@@ -80,23 +83,32 @@ def _torch(files: list[Path], bundle: Path, weights: Path, threads: int) -> dict
         model_ms = (time.perf_counter() - start) * 1000.0
         return model_ms, len(findings_from_outputs(outputs, manifest, prepared, pixel_spacing_mm(ds)))
 
-    analyse(files[0])  # warm-up
-    model, e2e, counts = [], [], []
-    for path in files:
-        start = time.perf_counter()
-        model_ms, count = analyse(path)
-        e2e.append((time.perf_counter() - start) * 1000.0)
-        model.append(model_ms)
-        counts.append(count)
-    return {"model_ms": model, "e2e_ms": e2e, "findings": counts, "backend": f"torch {torch.__version__} eager"}
+    return f"torch {torch.__version__} eager", analyse
 
 
 def _side(args: argparse.Namespace) -> None:
+    """One measuring process: ``ours`` or ``torch`` alone (for its peak RSS), or ``paired`` (for latency)."""
     files = sorted(Path(args.dir).glob("*.dcm"))
-    if args.side == "ours":
-        out = _ours(files, args.bundle, args.threads)
-    else:
-        out = _torch(files, args.bundle, args.weights, args.threads)
+    sides: dict[str, tuple[str, Analyse]] = {}
+    if args.side in ("ours", "paired"):
+        sides["ours"] = _ours(args.bundle, args.threads)
+    if args.side in ("torch", "paired"):
+        sides["torch"] = _torch(args.bundle, args.weights, args.threads)
+    out: dict[str, Any] = {
+        k: {"name": name, "model_ms": [], "e2e_ms": [], "findings": []} for k, (name, _) in sides.items()
+    }
+    for _, analyse in sides.values():
+        analyse(files[0])  # warm-up
+    order = list(sides)
+    for _ in range(args.rounds if args.side == "paired" else 1):
+        for i, path in enumerate(files):
+            # alternate which side goes first, so both see the same machine load on average
+            for key in order if i % 2 == 0 else order[::-1]:
+                start = time.perf_counter()
+                model_ms, count = sides[key][1](path)
+                out[key]["e2e_ms"].append((time.perf_counter() - start) * 1000.0)
+                out[key]["model_ms"].append(model_ms)
+                out[key]["findings"].append(count)
     out["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(out))
 
@@ -170,50 +182,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bundle", type=Path, default=BUNDLE)
     parser.add_argument("--weights", type=Path, default=WEIGHTS)
-    parser.add_argument("--side", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("paired", "ours", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
         _side(args)
         return 0
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "torch": []}
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         _write_images(Path(tmp), args.images)
-        for _ in range(args.rounds):
-            for side in ("ours", "torch"):
-                cmd = [sys.executable, "-m", "bench.inference", "--side", side, "--dir", tmp]
-                cmd += ["--threads", str(args.threads), "--bundle", str(args.bundle), "--weights", str(args.weights)]
-                done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    sys.stderr.write(done.stderr)
-                    return 1
-                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for side in ("paired", "ours", "torch"):
+            cmd = [sys.executable, "-m", "bench.inference", "--side", side, "--dir", tmp, "--rounds", str(args.rounds)]
+            cmd += ["--threads", str(args.threads), "--bundle", str(args.bundle), "--weights", str(args.weights)]
+            done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr)
+                return 1
+            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
         agent_rss, analysed = _agent_peak_rss_mb(Path(tmp), Path(tmp), args.bundle, args.threads)
+    paired = results["paired"]
     figures: dict[str, dict[str, float]] = {}
-    for side, results in runs.items():
-        model = [v for r in results for v in r["model_ms"]]
-        e2e = [v for r in results for v in r["e2e_ms"]]
+    for side in ("ours", "torch"):
         figures[side] = {
-            "model_p50": _pct(model, 50),
-            "model_p95": _pct(model, 95),
-            "e2e_p50": _pct(e2e, 50),
-            "e2e_p95": _pct(e2e, 95),
-            "rss": max(r["peak_rss_mb"] for r in results),
+            "model_p50": _pct(paired[side]["model_ms"], 50),
+            "model_p95": _pct(paired[side]["model_ms"], 95),
+            "e2e_p50": _pct(paired[side]["e2e_ms"], 50),
+            "e2e_p95": _pct(paired[side]["e2e_ms"], 95),
+            "rss": results[side]["peak_rss_mb"],
         }
     ours, peer = figures["ours"], figures["torch"]
     print(
         f"inference: {args.images} synthetic panoramics (512x1024 model input) x {args.rounds} rounds, "
-        f"{args.threads} threads"
+        f"{args.threads} threads, ours and torch alternating image by image in one process"
     )
-    for side, label in (("ours", runs["ours"][0]["backend"]), ("torch", runs["torch"][0]["backend"])):
+    for side in ("ours", "torch"):
         f = figures[side]
         print(
-            f"  {label:<24} model p50 {f['model_p50']:7.1f} ms  p95 {f['model_p95']:7.1f} ms   "
+            f"  {paired[side]['name']:<24} model p50 {f['model_p50']:7.1f} ms  p95 {f['model_p95']:7.1f} ms   "
             f"end-to-end p50 {f['e2e_p50']:7.1f} ms  p95 {f['e2e_p95']:7.1f} ms   peak RSS {f['rss']:6.1f} MB"
         )
-    same = runs["ours"][0]["findings"] == runs["torch"][0]["findings"]
-    print(f"  findings per image, ours {runs['ours'][0]['findings']} torch {runs['torch'][0]['findings']} same={same}")
-    print(f"  peak RSS of the analysing process: {ours['rss']:.0f} MB (budget 600 MB)")
+    same = paired["ours"]["findings"] == paired["torch"]["findings"]
+    print(f"  findings per image, ours {paired['ours']['findings'][: args.images]} same as torch: {same}")
+    print(f"  peak RSS of the analysing process (ours alone): {ours['rss']:.0f} MB (budget 600 MB)")
     print(f"  peak RSS of btt-edge run receiving and analysing {analysed} images: {agent_rss:.0f} MB (budget 600 MB)")
     print(f"ratio model_step_vs_torch_eager = {peer['model_p50'] / ours['model_p50']:.2f}")
     print(f"ratio model_step_p95_vs_torch_eager = {peer['model_p95'] / ours['model_p95']:.2f}")

@@ -14,10 +14,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 
 from edge.config import AgentConfig, with_overrides
@@ -28,8 +28,8 @@ from edge.db import DB_FILENAME, connect
 from edge.errors import ControlError
 from edge.outbox import Outbox
 from edge.store.index import migrate_index
-from tests.conftest import Dcmtk, StartAgent
-from tests.pipeline_helpers import write_radiograph
+from tests.conftest import Dcmtk, StartAgent, free_port
+from tests.results_helpers import source_image, storescp
 
 
 def _config(data_dir: Path, **sections: dict[str, object]) -> AgentConfig:
@@ -286,7 +286,7 @@ def test_log_tail_filters_by_text_and_level() -> None:
 # --- the real agent -------------------------------------------------------------------------------------------
 
 
-def _wait(predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+def _wait(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -300,29 +300,45 @@ def _wait(predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
 @pytest.mark.integration
 @pytest.mark.slow
 def test_real_agent_through_its_socket(start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    agent = start_agent(data, env={"BTT_EDGE_RECEIPTS_DEV_MODE": "true"})
+    data, pacs_dir, pacs_port = tmp_path / "data", tmp_path / "pacs", free_port()
     image = tmp_path / "pano.dcm"
-    rng = np.random.default_rng(1)
-    uid = write_radiograph(image, rng.integers(200, 3000, (600, 1200)).astype(np.uint16))
-    sent = dcmtk.run("storescu", "-aec", "BTT_EDGE", "127.0.0.1", str(agent.port), str(image), timeout=60)
-    assert sent.returncode == 0, sent.stderr
-    with ControlClient(data / "control.sock") as client:
-        studies = _wait(lambda: [s for s in client.call("studies") if s["state"] in ("analysed", "results sent")])
-        assert studies[0]["images"] == 1
-        detail = client.call("study", study_uid=studies[0]["study_uid"])
-        assert detail["images"][0]["sop_instance_uid"] == uid
-        assert detail["images"][0]["analysis"]["backend"] == "onnxruntime-cpu"
-        assert detail["ai_label"].startswith("AI findings")
-        overview = client.call("overview")
-        assert overview["dicom"]["port"] == agent.port
-        assert overview["pipeline"]["model"]["id"] == "btt-reference-dental-pano"
-        assert overview["pipeline"]["backend"] == "onnxruntime-cpu"
-        receipts = _wait(lambda: client.call("receipts")["receipts"])
-        assert receipts[0]["kind"] == "analysis"
-        logs = client.call("logs", text="stored")
-        assert any(uid in line for _, line in logs["lines"])
-        assert client.call("models")["ota"]["active_model"]["id"] == "btt-reference-dental-pano"
+    source = source_image("PX")
+    source.save_as(image, enforce_file_format=True)
+    uid = source.SOPInstanceUID
+    with storescp(pacs_dir, pacs_port, unique=True):
+        agent = start_agent(
+            data,
+            args=["--forward", f"PACS@127.0.0.1:{pacs_port}"],
+            env={"BTT_EDGE_RECEIPTS_DEV_MODE": "true", "BTT_EDGE_PIPELINE_POLL_INTERVAL_S": "0.1"},
+        )
+        sent = dcmtk.run("storescu", "-aec", "BTT_EDGE", "127.0.0.1", str(agent.port), str(image), timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        with ControlClient(data / "control.sock") as client:
+            studies = _wait(lambda: [s for s in client.call("studies") if s["state"] == "results sent"], 120)
+            assert studies[0]["images"] == 1
+            study = studies[0]["study_uid"]
+            detail = client.call("study", study_uid=study)
+            assert detail["images"][0]["sop_instance_uid"] == uid
+            assert detail["images"][0]["analysis"]["backend"] == "onnxruntime-cpu"
+            assert {(d["kind"], d["state"]) for d in detail["images"][0]["deliveries"]} == {
+                ("sr", "sent"),
+                ("overlay", "sent"),
+            }
+            assert detail["ai_label"].startswith("AI findings")
+            overview = client.call("overview")
+            assert overview["dicom"]["port"] == agent.port
+            assert overview["pipeline"]["model"]["id"] == "btt-reference-dental-pano"
+            assert overview["pipeline"]["backend"] == "onnxruntime-cpu"
+            receipts = _wait(lambda: client.call("receipts")["receipts"])
+            assert receipts[0]["kind"] == "analysis"
+            logs = client.call("logs", text="stored")
+            assert any(uid in line for _, line in logs["lines"])
+            assert client.call("models")["ota"]["active_model"]["id"] == "btt-reference-dental-pano"
+            # resend: the PACS (storescp, a file per copy received) gets the SR and the overlay again
+            assert len(list(pacs_dir.iterdir())) == 2
+            assert client.call("results.resend", study_uid=study) == {"deliveries": 2}
+            _wait(lambda: len(list(pacs_dir.iterdir())) == 4, 60)
+            assert client.call("audit")[0]["action"] == "results.resend"
     # doctor sees the running agent through the same socket
     doctor = subprocess.run(
         [sys.executable, "-m", "edge", "doctor", "--data-dir", str(data), "--json"],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from pydicom import config as pydicom_config
 
 __all__ = ["AgentProcess", "Dcmtk", "free_port"]
 
@@ -188,3 +189,11 @@ def big_multiframe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ds.PixelData = frame * 120
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_pydicom_validation_mode() -> Iterator[None]:
+    """The image store sets pydicom's process-wide reading validation mode; keep it from leaking between tests."""
+    mode = pydicom_config.settings.reading_validation_mode
+    yield
+    pydicom_config.settings.reading_validation_mode = mode

@@ -148,11 +148,13 @@ def build_agent(config: AgentConfig) -> Agent:
     )
     services.append(sync)
     # Technician tools (edge.control, edge.ops): the control socket (btt-edge tui, doctor) and /metrics, /healthz.
+    # The socket starts right after the store, so a technician can attach while the rest start (a TensorRT engine
+    # build takes minutes) and the live log has their start-up lines; it stops last.
     from edge.control import AgentState, ControlServer
 
     state = AgentState(config, listener=scp, relay=sync, updater=updater)
     if config.control.enabled:
-        services.append(ControlServer(config.control, state, updater=updater, results=results_service))
+        services.insert(1, ControlServer(config.control, state, updater=updater, results=results_service))
     if config.metrics.port:
         from edge.ops.metrics import MetricsService
 

@@ -241,6 +241,8 @@ def test_job_for_expired_offer_is_refused(relay: PrivateKey) -> None:
     assert check_job(sign(JOB, fields, relay), relay.public, device="d", offer=live, now_ms=now_ms())["items"] == 2
     with pytest.raises(JobRejected, match="outside"):
         check_job(sign(JOB, {**fields, "items": 9}, relay), relay.public, device="d", offer=live, now_ms=now_ms())
+    with pytest.raises(JobRejected, match="is not 1-64 letters"):  # ids become file names
+        check_job(sign(JOB, {**fields, "job_id": "../x"}, relay), relay.public, device="d", offer=live, now_ms=now_ms())
     with pytest.raises(JobRejected, match="price"):
         check_job(
             sign(JOB, {**fields, "price_per_item_micro": 1}, relay),

@@ -14,6 +14,7 @@ JSON has no floats, and two devices' results are compared within a tolerance (:f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,8 @@ OFFER, WITHDRAW, JOB, RESULT = "capacity-offer", "capacity-withdraw", "capacity-
 OUTPUT_TOLERANCE = 1000
 """Largest difference (micro-units, i.e. 1e-3) between two devices' outputs for the same item that still agrees."""
 
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _JOB_FIELDS = {
     "job_id": str,
     "device": str,
@@ -73,6 +76,11 @@ def job_fields(envelope: Any) -> Mapping[str, Any]:
     for name, kind in _JOB_FIELDS.items():
         if type(signed.get(name)) is not kind:
             raise JobRejected(f"job: field {name!r} missing or not {kind.__name__}")
+    if not _JOB_ID.match(signed["job_id"]):
+        raise JobRejected(f"job: id {signed['job_id'][:80]!r} is not 1-64 letters, digits, '_' or '-'")
+    for name in ("bundle", "batch"):
+        if not _SHA256.match(signed[name]):
+            raise JobRejected(f"job {signed['job_id']}: {name} is not a sha256 hex digest")
     return signed
 
 
@@ -101,9 +109,6 @@ def check_job(
         raise JobRejected(f"job {job['job_id']}: {job['items']} items outside 1..{offer['max_items']}")
     if job["price_per_item_micro"] < offer["price_per_item_micro"]:
         raise JobRejected(f"job {job['job_id']}: price below the offer's")
-    for name in ("bundle", "batch"):
-        if len(job[name]) != 64 or any(c not in "0123456789abcdef" for c in job[name]):
-            raise JobRejected(f"job {job['job_id']}: {name} is not a sha256 hex digest")
     return job
 
 

@@ -60,15 +60,17 @@ class JobProcess:
     ) -> None:
         self.out = out
         env = {**os.environ, "BTT_JOB_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.capacity.jobrun", str(bundle), str(batch), str(out)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            preexec_fn=_limits(memory_mb, cpu_s),  # noqa: PLW1509 - no threads touch the child's state here
-            start_new_session=True,
-        )
+        self._errors = out.with_suffix(".err")
+        with open(self._errors, "wb") as errors:  # a file, not a pipe: a chatty worker can never block on it
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "edge.capacity.jobrun", str(bundle), str(batch), str(out)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                env=env,
+                preexec_fn=_limits(memory_mb, cpu_s),  # noqa: PLW1509 - no threads touch the child's state here
+                start_new_session=True,
+            )
         self.started = time.monotonic()
         self.paused_s = 0.0
         self._paused_at: float | None = None
@@ -120,19 +122,18 @@ class JobProcess:
         start = time.monotonic()
         self._signal(signal.SIGKILL)
         self._proc.wait()
-        if self._proc.stderr is not None:
-            self._proc.stderr.close()
         return time.monotonic() - start
 
     def result(self) -> dict[str, Any]:
         """Wait for the worker and return its output; :class:`JobFailed` when it failed or was killed."""
         code = self._proc.wait()
-        error = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
-        if self._proc.stderr is not None:
-            self._proc.stderr.close()
         if code != 0:
+            try:
+                error = self._errors.read_bytes()[-300:].decode(errors="replace").strip()
+            except OSError:
+                error = ""
             reason = f"signal {-code}" if code < 0 else f"exit status {code}"
-            raise JobFailed(f"job worker ended with {reason}: {error[-300:]}")
+            raise JobFailed(f"job worker ended with {reason}: {error}")
         try:
             doc = json.loads(self.out.read_bytes())
         except (OSError, ValueError) as exc:

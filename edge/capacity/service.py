@@ -19,6 +19,7 @@ Offers and results are signed with the device's receipt key; without a device id
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -185,8 +186,13 @@ class CapacityService:
             conn.close()
 
     def _period(self) -> float:
-        """``poll_ms`` while a job runs or an offer is open (pre-emption needs it); a second otherwise."""
-        return self.cfg.poll_ms / 1000 if self._job is not None or self._offered else 1.0
+        """``poll_ms`` while a job runs or an offer is open (pre-emption needs it); 0.1 s while the job is paused
+        (only its resumption waits on it, and clinical work is then under way: stay out of its way); a second
+        otherwise."""
+        job = self._job
+        if job is not None and job.paused:
+            return 0.1
+        return self.cfg.poll_ms / 1000 if job is not None or self._offered else 1.0
 
     def _check_clinical(self, conn: sqlite3.Connection) -> None:
         busy = self.activity.busy()
@@ -318,10 +324,27 @@ class CapacityService:
                     continue
                 try:
                     self._run(conn, envelope)
-                except (sqlite3.Error, EdgeError):
+                except (sqlite3.Error, OSError, EdgeError):
                     log.exception("capacity job failed")
+                finally:
+                    self._clean(envelope)
         finally:
             conn.close()
+
+    def _clean(self, envelope: Any) -> None:
+        """Remove a finished job's work files and its input batch (bundles stay cached for the next job)."""
+        try:
+            signed = job_fields(envelope)  # ids and hashes checked: safe as file names
+        except JobRejected:
+            return
+        names = [
+            f"jobs/{signed.get('job_id')}.json",
+            f"jobs/{signed.get('job_id')}.err",
+            f"blobs/{signed.get('batch')}",
+        ]
+        for name in names:
+            with contextlib.suppress(OSError):
+                (self.data_dir / "capacity" / name).unlink()
 
     def _set_job(self, conn: sqlite3.Connection, job_id: str, state: str, reason: str = "", **extra: int) -> None:
         conn.execute(

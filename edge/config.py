@@ -447,7 +447,8 @@ class CapacityConfig:
     max_memory_mb: int = bounded(2048, lo=64, hi=1_048_576)
     """Memory cap of the job worker (address-space limit) and the most the offer promises."""
     max_power_w: int = bounded(0, lo=0, hi=10_000)
-    """Power cap stated in the offer and applied by NVML where the driver allows it; 0: no cap."""
+    """Power cap stated in the offer; no offer while the accelerator already draws more (NVML, tegrastats); 0: no
+    cap."""
     max_load: float = bounded(0.5, lo=0.0, hi=64.0)
     """No offer while the 1-minute load average per core is above this."""
     max_items: int = bounded(256, lo=1, hi=1_000_000)

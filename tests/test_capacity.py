@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -278,6 +279,9 @@ def test_policy_opening_hours_idle_and_caps() -> None:
     assert "load" in decide(cfg, now=monday_night, **{**args, "load_per_core": 0.9}).reason
     assert "memory" in decide(cfg, now=monday_night, **{**args, "free_memory_mb": 100}).reason
     assert not decide(cfg, now=monday_night, **{**args, "enabled": False}).offer
+    capped = dataclasses.replace(cfg, max_power_w=30)
+    assert "power" in decide(capped, now=monday_night, **{**args, "power_w": 45}).reason
+    assert decide(capped, now=monday_night, **{**args, "power_w": 12}).offer
     with pytest.raises(ConfigError, match="opening_hours"):
         OpeningHours.parse(("weekdays 9-5",))
 
@@ -302,3 +306,66 @@ def test_outputs_agree_within_tolerance() -> None:
     assert outputs_agree([1_000_000, 5], [1_000_500, 5])
     assert not outputs_agree([0, 0], [0, 5000])
     assert not outputs_agree([1], [1, 2])
+
+
+class _FakeNvml:
+    """The calls :mod:`edge.capacity.probe` makes, as pynvml documents them (memory in bytes, power in mW)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.shut = False
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        self.shut = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"NVIDIA RTX A2000"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        return type("Memory", (), {"total": 6 * 2**30, "free": 5 * 2**30, "used": 2**30})()
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        return type("Utilization", (), {"gpu": 7, "memory": 3})()
+
+    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
+        return 21_500
+
+
+def test_probe_prefers_nvml_then_tegrastats_then_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No GPU here: NVML is a fake module with pynvml's documented calls, tegrastats a script printing its line."""
+    import sys
+
+    from edge.capacity.probe import probe_accelerator
+
+    tegrastats = tmp_path / "tegrastats"
+    tegrastats.write_text(
+        "#!/bin/sh\necho 'RAM 3000/7620MB (lfb 2x4MB) CPU [5%@729] GR3D_FREQ 40%@[624] VDD_IN 5100mW/5100mW'\n"
+    )
+    tegrastats.chmod(0o755)
+    fake = _FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    gpu = probe_accelerator(tegrastats=str(tegrastats))
+    assert (gpu.kind, gpu.name, gpu.memory_mb, gpu.free_memory_mb, gpu.utilisation_pct, gpu.power_w) == (
+        "cuda",
+        "NVIDIA RTX A2000",
+        6144,
+        5120,
+        7,
+        21,
+    )
+    assert fake.shut
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
+    jetson = probe_accelerator(tegrastats=str(tegrastats))
+    assert (jetson.kind, jetson.memory_mb, jetson.utilisation_pct, jetson.power_w) == ("jetson", 7620, 40, 5)
+    assert probe_accelerator(tegrastats=None).kind == "cpu"

@@ -1,9 +1,10 @@
 """The clinic's policy for sharing: pure functions from the time, the idle time and the load to a decision.
 
 Rules, in order: never while sharing is switched off; never during opening hours; outside them only after
-``idle_minutes`` without clinical work; never while the load per core is above ``max_load`` or free memory is
-below ``max_memory_mb``. Opening hours are ``"<days> HH:MM-HH:MM"`` in local time, days ``mon``..``sun`` as a
-range (``mon-fri``) or a list (``mon,wed,fri``); a range may cross midnight (``fri 22:00-02:00``).
+``idle_minutes`` without clinical work; never while the load per core is above ``max_load``, free memory is
+below ``max_memory_mb``, or the accelerator already draws more than ``max_power_w`` (when set). Opening hours
+are ``"<days> HH:MM-HH:MM"`` in local time, days ``mon``..``sun`` as a range (``mon-fri``) or a list
+(``mon,wed,fri``); a range may cross midnight (``fri 22:00-02:00``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def decide(
     idle_s: float,
     load_per_core: float,
     free_memory_mb: int,
+    power_w: int = 0,
     hours: OpeningHours | None = None,
 ) -> Decision:
     """Apply the policy (module docstring); ``idle_s`` is the time since the last clinical work."""
@@ -96,4 +98,6 @@ def decide(
         return Decision(False, f"load {load_per_core:.2f} per core above {config.max_load:g}")
     if free_memory_mb < config.max_memory_mb:
         return Decision(False, f"free memory {free_memory_mb} MB below {config.max_memory_mb} MB")
+    if config.max_power_w and power_w > config.max_power_w:
+        return Decision(False, f"power draw {power_w} W above {config.max_power_w} W")
     return Decision(True, "idle outside opening hours")

@@ -241,6 +241,7 @@ class CapacityService:
             idle_s=time.monotonic() - self._last_clinical,
             load_per_core=cpu_load(),
             free_memory_mb=accelerator.free_memory_mb if accelerator is not None else 0,
+            power_w=accelerator.power_w if accelerator is not None else 0,
             hours=self._hours,
         )
         if decision != self.decision:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from cloud_relay.api import create_app
@@ -17,8 +20,11 @@ from cloud_relay.errors import Rejected
 from cloud_relay.ledger import Ledger
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
+from edge.capacity.fetch import BlobCache, DirectoryFetcher, HttpFetcher
 from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, outputs_digest, sign, verify
+from edge.errors import JobRejected
 from edge.receipts.keys import PrivateKey, generate_key
+from tests.conftest import free_port
 from tests.receipts_helpers import Box
 from tests.relay_helpers import BACKENDS, provisioned, throwaway_db
 
@@ -244,3 +250,40 @@ def test_api_submits_job_and_serves_blobs(tmp_path: Path) -> None:
         other = {"Authorization": f"Bearer {registry.add_token('clinic-b')}"}
         assert client.get(f"/v1/capacity/jobs/{made.json()['job_id']}", headers=other).status_code == 404
         assert client.get("/v1/capacity/offers", headers=auth).json() == {"offers": []}
+
+
+def test_device_fetches_job_blobs_from_relay_over_http(tmp_path: Path) -> None:
+    """The device's HttpFetcher against the relay API served by uvicorn; a blob whose hash differs is refused."""
+    with throwaway_db("sqlite", tmp_path) as db:
+        registry = Registry(db)
+        registry.add_clinic("clinic-a", "A")
+        token = registry.add_token("clinic-a")
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(db, Ledger(db, operator="op")), host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not server.started:
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.05)
+            client = TestClient(create_app(db, Ledger(db, operator="op")))
+            digest = client.put(
+                "/v1/capacity/blobs", content=b"model bytes", headers={"Authorization": f"Bearer {token}"}
+            ).json()["sha256"]
+            cache = BlobCache(tmp_path / "cache", HttpFetcher(f"http://127.0.0.1:{port}/v1/capacity/blobs"))
+            assert cache.get(digest, 1024).read_bytes() == b"model bytes"
+            with pytest.raises(JobRejected, match="larger than"):
+                HttpFetcher(f"http://127.0.0.1:{port}/v1/capacity/blobs").fetch(digest, 4)
+            with pytest.raises(JobRejected, match="cannot fetch"):
+                cache.get("f" * 64, 1024)  # not at the relay: 404
+            (tmp_path / "fake").mkdir()
+            forged = "0" * 64
+            (tmp_path / "fake" / forged).write_bytes(b"something else")
+            with pytest.raises(JobRejected, match="does not match"):
+                BlobCache(tmp_path / "cache2", DirectoryFetcher(tmp_path / "fake")).get(forged, 1024)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)

@@ -59,3 +59,30 @@ def test_analyze_text_and_missing_file_fails(
 def test_analyze_with_a_broken_bundle_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(tmp_path / "x.dcm"), "--bundle", str(tmp_path / "nope")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_analyze_with_the_committed_reference_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "synth", "--out", str(tmp_path), "--count", "1", "--seed", "11"]) == 0
+    capsys.readouterr()
+    [image] = tmp_path.glob("*.dcm")
+    assert main(["analyze", str(image), "--json"]) == 0
+    [doc] = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "analysed"
+    assert doc["model"]["id"] == "btt-reference-dental-pano"
+    assert doc["model"]["clinical"] is False
+    assert doc["backend"] == "onnxruntime-cpu"
+    assert doc["findings"]
+    for finding in doc["findings"]:
+        x0, y0, x1, y1 = finding["bbox"]
+        assert 0 <= x0 <= x1
+        assert 0 <= y0 <= y1
+        assert finding["kind"] in {
+            "caries",
+            "periapical_lesion",
+            "restoration",
+            "crown",
+            "root_canal_filling",
+            "implant",
+            "bone_loss",
+        }

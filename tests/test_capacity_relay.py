@@ -109,7 +109,7 @@ def test_job_dispatched_to_cheapest_signed_by_relay_and_paid_when_done(net: Net)
     assert state["state"] == "done"
     assert state["outputs"] == [[1, 2], [3, 4]]
     assert net.coordinator.payouts() == [
-        {"job_id": job_id, "device": device, "items": 2, "amount_micro": 20, "paid_ms": T0}
+        {"job_id": job_id, "device": device, "items": 2, "amount_micro": 20, "receipts": [1, 2], "paid_ms": T0}
     ]
 
 

@@ -14,7 +14,8 @@ otherwise) and records it:
 every job short of devices to the best matching live offer (:func:`cloud_relay.capacity.market.match`, never a
 device that already had the job), signing the job with the relay's key; the caller publishes the returned
 ``(device, envelope)`` pairs on ``btt/v1/dev/{device}/cmd/capacity-job``. Payouts (items x the offer's price) are
-recorded when a job is done; the devices' compute receipts reach settlement through the normal receipt path.
+recorded when a job is done, naming the device's compute receipts (``compute``: items, ``compute-seconds``), which
+reach the relay and settlement through the normal receipt path.
 
 Tables (own schema version ``capacity_schema``)::
 
@@ -24,7 +25,8 @@ Tables (own schema version ``capacity_schema``)::
                           created_ms, updated_ms            state: queued -> done | disputed
     capacity_assignments  job_id, device, offer_id, role, price_micro, state, dispatched_ms, deadline_ms, result
                           state: dispatched -> done | preempted | failed | withdrawn | timeout | late
-    capacity_payouts      job_id, device, items, amount_micro, paid_ms
+    capacity_payouts      job_id, device, items, amount_micro, receipts (the device's compute receipt
+                          sequence numbers the payout covers: check them against its settled chain), paid_ms
     capacity_blobs        sha256 PK, data, created_ms       job bundles and batches, served to devices by hash
 """
 
@@ -68,7 +70,7 @@ MIGRATIONS = [
     );
     CREATE TABLE capacity_payouts (
         job_id TEXT NOT NULL, device TEXT NOT NULL, items BIGINT NOT NULL, amount_micro BIGINT NOT NULL,
-        paid_ms BIGINT NOT NULL, PRIMARY KEY (job_id, device)
+        receipts TEXT NOT NULL, paid_ms BIGINT NOT NULL, PRIMARY KEY (job_id, device)
     );
     CREATE TABLE capacity_blobs (sha256 TEXT PRIMARY KEY, data {blob} NOT NULL, created_ms BIGINT NOT NULL)
     """
@@ -221,11 +223,12 @@ class Coordinator:
             "UPDATE capacity_jobs SET state = 'done', reason = '', outputs = ?, updated_ms = ? WHERE job_id = ?",
             (json.dumps(outputs[0]), now, job_id),
         )
-        for device, price, _ in done:
+        for device, price, result in done:
+            receipts = json.loads(str(result))["signed"].get("receipts", [])
             tx.execute(
-                "INSERT INTO capacity_payouts (job_id, device, items, amount_micro, paid_ms) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (job_id, device, int(spot[1]), payout_micro(int(spot[1]), int(price)), now),
+                "INSERT INTO capacity_payouts (job_id, device, items, amount_micro, receipts, paid_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (job_id, device, int(spot[1]), payout_micro(int(spot[1]), int(price)), json.dumps(receipts), now),
             )
 
     # --- jobs ------------------------------------------------------------------------------------------------
@@ -357,12 +360,15 @@ class Coordinator:
 
     def payouts(self, device: str | None = None) -> list[dict[str, Any]]:
         """Payouts for verified compute, oldest first (optionally of one device)."""
-        sql = "SELECT job_id, device, items, amount_micro, paid_ms FROM capacity_payouts"
+        sql = "SELECT job_id, device, items, amount_micro, receipts, paid_ms FROM capacity_payouts"
         with self.db.transaction() as tx:
             rows = (
                 tx.all(sql + " WHERE device = ? ORDER BY paid_ms", (device,))
                 if device
                 else tx.all(sql + " ORDER BY paid_ms")
             )
-        keys = ("job_id", "device", "items", "amount_micro", "paid_ms")
-        return [dict(zip(keys, tuple(r), strict=True)) for r in rows]
+        return [
+            {"job_id": r[0], "device": r[1], "items": r[2], "amount_micro": r[3], "receipts": json.loads(str(r[4])),
+             "paid_ms": r[5]}
+            for r in rows
+        ]  # fmt: skip

@@ -42,6 +42,9 @@ class Activity:
     def busy(self) -> bool:
         return self.flag
 
+    def close(self) -> None:
+        self.flag = False
+
 
 def _accelerator() -> Accelerator:
     return Accelerator("cpu", "test CPU", 8192, 8192, 0, 0)

@@ -65,6 +65,10 @@ class ClinicalActivity(Protocol):
 
     def busy(self) -> bool: ...
 
+    def close(self) -> None:
+        """Release what ``busy`` holds (called by the monitor thread as it ends)."""
+        ...
+
 
 class IndexActivity:
     """Clinical work is an open DICOM association (an image may be arriving) or, with the pipeline on, an instance
@@ -90,6 +94,11 @@ class IndexActivity:
         except sqlite3.Error:  # index not created yet, or busy: not clinical work we can see
             return False
         return row is not None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class CapacityService:
@@ -184,6 +193,7 @@ class CapacityService:
                     log.exception("capacity monitor turn failed")
         finally:
             conn.close()
+            self.activity.close()
 
     def _period(self) -> float:
         """``poll_ms`` while a job runs or an offer is open (pre-emption needs it); 0.1 s while the job is paused

@@ -15,7 +15,7 @@ from edge.results.analysis import Algorithm, Analysis
 from edge.results.codes import tooth_codes
 from edge.results.gsps import build_gsps
 from edge.results.overlay import BANNER, build_overlay, render
-from edge.results.sr import AI_LABEL, build_sr
+from edge.results.sr import AI_LABEL, build_sr, with_empty_type2_identifiers
 from edge.results.uids import UidFactory
 from tests.results_helpers import ALGORITHM, analysis_of, dciodvfy_errors, file_bytes, source_image
 
@@ -178,3 +178,16 @@ def test_utf8_patient_name_survives(build: object) -> None:
     out = dcmread(io.BytesIO(file_bytes(build(received, analysis_of(received), UidFactory()))))  # type: ignore[operator]
     assert out.SpecificCharacterSet == "ISO_IR 192"
     assert out.PatientName == "山田^太郎=Yamada^Taro"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("missing", ["PatientName", "PatientID", "StudyDate", "StudyID", "AccessionNumber"])
+def test_absent_type2_identifiers_still_give_valid_objects(missing: str, tmp_path: Path) -> None:
+    source = source_image("PX")
+    del source[missing]
+    source = with_empty_type2_identifiers(source)
+    for build in (build_sr, build_overlay, build_gsps):
+        path = tmp_path / f"{build.__name__}.dcm"
+        path.write_bytes(file_bytes(build(source, analysis_of(source), UidFactory("1.2.3.4"))))
+        assert dciodvfy_errors(path) == [], f"{missing} {build.__name__}"
+        assert dcmread(path)[missing].value in ("", None)

@@ -40,7 +40,7 @@ from edge.results.gsps import build_gsps
 from edge.results.overlay import build_overlay
 from edge.results.queue import ObjectKind, ResultObject
 from edge.results.scu import Outcome, Outgoing, Sender, StoreSCU
-from edge.results.sr import build_sr
+from edge.results.sr import build_sr, with_empty_type2_identifiers
 from edge.results.uids import UidFactory
 from edge.store.index import get_instance, migrate_index, set_state
 
@@ -249,9 +249,10 @@ class ResultsService:
 
     def _read(self, relative: str, *, pixels: bool) -> Dataset:
         try:
-            return dcmread(self.data_dir / relative, stop_before_pixels=not pixels)
+            source = dcmread(self.data_dir / relative, stop_before_pixels=not pixels)
         except (OSError, InvalidDicomError) as exc:
             raise ResultBuildError(f"cannot read the source image {relative}: {exc}") from exc
+        return with_empty_type2_identifiers(source)
 
     def _write(self, ds: Dataset, kind: ObjectKind, source_uid: str, study_uid: str) -> ResultObject:
         """Write ``ds`` durably under ``results/`` and describe it for the queue."""

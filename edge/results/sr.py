@@ -41,13 +41,40 @@ from edge.results import codes as rc
 from edge.results.analysis import Algorithm, Analysis
 from edge.results.uids import UidFactory
 
-__all__ = ["AI_LABEL", "MANUFACTURER", "SR_SERIES_NUMBER", "build_sr", "copy_identifiers", "outline"]
+__all__ = [
+    "AI_LABEL",
+    "MANUFACTURER",
+    "SR_SERIES_NUMBER",
+    "build_sr",
+    "copy_identifiers",
+    "outline",
+    "with_empty_type2_identifiers",
+]
 
 AI_LABEL = "AI result - not a diagnosis"
 """Series description of every object we write (ASCII: the banner on the overlay carries the long dash)."""
 MANUFACTURER = "BTT Edge"
 SR_SERIES_NUMBER = 9901
 _EXTRA_IDENTIFIERS = ("IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight")
+
+
+_TYPE2_IDENTIFIERS = (
+    *("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
+    *("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"),
+)
+"""Patient and study attributes that are Type 2 (present, possibly empty) in every object we write."""
+
+
+def with_empty_type2_identifiers(source: Dataset) -> Dataset:
+    """``source`` with each absent Type 2 patient/study attribute present and empty, as DICOM allows.
+
+    Units leave some of these out (no accession number, no study ID); the result objects still have to carry
+    them, and highdicom copies them from the source. Present values are left exactly as received.
+    """
+    for keyword in _TYPE2_IDENTIFIERS:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
 
 
 def copy_identifiers(source: Dataset, target: Dataset) -> None:

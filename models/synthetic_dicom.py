@@ -10,10 +10,15 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 
 from models.synthetic import SyntheticImage
 
-__all__ = ["DX_FOR_PRESENTATION", "synthetic_dataset", "synthetic_dicom_bytes"]
+__all__ = ["DX_FOR_PRESENTATION", "instance_uid", "synthetic_dataset", "synthetic_dicom_bytes"]
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 """Digital X-Ray Image Storage - For Presentation."""
+
+
+def instance_uid(seed: int) -> str:
+    """The SOP Instance UID of the synthetic image of ``seed``."""
+    return str(generate_uid(entropy_srcs=["btt-synthetic-instance", str(seed)]))
 
 
 def synthetic_dataset(image: SyntheticImage, seed: int) -> Dataset:
@@ -22,7 +27,7 @@ def synthetic_dataset(image: SyntheticImage, seed: int) -> Dataset:
     lo, hi = int(pixels.min()), int(pixels.max())
     ds = Dataset()
     ds.SOPClassUID = DX_FOR_PRESENTATION
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=["btt-synthetic-instance", str(seed)])
+    ds.SOPInstanceUID = instance_uid(seed)
     ds.StudyInstanceUID = generate_uid(entropy_srcs=["btt-synthetic-study", str(seed)])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=["btt-synthetic-series", str(seed)])
     ds.PatientName = f"SYNTHETIC^PANO{seed}"

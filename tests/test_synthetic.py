@@ -119,8 +119,12 @@ def test_synth_cli_writes_dicom_and_truth(tmp_path: Path) -> None:
         assert ds.PhotometricInterpretation == "MONOCHROME2"
         assert np.array_equal(ds.pixel_array, image.pixels)
         truth = json.loads((tmp_path / f"synthetic-{seed:06d}.json").read_text())
-        assert [Finding.from_json(doc) for doc in truth] == [Finding.from_json(f.to_json()) for f in image.findings]
-        assert all({"kind", "tooth_fdi", "tooth_universal", "confidence", "bbox"} <= set(doc) for doc in truth)
+        assert truth["sop_instance_uid"] == ds.SOPInstanceUID
+        assert truth["status"] == "analysed"
+        assert truth["model"]["id"] == "synthetic-ground-truth"
+        findings = truth["findings"]
+        assert [Finding.from_json(doc) for doc in findings] == [Finding.from_json(f.to_json()) for f in image.findings]
+        assert all({"kind", "tooth_fdi", "tooth_universal", "confidence", "bbox"} <= set(doc) for doc in findings)
 
 
 def test_synth_cli_rejects_a_bad_count(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """``btt-edge model synth|eval|verify|train|export``: the reference model's data, metrics and bundle tools.
 
 ``synth`` writes synthetic panoramic radiographs as DICOM with their ground truth beside them (``X.dcm`` and
-``X.json``, the JSON an array of findings in the shape ``analyze`` prints). ``eval`` prints the held-out metrics of
+``X.json``, the ground truth as the object ``analyze --json`` prints for one file, with model id
+``synthetic-ground-truth``). ``eval`` prints the held-out metrics of
 a bundle; ``verify`` loads a bundle (hashes, agent version) and runs its golden vectors on ONNX Runtime. ``train``
 and ``export`` retrain and rebuild the reference bundle; they need the ``train`` extra (PyTorch).
 """
@@ -61,9 +62,11 @@ def register(sub: Any) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from edge import __version__
     from edge.durable import atomic_write_bytes
+    from edge.pipeline.analyzer import AnalysisResult
     from models.synthetic import generate
-    from models.synthetic_dicom import synthetic_dicom_bytes
+    from models.synthetic_dicom import instance_uid, synthetic_dicom_bytes
 
     if args.count < 1:
         raise EdgeError("--count must be at least 1")
@@ -71,7 +74,15 @@ def _synth(args: argparse.Namespace) -> int:
         image = generate(seed)
         stem = args.out / f"synthetic-{seed:06d}"
         atomic_write_bytes(stem.with_suffix(".dcm"), synthetic_dicom_bytes(image, seed))
-        truth = [finding.to_json() for finding in image.findings]
+        truth = AnalysisResult(
+            sop_instance_uid=instance_uid(seed),
+            status="analysed",
+            model_id="synthetic-ground-truth",
+            model_version=__version__,
+            clinical=False,
+            backend="ground-truth",
+            findings=tuple(image.findings),
+        ).to_json()
         atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(truth, indent=1) + "\n").encode())
         print(f"{stem}.dcm  {len(image.teeth_fdi)} teeth, {len(image.findings)} findings")
     return 0

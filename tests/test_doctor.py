@@ -133,6 +133,8 @@ def test_doctor_on_a_fresh_box_without_an_agent(tmp_path: Path) -> None:
     checks = _by_name(run_checks(_config(data, dicom={"port": int(port)}), "test"))
     assert checks["agent"].status == "warn"
     assert checks["dicom port"].status == "ok"
+    assert checks["python"].status == "ok"  # platform checks (edge.jetson); off a Jetson only the generic ones
+    assert "jetson" not in checks
     result = _doctor("--data-dir", str(data), env={"BTT_EDGE_DICOM_PORT": port})
     assert result.returncode == 1  # no device identity
     assert "[FAIL] device keys" in result.stdout

@@ -62,6 +62,7 @@ def run_checks(config: AgentConfig, config_source: str) -> Iterator[Check]:
         yield _port("dicom port", config.dicom.bind_address, config.dicom.port, agent.running, "[dicom] port")
     if config.metrics.port:
         yield _port("metrics port", config.metrics.bind_address, config.metrics.port, agent.running, "[metrics] port")
+    yield from _platform()
     yield from _model(config)
     yield _keys(config)
     yield _clock()
@@ -166,6 +167,14 @@ def _port(name: str, host: str, port: int, agent_running: bool, key: str) -> Che
 
 
 # --- model and backend ----------------------------------------------------------------------------------------
+
+
+def _platform() -> Iterator[Check]:
+    """Python and, on a Jetson, JetPack's GPU wiring (edge.jetson; the backend itself is checked by _model)."""
+    from edge.jetson import assess, gather_facts
+
+    for check in assess(gather_facts(backends=False)):
+        yield Check(check.name, "ok" if check.ok else "fail", check.detail, check.fix)
 
 
 def _model(config: AgentConfig) -> Iterator[Check]:

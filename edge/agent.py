@@ -104,17 +104,18 @@ def build_agent(config: AgentConfig) -> Agent:
         from edge.pipeline.worker import PipelineService
 
         pipeline = config.pipeline
-        services.append(
-            PipelineService(
-                data_dir,
-                updater.load_active,
-                queue_size=pipeline.queue_size,
-                poll_interval_s=pipeline.poll_interval_s,
-                book=book,
-                outbox=outbox,
-                model_gate=updater,
-            )
+        pipeline_service = PipelineService(
+            data_dir,
+            updater.load_active,
+            queue_size=pipeline.queue_size,
+            poll_interval_s=pipeline.poll_interval_s,
+            book=book,
+            outbox=outbox,
+            model_gate=updater,
         )
+        # A new image wakes the worker at once; polling stays as the fallback (e.g. after a restart).
+        store.add_listener(pipeline_service.notify)
+        services.append(pipeline_service)
     ota_service = OtaService(updater, check_interval_s=config.ota.check_interval_s)
     if config.ota.repository_url:
         services.append(ota_service)

@@ -71,6 +71,19 @@ def test_identical_duplicate_is_acknowledged_without_a_second_row(store: ImageSt
     assert list(store.incoming_dir.iterdir()) == []
 
 
+def test_listeners_hear_new_instances_only_and_cannot_break_a_store(store: ImageStore) -> None:
+    heard: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("listener bug")
+
+    store.add_listener(broken)
+    store.add_listener(lambda: heard.append("stored"))
+    assert store.accept(_spool(store), "UNIT1").outcome == "stored"
+    assert store.accept(_spool(store), "UNIT1").outcome == "duplicate"
+    assert heard == ["stored"]
+
+
 @pytest.mark.parametrize(
     ("policy", "outcome", "name"), [("keep", "kept_first", ""), ("replace", "replaced", "Changed")]
 )

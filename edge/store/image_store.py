@@ -29,6 +29,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +112,15 @@ class ImageStore:
         self.duplicate_policy = duplicate_policy
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each new (or replaced) instance is durably indexed, e.g. to wake the pipeline.
+
+        Listeners run on the receiving thread after the commit; an exception in one is logged and never changes
+        the status the SCP answers.
+        """
+        self._listeners.append(callback)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -174,9 +184,16 @@ class ImageStore:
         self.check_space()
         header = _read(spooled)
         try:
-            return self._store(spooled, header, calling_ae)
+            stored = self._store(spooled, header, calling_ae)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot store {header.sop_instance_uid}: {exc}") from exc
+        if stored.outcome in ("stored", "replaced"):
+            for listener in self._listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("a store listener failed (the instance is stored)")
+        return stored
 
     def _store(self, spooled: Path, header: InstanceHeader, calling_ae: str) -> StoredInstance:
         size = spooled.stat().st_size

@@ -12,11 +12,11 @@ import dataclasses
 import logging
 import socket
 import sqlite3
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from edge.background import BackgroundLoop
 from edge.config import AgentConfig
 from edge.errors import ConfigError, EdgeError, OutboxError
 from edge.logs import event
@@ -93,7 +93,7 @@ def agent_running(data_dir: Path) -> bool:
         return not free
 
 
-class OtaService:
+class OtaService(BackgroundLoop):
     """Checks for and installs model updates in the background."""
 
     name = "ota"
@@ -101,9 +101,7 @@ class OtaService:
     def __init__(self, updater: OtaUpdater, *, check_interval_s: float) -> None:
         self._updater = updater
         self._interval = check_interval_s
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._lock_file: IO[str] | None = None
 
     def notify(self, _payload: bytes = b"") -> None:
@@ -117,16 +115,10 @@ class OtaService:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = path.open("a")
         fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="ota", daemon=True)
-        self._thread.start()
+        super().start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        super().stop()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from edge.background import BackgroundLoop
 from edge.db import DB_FILENAME, connect, migrate, transaction
 from edge.errors import EdgeError, PipelineError, StateConflict, UnsupportedImage
 from edge.logs import event
@@ -309,7 +310,7 @@ def _summary(result: AnalysisResult) -> dict[str, object]:
     }
 
 
-class PipelineService:
+class PipelineService(BackgroundLoop):
     """The worker on its own thread: loads the bundle and backend, recovers, then analyses as instances arrive.
 
     A bundle or backend that cannot be loaded is logged and leaves the pipeline idle (instances stay
@@ -336,28 +337,13 @@ class PipelineService:
         self._book = book
         self._outbox = outbox
         self._gate = model_gate
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self.ready = threading.Event()
         """Set once the worker has its analyser and has recovered interrupted work."""
 
-    def notify(self) -> None:
-        """Wake the worker now (e.g. after ingest stored an instance) instead of at the next poll."""
-        self._wake.set()
-
     def start(self) -> None:
         release_large_buffers()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        super().start()
 
     def _run(self) -> None:
         conn = connect(self._data_dir / DB_FILENAME)

@@ -8,9 +8,9 @@ missing, broken or untrusted identity is logged as an error and the book parks u
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
+from edge.background import BackgroundLoop
 from edge.config import AgentConfig, ReceiptsConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import ReceiptError
@@ -89,7 +89,7 @@ def open_book(config: AgentConfig) -> ReceiptBook:
     return book
 
 
-class SettlementService:
+class SettlementService(BackgroundLoop):
     """Closes a settlement when enough receipts are unsettled or the oldest is old enough."""
 
     name = "settlement"
@@ -98,19 +98,7 @@ class SettlementService:
         self._cfg = config.receipts
         self._db_path = config.agent.data_dir / DB_FILENAME
         self._book = book
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="settlement", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        super().__init__()
 
     def settle_due(self) -> int:
         """Close every settlement that is due now; returns how many were closed."""
@@ -129,7 +117,7 @@ class SettlementService:
         finally:
             conn.close()
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(self._cfg.check_interval_s):
             try:
                 self.settle_due()

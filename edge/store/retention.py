@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from pydicom import dcmread
 
+from edge.background import BackgroundLoop
 from edge.config import RetentionConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.durable import atomic_open
@@ -73,7 +73,7 @@ def prune(conn: sqlite3.Connection, data_dir: Path, *, older_than_days: int, now
     return pruned
 
 
-class Pruner:
+class Pruner(BackgroundLoop):
     """Runs :func:`prune` every ``interval_s`` in a background thread (a :class:`~edge.agent.Service`)."""
 
     name = "retention"
@@ -81,23 +81,12 @@ class Pruner:
     def __init__(self, config: RetentionConfig, data_dir: Path) -> None:
         self.config = config
         self.data_dir = data_dir
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def start(self) -> None:
         """Start the background thread (nothing runs when ``prune_after_days`` is 0)."""
-        if self.config.prune_after_days == 0:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread, waiting for a running pass to finish."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self.config.prune_after_days:
+            super().start()
 
     def _run(self) -> None:
         conn = connect(self.data_dir / DB_FILENAME)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -19,6 +20,9 @@ from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
 __all__ = ["Agent", "Service", "build_agent"]
 
 log = logging.getLogger("edge.agent")
+
+_MAIN_WAKE_S = 0.5
+"""The main thread wakes at least this often, so that signal handlers run promptly."""
 
 
 class Service(Protocol):
@@ -55,9 +59,14 @@ class Agent:
                 event(log, "started", service=service.name)
             event(log, "agent ready", data_dir=self.config.agent.data_dir)
             self.notifier.ready(f"{len(started)} services running")
-            interval = watchdog_interval_s()
-            while not self._stop.wait(interval):
-                self.notifier.watchdog()
+            # Never block the main thread without a timeout: a SIGTERM delivered to one of the services' threads is
+            # handled (by CPython, in the main thread) only when the main thread next runs Python code.
+            watchdog = watchdog_interval_s()
+            next_watchdog = time.monotonic()
+            while not self._stop.wait(_MAIN_WAKE_S if watchdog is None else min(_MAIN_WAKE_S, watchdog)):
+                if watchdog is not None and time.monotonic() >= next_watchdog:
+                    self.notifier.watchdog()
+                    next_watchdog = time.monotonic() + watchdog
         finally:
             self.notifier.stopping()
             for service in reversed(started):

@@ -65,6 +65,9 @@ _BARRIERS = frozenset({"certificate", "settlements"})
 """Kinds sent only when nothing is in flight, with nothing after them until they are acked: the relay needs the
 certificate before any receipt it signs, and a settlement's receipts before the settlement."""
 _PRUNE_INTERVAL_S = 3600.0
+_KEPT_ACKS_S = 1.0
+"""After each (re)connect the service only reads for this long before sending: the broker hands over the acks it
+kept in our session right after the connection, and an item they settle need not be sent again."""
 
 
 @dataclass
@@ -123,6 +126,7 @@ class SyncService:
         self._item_flight: dict[str, int] = {}
         self._next_flight = 0
         self._next_attempt = 0.0
+        self._send_after = 0.0
         self._next_feed = 0.0
         self._next_health = 0.0
         self._next_prune = 0.0
@@ -214,7 +218,8 @@ class SyncService:
             for message in link.poll(_POLL_S):
                 self._receive(conn, message)
             self._expire(time.monotonic())
-            self._send(conn, link)
+            if time.monotonic() >= self._send_after:
+                self._send(conn, link)
         except LinkError as exc:
             self._link_failed(link, exc, "link to broker lost")
 
@@ -226,6 +231,7 @@ class SyncService:
         link.publish(presence_topic(self._device), ONLINE, retain=True)
         self._backoff.reset()
         self._release(list(self._item_flight))
+        self._send_after = time.monotonic() + _KEPT_ACKS_S
         self.counters.connects += 1
         event(log, "connected to broker", device=self._device, url=self._cfg.url.split("@")[-1])
 

@@ -155,8 +155,6 @@ def main() -> None:
             **{k: v for k, v in ENV.items() if not k.startswith("BTT_EDGE_")},
             "BTT_EDGE_PIPELINE_BUNDLE_PATH": str(args.bundle.resolve()),
             "BTT_EDGE_PIPELINE_BACKEND": "onnxruntime-cpu",
-            "BTT_EDGE_PIPELINE_POLL_INTERVAL_S": "0.05",
-            "BTT_EDGE_RECEIPTS_ENABLED": "false",
         }
         data = root / "data"
         agent = subprocess.Popen(

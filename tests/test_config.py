@@ -60,3 +60,24 @@ def test_overrides_are_validated() -> None:
     with pytest.raises(ConfigError, match=r"dicom\.max_associations"):
         with_overrides(AgentConfig(), dicom={"max_associations": 0})
     assert with_overrides(AgentConfig(), dicom={"port": 4242, "ae_title": None}).dicom.port == 4242
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes, as after `| head`
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "edge", "config", "show", "--data-dir", str(tmp_path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr

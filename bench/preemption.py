@@ -20,8 +20,6 @@ at least 0.9, i.e. within 10%).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
 import signal
@@ -29,7 +27,6 @@ import socket
 import sqlite3
 import statistics
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
@@ -40,6 +37,8 @@ import pydicom
 
 from edge.agent import build_agent
 from edge.capacity import CapacityService
+from edge.capacity.fetch import DirectoryFetcher
+from edge.capacity.jobrun import pack_batch
 from edge.capacity.messages import JOB, sign
 from edge.capacity.runner import JobProcess, process_state
 from edge.capacity.state import open_offer
@@ -49,6 +48,7 @@ from edge.receipts.identity import KeyFiles, now_ms, provision
 from edge.receipts.keys import generate_key
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dicom_bytes
+from ota.repository import bundle_archive
 
 STORESCU = "/usr/bin/storescu"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -62,24 +62,15 @@ def _port() -> int:
 
 
 def _blob(directory: Path, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    (directory / digest).write_bytes(data)
-    return digest
+    return DirectoryFetcher(directory).put(data)
 
 
 def _bundle_tar() -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(REFERENCE.rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(REFERENCE)))
-    return buf.getvalue()
+    return bundle_archive(REFERENCE)[0]
 
 
 def _batch(items: int) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, items=np.random.default_rng(0).normal(0, 1, (items, 1, 512, 1024)).astype(np.float32))
-    return buf.getvalue()
+    return pack_batch(np.random.default_rng(0).normal(0, 1, (items, 1, 512, 1024)))
 
 
 def _wait_result(db: Path, uid: str, start: float, timeout: float = 120) -> float:

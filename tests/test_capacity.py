@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import io
 import json
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ import pytest
 
 from edge.capacity import CapacityService
 from edge.capacity.fetch import DirectoryFetcher
+from edge.capacity.jobrun import pack_batch
 from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, check_job, outputs_agree, sign, verify
 from edge.capacity.policy import OpeningHours, decide
 from edge.capacity.probe import Accelerator, parse_meminfo, parse_tegrastats
@@ -28,6 +26,7 @@ from edge.errors import ConfigError, JobRejected
 from edge.outbox import Outbox
 from edge.receipts.identity import now_ms
 from edge.receipts.keys import PrivateKey, generate_key
+from ota.repository import bundle_archive
 from tests.receipts_helpers import Box, make_box
 
 REFERENCE = Path(__file__).resolve().parents[1] / "models" / "bundles" / "reference-dental"
@@ -59,24 +58,15 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 
 def _blob(directory: Path, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    (directory / digest).write_bytes(data)
-    return digest
+    return DirectoryFetcher(directory).put(data)
 
 
 def _bundle_tar() -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(REFERENCE.rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(REFERENCE)))
-    return buf.getvalue()
+    return bundle_archive(REFERENCE)[0]
 
 
 def _batch(items: int) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, items=np.random.default_rng(items).normal(0, 1, (items, 1, 512, 1024)).astype(np.float32))
-    return buf.getvalue()
+    return pack_batch(np.random.default_rng(items).normal(0, 1, (items, 1, 512, 1024)))
 
 
 class Rig:

@@ -52,6 +52,12 @@ class DirectoryFetcher:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
+    def put(self, data: bytes) -> str:
+        """Store ``data`` under its sha256 digest (preparing media or a test's blob store); return the digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(self.directory / digest, data)
+        return digest
+
     def fetch(self, digest: str, max_bytes: int) -> bytes:
         path = self.directory / digest
         try:

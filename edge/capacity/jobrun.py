@@ -10,6 +10,7 @@ Exit status 0 on success, 2 with a message on standard error when the bundle or 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -17,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "summarise"]
+__all__ = ["main", "pack_batch", "summarise"]
+
+
+def pack_batch(items: np.ndarray) -> bytes:
+    """An input batch as :func:`main` reads it: ``items`` (float32 ``[N, C, H, W]``) in an ``.npz``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, items=np.asarray(items, dtype=np.float32))
+    return buffer.getvalue()
 
 
 def summarise(outputs: dict[str, np.ndarray]) -> list[int]:

@@ -263,7 +263,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 class StubRelay:
     """A stand-in for the relay: consumes ``$share/btt-relay/btt/v1/dev/+/up/#`` as ``btt-relay``, stores each
-    item id once (the relay's de-duplication) and acks what it stored while ``ack`` is true.
+    item id once (the relay's de-duplication) and acks what it stored while ``ack`` is true, except messages of
+    the kinds in ``held_kinds`` (stored, never acked: a relay whose acks are late).
 
     Also a spy: every payload it sees (up messages, and presence on a second subscription) is kept in
     ``payloads`` so a test can scan them.
@@ -275,6 +276,7 @@ class StubRelay:
         self.payloads: list[tuple[str, bytes]] = []
         self.presence: dict[str, bytes] = {}
         self.ack = True
+        self.held_kinds: set[str] = set()
         self._lock = threading.Lock()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.username_pw_set(RELAY_USER, password)
@@ -301,7 +303,7 @@ class StubRelay:
             for item in doc["items"]:
                 self.deliveries[item["id"]] = self.deliveries.get(item["id"], 0) + 1
                 self.stored.setdefault(item["id"], item["body"])  # de-duplicated on (device, id)
-            if self.ack:
+            if self.ack and doc.get("kind") not in self.held_kinds:
                 client.publish(f"btt/v1/dev/{doc['device']}/ack", json.dumps({"v": 1, "stored": ids}), qos=1)
 
     def ids(self, prefix: str) -> set[str]:

@@ -32,9 +32,25 @@ from cloud_relay.errors import BrokerError, StorageError
 from cloud_relay.ingest import TOPIC_FILTER, Ingestor, UpMessage, ack_topic
 from edge.logs import event
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "mqtt_client"]
 
 log = logging.getLogger("cloud_relay.consumer")
+
+
+def mqtt_client(config: MqttConfig, *, client_id: str, manual_ack: bool = False) -> mqtt.Client:
+    """A paho MQTT v5 client with the relay's credentials, TLS and reconnect delay from ``config`` (not connected)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    if config.username is not None:
+        client.username_pw_set(config.username, config.password)
+    if config.tls:
+        client.tls_set(
+            ca_certs=None if config.ca_file is None else str(config.ca_file),
+            certfile=None if config.cert_file is None else str(config.cert_file),
+            keyfile=None if config.key_file is None else str(config.key_file),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
 
 
 @dataclass(frozen=True)
@@ -65,17 +81,7 @@ class Consumer:
 
     def _make_client(self) -> mqtt.Client:
         c = self._config
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=c.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
-        if c.username is not None:
-            client.username_pw_set(c.username, c.password)
-        if c.tls:
-            client.tls_set(
-                ca_certs=None if c.ca_file is None else str(c.ca_file),
-                certfile=None if c.cert_file is None else str(c.cert_file),
-                keyfile=None if c.key_file is None else str(c.key_file),
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = mqtt_client(c, client_id=c.client_id, manual_ack=True)
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(c.receive_maximum)
         client.on_connect = self._on_connect

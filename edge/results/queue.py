@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, get_args
+from dataclasses import dataclass, field, fields
+from typing import Literal, TypeVar, get_args
 
 from edge.db import migrate, transaction
 from edge.errors import StoreError
@@ -230,32 +230,12 @@ def unqueued_originals(conn: sqlite3.Connection, limit: int = 16) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _object(row: sqlite3.Row) -> ResultObject:
-    return ResultObject(
-        object_uid=row["object_uid"],
-        source_sop_uid=row["source_sop_uid"],
-        study_uid=row["study_uid"],
-        kind=row["kind"],
-        sop_class_uid=row["sop_class_uid"],
-        transfer_syntax_uid=row["transfer_syntax_uid"],
-        path=row["path"],
-        size_bytes=row["size_bytes"],
-        sha256=row["sha256"],
-    )
+_Row = TypeVar("_Row", ResultObject, Delivery)
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        object_uid=row["object_uid"],
-        destination=row["destination"],
-        state=row["state"],
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_status=row["last_status"],
-        last_error=row["last_error"],
-        updated_at=row["updated_at"],
-        sent_at=row["sent_at"],
-    )
+def _from_row(cls: type[_Row], row: sqlite3.Row) -> _Row:
+    """The dataclass whose fields are the row's columns of the same names."""
+    return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
 def due(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> list[ResultObject]:
@@ -266,7 +246,7 @@ def due(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> l
         f"ORDER BY {_KIND_ORDER}, o.created_at, o.object_uid LIMIT ?",
         (destination, now, limit),
     ).fetchall()
-    return [_object(r) for r in rows]
+    return [_from_row(ResultObject, r) for r in rows]
 
 
 def _update(conn: sqlite3.Connection, object_uid: str, destination: str, sql: str, *values: object) -> None:
@@ -362,10 +342,12 @@ def list_objects(conn: sqlite3.Connection, *, source_sop_uid: str | None = None)
     objects = conn.execute(f"SELECT * FROM results_objects {where} ORDER BY created_at, object_uid", values).fetchall()
     deliveries: dict[str, list[Delivery]] = {}
     for row in conn.execute("SELECT * FROM results_deliveries ORDER BY destination"):
-        deliveries.setdefault(row["object_uid"], []).append(_delivery(row))
+        deliveries.setdefault(row["object_uid"], []).append(_from_row(Delivery, row))
     return [
         ObjectStatus(
-            object=_object(r), created_at=r["created_at"], deliveries=tuple(deliveries.get(r["object_uid"], ()))
+            object=_from_row(ResultObject, r),
+            created_at=r["created_at"],
+            deliveries=tuple(deliveries.get(r["object_uid"], ())),
         )
         for r in objects
     ]

@@ -6,8 +6,11 @@ the links, hands each what it needs, and :class:`Agent` starts them in order and
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +26,9 @@ log = logging.getLogger("edge.agent")
 
 _MAIN_WAKE_S = 0.5
 """The main thread wakes at least this often, so that signal handlers run promptly."""
+
+_SLOW_STOP_S = 20.0
+"""A service still stopping after this long has every thread's stack written to stderr, to show what holds it."""
 
 
 class Service(Protocol):
@@ -70,17 +76,35 @@ class Agent:
         finally:
             self.notifier.stopping()
             for service in reversed(started):
-                try:
-                    service.stop()
-                except Exception:
-                    log.exception("stopping %s failed", service.name)
+                _stop_service(service)
             event(log, "agent stopped")
 
     def run_until_signal(self) -> None:
-        """:meth:`run`, stopping cleanly on SIGTERM or SIGINT (main thread only)."""
+        """:meth:`run`, stopping cleanly on SIGTERM or SIGINT (main thread only); SIGUSR1 writes every thread's
+        stack to stderr (``kill -USR1``: what is a stuck agent doing?)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.shutdown())
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.run()
+
+
+def _stop_service(service: Service) -> None:
+    """Stop one service; if it takes longer than :data:`_SLOW_STOP_S`, log it and dump every thread's stack."""
+
+    def slow() -> None:
+        event(log, "service slow to stop; thread stacks follow", level=logging.WARNING, service=service.name)
+        with contextlib.suppress(OSError, ValueError):  # stderr without a file descriptor (captured)
+            faulthandler.dump_traceback(sys.stderr, all_threads=True)
+
+    timer = threading.Timer(_SLOW_STOP_S, slow)
+    timer.daemon = True
+    timer.start()
+    try:
+        service.stop()
+    except Exception:
+        log.exception("stopping %s failed", service.name)
+    finally:
+        timer.cancel()
 
 
 def build_agent(config: AgentConfig) -> Agent:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import threading
 import time
+
+import pytest
 
 from edge.agent import Agent
 from edge.config import AgentConfig
@@ -53,4 +56,27 @@ def test_sigterm_delivered_to_a_service_thread_stops_the_agent() -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        faulthandler.unregister(signal.SIGUSR1)
     assert not service._thread.is_alive()
+
+
+class _SlowToStop:
+    name = "slow"
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        time.sleep(0.5)
+
+
+def test_a_service_slow_to_stop_gets_every_thread_stack_dumped(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("edge.agent._SLOW_STOP_S", 0.1)
+    agent = Agent(AgentConfig(), [_SlowToStop()])
+    agent.shutdown()
+    agent.run()
+    err = capfd.readouterr().err
+    assert "in stop" in err  # the stack shows where the service is stuck
+    assert "Thread 0x" in err or "Current thread" in err

@@ -115,12 +115,11 @@ def test_grant_install_and_balances(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.slow
 def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Path) -> None:
     import os
-    import queue
     import signal
     import socket
     import subprocess
     import sys
-    import threading
+    import time
 
     from edge.receipts.keys import generate_key, save_private_key
 
@@ -139,25 +138,28 @@ def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Pa
         "BTT_EDGE_CONTROL_ENABLED": "false",
     }
     argv = [sys.executable, "-m", "edge", "run", "--data-dir", str(data), "--port", str(port)]
-    with subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True) as agent:
-        stream = agent.stderr
-        assert stream is not None
-        lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True)
-        reader.start()
-        log: list[str] = []
-        try:
-            while not any("agent ready" in line for line in log):  # signal handlers are installed by then
-                log.append(lines.get(timeout=120))
-        except queue.Empty:
-            agent.kill()
-            pytest.fail("the agent did not get ready within 120 s:\n" + "".join(log))
+    log = tmp_path / "agent.log"
+    # stderr to a file, not a pipe: nothing here can block on the agent, whatever it does
+    with log.open("w") as err:
+        agent = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while "agent ready" not in log.read_text():  # signal handlers are installed by then
+            assert agent.poll() is None, "the agent exited:\n" + log.read_text()
+            assert time.monotonic() < deadline, "the agent did not get ready within 120 s:\n" + log.read_text()
+            time.sleep(0.1)
         agent.send_signal(signal.SIGTERM)
-        assert agent.wait(timeout=60) == 0
-        reader.join(timeout=10)
-    while not lines.empty():
-        log.append(lines.get())
-    text = "".join(log)
+        try:
+            code = agent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            agent.send_signal(signal.SIGUSR1)  # the agent writes every thread's stack to stderr
+            time.sleep(1)
+            pytest.fail("the agent did not stop within 60 s of SIGTERM:\n" + log.read_text())
+        assert code == 0, log.read_text()
+    finally:
+        agent.kill()
+        agent.wait()
+    text = log.read_text()
     assert "device identity provisioned" in text
     assert load_identity(KeyFiles(data / "keys")) is not None
 

@@ -133,6 +133,10 @@ def build_agent(config: AgentConfig) -> Agent:
     from ota.service import OtaService, build_updater, outbox_reporter
 
     updater = build_updater(config, outbox_reporter(outbox, data_dir))
+    # One image-sized job at a time: the pipeline (decode, model, findings) and the results builder (overlay, GSPS)
+    # each peak at a few hundred MB while they work on an image, so they take turns and the agent's peak is the
+    # larger of the two, not their sum (bench/inference: agent peak RSS).
+    image_lock = threading.Lock()
     if config.pipeline.enabled:
         from edge.pipeline.worker import PipelineService
 
@@ -145,6 +149,7 @@ def build_agent(config: AgentConfig) -> Agent:
             book=book,
             outbox=outbox,
             model_gate=updater,
+            image_lock=image_lock,
         )
         # A new image wakes the worker at once; polling stays as the fallback (e.g. after a restart).
         store.add_listener(pipeline_service.notify)
@@ -161,7 +166,9 @@ def build_agent(config: AgentConfig) -> Agent:
         from models.bundle import load_bundle
 
         analyses = RecordedAnalyses(lambda: load_bundle(updater.active_path()).manifest)
-        results_service = ResultsService(config.results, data_dir, analyses, calling_ae=config.dicom.ae_title)
+        results_service = ResultsService(
+            config.results, data_dir, analyses, calling_ae=config.dicom.ae_title, image_lock=image_lock
+        )
         services.append(results_service)
     if book is not None:
         services.append(SettlementService(config, book))

@@ -168,6 +168,7 @@ def test_tooth_numbers_follow_the_arch() -> None:
     assert numbers == ["16", "15", "14"]
     assert not labels[:, 10:20].any()
     assert np.array_equal(tooth_labels(teeth, ("51",) * 32), teeth.argmax(axis=0))
+    assert np.array_equal(tooth_labels(teeth.copy(), PERMANENT_FDI, consume=True), labels)  # same, in place
 
 
 def test_exclusive_kinds_in_one_place_keep_the_more_confident() -> None:

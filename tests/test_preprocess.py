@@ -218,3 +218,28 @@ def test_invalid_spacing_is_none(bad: list[object]) -> None:
     ds = Dataset()
     ds.ImagerPixelSpacing = bad
     assert pixel_spacing_mm(ds) is None
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT"])
+@pytest.mark.parametrize(("slope", "intercept"), [(1.0, 0.0), (2.0, -100.0)])
+def test_rescale_and_linear_window_match_pydicom_in_a_fraction_of_the_memory(
+    function: str, slope: float, intercept: float
+) -> None:
+    import tracemalloc
+
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+    ds = _read("MR_small.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.VOILUTFunction = function
+    ds.WindowCenter, ds.WindowWidth = float(np.median(ds.pixel_array)) * slope + intercept, 300.0
+    expected = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, prefer_lut=True)
+    stored = ds.pixel_array
+    tracemalloc.start()
+    try:
+        image = pixels_from_dataset(ds)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-2 * abs(slope))
+    assert peak < 3 * stored.size * 4 + 65536  # the float32 image and little else (pydicom: ~15x the stored image)

@@ -127,7 +127,7 @@ class Analyzer:
         lap("preprocess")
         outputs = self.backend.run(prepared.tensor)
         lap("infer")
-        findings = findings_from_outputs(outputs, manifest, prepared, spacing)
+        findings = findings_from_outputs(outputs, manifest, prepared, spacing, consume=True)
         lap("postprocess")
         timings["total"] = (time.perf_counter() - start) * 1000.0
         return self._result(uid, "analysed", timings, findings=tuple(findings))

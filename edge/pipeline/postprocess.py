@@ -138,19 +138,26 @@ def _monotone_columns(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
     return path
 
 
-def tooth_labels(teeth: npt.NDArray[np.float32], labels_fdi: tuple[str, ...]) -> npt.NDArray[np.intp]:
+def tooth_labels(
+    teeth: npt.NDArray[np.float32], labels_fdi: tuple[str, ...], *, consume: bool = False
+) -> npt.NDArray[np.intp]:
     """Tooth label per pixel (0 none, ``k`` the tooth ``labels_fdi[k - 1]``) from ``[1 + T, H, W]`` logits.
 
     Where the pixel is a tooth comes from the arg-max; which tooth, from the order teeth stand in on a panoramic:
     in each jaw, numbers run monotonically across the image (upper 18 ... 28 and lower 48 ... 38 from the image's
     left). Each column of each jaw gets the number that best fits the column's tooth probabilities under that
     order. This corrects the network's left/right and neighbour confusions. A manifest with teeth outside the
-    permanent dentition gets the plain arg-max.
+    permanent dentition gets the plain arg-max. With ``consume`` the softmax overwrites ``teeth`` instead of a copy
+    (at 512x1024 the logits are 66 MB).
     """
     labels = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
     if not set(labels_fdi) <= set(PERMANENT_FDI) or not labels.any():
         return labels
-    probs = teeth - teeth.max(axis=0, keepdims=True)  # one float32 copy; everything below is in place or 2-D
+    if consume:
+        probs = teeth
+        probs -= teeth.max(axis=0, keepdims=True)
+    else:
+        probs = teeth - teeth.max(axis=0, keepdims=True)  # one float32 copy; everything below is in place or 2-D
     np.exp(probs, out=probs)
     probs /= probs.sum(axis=0, keepdims=True)
     rank = {fdi: i for i, fdi in enumerate(PERMANENT_FDI)}
@@ -263,8 +270,10 @@ def findings_from_outputs(
     bundle_manifest: Any,
     prepared: _Transform,
     pixel_spacing_mm: tuple[float, float] | None,
+    *,
+    consume: bool = False,
 ) -> list[Finding]:
-    """Findings of one image from the model's outputs.
+    """Findings of one image from the model's outputs (with ``consume``, overwriting the tooth logits).
 
     ``bundle_manifest`` is a :class:`models.bundle.Manifest`; ``prepared`` the
     :class:`~edge.pipeline.preprocess.Prepared` of the image; ``pixel_spacing_mm`` is ``(row, column)`` spacing
@@ -281,7 +290,7 @@ def findings_from_outputs(
         )
     if teeth.shape[1:] != scores.shape[1:]:
         raise PipelineError(f"model outputs disagree in size: {teeth.shape[1:]} and {scores.shape[1:]}")
-    labels = tooth_labels(teeth, teeth_spec.labels_fdi)
+    labels = tooth_labels(teeth, teeth_spec.labels_fdi, consume=consume)
     width = labels.shape[1]
     if labels.any():
         distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)

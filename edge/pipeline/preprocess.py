@@ -155,17 +155,73 @@ def pixels_from_dataset(ds: Dataset, modalities: Collection[str] | None = None) 
         raise UnsupportedImage(f"cannot decode the pixel data ({name}): {exc}") from exc
     if stored.ndim != 2:
         raise UnsupportedImage(f"decoded pixel data has shape {stored.shape}, expected rows x columns")
-    try:
-        values: npt.NDArray[Any] = apply_modality_lut(stored, ds)
-    except (ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise UnsupportedImage(f"the modality LUT (rescale slope/intercept) is invalid: {exc}") from exc
-    if "VOILUTSequence" in ds or "WindowWidth" in ds:
-        # a malformed VOI is ignored: prepare() windows on the image's own percentiles anyway
-        with contextlib.suppress(ValueError, TypeError, AttributeError, IndexError, KeyError):
-            values = apply_voi_lut(values, ds, prefer_lut=True)
+    values: npt.NDArray[Any] | None = _linear_luts(stored, ds)
+    if values is None:  # a LUT sequence or a SIGMOID window: pydicom's general path (in float64)
+        try:
+            values = apply_modality_lut(stored, ds)
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise UnsupportedImage(f"the modality LUT (rescale slope/intercept) is invalid: {exc}") from exc
+        if "VOILUTSequence" in ds or "WindowWidth" in ds:
+            # a malformed VOI is ignored: prepare() windows on the image's own percentiles anyway
+            with contextlib.suppress(ValueError, TypeError, AttributeError, IndexError, KeyError):
+                values = apply_voi_lut(values, ds, prefer_lut=True)
     image = np.asarray(values, dtype=np.float32)
     if photometric == "MONOCHROME1":
         image = np.float32(np.nanmax(image) + np.nanmin(image)) - image
+    return image
+
+
+def _first_number(ds: Dataset, keyword: str) -> float:
+    element = ds[keyword]
+    return float(element.value[0] if element.VM > 1 else element.value)
+
+
+def _linear_luts(stored: npt.NDArray[Any], ds: Dataset) -> FloatArray | None:
+    """Rescale slope/intercept, then a LINEAR or LINEAR_EXACT window (PS3.3 C.11.2.1.2), in float32 and in place.
+
+    The same output as pydicom's ``apply_modality_lut`` and ``apply_voi_lut``, which work in float64 with several
+    image-sized temporaries (a 4.6 MB panoramic peaked at 67 MB, in the pipeline and again in the overlay). None
+    where a Modality or VOI LUT Sequence or a SIGMOID window needs pydicom's general path; a malformed window is
+    ignored, as there.
+    """
+    if "ModalityLUTSequence" in ds or "VOILUTSequence" in ds:
+        return None
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    windowed = "WindowCenter" in ds and "WindowWidth" in ds
+    if windowed and function not in ("LINEAR", "LINEAR_EXACT"):
+        return None
+    image = stored.astype(np.float32)
+    rescaled = ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None
+    slope, intercept = 1.0, 0.0
+    if rescaled:
+        try:
+            slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedImage(f"the modality LUT (rescale slope/intercept) is invalid: {exc}") from exc
+        if slope != 1.0:
+            image *= np.float32(slope)
+        if intercept != 0.0:
+            image += np.float32(intercept)
+    if not windowed:
+        return image
+    try:
+        center, width = _first_number(ds, "WindowCenter"), _first_number(ds, "WindowWidth")
+        bits = int(ds.BitsStored)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+        return image
+    if function == "LINEAR":
+        center, width = center - 0.5, width - 1.0
+    if width <= 0 or not math.isfinite(center) or not math.isfinite(width):
+        return image
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    y_min, y_max = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
+    if rescaled:
+        y_min, y_max = y_min * slope + intercept, y_max * slope + intercept
+    y_range = y_max - y_min
+    np.clip(image, center - width / 2, center + width / 2, out=image)
+    image -= np.float32(center)
+    image *= np.float32(y_range / width)
+    image += np.float32(0.5 * y_range + y_min)
     return image
 
 

@@ -128,8 +128,11 @@ class PipelineWorker:
         book: ReceiptBook | None = None,
         outbox: Outbox | None = None,
         on_outcome: Callable[[bool, str], None] | None = None,
+        image_lock: threading.Lock | None = None,
     ) -> None:
         self._conn = conn
+        self._image_lock = image_lock or threading.Lock()
+        """Held while an image is decoded and analysed (shared with the results builder; see ``build_agent``)."""
         self._data_dir = data_dir
         self.analyzer = analyzer
         """Replaceable between instances (a model update)."""
@@ -226,11 +229,12 @@ class PipelineWorker:
         uid = instance.sop_instance_uid
         if instance.pixels_pruned_at is not None:
             return self.analyzer.skipped(uid, "pixel data was removed by retention before analysis")
-        try:
-            ds = read_dataset(instance_path(self._data_dir, instance))
-        except UnsupportedImage as exc:
-            return self.analyzer.skipped(uid, str(exc))
-        result = self.analyzer.analyse(ds)
+        with self._image_lock:
+            try:
+                ds = read_dataset(instance_path(self._data_dir, instance))
+            except UnsupportedImage as exc:
+                return self.analyzer.skipped(uid, str(exc))
+            result = self.analyzer.analyse(ds)
         if result.sop_instance_uid != uid:
             raise PipelineError(f"the file of {uid} holds SOP Instance UID {result.sop_instance_uid}")
         return result
@@ -329,9 +333,11 @@ class PipelineService(BackgroundLoop):
         book: ReceiptBook | None = None,
         outbox: Outbox | None = None,
         model_gate: ModelGate | None = None,
+        image_lock: threading.Lock | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._load_analyzer = load_analyzer
+        self._image_lock = image_lock
         self._queue_size = queue_size
         self._poll = poll_interval_s
         self._book = book
@@ -362,6 +368,7 @@ class PipelineService(BackgroundLoop):
                 book=self._book,
                 outbox=self._outbox,
                 on_outcome=None if self._gate is None else self._gate.outcome,
+                image_lock=self._image_lock,
             )
             worker.recover()
             self.ready.set()

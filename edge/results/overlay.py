@@ -47,9 +47,13 @@ _TEXT = (255, 255, 255)
 
 
 def _to_grey8(pixels: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
-    lo, hi = np.percentile(pixels, (0.5, 99.5))
+    lo, hi = (float(v) for v in np.percentile(pixels, (0.5, 99.5)))
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    grey: npt.NDArray[np.uint8] = np.clip((pixels - lo) * scale, 0, 255).astype(np.uint8)
+    # in the image's own precision and in place: float64 scalars would make three float64 copies of a panoramic
+    work = pixels - pixels.dtype.type(lo)
+    work *= pixels.dtype.type(scale)
+    np.clip(work, 0, 255, out=work)
+    grey: npt.NDArray[np.uint8] = work.astype(np.uint8)
     return grey
 
 

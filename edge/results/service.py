@@ -15,6 +15,7 @@ The findings come from an :class:`AnalysisSource` (the pipeline's record of each
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -93,8 +94,11 @@ class ResultsService:
         calling_ae: str,
         sender: Sender | None = None,
         clock: Callable[[], float] = time.time,
+        image_lock: threading.Lock | None = None,
     ) -> None:
         self.config = config
+        self._image_lock = image_lock or threading.Lock()
+        """Held while a source image's pixels are read and drawn on (shared with the pipeline; see ``build_agent``)."""
         self.data_dir = data_dir
         self.analyses = analyses
         self.destinations: tuple[DestinationConfig, ...] = config.all_destinations()
@@ -222,8 +226,11 @@ class ResultsService:
             for kind, builder in _BUILDERS.items():
                 if kind == "gsps" and not self._targets("gsps"):
                     continue
-                source = self._read(instance.path, pixels=kind != "sr")
-                obj = self._write(builder(source, analysis, self.uids), kind, uid, instance.study_uid)
+                with self._image_lock if kind != "sr" else contextlib.nullcontext():
+                    source = self._read(instance.path, pixels=kind != "sr")
+                    built = builder(source, analysis, self.uids)
+                    del source
+                obj = self._write(built, kind, uid, instance.study_uid)
                 with transaction(conn):
                     queue.enqueue(conn, obj, self._targets(kind), self.clock())
                     if kind == _LAST_KIND:

@@ -2,12 +2,15 @@
 
 The session gets the bundle's verified bytes, never a path, so what runs is what was hashed. Graph optimisation
 is at ``ORT_ENABLE_ALL`` (constant folding, conv/batch-norm/activation fusions, NCHWc layout on x86), execution
-is sequential with ``threads`` intra-op threads (not spinning) and one inter-op thread, and the CPU memory arena is
-off (peak memory; see ``session_options``).
+is sequential with ``threads`` intra-op threads (not spinning) and one inter-op thread, and CPU memory comes from
+one process-wide arena whose first chunk holds a whole panoramic's activations (speed and peak memory; see
+:func:`session_options`).
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,23 @@ def _ort() -> Any:
     return onnxruntime
 
 
+ARENA_INITIAL_CHUNK_MB = 256
+"""The CPU arena's first chunk. Measured at 512x1024 with the reference U-Net (bench/RESULTS.md): without an arena,
+every run page-faults ~300 MB of fresh activations and the model step takes 2.4x as long; ONNX Runtime's default
+arena grows by powers of two and peaked at ~530 MB; one chunk this size that the memory pattern fits in peaked at
+~390 MB at the same speed. A bigger network simply extends the arena."""
+
+_arena_lock = threading.Lock()
+
+
+@functools.cache
+def _register_arena(ort: Any) -> None:
+    """Register the process-wide CPU arena, once (sessions opt in with ``session.use_env_allocators``)."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    # (max memory: unlimited, extend strategy: next power of two, initial chunk, max dead bytes: default)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 0, ARENA_INITIAL_CHUNK_MB * 1024 * 1024, -1))
+
+
 def session_options(options: BackendOptions) -> Any:
     """The ``SessionOptions`` every ONNX Runtime backend uses."""
     ort = _ort()
@@ -39,9 +59,12 @@ def session_options(options: BackendOptions) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = options.threads
     so.inter_op_num_threads = 1
-    # No CPU arena: the arena keeps its high-water mark of full-resolution activations for the life of the
-    # session, which costs ~150 MB of resident memory at 512x1024 for no measurable speed-up on one image at a time.
-    so.enable_cpu_mem_arena = False
+    # The arena keeps a panoramic's activations resident between runs (see ARENA_INITIAL_CHUNK_MB); one arena for
+    # the process, so an A/B model switch reuses it instead of holding two.
+    with _arena_lock:  # functools.cache alone may call it twice from two threads; registering twice fails
+        _register_arena(ort)
+    so.enable_cpu_mem_arena = True
+    so.add_session_config_entry("session.use_env_allocators", "1")
     # Worker threads sleep instead of spinning between operators: the box runs the SCP, sync and other jobs beside
     # the model, and on a busy 2-core machine spinning threads took CPU from the ones doing the work.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")

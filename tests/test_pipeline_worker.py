@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -295,3 +296,19 @@ def test_model_gate_swaps_the_analyzer_when_idle_and_sees_outcomes(tmp_path: Pat
     assert first.calls == 0
     assert gate.outcomes == [(True, "")]
     assert second.closed
+
+
+def test_analysis_waits_its_turn_on_the_image_lock(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    """The results builder holds the lock while it draws an overlay: the pipeline waits, then analyses."""
+    (uid,) = _receive(conn, tmp_path, 1)
+    lock = threading.Lock()
+    worker = PipelineWorker(conn, tmp_path, _analyzer(), image_lock=lock)
+    with lock:
+        runner = threading.Thread(target=worker.drain, daemon=True)
+        runner.start()
+        runner.join(0.5)
+        assert runner.is_alive()  # blocked on the lock, nothing recorded yet
+        assert _state(conn, uid)[0] != "analysed"
+    runner.join(10)
+    assert not runner.is_alive()
+    assert _state(conn, uid)[0] == "analysed"

@@ -243,3 +243,14 @@ def test_rescale_and_linear_window_match_pydicom_in_a_fraction_of_the_memory(
         tracemalloc.stop()
     np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-2 * abs(slope))
     assert peak < 3 * stored.size * 4 + 65536  # the float32 image and little else (pydicom: ~15x the stored image)
+
+
+def test_a_linear_window_one_wide_thresholds_as_pydicom_does() -> None:
+    from pydicom.pixels.processing import apply_voi_lut
+
+    ds = _read("MR_small.dcm")
+    ds.WindowCenter, ds.WindowWidth = float(np.median(ds.pixel_array)), 1.0
+    expected = apply_voi_lut(ds.pixel_array, ds, prefer_lut=True)
+    image = pixels_from_dataset(ds)
+    assert set(np.unique(image)) == {-32768.0, 32767.0}
+    np.testing.assert_array_equal(image, expected)

@@ -211,13 +211,16 @@ def _linear_luts(stored: npt.NDArray[Any], ds: Dataset) -> FloatArray | None:
         return image
     if function == "LINEAR":
         center, width = center - 0.5, width - 1.0
-    if width <= 0 or not math.isfinite(center) or not math.isfinite(width):
+    if width < 0 or (width == 0 and function != "LINEAR") or not math.isfinite(center) or not math.isfinite(width):
         return image
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     y_min, y_max = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
     if rescaled:
         y_min, y_max = y_min * slope + intercept, y_max * slope + intercept
     y_range = y_max - y_min
+    if width == 0:  # a LINEAR window 1 wide: a threshold
+        threshold: FloatArray = np.where(image <= np.float32(center), np.float32(y_min), np.float32(y_max))
+        return threshold
     np.clip(image, center - width / 2, center + width / 2, out=image)
     image -= np.float32(center)
     image *= np.float32(y_range / width)

@@ -104,7 +104,10 @@ class FindingClass:
 
 @dataclass(frozen=True)
 class TeethOutput:
-    """The tooth-label output: softmax over ``1 + len(labels_fdi)`` channels, channel 0 background."""
+    """The tooth-label output: softmax over ``1 + len(labels_fdi)`` channels, channel 0 background.
+
+    It may be at a whole fraction (1/2, 1/4 ...) of the findings output's size: labels are repeated up.
+    """
 
     name: str
     labels_fdi: tuple[str, ...]

@@ -78,6 +78,13 @@ def test_regions_become_findings_on_their_teeth() -> None:
     assert loss.bone_loss_pct == pytest.approx(40.0)
 
 
+def test_a_tooth_head_at_half_resolution_gives_the_same_findings() -> None:
+    teeth, scores = _outputs()  # tooth boundaries on even rows and columns: the half grid holds them exactly
+    full = findings_from_outputs({"teeth": teeth, "findings": scores}, _manifest(), _prepared(), (0.1, 0.2))
+    half = {"teeth": np.ascontiguousarray(teeth[:, :, ::2, ::2]), "findings": scores}
+    assert findings_from_outputs(half, _manifest(), _prepared(), (0.1, 0.2)) == full
+
+
 def test_without_spacing_no_mm() -> None:
     teeth, scores = _outputs()
     found = findings_from_outputs({"teeth": teeth[0], "findings": scores[0]}, _manifest(), _prepared(), None)
@@ -113,6 +120,8 @@ def test_no_teeth_means_no_tooth_numbers() -> None:
         ({"teeth": np.zeros((1, 33, H, W)), "findings": np.zeros((1, 3, H, W))}, "finding channels"),
         ({"teeth": np.zeros((2, 33, H, W)), "findings": np.zeros((2, 7, H, W))}, "batch size 2"),
         ({"teeth": np.zeros((33, H, W)), "findings": np.zeros((7, H, W // 2))}, "disagree in size"),
+        ({"teeth": np.zeros((33, H // 2, W)), "findings": np.zeros((7, H, W))}, "disagree in size"),
+        ({"teeth": np.zeros((33, H // 3, W // 3)), "findings": np.zeros((7, H, W))}, "disagree in size"),
         ({"teeth": np.zeros((H, W)), "findings": np.zeros((7, H, W))}, "expected"),
     ],
 )

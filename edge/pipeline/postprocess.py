@@ -1,8 +1,9 @@
 """Model outputs -> findings in source pixels (pure: arrays in, :class:`~edge.pipeline.findings.Finding` out).
 
-The reference model's outputs, for one image: ``teeth`` logits ``[1, 1 + T, H, W]`` (softmax; channel 0 is
-background, channel ``k`` is the tooth ``labels_fdi[k - 1]`` of the manifest) and ``findings`` logits
-``[1, K, H, W]`` (independent sigmoids, one per finding class in manifest order).
+The reference model's outputs, for one image: ``teeth`` logits ``[1, 1 + T, H/s, W/s]`` (softmax; channel 0 is
+background, channel ``k`` is the tooth ``labels_fdi[k - 1]`` of the manifest; ``s`` a whole number, 2 for the
+reference model) and ``findings`` logits ``[1, K, H, W]`` (independent sigmoids, one per finding class in manifest
+order).
 
 Tooth numbers follow the order of the arch (:func:`tooth_labels`). Every model pixel is given to its nearest
 tooth (a Voronoi partition of the tooth labels). A finding is a connected region of one class above the class
@@ -39,6 +40,7 @@ __all__ = [
     "box_iou",
     "findings_from_outputs",
     "region_outline",
+    "repeat_labels",
     "tooth_labels",
 ]
 
@@ -148,7 +150,7 @@ def tooth_labels(
     left). Each column of each jaw gets the number that best fits the column's tooth probabilities under that
     order. This corrects the network's left/right and neighbour confusions. A manifest with teeth outside the
     permanent dentition gets the plain arg-max. With ``consume`` the softmax overwrites ``teeth`` instead of a copy
-    (at 512x1024 the logits are 66 MB).
+    (33 channels at 256x512 are 17 MB). Labels come at the logits' resolution (see :func:`repeat_labels`).
     """
     labels = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
     if not set(labels_fdi) <= set(PERMANENT_FDI) or not labels.any():
@@ -182,6 +184,22 @@ def tooth_labels(
         rows, cols = np.nonzero(jaw)
         result[rows, cols] = column_label[cols]
     return result
+
+
+def repeat_labels(labels: npt.NDArray[np.intp], shape: tuple[int, int]) -> npt.NDArray[np.intp]:
+    """Tooth ``labels`` made at a whole fraction (1, 1/2, 1/4 ...) of ``shape``, each repeated up to it.
+
+    A tooth head may work below the model's input resolution (the reference model's does, at 1/2): tooth numbers
+    need context, not the last pixel, and full-resolution tooth logits would be the largest tensor of the run.
+    """
+    rows, cols = shape
+    height, width = labels.shape
+    factor = rows // height if height else 0
+    if factor < 1 or (height * factor, width * factor) != (rows, cols):
+        raise PipelineError(f"model outputs disagree in size: tooth labels {labels.shape}, findings {(rows, cols)}")
+    if factor == 1:
+        return labels
+    return np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)
 
 
 def _single(outputs: dict[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.float32]:
@@ -288,9 +306,8 @@ def findings_from_outputs(
             f"model outputs have {teeth.shape[0]} tooth and {scores.shape[0]} finding channels; the manifest "
             f"expects {len(teeth_spec.labels_fdi) + 1} and {len(classes)}"
         )
-    if teeth.shape[1:] != scores.shape[1:]:
-        raise PipelineError(f"model outputs disagree in size: {teeth.shape[1:]} and {scores.shape[1:]}")
     labels = tooth_labels(teeth, teeth_spec.labels_fdi, consume=consume)
+    labels = repeat_labels(labels, (scores.shape[1], scores.shape[2]))
     width = labels.shape[1]
     if labels.any():
         distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)

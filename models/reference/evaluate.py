@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.pipeline.findings import Finding
-from edge.pipeline.postprocess import box_iou, findings_from_outputs, tooth_labels
+from edge.pipeline.postprocess import box_iou, findings_from_outputs, repeat_labels, tooth_labels
 from models.bundle import Bundle
 from models.reference.data import EVAL_SEED_BASE, sample
 
@@ -69,7 +69,7 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
     for seed in seeds:
         s = sample(seed, manifest.input)
         teeth, scores = session.run(names, {manifest.input.name: s.image[np.newaxis]})
-        labels = tooth_labels(teeth[0], labels_fdi)
+        labels = repeat_labels(tooth_labels(teeth[0], labels_fdi), (s.teeth.shape[0], s.teeth.shape[1]))
         for k in range(1, len(labels_fdi) + 1):
             pred, true = labels == k, s.teeth == k
             teeth_inter[k] += np.logical_and(pred, true).sum()

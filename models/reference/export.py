@@ -1,8 +1,9 @@
 """Export trained weights to ONNX and write the reference bundle (PyTorch, ``train`` extra).
 
-The bundle holds ``model.onnx`` (input ``image`` ``[N, 1, 512, 1024]``, outputs ``teeth`` and ``findings``,
-batch dimension dynamic), golden vectors computed with ONNX Runtime on held-out synthetic radiographs, and the
-manifest with the sha256 of every file.
+The bundle holds ``model.onnx`` (input ``image`` ``[N, 1, 512, 1024]``, outputs ``teeth`` at 1/2 resolution and
+``findings``, batch dimension dynamic; the full-resolution stages padded for ONNX Runtime's layout, same outputs),
+golden vectors computed with ONNX Runtime on held-out synthetic radiographs, and the manifest with the sha256 of
+every file.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from models.bundle import (
 )
 from models.golden import build_golden
 from models.reference.data import EVAL_SEED_BASE, sample
+from models.reference.network import UNet
 from models.reference.spec import BUNDLE_ID, CLASSES, DESCRIPTION, INPUT_SPEC, REQUIRES_AGENT, TASK, VERSION
 from models.reference.train import load_network
 
-__all__ = ["GOLDEN_ATOL", "GOLDEN_SEEDS", "export_bundle", "export_onnx"]
+__all__ = ["CHANNEL_BLOCK", "GOLDEN_ATOL", "GOLDEN_SEEDS", "export_bundle", "export_onnx", "pad_full_resolution"]
 
 GOLDEN_SEEDS = (EVAL_SEED_BASE - 1,)
 """Golden inputs: synthetic radiographs outside both the training and the held-out evaluation seeds."""
@@ -40,25 +42,47 @@ GOLDEN_ATOL = 0.05
 _GOLDEN_SAMPLES = 4096
 
 
-class _Exported(torch.nn.Module):
-    """The network with the full-image coordinate offset fixed, so the graph has one input."""
+CHANNEL_BLOCK = 16
+"""ONNX Runtime's NCHWc layout block on AVX-512 (8 on AVX2): the full-resolution stages are padded up to it."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out: tuple[torch.Tensor, torch.Tensor] = self.net(image)
-        return out
+def pad_full_resolution(net: UNet, block: int = CHANNEL_BLOCK) -> UNet:
+    """The same function as ``net`` with its full-resolution width padded with zero channels to a multiple of ``block``.
+
+    ONNX Runtime computes convolutions in blocks of ``block`` channels anyway; an 8-channel tensor is padded for each
+    convolution and reordered back to plain NCHW for the skip connection's concatenation, which cost ~15 ms of a
+    ~95 ms run at 512x1024 (bench/RESULTS.md). Padded channels have zero weights, zero bias and BatchNorm mean 0,
+    variance 1, scale 0, so they stay zero after ReLU and add exact zeros to every sum: the outputs are unchanged.
+    """
+    w0 = net.stem[0].out_channels
+    padded = -(-w0 // block) * block
+    if padded == w0:
+        return net
+    widths = (padded, *(getattr(net, f"down{i}")[0].out_channels for i in range(1, 5)))
+    height, width = (size * 8 for size in net.coords.shape[2:])
+    wide = UNet(net.teeth_head.out_channels, net.findings_head.out_channels, height, width, widths)
+    w1 = widths[1]
+    state = {}
+    for key, target in wide.state_dict().items():
+        old = net.state_dict()[key]
+        new = torch.ones_like(target) if key.endswith("running_var") else torch.zeros_like(target)
+        if key == "up0.0.weight":  # inputs are cat([upsampled d1 (w1), stem (w0 -> padded)])
+            new[:w0, :w1] = old[:, :w1]
+            new[:w0, w1 : w1 + w0] = old[:, w1:]
+        else:
+            new[tuple(slice(0, n) for n in old.shape)] = old
+        state[key] = new
+    wide.load_state_dict(state)
+    return wide.eval()
 
 
 def export_onnx(weights: Path) -> bytes:
-    """The ONNX graph of the trained network (opset 17, batch dimension dynamic)."""
-    net = copy.deepcopy(load_network(weights))
+    """The ONNX graph of the trained network, channel-padded (opset 17, batch dimension dynamic)."""
+    net = pad_full_resolution(copy.deepcopy(load_network(weights)))
     dummy = torch.zeros(1, INPUT_SPEC.channels, INPUT_SPEC.height, INPUT_SPEC.width)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_NAME
-        _to_onnx(_Exported(net).eval(), dummy, path)
+        _to_onnx(net.eval(), dummy, path)
         return path.read_bytes()
 
 

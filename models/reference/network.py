@@ -4,8 +4,9 @@ Input ``[N, 1, H, W]`` (``H`` and ``W`` multiples of 16). A full-resolution stem
 to 1/16; at 1/8 two coordinate channels (the position across and down the full image, in [-1, 1]) are projected
 and added so that the network can tell the patient's right from left and name teeth; a decoder back up with
 skips. The tooth head
-works at 1/2 resolution and is upsampled (tooth labels need context, not the last pixel); the findings head
-works at full resolution (caries are a few pixels across).
+works at, and returns, 1/2 resolution (tooth labels need context, not the last pixel; training upsamples them with
+:func:`upsample` for its loss, the agent repeats the labels): at full resolution the 33 tooth channels would be
+the largest tensor the model makes. The findings head works at full resolution (caries are a few pixels across).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "upsample"]
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -29,7 +30,7 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """Small U-Net; ``forward`` returns ``(teeth_logits, findings_logits)`` at input resolution."""
+    """Small U-Net; ``forward`` returns ``(teeth_logits, findings_logits)`` at 1/2 and at input resolution."""
 
     coords: torch.Tensor
 
@@ -55,21 +56,24 @@ class UNet(nn.Module):
         grid = torch.stack([xs[None, :].expand(ys.numel(), -1), ys[:, None].expand(-1, xs.numel())])
         self.register_buffer("coords", grid[None], persistent=True)
 
-    def forward(self, x: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
-        """``offset``: ``(row, col)`` of this input within the full image (for crops in training; multiple of 16)."""
+    def forward(self, x: torch.Tensor, offset: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``offset``: ``(row, col)`` of a crop within the full image (training; multiple of 16); None: the image."""
         s0 = self.stem(x)
         s1 = self.down1(s0)
         s2 = self.down2(s1)
         s3 = self.down3(s2)
-        rows, cols = s3.shape[2], s3.shape[3]
-        oy, ox = offset[0] // 8, offset[1] // 8
-        s4 = self.down4(s3 + self.position(self.coords[:, :, oy : oy + rows, ox : ox + cols]))
-        d3 = self.up3(torch.cat([_up(s4), s3], 1))
-        d2 = self.up2(torch.cat([_up(d3), s2], 1))
-        d1 = self.up1(torch.cat([_up(d2), s1], 1))
-        d0 = self.up0(torch.cat([_up(d1), s0], 1))
-        return _up(self.teeth_head(d1)), self.findings_head(d0)
+        coords = self.coords
+        if offset is not None:
+            oy, ox = offset[0] // 8, offset[1] // 8
+            coords = coords[:, :, oy : oy + s3.shape[2], ox : ox + s3.shape[3]]
+        s4 = self.down4(s3 + self.position(coords))
+        d3 = self.up3(torch.cat([upsample(s4), s3], 1))
+        d2 = self.up2(torch.cat([upsample(d3), s2], 1))
+        d1 = self.up1(torch.cat([upsample(d2), s1], 1))
+        d0 = self.up0(torch.cat([upsample(d1), s0], 1))
+        return self.teeth_head(d1), self.findings_head(d0)
 
 
-def _up(x: torch.Tensor) -> torch.Tensor:
+def upsample(x: torch.Tensor) -> torch.Tensor:
+    """Twice the size, bilinear."""
     return functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)

@@ -27,7 +27,7 @@ from torch.nn import functional
 
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.reference.data import sample
-from models.reference.network import UNet
+from models.reference.network import UNet, upsample
 from models.reference.spec import CLASSES, INPUT_SPEC
 
 __all__ = ["TrainConfig", "build_network", "load_network", "train"]
@@ -116,7 +116,8 @@ def _stage(
         x = x * gain
         t = torch.from_numpy(teeth[idx, oy : oy + ch, ox : ox + cw].astype(np.int64))
         f = ((torch.from_numpy(bits[idx, oy : oy + ch, ox : ox + cw])[:, None] >> shifts) & 1).float()
-        teeth_logits, find_logits = net(x, (oy, ox))
+        half_teeth, find_logits = net(x, (oy, ox))
+        teeth_logits = upsample(half_teeth)
         teeth_probs = teeth_logits.softmax(1)
         onehot = functional.one_hot(t, teeth_logits.shape[1]).permute(0, 3, 1, 2).float()
         loss = (

@@ -59,7 +59,7 @@ def test_clinical_image_pauses_shared_job_in_running_agent(tmp_path: Path, dcmtk
         assert offer is not None
         fields = {
             "job_id": "agent-job", "device": offer["signed"]["device"], "offer_id": offer["signed"]["offer_id"],
-            "bundle": _blob(blobs, _bundle_tar()), "batch": _blob(blobs, _batch(3)), "items": 3,
+            "bundle": _blob(blobs, _bundle_tar()), "batch": _blob(blobs, _batch(12)), "items": 12,
             "price_per_item_micro": offer["signed"]["price_per_item_micro"], "issued_ms": now_ms(),
             "expires_ms": now_ms() + 600_000,
         }  # fmt: skip

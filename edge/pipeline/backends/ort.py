@@ -68,9 +68,6 @@ def session_options(options: BackendOptions) -> Any:
     # Worker threads sleep instead of spinning between operators: the box runs the SCP, sync and other jobs beside
     # the model, and on a busy 2-core machine spinning threads took CPU from the ones doing the work.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Denormal floats (below 1.2e-38) are computed as zero: a real radiograph makes a few, each one slow on x86
-    # (4 % of the reference model's run); the golden vectors check every bundle with this on.
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     so.log_severity_level = 3
     if options.optimized_model_path is not None:
         so.optimized_model_filepath = str(options.optimized_model_path)

@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--key-file", type=Path)
     run_p.add_argument("--batch-max", type=int, default=IngestConfig.batch_max)
     run_p.add_argument("--batch-wait-ms", type=int, default=IngestConfig.batch_wait_ms)
+    run_p.add_argument(
+        "--verify-threads",
+        type=int,
+        default=IngestConfig.verify_threads,
+        help="threads checking signatures side by side (default %(default)s)",
+    )
     run_p.add_argument("--operator", default=LedgerConfig.operator, help="billed for uses without a right")
     run_p.add_argument("--log-format", choices=("text", "json"), default="text")
     run_p.add_argument("--capacity-key", type=Path, help="private key file signing spare-capacity jobs (dispatch on)")
@@ -161,8 +167,9 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
     from cloud_relay.ingest import Ingestor
 
     consumer = None
+    ingestor = Ingestor(db, verify_threads=config.ingest.verify_threads)
     if config.mqtt is not None:
-        consumer = Consumer(config.mqtt, Ingestor(db), config.ingest)
+        consumer = Consumer(config.mqtt, ingestor, config.ingest)
         consumer.start()
     capacity = None  # spare-capacity dispatch (cloud_relay.capacity), with --capacity-key
     if config.mqtt is not None and config.capacity_key is not None:
@@ -197,6 +204,7 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
             capacity.stop()
         if consumer is not None:
             consumer.stop()
+        ingestor.close()
 
 
 def _run(args: argparse.Namespace, db: Database) -> int:
@@ -214,7 +222,9 @@ def _run(args: argparse.Namespace, db: Database) -> int:
             key_file=args.key_file,
         ),
         http=HttpConfig(host=args.http_host, port=args.http_port),
-        ingest=IngestConfig(batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms),
+        ingest=IngestConfig(
+            batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, verify_threads=args.verify_threads
+        ),
         ledger=LedgerConfig(operator=args.operator),
         capacity_key=args.capacity_key,
     )

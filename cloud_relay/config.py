@@ -95,9 +95,14 @@ class IngestConfig:
     """How long a batch waits to fill after its first message, 0-1000 ms."""
     retry_s: float = 1.0
     """Pause before retrying a batch the database refused (nothing is acked meanwhile), 0.05-60 s."""
+    verify_threads: int = 2
+    """Threads checking a batch's signatures side by side (PyNaCl releases the GIL), 1-64; 1: no extra thread."""
 
     def __post_init__(self) -> None:
-        _check_bounds(self, {"batch_max": (1, 10_000), "batch_wait_ms": (0, 1000), "retry_s": (0.05, 60)})
+        _check_bounds(
+            self,
+            {"batch_max": (1, 10_000), "batch_wait_ms": (0, 1000), "retry_s": (0.05, 60), "verify_threads": (1, 64)},
+        )
 
 
 @dataclass(frozen=True)

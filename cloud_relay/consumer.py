@@ -1,63 +1,37 @@
-"""The MQTT side of a relay worker: a shared subscription in, application acks out (paho-mqtt 2, MQTT v5).
+"""The MQTT side of a relay worker: a shared subscription in, application acks out (MQTT v5).
 
 The worker subscribes to ``$share/<group>/btt/v1/dev/+/up/#`` with QoS 1 and a persistent session (clean
 start off, session expiry), so the broker splits the devices' stream between the workers of a group and keeps
-what a worker has not acknowledged while it is away. Messages are acknowledged to the broker by hand
-(``manual_ack``): a message's PUBACK goes out only after the transaction that stored it has committed, and the
-application ack to the device is published after that commit too. A worker killed at any point therefore loses
-nothing: the broker redelivers what it had not PUBACKed, the device resends what it had no application ack for,
-and the store de-duplicates.
+what a worker has not acknowledged while it is away. One thread receives a batch (up to ``batch_max`` messages,
+waiting at most ``batch_wait_ms`` after the first), stores it in one transaction, and only after the commit sends
+the batch's application acks (QoS 0: a lost one makes the device resend, and the store de-duplicates) and its
+PUBACKs, together. A worker killed at any point therefore loses nothing: the broker redelivers what it had not
+PUBACKed, the device resends what it had no application ack for, and the store de-duplicates. A batch the
+database refuses is retried after ``retry_s`` without acking anything; a lost connection is re-established with
+exponential backoff and full jitter (1-30 s) and the batch in hand is dropped (the broker redelivers it).
 
-Messages are grouped (up to ``batch_max`` or ``batch_wait_ms``) into one transaction; a batch the database
-refuses is retried after ``retry_s`` without acking anything.
+The connection is :class:`cloud_relay.subscriber.Subscription`, not paho-mqtt: see that module for why.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import ssl
 import threading
 import time
-from dataclasses import dataclass
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_relay.config import IngestConfig, MqttConfig
 from cloud_relay.errors import BrokerError, StorageError
 from cloud_relay.ingest import TOPIC_FILTER, Ingestor, UpMessage, ack_topic
+from cloud_relay.subscriber import Delivery, Subscription, puback_packet, publish_packet
 from edge.logs import event
+from edge.sync.backoff import Backoff
 
-__all__ = ["Consumer", "mqtt_client"]
+__all__ = ["Consumer"]
 
 log = logging.getLogger("cloud_relay.consumer")
 
-
-def mqtt_client(config: MqttConfig, *, client_id: str, manual_ack: bool = False) -> mqtt.Client:
-    """A paho MQTT v5 client with the relay's credentials, TLS and reconnect delay from ``config`` (not connected)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
-    if config.username is not None:
-        client.username_pw_set(config.username, config.password)
-    if config.tls:
-        client.tls_set(
-            ca_certs=None if config.ca_file is None else str(config.ca_file),
-            certfile=None if config.cert_file is None else str(config.cert_file),
-            keyfile=None if config.key_file is None else str(config.key_file),
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    return client
-
-
-@dataclass(frozen=True)
-class _Received:
-    message: UpMessage
-    mid: int
-    qos: int
+_POLL_S = 0.2
+"""Longest wait for a message before the loop looks at ``stop`` (and the keep-alive) again."""
 
 
 class Consumer:
@@ -67,42 +41,21 @@ class Consumer:
         self._config = mqtt_config
         self._ingestor = ingestor
         self._ingest = ingest_config
-        self._queue: queue.Queue[_Received] = queue.Queue()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._backoff = Backoff(1.0, 30.0)
         self._thread = threading.Thread(target=self._run, name="relay-ingest", daemon=True)
         self.processed = 0
         """Messages stored (or rejected) and acknowledged so far."""
-        self._client = self._make_client()
 
     @property
     def subscription(self) -> str:
         return f"$share/{self._config.group}/{TOPIC_FILTER}"
 
-    def _make_client(self) -> mqtt.Client:
-        c = self._config
-        client = mqtt_client(c, client_id=c.client_id, manual_ack=True)
-        client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(c.receive_maximum)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
-
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect (in the background, retrying) and start the ingest thread."""
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._config.session_expiry_s
-        props.ReceiveMaximum = self._config.receive_maximum
-        try:
-            self._client.connect_async(
-                self._config.host, self._config.port, self._config.keepalive_s, clean_start=False, properties=props
-            )
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot connect to {self._config.host}:{self._config.port}: {exc}") from exc
-        self._client.loop_start()
+        """Connect (in the background, retrying) and consume."""
         self._thread.start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -114,79 +67,69 @@ class Consumer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._client.disconnect()
-        self._client.loop_stop()
 
-    # --- paho callbacks (paho's network thread) -------------------------------------------------------------
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            event(log, "broker refused the connection", level=logging.ERROR, reason=str(reason))
-            return
-        result, _ = client.subscribe(self.subscription, qos=1)
-        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            event(log, "subscribe failed", level=logging.ERROR, result=str(result))
-            return
-        event(log, "connected", broker=f"{self._config.host}:{self._config.port}", session=flags.session_present)
-        self._connected.set()
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._connected.clear()
-        if not self._stop.is_set():
-            event(log, "disconnected; reconnecting", level=logging.WARNING, reason=str(reason))
-
-    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self._queue.put(_Received(UpMessage(message.topic, bytes(message.payload)), message.mid, message.qos))
-
-    # --- the ingest thread --------------------------------------------------------------------------------
-
-    def _next_batch(self) -> list[_Received]:
-        try:
-            batch = [self._queue.get(timeout=0.2)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + self._ingest.batch_wait_ms / 1000
-        while len(batch) < self._ingest.batch_max:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(self._queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-        return batch
+    # --- the consumer thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        broker = f"{self._config.host}:{self._config.port}"
         while not self._stop.is_set():
-            batch = self._next_batch()
+            connection = Subscription(self._config, self.subscription)
+            try:
+                connection.open()
+                event(log, "connected", broker=broker, session=connection.session_present)
+                self._backoff.reset()
+                self._connected.set()
+                self._serve(connection)
+            except BrokerError as exc:
+                if self._connected.is_set():
+                    event(log, "disconnected; reconnecting", level=logging.WARNING, reason=str(exc))
+                else:
+                    event(log, "cannot connect; retrying", level=logging.ERROR, broker=broker, reason=str(exc))
+                self._connected.clear()
+                self._stop.wait(self._backoff.next_delay())
+            finally:
+                connection.close()
+        self._connected.clear()
+
+    def _serve(self, connection: Subscription) -> None:
+        """Receive, store, acknowledge, until ``stop``; BrokerError when the connection fails."""
+        received: list[Delivery] = []
+        while not self._stop.is_set():
+            if len(received) < self._ingest.batch_max:
+                received += self._fill(connection, received)
+            batch, received = received[: self._ingest.batch_max], received[self._ingest.batch_max :]
             while batch:
                 try:
-                    acks = self._ingestor.handle([r.message for r in batch])
+                    acks = self._ingestor.handle([UpMessage(d.topic, d.payload) for d in batch])
                 except StorageError as exc:
                     event(log, "store failed; batch not acked, retrying", level=logging.ERROR, error=str(exc))
-                    if self._stop.wait(self._ingest.retry_s):
+                    if self._pause(connection, self._ingest.retry_s):
                         return
                     continue
-                for ack in acks:
-                    self._client.publish(ack_topic(ack.device), ack.payload(), qos=1)
-                for received in batch:
-                    self._client.ack(received.mid, received.qos)
+                out = [publish_packet(ack_topic(ack.device), ack.payload()) for ack in acks]
+                out += [puback_packet(d.packet_id) for d in batch if d.qos]
+                connection.send(b"".join(out))
                 self.processed += len(batch)
                 batch = []
+
+    def _fill(self, connection: Subscription, held: list[Delivery]) -> list[Delivery]:
+        """Messages received to add to ``held``: waits for a first one, then up to ``batch_wait_ms`` for more."""
+        more = [] if held else connection.receive(_POLL_S)
+        if not more and not held:
+            return more
+        deadline = time.monotonic() + self._ingest.batch_wait_ms / 1000
+        while len(held) + len(more) < self._ingest.batch_max:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            more += connection.receive(remaining)
+        return more
+
+    def _pause(self, connection: Subscription, seconds: float) -> bool:
+        """Wait ``seconds`` keeping the connection alive; whether ``stop`` was set meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(remaining, self._config.keepalive_s / 4)):
+                return True
+            connection.keep_alive()
+        return self._stop.is_set()

@@ -30,9 +30,11 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cloud_relay.config import IngestConfig
 from cloud_relay.errors import NotYet, Rejected
 from cloud_relay.registry import device_certificates, load_trust, store_certificate
 from cloud_relay.storage import Database, Tx
@@ -117,13 +119,54 @@ def _items(device: str, kind: str, payload: bytes) -> list[_Item]:
     return out
 
 
-class Ingestor:
-    """Verifies and stores batches of up messages (see the module docstring)."""
+_VerifyJob = tuple[Any, Mapping[str, DeviceCertificate], Trust, Checkpoint]
+_Outcome = tuple[Receipt, bytes] | VerificationError
 
-    def __init__(self, db: Database, clock: Callable[[], int] = now_ms) -> None:
+
+def _verify_chunk(jobs: Sequence[_VerifyJob]) -> list[_Outcome]:
+    """Each receipt envelope verified on its own, its error kept (pure: no database; PyNaCl releases the GIL)."""
+    out: list[_Outcome] = []
+    for envelope, certs, trust, checkpoint in jobs:
+        try:
+            ((receipt, body),) = verify_receipts([envelope], certs, trust, checkpoint)
+        except VerificationError as exc:
+            out.append(exc)
+        else:
+            out.append((receipt, body))
+    return out
+
+
+class Ingestor:
+    """Verifies and stores batches of up messages (see the module docstring).
+
+    ``verify_threads`` (:attr:`IngestConfig.verify_threads`): a batch's signatures are checked in that many
+    chunks side by side, one in the calling thread; the database is only ever used from the calling thread.
+    """
+
+    def __init__(
+        self, db: Database, clock: Callable[[], int] = now_ms, *, verify_threads: int = IngestConfig.verify_threads
+    ) -> None:
         self._db = db
         self._clock = clock
         self._certs = _CertificateCache()
+        self._threads = verify_threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the verify threads (a later batch starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _verify(self, jobs: Sequence[_VerifyJob]) -> list[_Outcome]:
+        if self._threads < 2 or len(jobs) < 2 * self._threads:
+            return _verify_chunk(jobs)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads - 1, thread_name_prefix="relay-verify")
+        size = -(-len(jobs) // self._threads)
+        first, *rest = (jobs[i : i + size] for i in range(0, len(jobs), size))
+        futures = [self._pool.submit(_verify_chunk, chunk) for chunk in rest]
+        return _verify_chunk(first) + [outcome for f in futures for outcome in f.result()]
 
     def handle(self, messages: Sequence[UpMessage]) -> list[Ack]:
         """Process ``messages`` in one transaction; returns the acks to publish once this returns.
@@ -148,7 +191,7 @@ class Ingestor:
         ]
         with self._db.transaction() as tx:
             tx.lock_devices(sorted(acks))
-            batch = _Batch(tx, load_trust(tx), now, self._certs)
+            batch = _Batch(tx, load_trust(tx), now, self._certs, self._verify)
             batch.run(work)
             batch.rejects += [(device[:128], "*", "*", reason, now) for device, _, reason in bad]
             tx.execute_many(
@@ -191,11 +234,19 @@ class _CertificateCache:
 class _Batch:
     """The work of one transaction."""
 
-    def __init__(self, tx: Tx, trust: Trust, now: int, certs: _CertificateCache) -> None:
+    def __init__(
+        self,
+        tx: Tx,
+        trust: Trust,
+        now: int,
+        certs: _CertificateCache,
+        verify: Callable[[Sequence[_VerifyJob]], list[_Outcome]],
+    ) -> None:
         self.tx = tx
         self.trust = trust
         self.now = now
         self._certs = certs
+        self._verify = verify
         self.rejects: list[tuple[str, str, str, str, int]] = []
 
     def certs(self, device: str, keyid: object = None) -> dict[str, DeviceCertificate]:
@@ -254,10 +305,23 @@ class _Batch:
         self._certs.forget(device)
 
     def _receipts(self, work: Sequence[tuple[str, str, _Item, Ack]]) -> None:
-        """Verify each receipt, look up all their stored neighbours at once, then place them in order."""
-        verified = []
+        """Verify each receipt, look up all their stored neighbours at once, then place them in order.
+
+        The signatures are checked by :func:`_verify_chunk` (side by side when the ingestor has verify threads);
+        everything that reads the database happens here, in the transaction's thread.
+        """
+        inputs = []
         for device, kind, item, ack in work:
-            result = self._attempt(device, kind, item, ack, self._verify_receipt, stored=False)
+            found = self._attempt(device, kind, item, ack, self._receipt_inputs, stored=False)
+            if found is not None:
+                inputs.append((device, item, ack, found))
+        outcomes = self._verify(
+            [(item.body, certs, self.trust, checkpoint) for _, item, _, (certs, checkpoint) in inputs]
+        )
+        verified = []
+        for (device, item, ack, (certs, _)), outcome in zip(inputs, outcomes, strict=True):
+            check = functools.partial(self._verified_receipt, outcome=outcome, certs=certs)
+            result = self._attempt(device, "receipts", item, ack, check, stored=False)
             if result is not None:
                 verified.append((device, item, ack, *result))
         known = self._known({(d, r.seq + k) for d, _, _, r, _ in verified for k in (-1, 0, 1)})
@@ -271,7 +335,8 @@ class _Batch:
             rows,
         )
 
-    def _verify_receipt(self, device: str, item: _Item) -> tuple[Receipt, bytes]:
+    def _receipt_inputs(self, device: str, item: _Item) -> tuple[dict[str, DeviceCertificate], Checkpoint]:
+        """The certificates and the checkpoint a receipt is verified against (its own ``seq - 1`` and ``prev``)."""
         signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
         if not isinstance(signed, Mapping):
             raise Rejected("receipt: not a signed receipt envelope")
@@ -281,7 +346,21 @@ class _Batch:
         certs = self.certs(device, signed.get("keyid"))
         if not certs:
             raise NotYet(f"receipt {seq}: no certificate of {device} at the relay yet")
-        ((receipt, body),) = verify_receipts([item.body], certs, self.trust, Checkpoint(seq - 1, prev))
+        return certs, Checkpoint(seq - 1, prev)
+
+    def _verified_receipt(
+        self,
+        device: str,
+        item: _Item,
+        *,
+        outcome: tuple[Receipt, bytes] | VerificationError,
+        certs: dict[str, DeviceCertificate],
+    ) -> tuple[Receipt, bytes]:
+        """A verified receipt's checks against its publisher and the stored chain (keys replaced since)."""
+        if isinstance(outcome, VerificationError):
+            raise outcome
+        receipt, body = outcome
+        seq = receipt.seq
         if receipt.device != device:
             raise Rejected(f"receipt {seq} of device {receipt.device} published by {device}")
         newer = sorted(c.key.keyid for c in certs.values() if c.replaces == receipt.keyid)

@@ -111,6 +111,24 @@ def test_forged_receipts_are_rejected_with_reasons(db: Database, box: Box, tampe
         assert tx.all("SELECT item_id FROM rejects") == [("r1",)]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_verify_threads_give_the_same_outcome_in_the_same_order(db: Database, box: Box, threads: int) -> None:
+    box.record(12)
+    items = receipt_items(box)
+    for index in (4, 9):  # forged in the first and in a later chunk
+        items[index][1]["signed"]["units"] = 99
+    ingest = Ingestor(db, verify_threads=threads)
+    try:
+        ack = _one_ack(ingest.handle([up(box.identity.device_id, "receipts", items)]))
+    finally:
+        ingest.close()
+    assert ack.stored == [f"r{i}" for i in range(1, 13) if i not in (5, 10)]
+    assert [r["id"] for r in ack.rejected] == ["r5", "r10"]
+    assert all(r["reason"].startswith("BadSignature") for r in ack.rejected)
+    with db.transaction() as tx:  # each receipt is checked against its own prev: r6 and r11 are stored
+        assert [int(r[0]) for r in tx.all("SELECT seq FROM receipts ORDER BY seq")] == [1, 2, 3, 4, 6, 7, 8, 9, 11, 12]
+
+
 def test_conflicting_receipt_with_a_stored_sequence_number_is_rejected(db: Database, box: Box, tmp_path: Path) -> None:
     box.record(2)
     device = box.identity.device_id

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.config import MqttConfig
-from cloud_relay.consumer import mqtt_client
 from cloud_relay.errors import BrokerError, RelayError
 from edge.logs import event
 
@@ -29,6 +30,22 @@ log = logging.getLogger("cloud_relay.capacity")
 
 CAPACITY_GROUP = "btt-capacity"
 _FILTER = "btt/v1/dev/+/up/offers"
+
+
+def _mqtt_client(config: MqttConfig, *, client_id: str) -> mqtt.Client:
+    """A paho MQTT v5 client with the relay's credentials, TLS and reconnect delay from ``config`` (not connected)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if config.username is not None:
+        client.username_pw_set(config.username, config.password)
+    if config.tls:
+        client.tls_set(
+            ca_certs=None if config.ca_file is None else str(config.ca_file),
+            certfile=None if config.cert_file is None else str(config.cert_file),
+            keyfile=None if config.key_file is None else str(config.key_file),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
 
 
 def job_topic(device: str) -> str:
@@ -47,7 +64,7 @@ class CapacityLink:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name="relay-capacity", daemon=True)
-        client = mqtt_client(config, client_id=f"{config.client_id}-capacity")
+        client = _mqtt_client(config, client_id=f"{config.client_id}-capacity")
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -353,7 +353,7 @@ class _Batch:
         device: str,
         item: _Item,
         *,
-        outcome: tuple[Receipt, bytes] | VerificationError,
+        outcome: _Outcome,
         certs: dict[str, DeviceCertificate],
     ) -> tuple[Receipt, bytes]:
         """A verified receipt's checks against its publisher and the stored chain (keys replaced since)."""

@@ -219,9 +219,13 @@ class Subscription:
         c = self._config
         try:
             raw = socket.create_connection((c.host, c.port), timeout=timeout)
+        except OSError as exc:
+            raise BrokerError(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
+        try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = self._tls().wrap_socket(raw, server_hostname=c.host) if c.tls else raw
         except (OSError, ssl.SSLError) as exc:
+            raw.close()
             raise BrokerError(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
         self.send(
             connect_packet(
@@ -315,17 +319,27 @@ class Subscription:
             raise BrokerError(f"connection to the broker lost: {exc}") from exc
         self._last_sent = self._clock()
 
-    def close(self) -> None:
-        """DISCONNECT (the session stays with the broker for ``session_expiry_s``) and close; never raises."""
-        if self._sock is None:
+    def close(self, linger_s: float = 1.0) -> None:
+        """DISCONNECT (the session stays with the broker for ``session_expiry_s``) and close; never raises.
+
+        The broker closes its end after a DISCONNECT; waiting for that (up to ``linger_s``) before closing ours
+        matters: closing a socket with unread data resets the connection, and the broker may drop the last PUBACKs
+        unread (the messages would come again: harmless, but a batch's worth of duplicates).
+        """
+        sock, self._sock = self._sock, None
+        if sock is None:
             return
         try:
-            self._sock.settimeout(1.0)
-            self._sock.sendall(DISCONNECT)
+            sock.settimeout(linger_s)
+            sock.sendall(DISCONNECT)
+            sock.shutdown(socket.SHUT_WR)
+            deadline = self._clock() + linger_s
+            while sock.recv(_RECV_BYTES) and self._clock() < deadline:
+                pass
         except (OSError, ssl.SSLError):
             pass
-        self._sock.close()
-        self._sock = None
+        finally:
+            sock.close()
 
     def _require(self) -> socket.socket:
         if self._sock is None:

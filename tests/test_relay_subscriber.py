@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -77,29 +78,27 @@ def test_a_resumed_session_keeps_what_arrives_with_the_connack_and_redelivers_wh
 ) -> None:
     with MosquittoBroker(tmp_path / "broker", users={"dev-a": "pw-dev", RELAY_USER: "pw-relay"}) as broker:
         config = MqttConfig.from_url(broker.url(RELAY_USER, "pw-relay"), client_id="relay-sub", keepalive_s=5)
-        first = Subscription(config, SHARED)
-        first.open()
-        assert not first.session_present
-        first.close()  # away: the broker queues for the session
+        with closing(Subscription(config, SHARED)) as first:
+            first.open()
+            assert not first.session_present
+        # away: the broker queues for the session
         device = _publisher(broker, "dev-a")
         for i in range(50):
             device.publish("btt/v1/dev/dev-a/up/health", str(i).encode(), qos=1).wait_for_publish(5)
         device.loop_stop()
         device.disconnect()
-        second = Subscription(config, SHARED)
-        second.open()  # the queued messages come right behind the CONNACK, before the SUBACK
-        assert second.session_present
-        got = _receive(second, 50)
-        assert [d.payload for d in got] == [str(i).encode() for i in range(50)]
-        second.send(b"".join(puback_packet(d.packet_id) for d in got[:20]))
-        second.close()
-        third = Subscription(config, SHARED)
-        third.open()
-        again = _receive(third, 30)
-        assert [d.payload for d in again] == [str(i).encode() for i in range(20, 50)]
-        third.send(b"".join(puback_packet(d.packet_id) for d in again))
-        assert third.receive(0.3) == []
-        third.close()
+        with closing(Subscription(config, SHARED)) as second:
+            second.open()  # the queued messages come right behind the CONNACK, before the SUBACK
+            assert second.session_present
+            got = _receive(second, 50)
+            assert [d.payload for d in got] == [str(i).encode() for i in range(50)]
+            second.send(b"".join(puback_packet(d.packet_id) for d in got[:20]))
+        with closing(Subscription(config, SHARED)) as third:  # the 30 not acknowledged come again
+            third.open()
+            again = _receive(third, 30)
+            assert [d.payload for d in again] == [str(i).encode() for i in range(20, 50)]
+            third.send(b"".join(puback_packet(d.packet_id) for d in again))
+            assert third.receive(0.3) == []
 
 
 @pytest.mark.integration
@@ -140,20 +139,19 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
         config = MqttConfig.from_url(
             broker.url(), client_id="relay-tls", ca_file=broker.pki.ca, cert_file=cert, key_file=key
         )
-        sub = Subscription(config, SHARED)
-        sub.open()
-        device_cert, device_key = broker.pki.client("dev-a")
-        device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
-        device.tls_set(ca_certs=str(broker.pki.ca), certfile=str(device_cert), keyfile=str(device_key))
-        device.connect("127.0.0.1", broker.port)
-        device.loop_start()
-        device.publish("btt/v1/dev/dev-a/up/health", b"over tls", qos=1).wait_for_publish(5)
-        device.loop_stop()
-        device.disconnect()
-        (got,) = _receive(sub, 1)
-        assert got.payload == b"over tls"
-        sub.send(puback_packet(got.packet_id))
-        sub.close()
+        with closing(Subscription(config, SHARED)) as sub:
+            sub.open()
+            device_cert, device_key = broker.pki.client("dev-a")
+            device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
+            device.tls_set(ca_certs=str(broker.pki.ca), certfile=str(device_cert), keyfile=str(device_key))
+            device.connect("127.0.0.1", broker.port)
+            device.loop_start()
+            device.publish("btt/v1/dev/dev-a/up/health", b"over tls", qos=1).wait_for_publish(5)
+            device.loop_stop()
+            device.disconnect()
+            (got,) = _receive(sub, 1)
+            assert got.payload == b"over tls"
+            sub.send(puback_packet(got.packet_id))
         untrusted = MqttConfig.from_url(broker.url(), client_id="relay-untrusted")  # the system CAs only
         with pytest.raises(BrokerError, match="cannot connect"):
             Subscription(untrusted, SHARED).open()

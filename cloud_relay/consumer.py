@@ -95,8 +95,7 @@ class Consumer:
         """Receive, store, acknowledge, until ``stop``; BrokerError when the connection fails."""
         received: list[Delivery] = []
         while not self._stop.is_set():
-            if len(received) < self._ingest.batch_max:
-                received += self._fill(connection, received)
+            received = self._fill(connection, received)
             batch, received = received[: self._ingest.batch_max], received[self._ingest.batch_max :]
             while batch:
                 try:
@@ -112,18 +111,16 @@ class Consumer:
                 self.processed += len(batch)
                 batch = []
 
-    def _fill(self, connection: Subscription, held: list[Delivery]) -> list[Delivery]:
-        """Messages received to add to ``held``: waits for a first one, then up to ``batch_wait_ms`` for more."""
-        more = [] if held else connection.receive(_POLL_S)
-        if not more and not held:
-            return more
+    def _fill(self, connection: Subscription, received: list[Delivery]) -> list[Delivery]:
+        """``received`` topped up: a first message waited for up to ``_POLL_S``, then ``batch_wait_ms`` for more."""
+        if not received:
+            received = connection.receive(_POLL_S)
+            if not received:
+                return received
         deadline = time.monotonic() + self._ingest.batch_wait_ms / 1000
-        while len(held) + len(more) < self._ingest.batch_max:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            more += connection.receive(remaining)
-        return more
+        while len(received) < self._ingest.batch_max and (remaining := deadline - time.monotonic()) > 0:
+            received += connection.receive(remaining)
+        return received
 
     def _pause(self, connection: Subscription, seconds: float) -> bool:
         """Wait ``seconds`` keeping the connection alive; whether ``stop`` was set meanwhile."""

@@ -62,9 +62,9 @@ def pad_full_resolution(net: UNet, block: int = CHANNEL_BLOCK) -> UNet:
     height, width = (size * 8 for size in net.coords.shape[2:])
     wide = UNet(net.teeth_head.out_channels, net.findings_head.out_channels, height, width, widths)
     w1 = widths[1]
-    state = {}
+    trained, state = net.state_dict(), {}
     for key, target in wide.state_dict().items():
-        old = net.state_dict()[key]
+        old = trained[key]
         new = torch.ones_like(target) if key.endswith("running_var") else torch.zeros_like(target)
         if key == "up0.0.weight":  # inputs are cat([upsampled d1 (w1), stem (w0 -> padded)])
             new[:w0, :w1] = old[:, :w1]

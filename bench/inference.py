@@ -1,11 +1,12 @@
 """Inference benchmark: the reference model through our pipeline (ONNX Runtime backend) beside PyTorch eager.
 
 Both sides analyse the same synthetic panoramic radiographs (DICOM, written once per run) with the same decoding,
-the same ``prepare`` and the same post-processing, ``--threads`` threads each; only the model step differs:
-(a) our ONNX Runtime CPU backend on the bundle's verified ONNX, (b) the same weights in PyTorch eager
-(``models/reference/reference.pt``, needs the ``train`` extra). Latency is measured in one process that runs both
-sides image by image, alternating which goes first, so both see the same load on a shared machine; peak RSS is
-measured in a process per side that loads and runs only that side.
+the same ``prepare`` and the same post-processing, ``--threads`` threads each; only the model step differs: (a) our
+ONNX Runtime CPU backend as the agent selects it (the bundle's float network or its INT8 variant, whichever passes
+its golden vectors and is faster here), (a') the same backend held to the float network, (b) the same weights in
+PyTorch eager (``models/reference/reference.pt``, needs the ``train`` extra). Latency is measured in one process
+that runs the sides image by image, rotating which goes first, so all see the same load on a shared machine; peak
+RSS is measured in a process per side that loads and runs only that side.
 
 Figures: p50/p95 latency of the model step and of end to end (read the file -> findings), per image; peak RSS of
 the analysing process; and the peak RSS (VmHWM) of a whole agent (``btt-edge run``: SCP, store, pipeline,
@@ -46,17 +47,18 @@ Analyse = Callable[[Path], tuple[float, int]]
 """Analyse one file: ``(model step ms, number of findings)``."""
 
 
-def _ours(bundle: Path, threads: int) -> tuple[str, Analyse]:
+def _ours(bundle: Path, threads: int, variants: bool) -> tuple[str, Analyse]:
     from edge.config import PipelineConfig
     from edge.pipeline.analyzer import open_analyzer, read_dataset
 
-    analyzer = open_analyzer(PipelineConfig(bundle_path=bundle, backend="onnxruntime-cpu", threads=threads))
+    config = PipelineConfig(bundle_path=bundle, backend="onnxruntime-cpu", threads=threads, variants=variants)
+    analyzer = open_analyzer(config)
 
     def analyse(path: Path) -> tuple[float, int]:
         result = analyzer.analyse(read_dataset(path))
         return result.timings_ms["infer"], len(result.findings)
 
-    return analyzer.backend.name, analyse
+    return f"{analyzer.backend.name} {analyzer.backend.precision}", analyse
 
 
 def _torch(bundle: Path, weights: Path, threads: int) -> tuple[str, Analyse]:
@@ -91,7 +93,9 @@ def _side(args: argparse.Namespace) -> None:
     files = sorted(Path(args.dir).glob("*.dcm"))
     sides: dict[str, tuple[str, Analyse]] = {}
     if args.side in ("ours", "paired"):
-        sides["ours"] = _ours(args.bundle, args.threads)
+        sides["ours"] = _ours(args.bundle, args.threads, variants=True)
+    if args.side == "paired":
+        sides["fp32"] = _ours(args.bundle, args.threads, variants=False)
     if args.side in ("torch", "paired"):
         sides["torch"] = _torch(args.bundle, args.weights, args.threads)
     out: dict[str, Any] = {
@@ -103,7 +107,7 @@ def _side(args: argparse.Namespace) -> None:
     for _ in range(args.rounds if args.side == "paired" else 1):
         for i, path in enumerate(files):
             # alternate which side goes first, so both see the same machine load on average
-            for key in order if i % 2 == 0 else order[::-1]:
+            for key in order[i % len(order) :] + order[: i % len(order)]:
                 start = time.perf_counter()
                 model_ms, count = sides[key][1](path)
                 out[key]["e2e_ms"].append((time.perf_counter() - start) * 1000.0)
@@ -202,31 +206,35 @@ def main(argv: list[str] | None = None) -> int:
         agent_rss, analysed = _agent_peak_rss_mb(Path(tmp), Path(tmp), args.bundle, args.threads)
     paired = results["paired"]
     figures: dict[str, dict[str, float]] = {}
-    for side in ("ours", "torch"):
+    for side in ("ours", "fp32", "torch"):
         figures[side] = {
             "model_p50": _pct(paired[side]["model_ms"], 50),
             "model_p95": _pct(paired[side]["model_ms"], 95),
             "e2e_p50": _pct(paired[side]["e2e_ms"], 50),
             "e2e_p95": _pct(paired[side]["e2e_ms"], 95),
-            "rss": results[side]["peak_rss_mb"],
+            "rss": results.get(side, {}).get("peak_rss_mb", float("nan")),
         }
-    ours, peer = figures["ours"], figures["torch"]
+    ours, fp32, peer = figures["ours"], figures["fp32"], figures["torch"]
     print(
         f"inference: {args.images} synthetic panoramics (512x1024 model input) x {args.rounds} rounds, "
         f"{args.threads} threads, ours and torch alternating image by image in one process"
     )
-    for side in ("ours", "torch"):
+    for side in ("ours", "fp32", "torch"):
         f = figures[side]
         print(
-            f"  {paired[side]['name']:<24} model p50 {f['model_p50']:7.1f} ms  p95 {f['model_p95']:7.1f} ms   "
+            f"  {paired[side]['name']:<25} model p50 {f['model_p50']:7.1f} ms  p95 {f['model_p95']:7.1f} ms   "
             f"end-to-end p50 {f['e2e_p50']:7.1f} ms  p95 {f['e2e_p95']:7.1f} ms   peak RSS {f['rss']:6.1f} MB"
         )
-    same = paired["ours"]["findings"] == paired["torch"]["findings"]
-    print(f"  findings per image, ours {paired['ours']['findings'][: args.images]} same as torch: {same}")
+    same = {side: paired[side]["findings"] == paired["torch"]["findings"] for side in ("ours", "fp32")}
+    print(
+        f"  findings per image, ours {paired['ours']['findings'][: args.images]} same as torch: {same['ours']}; "
+        f"torch {paired['torch']['findings'][: args.images]}; float network same as torch: {same['fp32']}"
+    )
     print(f"  peak RSS of the analysing process (ours alone): {ours['rss']:.0f} MB (budget 600 MB)")
     print(f"  peak RSS of btt-edge run receiving and analysing {analysed} images: {agent_rss:.0f} MB (budget 600 MB)")
     print(f"ratio model_step_vs_torch_eager = {peer['model_p50'] / ours['model_p50']:.2f}")
     print(f"ratio model_step_p95_vs_torch_eager = {peer['model_p95'] / ours['model_p95']:.2f}")
+    print(f"ratio model_step_fp32_vs_torch_eager = {peer['model_p50'] / fp32['model_p50']:.2f}")
     print(f"ratio end_to_end_vs_torch_eager = {peer['e2e_p50'] / ours['e2e_p50']:.2f}")
     print(f"ratio peak_rss_vs_torch_eager = {peer['rss'] / ours['rss']:.2f}")
     print(f"ratio agent_peak_rss_vs_600mb_budget = {600.0 / agent_rss:.2f}")

@@ -357,6 +357,9 @@ class PipelineConfig:
     """Intra-op threads of ONNX Runtime on the CPU."""
     tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
     """Native TensorRT engine precision; ``int8`` calibrates on the bundle's golden inputs."""
+    variants: bool = True
+    """Also try the bundle's variants for the backend (the reference bundle's INT8 network on ONNX Runtime's CPU)
+    and run the fastest network that passes its golden vectors. Off: always the bundle's own network."""
     queue_size: int = bounded(8, lo=1, hi=1024)
     """Received instances taken from the index at a time (first in, first out)."""
     poll_interval_s: float = bounded(1.0, lo=0.05, hi=3600)

@@ -1,12 +1,13 @@
 """Model bundles: a manifest, the network, golden vectors; verified before anything runs.
 
 A bundle is a directory (or a ``.tar``/``.tar.gz`` archive of one) holding ``manifest.json``, ``model.onnx`` and
-``golden/*.npz``. The manifest names the task, the agent versions it needs, how to prepare the input, what the
-outputs mean (tooth labels; finding classes with SNOMED CT codes and thresholds), the sha256 of every other file
-and the golden vectors. :func:`parse_bundle` is the pure core (file bytes in, a :class:`Bundle` out or a
-:class:`~edge.errors.BundleError` naming the reason); :func:`load_bundle` reads a directory or archive into it.
-Every file is read once and hashed; the bytes that were verified are the bytes the backends run, so a file swapped
-after loading cannot slip in.
+``golden/*.npz``, and optionally *variants*: the same network encoded for particular backends (an INT8-quantised
+graph for ONNX Runtime on the CPU), each with golden vectors of its own. The manifest names the task, the agent
+versions it needs, how to prepare the input, what the outputs mean (tooth labels; finding classes with SNOMED CT
+codes and thresholds), the sha256 of every other file and the golden vectors. :func:`parse_bundle` is the pure core
+(file bytes in, a :class:`Bundle` out or a :class:`~edge.errors.BundleError` naming the reason); :func:`load_bundle`
+reads a directory or archive into it. Every file is read once and hashed; the bytes that were verified are the bytes
+the backends run, so a file swapped after loading cannot slip in.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "InputSpec",
     "Manifest",
     "TeethOutput",
+    "Variant",
     "load_bundle",
     "manifest_to_json",
     "pack_bundle",
@@ -129,6 +131,25 @@ class GoldenSpec:
     atol: float
 
 
+VARIANT_PRECISIONS = ("fp16", "int8")
+"""What a variant may be: a lower-precision encoding of the bundle's network."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The bundle's network encoded another way (e.g. INT8-quantised), for the backend kinds listed.
+
+    A backend that can run it loads it beside ``model.onnx``, keeps whichever passes its own golden vectors and is
+    faster there, and reports the variant's ``precision`` with every result.
+    """
+
+    precision: str
+    file: str
+    backends: tuple[str, ...]
+    """Backend kinds (``onnxruntime-cpu`` ...) that may run it."""
+    golden: tuple[GoldenSpec, ...]
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A parsed, validated ``manifest.json``."""
@@ -146,6 +167,7 @@ class Manifest:
     files: Mapping[str, str]
     """Relative path -> sha256 hex of every file in the bundle except the manifest."""
     golden: tuple[GoldenSpec, ...]
+    variants: tuple[Variant, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,16 +178,42 @@ class Bundle:
     files: Mapping[str, bytes]
     source: str
     """Where it was loaded from (for messages)."""
+    variant: Variant | None = None
+    """The network this view of the bundle runs: None for ``model.onnx``, else one of the manifest's variants."""
+
+    @property
+    def network_file(self) -> str:
+        """The file of the network this view runs."""
+        return MODEL_NAME if self.variant is None else self.variant.file
 
     @property
     def model_bytes(self) -> bytes:
         """The ONNX network, verified."""
-        return self.files[MODEL_NAME]
+        return self.files[self.network_file]
 
     @property
     def sha256(self) -> str:
         """Hash of the network, the key for caches (e.g. TensorRT engines)."""
-        return self.manifest.files[MODEL_NAME]
+        return self.manifest.files[self.network_file]
+
+    @property
+    def golden(self) -> tuple[GoldenSpec, ...]:
+        """The golden vectors of the network this view runs."""
+        return self.manifest.golden if self.variant is None else self.variant.golden
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` for ``model.onnx``, else the variant's precision."""
+        return "fp32" if self.variant is None else self.variant.precision
+
+    def network_for(self, backend: str, precision: str) -> Bundle:
+        """The view whose network a ``backend`` computing in ``precision`` runs (its variant, else the bundle's)."""
+        return next((n for n in self.networks_for(backend) if n.precision == precision), self.networks_for(backend)[0])
+
+    def networks_for(self, backend: str) -> tuple[Bundle, ...]:
+        """This bundle's own network first, then a view per variant that ``backend`` (a kind) may run."""
+        base = dataclasses.replace(self, variant=None)
+        return (base, *(dataclasses.replace(self, variant=v) for v in self.manifest.variants if backend in v.backends))
 
 
 def sha256_hex(data: bytes) -> str:
@@ -354,13 +402,14 @@ def parse_manifest(data: bytes) -> Manifest:
         files[name] = digest
     if MODEL_NAME not in files:
         raise BundleError(f"manifest: files does not list {MODEL_NAME}")
-    golden: list[GoldenSpec] = []
-    for i, item in enumerate(r.items("golden")):
-        g = _Reader(item, f"golden[{i}]")
-        name = g.string("file")
-        if name not in files:
-            raise BundleError(f"manifest: golden[{i}].file {name!r} is not listed in files")
-        golden.append(GoldenSpec(file=name, atol=g.number("atol", 0.0, 1e6)))
+    golden = _parse_golden(r, files)
+    variants = tuple(
+        _parse_variant(_Reader(item, f"variants[{i}]"), files)
+        for i, item in enumerate(r.items("variants") if "variants" in r.doc else [])
+    )
+    networks = [MODEL_NAME, *(v.file for v in variants)]
+    if len(set(networks)) != len(networks):
+        raise BundleError("manifest: two networks (model.onnx and the variants) share a file")
     teeth, findings = _parse_outputs(r.child("outputs"))
     return Manifest(
         format=fmt,
@@ -374,8 +423,40 @@ def parse_manifest(data: bytes) -> Manifest:
         teeth=teeth,
         findings=findings,
         files=MappingProxyType(files),
-        golden=tuple(golden),
+        golden=golden,
+        variants=variants,
     )
+
+
+def _parse_golden(r: _Reader, files: Mapping[str, str]) -> tuple[GoldenSpec, ...]:
+    golden: list[GoldenSpec] = []
+    for i, item in enumerate(r.items("golden")):
+        g = _Reader(item, f"{r._path('golden')}[{i}]")
+        name = g.string("file")
+        if name not in files:
+            raise BundleError(f"manifest: {g.where}.file {name!r} is not listed in files")
+        golden.append(GoldenSpec(file=name, atol=g.number("atol", 0.0, 1e6)))
+    return tuple(golden)
+
+
+def _parse_variant(r: _Reader, files: Mapping[str, str]) -> Variant:
+    precision = r.string("precision")
+    if precision not in VARIANT_PRECISIONS:
+        raise BundleError(f"manifest: {r.where}.precision {precision!r} is not one of {', '.join(VARIANT_PRECISIONS)}")
+    name = r.string("file")
+    if name not in files:
+        raise BundleError(f"manifest: {r.where}.file {name!r} is not listed in files")
+    backends = r.items("backends")
+    if not backends or not all(isinstance(b, str) and b for b in backends):
+        raise BundleError(f"manifest: {r.where}.backends must be a non-empty list of backend kinds")
+    golden = _parse_golden(r, files)
+    if not golden:
+        raise BundleError(f"manifest: {r.where} has no golden vectors (a variant must prove itself like the model)")
+    return Variant(precision=precision, file=name, backends=tuple(backends), golden=golden)
+
+
+def _golden_json(golden: tuple[GoldenSpec, ...]) -> list[dict[str, Any]]:
+    return [{"file": g.file, "atol": g.atol} for g in golden]
 
 
 def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
@@ -415,7 +496,22 @@ def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
             },
         },
         "files": dict(sorted(manifest.files.items())),
-        "golden": [{"file": g.file, "atol": g.atol} for g in manifest.golden],
+        "golden": _golden_json(manifest.golden),
+        **(
+            {
+                "variants": [
+                    {
+                        "precision": v.precision,
+                        "file": v.file,
+                        "backends": list(v.backends),
+                        "golden": _golden_json(v.golden),
+                    }
+                    for v in manifest.variants
+                ]
+            }
+            if manifest.variants
+            else {}
+        ),
     }
 
 

@@ -113,13 +113,13 @@ def read_golden(
 
 
 def check_golden(bundle: Bundle, run: Runner) -> GoldenReport:
-    """Run every golden input of ``bundle`` through ``run`` and compare with the expected outputs.
+    """Run every golden input of the network ``bundle`` views through ``run`` and compare with the expected outputs.
 
     A backend error (:class:`~edge.errors.EdgeError` from ``run``), a missing output, a wrong shape or a
     non-finite value fails the case with that reason rather than raising.
     """
     cases: list[GoldenCase] = []
-    for spec in bundle.manifest.golden:
+    for spec in bundle.golden:
         inputs, expected = read_golden(bundle.files[spec.file], spec.file)
         try:
             outputs = run(inputs)

@@ -2,7 +2,7 @@
 
 The bundle is loaded the way the pipeline will load it (``load``: bundle verification, backend selection, on a
 GPU the TensorRT engine built and cached under ``<data_dir>/engines``), then its golden vectors are run on that
-backend and compared within the manifest's tolerance.
+backend (those of the network it runs: the bundle's own or a variant's) and compared within their tolerance.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def health_check(load: AnalyzerLoader, bundle_dir: Path) -> str:
     except EdgeError as exc:
         raise HealthCheckFailed(f"the bundle does not load on this device: {exc}") from exc
     try:
-        report = check_golden(analyzer.bundle, analyzer.backend.run)
+        backend = analyzer.backend
+        report = check_golden(analyzer.bundle.network_for(backend.name, backend.precision), backend.run)
     except EdgeError as exc:
         raise HealthCheckFailed(f"golden vectors cannot be read: {exc}") from exc
     finally:

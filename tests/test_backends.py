@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sys
+import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.errors import BackendError
+from edge.pipeline.analyzer import Analyzer
 from edge.pipeline.backends import BackendOptions, select_backend
-from edge.pipeline.backends.fake import FakeFactory
+from edge.pipeline.backends.base import Backend, BackendKind
+from edge.pipeline.backends.fake import FakeBackend, FakeFactory
 from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
 from edge.pipeline.backends.trt import CalibrationBatches, GpuIdentity, TensorRtFactory, engine_cache_key
-from models.bundle import MODEL_NAME, pack_bundle, parse_bundle
+from models.bundle import MODEL_NAME, Bundle, GoldenSpec, Variant, pack_bundle, parse_bundle
+from models.golden import build_golden
+from ota.errors import HealthCheckFailed
+from ota.health import health_check
 from tests import fake_gpu
-from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, tiny_bundle
+from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, tiny_bundle, tiny_onnx
 
 GPU_SKIP = "needs an NVIDIA GPU with TensorRT 10"
 
@@ -123,6 +132,97 @@ def test_bundle_whose_golden_vectors_disagree_with_the_network_is_refused() -> N
     bad_golden = tiny_bundle(golden_outputs=_wrong(np.zeros((1, 1, HEIGHT, WIDTH), np.float32)))
     with pytest.raises(BackendError, match="onnxruntime-cpu: golden vectors fail"):
         select_backend(bad_golden, "onnxruntime-cpu", BackendOptions())
+
+
+# --- variants ------------------------------------------------------------------------------------------------
+
+Compute = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def _with_int8(backends: tuple[str, ...] = ("onnxruntime-cpu",), int8: Compute = reference_outputs) -> Bundle:
+    """The tiny bundle with an INT8 variant (the same network; golden vectors of its own, from ``int8``)."""
+    base = tiny_bundle()
+    inputs = np.random.default_rng(2).normal(0, 1, (1, 1, HEIGHT, WIDTH)).astype(np.float16).astype(np.float32)
+    files = {
+        **base.files,
+        "model.int8.onnx": tiny_onnx(),
+        "golden/a.int8.npz": build_golden(inputs, int8(inputs), 256, 0),
+    }
+    variant = Variant("int8", "model.int8.onnx", backends, (GoldenSpec("golden/a.int8.npz", 1e-3),))
+    return parse_bundle(pack_bundle(dataclasses.replace(MANIFEST, variants=(variant,)), files))
+
+
+def _slow(seconds: float) -> Compute:
+    def compute(batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(seconds)
+        return reference_outputs(batch)
+
+    return compute
+
+
+class PerPrecision(FakeFactory):
+    """An ONNX Runtime CPU fake that computes each network (by precision) its own way."""
+
+    def __init__(self, computes: dict[str, Compute], kind: BackendKind = "onnxruntime-cpu") -> None:
+        super().__init__(kind, reference_outputs)
+        self.computes = computes
+
+    def load(self, bundle: Bundle, options: BackendOptions) -> Backend:
+        backend = FakeBackend(self.computes[bundle.precision], self.kind, bundle.precision)
+        self.loaded.append(backend)
+        return backend
+
+
+@pytest.mark.parametrize(("fp32_s", "int8_s", "chosen"), [(0.02, 0.0, "int8"), (0.0, 0.02, "fp32")])
+def test_the_faster_network_that_passes_is_kept(
+    fp32_s: float, int8_s: float, chosen: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    factory = PerPrecision({"fp32": _slow(fp32_s), "int8": _slow(int8_s)})
+    with caplog.at_level(logging.INFO, "edge.pipeline.backends"):
+        backend = select_backend(_with_int8(), "auto", BackendOptions(), [factory])
+    assert (backend.name, backend.precision) == ("onnxruntime-cpu", chosen)
+    assert [b.precision for b in factory.loaded] == ["fp32", "int8"]
+    assert [b.closed for b in factory.loaded] == [b is not backend for b in factory.loaded]
+    assert all(b.calls == 1 + 3 for b in factory.loaded)  # the golden check, then the timing rounds
+    assert "networks timed" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_variant_that_fails_its_golden_vectors_is_not_used() -> None:
+    factory = PerPrecision({"fp32": _slow(0.01), "int8": _wrong})
+    backend = select_backend(_with_int8(), "onnxruntime-cpu", BackendOptions(), [factory])
+    assert backend.precision == "fp32"
+    assert factory.loaded[1].closed
+    assert factory.loaded[0].calls == 1  # nothing to time it against
+
+
+def test_every_network_failing_names_each() -> None:
+    factory = PerPrecision({"fp32": _wrong, "int8": _wrong})
+    with pytest.raises(BackendError, match=r"fp32 network: golden vectors fail: .*; int8 network: golden vectors"):
+        select_backend(_with_int8(), "onnxruntime-cpu", BackendOptions(), [factory])
+
+
+def test_variants_off_or_for_another_backend_are_not_loaded() -> None:
+    factory = PerPrecision({"fp32": reference_outputs, "int8": reference_outputs})
+    assert select_backend(_with_int8(), "auto", BackendOptions(variants=False), [factory]).precision == "fp32"
+    trt = PerPrecision({"fp32": reference_outputs, "int8": reference_outputs}, kind="tensorrt")
+    assert select_backend(_with_int8(), "auto", BackendOptions(), [trt]).precision == "fp32"
+    assert len(factory.loaded) == len(trt.loaded) == 1
+
+
+def test_the_ota_health_check_holds_a_variant_to_its_own_golden_vectors(tmp_path: Path) -> None:
+    bundle = _with_int8(int8=_wrong)  # the INT8 network computes differently; its golden vectors say how
+    int8 = Analyzer(bundle, FakeBackend(_wrong, "onnxruntime-cpu", "int8"))
+    assert health_check(lambda _: int8, tmp_path) == "onnxruntime-cpu"
+    fp32_wrong = Analyzer(bundle, FakeBackend(_wrong, "onnxruntime-cpu", "fp32"))
+    with pytest.raises(HealthCheckFailed, match="golden vectors fail on onnxruntime-cpu"):
+        health_check(lambda _: fp32_wrong, tmp_path)
+
+
+def test_onnxruntime_runs_a_variant_and_reports_its_precision() -> None:
+    network = _with_int8().networks_for("onnxruntime-cpu")[1]
+    backend = OrtCpuFactory().load(network, BackendOptions(threads=1))
+    assert backend.precision == "int8"
+    backend.close()
 
 
 # --- TensorRT without a GPU ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from models.bundle import (
     InputSpec,
     Manifest,
     TeethOutput,
+    Variant,
     load_bundle,
     manifest_to_json,
     pack_bundle,
@@ -46,6 +47,11 @@ MANIFEST = Manifest(
     golden=(GoldenSpec("golden/a.npz", 0.05),),
 )
 FILES = {MODEL_NAME: b"onnx bytes", "golden/a.npz": b"golden bytes"}
+
+
+INT8 = Variant("int8", "model.int8.onnx", ("onnxruntime-cpu",), (GoldenSpec("golden/a.int8.npz", 0.05),))
+WITH_INT8 = dataclasses.replace(MANIFEST, variants=(INT8,))
+FILES_INT8 = {**FILES, "model.int8.onnx": b"int8 onnx bytes", "golden/a.int8.npz": b"int8 golden bytes"}
 
 
 def _doc(files: dict[str, bytes]) -> dict[str, object]:
@@ -148,6 +154,40 @@ def test_bad_manifest_names_the_problem(edit: object, reason: str) -> None:
     packed = pack_bundle(MANIFEST, FILES)
     doc = _doc(packed)
     edit(doc)  # type: ignore[operator]
+    with pytest.raises(BundleError, match=reason):
+        parse_bundle(_with_doc(packed, doc))
+
+
+def test_variant_round_trips_and_gives_a_view_per_backend() -> None:
+    bundle = parse_bundle(pack_bundle(WITH_INT8, FILES_INT8))
+    assert bundle.manifest.variants == (INT8,)
+    assert parse_manifest(pack_bundle(WITH_INT8, FILES_INT8)[MANIFEST_NAME]).variants == (INT8,)
+    assert (bundle.precision, bundle.model_bytes, bundle.golden) == ("fp32", b"onnx bytes", MANIFEST.golden)
+    base, int8 = bundle.networks_for("onnxruntime-cpu")
+    assert base == bundle
+    assert (int8.precision, int8.model_bytes, int8.golden) == ("int8", b"int8 onnx bytes", INT8.golden)
+    assert int8.sha256 == bundle.manifest.files["model.int8.onnx"] != bundle.sha256
+    assert int8.networks_for("tensorrt") == (bundle,)  # a view's networks start from the bundle's own
+    assert bundle.network_for("onnxruntime-cpu", "int8") == int8
+    assert bundle.network_for("onnxruntime-cpu", "fp32") == bundle.network_for("tensorrt", "int8") == bundle
+    assert "variants" not in _doc(pack_bundle(MANIFEST, FILES))  # a bundle without variants reads as before
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda v: v.update(precision="int4"), r"variants\[0\].precision 'int4' is not one of fp16, int8"),
+        (lambda v: v.update(file="model.int4.onnx"), r"variants\[0\].file 'model.int4.onnx' is not listed"),
+        (lambda v: v.update(file="model.onnx"), "two networks"),
+        (lambda v: v.update(backends=[]), "backends must be a non-empty list"),
+        (lambda v: v.update(golden=[]), "has no golden vectors"),
+        (lambda v: v["golden"][0].update(file="golden/b.npz"), r"variants\[0\].golden\[0\].file"),
+    ],
+)
+def test_bad_variant_names_the_problem(edit: object, reason: str) -> None:
+    packed = pack_bundle(WITH_INT8, FILES_INT8)
+    doc = _doc(packed)
+    edit(doc["variants"][0])  # type: ignore[index,operator]
     with pytest.raises(BundleError, match=reason):
         parse_bundle(_with_doc(packed, doc))
 

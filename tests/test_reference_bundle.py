@@ -13,6 +13,7 @@ import pytest
 
 from edge.cli import main
 from edge.cli.model import DEFAULT_BUNDLE
+from edge.pipeline.backends import BackendOptions, select_backend
 from models.bundle import Bundle, load_bundle
 from models.golden import check_golden
 from models.reference.evaluate import evaluate
@@ -46,6 +47,19 @@ def test_golden_vectors_pass_on_onnxruntime(bundle: Bundle) -> None:
     assert report.ok, report.reason
 
 
+def test_the_int8_variant_is_checked_and_a_network_that_passes_runs(bundle: Bundle) -> None:
+    """Its golden vectors were made on a CPU with AVX-512 VNNI; a CPU whose 8-bit kernels compute differently
+    refuses the variant and runs the float network, so either outcome is right, but never a network that fails."""
+    base, int8 = bundle.networks_for("onnxruntime-cpu")
+    assert (base.precision, int8.precision) == ("fp32", "int8")
+    backend = select_backend(bundle, "onnxruntime-cpu", BackendOptions(threads=1))
+    try:
+        assert backend.precision in ("fp32", "int8")
+        assert check_golden(int8 if backend.precision == "int8" else base, backend.run).ok
+    finally:
+        backend.close()
+
+
 def test_verify_cli_accepts_the_bundle_and_refuses_a_tampered_copy(tmp_path: Path) -> None:
     assert main(["model", "verify", str(DEFAULT_BUNDLE)]) == 0
     copy = tmp_path / "bundle"
@@ -63,6 +77,15 @@ def test_reference_model_finds_what_was_planted(bundle: Bundle) -> None:
     assert report["dice"]["teeth_mean"] > 0.4
     assert report["dice"]["findings"]["crown"] > 0.6
     assert report["findings"]["crown"]["recall"] > 0.5
+
+
+@pytest.mark.slow
+def test_int8_variant_finds_what_the_float_network_finds(bundle: Bundle) -> None:
+    fp32, int8 = (evaluate(n, count=2) for n in bundle.networks_for("onnxruntime-cpu"))
+    assert (fp32["model"]["precision"], int8["model"]["precision"]) == ("fp32", "int8")
+    assert abs(fp32["dice"]["teeth_mean"] - int8["dice"]["teeth_mean"]) < 0.02
+    for kind, dice in fp32["dice"]["findings"].items():
+        assert abs((dice or 0.0) - (int8["dice"]["findings"][kind] or 0.0)) < 0.05, kind
 
 
 @pytest.mark.slow

@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     evaluate.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, metavar="PATH")
     evaluate.add_argument("--count", type=int, default=40, metavar="N", help="held-out images (default 40)")
     evaluate.add_argument("--threads", type=int, default=2, metavar="T")
+    evaluate.add_argument(
+        "--precision", default="fp32", metavar="P", help="fp32 (the bundle's network, default) or a variant's (int8)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(func=_eval)
 
@@ -92,11 +95,16 @@ def _eval(args: argparse.Namespace) -> int:
     from models.bundle import load_bundle
     from models.reference.evaluate import evaluate
 
-    report = evaluate(load_bundle(args.bundle), count=args.count, threads=args.threads)
+    bundle = load_bundle(args.bundle)
+    networks = {n.precision: n for n in bundle.networks_for("onnxruntime-cpu")}
+    if args.precision not in networks:
+        raise EdgeError(f"{bundle.manifest.id} has no {args.precision} network for ONNX Runtime on the CPU")
+    report = evaluate(networks[args.precision], count=args.count, threads=args.threads)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{report['model']['id']} {report['model']['version']} on {args.count} held-out synthetic radiographs")
+    model = report["model"]
+    print(f"{model['id']} {model['version']} ({model['precision']}) on {args.count} held-out synthetic radiographs")
     print(f"tooth Dice (mean over teeth): {report['dice']['teeth_mean']}")
     print(f"{'kind':<20}{'Dice':>8}{'truth':>8}{'pred':>8}{'prec':>8}{'recall':>8}{'tooth':>8}")
     for kind, row in report["findings"].items():

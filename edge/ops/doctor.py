@@ -205,7 +205,8 @@ def _model(config: AgentConfig) -> Iterator[Check]:
         if why is not None and (config.pipeline.backend in ("auto", factory.kind)):
             reasons.append(f"{factory.kind}: {why}")
     try:
-        backend = select_backend(bundle, config.pipeline.backend, BackendOptions(threads=config.pipeline.threads))
+        options = BackendOptions(threads=config.pipeline.threads, variants=config.pipeline.variants)
+        backend = select_backend(bundle, config.pipeline.backend, options)
     except EdgeError as exc:
         yield Check(
             "backend",
@@ -214,7 +215,7 @@ def _model(config: AgentConfig) -> Iterator[Check]:
             'set [pipeline] backend = "auto", or install the GPU stack (JetPack / the gpu extra)',
         )
         return
-    name = backend.name
+    name = f"{backend.name} ({backend.precision})"
     backend.close()
     not_used = f"; not used: {'; '.join(reasons)}" if reasons else ""
     yield Check(

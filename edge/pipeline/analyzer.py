@@ -48,6 +48,8 @@ class AnalysisResult:
     model_version: str
     clinical: bool
     backend: str
+    precision: str = "fp32"
+    """The precision of the network that ran (``int8`` for a bundle's INT8 variant)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
     findings: tuple[Finding, ...] = ()
     reason: str | None = None
@@ -59,6 +61,7 @@ class AnalysisResult:
             doc["reason"] = self.reason
         doc["model"] = {"id": self.model_id, "version": self.model_version, "clinical": self.clinical}
         doc["backend"] = self.backend
+        doc["precision"] = self.precision
         doc["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
         doc["findings"] = [f.to_json() for f in self.findings]
         return doc
@@ -93,6 +96,7 @@ class Analyzer:
             model_version=manifest.version,
             clinical=manifest.clinical,
             backend=self.backend.name,
+            precision=self.backend.precision,
             timings_ms=timings,
             **kw,
         )
@@ -153,5 +157,6 @@ def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analy
         engine_cache_dir=None if data_dir is None else data_dir / ENGINE_CACHE,
         precision=config.tensorrt_precision,
         calibration=calibration,
+        variants=config.variants,
     )
     return Analyzer(bundle, select_backend(bundle, config.backend, options))

@@ -309,6 +309,7 @@ def _summary(result: AnalysisResult) -> dict[str, object]:
         "model_version": result.model_version,
         "status": result.status,
         "backend": result.backend,
+        "precision": result.precision,
         "findings": dict(collections.Counter(f.kind for f in result.findings)),
         "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
     }

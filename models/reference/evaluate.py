@@ -97,7 +97,12 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
     }
     present = [v for v in teeth_dice.values() if v is not None]
     return {
-        "model": {"id": manifest.id, "version": manifest.version, "clinical": manifest.clinical},
+        "model": {
+            "id": manifest.id,
+            "version": manifest.version,
+            "clinical": manifest.clinical,
+            "precision": bundle.precision,
+        },
         "held_out": {"images": count, "seeds": [seeds.start, seeds.stop - 1]},
         "match": f"same kind and box IoU >= {iou}",
         "dice": {

@@ -2,8 +2,9 @@
 
 The bundle holds ``model.onnx`` (input ``image`` ``[N, 1, 512, 1024]``, outputs ``teeth`` at 1/2 resolution and
 ``findings``, batch dimension dynamic; the full-resolution stages padded for ONNX Runtime's layout, same outputs),
-golden vectors computed with ONNX Runtime on held-out synthetic radiographs, and the manifest with the sha256 of
-every file.
+its INT8 variant ``model.int8.onnx`` for ONNX Runtime on the CPU (:mod:`models.reference.quantize`), golden vectors
+of each computed with ONNX Runtime on a synthetic radiograph outside the training and held-out sets, and the
+manifest with the sha256 of every file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from models.bundle import (
     GoldenSpec,
     Manifest,
     TeethOutput,
+    Variant,
     load_bundle,
     pack_bundle,
     write_bundle,
@@ -30,16 +32,26 @@ from models.bundle import (
 from models.golden import build_golden
 from models.reference.data import EVAL_SEED_BASE, sample
 from models.reference.network import UNet
+from models.reference.quantize import quantize_int8
 from models.reference.spec import BUNDLE_ID, CLASSES, DESCRIPTION, INPUT_SPEC, REQUIRES_AGENT, TASK, VERSION
 from models.reference.train import load_network
 
-__all__ = ["CHANNEL_BLOCK", "GOLDEN_ATOL", "GOLDEN_SEEDS", "export_bundle", "export_onnx", "pad_full_resolution"]
+__all__ = [
+    "CHANNEL_BLOCK",
+    "GOLDEN_ATOL",
+    "GOLDEN_SEEDS",
+    "INT8_NAME",
+    "export_bundle",
+    "export_onnx",
+    "pad_full_resolution",
+]
 
 GOLDEN_SEEDS = (EVAL_SEED_BASE - 1,)
 """Golden inputs: synthetic radiographs outside both the training and the held-out evaluation seeds."""
 GOLDEN_ATOL = 0.05
 """Largest difference in logits a backend may show on the golden vectors."""
 _GOLDEN_SAMPLES = 4096
+INT8_NAME = "model.int8.onnx"
 
 
 CHANNEL_BLOCK = 16
@@ -102,15 +114,12 @@ def _to_onnx(module: torch.nn.Module, dummy: torch.Tensor, path: Path) -> None:
 def export_bundle(weights: Path, out: Path) -> Path:
     """Write the reference bundle for ``weights`` into directory ``out`` and verify it loads."""
     model = export_onnx(weights)
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    files = {MODEL_NAME: model}
-    golden = []
-    for seed in GOLDEN_SEEDS:
-        inputs = sample(seed, INPUT_SPEC).image[np.newaxis].astype(np.float16).astype(np.float32)
-        teeth, findings = session.run(["teeth", "findings"], {INPUT_SPEC.name: inputs})
-        name = f"golden/synthetic-{seed}.npz"
-        files[name] = build_golden(inputs, {"teeth": teeth, "findings": findings}, _GOLDEN_SAMPLES, seed)
-        golden.append(GoldenSpec(file=name, atol=GOLDEN_ATOL))
+    int8 = quantize_int8(model)
+    files = {MODEL_NAME: model, INT8_NAME: int8}
+    golden = _golden(model, "", files)
+    variant = Variant(
+        precision="int8", file=INT8_NAME, backends=("onnxruntime-cpu",), golden=_golden(int8, ".int8", files)
+    )
     manifest = Manifest(
         format=1,
         id=BUNDLE_ID,
@@ -123,8 +132,22 @@ def export_bundle(weights: Path, out: Path) -> Path:
         teeth=TeethOutput(name="teeth", labels_fdi=PERMANENT_FDI),
         findings=FindingsOutput(name="findings", classes=CLASSES),
         files={},
-        golden=tuple(golden),
+        golden=golden,
+        variants=(variant,),
     )
     write_bundle(out, pack_bundle(manifest, files))
     load_bundle(out)
     return out
+
+
+def _golden(network: bytes, suffix: str, files: dict[str, bytes]) -> tuple[GoldenSpec, ...]:
+    """Golden vectors of ``network`` on :data:`GOLDEN_SEEDS`, stored in ``files`` (``golden/*<suffix>.npz``)."""
+    session = ort.InferenceSession(network, providers=["CPUExecutionProvider"])
+    golden = []
+    for seed in GOLDEN_SEEDS:
+        inputs = sample(seed, INPUT_SPEC).image[np.newaxis].astype(np.float16).astype(np.float32)
+        teeth, findings = session.run(["teeth", "findings"], {INPUT_SPEC.name: inputs})
+        name = f"golden/synthetic-{seed}{suffix}.npz"
+        files[name] = build_golden(inputs, {"teeth": teeth, "findings": findings}, _GOLDEN_SAMPLES, seed)
+        golden.append(GoldenSpec(file=name, atol=GOLDEN_ATOL))
+    return tuple(golden)

@@ -40,6 +40,9 @@ class BackendOptions:
     """Prepared images ``[N, C, H, W]`` for TensorRT INT8 calibration."""
     optimized_model_path: Path | None = None
     """ONNX Runtime writes its optimised graph here when set (for inspection and benchmarks)."""
+    variants: bool = True
+    """Also try the bundle's variants for the backend (e.g. its INT8 network on ONNX Runtime's CPU) and keep the
+    fastest network that passes its golden vectors; False: the bundle's own network only."""
 
 
 class Backend(Protocol):
@@ -48,6 +51,11 @@ class Backend(Protocol):
     @property
     def name(self) -> str:
         """The backend kind and, where useful, its device (e.g. ``onnxruntime-cpu``)."""
+        ...
+
+    @property
+    def precision(self) -> str:
+        """The precision it computes in: ``fp32``, a bundle variant's (``int8``), or a TensorRT engine's."""
         ...
 
     def run(self, batch: npt.NDArray[np.float32]) -> Outputs:

@@ -19,9 +19,10 @@ Compute = Callable[[npt.NDArray[np.float32]], Outputs]
 class FakeBackend:
     """Runs ``compute`` on each batch; raises :class:`BackendError` while ``fail_with`` is set."""
 
-    def __init__(self, compute: Compute, name: str = "fake") -> None:
+    def __init__(self, compute: Compute, name: str = "fake", precision: str = "fp32") -> None:
         self._compute = compute
         self._name = name
+        self._precision = precision
         self.calls = 0
         self.closed = False
         self.fail_with: str | None = None
@@ -29,6 +30,10 @@ class FakeBackend:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def precision(self) -> str:
+        return self._precision
 
     def run(self, batch: npt.NDArray[np.float32]) -> Outputs:
         self.calls += 1
@@ -57,6 +62,6 @@ class FakeFactory:
         return self.unavailable
 
     def load(self, bundle: Bundle, options: BackendOptions) -> Backend:
-        backend = FakeBackend(self._compute, self._kind)
+        backend = FakeBackend(self._compute, self._kind, bundle.precision)
         self.loaded.append(backend)
         return backend

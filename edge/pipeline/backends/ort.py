@@ -91,10 +91,15 @@ class OrtBackend:
         self._input = str(inputs[0].name)
         self._outputs = [str(o.name) for o in self._session.get_outputs()]
         self._name = name
+        self._precision = bundle.precision
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def precision(self) -> str:
+        return self._precision
 
     @property
     def providers(self) -> list[str]:

@@ -4,11 +4,19 @@
 available, loads, and passes :func:`models.golden.check_golden`. A forced kind is used only if it does all three;
 otherwise :class:`~edge.errors.BackendError` says why. A bundle that fails its golden vectors on a backend is never
 used on that backend.
+
+Where the bundle has variants for a kind (its INT8 network for ONNX Runtime on the CPU), each is loaded and checked
+against its own golden vectors beside the bundle's network, and the fastest that passes is kept: on the golden
+input of the bundle's network, the median of :data:`TIMING_ROUNDS` runs each, taken in turn. Whether INT8 is
+faster depends on the CPU (bench/RESULTS.md: 10-25 % faster on a VM with AVX-512 VNNI, slower on another), and on a
+CPU whose 8-bit kernels compute differently the variant fails its golden vectors and the bundle's own network runs.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,13 +26,17 @@ from edge.pipeline.backends.base import KINDS, Backend, BackendFactory, BackendO
 from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
 from edge.pipeline.backends.trt import TensorRtFactory
 from models.bundle import Bundle
-from models.golden import check_golden
+from models.golden import check_golden, read_golden
 
-__all__ = ["BackendChoice", "default_factories", "select_backend"]
+__all__ = ["TIMING_ROUNDS", "BackendChoice", "default_factories", "select_backend"]
 
 log = logging.getLogger("edge.pipeline.backends")
 
 BackendChoice = Literal["auto", "tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"]
+
+TIMING_ROUNDS = 3
+"""Runs of the golden input per network when a kind has more than one that passes (after the golden check's run,
+which warms each up)."""
 
 
 def default_factories() -> tuple[BackendFactory, ...]:
@@ -53,22 +65,69 @@ def select_backend(
             refusals.append(f"{factory.kind}: {reason}")
             event(log, "backend not used", level=logging.INFO, backend=factory.kind, reason=reason)
             continue
-        event(log, "backend selected", backend=reason.name, model=bundle.manifest.id, version=bundle.manifest.version)
+        event(
+            log,
+            "backend selected",
+            backend=reason.name,
+            precision=reason.precision,
+            model=bundle.manifest.id,
+            version=bundle.manifest.version,
+        )
         return reason
     raise BackendError(f"no usable backend for {bundle.manifest.id}: " + "; ".join(refusals))
 
 
 def _try(factory: BackendFactory, bundle: Bundle, options: BackendOptions) -> Backend | str:
-    """The loaded backend, or why it cannot be used."""
+    """The loaded backend (the fastest of the bundle's networks for this kind), or why it cannot be used."""
     unavailable = factory.unavailable_reason()
     if unavailable is not None:
         return unavailable
-    try:
-        backend = factory.load(bundle, options)
-    except BackendError as exc:
-        return f"cannot load: {exc}"
-    report = check_golden(bundle, backend.run)
-    if not report.ok:
-        backend.close()
-        return f"golden vectors fail: {report.reason}"
-    return backend
+    networks = bundle.networks_for(factory.kind)[: None if options.variants else 1]
+    passed: list[tuple[Backend, Bundle]] = []
+    refusals: list[str] = []
+    for network in networks:
+        prefix = f"{network.precision} network: " if len(networks) > 1 else ""
+        try:
+            backend = factory.load(network, options)
+        except BackendError as exc:
+            refusals.append(f"{prefix}cannot load: {exc}")
+            continue
+        report = check_golden(network, backend.run)
+        if not report.ok:
+            backend.close()
+            refusals.append(f"{prefix}golden vectors fail: {report.reason}")
+            event(
+                log,
+                "network not used",
+                level=logging.INFO,
+                backend=factory.kind,
+                precision=network.precision,
+                reason=report.reason,
+            )
+            continue
+        passed.append((backend, network))
+    if not passed:
+        return "; ".join(refusals)
+    return _fastest(factory.kind, passed)
+
+
+def _fastest(kind: str, passed: list[tuple[Backend, Bundle]]) -> Backend:
+    """The backend that ran its network's golden input fastest; the others are closed."""
+    if len(passed) == 1:
+        return passed[0][0]
+    first = passed[0][1].golden[0].file
+    batch = read_golden(passed[0][1].files[first], first)[0]
+    times: list[list[float]] = [[] for _ in passed]
+    for _ in range(TIMING_ROUNDS):
+        for (backend, _), spent in zip(passed, times, strict=True):
+            start = time.perf_counter()
+            backend.run(batch)
+            spent.append(time.perf_counter() - start)
+    medians = [statistics.median(t) for t in times]
+    best = medians.index(min(medians))
+    spent_ms = " ".join(f"{n.precision}={m * 1000:.1f}" for (_, n), m in zip(passed, medians, strict=True))
+    event(log, "networks timed", backend=kind, median_ms=spent_ms, chosen=passed[best][1].precision)
+    for i, (backend, _) in enumerate(passed):
+        if i != best:
+            backend.close()
+    return passed[best][0]

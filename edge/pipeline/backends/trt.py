@@ -147,8 +147,9 @@ def _make_calibrator(trt: Any, cuda: Any, batches: CalibrationBatches, cache: Pa
 class TensorRtBackend:
     """A deserialised engine with one execution context, CUDA context and stream."""
 
-    def __init__(self, trt: Any, cuda: Any, cuda_context: Any, engine: Any) -> None:
+    def __init__(self, trt: Any, cuda: Any, cuda_context: Any, engine: Any, precision: str) -> None:
         self._trt, self._cuda, self._ctx, self._engine = trt, cuda, cuda_context, engine
+        self._precision = precision
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
@@ -165,6 +166,10 @@ class TensorRtBackend:
     @property
     def name(self) -> str:
         return "tensorrt"
+
+    @property
+    def precision(self) -> str:
+        return self._precision
 
     def _device(self, name: str, nbytes: int) -> Any:
         size, buf = self._buffers.get(name, (0, None))
@@ -240,7 +245,7 @@ class TensorRtFactory:
         try:
             engine = self._engine(trt, cuda, bundle, options, gpu)
             cuda_context.pop()
-            return TensorRtBackend(trt, cuda, cuda_context, engine)
+            return TensorRtBackend(trt, cuda, cuda_context, engine, options.precision)
         except BaseException:
             if cuda.Context.get_current() is not None:
                 cuda_context.pop()

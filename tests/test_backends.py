@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.cli import main
 from edge.errors import BackendError
 from edge.pipeline.analyzer import Analyzer
 from edge.pipeline.backends import BackendOptions, select_backend
@@ -20,7 +21,15 @@ from edge.pipeline.backends.base import Backend, BackendKind
 from edge.pipeline.backends.fake import FakeBackend, FakeFactory
 from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
 from edge.pipeline.backends.trt import CalibrationBatches, GpuIdentity, TensorRtFactory, engine_cache_key
-from models.bundle import MODEL_NAME, Bundle, GoldenSpec, Variant, pack_bundle, parse_bundle
+from models.bundle import (
+    MODEL_NAME,
+    Bundle,
+    GoldenSpec,
+    Variant,
+    pack_bundle,
+    parse_bundle,
+    write_bundle,
+)
 from models.golden import build_golden
 from ota.errors import HealthCheckFailed
 from ota.health import health_check
@@ -216,6 +225,17 @@ def test_the_ota_health_check_holds_a_variant_to_its_own_golden_vectors(tmp_path
     fp32_wrong = Analyzer(bundle, FakeBackend(_wrong, "onnxruntime-cpu", "fp32"))
     with pytest.raises(HealthCheckFailed, match="golden vectors fail on onnxruntime-cpu"):
         health_check(lambda _: fp32_wrong, tmp_path)
+
+
+def test_verify_reports_a_variant_that_fails_here_without_failing_the_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = _with_int8(int8=_wrong)  # the real INT8 file is the float network: its golden vectors cannot match
+    write_bundle(tmp_path, pack_bundle(bundle.manifest, bundle.files))
+    assert main(["model", "verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "model.onnx golden golden/a.npz findings" in out
+    assert "the int8 variant fails on this CPU; the agent will not use it" in out
 
 
 def test_onnxruntime_runs_a_variant_and_reports_its_precision() -> None:

@@ -43,7 +43,9 @@ def _seed(data: Path) -> None:
         for i, (status, total) in enumerate([("analysed", 120.0), ("analysed", 800.0), ("skipped", 3.0)]):
             timings = {"decode": 2.0, "infer": total / 2, "total": total}
             conn.execute(
-                "INSERT INTO pipeline_results VALUES (?, ?, '', 'm', '1.0', 0, 'onnxruntime-cpu', ?, '[]', ?)",
+                "INSERT INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, clinical, "
+                "backend, timings_json, findings_json, recorded_at) "
+                "VALUES (?, ?, '', 'm', '1.0', 0, 'onnxruntime-cpu', ?, '[]', ?)",
                 (f"1.2.{i}", status, json.dumps(timings), f"2026-11-24T00:00:0{i}Z"),
             )
     outbox = Outbox.open(with_overrides(AgentConfig(), agent={"data_dir": str(data)}))
@@ -92,6 +94,7 @@ def test_metrics_endpoint(endpoint: tuple[MetricsService, str]) -> None:
     model = [k for k in samples if k[0] == "btt_model_info"]
     assert model
     assert dict(model[0][1])["backend"] == "onnxruntime-cpu"
+    assert dict(model[0][1])["precision"] == "fp32"  # rows recorded before precisions were kept
     assert samples[("btt_up", ())] == 1
 
 

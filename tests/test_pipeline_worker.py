@@ -24,6 +24,7 @@ from edge.pipeline.analyzer import Analyzer
 from edge.pipeline.backends.fake import FakeBackend
 from edge.pipeline.worker import MAX_ATTEMPTS, PipelineService, PipelineWorker, migrate_pipeline
 from edge.receipts.book import ReceiptBook
+from edge.results.analysis import RecordedAnalyses
 from edge.store.header import InstanceHeader
 from edge.store.index import get_instance, record_instance
 from tests.pipeline_helpers import bright_spot_image, reference_outputs, tiny_bundle, write_radiograph
@@ -97,6 +98,18 @@ def test_result_findings_and_state_are_recorded_together(tmp_path: Path, conn: s
     assert set(json.loads(row["timings_json"])) >= {"infer", "total"}
     kinds = [r[0] for r in conn.execute("SELECT kind FROM pipeline_findings WHERE sop_instance_uid = ?", (uid,))]
     assert kinds == ["caries"]
+
+
+def test_the_precision_of_the_network_that_ran_is_recorded_and_reaches_the_sr_parameters(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    [uid] = _receive(conn, tmp_path, 1)
+    PipelineWorker(conn, tmp_path, _analyzer(FakeBackend(reference_outputs, "onnxruntime-cpu", "int8"))).drain()
+    row = conn.execute("SELECT backend, precision FROM pipeline_results WHERE sop_instance_uid = ?", (uid,)).fetchone()
+    assert tuple(row) == ("onnxruntime-cpu", "int8")
+    analysis = RecordedAnalyses(lambda: tiny_bundle().manifest).load(conn, uid)
+    assert analysis is not None
+    assert analysis.algorithm.precision == "int8"
 
 
 def test_an_image_the_model_cannot_read_is_skipped_with_reason(tmp_path: Path, conn: sqlite3.Connection) -> None:

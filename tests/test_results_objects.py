@@ -66,7 +66,7 @@ def test_sr_content_names_algorithm_findings_teeth_and_region() -> None:
     nums = {(i.ConceptNameCodeSequence[0].CodeMeaning, float(i.MeasuredValueSequence[0].NumericValue))
             for i in items if i.ValueType == "NUM"}  # fmt: skip
     scoords = [i for i in items if i.ValueType == "SCOORD"]
-    assert {"BTT reference dental model", "0.1.0", "cleared_for_clinical_use=false"} <= texts
+    assert {"BTT reference dental model", "0.1.0", "cleared_for_clinical_use=false", "precision=fp32"} <= texts
     assert ("SCT", "80967001") in codes
     assert ("SCT", "445321007") in codes
     assert {("ISO3950", "36"), ("ADAUNIVERSAL", "19"), ("SCT", "866006002")} <= codes  # tooth 36 three ways

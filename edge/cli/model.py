@@ -116,33 +116,35 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    import numpy as np
-    import onnxruntime as ort
-
-    from edge.errors import BackendError
+    from edge.pipeline.backends import BackendOptions
+    from edge.pipeline.backends.ort import OrtCpuFactory
     from models.bundle import load_bundle
     from models.golden import check_golden
 
     bundle = load_bundle(args.path)
-    try:
-        session = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
-        raise BackendError(f"ONNX Runtime cannot load {args.path}: {exc}") from exc
-    names = [o.name for o in session.get_outputs()]
-
-    def run(batch: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
-        return dict(zip(names, session.run(names, {bundle.manifest.input.name: batch}), strict=True))
-
-    report = check_golden(bundle, run)
     manifest = bundle.manifest
     print(f"{manifest.id} {manifest.version}: manifest, hashes and agent version ok")
-    for case in report.cases:
-        status = "ok" if case.ok else "FAIL"
-        print(
-            f"  golden {case.file} {case.output}: max abs error {case.max_abs_error:.3g} (atol {case.atol:g}) {status}"
-        )
-    if not report.ok:
-        print(f"golden vectors failed: {report.reason}", file=sys.stderr)
+    failed = None
+    for network in bundle.networks_for("onnxruntime-cpu"):
+        backend = OrtCpuFactory().load(network, BackendOptions())
+        try:
+            report = check_golden(network, backend.run)
+        finally:
+            backend.close()
+        for case in report.cases:
+            status = "ok" if case.ok else "FAIL"
+            print(
+                f"  {network.network_file} golden {case.file} {case.output}: "
+                f"max abs error {case.max_abs_error:.3g} (atol {case.atol:g}) {status}"
+            )
+        if report.ok:
+            continue
+        if network.variant is None:
+            failed = report.reason
+        else:
+            print(f"  the {network.precision} variant fails on this CPU; the agent will not use it: {report.reason}")
+    if failed is not None:
+        print(f"golden vectors failed: {failed}", file=sys.stderr)
         return 1
     return 0
 

@@ -112,7 +112,10 @@ class AgentState:
             states = _counts(conn, "SELECT pipeline_state, COUNT(*) FROM instances GROUP BY pipeline_state")
             unit = self._unit_summary(conn)
             relay = self._relay_state(conn)
-            last = _one(conn, "SELECT model_id, model_version, backend FROM pipeline_results ORDER BY recorded_at DESC")
+            last = _one(
+                conn,
+                "SELECT model_id, model_version, backend, precision FROM pipeline_results ORDER BY recorded_at DESC",
+            )
             deliveries = _counts(conn, "SELECT state, COUNT(*) FROM results_deliveries GROUP BY state")
             built = _counts(conn, "SELECT state, COUNT(*) FROM results_sources GROUP BY state")
             parked = _one(conn, "SELECT COUNT(*) FROM receipt_pending")
@@ -138,6 +141,7 @@ class AgentState:
                 "queue": states.get("received", 0) + states.get("processing", 0),
                 "model": self._active_model(),
                 "backend": None if last is None else last["backend"],
+                "precision": None if last is None else last["precision"],
                 "backend_setting": cfg.pipeline.backend,
             },
             "results": {"deliveries": deliveries, "sources": built},
@@ -223,7 +227,7 @@ class AgentState:
                 if _has(conn, "pipeline_results"):
                     r = _one(
                         conn,
-                        "SELECT status, reason, model_id, model_version, backend, clinical, timings_json "
+                        "SELECT status, reason, model_id, model_version, backend, precision, clinical, timings_json "
                         "FROM pipeline_results WHERE sop_instance_uid = ?",
                         (uid,),
                     )

@@ -71,9 +71,17 @@ class AgentCollector:
         yield GaugeMetricFamily("btt_disk_free_bytes", "Free bytes on the data disk", value=disk["free_mb"] * 2**20)
         yield GaugeMetricFamily("btt_disk_total_bytes", "Size of the data disk", value=disk["total_mb"] * 2**20)
         model = overview["pipeline"]["model"]
-        info = GaugeMetricFamily("btt_model_info", "The active model (1)", labels=["model", "version", "backend"])
+        pipeline = overview["pipeline"]
+        labels = ["model", "version", "backend", "precision"]
+        info = GaugeMetricFamily("btt_model_info", "The active model (1)", labels=labels)
         info.add_metric(
-            [str(model.get("id", "none")), str(model.get("version", "")), str(overview["pipeline"]["backend"] or "")], 1
+            [
+                str(model.get("id", "none")),
+                str(model.get("version", "")),
+                str(pipeline["backend"] or ""),
+                str(pipeline.get("precision") or ""),
+            ],
+            1,
         )
         yield info
         deliveries = GaugeMetricFamily("btt_result_deliveries", "Result deliveries by state", labels=["state"])

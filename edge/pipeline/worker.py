@@ -94,6 +94,8 @@ _MIGRATIONS = [
     );
     CREATE INDEX pipeline_findings_by_instance ON pipeline_findings (sop_instance_uid)
     """,
+    # the precision of the network that ran (a bundle's INT8 variant, say); rows from before were all fp32
+    "ALTER TABLE pipeline_results ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32'",
 ]
 
 
@@ -255,7 +257,8 @@ class PipelineWorker:
         with transaction(self._conn):
             self._conn.execute(
                 "INSERT OR REPLACE INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, "
-                "clinical, backend, timings_json, findings_json, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "clinical, backend, precision, timings_json, findings_json, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     uid,
                     result.status,
@@ -264,6 +267,7 @@ class PipelineWorker:
                     result.model_version,
                     int(result.clinical),
                     result.backend,
+                    result.precision,
                     json.dumps(result.timings_ms, sort_keys=True),
                     findings_json,
                     utc_now(),

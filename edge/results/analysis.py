@@ -28,6 +28,8 @@ class Algorithm:
     """Finding kind -> its coded meaning (SNOMED CT, from the manifest)."""
     clinical: bool = False
     """The bundle is cleared for clinical use (the manifest's ``clinical``)."""
+    precision: str = "fp32"
+    """The precision of the network that ran: the bundle's own (``fp32``) or a variant's (``int8``)."""
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,19 @@ class RecordedAnalyses:
     def load(self, conn: sqlite3.Connection, sop_instance_uid: str) -> Analysis | None:
         """The recorded analysis of this instance, or ``None`` if it has none (or was skipped)."""
         row = conn.execute(
-            "SELECT model_id, model_version, clinical, findings_json FROM pipeline_results "
+            "SELECT model_id, model_version, clinical, findings_json, precision FROM pipeline_results "
             "WHERE sop_instance_uid = ? AND status = 'analysed'",
             (sop_instance_uid,),
         ).fetchone()
         if row is None:
             return None
         algorithm = Algorithm(
-            bundle_id=row[0], version=row[1], name=row[0], codes=self._codes(row[0], row[1]), clinical=bool(row[2])
+            bundle_id=row[0],
+            version=row[1],
+            name=row[0],
+            codes=self._codes(row[0], row[1]),
+            clinical=bool(row[2]),
+            precision=row[4],
         )
         try:
             findings = tuple(Finding.from_json(doc) for doc in json.loads(row[3]))

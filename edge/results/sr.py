@@ -125,6 +125,7 @@ class _Shared:
             parameters=[
                 f"bundle_id={algorithm.bundle_id}",
                 f"cleared_for_clinical_use={str(algorithm.clinical).lower()}",
+                f"precision={algorithm.precision}",
             ],
         )
         self.source_image = SourceImageForRegion.from_source_image(source)

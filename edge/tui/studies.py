@@ -40,6 +40,7 @@ def render_study(doc: dict[str, Any]) -> str:
             lines.append(
                 f"  AI model {escape(value(analysis['model_id']))} {escape(value(analysis['model_version']))} on "
                 f"{escape(value(analysis['backend']))}"
+                + (f" ({escape(value(analysis['precision']))})" if analysis.get("precision") else "")
                 + (f", {total:.0f} ms" if isinstance(total, (int, float)) else "")
             )
         teeth: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

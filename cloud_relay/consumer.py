@@ -73,7 +73,7 @@ class Consumer:
     def _run(self) -> None:
         broker = f"{self._config.host}:{self._config.port}"
         while not self._stop.is_set():
-            connection = Subscription(self._config, self.subscription)
+            connection = Subscription(self._config, self.subscription, cancel=self._stop)
             try:
                 connection.open()
                 event(log, "connected", broker=broker, session=connection.session_present)
@@ -81,6 +81,8 @@ class Consumer:
                 self._connected.set()
                 self._serve(connection)
             except BrokerError as exc:
+                if self._stop.is_set():
+                    break  # stopped while connecting: nothing to report
                 if self._connected.is_set():
                     event(log, "disconnected; reconnecting", level=logging.WARNING, reason=str(exc))
                 else:

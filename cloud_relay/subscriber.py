@@ -23,6 +23,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ DISCONNECT = b"\xe0\x00"
 _MAX_PACKET = 16 * 1024 * 1024
 _PROP_SESSION_EXPIRY, _PROP_RECEIVE_MAXIMUM, _PROP_MAXIMUM_PACKET = 0x11, 0x21, 0x27
 _RECV_BYTES = 1 << 18
+_OPEN_SLICE_S = 0.5
+"""While opening, how long one wait lasts before ``cancel`` is looked at again (a stop is seen within this)."""
 
 
 # --- packets (pure) -------------------------------------------------------------------------------------------
@@ -196,9 +199,17 @@ class PacketReader:
 class Subscription:
     """One connection holding one subscription (see the module docstring); every failure is a BrokerError."""
 
-    def __init__(self, config: MqttConfig, topic_filter: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        topic_filter: str,
+        clock: Callable[[], float] = time.monotonic,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self._config = config
         self._clock = clock
+        self._cancel = cancel or threading.Event()
+        """Set from another thread to give up opening (a broker that drops SYNs or never answers)."""
         self._filter = topic_filter
         self._sock: socket.socket | None = None
         self._reader = PacketReader()
@@ -217,11 +228,9 @@ class Subscription:
 
     def _open(self, timeout: float) -> None:
         c = self._config
+        raw = self._connect(timeout)
         try:
-            raw = socket.create_connection((c.host, c.port), timeout=timeout)
-        except OSError as exc:
-            raise BrokerError(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
-        try:
+            raw.settimeout(timeout)  # the TLS handshake and CONNECT; reads set their own
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = self._tls().wrap_socket(raw, server_hostname=c.host) if c.tls else raw
         except (OSError, ssl.SSLError) as exc:
@@ -249,6 +258,21 @@ class Subscription:
         if len(body) < 4 or body[-1] >= 0x80:
             raise BrokerError(f"the broker refused the subscription to {self._filter} (SUBACK {body[-1:].hex()})")
 
+    def _connect(self, timeout: float) -> socket.socket:
+        """A TCP connection, tried in slices of :data:`_OPEN_SLICE_S` until ``timeout`` or ``cancel``."""
+        c = self._config
+        deadline = self._clock() + timeout
+        while True:
+            try:
+                return socket.create_connection((c.host, c.port), timeout=min(_OPEN_SLICE_S, timeout))
+            except TimeoutError as exc:
+                if self._cancel.is_set():
+                    raise BrokerError("cancelled while connecting") from exc
+                if self._clock() >= deadline:
+                    raise BrokerError(f"cannot connect to {c.host}:{c.port}: no answer within {timeout:g} s") from exc
+            except OSError as exc:
+                raise BrokerError(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
+
     def _tls(self) -> ssl.SSLContext:
         c = self._config
         context = ssl.create_default_context(cafile=None if c.ca_file is None else str(c.ca_file))
@@ -271,7 +295,9 @@ class Subscription:
                     raise _disconnected(packet[2])
             if self._clock() > deadline:
                 raise BrokerError(f"no answer from the broker within {timeout:g} s")
-            self._held += self._read(max(0.01, deadline - self._clock()))
+            if self._cancel.is_set():
+                raise BrokerError("cancelled while waiting for the broker")
+            self._held += self._read(max(0.01, min(_OPEN_SLICE_S, deadline - self._clock())))
 
     def _read(self, wait_s: float) -> list[tuple[int, int, bytes]]:
         sock = self._require()

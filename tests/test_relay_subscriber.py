@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_relay.config import MqttConfig
+from cloud_relay import subscriber
+from cloud_relay.config import IngestConfig, MqttConfig
+from cloud_relay.consumer import Consumer
 from cloud_relay.errors import BrokerError
-from cloud_relay.ingest import TOPIC_FILTER
+from cloud_relay.ingest import TOPIC_FILTER, Ingestor
 from cloud_relay.subscriber import (
     PUBLISH,
     Delivery,
@@ -23,6 +28,7 @@ from cloud_relay.subscriber import (
     publish_packet,
 )
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
+from tests.relay_helpers import throwaway_db
 
 SHARED = f"$share/test/{TOPIC_FILTER}"
 
@@ -157,3 +163,69 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
             Subscription(untrusted, SHARED).open()
     finally:
         broker.stop()
+
+
+@contextmanager
+def _silent_broker() -> Iterator[MqttConfig]:
+    """A TCP listener that completes handshakes and never answers: a broker that hangs before CONNACK."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield MqttConfig.from_url(f"mqtt://127.0.0.1:{listener.getsockname()[1]}", client_id="relay-silent")
+
+
+def test_opening_gives_up_soon_after_cancel_while_the_broker_is_silent() -> None:
+    cancel = threading.Event()
+    errors: list[BrokerError] = []
+    with _silent_broker() as config:
+        sub = Subscription(config, SHARED, cancel=cancel)
+
+        def opening() -> None:
+            try:
+                sub.open(timeout=30.0)
+            except BrokerError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=opening)
+        thread.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        cancel.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 2 * subscriber._OPEN_SLICE_S + 0.5
+    assert "cancelled while waiting for the broker" in str(errors[0])
+
+
+def test_connecting_is_tried_in_slices_until_cancel_or_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that drops SYNs: each attempt times out; cancel is seen between attempts, the deadline ends them."""
+    attempts: list[float] = []
+    now = [0.0]
+
+    def dropped(address: object, timeout: float) -> socket.socket:
+        attempts.append(timeout)
+        now[0] += timeout
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(subscriber.socket, "create_connection", dropped)
+    config = MqttConfig.from_url("mqtt://192.0.2.1:1883", client_id="relay-syn")
+    with pytest.raises(BrokerError, match="no answer within 2 s"):
+        Subscription(config, SHARED, clock=lambda: now[0]).open(timeout=2.0)
+    assert attempts == [subscriber._OPEN_SLICE_S] * int(2.0 / subscriber._OPEN_SLICE_S)
+    cancel = threading.Event()
+    cancel.set()
+    attempts.clear()
+    with pytest.raises(BrokerError, match="cancelled while connecting"):
+        Subscription(config, SHARED, clock=lambda: now[0], cancel=cancel).open(timeout=2.0)
+    assert len(attempts) == 1
+
+
+def test_a_consumer_stops_promptly_while_its_broker_is_silent(tmp_path: Path) -> None:
+    with _silent_broker() as config, throwaway_db("sqlite", tmp_path) as db:
+        consumer = Consumer(config, Ingestor(db), IngestConfig())
+        consumer.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        consumer.stop()
+        assert time.monotonic() - started < 2 * subscriber._OPEN_SLICE_S + 0.5
+        assert not consumer.wait_connected(0)

@@ -14,10 +14,12 @@ import pytest
 from edge.cli import main
 from edge.cli.model import DEFAULT_BUNDLE
 from edge.pipeline.backends import BackendOptions, select_backend
-from models.bundle import Bundle, load_bundle
+from models.bundle import MODEL_NAME, Bundle, load_bundle
 from models.golden import check_golden
 from models.reference.evaluate import evaluate
+from models.reference.quantize import prepare_for_int8, quantize_int8
 from models.synthetic import KINDS
+from tests.pipeline_helpers import tiny_onnx
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,32 @@ def test_the_int8_variant_is_checked_and_a_network_that_passes_runs(bundle: Bund
         assert check_golden(int8 if backend.precision == "int8" else base, backend.run).ok
     finally:
         backend.close()
+
+
+def test_the_int8_preparation_computes_the_same_function(bundle: Bundle) -> None:
+    batch = np.random.default_rng(5).normal(0, 1, (1, 1, 512, 1024)).astype(np.float32)
+    before = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"]).run(None, {"image": batch})
+    prepared = prepare_for_int8(bundle.model_bytes)
+    after = ort.InferenceSession(prepared, providers=["CPUExecutionProvider"]).run(None, {"image": batch})
+    for x, y in zip(before, after, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-4)
+    with pytest.raises(ValueError, match="expected one Conv"):
+        prepare_for_int8(tiny_onnx())  # not the reference network's shape: refused, not guessed
+
+
+@pytest.mark.slow
+def test_the_committed_int8_network_is_reproduced_from_the_float_one(bundle: Bundle) -> None:
+    """Calibration runs the float network, whose last bits may differ on another CPU: the check is on what the two
+    graphs compute, not on their bytes (which matched on the machine that made them)."""
+    committed = bundle.networks_for("onnxruntime-cpu")[1].model_bytes
+    rebuilt = quantize_int8(bundle.files[MODEL_NAME])
+    batch = np.random.default_rng(6).normal(0, 1, (1, 1, 512, 1024)).astype(np.float32)
+    outputs = [
+        ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"image": batch})
+        for m in (committed, rebuilt)
+    ]
+    for x, y in zip(*outputs, strict=True):
+        np.testing.assert_allclose(x, y, atol=0.05)
 
 
 def test_verify_cli_accepts_the_bundle_and_refuses_a_tampered_copy(tmp_path: Path) -> None:

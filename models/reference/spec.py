@@ -8,7 +8,7 @@ from models.synthetic import KINDS
 __all__ = ["BUNDLE_ID", "CLASSES", "DESCRIPTION", "INPUT_SPEC", "REQUIRES_AGENT", "TASK", "VERSION"]
 
 BUNDLE_ID = "btt-reference-dental-pano"
-VERSION = "0.3.0"
+VERSION = "0.3.1"
 TASK = "dental-panoramic-segmentation"
 REQUIRES_AGENT = ">=0.1,<1"
 

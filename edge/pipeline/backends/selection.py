@@ -8,7 +8,7 @@ used on that backend.
 Where the bundle has variants for a kind (its INT8 network for ONNX Runtime on the CPU), each is loaded and checked
 against its own golden vectors beside the bundle's network, and the fastest that passes is kept: on the golden
 input of the bundle's network, the median of :data:`TIMING_ROUNDS` runs each, taken in turn. Whether INT8 is
-faster depends on the CPU (bench/RESULTS.md: 10-25 % faster on a VM with AVX-512 VNNI, slower on another), and on a
+faster depends on the CPU (bench/RESULTS.md: 20-30 % faster on a VM with AVX-512 VNNI, slower on another), and on a
 CPU whose 8-bit kernels compute differently the variant fails its golden vectors and the bundle's own network runs.
 """
 

@@ -204,6 +204,28 @@ def test_a_variant_that_fails_its_golden_vectors_is_not_used() -> None:
     assert factory.loaded[0].calls == 1  # nothing to time it against
 
 
+def _fails_after(calls: int) -> Compute:
+    done = [0]
+
+    def compute(batch: np.ndarray) -> dict[str, np.ndarray]:
+        done[0] += 1
+        if done[0] > calls:
+            raise BackendError("device lost")
+        return reference_outputs(batch)
+
+    return compute
+
+
+def test_a_network_that_fails_while_timed_is_not_used() -> None:
+    factory = PerPrecision({"fp32": _slow(0.01), "int8": _fails_after(1)})
+    assert select_backend(_with_int8(), "auto", BackendOptions(), [factory]).precision == "fp32"
+    assert factory.loaded[1].closed
+    both = PerPrecision({"fp32": _fails_after(1), "int8": _fails_after(1)})
+    with pytest.raises(BackendError, match="fp32 network: failed while timed: device lost; int8 network: failed"):
+        select_backend(_with_int8(), "auto", BackendOptions(), [both])
+    assert all(b.closed for b in both.loaded)
+
+
 def test_every_network_failing_names_each() -> None:
     factory = PerPrecision({"fp32": _wrong, "int8": _wrong})
     with pytest.raises(BackendError, match=r"fp32 network: golden vectors fail: .*; int8 network: golden vectors"):

@@ -111,23 +111,35 @@ def _try(factory: BackendFactory, bundle: Bundle, options: BackendOptions) -> Ba
     return _fastest(factory.kind, passed)
 
 
-def _fastest(kind: str, passed: list[tuple[Backend, Bundle]]) -> Backend:
-    """The backend that ran its network's golden input fastest; the others are closed."""
+def _fastest(kind: str, passed: list[tuple[Backend, Bundle]]) -> Backend | str:
+    """The backend that ran its network's golden input fastest, or why none could; the others are closed.
+
+    One that fails while being timed is left out (the golden check had run it once already).
+    """
     if len(passed) == 1:
         return passed[0][0]
     first = passed[0][1].golden[0].file
     batch = read_golden(passed[0][1].files[first], first)[0]
-    times: list[list[float]] = [[] for _ in passed]
+    times: dict[int, list[float]] = {i: [] for i in range(len(passed))}
+    failures: list[str] = []
     for _ in range(TIMING_ROUNDS):
-        for (backend, _), spent in zip(passed, times, strict=True):
+        for i in list(times):
+            backend, network = passed[i]
             start = time.perf_counter()
-            backend.run(batch)
-            spent.append(time.perf_counter() - start)
-    medians = [statistics.median(t) for t in times]
-    best = medians.index(min(medians))
-    spent_ms = " ".join(f"{n.precision}={m * 1000:.1f}" for (_, n), m in zip(passed, medians, strict=True))
-    event(log, "networks timed", backend=kind, median_ms=spent_ms, chosen=passed[best][1].precision)
+            try:
+                backend.run(batch)
+            except BackendError as exc:
+                failures.append(f"{network.precision} network: failed while timed: {exc}")
+                event(log, "network not used", level=logging.WARNING, backend=kind, precision=network.precision,
+                      reason=f"failed while timed: {exc}")  # fmt: skip
+                del times[i]
+                continue
+            times[i].append(time.perf_counter() - start)
+    best = min(times, key=lambda i: statistics.median(times[i])) if times else None
+    if best is not None:
+        spent_ms = " ".join(f"{passed[i][1].precision}={statistics.median(t) * 1000:.1f}" for i, t in times.items())
+        event(log, "networks timed", backend=kind, median_ms=spent_ms, chosen=passed[best][1].precision)
     for i, (backend, _) in enumerate(passed):
         if i != best:
             backend.close()
-    return passed[best][0]
+    return "; ".join(failures) if best is None else passed[best][0]

@@ -208,7 +208,8 @@ class Bundle:
 
     def network_for(self, backend: str, precision: str) -> Bundle:
         """The view whose network a ``backend`` computing in ``precision`` runs (its variant, else the bundle's)."""
-        return next((n for n in self.networks_for(backend) if n.precision == precision), self.networks_for(backend)[0])
+        networks = self.networks_for(backend)
+        return next((n for n in networks if n.precision == precision), networks[0])
 
     def networks_for(self, backend: str) -> tuple[Bundle, ...]:
         """This bundle's own network first, then a view per variant that ``backend`` (a kind) may run."""

@@ -86,26 +86,21 @@ def _try(factory: BackendFactory, bundle: Bundle, options: BackendOptions) -> Ba
     passed: list[tuple[Backend, Bundle]] = []
     refusals: list[str] = []
     for network in networks:
-        prefix = f"{network.precision} network: " if len(networks) > 1 else ""
         try:
             backend = factory.load(network, options)
         except BackendError as exc:
-            refusals.append(f"{prefix}cannot load: {exc}")
-            continue
-        report = check_golden(network, backend.run)
-        if not report.ok:
+            reason = f"cannot load: {exc}"
+        else:
+            report = check_golden(network, backend.run)
+            if report.ok:
+                passed.append((backend, network))
+                continue
             backend.close()
-            refusals.append(f"{prefix}golden vectors fail: {report.reason}")
-            event(
-                log,
-                "network not used",
-                level=logging.INFO,
-                backend=factory.kind,
-                precision=network.precision,
-                reason=report.reason,
-            )
-            continue
-        passed.append((backend, network))
+            reason = f"golden vectors fail: {report.reason}"
+        # a variant refused while another network runs is seen only here
+        event(log, "network not used", level=logging.INFO, backend=factory.kind, precision=network.precision,
+              reason=reason)  # fmt: skip
+        refusals.append(f"{network.precision} network: {reason}" if len(networks) > 1 else reason)
     if not passed:
         return "; ".join(refusals)
     return _fastest(factory.kind, passed)

@@ -73,6 +73,8 @@ class AgentSection:
     log_format: Literal["text", "json"] = "text"
     """``text``: one readable line per event; ``json``: one JSON object per line for log shippers."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_third_party_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    """Libraries' loggers (highdicom, pydicom, pynetdicom, paho...), never more verbose than ``log_level``."""
     log_file: str = ""
     """Also write the log to this file, rotated at ``log_max_mb`` keeping ``log_backups`` old files. Empty: standard
     error only (journald keeps it)."""

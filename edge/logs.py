@@ -7,6 +7,11 @@ Components log one line per event with :func:`event`::
 In ``text`` format that is ``2026-11-24T10:00:00Z INFO  ingest  stored study=1.2.3 sop=1.2.3.4 ...``; in ``json``
 format one object per line with ``ts``, ``level``, ``logger``, ``event`` and the fields. With a log file the same
 lines also go to that file, rotated by size (``[agent] log_file``, ``log_max_mb``, ``log_backups``).
+
+Our own packages (:data:`OWN_LOGGERS`) log at ``level``; every other logger, that is every library's (highdicom,
+pydicom, pynetdicom, PIL, paho, asyncio, onnxruntime...), at ``library_level`` (``[agent] log_third_party_level``,
+WARNING unless asked), and never more verbosely than ``level``. The split is by namespace, not a list of chatty
+libraries: a library the agent starts to use later is quiet too.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["configure_logging", "event", "formatter"]
+__all__ = ["OWN_LOGGERS", "configure_logging", "event", "formatter"]
 
 _FIELDS = "btt_fields"
+
+OWN_LOGGERS = ("edge", "firmware_bridge", "cloud_relay")
+"""The namespaces of our packages' loggers; every other logger is a library's."""
 
 
 def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fields: Any) -> None:
@@ -72,12 +80,13 @@ def configure_logging(
     fmt: Literal["text", "json"] = "text",
     level: str = "INFO",
     *,
+    library_level: str = "WARNING",
     log_file: Path | None = None,
     max_bytes: int = 20 * 1024 * 1024,
     backups: int = 5,
 ) -> None:
-    """Send all logs to standard error (and ``log_file``, rotated at ``max_bytes``) in ``fmt``; quiet the chattier
-    libraries."""
+    """Send all logs to standard error (and ``log_file``, rotated at ``max_bytes``) in ``fmt``: our own loggers'
+    records at ``level`` and above, the libraries' at ``library_level`` (or ``level``, whichever is quieter)."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +95,20 @@ def configure_logging(
         )
     for handler in handlers:
         handler.setFormatter(formatter(fmt))
+    ours = _level(level)
     root = logging.getLogger()
     root.handlers[:] = handlers
-    root.setLevel(level)
-    for noisy in ("pynetdicom", "pydicom", "paho", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    root.setLevel(max(ours, _level(library_level)))  # what every library logger inherits
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(ours)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        # a library that set its own level when imported (pydicom: WARNING) follows the root like the others
+        if isinstance(logger, logging.Logger) and name.partition(".")[0] not in OWN_LOGGERS:
+            logger.setLevel(logging.NOTSET)
+
+
+def _level(name: str) -> int:
+    number = logging.getLevelName(name.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown log level {name!r}")
+    return number

@@ -47,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(
         agent.log_format,
         agent.log_level,
+        library_level=agent.log_third_party_level,
         log_file=Path(agent.log_file) if agent.log_file else None,
         max_bytes=agent.log_max_mb * 1024 * 1024,
         backups=agent.log_backups,

@@ -132,7 +132,11 @@ def _rotate(args: argparse.Namespace) -> int:
 def _announce(args: argparse.Namespace) -> int:
     from ota.announce import announce, parse_devices, select_devices
 
-    info = Repository(args.repo, KeyStore(Path())).load("targets").signed.targets.get(target_path(args.model_id))
+    try:
+        path = target_path(args.model_id)
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
+    info = Repository(args.repo, KeyStore(Path())).load("targets").signed.targets.get(path)
     if info is None:
         raise PublishError(f"the repository has no bundle for {args.model_id}")
     custom = info.custom or {}

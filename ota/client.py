@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,14 @@ from ota.errors import (
     UpdateRefused,
 )
 from ota.http import HttpFetcher
-from ota.repository import target_path
+from ota.repository import check_name, target_path
 from ota.rollout import RolloutPolicy
 
 __all__ = ["Offer", "UpdateClient", "translate"]
 
 log = logging.getLogger("edge.ota")
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,26 @@ def _refuse(exc: Exception) -> NoReturn:
     raise translate(exc) from exc
 
 
+def _offer(model_id: str, path: str, info: TargetFile) -> Offer:
+    """The offer of the signed entry ``info`` for ``model_id``; refused unless everything in it that becomes part of
+    a path or a URL on the device (the target name, the version, the sha256) is a safe name."""
+    custom = info.custom if isinstance(info.custom, dict) else {}
+    version, named, sha256 = custom.get("version"), custom.get("model_id"), info.hashes.get("sha256")
+    if not isinstance(version, str) or named != model_id or sha256 is None:
+        raise UpdateRefused(f"the signed entry for {path} lacks model_id, version or sha256")
+    try:
+        check_name("version", version)
+    except ValueError as exc:
+        raise UpdateRefused(f"the signed entry for {path}: {exc}") from None
+    if info.path != path or not _SHA256_RE.fullmatch(sha256):
+        raise UpdateRefused(f"the signed entry for {path} names target {info.path!r}, sha256 {sha256!r}")
+    try:
+        rollout = RolloutPolicy.from_json(custom.get("rollout"))
+    except ValueError as exc:
+        raise UpdateRefused(f"the signed entry for {path} has a bad rollout policy: {exc}") from None
+    return Offer(model_id, version, path, info.length, sha256, rollout, info)
+
+
 class UpdateClient:
     """Checks the repository at ``repository_url`` (``metadata/`` and ``targets/`` below it)."""
 
@@ -121,23 +144,17 @@ class UpdateClient:
 
     def offer(self, model_id: str) -> Offer | None:
         """Refresh the metadata and return the bundle it names for ``model_id`` (None: the repository has none)."""
+        try:
+            path = target_path(model_id)
+        except ValueError as exc:
+            raise InstallError(f"the running model cannot be updated: {exc}") from None
         updater = self._updater()
         try:
             updater.refresh()
-            info = updater.get_targetinfo(target_path(model_id))
+            info = updater.get_targetinfo(path)
         except (exceptions.RepositoryError, exceptions.DownloadError, OSError) as exc:
             _refuse(exc)
-        if info is None:
-            return None
-        custom = info.custom if isinstance(info.custom, dict) else {}
-        version, named = custom.get("version"), custom.get("model_id")
-        if not isinstance(version, str) or named != model_id or "sha256" not in info.hashes:
-            raise UpdateRefused(f"the signed entry for {info.path} lacks model_id, version or sha256")
-        try:
-            rollout = RolloutPolicy.from_json(custom.get("rollout"))
-        except ValueError as exc:
-            raise UpdateRefused(f"the signed entry for {info.path} has a bad rollout policy: {exc}") from None
-        return Offer(model_id, version, info.path, info.length, info.hashes["sha256"], rollout, info)
+        return None if info is None else _offer(model_id, path, info)
 
     def url(self, offer: Offer) -> str:
         """Where the archive is (consistent snapshots: the sha256 prefixes the file name)."""

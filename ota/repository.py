@@ -18,6 +18,7 @@ sees a half-published repository.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ __all__ = [
     "KeyStore",
     "Repository",
     "bundle_archive",
+    "check_name",
     "target_path",
 ]
 
@@ -66,9 +68,27 @@ DEFAULT_EXPIRY: Mapping[str, timedelta] = {
 _SERIALIZER = JSONSerializer(compact=False)
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def check_name(what: str, value: object) -> str:
+    """``value`` when it is safe as one file name and one URL path segment; ``ValueError`` naming ``what`` if not.
+
+    Model ids and versions become parts of paths (the target name, the archive's file name in the repository, the
+    device's download file): 1 to 64 letters, digits, ``.``, ``_``, ``+`` or ``-``, starting with a letter or a
+    digit, and no ``..``. The one check for every such name, on the manufacturer's side and the device's.
+    """
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a safe name (1-64 letters, digits, '.', '_', '+' or '-', starting with a "
+            "letter or digit, no '..')"
+        )
+    return value
+
+
 def target_path(model_id: str) -> str:
-    """The TUF target name of a model's bundle archive."""
-    return f"models/{model_id}.tar"
+    """The TUF target name of a model's bundle archive (``ValueError`` for an id that is not a safe name)."""
+    return f"models/{check_name('model id', model_id)}.tar"
 
 
 class KeyStore:
@@ -195,8 +215,13 @@ class Repository:
         rollout: RolloutPolicy | None = None,
         expiry: Mapping[str, timedelta] = DEFAULT_EXPIRY,
     ) -> TargetFile:
-        """Publish ``archive`` as the current bundle of ``model_id`` (replacing the previous entry)."""
-        path = target_path(model_id)
+        """Publish ``archive`` as the current bundle of ``model_id`` (replacing the previous entry); an id or
+        version that is not a safe name (:func:`check_name`) is refused before anything is written."""
+        try:
+            path = target_path(model_id)
+            check_name("version", version)
+        except ValueError as exc:
+            raise PublishError(f"cannot publish: {exc}") from None
         info = TargetFile.from_data(path, archive, ["sha256"])
         custom = {"model_id": model_id, "version": version, "rollout": (rollout or RolloutPolicy()).to_json()}
         info.unrecognized_fields["custom"] = custom

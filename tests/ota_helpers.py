@@ -37,8 +37,10 @@ from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, t
 __all__ = ["RepoServer", "agent_config", "bundle_dir", "new_repository", "publish_bundle", "self_signed", "serve"]
 
 
-def bundle_dir(root: Path, version: str, *, bad_golden: bool = False, fails_on_studies: bool = False) -> Path:
-    """The tiny network as bundle ``tiny-test-model`` ``version`` in ``root/<version>``.
+def bundle_dir(
+    root: Path, version: str, *, bad_golden: bool = False, fails_on_studies: bool = False, model_id: str = ""
+) -> Path:
+    """The tiny network as bundle ``tiny-test-model`` (or ``model_id``) ``version`` in ``root/<version>``.
 
     ``bad_golden``: golden vectors the network cannot meet. ``fails_on_studies``: the manifest asks for twice the
     input size the network takes, so the golden vectors pass but every real image fails in the backend.
@@ -53,7 +55,7 @@ def bundle_dir(root: Path, version: str, *, bad_golden: bool = False, fails_on_s
     files = {MODEL_NAME: network.SerializeToString(), "golden/a.npz": build_golden(inputs, outputs, 256, 0)}
     directory = root / f"{version}{'-bad' if bad_golden else ''}"
     directory.mkdir(parents=True)
-    manifest = dataclasses.replace(MANIFEST, version=version)
+    manifest = dataclasses.replace(MANIFEST, version=version, id=model_id or MANIFEST.id)
     if fails_on_studies:
         manifest = dataclasses.replace(
             manifest, input=dataclasses.replace(manifest.input, height=2 * HEIGHT, width=2 * WIDTH)

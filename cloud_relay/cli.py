@@ -15,7 +15,8 @@
     btt-relay rejects [--limit N]
 
 ``--db`` is a SQLite file path or a ``postgresql://`` URL (also ``$BTT_RELAY_DB``). Every command exits 0 on
-success and 2 with one line on standard error for a bad argument, an unknown id or an unreachable peer.
+success and 2 with one line on standard error for a bad argument, an unknown id or an unreachable peer; ``run``
+exits 2 too when one of its threads fails (the traceback is in the log).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_relay.config import HttpConfig, IngestConfig, LedgerConfig, MqttConfig, RelayConfig
-from cloud_relay.errors import RelayError
+from cloud_relay.errors import RelayError, WorkerFailed
 from cloud_relay.ledger import Ledger
 from cloud_relay.registry import ISSUER, MANUFACTURER, Registry
 from cloud_relay.storage import Database, open_database
@@ -162,21 +163,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
-    """Run one worker until ``stop`` is set: the consumer (when ``config.mqtt``) and the API (when a port)."""
+    """Run one worker until ``stop`` is set: the consumer (when ``config.mqtt``) and the API (when a port).
+
+    A worker thread that dies of an unexpected error sets ``stop``; everything is shut down and
+    :class:`WorkerFailed` raised (``btt-relay run`` exits 2), never a process whose API answers while its ingest
+    is gone.
+    """
     from cloud_relay.consumer import Consumer
     from cloud_relay.ingest import Ingestor
+
+    failures: list[tuple[str, BaseException]] = []
+
+    def failed(thread: str) -> Callable[[BaseException], None]:
+        def record(exc: BaseException) -> None:  # from the failing thread: stop everything, then exit non-zero
+            failures.append((thread, exc))
+            stop.set()
+
+        return record
 
     consumer = None
     ingestor = Ingestor(db, verify_threads=config.ingest.verify_threads)
     if config.mqtt is not None:
-        consumer = Consumer(config.mqtt, ingestor, config.ingest)
+        consumer = Consumer(config.mqtt, ingestor, config.ingest, on_failure=failed("consumer"))
         consumer.start()
     capacity = None  # spare-capacity dispatch (cloud_relay.capacity), with --capacity-key
     if config.mqtt is not None and config.capacity_key is not None:
         from cloud_relay.capacity import CapacityLink, Coordinator
         from edge.receipts.keys import load_private_key
 
-        capacity = CapacityLink(config.mqtt, Coordinator(db, load_private_key(config.capacity_key)))
+        capacity = CapacityLink(
+            config.mqtt, Coordinator(db, load_private_key(config.capacity_key)), on_failure=failed("capacity link")
+        )
         capacity.start()
     try:
         if config.http.port:
@@ -205,6 +222,9 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
         if consumer is not None:
             consumer.stop()
         ingestor.close()
+    if failures:
+        thread, exc = failures[0]
+        raise WorkerFailed(f"the {thread} failed ({type(exc).__name__}: {exc}); exiting") from exc
 
 
 def _run(args: argparse.Namespace, db: Database) -> int:

@@ -10,6 +10,13 @@ PUBACKed, the device resends what it had no application ack for, and the store d
 database refuses is retried after ``retry_s`` without acking anything; a lost connection is re-established with
 exponential backoff and full jitter (1-30 s) and the batch in hand is dropped (the broker redelivers it).
 
+Malformed input is not an error here: the ingest refuses it item by item (:mod:`cloud_relay.messages`) and the
+refusals are acknowledged like any other answer. Any other exception in the consumer thread is a bug or a
+broken invariant; the thread does not carry on around it: it logs the traceback, keeps the error in
+:attr:`Consumer.failure`, acknowledges nothing of the batch in hand (the broker redelivers it), and calls
+``on_failure``, which ``btt-relay run`` uses to end the process with a non-zero status (systemd restarts it)
+instead of leaving an API worker up whose ingest has died.
+
 The connection is :class:`cloud_relay.subscriber.Subscription`, not paho-mqtt: see that module for why.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from cloud_relay.config import IngestConfig, MqttConfig
 from cloud_relay.errors import BrokerError, StorageError
@@ -37,8 +45,15 @@ _POLL_S = 0.2
 class Consumer:
     """One relay worker's consumer loop (see the module docstring)."""
 
-    def __init__(self, mqtt_config: MqttConfig, ingestor: Ingestor, ingest_config: IngestConfig) -> None:
+    def __init__(
+        self,
+        mqtt_config: MqttConfig,
+        ingestor: Ingestor,
+        ingest_config: IngestConfig,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._config = mqtt_config
+        self._on_failure = on_failure
         self._ingestor = ingestor
         self._ingest = ingest_config
         self._stop = threading.Event()
@@ -47,6 +62,8 @@ class Consumer:
         self._thread = threading.Thread(target=self._run, name="relay-ingest", daemon=True)
         self.processed = 0
         """Messages stored (or rejected) and acknowledged so far."""
+        self.failure: BaseException | None = None
+        """The unexpected error that ended the consumer thread, if one did (module docstring)."""
 
     @property
     def subscription(self) -> str:
@@ -71,6 +88,16 @@ class Consumer:
     # --- the consumer thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._consume()
+        except Exception as exc:  # a bug, not bad input: end loudly (module docstring)
+            log.critical("relay consumer failed; nothing of the batch in hand was acknowledged", exc_info=exc)
+            self.failure = exc
+            self._connected.clear()
+            if self._on_failure is not None:
+                self._on_failure(exc)
+
+    def _consume(self) -> None:
         broker = f"{self._config.host}:{self._config.port}"
         while not self._stop.is_set():
             connection = Subscription(self._config, self.subscription, cancel=self._stop)

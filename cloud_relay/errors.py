@@ -13,7 +13,10 @@ verification failures stay :class:`edge.errors.VerificationError` (the verifier'
     ├── Rejected              one up item that will never be stored (carries the reason; permanent)
     ├── NotYet                one up item that cannot be stored yet (its receipts are not here; transient)
     ├── Unauthorized          an API request without a valid clinic token
-    └── BrokerError           the MQTT broker refused the connection or the subscription
+    ├── BrokerError           the MQTT broker refused the connection or the subscription
+    └── WorkerFailed          a worker thread hit an error nothing handles: ``btt-relay run`` exits non-zero
+
+Malformed input from devices is never raised: :mod:`cloud_relay.messages` refuses it with its reason.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "Unauthorized",
+    "WorkerFailed",
 ]
 
 
@@ -65,3 +69,7 @@ class Unauthorized(RelayError):
 
 class BrokerError(RelayError):
     """The MQTT broker refused the connection or the subscription."""
+
+
+class WorkerFailed(RelayError):
+    """A relay worker thread (the consumer, the capacity link) died of an unexpected error; the process ends."""

@@ -18,8 +18,12 @@ published only after it returns (the commit is durable by then). Per item:
   the device resends);
 * ``offers``, ``health``, ``results``: JSON objects stored once per (device, item id).
 
-A rejected item is recorded with its reason in ``rejects`` and acknowledged as rejected (permanent). A message
-whose topic, JSON or device is wrong as a whole is recorded and not acknowledged (it names no items to ack).
+Nothing reaches these steps unchecked: :func:`cloud_relay.messages.parse_up` turns each message into typed items
+first (types, ranges, sizes, depth) and refuses the malformed ones with their reason. A rejected item, there or
+here, is recorded with its reason in ``rejects`` and acknowledged as rejected (permanent); the rest of the batch
+goes on. A message whose topic, JSON or device is wrong as a whole is recorded and not acknowledged (it names no
+items to ack). Only the database failing raises (the batch is retried); anything else that escapes is a bug, and
+the consumer ends the process on it (:mod:`cloud_relay.consumer`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import functools
 import hashlib
 import json
 import logging
-import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +40,16 @@ from typing import Any, TypeVar
 
 from cloud_relay.config import IngestConfig
 from cloud_relay.errors import NotYet, Rejected
+from cloud_relay.messages import (
+    CertificateIn,
+    ReceiptIn,
+    Refusal,
+    ReportIn,
+    SettlementIn,
+    UpItem,
+    clean_reason,
+    parse_up,
+)
 from cloud_relay.registry import device_certificates, load_trust, store_certificate
 from cloud_relay.storage import Database, Tx
 from edge.errors import VerificationError
@@ -45,24 +59,14 @@ from edge.receipts.identity import DeviceCertificate, now_ms
 from edge.receipts.receipts import GENESIS, Receipt, parse_receipt
 from edge.receipts.verify import Checkpoint, Trust, verify_receipts, verify_settlements
 
-__all__ = ["KINDS", "TOPIC_FILTER", "Ack", "Ingestor", "UpMessage", "ack_topic", "parse_topic"]
+__all__ = ["TOPIC_FILTER", "Ack", "Ingestor", "UpMessage", "ack_topic"]
 
 log = logging.getLogger("cloud_relay.ingest")
 
-KINDS = ("receipts", "settlements", "certificate", "offers", "health", "results")
 TOPIC_FILTER = "btt/v1/dev/+/up/#"
-_TOPIC_RE = re.compile(r"^btt/v1/dev/([^/+#]{1,128})/up/([a-z]{1,32})$")
-_ITEM_ID_MAX = 128
 _LOOKUP_CHUNK = 300
 _T = TypeVar("_T")
-
-
-def parse_topic(topic: str) -> tuple[str, str]:
-    """``(device, kind)`` of an up topic; :class:`Rejected` for anything else."""
-    match = _TOPIC_RE.match(topic)
-    if match is None:
-        raise Rejected(f"topic {topic!r:.80} is not btt/v1/dev/<device>/up/<kind>")
-    return match[1], match[2]
+_I = TypeVar("_I", ReceiptIn, SettlementIn, CertificateIn)
 
 
 def ack_topic(device: str) -> str:
@@ -88,35 +92,6 @@ class Ack:
 
     def payload(self) -> bytes:
         return json.dumps({"v": 1, "stored": self.stored, "rejected": self.rejected}).encode("utf-8")
-
-
-@dataclass(frozen=True)
-class _Item:
-    id: str
-    body: Any
-
-
-def _items(device: str, kind: str, payload: bytes) -> list[_Item]:
-    try:
-        doc = json.loads(payload)
-    except ValueError as exc:
-        raise Rejected(f"payload is not JSON: {exc}") from exc
-    if not isinstance(doc, Mapping) or doc.get("v") != 1:
-        raise Rejected("payload must be an object with v = 1")
-    if doc.get("device") != device or doc.get("kind") != kind:
-        raise Rejected(
-            f"payload names device {doc.get('device')!r:.40} / kind {doc.get('kind')!r:.20}, topic {device}/{kind}"
-        )
-    items = doc.get("items")
-    if not isinstance(items, list):
-        raise Rejected("payload items must be a list")
-    out = []
-    for item in items:
-        item_id = item.get("id") if isinstance(item, Mapping) else None
-        if not isinstance(item_id, str) or not 0 < len(item_id) <= _ITEM_ID_MAX:
-            raise Rejected(f"an item without an id string of 1-{_ITEM_ID_MAX} characters")
-        out.append(_Item(item_id, item.get("body")))
-    return out
 
 
 _VerifyJob = tuple[Any, Mapping[str, DeviceCertificate], Trust, Checkpoint]
@@ -151,6 +126,8 @@ class Ingestor:
         self._certs = _CertificateCache()
         self._threads = verify_threads
         self._pool: ThreadPoolExecutor | None = None
+        self.refusals: Counter[str] = Counter()
+        """Items and messages refused at the boundary (:mod:`cloud_relay.messages`), by fault code."""
 
     def close(self) -> None:
         """Stop the verify threads (a later batch starts them again)."""
@@ -175,30 +152,39 @@ class Ingestor:
         not commit: then nothing is acknowledged and the caller retries the batch.
         """
         now = self._clock()
-        parsed: list[tuple[str, str, list[_Item]]] = []
-        bad: list[tuple[str, str, str]] = []
-        for message in messages:
-            try:
-                device, kind = parse_topic(message.topic)
-                parsed.append((device, kind, _items(device, kind, message.payload)))
-            except Rejected as exc:
-                bad.append((message.topic.split("/")[3] if message.topic.count("/") >= 3 else "?", "*", str(exc)))
         acks: dict[str, Ack] = {}
-        work = [
-            (device, kind, item, acks.setdefault(device, Ack(device)))
-            for device, kind, items in parsed
-            for item in items
-        ]
+        work: list[tuple[str, UpItem, Ack]] = []
+        refused: list[tuple[str, str, Refusal]] = []
+        for message in messages:
+            parsed = parse_up(message.topic, message.payload)
+            device = parsed.device
+            if parsed.items or any(r.item != "*" for r in parsed.refused):
+                ack = acks.setdefault(device, Ack(device))
+                work += [(device, item, ack) for item in parsed.items]
+            for refusal in parsed.refused:
+                self.refusals[refusal.code] += 1
+                refused.append((device, parsed.kind, refusal))
+                if refusal.item != "*":
+                    acks[device].rejected.append({"id": refusal.item, "reason": refusal.reason, "permanent": True})
         with self._db.transaction() as tx:
             tx.lock_devices(sorted(acks))
             batch = _Batch(tx, load_trust(tx), now, self._certs, self._verify)
             batch.run(work)
-            batch.rejects += [(device[:128], "*", "*", reason, now) for device, _, reason in bad]
+            batch.rejects += [(device, r.item, kind, r.reason, now) for device, kind, r in refused]
             tx.execute_many(
                 "INSERT INTO rejects (device, item_id, kind, reason, received_ms) VALUES (?, ?, ?, ?, ?)", batch.rejects
             )
-        for device, _, reason in bad:
-            event(log, "message rejected", level=logging.WARNING, device=device, reason=reason)
+        for device, kind, r in refused:
+            event(
+                log,
+                "refused",
+                level=logging.WARNING,
+                device=device,
+                kind=kind,
+                id=r.item,
+                fault=r.code,
+                reason=r.reason,
+            )
         return [a for a in acks.values() if a.stored or a.rejected]
 
 
@@ -252,23 +238,22 @@ class _Batch:
     def certs(self, device: str, keyid: object = None) -> dict[str, DeviceCertificate]:
         return self._certs.get(self.tx, device, keyid)
 
-    def run(self, work: Sequence[tuple[str, str, _Item, Ack]]) -> None:
+    def run(self, work: Sequence[tuple[str, UpItem, Ack]]) -> None:
         """Certificates first, then receipts (verified, then stored together), settlements, and the rest."""
-        for device, kind, item, ack in work:
-            if kind == "certificate":
-                self._attempt(device, kind, item, ack, self._certificate)
-        receipts = [w for w in work if w[1] == "receipts"]
-        self._certs.load(self.tx, {w[0] for w in receipts})
+        for device, item, ack in work:
+            if isinstance(item, CertificateIn):
+                self._attempt(device, item, ack, self._certificate)
+        receipts = [(d, i, a) for d, i, a in work if isinstance(i, ReceiptIn)]
+        self._certs.load(self.tx, {d for d, _, _ in receipts})
         self._receipts(receipts)
-        for device, kind, item, ack in work:
-            if kind == "settlements":
-                self._attempt(device, kind, item, ack, self._settlement)
+        for device, item, ack in work:
+            if isinstance(item, SettlementIn):
+                self._attempt(device, item, ack, self._settlement)
         reports = []
-        for device, kind, item, ack in work:
-            if kind not in ("certificate", "receipts", "settlements"):
-                body = self._attempt(device, kind, item, ack, functools.partial(self._report, kind=kind))
-                if body is not None:
-                    reports.append((device, item.id, kind, body, self.now))
+        for device, item, ack in work:
+            if isinstance(item, ReportIn):
+                ack.stored.append(item.id)
+                reports.append((device, item.id, item.kind, json.dumps(item.body), self.now))
         self.tx.execute_many(
             "INSERT INTO reports (device, item_id, kind, body, received_ms) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
@@ -276,82 +261,77 @@ class _Batch:
         )
 
     def _attempt(
-        self, device: str, kind: str, item: _Item, ack: Ack, step: Callable[[str, _Item], _T], *, stored: bool = True
+        self, device: str, item: _I, ack: Ack, step: Callable[[str, _I], _T], *, stored: bool = True
     ) -> _T | None:
         """Run one item's step; record a rejection, log a deferral, or (when ``stored``) acknowledge it."""
         try:
             result = step(device, item)
         except VerificationError as exc:
-            self._reject(device, kind, item, ack, f"{type(exc).__name__}: {exc}")
+            self._reject(device, item, ack, f"{type(exc).__name__}: {exc}")
         except Rejected as exc:
-            self._reject(device, kind, item, ack, str(exc))
+            self._reject(device, item, ack, str(exc))
         except NotYet as exc:
-            event(log, "item deferred", device=device, kind=kind, id=item.id, reason=str(exc))
+            event(log, "item deferred", device=device, kind=item.kind, id=item.id, reason=str(exc))
         else:
             if stored:
                 ack.stored.append(item.id)
             return result
         return None
 
-    def _reject(self, device: str, kind: str, item: _Item, ack: Ack, reason: str) -> None:
-        self.rejects.append((device, item.id, kind, reason, self.now))
+    def _reject(self, device: str, item: UpItem, ack: Ack, reason: str) -> None:
+        reason = clean_reason(reason)
+        self.rejects.append((device, item.id, item.kind, reason, self.now))
         ack.rejected.append({"id": item.id, "reason": reason, "permanent": True})
-        event(log, "item rejected", level=logging.WARNING, device=device, kind=kind, id=item.id, reason=reason)
+        event(log, "item rejected", level=logging.WARNING, device=device, kind=item.kind, id=item.id, reason=reason)
 
-    def _certificate(self, device: str, item: _Item) -> None:
-        cert = store_certificate(self.tx, item.body, self.trust, self.now)
+    def _certificate(self, device: str, item: CertificateIn) -> None:
+        cert = store_certificate(self.tx, item.envelope, self.trust, self.now)
         if cert.device_id != device:
             raise Rejected(f"certificate of {cert.device_id} published by {device}")
         self._certs.forget(device)
 
-    def _receipts(self, work: Sequence[tuple[str, str, _Item, Ack]]) -> None:
+    def _receipts(self, work: Sequence[tuple[str, ReceiptIn, Ack]]) -> None:
         """Verify each receipt, look up all their stored neighbours at once, then place them in order.
 
         The signatures are checked by :func:`_verify_chunk` (side by side when the ingestor has verify threads);
         everything that reads the database happens here, in the transaction's thread.
         """
         inputs = []
-        for device, kind, item, ack in work:
-            found = self._attempt(device, kind, item, ack, self._receipt_inputs, stored=False)
+        for device, item, ack in work:
+            found = self._attempt(device, item, ack, self._receipt_inputs, stored=False)
             if found is not None:
                 inputs.append((device, item, ack, found))
         outcomes = self._verify(
-            [(item.body, certs, self.trust, checkpoint) for _, item, _, (certs, checkpoint) in inputs]
+            [(item.envelope, certs, self.trust, checkpoint) for _, item, _, (certs, checkpoint) in inputs]
         )
         verified = []
         for (device, item, ack, (certs, _)), outcome in zip(inputs, outcomes, strict=True):
             check = functools.partial(self._verified_receipt, outcome=outcome, certs=certs)
-            result = self._attempt(device, "receipts", item, ack, check, stored=False)
+            result = self._attempt(device, item, ack, check, stored=False)
             if result is not None:
                 verified.append((device, item, ack, *result))
         known = self._known({(d, r.seq + k) for d, _, _, r, _ in verified for k in (-1, 0, 1)})
         rows: list[tuple[Any, ...]] = []
         for device, item, ack, receipt, body in verified:
             place = functools.partial(self._place, known, rows, receipt=receipt, body=body)
-            self._attempt(device, "receipts", item, ack, place)
+            self._attempt(device, item, ack, place)
         self.tx.execute_many(
             "INSERT INTO receipts (device, seq, hash, prev, keyid, time_ms, kind, right_id, units, overage_units,"
             " body, signatures, item_id, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
 
-    def _receipt_inputs(self, device: str, item: _Item) -> tuple[dict[str, DeviceCertificate], Checkpoint]:
+    def _receipt_inputs(self, device: str, item: ReceiptIn) -> tuple[dict[str, DeviceCertificate], Checkpoint]:
         """The certificates and the checkpoint a receipt is verified against (its own ``seq - 1`` and ``prev``)."""
-        signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
-        if not isinstance(signed, Mapping):
-            raise Rejected("receipt: not a signed receipt envelope")
-        seq, prev = signed.get("seq"), signed.get("prev")
-        if type(seq) is not int or seq < 1 or not isinstance(prev, str):
-            raise Rejected("receipt: not a signed receipt envelope with an integer seq and a prev hash")
-        certs = self.certs(device, signed.get("keyid"))
+        certs = self.certs(device, item.keyid)
         if not certs:
-            raise NotYet(f"receipt {seq}: no certificate of {device} at the relay yet")
-        return certs, Checkpoint(seq - 1, prev)
+            raise NotYet(f"receipt {item.seq}: no certificate of {device} at the relay yet")
+        return certs, Checkpoint(item.seq - 1, item.prev)
 
     def _verified_receipt(
         self,
         device: str,
-        item: _Item,
+        item: ReceiptIn,
         *,
         outcome: _Outcome,
         certs: dict[str, DeviceCertificate],
@@ -393,7 +373,7 @@ class _Batch:
         known: dict[tuple[str, int], tuple[str, str]],
         rows: list[tuple[Any, ...]],
         device: str,
-        item: _Item,
+        item: ReceiptIn,
         *,
         receipt: Receipt,
         body: bytes,
@@ -424,20 +404,15 @@ class _Batch:
                 receipt.units,
                 receipt.overage_units,
                 body.decode("utf-8"),
-                json.dumps(item.body.get("signatures")),
+                json.dumps(item.envelope["signatures"]),
                 item.id,
                 self.now,
             )
         )
 
-    def _settlement(self, device: str, item: _Item) -> None:
-        signed = item.body.get("signed") if isinstance(item.body, Mapping) else None
-        if not isinstance(signed, Mapping):
-            raise Rejected("settlement: not a signed settlement envelope")
-        fields: list[Any] = [signed.get(k) for k in ("batch", "first_seq", "last_seq")]
-        if not all(type(v) is int and v >= 1 for v in fields):
-            raise Rejected("settlement: not a signed settlement envelope with integer batch, first_seq, last_seq")
-        batch, first, last = fields
+    def _settlement(self, device: str, item: SettlementIn) -> None:
+        batch, first, last = item.batch, item.first_seq, item.last_seq
+        signed = item.envelope["signed"]
         digest = hashlib.sha256(encode_unchecked(signed)).hexdigest()
         stored = self.tx.one("SELECT hash FROM settlements WHERE device = ? AND batch = ?", (device, batch))
         if stored is not None:
@@ -465,7 +440,7 @@ class _Batch:
         ]
         checkpoint = Checkpoint(seq=prev_last, batch=batch - 1, settlement_hash=prev)
         (settlement,) = verify_settlements(
-            [item.body], receipts, self.certs(device, signed.get("keyid")), self.trust, checkpoint
+            [item.envelope], receipts, self.certs(device, item.keyid), self.trust, checkpoint
         )
         if settlement.device != device:
             raise Rejected(f"settlement {batch} of device {settlement.device} published by {device}")
@@ -481,16 +456,8 @@ class _Batch:
                 settlement.count,
                 settlement.root,
                 settlement.closed_ms,
-                json.dumps(item.body),
+                json.dumps(item.envelope),
                 item.id,
                 self.now,
             ),
         )
-
-    @staticmethod
-    def _report(device: str, item: _Item, *, kind: str) -> str:
-        if kind not in KINDS:
-            raise Rejected(f"unknown kind {kind!r}")
-        if not isinstance(item.body, Mapping):
-            raise Rejected(f"{kind}: body must be a JSON object")
-        return json.dumps(item.body)

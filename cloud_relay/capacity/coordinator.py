@@ -44,7 +44,7 @@ from cloud_relay.errors import RegistryError, Rejected, RelayConfigError
 from cloud_relay.registry import device_certificates, load_trust
 from cloud_relay.storage import Database, Tx
 from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, sign, verify
-from edge.errors import VerificationError
+from edge.errors import EncodingError, VerificationError
 from edge.receipts.identity import now_ms
 from edge.receipts.keys import PrivateKey
 
@@ -118,7 +118,8 @@ class Coordinator:
     def handle(self, device: str, envelope: Any) -> str:
         """Verify and record one capacity message from ``device``; returns its type. :class:`Rejected` when the
         signature, the device or the content is wrong."""
-        kind = envelope.get("signed", {}).get("type") if isinstance(envelope, Mapping) else None
+        signed = envelope.get("signed") if isinstance(envelope, Mapping) else None
+        kind = signed.get("type") if isinstance(signed, Mapping) else None
         if kind not in (OFFER, WITHDRAW, RESULT):
             raise Rejected(f"not a capacity message: {kind!r}")
         with self.db.transaction() as tx:
@@ -142,7 +143,7 @@ class Coordinator:
             raise Rejected(f"{kind}: key of {device} is revoked")
         try:
             signed = verify(kind, envelope, cert.key)
-        except VerificationError as exc:
+        except (VerificationError, EncodingError) as exc:
             raise Rejected(f"{kind}: {exc}") from exc
         if signed.get("device") != device:
             raise Rejected(f"{kind}: signed for device {signed.get('device')!r}, sent by {device!r}")
@@ -188,7 +189,9 @@ class Coordinator:
             return  # a resent result: already recorded
         status, outputs = s.get("status"), s.get("outputs")
         if status == "done" and (not isinstance(outputs, list) or len(outputs) != int(job[2])):
-            raise Rejected(f"capacity-result: job {job_id}: {s.get('items')} outputs for {job[2]} items")
+            raise Rejected(f"capacity-result: job {job_id}: {s.get('items')!r:.20} outputs for {job[2]} items")
+        if status == "done" and not all(type(o) is list and all(type(v) is int for v in o) for o in outputs or ()):
+            raise Rejected(f"capacity-result: job {job_id}: outputs must be lists of integers (micro-units)")
         if status == "done" and job[3] not in _OPEN:
             state = "late"  # the job was finished by another device meanwhile: kept, not paid
         else:

@@ -2,10 +2,13 @@
 
 It reads ``btt/v1/dev/+/up/offers`` through its own shared-subscription group (``btt-capacity``), so every relay
 worker's :class:`~cloud_relay.consumer.Consumer` still stores and acknowledges those items as before, and one
-capacity worker sees each message once. Each item's body goes to :meth:`Coordinator.handle` (a rejected one is
-logged; device resends are recognised as such). Every ``tick_s``, and at once after an offer, a withdrawal or a
-result, :meth:`Coordinator.tick` runs and each job it dispatches is published at QoS 1 on
-``btt/v1/dev/{device}/cmd/capacity-job``.
+capacity worker sees each message once. A message is parsed by the relay's one boundary parser
+(:func:`cloud_relay.messages.parse_up`; what it refuses is logged and dropped: the consumer records it) and each
+item's body goes to :meth:`Coordinator.handle` (a rejected one is logged; device resends are recognised as such).
+An unexpected error in either thread (paho's or the ticker) is logged with its traceback and handed to
+``on_failure``, with which ``btt-relay run`` ends the process non-zero, as for the consumer. Every ``tick_s``, and
+at once after an offer, a withdrawal or a result, :meth:`Coordinator.tick` runs and each job it dispatches is
+published at QoS 1 on ``btt/v1/dev/{device}/cmd/capacity-job``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.config import MqttConfig
 from cloud_relay.errors import BrokerError, RelayError
+from cloud_relay.messages import ReportIn, parse_up
 from edge.logs import event
 
 __all__ = ["CAPACITY_GROUP", "CapacityLink", "job_topic"]
@@ -56,8 +61,18 @@ def job_topic(device: str) -> str:
 class CapacityLink:
     """Runs a :class:`Coordinator` against the broker (module docstring)."""
 
-    def __init__(self, config: MqttConfig, coordinator: Coordinator, *, tick_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        coordinator: Coordinator,
+        *,
+        tick_s: float = 1.0,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.config = config
+        self._on_failure = on_failure
+        self.failure: BaseException | None = None
+        """The unexpected error that stopped the link, if one did."""
         self.coordinator = coordinator
         self.tick_s = tick_s
         self._wake = threading.Event()
@@ -101,24 +116,42 @@ class CapacityLink:
         self._connected.clear()
         event(log, "capacity link disconnected", level=logging.WARNING, reason=str(reason))
 
+    def _fail(self, exc: Exception) -> None:
+        log.critical("capacity link failed", exc_info=exc)
+        self.failure = exc
+        self._stop.set()
+        self._wake.set()
+        if self._on_failure is not None:
+            self._on_failure(exc)
+
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        device = message.topic.split("/")[3]
         try:
-            items = json.loads(message.payload)["items"]
-        except (ValueError, KeyError, TypeError):
-            event(log, "capacity message unreadable", level=logging.WARNING, device=device)
-            return
-        for item in items if isinstance(items, list) else []:
-            body = item.get("body") if isinstance(item, dict) else None
-            try:
-                kind = self.coordinator.handle(device, body)
-            except RelayError as exc:
-                event(log, "capacity message refused", level=logging.WARNING, device=device, reason=str(exc))
+            self._handle(message.topic, bytes(message.payload))
+        except Exception as exc:  # a bug, not bad input (that is refused): end loudly
+            self._fail(exc)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        parsed = parse_up(topic, payload)
+        for refusal in parsed.refused:
+            event(log, "capacity item refused", level=logging.WARNING, device=parsed.device, reason=refusal.reason)
+        for item in parsed.items:
+            if not isinstance(item, ReportIn):
                 continue
-            event(log, "capacity message", device=device, kind=kind)
+            try:
+                kind = self.coordinator.handle(parsed.device, item.body)
+            except RelayError as exc:
+                event(log, "capacity message refused", level=logging.WARNING, device=parsed.device, reason=str(exc))
+                continue
+            event(log, "capacity message", device=parsed.device, kind=kind)
         self._wake.set()
 
     def _run(self) -> None:
+        try:
+            self._tick_loop()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _tick_loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.tick_s)
             self._wake.clear()

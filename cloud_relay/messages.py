@@ -1,0 +1,308 @@
+"""Up messages at the relay's edge: bytes in, typed items out, and a refusal with its reason for the rest (pure).
+
+Everything a device publishes passes through :func:`parse_up` once, before the ingest looks at it, the way
+``firmware_bridge.framing`` decodes serial frames: what is malformed is refused with its reason (and a short
+``code`` to count it by), never raised, and the rest of the message goes on. Nothing here reads a database, a
+clock or a socket; :func:`parse_up` returns for every input (tests/test_relay_boundary.py feeds it arbitrary
+JSON and bytes).
+
+A whole message is refused (recorded; nothing in it can be acknowledged, no id in it can be trusted) when
+
+* its topic is not ``btt/v1/dev/<device>/up/<kind>`` with a device id of the registry's form (``ID_RE``, no
+  ``/``) and a kind of 1-32 lower-case letters;
+* its payload is larger than :data:`MAX_PAYLOAD_BYTES`, not UTF-8, or not JSON (nesting so deep that the parser
+  gives up, or an integer of more digits than Python converts, is "not JSON" too);
+* it is not ``{"v": 1, "device": <the topic's>, "kind": <the topic's>, "items": [...]}`` with at most
+  :data:`MAX_ITEMS` items.
+
+One item alone is refused (acknowledged as rejected, permanent; its neighbours go on) when
+
+* it is not an object with an ``id`` of 1-128 visible ASCII characters and a ``body`` (an item without a
+  usable id is recorded under the id ``*``: there is no id to acknowledge);
+* its body leaves the relay's JSON subset: nested deeper than :data:`MAX_DEPTH`, NaN or Infinity (also a
+  number literal that overflows to one), an integer outside ±(2**53 - 1) (I-JSON; the canonical encoding's
+  range), a string that is not valid Unicode (a lone surrogate escape);
+* its body is not the kind's shape: ``receipts`` and ``settlements`` a signed envelope whose fields the ingest
+  looks up (``seq``, ``prev``, ``batch``, ``first_seq``, ``last_seq``, ``keyid``) have their types and
+  ranges; ``certificate`` an envelope object; ``offers``, ``health``, ``results`` an object;
+* its kind is not one the relay stores (every item of an ``up/<unknown>`` message).
+
+What passes is a :class:`ReceiptIn`, :class:`SettlementIn`, :class:`CertificateIn` or :class:`ReportIn`; the
+signatures and everything else they claim are checked by the ingest (``edge.receipts.verify``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeGuard
+
+from edge.receipts.encoding import MAX_SAFE_INTEGER
+
+__all__ = [
+    "KINDS",
+    "MAX_DEPTH",
+    "MAX_ITEMS",
+    "MAX_PAYLOAD_BYTES",
+    "CertificateIn",
+    "ParsedUp",
+    "ReceiptIn",
+    "Refusal",
+    "ReportIn",
+    "SettlementIn",
+    "UpItem",
+    "clean_reason",
+    "parse_topic",
+    "parse_up",
+]
+
+KINDS = ("receipts", "settlements", "certificate", "offers", "health", "results")
+REPORT_KINDS = ("offers", "health", "results")
+MAX_PAYLOAD_BYTES = 2 * 2**20
+"""Largest up payload: a device sends at most ``sync.batch_max_bytes`` (<= 1 MB) or one item of <= 512 KiB."""
+MAX_ITEMS = 10_000
+"""Most items in one message (the device's ``sync.batch_max_items`` is at most 10 000)."""
+MAX_DEPTH = 32
+"""Deepest nesting of objects and arrays in an item's body (a receipt envelope is 3 deep)."""
+MAX_REASON = 500
+"""Longest reason recorded or sent back (characters)."""
+_TOPIC_RE = re.compile(r"^btt/v1/dev/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/up/([a-z]{1,32})$")
+_ITEM_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+class _NonFinite:
+    """What NaN, Infinity and overflowing number literals parse to: a marker the subset check refuses."""
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+_NON_FINITE = _NonFinite()
+
+
+def _parse_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NON_FINITE
+
+
+def _parse_constant(_text: str) -> _NonFinite:
+    return _NON_FINITE
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One thing the relay will never store: an item (``item`` its id) or a whole message (``item`` = ``*``)."""
+
+    code: str
+    """What kind of fault, for counting: topic, size, encoding, json, message, item, subset, shape, kind."""
+    reason: str
+    item: str = "*"
+
+
+@dataclass(frozen=True)
+class ReceiptIn:
+    """A receipt envelope with the fields the ingest looks up before verifying it."""
+
+    kind: ClassVar[str] = "receipts"
+    id: str
+    envelope: Mapping[str, Any]
+    seq: int
+    prev: str
+    keyid: str
+
+
+@dataclass(frozen=True)
+class SettlementIn:
+    """A settlement envelope with the fields the ingest looks up before verifying it."""
+
+    kind: ClassVar[str] = "settlements"
+    id: str
+    envelope: Mapping[str, Any]
+    batch: int
+    first_seq: int
+    last_seq: int
+    keyid: str
+
+
+@dataclass(frozen=True)
+class CertificateIn:
+    """A device certificate envelope (verified by the registry against the manufacturer keys)."""
+
+    kind: ClassVar[str] = "certificate"
+    id: str
+    envelope: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ReportIn:
+    """An ``offers``, ``health`` or ``results`` item: a JSON object stored as it came."""
+
+    kind: str
+    id: str
+    body: Mapping[str, Any]
+
+
+UpItem = ReceiptIn | SettlementIn | CertificateIn | ReportIn
+
+
+@dataclass(frozen=True)
+class ParsedUp:
+    """What one message holds: its device and kind (``?`` / ``*`` when the topic names none), the items that
+    passed, and what was refused."""
+
+    device: str
+    kind: str
+    items: tuple[UpItem, ...] = ()
+    refused: tuple[Refusal, ...] = ()
+
+
+def clean_reason(text: str) -> str:
+    """``text`` safe to store and send: non-printable characters escaped, at most :data:`MAX_REASON` long."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """``(device, kind)`` of an up topic, or None."""
+    match = _TOPIC_RE.match(topic)
+    return None if match is None else (match[1], match[2])
+
+
+def parse_up(topic: str, payload: bytes) -> ParsedUp:
+    """The items of one up message, and the refusals (module docstring); never raises."""
+    names = parse_topic(topic)
+    if names is None:
+        return _whole("?", "*", "topic", f"topic {topic!r:.80} is not btt/v1/dev/<device>/up/<kind>")
+    device, kind = names
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return _whole(device, kind, "size", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _whole(device, kind, "encoding", f"payload is not UTF-8: {exc}")
+    try:
+        doc = json.loads(text, parse_float=_parse_float, parse_constant=_parse_constant)
+    except RecursionError:
+        return _whole(device, kind, "json", "payload is not JSON: nested too deeply")
+    except ValueError as exc:
+        return _whole(device, kind, "json", f"payload is not JSON: {exc}")
+    if type(doc) is not dict or doc.get("v") != 1 or type(doc.get("v")) is not int:
+        return _whole(device, kind, "message", "payload must be an object with v = 1")
+    if doc.get("device") != device or doc.get("kind") != kind:
+        return _whole(
+            device,
+            kind,
+            "message",
+            f"payload names device {doc.get('device')!r:.40} / kind {doc.get('kind')!r:.20}, topic {device}/{kind}",
+        )
+    raw = doc.get("items")
+    if type(raw) is not list or len(raw) > MAX_ITEMS:
+        return _whole(device, kind, "message", f"payload items must be a list of at most {MAX_ITEMS}")
+    items: list[UpItem] = []
+    refused: list[Refusal] = []
+    for position, entry in enumerate(raw):
+        item_id = entry.get("id") if type(entry) is dict else None
+        if type(item_id) is not str or not _ITEM_ID_RE.match(item_id):
+            refused.append(Refusal("item", f"item {position}: no id of 1-128 visible ASCII characters"))
+            continue
+        outcome = _item(kind, item_id, entry.get("body"))
+        (refused if isinstance(outcome, Refusal) else items).append(outcome)  # type: ignore[arg-type]
+    return ParsedUp(device, kind, tuple(items), tuple(refused))
+
+
+def _whole(device: str, kind: str, code: str, reason: str) -> ParsedUp:
+    return ParsedUp(device, kind, refused=(Refusal(code, clean_reason(reason)),))
+
+
+def _item(kind: str, item_id: str, body: Any) -> UpItem | Refusal:
+    if kind not in KINDS:
+        return Refusal("kind", f"unknown kind {kind!r}", item_id)
+    fault = _subset_fault(body, 1)
+    if fault is not None:
+        return Refusal("subset", f"{kind}: {fault}", item_id)
+    if type(body) is not dict:
+        return Refusal("shape", f"{kind}: body must be a JSON object", item_id)
+    try:
+        if kind == "receipts":
+            return _receipt(item_id, body)
+        if kind == "settlements":
+            return _settlement(item_id, body)
+    except _ShapeError as exc:
+        return Refusal("shape", str(exc), item_id)
+    if kind == "certificate":
+        return CertificateIn(item_id, body)
+    return ReportIn(kind, item_id, body)
+
+
+class _ShapeError(Exception):
+    pass
+
+
+def _signed(body: dict[str, Any], what: str) -> tuple[dict[str, Any], str]:
+    signed = body.get("signed")
+    if type(signed) is not dict:
+        raise _ShapeError(f"{what}: not a signed {what} envelope")
+    keyid = signed.get("keyid")
+    if type(keyid) is not str or not 0 < len(keyid) <= 128:
+        raise _ShapeError(f"{what}: not a signed {what} envelope with a key id")
+    if type(body.get("signatures")) is not list:
+        raise _ShapeError(f"{what}: not a signed {what} envelope with a list of signatures")
+    return signed, keyid
+
+
+def _counter(value: Any) -> TypeGuard[int]:
+    """A sequence or batch number: an integer from 1 (the subset check bounds it above)."""
+    return type(value) is int and value >= 1
+
+
+def _receipt(item_id: str, body: dict[str, Any]) -> ReceiptIn:
+    signed, keyid = _signed(body, "receipt")
+    seq, prev = signed.get("seq"), signed.get("prev")
+    if not _counter(seq) or type(prev) is not str:
+        raise _ShapeError("receipt: not a signed receipt envelope with an integer seq and a prev hash")
+    return ReceiptIn(item_id, body, seq, prev, keyid)
+
+
+def _settlement(item_id: str, body: dict[str, Any]) -> SettlementIn:
+    signed, keyid = _signed(body, "settlement")
+    batch, first, last = signed.get("batch"), signed.get("first_seq"), signed.get("last_seq")
+    if not (_counter(batch) and _counter(first) and _counter(last)):
+        raise _ShapeError("settlement: not a signed settlement envelope with integer batch, first_seq, last_seq")
+    return SettlementIn(item_id, body, batch, first, last, keyid)
+
+
+def _subset_fault(value: Any, depth: int) -> str | None:
+    """Why ``value`` (parsed JSON, ``depth`` levels in) is outside the relay's JSON subset, or None."""
+    kind = type(value)
+    if kind is str:
+        return None if value.isascii() or _is_unicode(value) else "a string that is not valid Unicode"
+    if kind is int:
+        return None if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else "an integer outside ±(2**53 - 1)"
+    if kind is dict or kind is list:
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH}"
+        if kind is dict:
+            for key in value:
+                if not (key.isascii() or _is_unicode(key)):
+                    return "an object key that is not valid Unicode"
+            value = value.values()
+        for child in value:
+            fault = _subset_fault(child, depth + 1)
+            if fault is not None:
+                return fault
+        return None
+    if value is _NON_FINITE:
+        return "NaN or Infinity is not a number the relay takes"
+    return None  # a finite float, a boolean, null
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

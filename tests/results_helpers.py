@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -21,7 +23,11 @@ from edge.pipeline.findings import Finding
 from edge.results.analysis import Algorithm, Analysis
 from edge.store.image_store import ImageStore
 from edge.store.index import set_state
+from firmware_bridge.messages import ExposureCompleted, Identify
+from firmware_bridge.simulator import image_dataset
 from models.bundle import Code
+from models.synthetic import generate
+from models.synthetic_dicom import synthetic_dicom_bytes
 
 DCIODVFY = "/usr/bin/dciodvfy"
 STORESCP = "/usr/bin/storescp"
@@ -36,7 +42,7 @@ ALGORITHM = Algorithm(bundle_id="btt-reference-dental-pano", version="0.1.0", na
                       codes=CODES)  # fmt: skip
 
 _SOP_CLASSES = {
-    "PX": "1.2.840.10008.5.1.4.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "PX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
     "IO": "1.2.840.10008.5.1.4.1.1.1.3",  # Digital Intra-Oral X-Ray Image Storage - For Presentation
     "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage (a slice of a CBCT volume)
 }
@@ -141,10 +147,71 @@ def file_bytes(ds: Dataset) -> bytes:
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    """The ``Error`` lines dciodvfy prints for ``path`` (it must be installed: the suite needs dicom3tools)."""
+    """The ``Error`` lines dciodvfy prints for ``path``, and its warnings about Laterality or the body part (a
+    panoramic's ``B`` in series Laterality, an empty one, issue 16). dicom3tools must be installed."""
     assert shutil.which(DCIODVFY), "dicom3tools (dciodvfy) is required"
     out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+    return [
+        line
+        for line in (out.stdout + out.stderr).splitlines()
+        if line.startswith("Error") or (line.startswith("Warning") and ("Laterality" in line or "Body Part" in line))
+    ]
+
+
+@functools.cache
+def _synthetic_bytes(seed: int) -> bytes:
+    return synthetic_dicom_bytes(generate(seed), seed)
+
+
+@functools.cache
+def _simulator_bytes(exposure_id: int) -> bytes:
+    identity = Identify(model="PANO-9", serial="SN-0042", firmware="2.1.0", manufacturer="ACME Dental")
+    exposure = ExposureCompleted(exposure_id=exposure_id, program="panoramic", kvp=70.0, ma=10.0, time_ms=14000,
+                                 dap_mgy_cm2=95.0, started_ms=1_764_000_000_000)  # fmt: skip
+    return file_bytes(image_dataset(identity, exposure))
+
+
+def synthetic_panoramic(seed: int = 3) -> Dataset:
+    """The product's own synthetic panoramic (``btt-edge model synth``), as the store holds it."""
+    return dcmread(io.BytesIO(_synthetic_bytes(seed)))
+
+
+def simulated_panoramic(exposure_id: int = 5) -> Dataset:
+    """The image the unit simulator sends for a panoramic exposure, as the store holds it."""
+    return dcmread(io.BytesIO(_simulator_bytes(exposure_id)))
+
+
+def _lateral(image_laterality: str | None, *, series: str | None = None) -> Callable[[], Dataset]:
+    def make() -> Dataset:
+        ds = synthetic_panoramic()
+        if image_laterality is None:
+            del ds.ImageLaterality
+        else:
+            ds.ImageLaterality = image_laterality
+        if series is not None:
+            ds.Laterality = series
+        return ds
+
+    return make
+
+
+DCIODVFY_SOURCES: dict[str, Callable[[], Dataset]] = {
+    "panoramic": lambda: source_image("PX", rows=700, columns=1400),
+    "intra-oral": lambda: source_image("IO", rows=500, columns=400),
+    "cbct-derived": lambda: source_image("CT", rows=256, columns=256),
+    "synthetic": synthetic_panoramic,
+    "simulator": simulated_panoramic,
+    "image-laterality-B": _lateral("B"),
+    "image-laterality-U": _lateral("U"),
+    "image-laterality-L": _lateral("L"),
+    "image-laterality-R": _lateral("R"),
+    "image-laterality-none": _lateral(None),
+    "series-laterality-R-image-B": _lateral("B", series="R"),
+    "series-laterality-empty": _lateral(None, series=""),
+    "pydicom-CT_small": lambda: dcmread(get_testdata_file("CT_small.dcm")),  # third party, Laterality empty
+}
+"""Every source the dciodvfy tests build each result object from: hand-built ones of three modalities, the
+product's generator and unit simulator, each Image Laterality a panoramic may carry, and a third-party file."""
 
 
 class FakeAnalyses:

@@ -8,21 +8,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from edge.errors import ResultBuildError
 from edge.pipeline.teeth import PERMANENT_FDI
 from edge.results.analysis import Algorithm, Analysis
 from edge.results.codes import tooth_codes
 from edge.results.gsps import build_gsps
+from edge.results.header import AI_LABEL, Equipment, series_laterality, with_empty_type2_identifiers
 from edge.results.overlay import BANNER, build_overlay, render
-from edge.results.sr import AI_LABEL, build_sr, with_empty_type2_identifiers
+from edge.results.sr import build_sr
 from edge.results.uids import UidFactory
-from tests.results_helpers import ALGORITHM, analysis_of, dciodvfy_errors, file_bytes, source_image
+from tests.results_helpers import (
+    ALGORITHM,
+    DCIODVFY_SOURCES,
+    analysis_of,
+    dciodvfy_errors,
+    file_bytes,
+    simulated_panoramic,
+    source_image,
+    synthetic_panoramic,
+)
 
-CASES = {"panoramic": ("PX", 700, 1400), "intra-oral": ("IO", 500, 400), "cbct-derived": ("CT", 256, 256)}
 IDENTIFIERS = (
     *("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID"),
-    *("StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"),
+    *("StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDescription"),
 )
 
 
@@ -36,11 +46,13 @@ def _walk(items: object) -> list[object]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(DCIODVFY_SOURCES))
 def test_objects_pass_dciodvfy_and_copy_identifiers(case: str, tmp_path: Path) -> None:
-    modality, rows, columns = CASES[case]
-    source = source_image(modality, rows=rows, columns=columns)
+    """Every result kind from every source (the generator's and the simulator's panoramics, each Image
+    Laterality, a third-party CT): no dciodvfy error, no Laterality warning, patient and study as received."""
+    source = DCIODVFY_SOURCES[case]()
     received = dcmread(io.BytesIO(file_bytes(source)))  # as the store holds it
+    source = with_empty_type2_identifiers(source)
     for build in (build_sr, build_overlay, build_gsps):
         ds = build(source, analysis_of(source), UidFactory("1.2.3.4"))
         path = tmp_path / f"{build.__name__}.dcm"
@@ -48,11 +60,16 @@ def test_objects_pass_dciodvfy_and_copy_identifiers(case: str, tmp_path: Path) -
         assert dciodvfy_errors(path) == [], f"{case} {build.__name__}"
         back = dcmread(path)
         for keyword in IDENTIFIERS:
-            assert back[keyword].value == received[keyword].value, keyword
-        assert back.PatientName == "Müller^Jürgen"
+            if keyword in received:
+                assert back[keyword].value == received[keyword].value, f"{case} {build.__name__} {keyword}"
         assert back.SOPInstanceUID.startswith("1.2.3.4.")
         assert back.SeriesInstanceUID != source.SeriesInstanceUID
         assert back.SeriesDescription == AI_LABEL
+        if back.Modality == "SR":
+            assert "Laterality" not in back
+        else:
+            assert back.get("Laterality") == series_laterality(source), f"{case} {build.__name__}"
+            assert back.get("Laterality", "R") in ("R", "L")  # never B, U or empty
 
 
 def test_sr_content_names_algorithm_findings_teeth_and_region() -> None:
@@ -96,8 +113,9 @@ def test_uids_are_derived_and_stable() -> None:
 
 
 @pytest.mark.integration
-def test_report_without_findings_still_names_the_algorithm(tmp_path: Path) -> None:
-    source = source_image("IO", rows=200, columns=200)
+@pytest.mark.parametrize("case", list(DCIODVFY_SOURCES))
+def test_report_without_findings_still_names_the_algorithm(case: str, tmp_path: Path) -> None:
+    source = with_empty_type2_identifiers(DCIODVFY_SOURCES[case]())
     sr = build_sr(source, Analysis(source.SOPInstanceUID, ALGORITHM, ()), UidFactory())
     (tmp_path / "sr.dcm").write_bytes(file_bytes(sr))
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
@@ -181,13 +199,78 @@ def test_utf8_patient_name_survives(build: object) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("case", ["panoramic", "synthetic", "simulator"])
 @pytest.mark.parametrize("missing", ["PatientName", "PatientID", "StudyDate", "StudyID", "AccessionNumber"])
-def test_absent_type2_identifiers_still_give_valid_objects(missing: str, tmp_path: Path) -> None:
-    source = source_image("PX")
+def test_absent_type2_identifiers_still_give_valid_objects(case: str, missing: str, tmp_path: Path) -> None:
+    source = DCIODVFY_SOURCES[case]()
     del source[missing]
     source = with_empty_type2_identifiers(source)
     for build in (build_sr, build_overlay, build_gsps):
         path = tmp_path / f"{build.__name__}.dcm"
         path.write_bytes(file_bytes(build(source, analysis_of(source), UidFactory("1.2.3.4"))))
-        assert dciodvfy_errors(path) == [], f"{missing} {build.__name__}"
+        assert dciodvfy_errors(path) == [], f"{case} {missing} {build.__name__}"
         assert dcmread(path)[missing].value in ("", None)
+
+
+def _named(items: list[object], meaning: str) -> list[object]:
+    return [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]  # type: ignore[attr-defined]
+
+
+def test_every_kind_copies_the_same_patient_and_study_modules() -> None:
+    source = synthetic_panoramic()
+    source.PatientAge, source.PatientComments = "056Y", "no patient data"
+    source.AdmittingDiagnosesDescription = "periodontitis?"
+    other = Dataset()
+    other.PatientID, other.IssuerOfPatientID = "OLD-7", "OTHER"
+    source.OtherPatientIDsSequence = [other]
+    keywords = (*IDENTIFIERS, "PatientAge", "PatientComments", "AdmittingDiagnosesDescription")
+    seen = []
+    for build in (build_sr, build_overlay, build_gsps):
+        ds = build(source, analysis_of(source), UidFactory())
+        seen.append({k: ds[k].value for k in keywords if k in ds})
+        assert ds.StudyDescription == "Synthetic panoramic radiograph (not patient data)", build.__name__
+        assert ds.OtherPatientIDsSequence[0].PatientID == "OLD-7", build.__name__
+    assert seen[0] == seen[1] == seen[2]
+    assert set(seen[0]) == {k for k in keywords if k in source}
+
+
+def test_sr_names_the_algorithm_in_tid_4019_and_the_box_by_its_serial_number() -> None:
+    source = synthetic_panoramic()
+    box = Equipment(serial_number="btt-1234abcd")
+    sr = build_sr(source, analysis_of(source), UidFactory(), equipment=box)
+    items = _walk(sr.ContentSequence)
+    assert [i.TextValue for i in _named(items, "Device Observer Serial Number")] == ["btt-1234abcd"]
+    assert [i.TextValue for i in _named(items, "Device Observer Manufacturer")] == ["BTT Edge"]
+    assert [i.TextValue for i in _named(items, "Device Observer Model Name")] == [ALGORITHM.bundle_id]
+    assert [i.TextValue for i in _named(items, "Device Observer Name")] == [ALGORITHM.name]
+    groups = len(analysis_of(source).findings)
+    assert [i.TextValue for i in _named(items, "Algorithm Name")] == [ALGORITHM.name] * groups
+    assert [i.TextValue for i in _named(items, "Algorithm Version")] == [ALGORITHM.version] * groups
+    assert [i.TextValue for i in _named(items, "Algorithm Manufacturer")] == [ALGORITHM.manufacturer] * groups
+    for build in (build_sr, build_overlay, build_gsps):
+        ds = build(source, analysis_of(source), UidFactory(), equipment=box)
+        assert (ds.Manufacturer, ds.DeviceSerialNumber) == ("BTT Edge", "btt-1234abcd"), build.__name__
+        assert ds.SoftwareVersions.startswith("btt-edge ")
+    unknown = build_sr(source, analysis_of(source), UidFactory())
+    assert not _named(_walk(unknown.ContentSequence), "Device Observer Serial Number")  # none rather than a version
+    assert "DeviceSerialNumber" not in build_gsps(source, analysis_of(source), UidFactory())
+
+
+def _library_uids(sr: Dataset) -> set[str]:
+    (library,) = _named(list(sr.ContentSequence), "Image Library")
+    return {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in _walk(library.ContentSequence)
+            if i.ValueType == "IMAGE"}  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("drop", [(), ("ImagerPixelSpacing", "PatientOrientation")])
+def test_sr_image_library_resolves_every_region(drop: tuple[str, ...], tmp_path: Path) -> None:
+    source = simulated_panoramic()
+    for keyword in drop:  # a header without what TID 1603 describes still gets a library entry
+        del source[keyword]
+    sr = build_sr(source, analysis_of(source), UidFactory())
+    regions = {i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+               for i in _walk(sr.ContentSequence) if i.ValueType == "SCOORD"}  # fmt: skip
+    assert regions == _library_uids(sr) == {source.SOPInstanceUID}
+    (tmp_path / "sr.dcm").write_bytes(file_bytes(sr))
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []

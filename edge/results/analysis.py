@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 from edge.errors import EdgeError, ResultBuildError
 from edge.pipeline.findings import Finding
+from edge.results.header import MANUFACTURER
 from models.bundle import Code, Manifest
 
 __all__ = ["Algorithm", "Analysis", "RecordedAnalyses"]
@@ -30,6 +31,8 @@ class Algorithm:
     """The bundle is cleared for clinical use (the manifest's ``clinical``)."""
     precision: str = "fp32"
     """The precision of the network that ran: the bundle's own (``fp32``) or a variant's (``int8``)."""
+    manufacturer: str = MANUFACTURER
+    """Who made the algorithm (manifests do not name one yet: the reference bundles are this project's own)."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ __all__ = [
     "BONE_LOSS_PERCENT",
     "CONFIDENCE",
     "PROCEDURE",
+    "SOURCE",
     "UNIT_MM",
     "UNIT_MM2",
     "UNIT_PERCENT",
@@ -35,6 +36,8 @@ FDI_SCHEME = "ISO3950"
 UNIVERSAL_SCHEME = "ADAUNIVERSAL"
 
 PROCEDURE = CodedConcept("1290849002", "SCT", "Dental radiography")
+SOURCE = CodedConcept("260753009", "SCT", "Source")
+"""An image of the Image Library (TID 1600), as highdicom names it."""
 AREA = CodedConcept("42798000", "SCT", "Area")
 BONE_LOSS_LENGTH = CodedConcept("BL-MM", PRIVATE_SCHEME, "Alveolar bone loss, length")
 BONE_LOSS_PERCENT = CodedConcept("BL-PCT", PRIVATE_SCHEME, "Alveolar bone loss, percent of root length")

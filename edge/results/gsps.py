@@ -17,11 +17,11 @@ from highdicom.pr import (
 )
 from pydicom.dataset import Dataset
 
-import edge
 from edge.errors import ResultBuildError
 from edge.results.analysis import Analysis
-from edge.results.overlay import copy_laterality, label
-from edge.results.sr import AI_LABEL, MANUFACTURER, copy_identifiers, outline
+from edge.results.header import AI_LABEL, DEFAULT_EQUIPMENT, Equipment, finish
+from edge.results.overlay import label
+from edge.results.sr import outline
 from edge.results.uids import UidFactory
 
 __all__ = ["GSPS_SERIES_NUMBER", "build_gsps"]
@@ -31,7 +31,12 @@ _BANNER = "AI RESULT - NOT A DIAGNOSIS"
 
 
 def build_gsps(
-    source: Dataset, analysis: Analysis, uids: UidFactory, *, series_number: int = GSPS_SERIES_NUMBER
+    source: Dataset,
+    analysis: Analysis,
+    uids: UidFactory,
+    *,
+    series_number: int = GSPS_SERIES_NUMBER,
+    equipment: Equipment = DEFAULT_EQUIPMENT,
 ) -> Dataset:
     """The GSPS of ``analysis`` over ``source`` (pixel data not needed)."""
     algorithm = analysis.algorithm
@@ -78,10 +83,10 @@ def build_gsps(
             series_number=series_number,
             sop_instance_uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "gsps"),
             instance_number=int(source.get("InstanceNumber") or 1),
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=algorithm.bundle_id[:64],
-            software_versions=f"btt-edge {edge.__version__}",
-            device_serial_number=algorithm.version[:64],
+            manufacturer=equipment.manufacturer,
+            manufacturer_model_name=equipment.model_name,
+            software_versions=equipment.software_versions,
+            device_serial_number=equipment.serial_number,  # absent when empty (``finish``)
             content_label="AI_RESULT",
             content_description=AI_LABEL,
             graphic_annotations=annotations,
@@ -89,7 +94,5 @@ def build_gsps(
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ResultBuildError(f"cannot build the presentation state for {analysis.sop_instance_uid}: {exc}") from exc
-    gsps.SeriesDescription = AI_LABEL
-    copy_laterality(source, gsps)
-    copy_identifiers(source, gsps)
+    finish(source, gsps, equipment)
     return gsps

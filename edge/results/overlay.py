@@ -25,10 +25,10 @@ from edge.errors import PipelineError, ResultBuildError
 from edge.pipeline.findings import Finding
 from edge.pipeline.preprocess import pixels_from_dataset
 from edge.results.analysis import Analysis
-from edge.results.sr import AI_LABEL, MANUFACTURER, copy_identifiers
+from edge.results.header import AI_LABEL, DEFAULT_EQUIPMENT, Equipment, finish
 from edge.results.uids import UidFactory
 
-__all__ = ["BANNER", "OVERLAY_SERIES_NUMBER", "build_overlay", "copy_laterality", "label", "render"]
+__all__ = ["BANNER", "OVERLAY_SERIES_NUMBER", "build_overlay", "label", "render"]
 
 BANNER = "AI RESULT — NOT A DIAGNOSIS"
 OVERLAY_SERIES_NUMBER = 9902
@@ -131,18 +131,18 @@ def _label_at(
     return spots[0] if spots else (min(max(0, x0), max(0, columns - width)), banner_h)
 
 
-def copy_laterality(source: Dataset, target: Dataset) -> None:
-    """General Series Laterality (Type 2C) from the source's series or image laterality; empty when unknown."""
-    target.Laterality = source.get("Laterality", source.get("ImageLaterality", ""))
-
-
 def _orientation(source: Dataset) -> list[str]:
     value = source.get("PatientOrientation")
     return [str(v) for v in value] if value and len(value) == 2 else []
 
 
 def build_overlay(
-    source: Dataset, analysis: Analysis, uids: UidFactory, *, series_number: int = OVERLAY_SERIES_NUMBER
+    source: Dataset,
+    analysis: Analysis,
+    uids: UidFactory,
+    *,
+    series_number: int = OVERLAY_SERIES_NUMBER,
+    equipment: Equipment = DEFAULT_EQUIPMENT,
 ) -> Dataset:
     """The Secondary Capture overlay of ``analysis`` on ``source`` (which must carry its pixel data)."""
     algorithm = analysis.algorithm
@@ -167,20 +167,18 @@ def build_overlay(
             series_number=series_number,
             sop_instance_uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "overlay"),
             instance_number=int(source.get("InstanceNumber") or 1),
-            manufacturer=MANUFACTURER,
+            manufacturer=equipment.manufacturer,
             patient_orientation=("A", "F"),  # required by highdicom; replaced by the source's own below
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ResultBuildError(f"cannot build the overlay for {analysis.sop_instance_uid}: {exc}") from exc
     sc.PatientOrientation = _orientation(source)
-    copy_laterality(source, sc)
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
-    sc.SeriesDescription = AI_LABEL
     sc.DerivationDescription = f"{AI_LABEL}: findings of {algorithm.bundle_id} {algorithm.version} drawn on the source"
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [reference]
-    copy_identifiers(source, sc)
+    finish(source, sc, equipment)
     return sc

@@ -38,10 +38,11 @@ from edge.logs import event
 from edge.results import queue
 from edge.results.analysis import Analysis
 from edge.results.gsps import build_gsps
+from edge.results.header import DEFAULT_EQUIPMENT, Equipment, with_empty_type2_identifiers
 from edge.results.overlay import build_overlay
 from edge.results.queue import ObjectKind, ResultObject
 from edge.results.scu import Outcome, Outgoing, Sender, StoreSCU
-from edge.results.sr import build_sr, with_empty_type2_identifiers
+from edge.results.sr import build_sr
 from edge.results.uids import UidFactory
 from edge.store.index import get_instance, migrate_index, set_state
 
@@ -50,7 +51,13 @@ __all__ = ["RESULTS_DIR", "AnalysisSource", "ResultsService"]
 log = logging.getLogger("edge.results")
 
 RESULTS_DIR = "results"
-_BUILDERS: dict[ObjectKind, Callable[[Dataset, Analysis, UidFactory], Dataset]] = {
+
+
+class _Builder(Protocol):
+    def __call__(self, source: Dataset, analysis: Analysis, uids: UidFactory, *, equipment: Equipment) -> Dataset: ...
+
+
+_BUILDERS: dict[ObjectKind, _Builder] = {
     "sr": build_sr,
     "gsps": build_gsps,
     "overlay": build_overlay,
@@ -95,8 +102,11 @@ class ResultsService:
         sender: Sender | None = None,
         clock: Callable[[], float] = time.time,
         image_lock: threading.Lock | None = None,
+        equipment: Equipment = DEFAULT_EQUIPMENT,
     ) -> None:
         self.config = config
+        self.equipment = equipment
+        """This box, as the General Equipment of every object (its serial number, the device id, when it has one)."""
         self._image_lock = image_lock or threading.Lock()
         """Held while a source image's pixels are read and drawn on (shared with the pipeline; see ``build_agent``)."""
         self.data_dir = data_dir
@@ -228,7 +238,7 @@ class ResultsService:
                     continue
                 with self._image_lock if kind != "sr" else contextlib.nullcontext():
                     source = self._read(instance.path, pixels=kind != "sr")
-                    built = builder(source, analysis, self.uids)
+                    built = builder(source, analysis, self.uids, equipment=self.equipment)
                     del source
                 obj = self._write(built, kind, uid, instance.study_uid)
                 with transaction(conn):

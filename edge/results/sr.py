@@ -1,8 +1,10 @@
 """The structured report: a Comprehensive 3D SR following TID 1500 (Measurement Report), built with highdicom.
 
-In the spirit of IHE AI Results (AIR): the algorithm is the observer device (bundle id as model name, the
-algorithm's name and version) and every finding group names it again as Algorithm Identification (name, version,
-bundle id as a parameter). One TID 1410 group per finding: tracking identifier and UID, the finding type (the
+In the spirit of IHE AI Results (AIR): the algorithm is the observer device (TID 1004: its name, manufacturer and
+the bundle id as model name, with the serial number of the box it ran on, never its version) and every finding
+group names it again as Algorithm Identification (TID 4019: name, version, manufacturer, bundle id as a
+parameter). The Image Library (TID 1600) lists the source image, so every region resolves to its image from the
+report alone. One TID 1410 group per finding: tracking identifier and UID, the finding type (the
 bundle's SNOMED CT code for the kind), the tooth as finding site (SNOMED CT, FDI / ISO 3950 and Universal codes),
 the region as a closed SCOORD polyline on the source image, and the measurements: area (mm² when the image is
 calibrated, else pixels), bone loss in mm and in percent of root length where the model gives them, and the
@@ -18,17 +20,25 @@ from collections.abc import Sequence
 import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodeContentItem,
     CodedConcept,
     Comprehensive3DSR,
+    ContainerContentItem,
+    ContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
+    ImageContentItem,
+    ImageLibrary,
     ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
+    NumContentItem,
     ObservationContext,
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
+    RelationshipTypeValues,
     SourceImageForRegion,
     TrackingIdentifier,
 )
@@ -39,49 +49,12 @@ from edge.errors import ResultBuildError
 from edge.pipeline.findings import Finding
 from edge.results import codes as rc
 from edge.results.analysis import Algorithm, Analysis
+from edge.results.header import DEFAULT_EQUIPMENT, Equipment, finish
 from edge.results.uids import UidFactory
 
-__all__ = [
-    "AI_LABEL",
-    "MANUFACTURER",
-    "SR_SERIES_NUMBER",
-    "build_sr",
-    "copy_identifiers",
-    "outline",
-    "with_empty_type2_identifiers",
-]
+__all__ = ["SR_SERIES_NUMBER", "build_sr", "outline"]
 
-AI_LABEL = "AI result - not a diagnosis"
-"""Series description of every object we write (ASCII: the banner on the overlay carries the long dash)."""
-MANUFACTURER = "BTT Edge"
 SR_SERIES_NUMBER = 9901
-_EXTRA_IDENTIFIERS = ("IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight")
-
-
-_TYPE2_IDENTIFIERS = (
-    *("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
-    *("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"),
-)
-"""Patient and study attributes that are Type 2 (present, possibly empty) in every object we write."""
-
-
-def with_empty_type2_identifiers(source: Dataset) -> Dataset:
-    """``source`` with each absent Type 2 patient/study attribute present and empty, as DICOM allows.
-
-    Units leave some of these out (no accession number, no study ID); the result objects still have to carry
-    them, and highdicom copies them from the source. Present values are left exactly as received.
-    """
-    for keyword in _TYPE2_IDENTIFIERS:
-        if keyword not in source:
-            setattr(source, keyword, "")
-    return source
-
-
-def copy_identifiers(source: Dataset, target: Dataset) -> None:
-    """Copy patient and study identifiers highdicom does not carry over, byte for byte."""
-    for keyword in _EXTRA_IDENTIFIERS:
-        if keyword in source and keyword not in target:
-            target[keyword] = source[keyword]
 
 
 def outline(finding: Finding, rows: int, columns: int) -> np.ndarray:
@@ -122,6 +95,7 @@ class _Shared:
         self.algorithm_id = AlgorithmIdentification(
             name=algorithm.name[:64],
             version=algorithm.version,
+            manufacturer=algorithm.manufacturer,
             parameters=[
                 f"bundle_id={algorithm.bundle_id}",
                 f"cleared_for_clinical_use={str(algorithm.clinical).lower()}",
@@ -181,28 +155,72 @@ def _empty_group(shared: _Shared) -> MeasurementsAndQualitativeEvaluations:
     )
 
 
+def _image_library(source: Dataset) -> ContentSequence:
+    """TID 1600 naming ``source`` (the image every region of the report is on), so a reader can resolve each
+    measurement's image from the report alone. highdicom's descriptors (TID 1603/1604) need the source's
+    orientation and pixel spacing; a source without them gets an entry with modality, rows and columns only."""
+    try:
+        return ImageLibrary([source])
+    except (AttributeError, IndexError, ValueError):
+        pass
+    modality = next((c for c in codes.cid29.concepts.values() if c.value == source.get("Modality")), None)
+    acquisition = RelationshipTypeValues.HAS_ACQ_CONTEXT
+    descriptors: list[ContentItem] = []
+    if modality is not None:
+        descriptors.append(CodeContentItem(name=codes.DCM.Modality, value=modality, relationship_type=acquisition))
+    for name, value in ((codes.DCM.PixelDataRows, source.Rows), (codes.DCM.PixelDataColumns, source.Columns)):
+        descriptors.append(
+            NumContentItem(name=name, value=int(value), unit=rc.UNIT_PIXELS, relationship_type=acquisition)
+        )
+    image = ImageContentItem(
+        name=rc.SOURCE,
+        referenced_sop_class_uid=source.SOPClassUID,
+        referenced_sop_instance_uid=source.SOPInstanceUID,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+    image.ContentSequence = ContentSequence(descriptors)
+    group = ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=RelationshipTypeValues.CONTAINS)
+    group.ContentSequence = ContentSequence([image])
+    library = ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=RelationshipTypeValues.CONTAINS)
+    library.ContentSequence = ContentSequence([group])
+    return ContentSequence([library])
+
+
+def _observer(algorithm: Algorithm, equipment: Equipment, uids: UidFactory) -> ObserverContext:
+    """TID 1004: the algorithm as the observing device (its name, manufacturer and model, IHE AIR), running on
+    the box whose own serial number it carries (absent when the box has none); the version is in TID 4019."""
+    return ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=uids.derived("device", equipment.serial_number, algorithm.bundle_id, algorithm.version),
+            name=algorithm.name[:64],
+            manufacturer_name=algorithm.manufacturer[:64],
+            model_name=algorithm.bundle_id[:64],
+            serial_number=equipment.serial_number[:64] or None,
+        ),
+    )
+
+
 def build_sr(
-    source: Dataset, analysis: Analysis, uids: UidFactory, *, series_number: int = SR_SERIES_NUMBER
+    source: Dataset,
+    analysis: Analysis,
+    uids: UidFactory,
+    *,
+    series_number: int = SR_SERIES_NUMBER,
+    equipment: Equipment = DEFAULT_EQUIPMENT,
 ) -> Dataset:
     """The TID 1500 report of ``analysis`` on ``source`` (the analysed image, pixel data not needed)."""
     algorithm = analysis.algorithm
     try:
-        observer = ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-                uid=uids.derived("device", algorithm.bundle_id, algorithm.version),
-                name=f"{algorithm.bundle_id} {algorithm.version}"[:64],
-                manufacturer_name=MANUFACTURER,
-                model_name=algorithm.bundle_id[:64],
-                serial_number=algorithm.version[:64],
-            ),
-        )
-        context = ObservationContext(observer_device_context=observer)
+        context = ObservationContext(observer_device_context=_observer(algorithm, equipment, uids))
         shared = _Shared(source, algorithm, uids)
         groups: Sequence[PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations] = [
             _group(shared, finding, i) for i, finding in enumerate(analysis.findings)
         ] or [_empty_group(shared)]
         report = MeasurementReport(context, rc.PROCEDURE, imaging_measurements=groups)
+        content = report[0].ContentSequence
+        at = next(i for i, item in enumerate(content) if item.name == codes.DCM.ImagingMeasurements)
+        content[at:at] = _image_library(source)  # TID 1500 row 4, before the measurements
         # highdicom's document constructor deep-copies and walks the whole content tree (two thirds of the SR's
         # time for a dozen findings); build the document around a one-group report, then give it the full
         # content exactly as that constructor copies it (every item references only ``source``, the evidence).
@@ -214,16 +232,15 @@ def build_sr(
             series_number=series_number,
             sop_instance_uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "sr"),
             instance_number=int(source.get("InstanceNumber") or 1),
-            manufacturer=MANUFACTURER,
+            manufacturer=equipment.manufacturer,
             is_complete=True,
             is_final=False,
             is_verified=False,
         )
         for tag, value in report[0].items():
             sr[tag] = value
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError, StopIteration) as exc:
         raise ResultBuildError(f"cannot build the SR for {analysis.sop_instance_uid}: {exc}") from exc
-    sr.SeriesDescription = AI_LABEL
     sr.CodingSchemeIdentificationSequence = rc.coding_scheme_identification()
-    copy_identifiers(source, sr)
+    finish(source, sr, equipment)
     return sr

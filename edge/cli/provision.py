@@ -104,11 +104,15 @@ def _provision(args: argparse.Namespace) -> int:
         print(f"revocation list {args.number} ({len(args.revoke)} keys) written to {args.out}")
         return 0
 
-    files = key_files(config_from_args(args))
+    config = config_from_args(args)
+    files = key_files(config)
+    # the agent's IdentityWatch reads the certificate every check_interval_s: no restart needed
+    live = f"a running agent takes it within {config.receipts.check_interval_s:g} s and signs the uses it parked"
     if args.install_certificate is not None:
         cert = decode(args.install_certificate.read_bytes())
         parsed = install_certificate(files, cert, load_public_key(need(args.trust, "--trust")))
         print(f"certificate installed: device {parsed.device_id}, key {parsed.key.keyid}")
+        print(live)
         return 0
     signer: PrivateKey | None = None
     if args.dev:
@@ -122,7 +126,7 @@ def _provision(args: argparse.Namespace) -> int:
             raise IdentityError("--rotate needs the manufacturer: --dev or --manufacturer-key")
         rotated = rotate(files, signer, valid_days=args.valid_days)
         print(f"key rotated: device {rotated['signed']['device']}, new key {rotated['signed']['keyid']}")
-        print("restart the agent to sign with the new key")
+        print(f"a running agent signs with the new key within {config.receipts.check_interval_s:g} s")
         return 0
     existing = load_identity(files)
     if existing is not None:
@@ -133,6 +137,7 @@ def _provision(args: argparse.Namespace) -> int:
         print(f"device key created; send {files.request} to the manufacturer, then --install-certificate")
         return 0
     print(f"provisioned: device {installed['signed']['device']}, key {installed['signed']['keyid']}")
+    print(live)
     if args.dev:
         print(f"DEVELOPMENT manufacturer public key (use as --trust): {files.dev_manufacturer_public}")
     return 0

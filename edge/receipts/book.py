@@ -291,24 +291,52 @@ class ReceiptBook:
     # --- identity arriving later ---------------------------------------------------------------------------
 
     def adopt_identity(self, conn: sqlite3.Connection, identity: DeviceIdentity) -> int:
-        """Start signing with ``identity`` and sign the uses parked while the box had none; returns how many."""
-        self._identity = identity
+        """Start signing with ``identity`` and sign the uses parked while the box had none; returns how many.
+
+        Also how a running agent takes a new identity (provisioned, or a rotated key, while it runs): the switch
+        happens inside the write transaction that signs the parked uses, so a use recorded concurrently is
+        either parked before it (and signed here) or signed after it with the new identity.
+        """
+        previous = self._identity
+        try:
+            with transaction(conn):
+                self._identity = identity
+                count = self._sign_parked(conn)
+        except BaseException:
+            self._identity = previous
+            raise
+        if count:
+            event(log, "parked uses signed", count=count)
+        return count
+
+    def sign_parked(self, conn: sqlite3.Connection) -> int:
+        """Sign the uses still parked although the box has an identity (parked by a writer that raced
+        :meth:`adopt_identity`); returns how many. A cheap read when there are none."""
+        if self._identity is None:
+            return 0
+        if conn.execute("SELECT 1 FROM receipt_pending WHERE error IS NULL LIMIT 1").fetchone() is None:
+            return 0
         with transaction(conn):
-            rows = conn.execute("SELECT id, time_ms, use FROM receipt_pending WHERE error IS NULL ORDER BY id")
-            ready: list[tuple[Use, int]] = []
-            for row in rows.fetchall():
-                try:
-                    use = Use(**json.loads(row["use"]))
-                    use.validate()
-                except (TypeError, ValueError, ReceiptError) as exc:
-                    conn.execute("UPDATE receipt_pending SET error = ? WHERE id = ?", (f"unreadable: {exc}", row["id"]))
-                    continue
-                ready.append((use, int(row["time_ms"])))
-                conn.execute("DELETE FROM receipt_pending WHERE id = ?", (row["id"],))
-            if ready:
-                self._append(conn, ready)
+            count = self._sign_parked(conn)
+        if count:
+            event(log, "parked uses signed", count=count)
+        return count
+
+    def _sign_parked(self, conn: sqlite3.Connection) -> int:
+        """Inside the open transaction: sign every parked use without an error onto the chain, in order."""
+        rows = conn.execute("SELECT id, time_ms, use FROM receipt_pending WHERE error IS NULL ORDER BY id")
+        ready: list[tuple[Use, int]] = []
+        for row in rows.fetchall():
+            try:
+                use = Use(**json.loads(row["use"]))
+                use.validate()
+            except (TypeError, ValueError, ReceiptError) as exc:
+                conn.execute("UPDATE receipt_pending SET error = ? WHERE id = ?", (f"unreadable: {exc}", row["id"]))
+                continue
+            ready.append((use, int(row["time_ms"])))
+            conn.execute("DELETE FROM receipt_pending WHERE id = ?", (row["id"],))
         if ready:
-            event(log, "parked uses signed", count=len(ready))
+            self._append(conn, ready)
         return len(ready)
 
     # --- settlement -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ everything signed by those keys (:class:`~edge.errors.RevokedKey`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -337,8 +338,8 @@ def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None 
     under ``retired/`` for verifiers, the old private key gone. Crash-safe: the new key and certificate are staged
     (``device.next.*``) and :func:`load_identity` finishes an interrupted rotation.
 
-    A running agent keeps signing with the key it loaded until it restarts (the old key stays valid unless the
-    manufacturer revokes it).
+    A running agent signs with the new key from its next identity check (``[receipts] check_interval_s``,
+    :class:`edge.receipts.service.IdentityWatch`); the old key stays valid unless the manufacturer revokes it.
     """
     current = load_identity(files)
     if current is None:
@@ -364,7 +365,10 @@ def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None 
 
 
 def _finish_rotation(files: KeyFiles) -> None:
-    if files.next_key.exists():
+    """Move the staged key, then the staged certificate, into place. Another process (the agent and the CLI)
+    may be finishing the same rotation: a staged file already moved is not an error."""
+    with contextlib.suppress(FileNotFoundError):
         os.replace(files.next_key, files.device_key)
-    os.replace(files.next_certificate, files.certificate)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(files.next_certificate, files.certificate)
     fsync_dir(files.directory)

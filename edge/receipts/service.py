@@ -1,13 +1,17 @@
-"""The agent side of receipts: open the book (provisioning a fresh box when configured) and settle periodically.
+"""The agent side of receipts: open the book (provisioning a fresh box when configured), pick up an identity
+that arrives while the agent runs, and settle periodically.
 
 :func:`open_book` runs in :func:`edge.agent.build_agent`. It never stops the agent for a billing problem: a
 missing, broken or untrusted identity is logged as an error and the book parks uses until the box has one
-(safety first: receipts never block an exposure or a clinical result).
+(safety first: receipts never block an exposure or a clinical result). :class:`SettlementService` looks at the
+identity's files every ``[receipts] check_interval_s`` (:class:`IdentityWatch`): ``btt-edge provision`` or a key
+rotation while the agent runs takes effect there, without a restart, and the parked uses are signed then.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 from edge.background import BackgroundLoop
@@ -27,7 +31,7 @@ from edge.receipts.identity import (
 from edge.receipts.keys import PrivateKey, load_private_key, load_public_key
 from edge.receipts.verify import Trust, verify_certificates
 
-__all__ = ["SettlementService", "key_files", "open_book"]
+__all__ = ["IdentityWatch", "SettlementService", "key_files", "open_book"]
 
 log = logging.getLogger("edge.receipts")
 
@@ -51,20 +55,30 @@ def _manufacturer(cfg: ReceiptsConfig, files: KeyFiles) -> PrivateKey | None:
     return None
 
 
+def _load(config: AgentConfig) -> DeviceIdentity | None:
+    """The identity on disk, checked against ``[receipts] trust_keys``; None when the box has none yet."""
+    identity = load_identity(key_files(config))
+    if identity is not None and config.receipts.trust_keys:
+        trust = Trust.of(load_public_key(Path(p)) for p in config.receipts.trust_keys)
+        verify_certificates([identity.certificate], trust)
+    return identity
+
+
 def _identity(config: AgentConfig) -> DeviceIdentity | None:
     cfg, files = config.receipts, key_files(config)
-    identity = load_identity(files)
+    identity = _load(config)
     if identity is None:
         manufacturer = _manufacturer(cfg, files)
         if manufacturer is None:
-            event(log, "no device identity: uses are parked until `btt-edge provision`", level=logging.WARNING)
+            event(
+                log,
+                "no device identity: uses are parked until `btt-edge provision` (the running agent picks it up)",
+                level=logging.WARNING,
+            )
             return None
         provision(files, device_id=cfg.device_id or None, manufacturer=manufacturer)
-        identity = load_identity(files)
+        identity = _load(config)
         event(log, "device identity provisioned", device=identity.device_id if identity else None)
-    if identity is not None and cfg.trust_keys:
-        trust = Trust.of(load_public_key(Path(p)) for p in cfg.trust_keys)
-        verify_certificates([identity.certificate], trust)
     return identity
 
 
@@ -89,8 +103,62 @@ def open_book(config: AgentConfig) -> ReceiptBook:
     return book
 
 
+class IdentityWatch:
+    """Hands the book the identity on disk when it is not the one the book signs with.
+
+    So ``btt-edge provision`` (a certificate installed) or ``provision --rotate`` (a new key) while the agent runs
+    takes effect at the next :meth:`check`, and the uses parked meanwhile are signed then. The certificate file is
+    the last one either writes, so the watch reads it and acts only when its bytes change; while a rotation is
+    being written (``device.next.*`` present) it waits. A new identity that cannot be used (broken files,
+    untrusted) is logged once and the book keeps signing with what it has.
+    """
+
+    def __init__(self, config: AgentConfig, book: ReceiptBook) -> None:
+        self._config = config
+        self._files = key_files(config)
+        self._book = book
+        self._seen: bytes | None = None
+        """The certificate bytes last looked at (adopted, already in use, or refused)."""
+
+    def check(self, conn: sqlite3.Connection) -> bool:
+        """Adopt a changed identity (True when one was adopted); sign any uses left parked."""
+        adopted = False
+        raw = self._certificate()
+        if raw is not None and raw != self._seen:
+            self._seen = raw
+            adopted = self._adopt(conn)
+        self._book.sign_parked(conn)
+        return adopted
+
+    def _certificate(self) -> bytes | None:
+        if self._files.next_certificate.exists():
+            return None  # a rotation in progress: its last step replaces the certificate
+        try:
+            return self._files.certificate.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            event(log, "cannot read the device certificate", level=logging.ERROR, error=str(exc))
+            return None
+
+    def _adopt(self, conn: sqlite3.Connection) -> bool:
+        try:
+            identity = _load(self._config)
+        except ReceiptError as exc:
+            keeping = "signing with the identity in use" if self._book.identity is not None else "uses stay parked"
+            event(log, f"device identity on disk unusable; {keeping}", level=logging.ERROR, error=str(exc))
+            return False
+        current = self._book.identity
+        if identity is None or (current is not None and identity.certificate == current.certificate):
+            return False
+        signed = self._book.adopt_identity(conn, identity)
+        event(log, "device identity picked up", device=identity.device_id, key=identity.key.keyid, parked=signed)
+        return True
+
+
 class SettlementService(BackgroundLoop):
-    """Closes a settlement when enough receipts are unsettled or the oldest is old enough."""
+    """Every ``check_interval_s``: picks up a new identity (:class:`IdentityWatch`), then closes a settlement
+    when enough receipts are unsettled or the oldest is old enough."""
 
     name = "settlement"
 
@@ -98,6 +166,7 @@ class SettlementService(BackgroundLoop):
         self._cfg = config.receipts
         self._db_path = config.agent.data_dir / DB_FILENAME
         self._book = book
+        self.watch = IdentityWatch(config, book)
         super().__init__()
 
     def settle_due(self) -> int:
@@ -117,8 +186,20 @@ class SettlementService(BackgroundLoop):
         finally:
             conn.close()
 
+    def check_identity(self) -> bool:
+        """:meth:`IdentityWatch.check` on a connection of its own."""
+        conn = connect(self._db_path)
+        try:
+            return self.watch.check(conn)
+        finally:
+            conn.close()
+
     def _run(self) -> None:
         while not self._stop.wait(self._cfg.check_interval_s):
+            try:
+                self.check_identity()
+            except Exception:
+                log.exception("picking up the device identity failed; will retry")
             try:
                 self.settle_due()
             except Exception:

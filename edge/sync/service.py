@@ -122,6 +122,7 @@ class SyncService:
         self._thread: threading.Thread | None = None
         self._link: MqttLink | None = None
         self._device: str | None = None
+        self._awaiting_device = False
         self._flights: dict[int, _Flight] = {}
         self._item_flight: dict[str, int] = {}
         self._next_flight = 0
@@ -137,16 +138,11 @@ class SyncService:
     def start(self) -> None:
         """Start the thread. Never fails for a sync problem (safety first: the agent's clinical work runs on);
         an unusable ``[sync]`` setting is logged as an error and the box queues offline."""
-        self._device = self._device_id()
-        if self._cfg.url and self._device is None:
-            event(log, "no device id yet (not provisioned): queuing offline", level=logging.WARNING)
-        elif self._cfg.url and self._device is not None:
-            try:
-                self._link = self._link_factory(link_settings(self._cfg, self._device))
-            except ConfigError as exc:
-                event(log, "sync settings unusable: queuing offline", level=logging.ERROR, error=str(exc))
-        else:
+        if not self._cfg.url:
             event(log, "no broker configured ([sync] url, --mqtt): queuing offline")
+        elif not self._make_link():
+            self._awaiting_device = True
+            event(log, "no device id yet (not provisioned): queuing offline until it is", level=logging.WARNING)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
         self._thread.start()
@@ -156,6 +152,18 @@ class SyncService:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def _make_link(self) -> bool:
+        """Create the link once the device id is known (at start, or when the box is provisioned while the agent
+        runs); False while it is not. Unusable settings are logged once and leave the box queuing offline."""
+        self._device = self._device_id()
+        if self._device is None:
+            return False
+        try:
+            self._link = self._link_factory(link_settings(self._cfg, self._device))
+        except ConfigError as exc:
+            event(log, "sync settings unusable: queuing offline", level=logging.ERROR, error=str(exc))
+        return True
 
     def _device_id(self) -> str | None:
         identity = self._book.identity if self._book is not None else None
@@ -199,6 +207,8 @@ class SyncService:
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_INTERVAL_S
             self._outbox.prune(conn)
+        if self._awaiting_device and self._make_link():
+            self._awaiting_device = False
         link = self._link
         if link is None:
             self._stop.wait(_POLL_S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_relay.config import IngestConfig, MqttConfig
+from cloud_relay.cli import run
+from cloud_relay.config import IngestConfig, MqttConfig, RelayConfig
 from cloud_relay.consumer import Consumer
-from cloud_relay.errors import StorageUnavailable
+from cloud_relay.errors import StorageUnavailable, WorkerFailed
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.storage import Database
 from edge.receipts.keys import generate_key
@@ -173,3 +175,124 @@ def test_nothing_is_acked_while_the_database_refuses_and_all_is_stored_after(
     finally:
         device.close()
         worker.stop()
+
+
+def _poison_payloads(device: str, envelope: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """``(kind, payload)`` of messages that used to stop a worker's ingest thread for good."""
+    keyid_list = json.loads(json.dumps(envelope))
+    keyid_list["signed"]["keyid"] = [keyid_list["signed"]["keyid"]]
+    nan = json.loads(json.dumps(envelope))
+    nan["signed"]["units"] = float("nan")
+
+    def doc(kind: str, items: list[dict[str, Any]]) -> bytes:
+        return json.dumps({"v": 1, "device": device, "kind": kind, "items": items}, allow_nan=True).encode()
+
+    deep = doc("health", [{"id": "p-deep", "body": {}}]).replace(b"{}", b"[" * 50_000 + b"]" * 50_000)
+    return [
+        ("receipts", doc("receipts", [{"id": "p-keyid", "body": keyid_list}])),
+        ("receipts", doc("receipts", [{"id": "p-nan", "body": nan}])),
+        ("health", deep),
+        ("health", doc("health", [{"id": "p-huge", "body": {"n": 2**70}}, {"id": ["p"], "body": {}}])),
+        ("receipts", b"\xff\xfe not even UTF-8"),
+    ]
+
+
+def test_poison_first_then_every_real_receipt_is_stored(broker: MosquittoBroker, db: Database, box: Box) -> None:
+    """Malformed messages ahead of the device's real traffic: refused with reasons, acked; the worker carries on."""
+    worker = _worker(broker, db, "relay-poisoned")
+    device = Device(broker, box.identity.device_id, "pw-dev")
+    try:
+        box.record(20)
+        items = receipt_items(box)
+        for kind, payload in _poison_payloads(box.identity.device_id, items[0][1]):
+            topic = f"btt/v1/dev/{box.identity.device_id}/up/{kind}"
+            device.client.publish(topic, payload, qos=1).wait_for_publish(5)
+        _, rejected = device.acked(3)  # p-keyid, p-nan, p-huge; the rest name no id the relay can trust
+        assert {r["id"]: r["permanent"] for r in rejected} == {"p-keyid": True, "p-nan": True, "p-huge": True}
+        for i in range(0, 20, 5):
+            device.publish("receipts", items[i : i + 5])
+        stored, rejected = device.acked(20)
+        assert (sorted(stored), rejected) == (sorted(i for i, _ in items), [])
+        assert _stored_seqs(db) == list(range(1, 21))
+        assert worker.failure is None
+        with db.transaction() as tx:
+            recorded = {str(r[0]) for r in tx.all("SELECT item_id FROM rejects")}
+        assert recorded == {"p-keyid", "p-nan", "p-huge", "*"}
+    finally:
+        device.close()
+        worker.stop()
+
+
+class _BuggyIngestor(Ingestor):
+    """An ingest with a bug: every batch raises something that is not a storage error."""
+
+    def handle(self, messages: Sequence[UpMessage]) -> list[Ack]:
+        raise KeyError("a bug")
+
+
+def test_an_unexpected_error_ends_the_worker_and_acknowledges_nothing(
+    broker: MosquittoBroker, db: Database, box: Box
+) -> None:
+    config = MqttConfig.from_url(broker.url(RELAY_USER, "pw-relay"), client_id="relay-buggy")
+    failed: queue.Queue[BaseException] = queue.Queue()
+    worker = Consumer(config, _BuggyIngestor(db), IngestConfig(batch_wait_ms=5), on_failure=failed.put)
+    worker.start()
+    assert worker.wait_connected(10)
+    device = Device(broker, box.identity.device_id, "pw-dev")
+    try:
+        box.record(2)
+        device.publish("receipts", receipt_items(box))
+        assert isinstance(failed.get(timeout=10), KeyError)
+        assert isinstance(worker.failure, KeyError)
+        assert not worker.wait_connected(0)
+        with pytest.raises(queue.Empty):
+            device.acks.get(timeout=0.3)
+    finally:
+        device.close()
+        worker.stop()
+    # the broker kept what was not PUBACKed: a healthy worker on the same session stores it
+    healthy = _worker(broker, db, "relay-buggy")
+    try:
+        deadline = time.monotonic() + 10
+        while _stored_seqs(db) != [1, 2]:
+            assert time.monotonic() < deadline, _stored_seqs(db)
+            time.sleep(0.05)
+    finally:
+        healthy.stop()
+
+
+def test_btt_relay_run_exits_non_zero_when_its_consumer_fails(
+    broker: MosquittoBroker, db: Database, box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Ingestor, "handle", _BuggyIngestor.handle)
+    mqtt_config = MqttConfig.from_url(broker.url(RELAY_USER, "pw-relay"), client_id="relay-run")
+    config = RelayConfig(db="unused", mqtt=mqtt_config, ingest=IngestConfig(batch_wait_ms=5))
+    stop = threading.Event()
+    outcome: queue.Queue[BaseException | None] = queue.Queue()
+
+    def serve() -> None:
+        try:
+            run(config, db, stop)
+        except BaseException as exc:  # handed to the test thread
+            outcome.put(exc)
+        else:
+            outcome.put(None)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    device = Device(broker, box.identity.device_id, "pw-dev")
+    try:
+        box.record(1)
+        deadline = time.monotonic() + 15
+        while outcome.empty():  # the worker may still be subscribing: publish until it has taken one
+            assert time.monotonic() < deadline, "btt-relay run did not stop"
+            device.publish("receipts", receipt_items(box))
+            time.sleep(0.2)
+        error = outcome.get()
+        assert isinstance(error, WorkerFailed), error
+        assert isinstance(error.__cause__, KeyError)
+        assert stop.is_set()
+    finally:
+        stop.set()
+        thread.join(10)
+        device.close()

@@ -7,9 +7,11 @@ import dataclasses
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.errors import PipelineError
-from edge.pipeline.postprocess import findings_from_outputs, region_outline, tooth_labels
+from edge.pipeline.postprocess import MIN_ROOT_SHARE, findings_from_outputs, region_outline, tooth_labels
 from edge.pipeline.preprocess import Prepared
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import FindingsOutput, InputSpec, Manifest
@@ -188,3 +190,78 @@ def test_exclusive_kinds_in_one_place_keep_the_more_confident() -> None:
     found = findings_from_outputs({"teeth": teeth, "findings": scores}, _manifest(), _prepared(), None)
     kinds = sorted((f.kind, f.tooth_fdi) for f in found if f.kind in ("implant", "root_canal_filling"))
     assert kinds == [("implant", "41"), ("root_canal_filling", "11")]
+
+
+def _tooth_and_band(upper: bool, tooth_rows: int, offset: int, height: int) -> tuple[npt.NDArray[np.float32], ...]:
+    """Outputs with one tooth (11 or 41) of ``tooth_rows`` rows and a bone-loss band ``height`` rows high whose
+    coronal edge lies ``offset`` rows apical of the tooth's occlusal end (negative: beyond the crown)."""
+    rows, cols = 160, 64
+    teeth = np.full((1, 33, rows, cols), -5.0, np.float32)
+    teeth[0, 0] = 5.0
+    channel = PERMANENT_FDI.index("11" if upper else "41") + 1
+    findings = np.full((1, len(CLASSES), rows, cols), -6.0, np.float32)
+    if upper:  # occlusal end at the bottom (row 140), apex up
+        top, bottom = 140 - tooth_rows, 140
+        band = slice(max(0, bottom - offset - height), max(0, bottom - offset))
+    else:  # occlusal end at the top (row 20), apex down
+        top, bottom = 20, 20 + tooth_rows
+        band = slice(min(rows, top + offset), min(rows, top + offset + height))
+    teeth[0, 0, top:bottom, 24:40] = -5.0
+    teeth[0, channel, top:bottom, 24:40] = 5.0
+    findings[0, KINDS.index("bone_loss"), band, 22:42] = 4.0  # along both flanks, within the tooth's zone
+    return teeth, findings
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    upper=st.booleans(),
+    tooth_rows=st.integers(40, 110),
+    offset=st.integers(-10, 130),
+    height=st.integers(3, 60),
+)
+def test_bone_loss_percentage_never_contradicts_the_millimetres(
+    upper: bool, tooth_rows: int, offset: int, height: int
+) -> None:
+    """Issue 16: about 2 mm reported as 100 % of the root. A percentage, when given, is the loss over a root
+    that is at least MIN_ROOT_SHARE of its tooth and no longer than the tooth: it never implies a root of a few
+    pixels, and 100 % only where the loss reaches the apex."""
+    teeth, scores = _tooth_and_band(upper, tooth_rows, offset, height)
+    manifest = dataclasses.replace(_manifest(), input=InputSpec("image", 160, 64, 1, (0.5, 99.5), 0.5, 0.25, ("PX",)))
+    prepared = Prepared(tensor=np.zeros((1, 1, 160, 64), np.float32), source_shape=(160, 64), scale=(1.0, 1.0),
+                        offset=(0, 0))  # fmt: skip
+    found = [f for f in findings_from_outputs({"teeth": teeth, "findings": scores}, manifest, prepared, (0.1, 0.1))
+             if f.kind == "bone_loss"]  # fmt: skip
+    tooth_mm = tooth_rows * 0.1
+    for loss in found:
+        assert loss.bone_loss_mm is not None
+        assert loss.bone_loss_mm > 0
+        if loss.bone_loss_pct is None:
+            continue
+        assert 0 < loss.bone_loss_pct <= 100
+        if loss.bone_loss_pct < 100:
+            root_mm = loss.bone_loss_mm * 100 / loss.bone_loss_pct
+            assert MIN_ROOT_SHARE * tooth_mm - 1e-6 <= root_mm <= tooth_mm + 1e-6
+        else:  # the loss reaches the apex: at least as long as a root may be
+            assert loss.bone_loss_mm >= MIN_ROOT_SHARE * tooth_mm - 1e-6
+
+
+@pytest.mark.parametrize(
+    ("upper", "offset", "height", "pct"),
+    [
+        (True, 30, 20, 100 * 20 / 60),  # a band from the junction (30 rows into a 90-row tooth): 20 of 60 rows
+        (False, 30, 20, 100 * 20 / 60),
+        (True, 70, 20, None),  # a 2 mm band reaching the apex, not the junction: was 100 % of a 2 mm "root"
+        (False, 70, 20, None),
+        (True, 30, 60, 100.0),  # loss from the junction to the apex
+        (False, -2, 20, None),  # a band starting beyond the crown: no junction there either
+    ],
+)
+def test_bone_loss_cases(upper: bool, offset: int, height: int, pct: float | None) -> None:
+    teeth, scores = _tooth_and_band(upper, 90, offset, height)
+    manifest = dataclasses.replace(_manifest(), input=InputSpec("image", 160, 64, 1, (0.5, 99.5), 0.5, 0.25, ("PX",)))
+    prepared = Prepared(tensor=np.zeros((1, 1, 160, 64), np.float32), source_shape=(160, 64), scale=(1.0, 1.0),
+                        offset=(0, 0))  # fmt: skip
+    (loss,) = [f for f in findings_from_outputs({"teeth": teeth, "findings": scores}, manifest, prepared, (0.1, 0.1))
+               if f.kind == "bone_loss"]  # fmt: skip
+    assert loss.bone_loss_mm == pytest.approx(height * 0.1)
+    assert loss.bone_loss_pct == (None if pct is None else pytest.approx(pct))

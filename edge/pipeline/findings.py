@@ -31,7 +31,8 @@ class Finding:
     """Area in mm² at the detector (Imager Pixel Spacing) or the patient (Pixel Spacing), when known."""
     bone_loss_mm: float | None = None
     bone_loss_pct: float | None = None
-    """Bone loss as a percentage of root length, where the model supports it."""
+    """Bone loss as a percentage of root length, where the model supports it and the region starts at the
+    cemento-enamel junction (see :func:`edge.pipeline.postprocess.findings_from_outputs`)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0:
@@ -41,6 +42,10 @@ class Finding:
             raise ValueError(f"bbox {self.bbox} is not (x0, y0, x1, y1) with x0 <= x1, y0 <= y1")
         if self.tooth_fdi is not None:
             fdi_to_universal(self.tooth_fdi)
+        if self.bone_loss_mm is not None and self.bone_loss_mm < 0:
+            raise ValueError(f"bone loss {self.bone_loss_mm} mm is negative")
+        if self.bone_loss_pct is not None and not 0.0 <= self.bone_loss_pct <= 100.0:
+            raise ValueError(f"bone loss {self.bone_loss_pct} % of root length is outside [0, 100]")
 
     @property
     def tooth_universal(self) -> str | None:

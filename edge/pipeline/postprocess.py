@@ -17,7 +17,8 @@ transform; areas are scaled to source pixels and to mm² with the pixel spacing 
 
 Bone loss is measured per tooth zone along the image's vertical (a panoramic's teeth stand nearly upright): its
 height is the median height of the region's columns, and the root length is the distance from the region's
-coronal edge (the cemento-enamel junction, where a healthy crest sits) to the tooth's apex in the tooth output.
+coronal edge (the cemento-enamel junction, where a healthy crest sits) to the tooth's apex in the tooth output,
+and a percentage is given only for a root at least :data:`MIN_ROOT_SHARE` of the tooth.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "EXCLUSIVE",
     "EXCLUSIVE_IOU",
     "MAX_TOOTH_DISTANCE",
+    "MIN_ROOT_SHARE",
     "MIN_SHARE",
     "box_iou",
     "findings_from_outputs",
@@ -51,6 +53,10 @@ EXCLUSIVE: tuple[tuple[str, str], ...] = (("implant", "root_canal_filling"),)
 findings whose boxes overlap with IoU >= :data:`EXCLUSIVE_IOU` the less confident is dropped. Crown and restoration
 are not listed: the reference model is surer of "crown" on every metal surface, so the rule dropped true fillings."""
 EXCLUSIVE_IOU = 0.3
+MIN_ROOT_SHARE = 0.4
+"""The root runs from the junction to the apex: at least this share of the tooth's length (a permanent tooth's
+root is 0.55-0.65 of it; the margin is for the tooth head's outline). A bone-loss region whose coronal edge gives
+a shorter root does not start at the junction, and its loss cannot be given as a percentage of the root."""
 MIN_SHARE = 0.15
 """A region is split between teeth only where each tooth holds at least this share of it (and the class's minimum
 area); the pixels of smaller shares go to the tooth holding the most."""
@@ -222,22 +228,31 @@ def _bone_loss(
     transform: _Transform,
     row_mm: float | None,
 ) -> tuple[float | None, float | None]:
-    """``(bone_loss_mm, bone_loss_pct)`` of one tooth's bone-loss region (model pixels)."""
+    """``(bone_loss_mm, bone_loss_pct)`` of one tooth's bone-loss region (model pixels).
+
+    The loss is the region's median column height. The percentage relates it to the root, from the region's
+    coronal edge (the cemento-enamel junction, where the healthy crest sits) to the tooth's apex. A region that
+    does not start at the junction (one lying near or beyond the apex) made that "root" a few pixels long, or
+    negative (``abs`` hid it), and any loss 100 % of it. When the root so measured is shorter than
+    :data:`MIN_ROOT_SHARE` of the tooth (or the band starts beyond the apex, or beyond the crown), the
+    percentage is not given (the millimetres still are).
+    """
     columns = np.flatnonzero(region.any(axis=0))
     heights = region[:, columns].sum(axis=0)
     height_px = float(np.median(heights)) / transform.scale[1]
     loss_mm = None if row_mm is None else height_px * row_mm
     if tooth is None or not tooth.any():
         return loss_mm, None
+    rows = np.flatnonzero(tooth.any(axis=1))  # the whole tooth: a root tapers, the band lies along its flanks
+    tooth_px = float(rows[-1] + 1 - rows[0]) / transform.scale[1]
     sub = region[:, columns]
-    if upper:
+    if upper:  # crown down, apex up: the junction is the band's lower edge
         coronal = float(np.median(sub.shape[0] - sub[::-1].argmax(axis=0)))
-        apex = float(np.flatnonzero(tooth.any(axis=1))[0])
+        root_px = (coronal - float(rows[0])) / transform.scale[1]
     else:
         coronal = float(np.median(sub.argmax(axis=0)))
-        apex = float(np.flatnonzero(tooth.any(axis=1))[-1] + 1)
-    root_px = abs(coronal - apex) / transform.scale[1]
-    if root_px <= 0:
+        root_px = (float(rows[-1] + 1) - coronal) / transform.scale[1]
+    if not MIN_ROOT_SHARE * tooth_px <= root_px <= tooth_px:  # the junction is not where the band starts
         return loss_mm, None
     return loss_mm, float(min(100.0, 100.0 * height_px / root_px))
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard
 
@@ -73,23 +73,49 @@ _TOPIC_RE = re.compile(r"^btt/v1/dev/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/up/([a-
 _ITEM_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
-class _NonFinite:
-    """What NaN, Infinity and overflowing number literals parse to: a marker the subset check refuses."""
+class _Marker:
+    """What a number outside the subset parses to (NaN, Infinity, an overflowing literal, an integer beyond
+    ±(2**53 - 1)): a value the subset check refuses with ``fault``, so that only its item is refused."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
 
     def __repr__(self) -> str:
-        return "NaN"
+        return f"<{self.fault}>"
 
 
-_NON_FINITE = _NonFinite()
+_NON_FINITE = _Marker("NaN or Infinity is not a number the relay takes")
+_BIG_INTEGER = _Marker("an integer outside ±(2**53 - 1)")
+_CONTAINERS = frozenset({dict, list})
 
 
-def _parse_float(text: str) -> float | _NonFinite:
-    value = float(text)
-    return value if math.isfinite(value) else _NON_FINITE
+def _decode(text: str) -> tuple[Any, bool]:
+    """The parsed document, and whether a :class:`_Marker` is somewhere in it; ValueError when not JSON."""
+    marked = False
 
+    def number(literal: str) -> float | _Marker:
+        nonlocal marked
+        value = float(literal)
+        if math.isfinite(value):
+            return value
+        marked = True
+        return _NON_FINITE
 
-def _parse_constant(_text: str) -> _NonFinite:
-    return _NON_FINITE
+    def integer(literal: str) -> int | _Marker:
+        nonlocal marked
+        value = int(literal)
+        if len(literal) < 16 or -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return value
+        marked = True
+        return _BIG_INTEGER
+
+    def constant(_literal: str) -> _Marker:
+        nonlocal marked
+        marked = True
+        return _NON_FINITE
+
+    doc = json.loads(text, parse_float=number, parse_int=integer, parse_constant=constant)
+    return doc, marked
 
 
 @dataclass(frozen=True)
@@ -185,7 +211,7 @@ def parse_up(topic: str, payload: bytes) -> ParsedUp:
     except UnicodeDecodeError as exc:
         return _whole(device, kind, "encoding", f"payload is not UTF-8: {exc}")
     try:
-        doc = json.loads(text, parse_float=_parse_float, parse_constant=_parse_constant)
+        doc, marked = _decode(text)
     except RecursionError:
         return _whole(device, kind, "json", "payload is not JSON: nested too deeply")
     except ValueError as exc:
@@ -202,6 +228,9 @@ def parse_up(topic: str, payload: bytes) -> ParsedUp:
     raw = doc.get("items")
     if type(raw) is not list or len(raw) > MAX_ITEMS:
         return _whole(device, kind, "message", f"payload items must be a list of at most {MAX_ITEMS}")
+    # Strings can only hold a lone surrogate through a \uXXXX escape (the text is valid UTF-8), and numbers outside
+    # the subset are marked while parsing: without either, only the nesting depth is left to check.
+    full_check = marked or "\\u" in text
     items: list[UpItem] = []
     refused: list[Refusal] = []
     for position, entry in enumerate(raw):
@@ -209,7 +238,7 @@ def parse_up(topic: str, payload: bytes) -> ParsedUp:
         if type(item_id) is not str or not _ITEM_ID_RE.match(item_id):
             refused.append(Refusal("item", f"item {position}: no id of 1-128 visible ASCII characters"))
             continue
-        outcome = _item(kind, item_id, entry.get("body"))
+        outcome = _item(kind, item_id, entry.get("body"), full_check)
         (refused if isinstance(outcome, Refusal) else items).append(outcome)  # type: ignore[arg-type]
     return ParsedUp(device, kind, tuple(items), tuple(refused))
 
@@ -218,10 +247,13 @@ def _whole(device: str, kind: str, code: str, reason: str) -> ParsedUp:
     return ParsedUp(device, kind, refused=(Refusal(code, clean_reason(reason)),))
 
 
-def _item(kind: str, item_id: str, body: Any) -> UpItem | Refusal:
+def _item(kind: str, item_id: str, body: Any, full_check: bool) -> UpItem | Refusal:
     if kind not in KINDS:
         return Refusal("kind", f"unknown kind {kind!r}", item_id)
-    fault = _subset_fault(body, 1)
+    if full_check:
+        fault = _subset_fault(body, 1)
+    else:
+        fault = f"nested deeper than {MAX_DEPTH}" if type(body) in _CONTAINERS and _too_deep(body, 1) else None
     if fault is not None:
         return Refusal("subset", f"{kind}: {fault}", item_id)
     if type(body) is not dict:
@@ -280,8 +312,6 @@ def _subset_fault(value: Any, depth: int) -> str | None:
     kind = type(value)
     if kind is str:
         return None if value.isascii() or _is_unicode(value) else "a string that is not valid Unicode"
-    if kind is int:
-        return None if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else "an integer outside ±(2**53 - 1)"
     if kind is dict or kind is list:
         if depth > MAX_DEPTH:
             return f"nested deeper than {MAX_DEPTH}"
@@ -295,9 +325,19 @@ def _subset_fault(value: Any, depth: int) -> str | None:
             if fault is not None:
                 return fault
         return None
-    if value is _NON_FINITE:
-        return "NaN or Infinity is not a number the relay takes"
-    return None  # a finite float, a boolean, null
+    if kind is _Marker:
+        return str(value.fault)
+    return None  # a number in range, a boolean, null
+
+
+def _too_deep(value: dict[str, Any] | list[Any], depth: int) -> bool:
+    """Whether ``value`` nests deeper than :data:`MAX_DEPTH` (the fast path: containers of scalars skipped in C)."""
+    if depth > MAX_DEPTH:
+        return True
+    children: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    if _CONTAINERS.isdisjoint(map(type, children)):
+        return False
+    return any(type(c) in _CONTAINERS and _too_deep(c, depth + 1) for c in children)
 
 
 def _is_unicode(text: str) -> bool:

@@ -181,6 +181,13 @@ def simulated_panoramic(exposure_id: int = 5) -> Dataset:
     return dcmread(io.BytesIO(_simulator_bytes(exposure_id)))
 
 
+def with_pixels(ds: Dataset, pixels: np.ndarray) -> Dataset:
+    """``ds`` (a 16-bit grey image) with ``pixels`` instead of its own: a real header on a small image."""
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    return ds
+
+
 def _lateral(image_laterality: str | None, *, series: str | None = None) -> Callable[[], Dataset]:
     def make() -> Dataset:
         ds = synthetic_panoramic()

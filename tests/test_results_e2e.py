@@ -18,7 +18,15 @@ from edge.db import DB_FILENAME, connect
 from models.bundle import pack_bundle, write_bundle
 from tests.conftest import Dcmtk, StartAgent, free_port
 from tests.pipeline_helpers import MANIFEST, bright_spot_image, tiny_bundle
-from tests.results_helpers import dciodvfy_errors, received, source_image, storescp
+from tests.results_helpers import (
+    dciodvfy_errors,
+    received,
+    simulated_panoramic,
+    source_image,
+    storescp,
+    synthetic_panoramic,
+    with_pixels,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,7 +63,7 @@ def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, 
         "BTT_EDGE_RESULTS_BACKOFF_MAX_S": "1",
     }
     data = tmp_path / "data"
-    first = source_image("PX", pixels=bright_spot_image(200, 400), seed=1)
+    first = with_pixels(synthetic_panoramic(), bright_spot_image(200, 400))  # the generator's header (Laterality B)
     first.save_as(tmp_path / "first.dcm", enforce_file_format=True)
     with storescp(pacs_dir, pacs_port):
         agent = start_agent(data, args=["--forward", f"PACS@127.0.0.1:{pacs_port}"], env=env)
@@ -144,7 +152,7 @@ def test_configured_destination_gets_originals_and_the_presentation_state(
         f'[[results.destinations]]\nae_title = "ARCHIVE"\nhost = "127.0.0.1"\nport = {pacs_port}\n'
         'kinds = ["original", "gsps", "sr"]\n'
     )
-    image = source_image("PX", pixels=bright_spot_image(150, 300))
+    image = with_pixels(simulated_panoramic(), bright_spot_image(150, 300))  # the unit simulator's header
     image.save_as(tmp_path / "pano.dcm", enforce_file_format=True)
     with storescp(pacs_dir, pacs_port, ae_title="ARCHIVE"):
         agent = start_agent(tmp_path / "data", args=["--config", str(config)])

@@ -65,6 +65,8 @@ __all__ = [
 CERTIFICATE = "device-certificate"
 REQUEST = "device-certificate-request"
 REVOCATIONS = "revocation-list"
+_PRIVATE = 0o600
+"""Mode of every file under ``keys/`` (the data directory's files are private; doctor checks)."""
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
@@ -298,7 +300,7 @@ def provision(
     if not _ID_RE.match(device):
         raise IdentityError(f"device id {device!r} must be 1-64 letters, digits or ._:- characters")
     request = seal(REQUEST, {"type": REQUEST, "format": 1, "device": device, "key": key.public.to_json()}, key)
-    atomic_write_bytes(files.request, canonical_bytes(request) + b"\n")
+    atomic_write_bytes(files.request, canonical_bytes(request) + b"\n", mode=_PRIVATE)
     if manufacturer is None:
         return None
     issued = now_ms()
@@ -318,7 +320,7 @@ def install_certificate(files: KeyFiles, certificate: Any, manufacturer: PublicK
     key = load_private_key(files.device_key)
     if parsed.key != key.public:
         raise CertificateInvalid("the certificate is for another device key")
-    atomic_write_bytes(files.certificate, canonical_bytes(certificate) + b"\n")
+    atomic_write_bytes(files.certificate, canonical_bytes(certificate) + b"\n", mode=_PRIVATE)
     return parsed
 
 
@@ -330,6 +332,7 @@ def dev_manufacturer_key(files: KeyFiles) -> PrivateKey:
     key = generate_key()
     save_private_key(files.dev_manufacturer_key, key)
     save_public_key(files.dev_manufacturer_public, key.public)
+    os.chmod(files.dev_manufacturer_public, _PRIVATE)
     return key
 
 
@@ -357,9 +360,11 @@ def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None 
         seal(REQUEST, body, new), manufacturer, serial=issued, issued_ms=issued, valid_days=valid_days
     )
     files.retired.mkdir(mode=0o700, exist_ok=True)
-    atomic_write_bytes(files.retired / f"{current.key.keyid}.json", canonical_bytes(current.certificate) + b"\n")
+    atomic_write_bytes(
+        files.retired / f"{current.key.keyid}.json", canonical_bytes(current.certificate) + b"\n", mode=_PRIVATE
+    )
     save_private_key(files.next_key, new)
-    atomic_write_bytes(files.next_certificate, canonical_bytes(certificate) + b"\n")
+    atomic_write_bytes(files.next_certificate, canonical_bytes(certificate) + b"\n", mode=_PRIVATE)
     _finish_rotation(files)
     return certificate
 

@@ -15,6 +15,7 @@ from edge.cli import main
 from edge.config import AgentConfig, with_overrides
 from edge.db import DB_FILENAME, connect, transaction
 from edge.receipts.book import ReceiptBook
+from edge.receipts.identity import KeyFiles, dev_manufacturer_key, rotate
 from edge.receipts.keys import load_public_key
 from edge.receipts.receipts import Use
 from edge.receipts.service import SettlementService, open_book
@@ -94,6 +95,27 @@ def test_a_key_rotated_while_running_signs_from_the_next_check(
     assert len(set(keys[:2])) == 1
     assert len(set(keys[2:])) == 1
     assert keys[0] != keys[2]
+
+
+def test_a_rotation_whose_process_died_half_way_is_finished_a_check_later(
+    config: AgentConfig, conn: sqlite3.Connection, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.receipts import identity as identity_module
+
+    assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
+    book = open_book(config)
+    service = SettlementService(config, book)
+    files = KeyFiles(data / "keys")
+    with monkeypatch.context() as patch:  # the rotating process dies before it moves the staged files
+        patch.setattr(identity_module, "_finish_rotation", lambda files: None)
+        rotate(files, dev_manufacturer_key(files))
+    assert files.next_certificate.exists()
+    assert service.check_identity() is False  # a rotation being written: wait
+    assert service.check_identity() is True  # still staged a check later: finished here
+    assert not files.next_certificate.exists()
+    assert not files.next_key.exists()
+    _record(conn, book, 1)
+    assert len(_verified(conn, book, data)) == 1
 
 
 def test_an_unusable_new_certificate_is_logged_once_and_the_book_keeps_its_identity(

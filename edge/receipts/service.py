@@ -108,9 +108,10 @@ class IdentityWatch:
 
     So ``btt-edge provision`` (a certificate installed) or ``provision --rotate`` (a new key) while the agent runs
     takes effect at the next :meth:`check`, and the uses parked meanwhile are signed then. The certificate file is
-    the last one either writes, so the watch reads it and acts only when its bytes change; while a rotation is
-    being written (``device.next.*`` present) it waits. A new identity that cannot be used (broken files,
-    untrusted) is logged once and the book keeps signing with what it has.
+    the last one either writes, so the watch reads it and acts only when its bytes change. While a rotation is
+    being written (``device.next.*`` present) it waits; staged files still there a whole check later belong to a
+    rotation whose process died, and the watch finishes it, as a restart would. A new identity that cannot be
+    used (broken files, untrusted) is logged once and the book keeps signing with what it has.
     """
 
     def __init__(self, config: AgentConfig, book: ReceiptBook) -> None:
@@ -119,6 +120,8 @@ class IdentityWatch:
         self._book = book
         self._seen: bytes | None = None
         """The certificate bytes last looked at (adopted, already in use, or refused)."""
+        self._staged = False
+        """Whether the last check found a rotation staged."""
 
     def check(self, conn: sqlite3.Connection) -> bool:
         """Adopt a changed identity (True when one was adopted); sign any uses left parked."""
@@ -131,8 +134,17 @@ class IdentityWatch:
         return adopted
 
     def _certificate(self) -> bytes | None:
-        if self._files.next_certificate.exists():
+        staged, self._staged = self._staged, self._files.next_certificate.exists()
+        if self._staged and not staged:
             return None  # a rotation in progress: its last step replaces the certificate
+        if self._staged:
+            event(log, "finishing a key rotation left half done", level=logging.WARNING)
+            try:
+                load_identity(self._files)  # finishes it (crash-safe, and safe beside another process finishing it)
+            except ReceiptError as exc:
+                event(log, "the staged key rotation cannot be finished", level=logging.ERROR, error=str(exc))
+                return None
+            self._staged = False
         try:
             return self._files.certificate.read_bytes()
         except FileNotFoundError:

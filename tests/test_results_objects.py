@@ -263,11 +263,19 @@ def _library_uids(sr: Dataset) -> set[str]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("drop", [(), ("ImagerPixelSpacing", "PatientOrientation")])
-def test_sr_image_library_resolves_every_region(drop: tuple[str, ...], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "edit",
+    [{}, {"ImagerPixelSpacing": None, "PatientOrientation": None}, {"PatientOrientation": ""}],
+    ids=["complete", "no-spacing-no-orientation", "empty-orientation"],
+)
+def test_sr_image_library_resolves_every_region(edit: dict[str, str | None], tmp_path: Path) -> None:
     source = simulated_panoramic()
-    for keyword in drop:  # a header without what TID 1603 describes still gets a library entry
-        del source[keyword]
+    for keyword, value in edit.items():  # a header without what TID 1603 describes still gets a library entry
+        if value is None:
+            del source[keyword]
+        else:
+            setattr(source, keyword, value)
+    source = dcmread(io.BytesIO(file_bytes(source)))  # as the store holds it
     sr = build_sr(source, analysis_of(source), UidFactory())
     regions = {i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                for i in _walk(sr.ContentSequence) if i.ValueType == "SCOORD"}  # fmt: skip

@@ -161,7 +161,7 @@ def _image_library(source: Dataset) -> ContentSequence:
     orientation and pixel spacing; a source without them gets an entry with modality, rows and columns only."""
     try:
         return ImageLibrary([source])
-    except (AttributeError, IndexError, ValueError):
+    except (AttributeError, IndexError, TypeError, ValueError):
         pass
     modality = next((c for c in codes.cid29.concepts.values() if c.value == source.get("Modality")), None)
     acquisition = RelationshipTypeValues.HAS_ACQ_CONTEXT

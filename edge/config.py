@@ -384,6 +384,11 @@ class OtaConfig:
     """How often the repository is asked (an ``ota-available`` command from the relay asks at once)."""
     timeout_s: float = bounded(30.0, lo=1, hi=600)
     """Longest wait for the repository on one read."""
+    min_download_rate: int = bounded(16384, lo=1, hi=1_073_741_824)
+    """Slowest rate, bytes/s, a download is allowed: each may take ``timeout_s`` plus its length at this rate, so a
+    mirror that trickles bytes cannot hold a check (TUF's slow retrieval attack)."""
+    max_download_s: float = bounded(3600.0, lo=10, hi=86_400)
+    """Longest any one download may take, whatever its length (a bundle cut short resumes at the next check)."""
     max_bundle_bytes: int = bounded(536_870_912, lo=1024, hi=8_589_934_592)
     """A bundle larger than this is refused before download, whatever the signed metadata says."""
     failure_threshold: int = bounded(3, lo=1, hi=1000)

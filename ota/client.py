@@ -34,6 +34,7 @@ from ota.errors import (
     OversizedDownload,
     RepositoryUnavailable,
     RollbackRefused,
+    SlowRetrieval,
     UntrustedMetadata,
     UpdateRefused,
 )
@@ -69,6 +70,8 @@ def translate(exc: Exception) -> OtaError:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, exceptions.DownloadLengthMismatchError):
         return OversizedDownload(f"download longer than allowed: {text}")
+    if isinstance(exc, exceptions.SlowRetrievalError):
+        return SlowRetrieval(f"download too slow (slow retrieval): {text}")
     if isinstance(exc, exceptions.DownloadError):
         return RepositoryUnavailable(f"repository unavailable: {text}")
     if isinstance(exc, exceptions.UnsignedMetadataError):
@@ -191,7 +194,7 @@ class UpdateClient:
             return False
         url = self.url(offer)
         try:
-            resumed, chunks = self._fetcher.fetch_from(url, have)
+            resumed, chunks = self._fetcher.fetch_from(url, have, offer.length)
             if have:
                 event(
                     log, "download resumed" if resumed else "server ignored the range; downloading again", offset=have

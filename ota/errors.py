@@ -15,7 +15,9 @@ one boundary each (:mod:`ota.client`, :mod:`ota.slots`, :mod:`ota.health`). The 
     │   ├── MixAndMatchRefused      metadata that does not match the snapshot or timestamp that pins it
     │   ├── BundleTampered          a bundle whose length or hashes differ from the signed targets metadata, or
     │   │                           whose content is not the bundle the metadata names
-    │   └── OversizedDownload       more bytes than the signed length or the configured maximum (endless data)
+    │   ├── OversizedDownload       more bytes than the signed length or the configured maximum (endless data)
+    │   └── SlowRetrieval           a download not complete within its deadline (a mirror trickling bytes); what
+    │                               arrived of a bundle is kept and the next check resumes it
     ├── HealthCheckFailed       the new bundle did not load or did not match its golden vectors on this device
     ├── InstallError            the local install cannot proceed (no previous model to roll back to, an update
     │                           under observation, a second installer running, a slot that cannot be written)
@@ -38,6 +40,7 @@ __all__ = [
     "PublishError",
     "RepositoryUnavailable",
     "RollbackRefused",
+    "SlowRetrieval",
     "UntrustedMetadata",
     "UpdateRefused",
 ]
@@ -92,6 +95,13 @@ class OversizedDownload(UpdateRefused):
     """A download longer than its signed length or the configured maximum."""
 
     reason = "oversized"
+
+
+class SlowRetrieval(UpdateRefused):
+    """A download not complete within its deadline: ``[ota] timeout_s`` plus its length at ``min_download_rate``,
+    at most ``max_download_s``."""
+
+    reason = "slow-retrieval"
 
 
 class HealthCheckFailed(OtaError):

@@ -66,7 +66,9 @@ def build_updater(config: AgentConfig, report: Reporter | None = None) -> OtaUpd
             repository_url=ota.repository_url,
             metadata_dir=data_dir / "ota" / "metadata",
             trusted_root=root,
-            fetcher=HttpFetcher(timeout_s=ota.timeout_s, ca_file=ota.ca_file),
+            fetcher=HttpFetcher(
+                timeout_s=ota.timeout_s, ca_file=ota.ca_file, min_rate=ota.min_download_rate, max_s=ota.max_download_s
+            ),
             max_bundle_bytes=ota.max_bundle_bytes,
         )
 

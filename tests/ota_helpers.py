@@ -3,8 +3,9 @@ and a manufacturer repository made with the real ``btt-ota`` code.
 
 * :class:`RepoServer` serves a directory over ``http.server`` in a thread. ``override[path] = bytes`` serves
   other bytes for one path (an attacker or a broken mirror); ``endless`` paths stream without end;
-  ``cut_after[path] = n`` closes the connection after ``n`` bytes once (an interrupted download); ``ranges``
-  records the ``Range`` headers received.
+  ``cut_after[path] = n`` closes the connection after ``n`` bytes once (an interrupted download); ``trickle[path]
+  = s`` sends the body one byte every ``s`` seconds and ``trickle_headers[path] = s`` the headers (without end),
+  a slow retrieval attack; ``ranges`` records the ``Range`` headers received.
 * :func:`bundle_dir` writes the tiny pipeline network as a bundle with a given version (optionally with golden
   vectors it cannot meet).
 """
@@ -82,8 +83,11 @@ class RepoServer:
         self.override: dict[str, bytes] = {}
         self.endless: set[str] = set()
         self.cut_after: dict[str, int] = {}
+        self.trickle: dict[str, float] = {}
+        self.trickle_headers: dict[str, float] = {}
         self.ranges: list[tuple[str, str]] = []
         self.requests: list[str] = []
+        self.stopping = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +99,10 @@ class RepoServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0].lstrip("/")
                 server.requests.append(path)
+                if path in server.trickle_headers:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+                    self.slowly(b"x" * 65536, server.trickle_headers[path])
+                    return
                 if path in server.endless:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/octet-stream")
@@ -130,7 +138,22 @@ class RepoServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                if path in server.trickle:
+                    self.slowly(body, server.trickle[path])
+                    return
                 self.wfile.write(body)
+
+            def slowly(self, data: bytes, interval_s: float) -> None:
+                """``data`` a byte at a time until it is sent, the client goes or the server stops."""
+                self.close_connection = True
+                try:
+                    for i in range(len(data)):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        if server.stopping.wait(interval_s):
+                            return
+                except OSError:
+                    return
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -147,6 +170,7 @@ class RepoServer:
         self._thread.start()
 
     def stop(self) -> None:
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -192,5 +216,5 @@ def agent_config(data_dir: Path, factory: Path, url: str, trusted_root: Path, **
     return AgentConfig(
         agent=dataclasses.replace(AgentConfig().agent, data_dir=data_dir),
         pipeline=PipelineConfig(bundle_path=factory, backend="onnxruntime-cpu", threads=1),
-        ota=OtaConfig(repository_url=url, trusted_root=str(trusted_root), timeout_s=5, **ota),  # type: ignore[arg-type]
+        ota=OtaConfig(repository_url=url, trusted_root=str(trusted_root), **{"timeout_s": 5, **ota}),  # type: ignore[arg-type]
     )

@@ -2,6 +2,10 @@
 
 No module reaches for a global: :func:`build_agent` creates the store, the SCP, the pipeline, the outbox and
 the links, hands each what it needs, and :class:`Agent` starts them in order and stops them in reverse.
+
+The data directory holds patient data. ``btt-edge run`` sets the process umask from :func:`data_modes` before
+anything is created, and :func:`build_agent` creates the data directory private, or takes the bits beyond
+:func:`data_modes` off it and off what is directly in it (:func:`protect_data_dir`), whatever the umask was.
 """
 
 from __future__ import annotations
@@ -9,18 +13,22 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from edge.config import AgentConfig
+from edge.durable import DataModes, make_dirs, tighten
 from edge.logs import event
 from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
 
-__all__ = ["Agent", "Service", "build_agent"]
+__all__ = ["Agent", "Service", "build_agent", "data_modes", "protect_data_dir"]
 
 log = logging.getLogger("edge.agent")
 
@@ -44,12 +52,22 @@ class Service(Protocol):
 class Agent:
     """Runs services until :meth:`shutdown` is called or SIGTERM/SIGINT arrives."""
 
-    def __init__(self, config: AgentConfig, services: Sequence[Service], notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        services: Sequence[Service],
+        notifier: Notifier | None = None,
+        *,
+        stop_requested: threading.Event | None = None,
+    ) -> None:
         self.config = config
         self.services = tuple(services)
         # systemd (Type=notify, WatchdogSec=): READY=1, WATCHDOG=1 while running, STOPPING=1; no-op elsewhere.
         self.notifier = notifier_from_env() if notifier is None else notifier
-        self._stop = threading.Event()
+        self._stop = threading.Event() if stop_requested is None else stop_requested
+        """Set by :meth:`shutdown`; services given the same event know a stop is coming before theirs is called
+        (the unit service: a unit that goes away meanwhile, e.g. a simulator stopped by the same Ctrl-C, is a
+        normal close)."""
 
     def shutdown(self) -> None:
         """Ask :meth:`run` to stop (safe from any thread or a signal handler)."""
@@ -107,8 +125,37 @@ def _stop_service(service: Service) -> None:
         timer.cancel()
 
 
+def data_modes(config: AgentConfig) -> DataModes:
+    """The modes of the data directory and what is in it: private to the agent's user, or readable by its group
+    (``[agent] group_access``); the directory lets the group through to a control socket in it
+    (``[control] group_access``)."""
+    data_dir, control = config.agent.data_dir, config.control
+    socket_inside = control.enabled and control.group_access and control.path(data_dir).parent == data_dir
+    return DataModes.for_group(config.agent.group_access, group_search=socket_inside)
+
+
+def protect_data_dir(config: AgentConfig) -> list[Path]:
+    """Create the data directory at :func:`data_modes`, or take the bits beyond them off it and off the
+    directories and files directly in it (what is deeper is out of reach through them); the paths changed."""
+    modes, data_dir = data_modes(config), config.agent.data_dir
+    make_dirs(data_dir, modes.root)
+    changed = []
+    if stat.S_IMODE(data_dir.stat().st_mode) != modes.root:  # exactly: the group may need its search bit
+        os.chmod(data_dir, modes.root)
+        changed.append(data_dir)
+    for entry in data_dir.iterdir():
+        if entry.is_symlink() or entry.is_socket():  # a socket's mode is its owner's (the control server's)
+            continue
+        if tighten(entry, modes.directory if entry.is_dir() else modes.file):
+            changed.append(entry)
+    if changed:
+        event(log, "data directory permissions tightened", paths=" ".join(p.name for p in changed))
+    return changed
+
+
 def build_agent(config: AgentConfig) -> Agent:
     """Wire every component from ``config``."""
+    protect_data_dir(config)
     from edge.ingest.scp import StorageSCP
     from edge.outbox import Outbox
     from edge.receipts.service import SettlementService, open_book
@@ -172,10 +219,11 @@ def build_agent(config: AgentConfig) -> Agent:
         services.append(results_service)
     if book is not None:
         services.append(SettlementService(config, book))
+    stop_requested = threading.Event()
     if config.unit.port:
         from edge.unit.service import UnitService
 
-        services.append(UnitService(config.unit, data_dir, book=book))
+        services.append(UnitService(config.unit, data_dir, book=book, stop_requested=stop_requested))
     # Spare capacity (edge.capacity, README "Sharing spare capacity"): offers through the outbox, jobs from the
     # relay's "capacity-job" command; clinical work (an open association, an image not yet analysed) pre-empts.
     from edge.capacity import CapacityService, IndexActivity
@@ -200,4 +248,4 @@ def build_agent(config: AgentConfig) -> Agent:
         from edge.ops.metrics import MetricsService
 
         services.append(MetricsService(config.metrics, state))
-    return Agent(config, services)
+    return Agent(config, services, stop_requested=stop_requested)

@@ -80,6 +80,11 @@ class AgentSection:
     error only (journald keeps it)."""
     log_max_mb: int = bounded(20, lo=1, hi=10_000)
     log_backups: int = bounded(5, lo=1, hi=100)
+    group_access: bool = False
+    """Let the agent's group read the data directory: nothing in it looser than 0750 (directories) and 0640
+    (files), umask 0027; images, the database and keys stay 0600. Off: the agent's user only (0700/0600, umask
+    0077), the data directory 0710 when the control socket in it is open to the group (``[control]
+    group_access``). Either way the agent tightens what it finds looser at start, and ``btt-edge doctor`` warns."""
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,20 @@
 Every component (index, pipeline, receipts, outbox) keeps its tables here, so that a state change and the
 receipt or outbox row it causes commit together. Each component declares its schema as a list of migrations;
 :func:`migrate` applies the ones not yet applied, each in its own transaction.
+
+The database holds patient data: it is created 0600 in a directory created 0700, whatever the umask, and SQLite
+gives its ``-wal`` and ``-shm`` files the database file's mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from edge.durable import PRIVATE, make_dirs
 
 __all__ = ["DB_FILENAME", "connect", "migrate", "transaction"]
 
@@ -28,7 +34,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30.0, check_same_thread=False
         )
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
+        # Created here, private, before SQLite would create it 0644 less the umask; -wal and -shm follow its mode.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE.file))
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
     conn.row_factory = sqlite3.Row

@@ -242,7 +242,10 @@ class Link:
         return seq
 
     def _lost_port(self, exc: TransportError) -> None:
-        self.error = str(exc)
+        # During a stop the port failing (the peer closed its end: pyserial's "device reports readiness to read
+        # but returned no data") is the close that was asked for, not an error.
+        if not self._stop.is_set():
+            self.error = str(exc)
         self.transport.close()
         self._set_state("closed")
 

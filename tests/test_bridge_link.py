@@ -344,3 +344,19 @@ def test_a_port_that_opens_but_fails_is_retried_with_backoff_not_spun() -> None:
     link.stop()
     assert 2 <= link.stats.reconnects <= 8
     assert link.error == "read failed"
+
+
+class _HangsUp(MemoryTransport):
+    """Each read fails after a while, as a pty does once the simulator at its other end is stopped."""
+
+    def read(self) -> bytes:
+        time.sleep(0.2)
+        raise TransportError("device reports readiness to read but returned no data")
+
+
+def test_a_read_failing_while_the_link_stops_is_a_normal_close() -> None:
+    link = Link(_HangsUp(), on_message=lambda m: None, settings=FAST, name="stopping")
+    link.start()
+    time.sleep(0.05)  # the reader is in its first read
+    link.stop()  # which fails while the stop is under way
+    assert (link.state, link.error) == ("closed", None)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -298,3 +300,45 @@ def test_incompatible_unit_is_reported_and_nothing_recorded(tmp_path: Path) -> N
         assert rig.ids() == []
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize("agent_stopping", [True, False], ids=["agent-stopping", "agent-running"])
+def test_a_unit_gone_while_the_agent_stops_is_a_normal_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, agent_stopping: bool
+) -> None:
+    """Ctrl-C on a terminal stops the agent and the simulator together; the simulator closing its pty first makes
+    pyserial's read fail ("device reports readiness to read but returned no data"): no warning for that. The
+    same hang-up while the agent runs is a warning, as a pulled cable is."""
+    rig = Rig(tmp_path)
+    stop_requested = threading.Event()
+    rig.service = UnitService(_config(rig.port.port), rig.data_dir, book=rig.book, stop_requested=stop_requested)
+    rig.service.start()
+    try:
+        _wait(lambda: rig.service.identity is not None)
+        _wait(lambda: (summary(rig.db)["link"] or {}).get("state") == "connected")
+        caplog.set_level(logging.INFO, logger="edge.unit")
+        caplog.clear()
+        if agent_stopping:
+            stop_requested.set()  # the agent's SIGINT handler ran...
+        rig.sim.stop()  # ...and the simulator closed its pty
+        _wait(lambda: rig.service.link_status().state != "connected")
+        _wait(
+            lambda: any(r.getMessage() == "unit link" and _fields(r).get("state") == "closed" for r in caplog.records)
+        )
+    finally:
+        rig.service.stop()
+        rig.db.close()
+    warnings = [str(_fields(r)) for r in caplog.records if r.name == "edge.unit" and r.levelno >= logging.WARNING]
+    if agent_stopping:
+        assert warnings == []
+        link = summary(connect(rig.data_dir / DB_FILENAME))["link"]
+        assert link is not None
+        assert link["state"] == "closed"
+        assert not link["error"]
+    else:
+        assert warnings  # the port failed, then would not open again
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    fields: dict[str, object] = getattr(record, "btt_fields", {})  # edge.logs.event keeps them there
+    return fields

@@ -32,7 +32,9 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge.agent import build_agent
+    import os
+
+    from edge.agent import build_agent, data_modes
     from edge.logs import configure_logging
 
     config = config_from_args(
@@ -43,6 +45,9 @@ def _run(args: argparse.Namespace) -> int:
         sync={"url": args.mqtt},
         results={"forward": args.forward},
     )
+    # Before anything is created (the log file, the data directory, the database): what the agent writes is its
+    # user's only (0700/0600), or its group's too with [agent] group_access (0750/0640), whatever umask it got.
+    os.umask(data_modes(config).umask)
     agent = config.agent
     configure_logging(
         agent.log_format,

@@ -12,6 +12,7 @@ an exposure; a failure to record is logged and healed by the next resync.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import sqlite3
@@ -70,10 +71,20 @@ class UnitService:
 
     name = "unit"
 
-    def __init__(self, config: UnitConfig, data_dir: Path, *, book: ReceiptBook | None = None) -> None:
+    def __init__(
+        self,
+        config: UnitConfig,
+        data_dir: Path,
+        *,
+        book: ReceiptBook | None = None,
+        stop_requested: threading.Event | None = None,
+    ) -> None:
         self.config = config
         self.data_dir = data_dir
         self.book = book
+        self.stop_requested = stop_requested
+        """The agent's stop request (:class:`~edge.agent.Agent`): once set, a link that goes down is a normal close,
+        not a warning (a simulator on the same terminal gets the same Ctrl-C and closes its pty first)."""
         self.driver: UnitDriver | None = None
         self.identity: Identify | None = None
         self.status: Status | None = None
@@ -213,9 +224,17 @@ class UnitService:
             except Exception:
                 log.exception("unit housekeeping failed")
 
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or (self.stop_requested is not None and self.stop_requested.is_set())
+
     def _save_link(self) -> None:
-        """Save the link's state and counters; log when its state changes (e.g. the port cannot be opened)."""
+        """Save the link's state and counters; log when its state changes (e.g. the port cannot be opened).
+
+        While the agent stops, the port failing (the peer closed its end) is the close that was asked for: logged
+        as such, without a warning."""
         link = self.link_status()
+        if self._stopping() and link.state != "connected":
+            link = dataclasses.replace(link, error=None)
         if (link.state, link.error) != self._last_link:
             self._last_link = (link.state, link.error)
             level = logging.INFO if link.state == "connected" or not link.error else logging.WARNING

@@ -121,7 +121,7 @@ def test_reject_policy_raises_duplicate_conflict(tmp_path: Path) -> None:
 def test_undecodable_input_is_invalid_and_can_be_quarantined(store: ImageStore) -> None:
     spooled = store.incoming_dir / "junk.dcm"
     spooled.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
-    with pytest.raises(InvalidDataset, match="cannot be decoded"):
+    with pytest.raises(InvalidDataset, match="no Transfer Syntax UID"):
         store.accept(spooled, "UNIT1")
     where = store.quarantine(spooled, "cannot be decoded", calling_ae="UNIT1", sop_instance_uid="1.2/../3")
     assert where.parent == store.quarantine_dir

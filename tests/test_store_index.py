@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import InvalidDataset, StateConflict, StoreError
+from edge.store.encoding import PixelExtent
 from edge.store.header import InstanceHeader, read_header
 from edge.store.index import (
     get_instance,
@@ -128,10 +129,11 @@ def _dataset(**changes: object) -> Dataset:
     ds.SOPInstanceUID, ds.SOPClassUID = "1.2.3.4.1", "1.2.840.10008.5.1.4.1.1.1.1"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.4"
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.SamplesPerPixel = 4, 5, 16, 12, 1
+    ds.PixelRepresentation = 0
     ds.PhotometricInterpretation = "MONOCHROME2"
     for key, value in changes.items():
         if value is None:
-            delattr(ds, key)
+            ds.pop(key, None)
         else:
             with warnings.catch_warnings():  # pydicom warns about the invalid values these tests set on purpose
                 warnings.simplefilter("ignore")
@@ -139,30 +141,58 @@ def _dataset(**changes: object) -> Dataset:
     return ds
 
 
+def _native(length: int) -> PixelExtent:
+    return PixelExtent("PixelData", encapsulated=False, length=length)
+
+
+def _fragments(fragments: int, table: int = 0) -> PixelExtent:
+    return PixelExtent("PixelData", encapsulated=True, length=100, fragments=fragments, offset_table_bytes=table)
+
+
+_YBR_422 = {"SamplesPerPixel": 3, "PhotometricInterpretation": "YBR_FULL_422", "PlanarConfiguration": 0}
+
+
 def test_read_header_accepts_a_sound_dataset() -> None:
-    header = read_header(_dataset(), ExplicitVRLittleEndian, pixel_length=40)
+    header = read_header(_dataset(), ExplicitVRLittleEndian, _native(40))
     assert (header.sop_instance_uid, header.rows, header.columns) == ("1.2.3.4.1", 4, 5)
-    assert read_header(_dataset(), JPEGBaseline8Bit, pixel_length=0xFFFFFFFF).transfer_syntax_uid == JPEGBaseline8Bit
+    assert read_header(_dataset(), JPEGBaseline8Bit, _fragments(1)).transfer_syntax_uid == JPEGBaseline8Bit
+    assert read_header(_dataset(NumberOfFrames=2), JPEGBaseline8Bit, _fragments(3, table=8)).number_of_frames == 2
+    ybr = _dataset(BitsAllocated=8, BitsStored=8, **_YBR_422)
+    assert read_header(ybr, ExplicitVRLittleEndian, _native(40)).rows == 4  # 2 samples a pixel: chroma halved
 
 
 @pytest.mark.parametrize(
-    ("changes", "ts", "pixel_length", "reason"),
+    ("changes", "ts", "pixels", "reason"),
     [
         ({"SOPInstanceUID": None}, ExplicitVRLittleEndian, None, "SOPInstanceUID is missing"),
         ({"StudyInstanceUID": None}, ExplicitVRLittleEndian, None, "StudyInstanceUID is missing"),
         ({"SeriesInstanceUID": "1.2.x"}, ExplicitVRLittleEndian, None, "not a valid UID"),
-        ({}, ExplicitVRLittleEndian, 39, "needs 40"),
-        ({"Rows": 0}, ExplicitVRLittleEndian, 40, "0 rows"),
-        ({"Columns": None}, ExplicitVRLittleEndian, 40, "Columns missing"),
-        ({"BitsAllocated": 12}, ExplicitVRLittleEndian, 40, "BitsAllocated 12"),
-        ({"BitsStored": 17}, ExplicitVRLittleEndian, 40, "BitsStored 17"),
-        ({"PhotometricInterpretation": None}, ExplicitVRLittleEndian, 40, "PhotometricInterpretation"),
-        ({}, JPEGBaseline8Bit, 40, "needs encapsulated"),
+        ({}, ExplicitVRLittleEndian, _native(39), "needs 40"),
+        ({"BitsAllocated": 8, "BitsStored": 8, **_YBR_422}, ExplicitVRLittleEndian, _native(39), "needs 40"),
+        (
+            {"BitsAllocated": 8, "BitsStored": 8, **_YBR_422, "PlanarConfiguration": None},
+            ExplicitVRLittleEndian,
+            _native(40),
+            "PlanarConfiguration missing",
+        ),
+        ({"Rows": 0}, ExplicitVRLittleEndian, _native(40), "0 rows"),
+        ({"Columns": None}, ExplicitVRLittleEndian, _native(40), "Columns missing"),
+        ({"BitsAllocated": 12}, ExplicitVRLittleEndian, _native(40), "BitsAllocated 12"),
+        ({"BitsStored": 17}, ExplicitVRLittleEndian, _native(40), "BitsStored 17"),
+        ({"BitsStored": None}, ExplicitVRLittleEndian, _native(40), "BitsStored missing"),
+        ({"PixelRepresentation": 2}, ExplicitVRLittleEndian, _native(40), "PixelRepresentation 2"),
+        ({"SamplesPerPixel": 4}, ExplicitVRLittleEndian, _native(160), "SamplesPerPixel 4"),
+        ({"PhotometricInterpretation": None}, ExplicitVRLittleEndian, _native(40), "PhotometricInterpretation"),
+        ({"PhotometricInterpretation": "MONOCHROMF2"}, ExplicitVRLittleEndian, _native(40), "'MONOCHROMF2'"),
+        ({}, JPEGBaseline8Bit, _native(40), "needs encapsulated"),
+        ({}, ExplicitVRLittleEndian, _fragments(1), "encapsulated pixel data in Explicit"),
+        ({"NumberOfFrames": 3}, JPEGBaseline8Bit, _fragments(2), "2 fragment.s. for 3 frame"),
+        ({"NumberOfFrames": 2}, JPEGBaseline8Bit, _fragments(2, table=4), "Basic Offset Table of 4 bytes"),
         ({}, "1.2.3.999", None, "unknown transfer syntax"),
     ],
 )
 def test_read_header_names_what_is_wrong(
-    changes: dict[str, object], ts: str, pixel_length: int | None, reason: str
+    changes: dict[str, object], ts: str, pixels: PixelExtent | None, reason: str
 ) -> None:
     with pytest.raises(InvalidDataset, match=reason):
-        read_header(_dataset(**changes), ts, pixel_length)
+        read_header(_dataset(**changes), ts, pixels)

@@ -9,7 +9,9 @@ Layout under ``data_dir``::
                                                cost one more directory fsync per image from a dental unit)
     quarantine/<time>-<sop uid>.dcm (+ .txt)   rejected input and the reason, for inspection
 
-:meth:`ImageStore.accept` takes a spooled file, checks it (:func:`~edge.store.header.read_header`), makes it
+:meth:`ImageStore.accept` takes a spooled file, checks that it arrived whole (:func:`~edge.store.encoding.pixel_extent`:
+every element, item and fragment within the bytes that arrived, every delimiter present) and that its header
+is sound (:func:`~edge.store.header.read_header`), makes it
 durable (fsync, rename, fsync directory) and then commits its index row; only then may the SCP answer success.
 A crash before the commit leaves at most a complete file without a row, which :meth:`ImageStore.open` removes
 (it was never acknowledged, so the sender still has it); a crash mid-transfer leaves only a spool file, which
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import filecmp
 import logging
+import mmap
 import os
 import shutil
 import sqlite3
@@ -32,17 +35,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
 
 from edge.db import DB_FILENAME, connect
 from edge.durable import atomic_write_bytes, durable_move, fsync_dir, remove_stale_temps
 from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace, StoreError
 from edge.logs import event
+from edge.store.encoding import pixel_extent
 from edge.store.header import InstanceHeader, read_header
 from edge.store.index import Instance, get_instance, migrate_index, record_instance, utc_now
 
@@ -52,7 +54,6 @@ log = logging.getLogger("edge.store")
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 Outcome = Literal["stored", "duplicate", "kept_first", "replaced"]
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
 _MB = 1024 * 1024
 
 
@@ -68,24 +69,18 @@ class StoredInstance:
     policy ``keep``), ``replaced`` (different content, policy ``replace``)."""
 
 
-def _pixel_length(ds: Dataset) -> int | None:
-    for tag in _PIXEL_TAGS:
-        elem: Any = ds.get_item(tag, keep_deferred=True)
-        if elem is None:
-            continue
-        if isinstance(elem, RawDataElement):
-            return int(elem.length)
-        return 0xFFFFFFFF if elem.is_undefined_length else len(elem.value or b"")
-    return None
-
-
 def _read(path: Path) -> InstanceHeader:
-    """Parse a spooled Part 10 file far enough to index it (pixel data is not read)."""
+    """Check that a spooled Part 10 file arrived whole and parse it far enough to index it (pixel data is not
+    read: the walk over its element headers sees the spool file through a read-only ``mmap``)."""
     try:
+        with path.open("rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise InvalidDataset("the file is empty")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+                pixels = pixel_extent(buffer)
         ds = dcmread(path, defer_size=1024)
         transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-        pixel_length = _pixel_length(ds)
-        header = read_header(ds, transfer_syntax, pixel_length)
+        header = read_header(ds, transfer_syntax, pixels)
         meta_uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
     except InvalidDataset:
         raise

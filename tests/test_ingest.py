@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,11 +29,17 @@ def _testdata(name: str) -> Path:
 
 def profile(path: Path, files: Sequence[Path]) -> list[str]:
     """storescu arguments proposing exactly each file's SOP class in its own transfer syntax (stored as sent)."""
-    pairs = sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in map(_meta, files)})
+    metas = [_meta(f) for f in files]
+    return profile_of(path, [(str(m.MediaStorageSOPClassUID), (str(m.TransferSyntaxUID),)) for m in metas])
+
+
+def profile_of(path: Path, contexts: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """storescu arguments proposing exactly these presentation contexts: (SOP class, its transfer syntaxes)."""
+    pairs = sorted({(sop, tuple(ts)) for sop, ts in contexts})
     syntaxes = sorted({ts for _, ts in pairs})
     lines = ["[[TransferSyntaxes]]"]
-    for i, ts in enumerate(syntaxes):
-        lines += [f"[TS{i}]", f"TransferSyntax1 = {ts}"]
+    for i, group in enumerate(syntaxes):
+        lines += [f"[TS{i}]", *(f"TransferSyntax{n} = {ts}" for n, ts in enumerate(group, 1))]
     lines += ["[[PresentationContexts]]", "[Contexts]"]
     lines += [f"PresentationContext{n} = {sop}\\TS{syntaxes.index(ts)}" for n, (sop, ts) in enumerate(pairs, 1)]
     lines += ["[[Profiles]]", "[Exact]", "PresentationContexts = Contexts"]
@@ -40,7 +47,7 @@ def profile(path: Path, files: Sequence[Path]) -> list[str]:
     return ["-xf", str(path), "Exact"]
 
 
-def _meta(path: Path) -> object:
+def _meta(path: Path) -> Any:
     return dcmread(path, stop_before_pixels=True).file_meta
 
 

@@ -59,11 +59,11 @@ def test_the_agent_writes_its_log_file(start_agent: StartAgent, tmp_path: Path) 
     assert "control socket ready" in text
 
 
-def _build_results(path: Path, **levels: str) -> tuple[str, list[str]]:
-    """Configure the agent's logging (file and the TUI's tail) with ``levels``, build the SR, overlay and GSPS of a
+def _build_results(path: Path, level: str = "INFO", library_level: str = "WARNING") -> tuple[str, list[str]]:
+    """Configure the agent's logging (file and the TUI's tail) at these levels, build the SR, overlay and GSPS of a
     generated radiograph (highdicom logs 7-16 INFO lines for each) and log one of our own events: the file's text
     and the tail's lines."""
-    configure_logging("text", log_file=path, **levels)
+    configure_logging("text", level, library_level=library_level, log_file=path)
     tail = LogTail(1000)
     logging.getLogger().addHandler(tail)
     try:

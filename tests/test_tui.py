@@ -78,6 +78,7 @@ STUDIES = [
         "study_description": "PANO",
         "last_received_at": "2026-11-24T09:58:00.000Z",
         "patient_id": "P-0042",
+        "patient_name": "Doe^Jane",
         "images": 1,
         "states": {"forwarded": 1},
         "state": "results sent",
@@ -162,7 +163,9 @@ RESPONSES: dict[str, Any] = {
                 "program": "PANO",
                 "kvp": 70.0,
                 "ma": 8.0,
-                "time_ms": 1795946280000,
+                "duration_ms": 14000,
+                "started_ms": 1795946280000,
+                "aborted": False,
                 "dap_mgy_cm2": 98.5,
                 "image_state": "matched",
             }
@@ -363,7 +366,27 @@ async def test_unit_fault_history_and_exposure_log() -> None:
         assert app.query_one("#unit-faults", DataTable).get_row_at(0)[1] == "17"
         exposure = app.query_one("#unit-exposures", DataTable).get_row_at(0)
         assert exposure[1] == "881"
-        assert exposure[7] == "matched"
+        assert exposure[8] == "matched"
+
+
+@sync
+async def test_exposure_log_shows_when_an_exposure_began_and_how_long_the_beam_was_on() -> None:
+    """Regression: the beam-on time (14000 ms) was formatted as a date, so every exposure read 1970-01-01."""
+    agent = FakeAgent()
+    first = agent.responses["unit"]["exposures"][0]
+    aborted = {**first, "exposure_id": 882, "duration_ms": 420, "started_ms": first["started_ms"] + 65_000}
+    agent.responses["unit"]["exposures"] = [{**aborted, "aborted": True}, first]
+    app = TechnicianApp(agent, refresh_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        await _settle(pilot)
+        table = app.query_one("#unit-exposures", DataTable)
+        rows = [table.get_row_at(i) for i in range(table.row_count)]
+        assert [r[1:4] for r in rows] == [["882", "11-29 09:59", "420 ms!"], ["881", "11-29 09:58", "14.0 s"]]
+        text = screen_text(app.export_screenshot())
+    assert "1970" not in text
+    assert "Started UTC" in text
+    assert "  PANO-7    881    11-29 09:58  14.0 s   PANO       70   8.0   98.5   matched\n" in text  # all on 80
 
 
 @sync
@@ -395,6 +418,53 @@ async def test_studies_findings_per_tooth_and_resend_after_confirmation() -> Non
         await pilot.press("y")
         await _settle(pilot)
         assert ("results.resend", {"study_uid": STUDY}) in agent.calls
+
+
+def _study(n: int) -> dict[str, Any]:
+    """Another study, received after ``STUDY``."""
+    return {
+        **STUDIES[0],
+        "study_uid": f"{STUDY}.{n}",
+        "patient_id": f"P-{n:04d}",
+        "patient_name": f"Roe^Richard{n}",
+        "study_description": "BITEWING",
+        "last_received_at": f"2026-11-24T10:{n:02d}:00.000Z",
+    }
+
+
+@sync
+async def test_resend_acts_on_the_study_selected_while_new_studies_arrive() -> None:
+    """Regression: the selection stayed at a row position while new studies arrived above it, so ``R`` resent
+    another study than the one opened, and the confirmation named only a UID."""
+    agent = FakeAgent()
+    app = TechnicianApp(agent, refresh_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await _settle(pilot)
+        await pilot.press("enter")  # the technician opens the one study there is
+        await _settle(pilot)
+        table = app.query_one("#studies-table", DataTable)
+        agent.responses["studies"] = [_study(2), _study(1), *STUDIES]  # two studies arrive, newest first
+        await pilot.press("r")
+        await _settle(pilot)
+        assert table.row_count == 3
+        assert table.cursor_row == 2  # still on the opened study
+        await pilot.press("R")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        prompt = app.screen.prompt
+        for expected in ("Patient  Doe, Jane (P-0042)", "Date     2026-11-24", "Study    PANO", f"UID      {STUDY}"):
+            assert expected in prompt, expected
+        agent.responses["studies"] = [_study(4), _study(3), *agent.responses["studies"]]
+        app.action_refresh()  # more arrive while the question is on screen
+        await _settle(pilot)
+        assert table.row_count == 5
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await _settle(pilot)
+        assert [c for c in agent.calls if c[0] == "results.resend"] == [("results.resend", {"study_uid": STUDY})]
+        assert table.row_count == 5
+        assert table.get_row_at(table.cursor_row)[1] == "P-0042"
 
 
 @sync

@@ -18,6 +18,7 @@ from edge.receipts.book import ReceiptBook
 from edge.tui import TechnicianApp
 from edge.unit.service import UnitService
 from firmware_bridge.link import LinkSettings
+from firmware_bridge.messages import ExposureCompleted
 from firmware_bridge.simulator import PtyTransport, UnitSimulator
 
 pytestmark = pytest.mark.integration
@@ -54,19 +55,18 @@ def test_unit_screen_with_a_simulated_unit(tmp_path: Path) -> None:
         service.start()
         _wait(lambda: service.identity is not None)
         server.start()
-        for _ in range(3):
-            assert sim.expose(duration_s=0.01) is not None
+        exposed = [sim.expose(duration_s=d) for d in (0.01, 0.02, 0.03)]
         sim.raise_fault(0x0101)
         with ControlClient(server.path) as client:
             _wait(lambda: len(client.call("unit")["exposures"]) == 3 and bool(client.call("unit")["open_faults"]))
-            asyncio.run(_look(client))
+            asyncio.run(_look(client, [e for e in exposed if e is not None]))
     finally:
         server.stop()
         service.stop()
         sim.stop()
 
 
-async def _look(client: ControlClient) -> None:
+async def _look(client: ControlClient, exposed: list[ExposureCompleted]) -> None:
     app = TechnicianApp(client, refresh_s=60)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -88,4 +88,11 @@ async def _look(client: ControlClient) -> None:
         assert faults.row_count == 1
         assert faults.get_row_at(0)[1] == "257"
         exposures = app.query_one("#unit-exposures", DataTable)
-        assert [exposures.get_row_at(i)[1] for i in range(exposures.row_count)] == ["3", "2", "1"]
+        rows = [exposures.get_row_at(i) for i in range(exposures.row_count)]
+        assert [r[1] for r in rows] == ["3", "2", "1"]
+        # when each began, on the unit's clock, and how long its beam was on (not the beam time read as a date)
+        assert [r[2:4] for r in rows] == [
+            [time.strftime("%m-%d %H:%M", time.gmtime(e.started_ms / 1000)), f"{e.time_ms} ms"]
+            for e in reversed(exposed)
+        ]
+        assert [e.time_ms for e in exposed] == [10, 20, 30]

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from edge import __version__
 from edge.config import AgentConfig
@@ -24,7 +24,16 @@ from edge.db import DB_FILENAME, connect
 from edge.errors import EdgeError
 from edge.store.index import utc_now
 
-__all__ = ["STAGES", "AgentState", "Listener", "ModelUpdater", "RelayLink", "study_state"]
+__all__ = [
+    "STAGES",
+    "AgentState",
+    "Listener",
+    "ModelUpdater",
+    "RelayLink",
+    "StudySummary",
+    "UnitExposure",
+    "study_state",
+]
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
 """Pipeline stages whose latencies are recorded with every analysis (``pipeline_results.timings_json``, ms)."""
@@ -50,6 +59,42 @@ class ModelUpdater(Protocol):
     """The OTA updater (:class:`ota.updater.OtaUpdater`)."""
 
     def status(self) -> dict[str, Any]: ...
+
+
+class StudySummary(TypedDict):
+    """One study of the ``studies`` view: who and what it is (as a person recognises it) and how far it got."""
+
+    study_uid: str
+    study_date: str
+    """DICOM ``YYYYMMDD``, empty if the image did not say."""
+    study_description: str
+    last_received_at: str
+    patient_id: str
+    patient_name: str
+    """DICOM person name (``Family^Given``), empty if the image did not say."""
+    images: int
+    states: dict[str, int]
+    """Pipeline state -> number of the study's images in it."""
+    state: str
+    """:func:`study_state` of ``states``."""
+    findings: int
+
+
+class UnitExposure(TypedDict):
+    """One exposure of the ``unit`` view's exposure log."""
+
+    unit_serial: str
+    exposure_id: int
+    program: str
+    kvp: float
+    ma: float
+    duration_ms: int
+    """Beam-on time (the unit's ``time_ms``), a length of time."""
+    started_ms: int
+    """When the exposure began: Unix milliseconds, UTC, on the unit's clock."""
+    aborted: bool
+    dap_mgy_cm2: float
+    image_state: str
 
 
 def study_state(counts: dict[str, int]) -> str:
@@ -168,18 +213,19 @@ class AgentState:
             "reserve_mb": self.config.dicom.min_free_mb,
         }
 
-    def studies(self, limit: int = 50) -> list[dict[str, Any]]:
+    def studies(self, limit: int = 50) -> list[StudySummary]:
         """Recent studies, newest first, with their state and counts of images and findings."""
         with self.db() as conn:
             if not _has(conn, "studies"):
                 return []
             rows = conn.execute(
-                "SELECT s.study_uid, s.study_date, s.study_description, s.last_received_at, p.patient_id "
+                "SELECT s.study_uid, s.study_date, s.study_description, s.last_received_at, p.patient_id, "
+                "p.patient_name "
                 "FROM studies s JOIN patients p ON p.patient_key = s.patient_key "
                 "ORDER BY s.last_received_at DESC LIMIT ?",
                 (max(1, min(int(limit), 1000)),),
             ).fetchall()
-            out = []
+            out: list[StudySummary] = []
             for row in rows:
                 counts = _counts(
                     conn,
@@ -195,13 +241,18 @@ class AgentState:
                         (row["study_uid"],),
                     ).fetchone()[0]
                 out.append(
-                    {
-                        **dict(row),
-                        "images": sum(counts.values()),
-                        "states": counts,
-                        "state": study_state(counts),
-                        "findings": int(findings),
-                    }
+                    StudySummary(
+                        study_uid=row["study_uid"],
+                        study_date=row["study_date"],
+                        study_description=row["study_description"],
+                        last_received_at=row["last_received_at"],
+                        patient_id=row["patient_id"],
+                        patient_name=row["patient_name"],
+                        images=sum(counts.values()),
+                        states=counts,
+                        state=study_state(counts),
+                        findings=int(findings),
+                    )
                 )
         return out
 
@@ -267,17 +318,7 @@ class AgentState:
                 if has
                 else []
             )
-            doc["exposures"] = (
-                [
-                    dict(r)
-                    for r in conn.execute(
-                        "SELECT unit_serial, exposure_id, program, kvp, ma, time_ms, dap_mgy_cm2, image_state "
-                        "FROM unit_exposures ORDER BY exposure_key DESC LIMIT 100"
-                    )
-                ]
-                if has
-                else []
-            )
+            doc["exposures"] = _exposures(conn) if has else []
         return doc
 
     def receipts(self) -> dict[str, Any]:
@@ -418,6 +459,30 @@ def _counts(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...] = ()) -> d
         return {str(k): int(v) for k, v in conn.execute(sql, args).fetchall()}
     except sqlite3.OperationalError:
         return {}
+
+
+def _exposures(conn: sqlite3.Connection, limit: int = 100) -> list[UnitExposure]:
+    """The last ``limit`` exposures recorded, newest first."""
+    rows = conn.execute(
+        "SELECT unit_serial, exposure_id, program, kvp, ma, time_ms, started_ms, aborted, dap_mgy_cm2, image_state "
+        "FROM unit_exposures ORDER BY exposure_key DESC LIMIT ?",
+        (limit,),
+    )
+    return [
+        UnitExposure(
+            unit_serial=r["unit_serial"],
+            exposure_id=r["exposure_id"],
+            program=r["program"],
+            kvp=r["kvp"],
+            ma=r["ma"],
+            duration_ms=r["time_ms"],
+            started_ms=r["started_ms"],
+            aborted=bool(r["aborted"]),
+            dap_mgy_cm2=r["dap_mgy_cm2"],
+            image_state=r["image_state"],
+        )
+        for r in rows
+    ]
 
 
 def _gpu() -> str:

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import ActionRequested, add_columns, fmt_ms, value
+from edge.tui.messages import ActionRequested, add_columns, fmt_epoch_ms, refill, value
 
 __all__ = ["CapacityView", "render_capacity"]
 
@@ -37,7 +37,7 @@ def render_capacity(doc: dict[str, Any]) -> str:
     if offer:
         lines.append(
             f"[b]Offer[/]       {escape(str(offer.get('offer_id', '')))[:16]} · "
-            f"{value(offer.get('price_per_item_micro'))} micro/item · until {fmt_ms(offer.get('expires_ms'))}"
+            f"{value(offer.get('price_per_item_micro'))} micro/item · until {fmt_epoch_ms(offer.get('expires_ms'))}"
         )
     else:
         lines.append("[b]Offer[/]       none open")
@@ -46,6 +46,19 @@ def render_capacity(doc: dict[str, Any]) -> str:
         f"[b]Jobs done[/]   {totals['jobs_done']} · {totals['items']} items · {totals['device_s']:.1f} s of device time"
     )
     return "\n".join(lines)
+
+
+def _job_row(job: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """A job's table row, keyed by its id."""
+    cells = (
+        escape(str(job["job_id"]))[:12],
+        str(job["state"]),
+        value(job["items"]),
+        f"{(job['device_ms'] or 0) / 1000:.1f}",
+        fmt_epoch_ms(job["updated_ms"]),
+        escape(value(job["reason"]))[:30],
+    )
+    return str(job["job_id"]), cells
 
 
 class CapacityView(VerticalScroll):
@@ -76,17 +89,7 @@ class CapacityView(VerticalScroll):
     def show(self, doc: dict[str, Any]) -> None:
         self.query_one("#capacity-body", Static).update(render_capacity(doc))
         self.enabled = bool(doc["enabled"]) if doc.get("available") else None
-        table: DataTable[str] = self.query_one(DataTable)
-        table.clear()
-        for job in doc.get("jobs", []):
-            table.add_row(
-                escape(str(job["job_id"]))[:12],
-                str(job["state"]),
-                value(job["items"]),
-                f"{(job['device_ms'] or 0) / 1000:.1f}",
-                fmt_ms(job["updated_ms"]),
-                escape(value(job["reason"]))[:30],
-            )
+        refill(self.query_one(DataTable), map(_job_row, doc.get("jobs", [])))
 
     def action_switch(self) -> None:
         if self.enabled is None:

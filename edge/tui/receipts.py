@@ -9,7 +9,7 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import add_columns, fmt_ms
+from edge.tui.messages import add_columns, fmt_epoch_ms, refill
 
 __all__ = ["ReceiptsView", "render_receipts"]
 
@@ -23,7 +23,7 @@ def render_receipts(doc: dict[str, Any]) -> str:
         colour = "red" if b["remaining"] <= 0 else "green"
         lines.append(
             f"  {escape(b['kind'])}: [{colour}]{b['remaining']}[/] of {b['units']} left · {escape(b['id'])} "
-            f"until {fmt_ms(b['not_after_ms'])}"
+            f"until {fmt_epoch_ms(b['not_after_ms'])}"
         )
     if doc["pending"]:
         lines.append(f"[yellow]{doc['pending']} use(s) parked[/] (no device identity yet: `btt-edge provision`)")
@@ -34,9 +34,22 @@ def render_receipts(doc: dict[str, Any]) -> str:
         colour = "green" if s["relay"] == "confirmed" else "yellow"
         lines.append(
             f"[b]Settlement[/] batch {s['batch']} receipts {s['first_seq']}-{s['last_seq']} closed "
-            f"{fmt_ms(s['closed_ms'])} · relay: [{colour}]{escape(s['relay'])}[/]"
+            f"{fmt_epoch_ms(s['closed_ms'])} · relay: [{colour}]{escape(s['relay'])}[/]"
         )
     return "\n".join(lines)
+
+
+def _row(r: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """A receipt's table row, keyed by its sequence number."""
+    cells = (
+        str(r["seq"]),
+        fmt_epoch_ms(r["time_ms"]),
+        escape(r["kind"]),
+        str(r["units"]),
+        str(r["overage_units"]),
+        escape(r["right_id"] or "-"),
+    )
+    return str(r["seq"]), cells
 
 
 class ReceiptsView(VerticalScroll):
@@ -60,14 +73,4 @@ class ReceiptsView(VerticalScroll):
 
     def show(self, doc: dict[str, Any]) -> None:
         self.query_one("#receipts-body", Static).update(render_receipts(doc))
-        table: DataTable[str] = self.query_one(DataTable)
-        table.clear()
-        for r in doc["receipts"]:
-            table.add_row(
-                str(r["seq"]),
-                fmt_ms(r["time_ms"]),
-                escape(r["kind"]),
-                str(r["units"]),
-                str(r["overage_units"]),
-                escape(r["right_id"] or "-"),
-            )
+        refill(self.query_one(DataTable), map(_row, doc["receipts"]))

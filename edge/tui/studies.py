@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,9 +11,21 @@ from textual.containers import Vertical, VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import ActionRequested, FetchRequested, add_columns, value
+from edge.tui.messages import (
+    ActionRequested,
+    FetchRequested,
+    add_columns,
+    fmt_date,
+    fmt_person_name,
+    refill,
+    selected_key,
+    value,
+)
 
-__all__ = ["StudiesView", "render_study"]
+if TYPE_CHECKING:
+    from edge.control.state import StudySummary
+
+__all__ = ["StudiesView", "render_study", "resend_prompt"]
 
 _COLUMNS = (("Received", 16), ("Patient", 12), ("Date", 8), ("Img", 3), ("State", 12), ("Find", 4))
 _STATE_COLOURS = {"failed": "red", "results sent": "green", "analysed": "cyan", "analysing": "yellow"}
@@ -57,6 +69,34 @@ def render_study(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def resend_prompt(study: StudySummary) -> str:
+    """The question before a study's results are sent again, naming the study as a person recognises it."""
+    return "\n".join(
+        (
+            "Send the AI results of this study again?",
+            "",
+            f"Patient  {fmt_person_name(study['patient_name'])} ({value(study['patient_id'])})",
+            f"Date     {fmt_date(study['study_date'])}",
+            f"Study    {value(study['study_description'])}",
+            f"UID      {study['study_uid']}",
+        )
+    )
+
+
+def _row(s: StudySummary) -> tuple[str, tuple[str, ...]]:
+    """A study's table row, keyed by its UID."""
+    colour = _STATE_COLOURS.get(s["state"])
+    cells = (
+        s["last_received_at"][:16].replace("T", " "),
+        escape(value(s["patient_id"]))[:12],
+        value(s["study_date"]),
+        str(s["images"]),
+        f"[{colour}]{s['state']}[/]" if colour else s["state"],
+        str(s["findings"]),
+    )
+    return s["study_uid"], cells
+
+
 class StudiesView(Vertical):
     """Recent studies (newest first); Enter shows findings per tooth; R resends the study's results."""
 
@@ -70,6 +110,11 @@ class StudiesView(Vertical):
     StudiesView #study-detail-box { height: 1fr; border-top: solid $primary; }
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.studies: dict[str, StudySummary] = {}
+        """The studies on show, by UID."""
+
     def compose(self) -> ComposeResult:
         table: DataTable[str] = DataTable(id="studies-table", cursor_type="row", zebra_stripes=True)
         add_columns(table, *_COLUMNS)
@@ -80,36 +125,18 @@ class StudiesView(Vertical):
     def params(self) -> dict[str, Any]:
         return {"limit": 100}
 
-    def show(self, studies: list[dict[str, Any]]) -> None:
-        table: DataTable[str] = self.query_one(DataTable)
-        row = table.cursor_row
-        table.clear()
-        for s in studies:
-            colour = _STATE_COLOURS.get(s["state"])
-            state = f"[{colour}]{s['state']}[/]" if colour else s["state"]
-            table.add_row(
-                s["last_received_at"][:16].replace("T", " "),
-                escape(value(s["patient_id"]))[:12],
-                value(s["study_date"]),
-                str(s["images"]),
-                state,
-                str(s["findings"]),
-                key=s["study_uid"],
-            )
-        if studies:
-            table.move_cursor(row=min(row, len(studies) - 1))
+    def show(self, studies: list[StudySummary]) -> None:
+        self.studies = {s["study_uid"]: s for s in studies}
+        refill(self.query_one(DataTable), map(_row, studies))  # the cursor stays on its study as new ones arrive
 
-    def _selected(self) -> str | None:
-        table: DataTable[str] = self.query_one(DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        return None if key is None else str(key)
+    def _selected(self) -> StudySummary | None:
+        uid = selected_key(self.query_one(DataTable))
+        return None if uid is None else self.studies.get(uid)
 
     def action_open(self) -> None:
-        uid = self._selected()
-        if uid is not None:
-            self.post_message(FetchRequested("study", {"study_uid": uid}, self.show_detail))
+        study = self._selected()
+        if study is not None:
+            self.post_message(FetchRequested("study", {"study_uid": study["study_uid"]}, self.show_detail))
 
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         self.action_open()
@@ -118,8 +145,7 @@ class StudiesView(Vertical):
         self.query_one("#study-detail", Static).update(render_study(doc))
 
     def action_resend(self) -> None:
-        uid = self._selected()
-        if uid is not None:
-            self.post_message(
-                ActionRequested("results.resend", {"study_uid": uid}, f"Send the results of study {uid} again?")
-            )
+        study = self._selected()
+        if study is not None:  # the request holds the UID: rows arriving while it is confirmed change nothing
+            params = {"study_uid": study["study_uid"]}
+            self.post_message(ActionRequested("results.resend", params, resend_prompt(study)))

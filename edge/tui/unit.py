@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
-from edge.tui.messages import add_columns, fmt_ms, value
+from edge.tui.messages import add_columns, fmt_duration_ms, fmt_epoch_ms, refill, value
+
+if TYPE_CHECKING:
+    from edge.control.state import UnitExposure
 
 __all__ = ["UnitView", "render_unit"]
 
@@ -43,6 +46,30 @@ def render_unit(doc: dict[str, Any]) -> str:
     return "\n".join(lines) if lines else "The unit has not identified itself yet."
 
 
+def _fault_row(f: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """A fault's table row, keyed by unit, code and when it was raised."""
+    cleared = f["cleared_at"][:19] if f["cleared_at"] else "[red]open[/]"
+    cells = (escape(f["unit_serial"]), str(f["code"]), f["raised_at"][:19], cleared)
+    return f"{f['unit_serial']}/{f['code']}/{f['raised_at']}", cells
+
+
+def _exposure_row(e: UnitExposure) -> tuple[str, tuple[str, ...]]:
+    """An exposure's table row, keyed by unit and exposure id: when it began (the unit's clock, UTC) and for how
+    long the beam was on."""
+    cells = (
+        escape(e["unit_serial"]),
+        str(e["exposure_id"]),
+        fmt_epoch_ms(e["started_ms"], "%m-%d %H:%M"),
+        fmt_duration_ms(e["duration_ms"]) + ("!" if e["aborted"] else ""),
+        escape(e["program"]),
+        f"{e['kvp']:.0f}",
+        f"{e['ma']:.1f}",
+        f"{e['dap_mgy_cm2']:.1f}",
+        str(e["image_state"]),
+    )
+    return f"{e['unit_serial']}/{e['exposure_id']}", cells
+
+
 class UnitView(VerticalScroll):
     """The X-ray unit as the agent sees it."""
 
@@ -64,12 +91,13 @@ class UnitView(VerticalScroll):
             exposures,
             ("Unit", 8),
             ("Id", 5),
-            ("Time", 16),
-            ("Program", 8),
-            ("kV", 4),
-            ("mA", 5),
-            ("DAP", 6),
-            ("Image", 11),
+            ("Started UTC", 11),
+            ("Beam", 7),
+            ("Program", 9),
+            ("kV", 3),
+            ("mA", 4),
+            ("DAP", 5),
+            ("Image", 8),
         )
         yield exposures
 
@@ -78,21 +106,5 @@ class UnitView(VerticalScroll):
 
     def show(self, doc: dict[str, Any]) -> None:
         self.query_one("#unit-body", Static).update(render_unit(doc))
-        faults: DataTable[str] = self.query_one("#unit-faults", DataTable)
-        faults.clear()
-        for f in doc["faults"]:
-            cleared = f["cleared_at"][:19] if f["cleared_at"] else "[red]open[/]"
-            faults.add_row(escape(f["unit_serial"]), str(f["code"]), f["raised_at"][:19], cleared)
-        exposures: DataTable[str] = self.query_one("#unit-exposures", DataTable)
-        exposures.clear()
-        for e in doc["exposures"]:
-            exposures.add_row(
-                escape(e["unit_serial"]),
-                str(e["exposure_id"]),
-                fmt_ms(e["time_ms"]),
-                escape(e["program"]),
-                f"{e['kvp']:.0f}",
-                f"{e['ma']:.1f}",
-                f"{e['dap_mgy_cm2']:.1f}",
-                str(e["image_state"]),
-            )
+        refill(self.query_one("#unit-faults", DataTable), map(_fault_row, doc["faults"]))
+        refill(self.query_one("#unit-exposures", DataTable), map(_exposure_row, doc["exposures"]))

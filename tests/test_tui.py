@@ -32,6 +32,7 @@ from edge.outbox import Outbox
 from edge.store.index import migrate_index
 from edge.tui import TechnicianApp
 from edge.tui.app import ConfirmScreen
+from edge.tui.messages import fmt_date, fmt_duration_ms, fmt_epoch_ms, fmt_person_name
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 
@@ -367,6 +368,30 @@ async def test_unit_fault_history_and_exposure_log() -> None:
         exposure = app.query_one("#unit-exposures", DataTable).get_row_at(0)
         assert exposure[1] == "881"
         assert exposure[8] == "matched"
+
+
+@pytest.mark.parametrize(
+    ("formatted", "expected"),
+    [
+        (fmt_duration_ms(12), "12 ms"),
+        (fmt_duration_ms(1500), "1.50 s"),
+        (fmt_duration_ms(14000), "14.0 s"),
+        (fmt_duration_ms(125_000), "125 s"),
+        (fmt_duration_ms(None), "-"),
+        (fmt_duration_ms(True), "-"),
+        (fmt_epoch_ms(1795946280000), "2026-11-29 09:58"),
+        (fmt_epoch_ms("1795946280000"), "-"),
+        (fmt_date("20261124"), "2026-11-24"),
+        (fmt_date(""), "-"),
+        (fmt_date("2026"), "2026"),
+        (fmt_person_name("Doe^Jane^Q^Dr"), "Doe, Jane Q"),
+        (fmt_person_name("Yamada^Tarou=山田^太郎"), "Yamada, Tarou"),
+        (fmt_person_name("^Jane"), "Jane"),
+        (fmt_person_name(""), "-"),
+    ],
+)
+def test_cell_formats(formatted: str, expected: str) -> None:
+    assert formatted == expected
 
 
 @sync

@@ -4,6 +4,12 @@ Every route needs ``Authorization: Bearer <clinic token>`` (``btt-relay token ad
 clinic's devices only; another clinic's device is a 404 like a device that does not exist. The handlers are
 thin: each calls one :class:`~cloud_relay.clinic.ClinicView` or :class:`~cloud_relay.ledger.Ledger` method
 and maps :class:`RegistryError` to 404 (unknown device) or 422 (bad period).
+
+Every parameter is validated before a handler runs, and declared in the OpenAPI document with its bounds: a
+device id of :data:`~cloud_relay.registry.DEVICE_ID`'s form, sequence numbers from 0 (``after_seq``) or 1 (``seq``)
+to 2**53 - 1 (the receipts' integer range), a period ``YYYY-MM`` from 1970-01 to 9999-12; anything else is a 422
+naming the parameter and why (FastAPI's validation error), never a 500. The suite runs schemathesis against this
+document (tests/test_relay_api_fuzz.py).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud_relay.clinic import ClinicView
 from cloud_relay.errors import RegistryError, StorageUnavailable, Unauthorized
-from cloud_relay.ledger import Ledger
-from cloud_relay.registry import Registry
+from cloud_relay.ledger import PERIOD_PATTERN, Ledger
+from cloud_relay.registry import DEVICE_ID, Registry
 from cloud_relay.storage import Database
+from edge.receipts.encoding import MAX_SAFE_INTEGER
 
-__all__ = ["create_app"]
+__all__ = ["Clinic", "DeviceId", "create_app"]
 
 _bearer = HTTPBearer(auto_error=False, description="A clinic API token from `btt-relay token add`.")
 
@@ -37,7 +44,8 @@ def _clinic(request: Request, creds: Annotated[HTTPAuthorizationCredentials | No
 
 
 Clinic = Annotated[str, Depends(_clinic)]
-_PERIOD = Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="UTC calendar month, YYYY-MM")
+DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID}$", description="A device id")]
+_PERIOD = Query(pattern=PERIOD_PATTERN, description="UTC calendar month, YYYY-MM (1970-01 to 9999-12)")
 
 
 def create_app(db: Database, ledger: Ledger) -> FastAPI:
@@ -63,13 +71,16 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
 
     @app.get("/v1/usage", summary="Receipts and units per device and service kind in a month")
     def usage(clinic_id: Clinic, period: Annotated[str, _PERIOD]) -> dict[str, Any]:
-        return view.usage(clinic_id, period)
+        try:
+            return view.usage(clinic_id, period)
+        except RegistryError as exc:
+            raise HTTPException(422, str(exc)) from exc
 
     @app.get("/v1/devices/{device}/receipts", summary="A device's receipts with their inclusion proofs")
     def receipts(
         clinic_id: Clinic,
-        device: str,
-        after_seq: Annotated[int, Query(ge=0)] = 0,
+        device: DeviceId,
+        after_seq: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         try:
@@ -81,14 +92,16 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
         "/v1/devices/{device}/receipts/{seq}/proof",
         summary="A stand-alone inclusion proof of one settled receipt (checked by `btt-edge receipts verify-proof`)",
     )
-    def proof(clinic_id: Clinic, device: str, seq: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+    def proof(
+        clinic_id: Clinic, device: DeviceId, seq: Annotated[int, Path(ge=1, le=MAX_SAFE_INTEGER)]
+    ) -> dict[str, Any]:
         try:
             return view.proof(clinic_id, device, seq)
         except RegistryError as exc:
             raise not_found(exc) from exc
 
     @app.get("/v1/devices/{device}/settlements", summary="A device's verified settlements")
-    def settlements(clinic_id: Clinic, device: str) -> dict[str, Any]:
+    def settlements(clinic_id: Clinic, device: DeviceId) -> dict[str, Any]:
         try:
             return view.settlements(clinic_id, device)
         except RegistryError as exc:

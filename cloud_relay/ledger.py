@@ -30,9 +30,11 @@ from edge.receipts.payout import ClinicCharge, compute_payout
 from edge.receipts.receipts import Receipt
 from edge.receipts.shares import ShareTable, current_table, verify_share_table
 
-__all__ = ["CSV_COLUMNS", "Ledger", "Statement", "period_bounds"]
+__all__ = ["CSV_COLUMNS", "PERIOD_PATTERN", "Ledger", "Statement", "period_bounds"]
 
-_PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+PERIOD_PATTERN = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$"
+"""A UTC calendar month ``YYYY-MM`` from 1970-01 to 9999-12 (receipt times are Unix milliseconds)."""
+_PERIOD_RE = re.compile(PERIOD_PATTERN)
 CSV_COLUMNS = (
     "period",
     "role",
@@ -47,13 +49,13 @@ CSV_COLUMNS = (
 
 
 def period_bounds(period: str) -> tuple[int, int]:
-    """``[start, end)`` in Unix milliseconds of the UTC calendar month ``YYYY-MM``."""
+    """``[start, end)`` in Unix milliseconds of the UTC calendar month ``YYYY-MM`` (:data:`PERIOD_PATTERN`)."""
     match = _PERIOD_RE.match(period)
     if match is None:
-        raise RegistryError(f"period {period!r} must be YYYY-MM")
+        raise RegistryError(f"period {period!r:.20} must be YYYY-MM, from 1970-01 to 9999-12")
     year, month = int(match[1]), int(match[2])
     start = calendar.timegm((year, month, 1, 0, 0, 0))
-    end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+    end = start + calendar.monthrange(year, month)[1] * 86_400
     return start * 1000, end * 1000
 
 

@@ -8,8 +8,8 @@ JSON and bytes).
 
 A whole message is refused (recorded; nothing in it can be acknowledged, no id in it can be trusted) when
 
-* its topic is not ``btt/v1/dev/<device>/up/<kind>`` with a device id of the registry's form (``ID_RE``, no
-  ``/``) and a kind of 1-32 lower-case letters;
+* its topic is not ``btt/v1/dev/<device>/up/<kind>`` with a device id of the registry's form
+  (:data:`~cloud_relay.registry.DEVICE_ID`) and a kind of 1-32 lower-case letters;
 * its payload is larger than :data:`MAX_PAYLOAD_BYTES`, not UTF-8, or not JSON (nesting so deep that the parser
   gives up, or an integer of more digits than Python converts, is "not JSON" too);
 * it is not ``{"v": 1, "device": <the topic's>, "kind": <the topic's>, "items": [...]}`` with at most
@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard
 
+from cloud_relay.registry import DEVICE_ID
 from edge.receipts.encoding import MAX_SAFE_INTEGER
 
 __all__ = [
@@ -69,7 +70,7 @@ MAX_DEPTH = 32
 """Deepest nesting of objects and arrays in an item's body (a receipt envelope is 3 deep)."""
 MAX_REASON = 500
 """Longest reason recorded or sent back (characters)."""
-_TOPIC_RE = re.compile(r"^btt/v1/dev/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/up/([a-z]{1,32})$")
+_TOPIC_RE = re.compile(rf"^btt/v1/dev/({DEVICE_ID})/up/([a-z]{{1,32}})$")
 _ITEM_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 

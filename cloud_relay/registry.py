@@ -27,6 +27,7 @@ from edge.receipts.records import ID_RE
 from edge.receipts.verify import Trust, verify_certificates, verify_revocations
 
 __all__ = [
+    "DEVICE_ID",
     "ISSUER",
     "MANUFACTURER",
     "DeviceInfo",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 MANUFACTURER = "manufacturer"
+DEVICE_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+"""A device id as topics and URLs carry it: the registry's ``ID_RE`` without ``/`` (one topic level, one path
+segment)."""
 _LOOKUP_CHUNK = 500
 ISSUER = "issuer"
 _ROLES = (MANUFACTURER, ISSUER)

@@ -1,4 +1,6 @@
-"""Builders for the relay tests: a throw-away SQLite or PostgreSQL database, devices with receipts, up messages."""
+"""Builders for the relay tests: a throw-away SQLite or PostgreSQL database, devices with receipts, up messages,
+signed capacity offers and results, and :func:`two_clinics` (a relay holding two clinics' data, for the API tests).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +8,23 @@ import contextlib
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from fastapi import FastAPI
 
-from cloud_relay.ingest import UpMessage
+from cloud_relay.api import create_app
+from cloud_relay.capacity.coordinator import Coordinator
+from cloud_relay.capacity.market import Requirements
+from cloud_relay.ingest import Ingestor, UpMessage
+from cloud_relay.ledger import Ledger, period_bounds
 from cloud_relay.registry import MANUFACTURER, Registry
 from cloud_relay.storage import Database, open_database
-from edge.receipts.keys import PrivateKey
+from edge.capacity.messages import OFFER, RESULT, outputs_digest, sign
+from edge.receipts.identity import now_ms
+from edge.receipts.keys import PrivateKey, generate_key
 from tests.receipts_helpers import Box, make_box
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -67,3 +77,95 @@ def up(device: str, kind: str, items: list[tuple[str, Any]]) -> UpMessage:
 def receipt_items(box: Box, after_seq: int = 0) -> list[tuple[str, Any]]:
     """``(item id, receipt envelope)`` for the box's receipts after ``after_seq`` (item id ``r<seq>``)."""
     return [(f"r{e['signed']['seq']}", e) for e in box.book.receipts(box.conn, after_seq)]
+
+
+def offer_envelope(box: Box, offer_id: str, now: int, price: int = 10, ttl_ms: int = 300_000) -> dict[str, Any]:
+    """A capacity offer signed by ``box``: a CPU, 16 items at most, ``price`` micro-units per item."""
+    fields = {
+        "offer_id": offer_id,
+        "device": box.identity.device_id,
+        "accelerator": {"kind": "cpu", "name": "test", "memory_mb": 4096},
+        "score_mflops": 1000,
+        "max_memory_mb": 2048,
+        "max_power_w": 0,
+        "max_items": 16,
+        "price_per_item_micro": price,
+        "issued_ms": now,
+        "expires_ms": now + ttl_ms,
+    }
+    return sign(OFFER, fields, box.identity.key)
+
+
+def result_envelope(
+    box: Box,
+    job: dict[str, Any],
+    outputs: list[list[int]],
+    now: int,
+    status: str = "done",
+    key: PrivateKey | None = None,
+) -> dict[str, Any]:
+    """``box``'s signed result for the dispatched ``job`` envelope (compute receipts 1 and 2)."""
+    s = job["signed"]
+    fields = {
+        "job_id": s["job_id"], "device": box.identity.device_id, "offer_id": s["offer_id"], "status": status,
+        "bundle": s["bundle"], "batch": s["batch"], "items": len(outputs), "outputs": outputs,
+        "output_digest": outputs_digest(outputs), "device_ms": 1500, "receipts": [1, 2], "finished_ms": now,
+    }  # fmt: skip
+    return sign(RESULT, fields, key or box.identity.key)
+
+
+NOV_2026 = period_bounds("2026-11")[0] + 86_400_000
+"""When :func:`two_clinics`' receipts were made (usage and payouts of ``2026-11``)."""
+
+
+@dataclass
+class TwoClinics:
+    """A relay with clinic A's data (see :func:`two_clinics`) and a second clinic B with a device of its own."""
+
+    app: FastAPI
+    a: Box
+    b: Box
+    token_a: str
+    token_b: str
+    job_a: str
+    job_b: str
+    blob: str
+    offer_a: str
+    settlement_a: dict[str, Any]
+
+
+def two_clinics(db: Database, tmp_path: Path) -> TwoClinics:
+    """Clinic A: a device with 3 settled and 1 unsettled receipt, a capacity report, a live capacity offer, a blob,
+    and two paid jobs on its device (A's own, and one clinic B submitted). Clinic B: a device with 2 receipts."""
+    manufacturer = generate_key()
+    a = provisioned(db, tmp_path / "a", manufacturer, clinic="clinic-a")
+    b = provisioned(db, tmp_path / "b", manufacturer, clinic="clinic-b")
+    registry = Registry(db)
+    token_a, token_b = registry.add_token("clinic-a"), registry.add_token("clinic-b")
+    for box in (a, b):
+        box.book._clock = lambda: NOV_2026  # type: ignore[method-assign]
+    a.record(3)
+    settlement = a.book.close_batch(a.conn, 100)
+    a.record(1)
+    b.record(2)
+    ingest = Ingestor(db)
+    for box in (a, b):
+        ingest.handle([up(box.identity.device_id, "receipts", receipt_items(box))])
+    device_a = a.identity.device_id
+    ingest.handle([up(device_a, "settlements", [("s1", settlement)])])
+    ingest.handle([up(device_a, "offers", [("o1", {"gpu_ms_per_hour": 1000})])])
+    coordinator = Coordinator(db, generate_key(), spot_check_fraction=0.0)
+    blob = coordinator.put_blob(b"a bundle of clinic A")
+    now = now_ms()
+    offer_id = f"offer-a-{now}"
+    coordinator.handle(device_a, offer_envelope(a, offer_id, now, ttl_ms=3_600_000))
+    jobs = []
+    for clinic in ("clinic-a", "clinic-b"):
+        job_id = coordinator.submit(clinic, blob, blob, Requirements(2), False)
+        [(device, job)] = coordinator.tick()
+        assert device == device_a
+        coordinator.handle(device_a, result_envelope(a, job, [[1, 2], [3, 4]], now))
+        jobs.append(job_id)
+    return TwoClinics(
+        create_app(db, Ledger(db, operator="btt-operator")), a, b, token_a, token_b, *jobs, blob, offer_id, settlement
+    )

@@ -21,12 +21,12 @@ from cloud_relay.ledger import Ledger
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
 from edge.capacity.fetch import BlobCache, DirectoryFetcher, HttpFetcher
-from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, outputs_digest, sign, verify
+from edge.capacity.messages import JOB, WITHDRAW, sign, verify
 from edge.errors import JobRejected
 from edge.receipts.keys import PrivateKey, generate_key
 from tests.conftest import free_port
 from tests.receipts_helpers import Box
-from tests.relay_helpers import BACKENDS, provisioned, throwaway_db
+from tests.relay_helpers import BACKENDS, offer_envelope, provisioned, result_envelope, throwaway_db
 
 T0 = 1_800_000_000_000
 BUNDLE, BATCH = "b" * 64, "c" * 64
@@ -51,20 +51,9 @@ class Net:
 
     def offer(self, i: int, price: int = 10, ttl_ms: int = 300_000) -> str:
         box = self.boxes[i]
-        fields = {
-            "offer_id": f"offer-{i}-{self.now}",
-            "device": box.identity.device_id,
-            "accelerator": {"kind": "cpu", "name": "test", "memory_mb": 4096},
-            "score_mflops": 1000,
-            "max_memory_mb": 2048,
-            "max_power_w": 0,
-            "max_items": 16,
-            "price_per_item_micro": price,
-            "issued_ms": self.now,
-            "expires_ms": self.now + ttl_ms,
-        }
-        self.coordinator.handle(box.identity.device_id, sign(OFFER, fields, box.identity.key))
-        return str(fields["offer_id"])
+        offer_id = f"offer-{i}-{self.now}"
+        self.coordinator.handle(box.identity.device_id, offer_envelope(box, offer_id, self.now, price, ttl_ms))
+        return offer_id
 
     def result(
         self,
@@ -74,13 +63,7 @@ class Net:
         status: str = "done",
         key: PrivateKey | None = None,
     ) -> dict[str, Any]:
-        s = job["signed"]
-        fields = {
-            "job_id": s["job_id"], "device": box.identity.device_id, "offer_id": s["offer_id"], "status": status,
-            "bundle": s["bundle"], "batch": s["batch"], "items": len(outputs), "outputs": outputs,
-            "output_digest": outputs_digest(outputs), "device_ms": 1500, "receipts": [1, 2], "finished_ms": self.now,
-        }  # fmt: skip
-        return sign(RESULT, fields, key or box.identity.key)
+        return result_envelope(box, job, outputs, self.now, status, key)
 
     def box_of(self, device: str) -> Box:
         return next(b for b in self.boxes if b.identity.device_id == device)

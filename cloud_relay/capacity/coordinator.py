@@ -219,7 +219,7 @@ class Coordinator:
             if differ:
                 tx.execute(
                     "UPDATE capacity_jobs SET state = 'disputed', reason = ?, updated_ms = ? WHERE job_id = ?",
-                    (f"devices {done[0][0]} and {done[1][0]} disagree on items {differ[:20]}", now, job_id),
+                    (f"the primary and the check device disagree on items {differ[:20]}", now, job_id),
                 )
                 return
         tx.execute(
@@ -329,8 +329,9 @@ class Coordinator:
     # --- views -----------------------------------------------------------------------------------------------
 
     def job(self, job_id: str, clinic: str | None = None) -> dict[str, Any]:
-        """A job's state, outputs (when done) and assignments; :class:`RegistryError` when unknown (or another
-        clinic's)."""
+        """A job's state, outputs (when done) and assignments; :class:`RegistryError` when unknown (or, with
+        ``clinic``, another clinic's). With ``clinic``, an assignment to another clinic's device names no device
+        (``"device": null``: see :meth:`market`)."""
         with self.db.transaction() as tx:
             row = tx.one(
                 "SELECT clinic, state, reason, items, spot_check, outputs FROM capacity_jobs WHERE job_id = ?",
@@ -339,7 +340,8 @@ class Coordinator:
             if row is None or (clinic is not None and row[0] != clinic):
                 raise RegistryError(f"no job {job_id}")
             assignments = tx.all(
-                "SELECT device, role, state FROM capacity_assignments WHERE job_id = ? ORDER BY dispatched_ms",
+                "SELECT a.device, a.role, a.state, d.clinic FROM capacity_assignments a"
+                " LEFT JOIN devices d ON d.id = a.device WHERE a.job_id = ? ORDER BY a.dispatched_ms",
                 (job_id,),
             )
         return {
@@ -349,7 +351,10 @@ class Coordinator:
             "items": row[3],
             "spot_check": bool(row[4]),
             "outputs": None if row[5] is None else json.loads(str(row[5])),
-            "assignments": [{"device": d, "role": r, "state": s} for d, r, s in assignments],
+            "assignments": [
+                {"device": d if clinic is None or owner == clinic else None, "role": r, "state": s}
+                for d, r, s, owner in assignments
+            ],
         }
 
     def offers(self) -> list[dict[str, Any]]:
@@ -361,15 +366,48 @@ class Coordinator:
             )
         return [json.loads(str(r[0]))["signed"] for r in rows]
 
-    def payouts(self, device: str | None = None) -> list[dict[str, Any]]:
-        """Payouts for verified compute, oldest first (optionally of one device)."""
-        sql = "SELECT job_id, device, items, amount_micro, receipts, paid_ms FROM capacity_payouts"
+    def market(self, clinic: str) -> list[dict[str, Any]]:
+        """The live offers as ``clinic`` sees them: every offer's terms (accelerator kind, memory, score, items,
+        price, expiry), and the device and offer id only of the clinic's own devices (``None`` for the others).
+
+        Another clinic's device ids, and when its units have spare time, are that clinic's business; a buyer needs
+        the terms to set its requirements and price ceiling, and the relay does the matching.
+        """
         with self.db.transaction() as tx:
-            rows = (
-                tx.all(sql + " WHERE device = ? ORDER BY paid_ms", (device,))
-                if device
-                else tx.all(sql + " ORDER BY paid_ms")
+            rows = tx.all(
+                "SELECT o.offer_id, o.device, d.clinic, o.kind, o.memory_mb, o.score_mflops, o.max_items,"
+                " o.price_micro, o.expires_ms FROM capacity_offers o LEFT JOIN devices d ON d.id = o.device"
+                " WHERE o.withdrawn_ms IS NULL AND o.expires_ms > ? ORDER BY o.price_micro, o.made_ms",
+                (self.clock(),),
             )
+        return [
+            {"device": device if owner == clinic else None, "offer_id": offer if owner == clinic else None,
+             "kind": kind, "memory_mb": memory, "score_mflops": score, "max_items": items,
+             "price_per_item_micro": price, "expires_ms": expires}
+            for offer, device, owner, kind, memory, score, items, price, expires in rows
+        ]  # fmt: skip
+
+    def payouts(self, device: str | None = None, clinic: str | None = None) -> list[dict[str, Any]]:
+        """Payouts for verified compute, oldest first: of one ``device``, of ``clinic``'s devices, or all.
+
+        With ``clinic``, a ``device`` that is not the clinic's is :class:`RegistryError` (like an unknown one).
+        """
+        sql = "SELECT p.job_id, p.device, p.items, p.amount_micro, p.receipts, p.paid_ms FROM capacity_payouts p"
+        where, params = [], []
+        if clinic is not None:
+            sql += " JOIN devices d ON d.id = p.device"
+            where.append("d.clinic = ?")
+            params.append(clinic)
+        if device is not None:
+            where.append("p.device = ?")
+            params.append(device)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.db.transaction() as tx:
+            mine = clinic is None or device is None
+            if not mine and tx.one("SELECT 1 FROM devices WHERE id = ? AND clinic = ?", (device, clinic)) is None:
+                raise RegistryError(f"no device {device!r} in this clinic")
+            rows = tx.all(sql + " ORDER BY p.paid_ms, p.job_id, p.device", params)
         return [
             {"job_id": r[0], "device": r[1], "items": r[2], "amount_micro": r[3], "receipts": json.loads(str(r[4])),
              "paid_ms": r[5]}

@@ -118,7 +118,11 @@ def test_health_endpoint(endpoint: tuple[MetricsService, str], tmp_path: Path) -
     finally:
         service.stop()
     assert status == 503
-    assert any("below the" in a["text"] for a in json.loads(text)["alerts"])
+    doc = json.loads(text)
+    disk = next(c for c in doc["checks"] if c["name"] == "disk")
+    assert disk["status"] == "fail"
+    assert "images are refused" in disk["detail"]
+    assert {"level": "error", "text": f"disk: {disk['detail']}"} in doc["alerts"]
 
 
 def test_port_in_use_is_a_clear_error(endpoint: tuple[MetricsService, str]) -> None:

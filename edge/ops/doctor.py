@@ -1,56 +1,46 @@
 """``btt-edge doctor``: what is wrong with this box, and how to fix it.
 
-Each check returns a :class:`Check`: ``ok``, ``warn`` (works, but look at it) or ``fail`` (something will not
-work), what it found, and for anything not ok the fix, in words a technician can act on. The checks cover the
-configuration, the data directory and disk, the running agent (through its control socket, never its database),
-the DICOM and metrics ports, the model bundle and which inference backend will run and why, the device keys, the
-clock, the relay's broker, the unit's serial port and the update repository. They only look: nothing is created,
-provisioned or changed.
+Each check returns a :class:`~edge.ops.health.Check`: ``ok``, ``warn`` (works, but look at it) or ``fail``
+(something will not work), what it found, and for anything not ok the fix, in words a technician can act on.
+
+When the agent runs, doctor asks it (its control socket, never its database) for its overview and judges it with
+:func:`edge.ops.health.overview_checks`, the checks ``/healthz`` uses too: the disk, the model it runs, the unit
+link on the port it actually uses (``run --serial`` included) and its alerts. The box's own checks (data directory
+and permissions, device keys, clock: :func:`edge.ops.health.box_checks`) are the agent's as well, so doctor fails
+exactly when ``/healthz`` does for the same condition. With no agent running, doctor checks the configuration
+instead: the ports are free, the model loads and which inference backend will run and why, the unit's serial
+port. The relay's broker and the update repository are checked from here either way. Doctor only looks: nothing
+is created, provisioned or changed.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import AgentConfig
 from edge.errors import ControlError, EdgeError
+from edge.ops.health import CLOCK_FLOOR, Check, Status, box_checks, overview_checks
 
 __all__ = ["CLOCK_FLOOR", "Check", "Status", "render", "run_checks", "summary"]
-
-Status = Literal["ok", "warn", "fail"]
-
-CLOCK_FLOOR = 1_767_225_600
-"""2026-01-01T00:00:00Z: a clock before this is wrong (receipts and certificates would be misdated)."""
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
 def run_checks(config: AgentConfig, config_source: str) -> Iterator[Check]:
     """Every check, in the order a technician would go through them."""
     yield Check("configuration", "ok", f"{config_source}: valid")
-    yield from _data_dir(config)
     agent = _agent(config)
     yield agent.check
-    yield from agent.alerts
+    if agent.overview is None:
+        yield from box_checks(config)
+    else:  # the agent's health, as /healthz has it (this user may not write its data directory, the agent does)
+        yield from box_checks(config, writable=False, disk=False)
+        yield from overview_checks(agent.overview)
     if agent.dicom_port is not None and agent.dicom_port != config.dicom.port:
         yield Check(
             "dicom port",
@@ -63,45 +53,12 @@ def run_checks(config: AgentConfig, config_source: str) -> Iterator[Check]:
     if config.metrics.port:
         yield _port("metrics port", config.metrics.bind_address, config.metrics.port, agent.running, "[metrics] port")
     yield from _platform()
-    yield from _model(config)
-    yield _keys(config)
-    yield _clock()
+    if not agent.running:
+        yield from _model(config)
     yield _broker(config)
-    yield _serial(config)
+    if not agent.running:
+        yield _serial(config)
     yield _ota(config)
-
-
-# --- data directory and disk ----------------------------------------------------------------------------------
-
-
-def _data_dir(config: AgentConfig) -> Iterator[Check]:
-    d = config.agent.data_dir
-    if not d.is_dir():
-        yield Check(
-            "data directory",
-            "fail",
-            f"{d} does not exist",
-            f"create it for the agent's user: sudo install -d -o btt-edge -g btt-edge -m 0750 {d}",
-        )
-        return
-    if not os.access(d, os.W_OK | os.X_OK):
-        yield Check("data directory", "fail", f"{d} is not writable by this user", f"sudo chown -R btt-edge: {d}")
-    else:
-        yield Check("data directory", "ok", str(d))
-    usage = shutil.disk_usage(d)
-    free_mb, reserve = usage.free // 2**20, config.dicom.min_free_mb
-    detail = f"{free_mb} MB free of {usage.total // 2**20} MB (reserve {reserve} MB)"
-    if free_mb < reserve:
-        yield Check(
-            "disk",
-            "fail",
-            detail + ": images are refused (0xA700)",
-            "free space (btt-edge results / [retention] prune_after_days) or lower [dicom] min_free_mb",
-        )
-    elif free_mb < 2 * reserve:
-        yield Check("disk", "warn", detail + ": close to the reserve", "set [retention] prune_after_days")
-    else:
-        yield Check("disk", "ok", detail)
 
 
 # --- the running agent ------------------------------------------------------------------------------------------
@@ -109,10 +66,14 @@ def _data_dir(config: AgentConfig) -> Iterator[Check]:
 
 @dataclass(frozen=True)
 class _Agent:
-    running: bool
     check: Check
-    alerts: tuple[Check, ...] = ()
+    overview: Mapping[str, Any] | None = None
+    """The running agent's overview (None: no agent answered)."""
     dicom_port: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.overview is not None
 
 
 def _agent(config: AgentConfig) -> _Agent:
@@ -120,19 +81,15 @@ def _agent(config: AgentConfig) -> _Agent:
 
     path = config.control.path(config.agent.data_dir)
     if not config.control.enabled:
-        return _Agent(False, Check("agent", "warn", "[control] enabled = false: cannot ask the agent", ""))
+        return _Agent(Check("agent", "warn", "[control] enabled = false: cannot ask the agent", ""))
     try:
         with ControlClient(path, timeout_s=10.0) as client:
             ping = client.call("ping")
             overview = client.call("overview")
     except ControlError as exc:
-        return _Agent(False, Check("agent", "warn", str(exc), "start it: sudo systemctl start btt-edge"))
-    alerts = tuple(
-        Check("agent alert", "fail" if a["level"] == "error" else "warn", a["text"], "see `btt-edge tui` (Overview)")
-        for a in overview["alerts"]
-    )
+        return _Agent(Check("agent", "warn", str(exc), "start it: sudo systemctl start btt-edge"))
     detail = f"running, pid {ping['pid']}, version {ping['version']}, up {ping['uptime_s']} s ({path})"
-    return _Agent(True, Check("agent", "ok", detail), alerts, int(overview["dicom"]["port"]))
+    return _Agent(Check("agent", "ok", detail), overview, int(overview["dicom"]["port"]))
 
 
 # --- ports ------------------------------------------------------------------------------------------------------
@@ -225,70 +182,6 @@ def _model(config: AgentConfig) -> Iterator[Check]:
     )
 
 
-# --- keys, clock --------------------------------------------------------------------------------------------------
-
-
-def _keys(config: AgentConfig) -> Check:
-    if not config.receipts.enabled:
-        return Check("device keys", "ok", "receipts are off ([receipts] enabled = false)")
-    from edge.receipts.identity import load_identity
-    from edge.receipts.service import key_files
-
-    files = key_files(config)
-    if files.next_certificate.exists():
-        return Check("device keys", "warn", "a key rotation is half done", "restart the agent; it completes it")
-    try:
-        identity = load_identity(files)
-    except EdgeError as exc:
-        return Check("device keys", "fail", str(exc), "fix the file named, or re-provision: btt-edge provision")
-    if identity is None:
-        if config.receipts.manufacturer_key or config.receipts.dev_mode:
-            return Check("device keys", "warn", "no identity yet; the agent provisions one at its first start")
-        return Check(
-            "device keys",
-            "fail",
-            f"no device identity in {files.directory}: uses are parked, not billed",
-            "btt-edge provision (factory line or manufacturer service)",
-        )
-    not_after = identity.parsed.not_after_ms
-    if not_after is not None and not_after < time.time() * 1000:
-        return Check("device keys", "fail", f"certificate of {identity.device_id} has expired", "btt-edge provision")
-    return Check("device keys", "ok", f"device {identity.device_id}, certificate serial {identity.parsed.serial}")
-
-
-def _clock(now: Callable[[], float] = time.time, synced: Callable[[], bool | None] | None = None) -> Check:
-    t = now()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-    if t < CLOCK_FLOOR:
-        return Check(
-            "clock",
-            "fail",
-            f"system time {stamp} is before 2026: receipts and certificates would be misdated",
-            "enable NTP: sudo timedatectl set-ntp true (or set the time: sudo date -s ...)",
-        )
-    state = (synced or _ntp_synchronized)()
-    if state is False:
-        return Check("clock", "warn", f"{stamp}, not synchronised with NTP", "sudo timedatectl set-ntp true")
-    return Check("clock", "ok", stamp + (", NTP synchronised" if state else ""))
-
-
-def _ntp_synchronized() -> bool | None:
-    if shutil.which("timedatectl") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    value = out.stdout.strip()
-    return {"yes": True, "no": False}.get(value)
-
-
 # --- peers ------------------------------------------------------------------------------------------------------
 
 
@@ -302,9 +195,17 @@ def _reachable(host: str, port: int, timeout_s: float = 5.0) -> str | None:
 
 
 def _broker(config: AgentConfig) -> Check:
+    """The relay's broker answers (a warning if not: the outbox keeps everything, as the agent's relay alert
+    says) and the files ``[sync]`` names exist."""
     url = config.sync.url
     if not url:
         return Check("relay broker", "ok", "no relay configured ([sync] url): everything is queued offline")
+    for key in ("ca_file", "cert_file", "key_file", "password_file"):
+        file = getattr(config.sync, key)
+        if file and not Path(file).is_file():
+            return Check(
+                "relay broker", "fail", f"[sync] {key} {file} does not exist", "install the file or fix the key"
+            )
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
@@ -312,23 +213,18 @@ def _broker(config: AgentConfig) -> Check:
     if why is not None:
         return Check(
             "relay broker",
-            "fail",
+            "warn",
             f"{host}:{port} cannot be reached: {why}",
             "check the network, DNS and firewall (outbound TCP to the broker); the outbox keeps everything meanwhile",
         )
-    for key in ("ca_file", "cert_file", "key_file", "password_file"):
-        file = getattr(config.sync, key)
-        if file and not Path(file).is_file():
-            return Check(
-                "relay broker", "fail", f"[sync] {key} {file} does not exist", "install the file or fix the key"
-            )
     return Check("relay broker", "ok", f"{host}:{port} reachable ({parts.scheme})")
 
 
 def _serial(config: AgentConfig) -> Check:
+    """The configured unit port (a running agent's link, on whatever port it was given, is in its overview)."""
     port = config.unit.port
     if not port:
-        return Check("serial port", "ok", "no unit link configured ([unit] port)")
+        return Check("serial port", "ok", "no unit link configured ([unit] port, or run --serial)")
     path = Path(port)
     if not path.exists():
         return Check(
@@ -386,5 +282,5 @@ def render(checks: list[Check]) -> str:
 
 
 def summary(checks: list[Check]) -> dict[str, Any]:
-    """Checks as JSON."""
+    """Checks as JSON (``ok`` as ``/healthz`` has it: no check fails)."""
     return {"ok": not any(c.status == "fail" for c in checks), "checks": [c.to_json() for c in checks]}

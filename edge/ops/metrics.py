@@ -10,10 +10,13 @@ survive restarts and never drift from what the agent recorded:
 * ``btt_outbox_depth{kind}``, ``btt_outbox_rejected``, ``btt_outbox_dropped_total{kind}``, ``btt_sync_lag_seconds``
   (age of the oldest item the relay has not acknowledged), ``btt_relay_connected``;
 * ``btt_disk_free_bytes``, ``btt_disk_total_bytes``, ``btt_model_info{model,version,backend}``,
-  ``btt_result_deliveries{state}``, ``btt_alerts{level}``, ``btt_up``.
+  ``btt_result_deliveries{state}``, ``btt_alerts{level}``, ``btt_up``;
+* ``btt_healthy`` (1 when ``/healthz`` answers 200) and ``btt_health_checks{status}``, from the same checks.
 
-``/healthz`` answers 200 with ``{"ok": true, "alerts": [...]}`` or 503 when an alert is an error (disk below the
-reserve, no loadable model, unit link down). No patient data is exposed: counts, states and versions only.
+``/healthz`` is the agent's health (:func:`edge.ops.health.agent_health`, the checks ``btt-edge doctor`` makes):
+200 with ``{"ok": true, "checks": [...], "alerts": [...]}``, or 503 when a check fails (disk below the reserve, no
+loadable model, unit link down, no usable device identity, the clock before 2026...). No patient data is exposed:
+counts, states and versions only.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from edge.config import MetricsConfig
 from edge.control.state import STAGES, AgentState
 from edge.errors import ControlError
 from edge.logs import event
+from edge.ops.health import agent_health
 
 __all__ = ["BUCKETS_S", "AgentCollector", "MetricsService", "latency_buckets"]
 
@@ -92,6 +96,12 @@ class AgentCollector:
         for level in ("error", "warning"):
             alerts.add_metric([level], sum(a["level"] == level for a in overview["alerts"]))
         yield alerts
+        health = agent_health(self.state, overview)
+        yield GaugeMetricFamily("btt_healthy", "No health check fails (/healthz answers 200)", value=int(health.ok))
+        checks = GaugeMetricFamily("btt_health_checks", "Health checks by status", labels=["status"])
+        for status in ("ok", "warn", "fail"):
+            checks.add_metric([status], sum(c.status == status for c in health.checks))
+        yield checks
         yield GaugeMetricFamily("btt_up", "The agent answers", value=1)
 
     @staticmethod
@@ -234,6 +244,6 @@ class MetricsService:
         if route == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
         if route == "/healthz":
-            health = self.state.health()
-            return (200 if health["ok"] else 503), "application/json", json.dumps(health).encode() + b"\n"
+            health = agent_health(self.state)
+            return (200 if health.ok else 503), "application/json", json.dumps(health.to_json()).encode() + b"\n"
         return 404, "text/plain", b"not found: /metrics or /healthz\n"

@@ -424,6 +424,11 @@ class ControlConfig:
     """Socket mode 0660 (the agent's group may use it, e.g. a ``btt-tech`` group); off: 0600 (its user only)."""
     log_lines: int = bounded(2000, lo=100, hi=100_000)
     """Recent log lines kept in memory for the terminal UI's live log view."""
+    max_connections: int = bounded(32, lo=2, hi=1024)
+    """Connections open at once. One more closes the connection idle longest, so the terminal UI and ``btt-edge
+    doctor`` get in however many idle clients there are (each client reconnects when it needs to)."""
+    idle_timeout_s: float = bounded(30.0, lo=1, hi=3600)
+    """A connection with no complete request for this long is closed."""
 
     def path(self, data_dir: Path) -> Path:
         """The socket's path for an agent whose data directory is ``data_dir``."""

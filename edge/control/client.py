@@ -7,7 +7,8 @@
         agent.call("results.resend", study_uid="1.2.3")
 
 A call returns the result or raises :class:`~edge.errors.ControlError` with the agent's message (or why the agent
-cannot be reached). One client keeps one connection and may be shared between threads.
+cannot be reached). One client keeps one connection and may be shared between threads; when the agent has closed
+it meanwhile (idle longer than ``[control] idle_timeout_s``, or to make room), the next call opens a new one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -77,8 +79,7 @@ class ControlClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout_s)
         try:
-            with socket_address(self.path) as address:
-                sock.connect(address)
+            self._connect_within(sock, time.monotonic() + self.timeout_s)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             raise ControlError(
@@ -97,27 +98,58 @@ class ControlClient:
         self._file = sock.makefile("rwb")
         return self._file
 
+    def _connect_within(self, sock: socket.socket, deadline: float) -> None:
+        """Connect, waiting while the agent's queue of connections not yet accepted is full (a Unix socket with a
+        timeout says so at once, ``EAGAIN``, where TCP would wait)."""
+        with socket_address(self.path) as address:
+            while True:
+                try:
+                    sock.connect(address)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.01)
+
     def call(self, method: str, *, timeout_s: float | None = None, **params: Any) -> Any:
         """Call ``method`` with ``params``; the result, or :class:`ControlError` with the agent's message."""
         with self._mutex:
+            request = Request(next(self._ids), method, params)
+            line = self._exchange(encode(request), self.timeout_s if timeout_s is None else timeout_s)
+            response = decode_response(line)
+            if response.id != request.id:
+                self.close()
+                if response.id == 0 and not response.ok:  # about the connection (e.g. every connection busy)
+                    raise ControlError(response.error)
+                raise ControlError(f"answer {response.id} to request {request.id}: the connection is out of step")
+            if not response.ok:
+                raise ControlError(response.error)
+            return response.result
+
+    def _exchange(self, data: bytes, timeout_s: float) -> bytes:
+        """Send the request ``data``, return the answer line. A connection kept from an earlier call that the agent
+        has closed meanwhile (idle too long, or to make room for another client) is replaced once: the agent closes
+        only a connection without a request in hand, so it never saw this one."""
+        while True:
+            kept = self._file is not None
             stream = self._connect()
             assert self._sock is not None
-            self._sock.settimeout(self.timeout_s if timeout_s is None else timeout_s)
-            request = Request(next(self._ids), method, params)
+            self._sock.settimeout(timeout_s)
             try:
-                stream.write(encode(request))
+                stream.write(data)
                 stream.flush()
-                line = stream.readline(MAX_LINE_BYTES + 1)
+                line: bytes = stream.readline(MAX_LINE_BYTES + 1)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                if kept:
+                    continue
+                raise ControlError(f"the agent stopped answering on {self.path}: {exc.strerror or exc}") from exc
             except OSError as exc:
                 self.close()
                 raise ControlError(f"the agent stopped answering on {self.path}: {exc.strerror or exc}") from exc
             if not line:
                 self.close()
+                if kept:
+                    continue
                 raise ControlError(f"the agent closed the control connection ({self.path})")
-            response = decode_response(line)
-            if response.id != request.id:
-                self.close()
-                raise ControlError(f"answer {response.id} to request {request.id}: the connection is out of step")
-            if not response.ok:
-                raise ControlError(response.error)
-            return response.result
+            return line

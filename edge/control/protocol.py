@@ -7,6 +7,9 @@ A request names a method and its parameters; the response carries the same ``id`
     <- {"id": 7, "ok": true, "result": [...]}
     <- {"id": 7, "ok": false, "error": "unknown method 'foo'"}
 
+An error with ``id`` 0 is about the connection rather than a request (a line that is not a request, every
+connection busy); request ids start at 1.
+
 Pure: bytes in, values out or :class:`~edge.errors.ControlError`.
 """
 
@@ -18,10 +21,12 @@ from typing import Any
 
 from edge.errors import ControlError
 
-__all__ = ["MAX_LINE_BYTES", "Request", "Response", "decode_request", "decode_response", "encode"]
+__all__ = ["MAX_LINE_BYTES", "MAX_REQUEST_BYTES", "Request", "Response", "decode_request", "decode_response", "encode"]
 
 MAX_LINE_BYTES = 4 * 1024 * 1024
-"""Longest request or response line."""
+"""Longest response line (a page of the log view)."""
+MAX_REQUEST_BYTES = 64 * 1024
+"""Longest request line (a method and a few parameters): what the server buffers for a connection at most."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ def _object(line: bytes) -> dict[str, Any]:
 
 def decode_request(line: bytes) -> Request:
     """The request on ``line``."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ControlError(f"request line of {len(line)} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit")
     doc = _object(line)
     method, params = doc.get("method"), doc.get("params", {})
     if not isinstance(method, str) or not method:

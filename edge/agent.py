@@ -25,6 +25,7 @@ from typing import Protocol
 
 from edge.config import AgentConfig
 from edge.durable import DataModes, make_dirs, tighten
+from edge.errors import ConfigError
 from edge.logs import event
 from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
 
@@ -136,20 +137,34 @@ def data_modes(config: AgentConfig) -> DataModes:
 
 def protect_data_dir(config: AgentConfig) -> list[Path]:
     """Create the data directory at :func:`data_modes`, or take the bits beyond them off it and off the
-    directories and files directly in it (what is deeper is out of reach through them); the paths changed."""
+    directories and files directly in it (what is deeper is out of reach through them); the paths changed.
+
+    :class:`~edge.errors.ConfigError` when the data directory's mode cannot be set (another user owns it): the
+    privacy of everything in it rests on that. An entry in it that cannot be tightened is logged as a warning."""
     modes, data_dir = data_modes(config), config.agent.data_dir
-    make_dirs(data_dir, modes.root)
-    changed = []
-    if stat.S_IMODE(data_dir.stat().st_mode) != modes.root:  # exactly: the group may need its search bit
-        os.chmod(data_dir, modes.root)
-        changed.append(data_dir)
+    changed: list[Path] = []
+    try:
+        make_dirs(data_dir, modes.root)
+        if stat.S_IMODE(data_dir.stat().st_mode) != modes.root:  # exactly: the group may need its search bit
+            os.chmod(data_dir, modes.root)
+            changed.append(data_dir)
+    except OSError as exc:
+        raise ConfigError(
+            f"agent.data_dir: cannot make {data_dir} private ({exc.strerror}); it must belong to the agent's user"
+        ) from exc
+    stuck: list[str] = []
     for entry in data_dir.iterdir():
         if entry.is_symlink() or entry.is_socket():  # a socket's mode is its owner's (the control server's)
             continue
-        if tighten(entry, modes.directory if entry.is_dir() else modes.file):
-            changed.append(entry)
+        try:
+            if tighten(entry, modes.directory if entry.is_dir() else modes.file):
+                changed.append(entry)
+        except OSError as exc:
+            stuck.append(f"{entry.name} ({exc.strerror})")
     if changed:
         event(log, "data directory permissions tightened", paths=" ".join(p.name for p in changed))
+    if stuck:
+        event(log, "data directory entries left too open", level=logging.WARNING, paths=" ".join(stuck))
     return changed
 
 

@@ -15,6 +15,7 @@ from edge.agent import data_modes, protect_data_dir
 from edge.config import AgentConfig, with_overrides
 from edge.db import DB_FILENAME, connect
 from edge.durable import PRIVATE, DataModes, make_dirs
+from edge.errors import ConfigError
 from edge.ops.doctor import run_checks
 from edge.ops.health import permissions_check
 
@@ -88,7 +89,7 @@ def test_a_loose_data_dir_is_tightened_at_start_and_doctor_warns_first(tmp_path:
         for expected in (". 0755 (at most 0710)", "edge.db 0644 (at most 0600)", "dicom 0755 (at most 0700)"):
             assert expected in warned.detail
         assert "keys/device.key 0644 (at most 0600)" in warned.detail
-        assert f"chmod -R go-rwx {data} && chmod g+x {data}" in warned.fix
+        assert f"chmod -R go-rwx {data} && sudo chmod g+x {data}" in warned.fix
 
         changed = protect_data_dir(config)
         assert {p.name for p in changed} == {"data", "edge.db", "dicom", "notes.txt"}
@@ -121,3 +122,27 @@ def test_group_access_allows_the_group_in_but_no_one_else(tmp_path: Path) -> Non
     assert f"chmod -R g-w,o-rwx {data}" in check.fix
     protect_data_dir(config)
     assert _mode(data / "report.txt") == 0o640
+
+
+def test_a_data_dir_the_agent_cannot_make_private_stops_it_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another user owns it (faked: this suite may run as root, whom chmod never refuses)."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    (data / "stray.txt").write_text("x")
+
+    def refuse(path: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    def refuse_entries(path: Path, mode: int) -> bool:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr("edge.agent.os.chmod", refuse)
+    with pytest.raises(ConfigError, match=r"agent.data_dir: cannot make .* private \(Operation not permitted\)"):
+        protect_data_dir(_config(data))
+    monkeypatch.undo()
+    monkeypatch.setattr("edge.agent.tighten", refuse_entries)
+    protect_data_dir(_config(data))  # the directory itself is private now: a stray entry is only a warning
+    assert _mode(data) == 0o710
+    assert any("left too open" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

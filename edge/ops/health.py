@@ -233,7 +233,7 @@ def permissions_check(data_dir: Path, modes: DataModes) -> Check:
             "permissions", "ok", f"{data_dir}: private (at most {modes.directory:04o}/{modes.file:04o})" + unreadable
         )
     group = "g-w,o-rwx" if modes.directory & 0o070 else "go-rwx"
-    search = f" && chmod g+x {data_dir}" if modes.root & 0o010 and not modes.directory & 0o070 else ""
+    search = f" && sudo chmod g+x {data_dir}" if modes.root & 0o010 and not modes.directory & 0o070 else ""
     return Check(
         "permissions",
         "warn",

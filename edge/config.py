@@ -357,6 +357,10 @@ class PipelineConfig:
     """Analyse received images. Off: images are stored and forwarded without AI findings."""
     bundle_path: Path = Path("models/bundles/reference-dental")
     """Model bundle (directory or tar archive). Relative paths are resolved against the agent's installation."""
+    extra_bundles: tuple[Path, ...] = ()
+    """More bundles active beside ``bundle_path`` (e.g. an intra-oral model beside the panoramic one); OTA updates
+    only ``bundle_path``. Each image goes to the first bundle, ``bundle_path`` first, whose manifest ``accepts`` it
+    (docs/bundles.md); an image none accepts is skipped with the reason and gets no findings."""
     backend: Literal["auto", "tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"] = "auto"
     """``auto``: the best that is available and passes the bundle's golden vectors (TensorRT, then ONNX Runtime on
     the GPU, then on the CPU); any other value forces that backend."""

@@ -3,8 +3,10 @@
 A bundle is a directory (or a ``.tar``/``.tar.gz`` archive of one) holding ``manifest.json``, ``model.onnx`` and
 ``golden/*.npz``, and optionally *variants*: the same network encoded for particular backends (an INT8-quantised
 graph for ONNX Runtime on the CPU), each with golden vectors of its own. The manifest names the task, the agent
-versions it needs, how to prepare the input, what the outputs mean (tooth labels; finding classes with SNOMED CT
-codes and thresholds), the sha256 of every other file and the golden vectors. :func:`parse_bundle` is the pure core
+versions it needs, which images it is for (``accepts``: views, modalities, photometric interpretations, size, shape
+and pixel spacing; :class:`Accepts`), how to prepare the input, what the outputs mean (tooth labels; finding classes
+with SNOMED CT codes and thresholds), the sha256 of every other file and the golden vectors. docs/bundles.md is the
+format's description for whoever makes a bundle. :func:`parse_bundle` is the pure core
 (file bytes in, a :class:`Bundle` out or a :class:`~edge.errors.BundleError` naming the reason); :func:`load_bundle`
 reads a directory or archive into it. Every file is read once and hashed; the bytes that were verified are the bytes
 the backends run, so a file swapped after loading cannot slip in.
@@ -30,8 +32,12 @@ from edge.pipeline.teeth import fdi_to_universal
 
 __all__ = [
     "FORMAT",
+    "LEGACY_PANORAMIC",
     "MANIFEST_NAME",
     "MODEL_NAME",
+    "PHOTOMETRICS",
+    "VIEWS",
+    "Accepts",
     "Bundle",
     "Code",
     "FindingClass",
@@ -41,6 +47,8 @@ __all__ = [
     "Manifest",
     "TeethOutput",
     "Variant",
+    "accepts_of",
+    "describe_accepts",
     "load_bundle",
     "manifest_to_json",
     "pack_bundle",
@@ -80,6 +88,49 @@ class InputSpec:
     mean: float
     std: float
     modalities: tuple[str, ...]
+
+
+VIEWS = ("panoramic", "cephalometric", "bitewing", "periapical", "occlusal", "cbct")
+"""The views a bundle may accept: the extra-oral projections, the intra-oral ones, and CBCT (modality CT)."""
+PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+"""The photometric interpretations the pipeline decodes (greyscale, one sample per pixel)."""
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """Which images a bundle is for (the manifest's ``accepts`` block); the pipeline routes each image by it.
+
+    An image goes to a bundle only when its view (from the DICOM attributes: :mod:`edge.pipeline.routing`) is one
+    of ``views``, its Modality one of ``modalities``, its Photometric Interpretation one of ``photometric``, its
+    Rows and Columns within their ranges, its width / height (Columns / Rows) within ``aspect`` and, when the
+    image gives a pixel spacing, that spacing (mm, either axis) within ``pixel_spacing_mm``.
+    """
+
+    views: tuple[str, ...]
+    modalities: tuple[str, ...]
+    photometric: tuple[str, ...] = PHOTOMETRICS
+    rows: tuple[int, int] = (1, 65535)
+    columns: tuple[int, int] = (1, 65535)
+    aspect: tuple[float, float] = (0.01, 100.0)
+    """Columns / rows, inclusive."""
+    pixel_spacing_mm: tuple[float, float] | None = None
+    """Inclusive range for an image that gives a spacing (Pixel Spacing, else Imager Pixel Spacing); None: any."""
+    declared: bool = True
+    """False when the manifest has no ``accepts`` block and this was derived from it (:func:`accepts_of`)."""
+
+
+LEGACY_PANORAMIC = Accepts(
+    views=("panoramic",),
+    modalities=("PX", "DX", "CR"),
+    rows=(512, 4096),
+    columns=(1024, 8192),
+    aspect=(1.6, 3.2),
+    pixel_spacing_mm=(0.05, 0.3),
+    declared=False,
+)
+"""What a manifest without an ``accepts`` block is taken to accept: panoramics only, of a panoramic's size and
+shape, in those of its ``input.modalities`` that can carry one. Bundles made before ``accepts`` existed were all
+panoramic models; reading them this way keeps them working on panoramics and never sends them anything else."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +219,37 @@ class Manifest:
     """Relative path -> sha256 hex of every file in the bundle except the manifest."""
     golden: tuple[GoldenSpec, ...]
     variants: tuple[Variant, ...] = ()
+    accepts: Accepts | None = None
+    """Which images the bundle is for; None: the manifest has no ``accepts`` block (see :func:`accepts_of`)."""
+
+
+def accepts_of(manifest: Manifest) -> Accepts:
+    """What ``manifest`` accepts: its ``accepts`` block, else :data:`LEGACY_PANORAMIC` narrowed to its modalities.
+
+    Raises :class:`BundleError` for a manifest without an ``accepts`` block none of whose modalities carries a
+    panoramic (the agent cannot tell what such a bundle is for).
+    """
+    if manifest.accepts is not None:
+        return manifest.accepts
+    modalities = tuple(m for m in LEGACY_PANORAMIC.modalities if m in manifest.input.modalities)
+    if not modalities:
+        raise BundleError(
+            f"manifest: no accepts block, and input.modalities ({', '.join(manifest.input.modalities)}) has none "
+            f"of {', '.join(LEGACY_PANORAMIC.modalities)}: declare which images the bundle is for"
+        )
+    return dataclasses.replace(LEGACY_PANORAMIC, modalities=modalities)
+
+
+def describe_accepts(accepts: Accepts) -> str:
+    """One line saying what ``accepts`` takes, for people (``btt-edge model verify``)."""
+    spacing = accepts.pixel_spacing_mm
+    text = (
+        f"{'/'.join(accepts.views)} {'/'.join(accepts.modalities)}, {'/'.join(accepts.photometric)}, "
+        f"{accepts.rows[0]}-{accepts.rows[1]} rows x {accepts.columns[0]}-{accepts.columns[1]} columns, "
+        f"width/height {accepts.aspect[0]:g}-{accepts.aspect[1]:g}"
+        + ("" if spacing is None else f", pixel spacing {spacing[0]:g}-{spacing[1]:g} mm")
+    )
+    return text if accepts.declared else f"{text} (no accepts block: read as a panoramic model)"
 
 
 @dataclass(frozen=True)
@@ -325,6 +407,52 @@ def _parse_input(r: _Reader) -> InputSpec:
     )
 
 
+def _names(r: _Reader, key: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    values = r.items(key)
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise BundleError(f"manifest: {r._path(key)} must be a non-empty list of names")
+    if len(set(values)) != len(values):
+        raise BundleError(f"manifest: {r._path(key)} repeats a name")
+    for value in values:
+        if allowed is not None and value not in allowed:
+            raise BundleError(f"manifest: {r._path(key)} has {value!r}, not one of {', '.join(allowed)}")
+    return tuple(values)
+
+
+def _range(r: _Reader, key: str, lo: float, hi: float, *, integer: bool) -> tuple[Any, Any]:
+    pair = r.items(key)
+    kinds = (int,) if integer else (int, float)
+    if len(pair) != 2 or not all(isinstance(v, kinds) and not isinstance(v, bool) for v in pair):
+        raise BundleError(f"manifest: {r._path(key)} must be two {'integers' if integer else 'numbers'} [low, high]")
+    low, high = (v if integer else float(v) for v in pair)
+    if not lo <= low <= high <= hi:
+        raise BundleError(f"manifest: {r._path(key)} {pair} must satisfy {lo} <= low <= high <= {hi}")
+    return low, high
+
+
+def _parse_accepts(r: _Reader, spec: InputSpec) -> Accepts:
+    known = {"views", "modalities", "photometric", "rows", "columns", "aspect", "pixel_spacing_mm"}
+    unknown = sorted(set(r.doc) - known)
+    if unknown:
+        raise BundleError(f"manifest: {r._path(unknown[0])} is not an accepts field ({', '.join(sorted(known))})")
+    modalities = _names(r, "modalities")
+    for modality in modalities:
+        if modality not in spec.modalities:
+            raise BundleError(f"manifest: accepts.modalities has {modality}, which input.modalities does not list")
+    default = Accepts(views=(), modalities=())
+    return Accepts(
+        views=_names(r, "views", VIEWS),
+        modalities=modalities,
+        photometric=_names(r, "photometric", PHOTOMETRICS) if "photometric" in r.doc else default.photometric,
+        rows=_range(r, "rows", 1, 65535, integer=True) if "rows" in r.doc else default.rows,
+        columns=_range(r, "columns", 1, 65535, integer=True) if "columns" in r.doc else default.columns,
+        aspect=_range(r, "aspect", 0.01, 100.0, integer=False) if "aspect" in r.doc else default.aspect,
+        pixel_spacing_mm=(
+            _range(r, "pixel_spacing_mm", 0.001, 10.0, integer=False) if "pixel_spacing_mm" in r.doc else None
+        ),
+    )
+
+
 def _parse_class(r: _Reader) -> FindingClass:
     kind = r.string("kind")
     if not _KIND_RE.match(kind):
@@ -412,7 +540,9 @@ def parse_manifest(data: bytes) -> Manifest:
     if len(set(networks)) != len(networks):
         raise BundleError("manifest: two networks (model.onnx and the variants) share a file")
     teeth, findings = _parse_outputs(r.child("outputs"))
-    return Manifest(
+    spec = _parse_input(r.child("input"))
+    accepts = _parse_accepts(r.child("accepts"), spec) if "accepts" in r.doc else None
+    manifest = Manifest(
         format=fmt,
         id=r.string("id"),
         version=version,
@@ -420,13 +550,16 @@ def parse_manifest(data: bytes) -> Manifest:
         requires_agent=requires,
         clinical=r.get("clinical", bool),
         description=r.get("description", str),
-        input=_parse_input(r.child("input")),
+        input=spec,
         teeth=teeth,
         findings=findings,
         files=MappingProxyType(files),
         golden=golden,
         variants=variants,
+        accepts=accepts,
     )
+    accepts_of(manifest)  # a manifest without accepts must be one the agent can read as a panoramic model
+    return manifest
 
 
 def _parse_golden(r: _Reader, files: Mapping[str, str]) -> tuple[GoldenSpec, ...]:
@@ -460,6 +593,20 @@ def _golden_json(golden: tuple[GoldenSpec, ...]) -> list[dict[str, Any]]:
     return [{"file": g.file, "atol": g.atol} for g in golden]
 
 
+def _accepts_json(accepts: Accepts) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "views": list(accepts.views),
+        "modalities": list(accepts.modalities),
+        "photometric": list(accepts.photometric),
+        "rows": list(accepts.rows),
+        "columns": list(accepts.columns),
+        "aspect": list(accepts.aspect),
+    }
+    if accepts.pixel_spacing_mm is not None:
+        doc["pixel_spacing_mm"] = list(accepts.pixel_spacing_mm)
+    return doc
+
+
 def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
     """The JSON document of a manifest (the inverse of :func:`parse_manifest`)."""
     spec = manifest.input
@@ -481,6 +628,11 @@ def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
             "std": spec.std,
             "modalities": list(spec.modalities),
         },
+        **(
+            {"accepts": _accepts_json(manifest.accepts)}
+            if manifest.accepts is not None and manifest.accepts.declared
+            else {}
+        ),
         "outputs": {
             "teeth": {"name": manifest.teeth.name, "labels_fdi": list(manifest.teeth.labels_fdi)},
             "findings": {

@@ -34,7 +34,7 @@ def health_check(load: AnalyzerLoader, bundle_dir: Path) -> str:
     except EdgeError as exc:
         raise HealthCheckFailed(f"golden vectors cannot be read: {exc}") from exc
     finally:
-        analyzer.backend.close()
+        analyzer.close()
     if not report.ok:
         raise HealthCheckFailed(f"golden vectors fail on {analyzer.backend.name}: {report.reason}")
     return analyzer.backend.name

@@ -1,22 +1,27 @@
 """A tiny ONNX network with the contract's input and output names, packed as a verified bundle, for pipeline tests.
 
 ``teeth`` logits favour tooth channel 9 (FDI 21) wherever the image is not padding; ``findings`` channel 0
-(caries) fires where the normalised image is bright (above 0.75 of the window).
+(caries) fires where the normalised image is bright (above 0.75 of the window). :data:`MANIFEST` declares it a
+panoramic model; :data:`BITEWING_MANIFEST` the same network at another input size, declared an intra-oral
+bitewing model (a second bundle with other ``accepts``, for routing tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
     MODEL_NAME,
+    Accepts,
     Bundle,
     Code,
     FindingClass,
@@ -50,7 +55,31 @@ MANIFEST = Manifest(
     ),
     files={},
     golden=(GoldenSpec("golden/a.npz", 1e-3),),
+    accepts=Accepts(
+        views=("panoramic",), modalities=("PX", "DX"), rows=(16, 4096), columns=(16, 8192), aspect=(1.0, 4.0)
+    ),
 )
+"""A panoramic model: its accepts block takes the small test images (:func:`bright_spot_image`) PX and DX."""
+
+
+BITEWING_MANIFEST = dataclasses.replace(
+    MANIFEST,
+    id="tiny-bitewing-model",
+    task="dental-intraoral-segmentation",
+    description="pipeline test network for intra-oral bitewings",
+    input=InputSpec("image", 48, 64, 1, (0.5, 99.5), 0.5, 0.25, ("IO",)),
+    accepts=Accepts(
+        views=("bitewing",),
+        modalities=("IO",),
+        rows=(200, 4096),
+        columns=(200, 4096),
+        aspect=(0.5, 2.0),
+        pixel_spacing_mm=(0.01, 0.2),
+    ),
+)
+"""An intra-oral bitewing model: IO images that name the bitewing view, of a sensor's size and shape."""
+INTRA_ORAL_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.3"
+"""Digital Intra-Oral X-Ray Image Storage - For Presentation."""
 
 
 def tiny_onnx(height: int = HEIGHT, width: int = WIDTH) -> bytes:
@@ -94,16 +123,46 @@ def reference_outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
     return {"teeth": teeth, "findings": findings.astype(np.float32)}
 
 
-def tiny_bundle(model: bytes | None = None, golden_outputs: dict[str, np.ndarray] | None = None) -> Bundle:
-    """The tiny network as a verified bundle with one golden file (expected values from :func:`reference_outputs`)."""
+def tiny_bundle(
+    model: bytes | None = None, golden_outputs: dict[str, np.ndarray] | None = None, manifest: Manifest = MANIFEST
+) -> Bundle:
+    """The tiny network as a verified bundle with one golden file (expected values from :func:`reference_outputs`),
+    at the input size and with the ``accepts`` of ``manifest``."""
+    height, width = manifest.input.height, manifest.input.width
     rng = np.random.default_rng(1)
-    inputs = rng.normal(0, 1, (1, 1, HEIGHT, WIDTH)).astype(np.float16).astype(np.float32)
+    inputs = rng.normal(0, 1, (1, 1, height, width)).astype(np.float16).astype(np.float32)
     outputs = golden_outputs if golden_outputs is not None else reference_outputs(inputs)
     files = {
-        MODEL_NAME: model if model is not None else tiny_onnx(),
+        MODEL_NAME: model if model is not None else tiny_onnx(height, width),
         "golden/a.npz": build_golden(inputs, outputs, 256, 0),
     }
-    return parse_bundle(pack_bundle(MANIFEST, files), source="tiny")
+    return parse_bundle(pack_bundle(manifest, files), source=manifest.id)
+
+
+def bitewing_bundle() -> Bundle:
+    """The tiny network declared an intra-oral bitewing model (:data:`BITEWING_MANIFEST`)."""
+    return tiny_bundle(manifest=BITEWING_MANIFEST)
+
+
+def as_intra_oral(ds: Dataset, view: str | None, *, rows: int = 600, columns: int = 800) -> Dataset:
+    """``ds`` (the generator's panoramic, say) turned into an intra-oral image: Modality IO, the intra-oral SOP
+    class, its pixels cropped to a sensor's ``rows x columns`` about the centre, and ``view`` (``bitewing``,
+    ``periapical`` or None) named in the View Code Sequence and the Series Description as units send it."""
+    pixels = ds.pixel_array
+    top, left = (pixels.shape[0] - rows) // 2, (pixels.shape[1] - columns) // 2
+    crop = np.ascontiguousarray(pixels[top : top + rows, left : left + columns], dtype="<u2")
+    ds.Rows, ds.Columns = crop.shape
+    ds.PixelData = crop.tobytes()
+    ds.Modality = "IO"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = INTRA_ORAL_PRESENTATION
+    ds.ImageLaterality = "R"
+    if view is not None:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator = f"{view}-view", "99TEST"
+        code.CodeMeaning = {"bitewing": "Bitewing", "periapical": "Periapical"}.get(view, view)
+        ds.ViewCodeSequence = Sequence([code])
+        ds.SeriesDescription = f"{code.CodeMeaning} right"
+    return ds
 
 
 def write_radiograph(
@@ -113,6 +172,7 @@ def write_radiograph(
     modality: str = "PX",
     sop_uid: str | None = None,
     spacing: tuple[float, float] | None = (0.1, 0.1),
+    series_description: str | None = None,
 ) -> str:
     """Write a single-frame MONOCHROME2 16-bit radiograph; return its SOP Instance UID."""
     uid = sop_uid or generate_uid()
@@ -134,6 +194,8 @@ def write_radiograph(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if spacing is not None:
         ds.ImagerPixelSpacing = list(spacing)
+    if series_description is not None:
+        ds.SeriesDescription = series_description
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return uid

@@ -56,7 +56,7 @@ def test_bright_spot_is_found_where_it_is(tmp_path: Path, analyzer: Analyzer) ->
 @pytest.mark.parametrize(
     ("modality", "pixels", "reason"),
     [
-        ("US", bright_spot_image(), "modality US is not one the model reads"),
+        ("US", bright_spot_image(), "no model for modality US images"),
         ("PX", None, "no pixel data"),
     ],
 )

@@ -2,9 +2,9 @@
 
 ``synth`` writes synthetic panoramic radiographs as DICOM with their ground truth beside them (``X.dcm`` and
 ``X.json``, the ground truth as the object ``analyze --json`` prints for one file, with model id
-``synthetic-ground-truth``). ``eval`` prints the held-out metrics of
-a bundle; ``verify`` loads a bundle (hashes, agent version) and runs its golden vectors on ONNX Runtime. ``train``
-and ``export`` retrain and rebuild the reference bundle; they need the ``train`` extra (PyTorch).
+``synthetic-ground-truth``). ``eval`` prints the held-out metrics of a bundle; ``verify`` loads a bundle (hashes,
+agent version), says which images it accepts and runs its golden vectors on ONNX Runtime. ``train`` and
+``export`` retrain and rebuild the reference bundle; they need the ``train`` extra (PyTorch).
 """
 
 from __future__ import annotations
@@ -118,12 +118,13 @@ def _eval(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from edge.pipeline.backends import BackendOptions
     from edge.pipeline.backends.ort import OrtCpuFactory
-    from models.bundle import load_bundle
+    from models.bundle import accepts_of, describe_accepts, load_bundle
     from models.golden import check_golden
 
     bundle = load_bundle(args.path)
     manifest = bundle.manifest
     print(f"{manifest.id} {manifest.version}: manifest, hashes and agent version ok")
+    print(f"  accepts {describe_accepts(accepts_of(manifest))}")
     failed = None
     for network in bundle.networks_for("onnxruntime-cpu"):
         backend = OrtCpuFactory().load(network, BackendOptions())

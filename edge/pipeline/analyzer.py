@@ -1,14 +1,17 @@
-"""One image in, one result out: decode, preprocess, infer, post-process, with the time each stage took.
+"""One image in, one result out: route, decode, preprocess, infer, post-process, with the time each stage took.
 
-An image the model cannot read is a *skipped* result with the reason; a failure of the backend or of
-post-processing raises :class:`~edge.errors.PipelineError` for the caller (the worker counts attempts).
-Every result names the model (id, version, whether it is clinically validated) that produced it: findings are
-AI output and are labelled as such downstream.
+An analyser holds every active bundle, each on its backend. Each image goes to the first bundle that accepts it
+(:mod:`edge.pipeline.routing`: its DICOM attributes, then its size and shape); an image no bundle accepts, or one
+the chosen model cannot read, is a *skipped* result with the reason, and gets no findings. A failure of the backend
+or of post-processing raises :class:`~edge.errors.PipelineError` for the caller (the worker counts attempts).
+Every analysed result names the model (id, version, whether it is clinically validated) that produced it: findings
+are AI output and are labelled as such downstream; a result skipped before any model ran names none.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +23,12 @@ from pydicom.errors import InvalidDicomError
 
 import models
 from edge.config import PipelineConfig
-from edge.errors import BundleError, UnsupportedImage
+from edge.errors import BundleError, EdgeError, UnsupportedImage
 from edge.pipeline.backends import Backend, BackendOptions, select_backend
 from edge.pipeline.findings import Finding
 from edge.pipeline.postprocess import findings_from_outputs
 from edge.pipeline.preprocess import pixel_spacing_mm, pixels_from_dataset, prepare
+from edge.pipeline.routing import Skipped, image_facts, route
 from models.bundle import Bundle, load_bundle
 from models.golden import read_golden
 
@@ -33,7 +37,7 @@ INSTALL_ROOT = Path(models.__file__).resolve().parent.parent
 ENGINE_CACHE = "engines"
 """TensorRT engines are cached in this directory under the data directory."""
 
-__all__ = ["AnalysisResult", "Analyzer", "open_analyzer", "read_dataset", "resolve_bundle_path"]
+__all__ = ["ActiveModel", "AnalysisResult", "Analyzer", "open_analyzer", "read_dataset", "resolve_bundle_path"]
 
 Status = Literal["analysed", "skipped"]
 
@@ -45,6 +49,7 @@ class AnalysisResult:
     sop_instance_uid: str | None
     status: Status
     model_id: str
+    """The bundle that ran; empty for an image skipped before any model ran (no bundle accepts it)."""
     model_version: str
     clinical: bool
     backend: str
@@ -59,9 +64,10 @@ class AnalysisResult:
         doc: dict[str, Any] = {"sop_instance_uid": self.sop_instance_uid, "status": self.status}
         if self.reason is not None:
             doc["reason"] = self.reason
-        doc["model"] = {"id": self.model_id, "version": self.model_version, "clinical": self.clinical}
-        doc["backend"] = self.backend
-        doc["precision"] = self.precision
+        ran = bool(self.model_id)
+        doc["model"] = {"id": self.model_id, "version": self.model_version, "clinical": self.clinical} if ran else None
+        doc["backend"] = self.backend if ran else None
+        doc["precision"] = self.precision if ran else None
         doc["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
         doc["findings"] = [f.to_json() for f in self.findings]
         return doc
@@ -75,39 +81,78 @@ def read_dataset(path: Path) -> Dataset:
         raise UnsupportedImage(f"not a readable DICOM file: {exc}") from exc
 
 
-class Analyzer:
-    """Analyses datasets with one bundle on one backend."""
+@dataclass(frozen=True)
+class ActiveModel:
+    """One active bundle on the backend selected for it."""
 
-    def __init__(self, bundle: Bundle, backend: Backend) -> None:
-        if bundle.manifest.input.channels != 1:
+    bundle: Bundle
+    backend: Backend
+
+
+class Analyzer:
+    """Analyses datasets with the active bundles, each image with the first that accepts it.
+
+    ``bundle`` on ``backend`` is the primary model (``[pipeline] bundle_path``, or the active OTA slot); ``others``
+    are active beside it (``[pipeline] extra_bundles``) and are offered an image in their order, after it.
+    """
+
+    def __init__(self, bundle: Bundle, backend: Backend, *, others: Sequence[ActiveModel] = ()) -> None:
+        self.models = (ActiveModel(bundle, backend), *others)
+        ids = [m.bundle.manifest.id for m in self.models]
+        if len(set(ids)) != len(ids):
             raise BundleError(
-                f"{bundle.manifest.id}: the pipeline feeds 1-channel images, the bundle wants "
-                f"{bundle.manifest.input.channels}"
+                f"two active bundles have the same id ({', '.join(ids)}): results would not say which ran"
             )
+        for model in self.models:
+            if model.bundle.manifest.input.channels != 1:
+                raise BundleError(
+                    f"{model.bundle.manifest.id}: the pipeline feeds 1-channel images, the bundle wants "
+                    f"{model.bundle.manifest.input.channels}"
+                )
         self.bundle = bundle
+        """The primary bundle (the one OTA updates and health-checks)."""
         self.backend = backend
 
-    def _result(self, uid: str | None, status: Status, timings: dict[str, float], **kw: Any) -> AnalysisResult:
-        manifest = self.bundle.manifest
+    def close(self) -> None:
+        """Close every model's backend."""
+        for model in self.models:
+            model.backend.close()
+
+    @staticmethod
+    def _result(
+        model: ActiveModel, uid: str | None, status: Status, timings: dict[str, float], **kw: Any
+    ) -> AnalysisResult:
+        manifest = model.bundle.manifest
         return AnalysisResult(
             sop_instance_uid=uid,
             status=status,
             model_id=manifest.id,
             model_version=manifest.version,
             clinical=manifest.clinical,
-            backend=self.backend.name,
-            precision=self.backend.precision,
+            backend=model.backend.name,
+            precision=model.backend.precision,
             timings_ms=timings,
             **kw,
         )
 
-    def skipped(self, uid: str | None, reason: str) -> AnalysisResult:
-        """A skipped result for an image that never reached the model."""
-        return self._result(uid, "skipped", {}, reason=reason)
+    @staticmethod
+    def skipped(uid: str | None, reason: str, timings: dict[str, float] | None = None) -> AnalysisResult:
+        """A skipped result for an image that never reached a model (it names none)."""
+        return AnalysisResult(
+            sop_instance_uid=uid,
+            status="skipped",
+            model_id="",
+            model_version="",
+            clinical=False,
+            backend="",
+            precision="",
+            timings_ms=timings or {},
+            reason=reason,
+        )
 
     def analyse(self, ds: Dataset) -> AnalysisResult:
-        """Analyse one dataset (raises :class:`~edge.errors.PipelineError` on a backend or post-processing failure)."""
-        manifest = self.bundle.manifest
+        """Analyse one dataset with the model that accepts it (raises :class:`~edge.errors.PipelineError` on a
+        backend or post-processing failure)."""
         uid = str(ds.get("SOPInstanceUID", "") or "") or None
         timings: dict[str, float] = {}
         start = last = time.perf_counter()
@@ -118,23 +163,30 @@ class Analyzer:
             timings[stage] = (now - last) * 1000.0
             last = now
 
+        decision = route(image_facts(ds), [m.bundle for m in self.models])
+        if isinstance(decision, Skipped):
+            lap("decode")
+            timings["total"] = (time.perf_counter() - start) * 1000.0
+            return self.skipped(uid, decision.reason, timings)
+        model = self.models[decision.index]
+        manifest = model.bundle.manifest
         try:
             pixels = pixels_from_dataset(ds, modalities=manifest.input.modalities)
         except UnsupportedImage as exc:
             lap("decode")
             timings["total"] = (time.perf_counter() - start) * 1000.0
-            return self._result(uid, "skipped", timings, reason=str(exc))
+            return self._result(model, uid, "skipped", timings, reason=str(exc))
         spacing = pixel_spacing_mm(ds)
         lap("decode")
         prepared = prepare(pixels, manifest.input)
         del pixels
         lap("preprocess")
-        outputs = self.backend.run(prepared.tensor)
+        outputs = model.backend.run(prepared.tensor)
         lap("infer")
         findings = findings_from_outputs(outputs, manifest, prepared, spacing, consume=True)
         lap("postprocess")
         timings["total"] = (time.perf_counter() - start) * 1000.0
-        return self._result(uid, "analysed", timings, findings=tuple(findings))
+        return self._result(model, uid, "analysed", timings, findings=tuple(findings))
 
 
 def resolve_bundle_path(path: Path) -> Path:
@@ -142,12 +194,8 @@ def resolve_bundle_path(path: Path) -> Path:
     return path if path.is_absolute() else INSTALL_ROOT / path
 
 
-def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analyzer:
-    """Load and verify the configured bundle and select its backend (golden vectors checked).
-
-    ``data_dir`` holds the TensorRT engine cache; without it engines are built in memory.
-    """
-    bundle = load_bundle(resolve_bundle_path(config.bundle_path))
+def _open_model(config: PipelineConfig, path: Path, data_dir: Path | None) -> ActiveModel:
+    bundle = load_bundle(resolve_bundle_path(path))
     calibration = None
     if config.tensorrt_precision == "int8":
         inputs = [read_golden(bundle.files[g.file], g.file)[0] for g in bundle.manifest.golden]
@@ -159,4 +207,23 @@ def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analy
         calibration=calibration,
         variants=config.variants,
     )
-    return Analyzer(bundle, select_backend(bundle, config.backend, options))
+    return ActiveModel(bundle, select_backend(bundle, config.backend, options))
+
+
+def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analyzer:
+    """Load and verify the configured bundles (``bundle_path``, then ``extra_bundles``) and select a backend for
+    each (golden vectors checked). Any of them failing fails the whole (the pipeline stays idle rather than
+    skip, for good, the images a missing model was meant for).
+
+    ``data_dir`` holds the TensorRT engine cache; without it engines are built in memory.
+    """
+    opened: list[ActiveModel] = []
+    try:
+        for path in (config.bundle_path, *config.extra_bundles):
+            opened.append(_open_model(config, path, data_dir))
+        primary, *others = opened
+        return Analyzer(primary.bundle, primary.backend, others=others)
+    except EdgeError:
+        for model in opened:
+            model.backend.close()
+        raise

@@ -1,8 +1,11 @@
 """The pipeline worker: analyses received instances from the index, first in, first out, and records the results.
 
 Each instance goes ``received -> processing -> analysed | skipped`` (or back to ``received`` after a failure, and
-to ``failed`` after :data:`MAX_ATTEMPTS`). Claiming an instance counts an attempt in the same transaction, and the
-result (findings, timings, the receipt for the use) commits in one transaction with the state change, so:
+to ``failed`` after :data:`MAX_ATTEMPTS`). The analyser routes it to the active bundle that accepts it; one that no
+bundle accepts is ``skipped`` with the reason (kept as the instance's ``state_reason`` and in ``pipeline_results``,
+with no model named), gets no findings and no receipt, and the results service builds and sends nothing for it.
+Claiming an instance counts an attempt in the same transaction, and the result (findings, timings, the receipt for
+the use) commits in one transaction with the state change, so:
 
 * a crash mid-analysis leaves the instance in ``processing``; on restart :meth:`PipelineWorker.recover` puts it
   back to ``received`` (or, if that was its last attempt, marks it ``failed``) and it is analysed again;
@@ -380,12 +383,12 @@ class PipelineService(BackgroundLoop):
             while not self._stop.is_set():
                 worker.drain(self._stop.is_set)
                 if self._gate is not None and (update := self._gate.idle(worker.analyzer)) is not None:
-                    worker.analyzer.backend.close()
+                    worker.analyzer.close()
                     worker.analyzer = update
                     continue
                 self._wake.wait(self._poll)
                 self._wake.clear()
-            worker.analyzer.backend.close()
+            worker.analyzer.close()
         except Exception:
             log.exception("pipeline worker stopped by an unexpected error")
         finally:

@@ -33,7 +33,7 @@ from models.golden import build_golden
 from models.reference.data import EVAL_SEED_BASE, sample
 from models.reference.network import UNet
 from models.reference.quantize import quantize_int8
-from models.reference.spec import BUNDLE_ID, CLASSES, DESCRIPTION, INPUT_SPEC, REQUIRES_AGENT, TASK, VERSION
+from models.reference.spec import ACCEPTS, BUNDLE_ID, CLASSES, DESCRIPTION, INPUT_SPEC, REQUIRES_AGENT, TASK, VERSION
 from models.reference.train import load_network
 
 __all__ = [
@@ -134,6 +134,7 @@ def export_bundle(weights: Path, out: Path) -> Path:
         files={},
         golden=golden,
         variants=(variant,),
+        accepts=ACCEPTS,
     )
     write_bundle(out, pack_bundle(manifest, files))
     load_bundle(out)

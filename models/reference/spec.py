@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from models.bundle import Code, FindingClass, InputSpec
+from models.bundle import Accepts, Code, FindingClass, InputSpec
 from models.synthetic import KINDS
 
-__all__ = ["BUNDLE_ID", "CLASSES", "DESCRIPTION", "INPUT_SPEC", "REQUIRES_AGENT", "TASK", "VERSION"]
+__all__ = ["ACCEPTS", "BUNDLE_ID", "CLASSES", "DESCRIPTION", "INPUT_SPEC", "REQUIRES_AGENT", "TASK", "VERSION"]
 
 BUNDLE_ID = "btt-reference-dental-pano"
-VERSION = "0.3.1"
+VERSION = "0.3.2"
 TASK = "dental-panoramic-segmentation"
 REQUIRES_AGENT = ">=0.1,<1"
 
@@ -22,6 +22,18 @@ INPUT_SPEC = InputSpec(
     std=0.25,
     modalities=("PX", "DX", "CR", "IO"),
 )
+
+ACCEPTS = Accepts(
+    views=("panoramic",),
+    modalities=("PX", "DX", "CR"),
+    photometric=("MONOCHROME1", "MONOCHROME2"),
+    rows=(512, 4096),
+    columns=(1024, 8192),
+    aspect=(1.6, 3.2),
+    pixel_spacing_mm=(0.05, 0.3),
+)
+"""Panoramics only (PX; DX and CR of a panoramic's size and shape), as the network was trained on: the generator's
+are about 1000 x 2000 pixels at 0.13-0.15 mm; units' are 700-1500 rows at 0.1-0.2 mm, about twice as wide."""
 
 _CODES: dict[str, tuple[Code, float, int]] = {
     # kind: (code, threshold, minimum area in model pixels). SNOMED CT codes were checked against published HL7

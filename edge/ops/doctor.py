@@ -5,12 +5,12 @@ Each check returns a :class:`~edge.ops.health.Check`: ``ok``, ``warn`` (works, b
 
 When the agent runs, doctor asks it (its control socket, never its database) for its overview and judges it with
 :func:`edge.ops.health.overview_checks`, the checks ``/healthz`` uses too: the disk, the model it runs, the unit
-link on the port it actually uses (``run --serial`` included) and its alerts. The box's own checks (data directory
-and permissions, device keys, clock: :func:`edge.ops.health.box_checks`) are the agent's as well, so doctor fails
-exactly when ``/healthz`` does for the same condition. With no agent running, doctor checks the configuration
-instead: the ports are free, the model loads and which inference backend will run and why, the unit's serial
-port. The relay's broker and the update repository are checked from here either way. Doctor only looks: nothing
-is created, provisioned or changed.
+link on the port it actually uses (``run --serial`` included) and its alerts. The box's own checks (data
+directory and permissions, platform, device keys, clock: :func:`edge.ops.health.box_checks`) are the agent's as
+well, so doctor fails exactly when ``/healthz`` does for the same condition. With no agent running, doctor checks
+the configuration instead: the ports are free, the model loads and which inference backend will run and why, the
+unit's serial port. The relay's broker and the update repository are checked from here either way. Doctor only
+looks: nothing is created, provisioned or changed.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ def run_checks(config: AgentConfig, config_source: str) -> Iterator[Check]:
         yield _port("dicom port", config.dicom.bind_address, config.dicom.port, agent.running, "[dicom] port")
     if config.metrics.port:
         yield _port("metrics port", config.metrics.bind_address, config.metrics.port, agent.running, "[metrics] port")
-    yield from _platform()
     if not agent.running:
         yield from _model(config)
     yield _broker(config)
@@ -124,14 +123,6 @@ def _port(name: str, host: str, port: int, agent_running: bool, key: str) -> Che
 
 
 # --- model and backend ----------------------------------------------------------------------------------------
-
-
-def _platform() -> Iterator[Check]:
-    """Python and, on a Jetson, JetPack's GPU wiring (edge.jetson; the backend itself is checked by _model)."""
-    from edge.jetson import assess, gather_facts
-
-    for check in assess(gather_facts(backends=False)):
-        yield Check(check.name, "ok" if check.ok else "fail", check.detail, check.fix)
 
 
 def _model(config: AgentConfig) -> Iterator[Check]:

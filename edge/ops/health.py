@@ -11,7 +11,7 @@ Two kinds of checks, each written once:
   served on the control socket as ``overview``): the disk, the model it runs, the unit link on the port it
   actually uses (a ``--serial`` simulator too) and its open alerts;
 * :func:`box_checks`: what the box shows whoever looks (the agent, or doctor beside it): the data directory and
-  its permissions, the device keys, the clock.
+  its permissions, the platform (Python, a Jetson's GPU wiring), the device keys, the clock.
 
 :func:`agent_health` is both for the agent itself (``/healthz``, the metrics); doctor asks a running agent for its
 overview and adds the box checks; the TUI calls :func:`overview_checks` on the overview it already has.
@@ -49,6 +49,7 @@ __all__ = [
     "keys_check",
     "overview_checks",
     "permissions_check",
+    "platform_checks",
 ]
 
 Status = Literal["ok", "warn", "fail"]
@@ -161,7 +162,21 @@ def box_checks(config: AgentConfig, *, writable: bool = True, disk: bool = True)
 
     ``writable``: check this user may write the data directory (not for doctor beside a running agent: the
     agent's user is what counts); ``disk``: check its disk (a running agent's overview has it)."""
-    return [*data_dir_checks(config, writable=writable, disk=disk), keys_check(config), clock_check()]
+    return [
+        *data_dir_checks(config, writable=writable, disk=disk),
+        *platform_checks(),
+        keys_check(config),
+        clock_check(),
+    ]
+
+
+def platform_checks() -> Iterator[Check]:
+    """Python and, on a Jetson, JetPack's GPU wiring (:mod:`edge.jetson`; which backend runs is the model's
+    business)."""
+    from edge.jetson import assess, gather_facts
+
+    for check in assess(gather_facts(backends=False)):
+        yield Check(check.name, "ok" if check.ok else "fail", check.detail, check.fix)
 
 
 def disk_check(free_mb: int, total_mb: int, reserve_mb: int) -> Check:

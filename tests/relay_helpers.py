@@ -1,5 +1,6 @@
 """Builders for the relay tests: a throw-away SQLite or PostgreSQL database, devices with receipts, up messages,
-signed capacity offers and results, and :func:`two_clinics` (a relay holding two clinics' data, for the API tests).
+signed capacity offers and results, :func:`two_clinics` (a relay holding two clinics' data, for the API tests), and
+:data:`ARBITRARY_JSON` (hypothesis: JSON the relay must refuse without raising).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import psycopg
 from fastapi import FastAPI
+from hypothesis import strategies as st
 
 from cloud_relay.api import create_app
 from cloud_relay.capacity.coordinator import Coordinator
@@ -28,6 +30,7 @@ from edge.receipts.keys import PrivateKey, generate_key
 from tests.receipts_helpers import Box, make_box
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+MAX_DEPTH = 32  # cloud_relay.messages.MAX_DEPTH (the tests import it from there; here to build values around it)
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -169,3 +172,36 @@ def two_clinics(db: Database, tmp_path: Path) -> TwoClinics:
     return TwoClinics(
         create_app(db, Ledger(db, operator="btt-operator")), a, b, token_a, token_b, *jobs, blob, offer_id, settlement
     )
+
+
+# Arbitrary JSON, on purpose outside what the relay takes: unbounded integers, NaN and Infinity, lone surrogates,
+# NUL and other control characters, non-ASCII keys, and nesting just under and far past the relay's depth limit.
+_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**53 - 2, max_value=2**64 + 2)
+    | st.floats()
+    | _text
+    | st.sampled_from(["", "0" * 64, "f" * 64, "receipt", "settlement", "certificate", "ed25519", "done"])
+)
+_json = st.recursive(
+    _scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3), max_leaves=12
+)
+
+
+@st.composite
+def _deep(draw: st.DrawFn) -> Any:
+    value: Any = draw(_scalars)
+    for _ in range(draw(st.sampled_from([MAX_DEPTH - 2, MAX_DEPTH + 1, 200, 900]))):
+        value = [value] if draw(st.booleans()) else {"k": value}
+    return value
+
+
+ARBITRARY_JSON: st.SearchStrategy[Any] = _json | _deep()
+
+
+def dumps_any(value: Any) -> bytes:
+    """``value`` as JSON text the way a careless sender writes it (NaN allowed, lone surrogates escaped)."""
+    return json.dumps(value, allow_nan=True).encode("utf-8", "surrogatepass")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -12,21 +13,32 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cloud_relay.api import create_app
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.capacity.market import Offer, Requirements, match, spot_checked
-from cloud_relay.errors import Rejected
+from cloud_relay.errors import Rejected, RelayError
 from cloud_relay.ledger import Ledger
+from cloud_relay.messages import ReportIn, parse_up
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
 from edge.capacity.fetch import BlobCache, DirectoryFetcher, HttpFetcher
-from edge.capacity.messages import JOB, WITHDRAW, sign, verify
-from edge.errors import JobRejected
+from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, sign, verify
+from edge.errors import JobRejected, ReceiptError
 from edge.receipts.keys import PrivateKey, generate_key
 from tests.conftest import free_port
 from tests.receipts_helpers import Box
-from tests.relay_helpers import BACKENDS, offer_envelope, provisioned, result_envelope, throwaway_db
+from tests.relay_helpers import (
+    ARBITRARY_JSON,
+    BACKENDS,
+    dumps_any,
+    offer_envelope,
+    provisioned,
+    result_envelope,
+    throwaway_db,
+)
 
 T0 = 1_800_000_000_000
 BUNDLE, BATCH = "b" * 64, "c" * 64
@@ -270,3 +282,47 @@ def test_device_fetches_job_blobs_from_relay_over_http(tmp_path: Path) -> None:
         finally:
             server.should_exit = True
             thread.join(timeout=10)
+
+
+def _offers_message(device: str, bodies: list[Any]) -> bytes:
+    items = [{"id": f"o{i}", "body": body} for i, body in enumerate(bodies)]
+    return dumps_any({"v": 1, "device": device, "kind": "offers", "items": items})
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(data=st.data())
+def test_arbitrary_capacity_messages_are_refused_never_raised(net: Net, data: st.DataObject) -> None:
+    """What the capacity link hands the coordinator (after the boundary parser) is stored or refused: any other
+    exception would end the relay process (cloud_relay.capacity.link)."""
+    device, box = net.device(0), net.boxes[0]
+    with net.coordinator.db.transaction() as tx:
+        dispatched = tx.one("SELECT job_id FROM capacity_assignments WHERE device = ?", (device,))
+    if dispatched is None:  # the first example: a job dispatched to device 0, for results to refer to
+        net.offer(0)
+        job_id = _submit(net)
+        assert [d for d, _ in net.coordinator.tick()] == [device]
+    else:
+        job_id = str(dispatched[0])
+    kind = data.draw(st.sampled_from([OFFER, WITHDRAW, RESULT, "other"]), label="kind")
+    fields: dict[str, Any] = {
+        "offer_id": "o-1", "device": device, "job_id": job_id, "status": "done", "bundle": BUNDLE, "batch": BATCH,
+        "items": 2, "outputs": [[1, 2], [3, 4]], "receipts": [1], "accelerator": {"kind": "cpu", "memory_mb": 1},
+        "score_mflops": 1, "max_items": 4, "price_per_item_micro": 1, "issued_ms": net.now, "expires_ms": net.now + 1,
+    }  # fmt: skip
+    field = data.draw(st.sampled_from([*fields, "type", "extra"]), label="field")
+    fields[field] = data.draw(ARBITRARY_JSON, label="value")
+    try:
+        envelope: Any = sign(kind, fields, box.identity.key)
+    except (ValueError, RecursionError, ReceiptError):  # not signable: send it with a signature that cannot match
+        envelope = {"signed": {"type": kind, **fields}, "signatures": [{"alg": "ed25519", "keyid": "k", "sig": "00"}]}
+    bodies = [envelope, data.draw(ARBITRARY_JSON, label="body")]
+    try:
+        payload = _offers_message(device, bodies)
+    except (ValueError, RecursionError):
+        return  # json.dumps itself cannot write it
+    for item in parse_up(f"btt/v1/dev/{device}/up/offers", payload).items:
+        assert isinstance(item, ReportIn)
+        with contextlib.suppress(RelayError):
+            net.coordinator.handle(device, item.body)

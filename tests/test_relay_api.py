@@ -181,3 +181,23 @@ def test_openapi_document_lists_the_routes_and_bearer_auth(world: World) -> None
     assert {"/v1/devices", "/v1/usage", "/v1/devices/{device}/receipts", "/v1/devices/{device}/settlements",
             "/v1/payouts", "/v1/capacity"} <= set(doc["paths"])  # fmt: skip
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_bad_parameters_are_422_with_the_reason_never_500(world: World) -> None:
+    a = world.a.identity.device_id
+    cases = [
+        (f"/v1/devices/{a}/receipts", {"after_seq": 2**64}, "after_seq"),
+        (f"/v1/devices/{a}/receipts", {"after_seq": -1}, "after_seq"),
+        (f"/v1/devices/{a}/receipts/{2**64}/proof", {}, "seq"),
+        ("/v1/usage", {"period": "0000-01"}, "period"),
+        ("/v1/payouts", {"period": "2026-13"}, "period"),
+        ("/v1/devices/a b/receipts", {}, "device"),
+        ("/v1/capacity/payouts", {"device": "a\x00b"}, "device"),
+        ("/v1/capacity/jobs/not%20a%20job", {}, "job_id"),
+    ]
+    for path, params, name in cases:
+        response = world.get(path, world.token_a, **params)
+        assert response.status_code == 422, (path, params, response.text)  # type: ignore[attr-defined]
+        assert response.json()["detail"][0]["loc"][-1] == name  # type: ignore[attr-defined]
+    for path in ("/v1/usage", "/v1/payouts"):  # the last month there is: nothing in it, and no overflow
+        assert world.get(path, world.token_a, period="9999-12").status_code == 200  # type: ignore[attr-defined]

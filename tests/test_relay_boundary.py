@@ -22,41 +22,16 @@ from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.messages import MAX_DEPTH, MAX_PAYLOAD_BYTES, MAX_REASON, ReceiptIn, parse_up
 from cloud_relay.storage import Database
 from edge.receipts.keys import generate_key
+from tests import relay_helpers
 from tests.receipts_helpers import Box
-from tests.relay_helpers import provisioned, receipt_items, throwaway_db, up
+from tests.relay_helpers import ARBITRARY_JSON, dumps_any, provisioned, receipt_items, throwaway_db, up
 
 BACKEND_PARAMS = [pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.integration)]
 _PROPERTY = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 
-# Arbitrary JSON, on purpose outside what the relay takes: unbounded integers, NaN and Infinity, lone surrogates,
-# NUL and other control characters, non-ASCII keys.
-_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12)
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=2**53 - 2, max_value=2**64 + 2)
-    | st.floats()
-    | _text
-    | st.sampled_from(["", "0" * 64, "f" * 64, "receipt", "settlement", "certificate", "ed25519"])
-)
-_json = st.recursive(
-    _scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3), max_leaves=12
-)
-
-
-@st.composite
-def _deep(draw: st.DrawFn) -> Any:
-    """A value nested between just under the relay's limit and far past the parser's."""
-    value: Any = draw(_scalars)
-    for _ in range(draw(st.sampled_from([MAX_DEPTH - 2, MAX_DEPTH + 1, 200, 900]))):
-        value = [value] if draw(st.booleans()) else {"k": value}
-    return value
-
-
-_anything = _json | _deep()
+_anything = ARBITRARY_JSON
 
 
 @pytest.fixture(params=BACKEND_PARAMS)
@@ -84,10 +59,6 @@ class Device:
 @pytest.fixture
 def device(db: Database, tmp_path: Path) -> Device:
     return Device(db, tmp_path)
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
 def _assert_safe(reason: str) -> None:
@@ -122,7 +93,7 @@ def test_any_json_is_parsed_or_refused_with_a_reason(value: Any, kind: str) -> N
     topic = f"btt/v1/dev/box-1/up/{kind}"
     for doc in (value, {"v": 1, "device": "box-1", "kind": kind, "items": [{"id": "i1", "body": value}, value]}):
         try:
-            payload = _dumps(doc)
+            payload = dumps_any(doc)
         except (ValueError, RecursionError):
             continue  # not even json.dumps writes it (an integer of too many digits, nesting past its stack)
         parsed = parse_up(topic, payload)
@@ -137,6 +108,7 @@ def test_any_json_is_parsed_or_refused_with_a_reason(value: Any, kind: str) -> N
 
 
 def test_limits_of_the_message_itself() -> None:
+    assert relay_helpers.MAX_DEPTH == MAX_DEPTH
     topic = "btt/v1/dev/box-1/up/health"
     doc = {"v": 1, "device": "box-1", "kind": "health", "items": []}
     huge = json.dumps(doc | {"pad": "x" * MAX_PAYLOAD_BYTES}).encode()
@@ -190,7 +162,7 @@ def _poison(device: Device, position: str, value: Any) -> tuple[UpMessage, str |
         doc["items"] = [value]
     else:
         doc["items"] = [{"id": value, "body": {}}]
-    return UpMessage(f"btt/v1/dev/{device.id}/up/health", _dumps(doc)), None
+    return UpMessage(f"btt/v1/dev/{device.id}/up/health", dumps_any(doc)), None
 
 
 @_PROPERTY

@@ -196,13 +196,13 @@ def test_malformed_messages_are_recorded_and_other_messages_still_processed(db: 
         up(device, "telemetry", [("t1", {"a": 1})]),
         up(device, "offers", [("o1", [1, 2])]),
     ]
-    acks = Ingestor(db).handle(
-        [*bad, up(device, "receipts", receipt_items(box)), up(device, "offers", [("o2", {"gpu": 1})])]
-    )
+    ingest = Ingestor(db)
+    acks = ingest.handle([*bad, up(device, "receipts", receipt_items(box)), up(device, "offers", [("o2", {"gpu": 1})])])
     ack = _one_ack(acks)
     assert ack.stored == ["r1", "o2"]
     assert [r["id"] for r in ack.rejected] == ["t1", "o1"]
     assert _count(db, "rejects") == 5
+    assert ingest.refusals == {"json": 1, "message": 1, "topic": 1, "kind": 1, "shape": 1}  # counted by fault
 
 
 def test_reports_are_stored_once(db: Database, box: Box) -> None:

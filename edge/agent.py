@@ -19,7 +19,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +29,7 @@ from edge.errors import ConfigError
 from edge.logs import event
 from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
 
-__all__ = ["Agent", "Service", "build_agent", "data_modes", "protect_data_dir"]
+__all__ = ["Agent", "Service", "build_agent", "data_entries", "data_modes", "protect_data_dir"]
 
 log = logging.getLogger("edge.agent")
 
@@ -135,9 +135,20 @@ def data_modes(config: AgentConfig) -> DataModes:
     return DataModes.for_group(config.agent.group_access, group_search=socket_inside)
 
 
+def data_entries(data_dir: Path) -> Iterator[Path]:
+    """What :func:`protect_data_dir` tightens and doctor looks at: the directories and files directly in the data
+    directory and the files in its ``keys/`` (not links, nor sockets: a socket's mode is its server's)."""
+    for entry in sorted(data_dir.iterdir()):
+        if entry.is_symlink() or entry.is_socket():
+            continue
+        yield entry
+        if entry.name == "keys" and entry.is_dir():
+            yield from (key for key in sorted(entry.iterdir()) if key.is_file() and not key.is_symlink())
+
+
 def protect_data_dir(config: AgentConfig) -> list[Path]:
-    """Create the data directory at :func:`data_modes`, or take the bits beyond them off it and off the
-    directories and files directly in it (what is deeper is out of reach through them); the paths changed.
+    """Create the data directory at :func:`data_modes`, or take the bits beyond them off it and off
+    :func:`data_entries` (what is deeper is out of reach through them); the paths changed.
 
     :class:`~edge.errors.ConfigError` when the data directory's mode cannot be set (another user owns it): the
     privacy of everything in it rests on that. An entry in it that cannot be tightened is logged as a warning."""
@@ -153,16 +164,15 @@ def protect_data_dir(config: AgentConfig) -> list[Path]:
             f"agent.data_dir: cannot make {data_dir} private ({exc.strerror}); it must belong to the agent's user"
         ) from exc
     stuck: list[str] = []
-    for entry in data_dir.iterdir():
-        if entry.is_symlink() or entry.is_socket():  # a socket's mode is its owner's (the control server's)
-            continue
+    for entry in data_entries(data_dir):
         try:
             if tighten(entry, modes.directory if entry.is_dir() else modes.file):
                 changed.append(entry)
         except OSError as exc:
-            stuck.append(f"{entry.name} ({exc.strerror})")
+            stuck.append(f"{entry.relative_to(data_dir)} ({exc.strerror})")
     if changed:
-        event(log, "data directory permissions tightened", paths=" ".join(p.name for p in changed))
+        names = " ".join("." if p == data_dir else str(p.relative_to(data_dir)) for p in changed)
+        event(log, "data directory permissions tightened", paths=names)
     if stuck:
         event(log, "data directory entries left too open", level=logging.WARNING, paths=" ".join(stuck))
     return changed

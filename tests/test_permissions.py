@@ -92,17 +92,15 @@ def test_a_loose_data_dir_is_tightened_at_start_and_doctor_warns_first(tmp_path:
         assert f"chmod -R go-rwx {data} && sudo chmod g+x {data}" in warned.fix
 
         changed = protect_data_dir(config)
-        assert {p.name for p in changed} == {"data", "edge.db", "dicom", "notes.txt"}
+        assert {p.name for p in changed} == {"data", "edge.db", "dicom", "notes.txt", "device.key"}
         assert _mode(data) == 0o710
         assert _mode(data / DB_FILENAME) == 0o600
         assert _mode(data / "dicom") == 0o700
         assert _mode(data / "dicom" / "1.2.3") == 0o755  # out of reach through dicom/ (0700); not walked
         assert _mode(data / "notes.txt") == 0o600
+        assert _mode(data / "keys" / "device.key") == 0o600
         assert _mode(data / "control.sock") == 0o660
         assert protect_data_dir(config) == []
-        # the keys' own modes are the identity's business (edge.receipts.identity refuses a readable key)
-        assert "keys/device.key" in permissions_check(data, data_modes(config)).detail
-        (data / "keys" / "device.key").chmod(0o600)
         ok = permissions_check(data, data_modes(config))
         assert ok.status == "ok", ok.detail
 

@@ -219,8 +219,10 @@ def data_dir_checks(config: AgentConfig, *, writable: bool = True, disk: bool = 
 
 
 def permissions_check(data_dir: Path, modes: DataModes) -> Check:
-    """The data directory, what is directly in it and the device keys are no looser than ``modes`` (what is
-    deeper is out of reach through them). Sockets keep their own mode."""
+    """The data directory and :func:`edge.agent.data_entries` (what is directly in it, the device keys) are no
+    looser than ``modes``; what is deeper is out of reach through them."""
+    from edge.agent import data_entries
+
     loose: list[str] = []
     unreadable = ""
 
@@ -232,15 +234,8 @@ def permissions_check(data_dir: Path, modes: DataModes) -> Check:
 
     look(data_dir, modes.root)
     try:
-        for entry in sorted(data_dir.iterdir()):
-            if entry.is_symlink() or entry.is_socket():
-                continue
-            is_dir = entry.is_dir()
-            look(entry, modes.directory if is_dir else modes.file)
-            if is_dir and entry.name == "keys":
-                for key in sorted(entry.iterdir()):
-                    if key.is_file() and not key.is_symlink():
-                        look(key, modes.file)
+        for entry in data_entries(data_dir):
+            look(entry, modes.directory if entry.is_dir() else modes.file)
     except PermissionError as exc:
         unreadable = f"; cannot look inside as this user ({exc.strerror})"
     if not loose:

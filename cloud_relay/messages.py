@@ -240,7 +240,10 @@ def parse_up(topic: str, payload: bytes) -> ParsedUp:
             refused.append(Refusal("item", f"item {position}: no id of 1-128 visible ASCII characters"))
             continue
         outcome = _item(kind, item_id, entry.get("body"), full_check)
-        (refused if isinstance(outcome, Refusal) else items).append(outcome)  # type: ignore[arg-type]
+        if isinstance(outcome, Refusal):
+            refused.append(outcome)
+        else:
+            items.append(outcome)
     return ParsedUp(device, kind, tuple(items), tuple(refused))
 
 

@@ -165,6 +165,7 @@ def _poison(device: Device, position: str, value: Any) -> tuple[UpMessage, str |
     return UpMessage(f"btt/v1/dev/{device.id}/up/health", dumps_any(doc)), None
 
 
+@pytest.mark.slow
 @_PROPERTY
 @given(data=st.data())
 def test_arbitrary_json_anywhere_never_stops_the_ingest(db: Database, device: Device, data: st.DataObject) -> None:

@@ -1,15 +1,29 @@
-"""``btt-edge analyze``: JSON array per file, skipped images with reasons, exit codes."""
+"""``btt-edge analyze``: JSON array per file, each routed to the bundle that accepts it, skipped images with
+reasons, exit codes."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 
 from edge.cli import main
+from edge.cli.model import DEFAULT_BUNDLE
 from models.bundle import pack_bundle, write_bundle
-from tests.pipeline_helpers import MANIFEST, bright_spot_image, tiny_bundle, write_radiograph
+from models.synthetic import generate
+from models.synthetic_dicom import synthetic_dataset
+from tests.pipeline_helpers import (
+    BITEWING_MANIFEST,
+    MANIFEST,
+    as_intra_oral,
+    bitewing_bundle,
+    bright_spot_image,
+    tiny_bundle,
+    write_radiograph,
+)
 
 
 @pytest.fixture
@@ -38,8 +52,9 @@ def test_analyze_json(tmp_path: Path, bundle_dir: Path, capsys: pytest.CaptureFi
     [finding] = first["findings"]
     assert {"kind", "tooth_fdi", "tooth_universal", "confidence", "bbox"} <= set(finding)
     assert (finding["kind"], finding["tooth_fdi"], finding["tooth_universal"]) == ("caries", "21", "9")
-    assert "modality XC" in docs[1]["reason"]
+    assert docs[1]["reason"].startswith("no model for modality XC images; active: tiny-test-model (panoramic PX/DX)")
     assert "not a readable DICOM file" in docs[2]["reason"]
+    assert [d["model"] for d in docs[1:]] == [None, None]  # skipped before any model ran
 
 
 def test_analyze_text_and_missing_file_fails(
@@ -86,3 +101,47 @@ def test_analyze_with_the_committed_reference_bundle(tmp_path: Path, capsys: pyt
             "implant",
             "bone_loss",
         }
+
+
+def test_analyze_routes_each_file_to_the_bundle_that_accepts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The committed panoramic bundle and an intra-oral bitewing one, active together: the generator's panoramic
+    goes to the first, the same image made an intra-oral bitewing to the second; an intra-oral periapical, a
+    16x16 CR and pydicom's CT and MR are skipped with their reason and name no model."""
+    bitewing_dir = tmp_path / "bitewing"
+    write_bundle(bitewing_dir, pack_bundle(BITEWING_MANIFEST, dict(bitewing_bundle().files)))
+    pano = synthetic_dataset(generate(31), 31)
+    files = {"pano": tmp_path / "pano.dcm", "bitewing": tmp_path / "bw.dcm", "periapical": tmp_path / "pa.dcm"}
+    pano.save_as(files["pano"], enforce_file_format=True)
+    as_intra_oral(copy.deepcopy(pano), "bitewing").save_as(files["bitewing"], enforce_file_format=True)
+    as_intra_oral(copy.deepcopy(pano), "periapical").save_as(files["periapical"], enforce_file_format=True)
+    files["cr"] = tmp_path / "cr.dcm"
+    write_radiograph(files["cr"], bright_spot_image(16, 16), modality="CR")
+    files["ct"] = Path(str(get_testdata_file("CT_small.dcm")))
+    files["mr"] = Path(str(get_testdata_file("MR_small.dcm")))
+    args = ["analyze", *map(str, files.values()), "--json", "--threads", "1", "--backend", "onnxruntime-cpu"]
+    assert main([*args, "--bundle", str(DEFAULT_BUNDLE), "--bundle", str(bitewing_dir)]) == 0
+    docs = dict(zip(files, json.loads(capsys.readouterr().out), strict=True))
+    assert {k: d["status"] for k, d in docs.items()} == {
+        "pano": "analysed",
+        "bitewing": "analysed",
+        "periapical": "skipped",
+        "cr": "skipped",
+        "ct": "skipped",
+        "mr": "skipped",
+    }
+    assert docs["pano"]["model"]["id"] == "btt-reference-dental-pano"
+    assert docs["pano"]["findings"]
+    assert docs["bitewing"]["model"] == {"id": "tiny-bitewing-model", "version": "0.0.1", "clinical": False}
+    assert docs["periapical"]["reason"].startswith("no model for intra-oral periapicals; active: ")
+    assert docs["cr"]["reason"].startswith("image too small for btt-reference-dental-pano: 16 x 16 pixels")
+    assert docs["ct"]["reason"].startswith("no model for CBCT images (modality CT)")
+    assert docs["mr"]["reason"].startswith("no model for modality MR images")
+    for key in ("periapical", "cr", "ct", "mr"):
+        assert (docs[key]["model"], docs[key]["backend"], docs[key]["findings"]) == (None, None, [])
+    # the panoramic bundle alone: the bitewing has no model
+    assert main(["analyze", str(files["bitewing"]), "--json", "--bundle", str(DEFAULT_BUNDLE)]) == 0
+    [doc] = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "skipped"
+    assert doc["reason"].startswith("no model for intra-oral bitewings; active: btt-reference-dental-pano")

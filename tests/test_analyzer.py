@@ -1,7 +1,9 @@
-"""The analyser: one DICOM image to one result, through the real ONNX Runtime backend and B's post-processing."""
+"""The analyser: one DICOM image to one result, through the real ONNX Runtime backend and B's post-processing; with
+several bundles active, each image on the model that accepts it."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -9,14 +11,26 @@ import numpy as np
 import pydicom
 import pytest
 
+from edge.config import PipelineConfig
 from edge.errors import BackendError, BundleError, UnsupportedImage
-from edge.pipeline.analyzer import Analyzer, read_dataset
+from edge.pipeline.analyzer import ActiveModel, Analyzer, open_analyzer, read_dataset
 from edge.pipeline.backends import BackendOptions
 from edge.pipeline.backends.fake import FakeBackend
 from edge.pipeline.backends.ort import OrtCpuFactory
 from edge.pipeline.findings import Finding
-from models.bundle import Bundle
-from tests.pipeline_helpers import bright_spot_image, reference_outputs, tiny_bundle, write_radiograph
+from models.bundle import Bundle, pack_bundle, write_bundle
+from models.synthetic import generate
+from models.synthetic_dicom import synthetic_dataset
+from tests.pipeline_helpers import (
+    BITEWING_MANIFEST,
+    MANIFEST,
+    as_intra_oral,
+    bitewing_bundle,
+    bright_spot_image,
+    reference_outputs,
+    tiny_bundle,
+    write_radiograph,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +107,51 @@ def test_multichannel_bundle_is_refused(bundle: Bundle) -> None:
     odd = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, input=spec))
     with pytest.raises(BundleError, match="1-channel"):
         Analyzer(odd, FakeBackend(reference_outputs))
+
+
+def _two(bitewing: Bundle, bundle: Bundle) -> tuple[Analyzer, FakeBackend, FakeBackend]:
+    pano_backend, bitewing_backend = FakeBackend(reference_outputs), FakeBackend(reference_outputs, "fake-io")
+    analyzer = Analyzer(bundle, pano_backend, others=(ActiveModel(bitewing, bitewing_backend),))
+    return analyzer, pano_backend, bitewing_backend
+
+
+def test_each_image_runs_on_the_model_that_accepts_it(tmp_path: Path, bundle: Bundle) -> None:
+    analyzer, pano_backend, bitewing_backend = _two(bitewing_bundle(), bundle)
+    write_radiograph(tmp_path / "pano.dcm", bright_spot_image())
+    pano = analyzer.analyse(read_dataset(tmp_path / "pano.dcm"))
+    assert (pano.status, pano.model_id, pano.backend) == ("analysed", "tiny-test-model", "fake")
+    panoramic = synthetic_dataset(generate(77), 77)
+    bitewing = analyzer.analyse(as_intra_oral(copy.deepcopy(panoramic), "bitewing"))
+    assert (bitewing.status, bitewing.model_id, bitewing.backend) == ("analysed", "tiny-bitewing-model", "fake-io")
+    assert bitewing.to_json()["model"]["id"] == "tiny-bitewing-model"
+    assert (pano_backend.calls, bitewing_backend.calls) == (1, 1)
+    periapical = analyzer.analyse(as_intra_oral(copy.deepcopy(panoramic), "periapical"))
+    assert periapical.status == "skipped"
+    assert (periapical.reason or "").startswith("no model for intra-oral periapicals")
+    assert periapical.findings == ()
+    doc = periapical.to_json()
+    assert (doc["model"], doc["backend"], doc["precision"]) == (None, None, None)  # no model ran
+    assert (pano_backend.calls, bitewing_backend.calls) == (1, 1)
+    analyzer.close()
+    assert pano_backend.closed
+    assert bitewing_backend.closed
+
+
+def test_two_active_bundles_with_one_id_are_refused(bundle: Bundle) -> None:
+    with pytest.raises(BundleError, match="two active bundles share an id"):
+        Analyzer(bundle, FakeBackend(reference_outputs), others=(ActiveModel(bundle, FakeBackend(reference_outputs)),))
+
+
+def test_open_analyzer_loads_the_extra_bundles_after_the_configured_one(tmp_path: Path) -> None:
+    pano_dir, bitewing_dir = tmp_path / "pano", tmp_path / "bitewing"
+    write_bundle(pano_dir, pack_bundle(MANIFEST, dict(tiny_bundle().files)))
+    write_bundle(bitewing_dir, pack_bundle(BITEWING_MANIFEST, dict(bitewing_bundle().files)))
+    config = PipelineConfig(bundle_path=pano_dir, extra_bundles=(bitewing_dir,), backend="onnxruntime-cpu", threads=1)
+    analyzer = open_analyzer(config)
+    try:
+        assert [m.bundle.manifest.id for m in analyzer.models] == ["tiny-test-model", "tiny-bitewing-model"]
+        assert analyzer.bundle.manifest.id == "tiny-test-model"  # the primary: the one OTA updates
+    finally:
+        analyzer.close()
+    with pytest.raises(BundleError, match="no such directory"):
+        open_analyzer(dataclasses.replace(config, extra_bundles=(bitewing_dir, tmp_path / "missing")))

@@ -13,8 +13,10 @@ import pytest
 from edge.errors import BundleError
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
+    LEGACY_PANORAMIC,
     MANIFEST_NAME,
     MODEL_NAME,
+    Accepts,
     Code,
     FindingClass,
     FindingsOutput,
@@ -23,6 +25,8 @@ from models.bundle import (
     Manifest,
     TeethOutput,
     Variant,
+    accepts_of,
+    describe_accepts,
     load_bundle,
     manifest_to_json,
     pack_bundle,
@@ -188,6 +192,60 @@ def test_bad_variant_names_the_problem(edit: object, reason: str) -> None:
     packed = pack_bundle(WITH_INT8, FILES_INT8)
     doc = _doc(packed)
     edit(doc["variants"][0])  # type: ignore[index,operator]
+    with pytest.raises(BundleError, match=reason):
+        parse_bundle(_with_doc(packed, doc))
+
+
+BITEWINGS = Accepts(views=("bitewing",), modalities=("PX",), rows=(200, 3000), columns=(200, 3000), aspect=(0.5, 2.0))
+WITH_ACCEPTS = dataclasses.replace(MANIFEST, accepts=BITEWINGS)
+
+
+def test_accepts_round_trips_and_a_manifest_without_is_read_as_panoramic() -> None:
+    packed = pack_bundle(WITH_ACCEPTS, FILES)
+    manifest = parse_bundle(packed).manifest
+    assert manifest.accepts == BITEWINGS
+    assert accepts_of(manifest) == BITEWINGS
+    assert _doc(packed)["accepts"] == {
+        "views": ["bitewing"],
+        "modalities": ["PX"],
+        "photometric": ["MONOCHROME1", "MONOCHROME2"],
+        "rows": [200, 3000],
+        "columns": [200, 3000],
+        "aspect": [0.5, 2.0],
+    }
+    doc = _doc(packed)
+    doc["accepts"] = {"views": ["periapical"], "modalities": ["PX"]}  # the ranges are optional
+    minimal = parse_bundle(_with_doc(packed, doc)).manifest.accepts
+    assert minimal == Accepts(views=("periapical",), modalities=("PX",))
+    legacy = parse_bundle(pack_bundle(MANIFEST, FILES)).manifest
+    assert "accepts" not in _doc(pack_bundle(MANIFEST, FILES))
+    assert legacy.accepts is None
+    assert accepts_of(legacy) == dataclasses.replace(LEGACY_PANORAMIC, modalities=("PX",))
+    assert not accepts_of(legacy).declared
+    assert describe_accepts(accepts_of(legacy)).startswith("panoramic PX, MONOCHROME1/MONOCHROME2, 512-4096 rows")
+    assert describe_accepts(accepts_of(legacy)).endswith("(no accepts block: read as a panoramic model)")
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda a: a.update(views=["lateral"]), r"accepts.views has 'lateral', not one of panoramic, "),
+        (lambda a: a.update(views=[]), r"accepts.views must be a non-empty list"),
+        (lambda a: a.update(views=["bitewing", "bitewing"]), r"accepts.views repeats a name"),
+        (lambda a: a.update(modalities=["IO"]), r"accepts.modalities has IO, which input.modalities does not list"),
+        (lambda a: a.pop("modalities"), r"missing accepts.modalities"),
+        (lambda a: a.update(photometric=["RGB"]), r"accepts.photometric has 'RGB'"),
+        (lambda a: a.update(rows=[3000, 200]), r"accepts.rows \[3000, 200\] must satisfy 1 <= low <= high"),
+        (lambda a: a.update(columns=[1.5, 20]), r"accepts.columns must be two integers"),
+        (lambda a: a.update(aspect=[0, 2]), r"accepts.aspect \[0, 2\] must satisfy 0.01 <= low"),
+        (lambda a: a.update(pixel_spacing_mm=[0.1]), r"accepts.pixel_spacing_mm must be two numbers"),
+        (lambda a: a.update(min_rows=512), r"accepts.min_rows is not an accepts field"),
+    ],
+)
+def test_bad_accepts_names_the_problem(edit: object, reason: str) -> None:
+    packed = pack_bundle(WITH_ACCEPTS, FILES)
+    doc = _doc(packed)
+    edit(doc["accepts"])  # type: ignore[index,operator]
     with pytest.raises(BundleError, match=reason):
         parse_bundle(_with_doc(packed, doc))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -15,19 +16,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from edge.config import OutboxConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import BundleError
 from edge.outbox import Outbox
-from edge.pipeline.analyzer import Analyzer
+from edge.pipeline.analyzer import ActiveModel, Analyzer
 from edge.pipeline.backends.fake import FakeBackend
 from edge.pipeline.worker import MAX_ATTEMPTS, PipelineService, PipelineWorker, migrate_pipeline
 from edge.receipts.book import ReceiptBook
 from edge.results.analysis import RecordedAnalyses
 from edge.store.header import InstanceHeader
-from edge.store.index import get_instance, record_instance
-from tests.pipeline_helpers import bright_spot_image, reference_outputs, tiny_bundle, write_radiograph
+from edge.store.index import get_instance, record_instance, utc_now
+from models.synthetic import generate
+from models.synthetic_dicom import synthetic_dataset
+from tests.pipeline_helpers import (
+    as_intra_oral,
+    bitewing_bundle,
+    bright_spot_image,
+    reference_outputs,
+    tiny_bundle,
+    write_radiograph,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,7 +191,7 @@ def test_kill_9_mid_analysis_then_restart_analyses_it(tmp_path: Path, conn: sqli
         import time
         from pathlib import Path
         from edge.db import connect
-        from edge.pipeline.analyzer import Analyzer
+        from edge.pipeline.analyzer import ActiveModel, Analyzer
         from edge.pipeline.backends.fake import FakeBackend
         from edge.pipeline.worker import PipelineWorker
         from tests.pipeline_helpers import tiny_bundle
@@ -325,3 +336,60 @@ def test_analysis_waits_its_turn_on_the_image_lock(tmp_path: Path, conn: sqlite3
     runner.join(10)
     assert not runner.is_alive()
     assert _state(conn, uid)[0] == "analysed"
+
+
+def _store(conn: sqlite3.Connection, data_dir: Path, ds: Dataset, name: str) -> str:
+    """Store ``ds`` as ingest would (the file, then its index row) and return its SOP Instance UID."""
+    (data_dir / "images").mkdir(exist_ok=True)
+    ds.save_as(data_dir / "images" / name, enforce_file_format=True)
+    header = InstanceHeader(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        modality=str(ds.Modality),
+    )
+    record_instance(conn, header, path=f"images/{name}", size_bytes=1, calling_ae="UNIT", received_at=utc_now())
+    return str(ds.SOPInstanceUID)
+
+
+def test_two_active_bundles_each_image_recorded_with_the_model_that_ran_or_skipped(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    """A panoramic and an intra-oral bitewing model active together: each image is recorded with the model that
+    ran it; one neither accepts (a periapical) is skipped with the reason, names no model, has no findings, and no
+    use is recorded for it."""
+    book = ReceiptBook(None)
+    book.migrate(conn)
+    [pano] = _receive(conn, tmp_path, 1)
+    generated = synthetic_dataset(generate(91), 91)
+    bitewing = _store(conn, tmp_path, as_intra_oral(copy.deepcopy(generated), "bitewing"), "bw.dcm")
+    periapical = as_intra_oral(copy.deepcopy(generated), "periapical")
+    periapical.SOPInstanceUID = periapical.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.91"
+    periapical_uid = _store(conn, tmp_path, periapical, "pa.dcm")
+    analyzer = Analyzer(
+        tiny_bundle(),
+        FakeBackend(reference_outputs),
+        others=(ActiveModel(bitewing_bundle(), FakeBackend(reference_outputs, "fake-io")),),
+    )
+    assert PipelineWorker(conn, tmp_path, analyzer, book=book).drain() == 3
+    rows = {
+        r["sop_instance_uid"]: r
+        for r in conn.execute("SELECT sop_instance_uid, status, reason, model_id, backend FROM pipeline_results")
+    }
+    assert (rows[pano]["status"], rows[pano]["model_id"], rows[pano]["backend"]) == (
+        "analysed",
+        "tiny-test-model",
+        "fake",
+    )
+    assert (rows[bitewing]["status"], rows[bitewing]["model_id"]) == ("analysed", "tiny-bitewing-model")
+    skipped = rows[periapical_uid]
+    assert (skipped["status"], skipped["model_id"], skipped["backend"]) == ("skipped", "", "")
+    state, reason = _state(conn, periapical_uid)
+    assert state == "skipped"
+    assert reason == skipped["reason"]
+    assert reason.startswith("no model for intra-oral periapicals; active: tiny-test-model (panoramic PX/DX), ")
+    count = "SELECT COUNT(*) FROM pipeline_findings WHERE sop_instance_uid = ?"
+    assert conn.execute(count, (periapical_uid,)).fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM receipt_pending").fetchone()[0] == 2  # the two analyses only

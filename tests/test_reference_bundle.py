@@ -1,4 +1,5 @@
-"""The committed reference bundle: verified, labelled synthetic, golden vectors pass on ONNX Runtime, and it works."""
+"""The committed reference bundle: verified, labelled synthetic, declares it reads panoramics, golden vectors pass on
+ONNX Runtime, and it works."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from models.bundle import MODEL_NAME, Bundle, load_bundle
 from models.golden import check_golden
 from models.reference.evaluate import evaluate
 from models.reference.quantize import prepare_for_int8, quantize_int8
-from models.synthetic import KINDS
+from models.reference.spec import ACCEPTS, VERSION
+from models.synthetic import KINDS, generate
 from tests.pipeline_helpers import tiny_onnx
 
 
@@ -35,6 +37,24 @@ def test_bundle_is_small_and_says_it_is_synthetic(bundle: Bundle) -> None:
     assert [c.kind for c in manifest.findings.classes] == list(KINDS)
     assert sum(len(data) for data in bundle.files.values()) < 5_000_000
     assert manifest.golden
+
+
+def test_bundle_declares_it_reads_panoramics_only(bundle: Bundle) -> None:
+    """The manifest's accepts block is the spec's (what export writes), and the generator's panoramics meet it."""
+    accepts = bundle.manifest.accepts
+    assert accepts == ACCEPTS
+    assert accepts is not None
+    assert accepts.declared
+    assert (accepts.views, accepts.modalities) == (("panoramic",), ("PX", "DX", "CR"))
+    assert bundle.manifest.version == VERSION
+    for seed in (0, 1_000_019):
+        image = generate(seed)
+        rows, columns = image.pixels.shape
+        assert accepts.rows[0] <= rows <= accepts.rows[1]
+        assert accepts.columns[0] <= columns <= accepts.columns[1]
+        assert accepts.aspect[0] <= columns / rows <= accepts.aspect[1]
+        assert accepts.pixel_spacing_mm is not None
+        assert accepts.pixel_spacing_mm[0] <= image.spacing_mm <= accepts.pixel_spacing_mm[1]
 
 
 def test_golden_vectors_pass_on_onnxruntime(bundle: Bundle) -> None:
@@ -88,8 +108,11 @@ def test_the_committed_int8_network_is_reproduced_from_the_float_one(bundle: Bun
         np.testing.assert_allclose(x, y, atol=0.05)
 
 
-def test_verify_cli_accepts_the_bundle_and_refuses_a_tampered_copy(tmp_path: Path) -> None:
+def test_verify_cli_accepts_the_bundle_and_refuses_a_tampered_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["model", "verify", str(DEFAULT_BUNDLE)]) == 0
+    assert "  accepts panoramic PX/DX/CR, MONOCHROME1/MONOCHROME2, 512-4096 rows" in capsys.readouterr().out
     copy = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, copy)
     data = bytearray((copy / "model.onnx").read_bytes())

@@ -100,9 +100,7 @@ class Analyzer:
         self.models = (ActiveModel(bundle, backend), *others)
         ids = [m.bundle.manifest.id for m in self.models]
         if len(set(ids)) != len(ids):
-            raise BundleError(
-                f"two active bundles have the same id ({', '.join(ids)}): results would not say which ran"
-            )
+            raise BundleError(f"two active bundles share an id ({', '.join(ids)}): a result would not say which ran")
         for model in self.models:
             if model.bundle.manifest.input.channels != 1:
                 raise BundleError(

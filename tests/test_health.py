@@ -9,7 +9,7 @@ from pathlib import Path
 from edge.config import AgentConfig, with_overrides
 from edge.control import AgentState
 from edge.db import DB_FILENAME, connect
-from edge.ops.health import Check, Health, agent_health, box_checks, overview_checks
+from edge.ops.health import NOTICE, Check, Health, agent_health, box_checks, overview_checks
 from edge.ops.metrics import MetricsService
 from edge.store.index import migrate_index
 from edge.unit.exposures import migrate_unit, record_link
@@ -76,9 +76,11 @@ def test_each_condition_is_judged_once(tmp_path: Path) -> None:
     failed = sorted(c.name for c in checks if c.status == "fail")
     assert failed == ["disk", "model", "unit link"]
     assert all(c.fix for c in checks if c.status == "fail")
-    overview["alerts"].append({"level": "warning", "text": "3 image(s) failed analysis"})
-    extra = [c for c in overview_checks(overview) if c.name == "agent alert"]
+    overview["notices"].append({"level": "warning", "text": "3 image(s) failed analysis"})
+    extra = [c for c in overview_checks(overview) if c.name == NOTICE]
     assert [(c.status, c.detail) for c in extra] == [("warn", "3 image(s) failed analysis")]
+    alerts = Health(tuple(overview_checks(overview))).alerts()
+    assert {"level": "warning", "text": "3 image(s) failed analysis"} in alerts
 
 
 def test_health_json_alerts_and_ok() -> None:

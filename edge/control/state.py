@@ -196,13 +196,19 @@ class AgentState:
             "disk": self.disk(),
             "system": _system(),
         }
-        doc["alerts"] = _alerts(doc)
+        from edge.ops.health import Health, overview_checks
+
+        # The conditions a typed health check judges (disk, model, unit link) are judged there, once; the other
+        # notices become checks of their own. The alerts are those checks that are not ok, as /healthz has them.
+        doc["notices"] = _notices(doc)
+        doc["alerts"] = Health(tuple(overview_checks(doc))).alerts()
         return doc
 
     def health(self) -> dict[str, Any]:
-        """``ok`` unless an alert is an error; the alerts."""
-        alerts = self.overview()["alerts"]
-        return {"ok": not any(a["level"] == "error" for a in alerts), "alerts": alerts}
+        """The agent's health as ``/healthz`` and doctor judge it (:func:`edge.ops.health.agent_health`)."""
+        from edge.ops.health import agent_health
+
+        return agent_health(self).to_json()
 
     def disk(self) -> dict[str, Any]:
         usage = shutil.disk_usage(self.data_dir)
@@ -497,23 +503,15 @@ def _system() -> dict[str, Any]:
     return {"load": [round(x, 2) for x in load], "cpus": os.cpu_count() or 1, "gpu": _gpu()}
 
 
-def _alerts(doc: dict[str, Any]) -> list[dict[str, str]]:
-    """What a technician should look at, worst first."""
+def _notices(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """What a technician should look at besides the disk, the model and the unit link (which
+    :func:`edge.ops.health.overview_checks` judges from ``doc`` itself), worst first."""
     alerts: list[dict[str, str]] = []
 
     def add(level: str, text: str) -> None:
         alerts.append({"level": level, "text": text})
 
-    disk = doc["disk"]
-    if disk["free_mb"] < disk["reserve_mb"]:
-        add("error", f"disk: {disk['free_mb']} MB free, below the {disk['reserve_mb']} MB reserve: images refused")
-    model = doc["pipeline"]["model"]
-    if doc["pipeline"]["enabled"] and "error" in model:
-        add("error", f"model: {model['error']}")
     unit = doc["unit"]
-    link = unit["link"]
-    if unit["configured"] and (link is None or link["state"] != "connected"):
-        add("error", f"unit link {'not started' if link is None else link['state']}: {unit['port']}")
     for fault in unit["open_faults"]:
         add("warning", f"unit {fault['unit_serial']} fault {fault['code']} since {fault['raised_at']}")
     failed = doc["pipeline"]["states"].get("failed", 0)

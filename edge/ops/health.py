@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOCK_FLOOR",
+    "NOTICE",
     "Check",
     "Health",
     "Status",
@@ -58,6 +59,9 @@ CLOCK_FLOOR = 1_767_225_600
 """2026-01-01T00:00:00Z: a clock before this is wrong (receipts and certificates would be misdated)."""
 
 _LEVEL: dict[Status, str] = {"fail": "error", "warn": "warning"}
+
+NOTICE = "agent notice"
+"""The name of a check made from one of the overview's notices, whose text already says what it is about."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,11 @@ class Health:
 
     def alerts(self) -> list[dict[str, str]]:
         """The checks that are not ok as alerts (``level`` error or warning, ``text``), errors first."""
-        out = [{"level": _LEVEL[c.status], "text": f"{c.name}: {c.detail}"} for c in self.checks if c.status != "ok"]
+        out = [
+            {"level": _LEVEL[c.status], "text": c.detail if c.name == NOTICE else f"{c.name}: {c.detail}"}
+            for c in self.checks
+            if c.status != "ok"
+        ]
         return sorted(out, key=lambda a: a["level"] != "error")
 
     def to_json(self) -> dict[str, Any]:
@@ -99,25 +107,19 @@ def agent_health(state: AgentState, overview: Mapping[str, Any] | None = None) -
 
 # --- from the running agent's overview (pure) -------------------------------------------------------------------
 
-_TYPED_ALERTS = ("disk:", "model:", "unit link")
-"""Alerts of :func:`edge.control.state._alerts` whose condition a typed check below judges (and names the fix of):
-the disk below its reserve, a model that cannot load, the unit link down. Every other alert is a check of its own."""
-
 
 def overview_checks(overview: Mapping[str, Any]) -> list[Check]:
-    """The checks of a running agent from its overview: disk, model, unit link, then each other open alert."""
+    """The checks of a running agent from its overview: disk, model, unit link, then each of its ``notices``
+    (faults, failed analyses, parked uses, the relay link...) as a check of its own."""
     disk = overview["disk"]
     checks = [
         disk_check(int(disk["free_mb"]), int(disk["total_mb"]), int(disk["reserve_mb"])),
         _model_check(overview["pipeline"]),
         _unit_check(overview["unit"]),
     ]
-    for alert in overview.get("alerts", ()):
-        text = str(alert["text"])
-        if text.startswith(_TYPED_ALERTS):
-            continue
-        status: Status = "fail" if alert["level"] == "error" else "warn"
-        checks.append(Check("agent alert", status, text, "see `btt-edge tui` (Overview)"))
+    for notice in overview.get("notices", ()):
+        status: Status = "fail" if notice["level"] == "error" else "warn"
+        checks.append(Check(NOTICE, status, str(notice["text"]), "see `btt-edge tui` (Overview)"))
     return checks
 
 

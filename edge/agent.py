@@ -234,12 +234,23 @@ def build_agent(config: AgentConfig) -> Agent:
         # Results: the SR and overlay of every analysed instance, queued and sent to [results] destinations
         # (btt-edge run --forward AE@HOST:PORT); the finding codes come from the active bundle's manifest.
         from edge.results.analysis import RecordedAnalyses
+        from edge.results.header import Equipment
         from edge.results.service import ResultsService
         from models.bundle import load_bundle
 
+        def equipment() -> Equipment:
+            # The box's own serial number in every object: its device id, once provisioned (even while running).
+            identity = None if book is None else book.identity
+            return Equipment(serial_number="" if identity is None else identity.device_id)
+
         analyses = RecordedAnalyses(lambda: load_bundle(updater.active_path()).manifest)
         results_service = ResultsService(
-            config.results, data_dir, analyses, calling_ae=config.dicom.ae_title, image_lock=image_lock
+            config.results,
+            data_dir,
+            analyses,
+            calling_ae=config.dicom.ae_title,
+            image_lock=image_lock,
+            equipment=equipment,
         )
         services.append(results_service)
     if book is not None:

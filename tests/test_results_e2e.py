@@ -61,6 +61,9 @@ def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, 
         "BTT_EDGE_PIPELINE_POLL_INTERVAL_S": "0.1",
         "BTT_EDGE_RESULTS_BACKOFF_INITIAL_S": "0.5",
         "BTT_EDGE_RESULTS_BACKOFF_MAX_S": "1",
+        # a development identity made at the first start: its device id is the box's serial number in the results
+        "BTT_EDGE_RECEIPTS_DEV_MODE": "true",
+        "BTT_EDGE_RECEIPTS_DEVICE_ID": "btt-e2e-box",
     }
     data = tmp_path / "data"
     first = with_pixels(synthetic_panoramic(), bright_spot_image(200, 400))  # the generator's header (Laterality B)
@@ -80,6 +83,7 @@ def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, 
             first.PatientName,
             first.StudyInstanceUID,
         )
+        assert (ds.Manufacturer, ds.DeviceSerialNumber) == ("BTT Edge", "btt-e2e-box")
     sr = dcmread(kinds["SR"])
     assert "caries" in str(sr.ContentSequence)  # the tiny model's finding, coded from its manifest
     listed = _results(data)

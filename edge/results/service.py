@@ -92,6 +92,11 @@ class ResultsService:
 
     name = "results"
 
+    @property
+    def equipment(self) -> Equipment:
+        """This box as it is now (see ``equipment`` of :meth:`__init__`)."""
+        return self._equipment() if callable(self._equipment) else self._equipment
+
     def __init__(
         self,
         config: ResultsConfig,
@@ -102,11 +107,12 @@ class ResultsService:
         sender: Sender | None = None,
         clock: Callable[[], float] = time.time,
         image_lock: threading.Lock | None = None,
-        equipment: Equipment = DEFAULT_EQUIPMENT,
+        equipment: Equipment | Callable[[], Equipment] = DEFAULT_EQUIPMENT,
     ) -> None:
         self.config = config
-        self.equipment = equipment
-        """This box, as the General Equipment of every object (its serial number, the device id, when it has one)."""
+        self._equipment = equipment
+        """This box, as the General Equipment of every object (its serial number, the device id, when it has one);
+        a function when the box may be given its identity while it runs (``btt-edge provision``)."""
         self._image_lock = image_lock or threading.Lock()
         """Held while a source image's pixels are read and drawn on (shared with the pipeline; see ``build_agent``)."""
         self.data_dir = data_dir

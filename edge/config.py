@@ -182,7 +182,8 @@ class ReceiptsConfig:
     settle_max_receipts: int = bounded(1000, lo=1, hi=1_000_000)
     """Close a settlement as soon as this many receipts are unsettled (also the most one settlement covers)."""
     check_interval_s: float = bounded(5.0, lo=0.05, hi=3600)
-    """How often the settlement service looks at the unsettled receipts."""
+    """How often the settlement service looks at the unsettled receipts, and re-reads the device identity (one
+    provisioned or rotated while the agent runs is taken at the next look)."""
     dev_mode: bool = False
     """Demo only: with no ``manufacturer_key``, create a DEVELOPMENT manufacturer key under ``<data_dir>/keys``
     and provision with it on the first ``run`` (logged loudly; such receipts are worthless to a real relay)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -229,11 +230,17 @@ def test_analysis_use_is_recorded_in_the_receipt_book(tmp_path: Path, conn: sqli
     assert conn.execute("SELECT COUNT(*) FROM receipt_pending").fetchone()[0] == 1
 
 
-def test_service_analyses_in_the_background_and_stops(tmp_path: Path, conn: sqlite3.Connection) -> None:
+def test_service_analyses_in_the_background_and_stops(
+    tmp_path: Path, conn: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
     service = PipelineService(tmp_path, _analyzer, poll_interval_s=30)
+    caplog.set_level(logging.INFO, logger="edge.pipeline")
     service.start()
     try:
         assert service.ready.wait(30)
+        [active] = [r for r in caplog.records if r.getMessage() == "model active"]  # what it routes to, logged
+        assert "'model': 'tiny-test-model'" in str(vars(active))
+        assert "'accepts': 'panoramic PX/DX, MONOCHROME1/MONOCHROME2, 16-4096 rows" in str(vars(active))
         [uid] = _receive(conn, tmp_path, 1)
         service.notify()
         deadline = time.monotonic() + 30

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
+from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from edge.cli.model import DEFAULT_BUNDLE
-from edge.errors import BundleError
+from edge.errors import BundleError, UnsupportedImage
+from edge.pipeline.analyzer import read_dataset
 from edge.pipeline.routing import Accepted, Skipped, detect_view, image_facts, route
 from models.bundle import LEGACY_PANORAMIC, Bundle, accepts_of, load_bundle, pack_bundle, parse_bundle
 from models.synthetic import generate
@@ -220,3 +221,21 @@ def test_malformed_headers_route_without_raising(reference: Bundle) -> None:
     )
     ds.PhotometricInterpretation = "MONOCHROME2"
     assert _reason(_route(ds, reference)) == "the image does not give its size (Rows, Columns)"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the oddities some of its files hold
+def test_every_pydicom_test_file_routes_without_raising_and_none_is_taken(reference: Bundle, bitewing: Bundle) -> None:
+    """pydicom's own files (CT, MR, US, RT, SEG, a CR of the cervical spine, files without pixels or a modality):
+    none is a dental radiograph, each is skipped with a reason, nothing raises."""
+    reasons = set()
+    for path in (p for p in map(Path, get_testdata_files()) if p.is_file()):
+        try:
+            ds = read_dataset(path)
+        except UnsupportedImage:  # a few are deliberately broken or not DICOM at all: the reader refuses those
+            continue
+        decision = route(image_facts(ds), [reference, bitewing])
+        assert isinstance(decision, Skipped), path.name
+        reasons.add(decision.reason.split(";")[0])
+    assert len(reasons) >= 8
+    assert "no model for CR images of the cspine (Body Part Examined)" in reasons
+    assert all(r.startswith(("no model for ", "the file holds no image")) for r in reasons), reasons

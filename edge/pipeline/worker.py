@@ -55,6 +55,7 @@ from edge.store.index import (
     set_state,
     utc_now,
 )
+from models.bundle import accepts_of, describe_accepts
 
 __all__ = ["MAX_ATTEMPTS", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]
 
@@ -322,6 +323,20 @@ def _summary(result: AnalysisResult) -> dict[str, object]:
     }
 
 
+def _log_models(analyzer: Analyzer) -> None:
+    """Say which models are active and what each accepts (a technician reading the log sees why images skip)."""
+    for model in analyzer.models:
+        manifest = model.bundle.manifest
+        event(
+            log,
+            "model active",
+            model=manifest.id,
+            version=manifest.version,
+            backend=model.backend.name,
+            accepts=describe_accepts(accepts_of(manifest)),
+        )
+
+
 class PipelineService(BackgroundLoop):
     """The worker on its own thread: loads the bundle and backend, recovers, then analyses as instances arrive.
 
@@ -378,6 +393,7 @@ class PipelineService(BackgroundLoop):
                 on_outcome=None if self._gate is None else self._gate.outcome,
                 image_lock=self._image_lock,
             )
+            _log_models(analyzer)
             worker.recover()
             self.ready.set()
             while not self._stop.is_set():
@@ -385,6 +401,7 @@ class PipelineService(BackgroundLoop):
                 if self._gate is not None and (update := self._gate.idle(worker.analyzer)) is not None:
                     worker.analyzer.close()
                     worker.analyzer = update
+                    _log_models(update)
                     continue
                 self._wake.wait(self._poll)
                 self._wake.clear()

@@ -362,3 +362,25 @@ def test_probe_prefers_nvml_then_tegrastats_then_cpu(monkeypatch: pytest.MonkeyP
     jetson = probe_accelerator(tegrastats=str(tegrastats))
     assert (jetson.kind, jetson.memory_mb, jetson.utilisation_pct, jetson.power_w) == ("jetson", 7620, 40, 5)
     assert probe_accelerator(tegrastats=None).kind == "cpu"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "\udc80", 2**60], ids=["nan", "lone-surrogate", "unsafe-integer"])
+def test_a_job_with_a_value_nothing_can_sign_is_refused_with_its_reason(relay: PrivateKey, bad: object) -> None:
+    """A job whose signed part has no canonical encoding (as arbitrary JSON from the broker may) is a JobRejected
+    naming the field's problem, never an encoding error escaping to the job worker."""
+    fields = {
+        "job_id": "j",
+        "device": "d",
+        "offer_id": "o1",
+        "bundle": "a" * 64,
+        "batch": "b" * 64,
+        "items": 2,
+        "price_per_item_micro": 10,
+        "issued_ms": now_ms(),
+        "expires_ms": now_ms() + 60_000,
+    }
+    envelope = sign(JOB, fields, relay)
+    envelope["signed"]["note"] = bad
+    live = {"offer_id": "o1", "expires_ms": now_ms() + 5_000, "max_items": 8, "price_per_item_micro": 10}
+    with pytest.raises(JobRejected, match=r"job j: .*(integer|Unicode|float|number|NaN)"):
+        check_job(envelope, relay.public, device="d", offer=live, now_ms=now_ms())

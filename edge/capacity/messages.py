@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edge.errors import JobRejected, VerificationError
+from edge.errors import EncodingError, JobRejected, MalformedRecord, VerificationError
 from edge.receipts.encoding import canonical_bytes, sha256_hex
 from edge.receipts.keys import PrivateKey, PublicKey, check_signature, seal, signed_part
 
@@ -63,7 +63,11 @@ def verify(kind: str, envelope: Any, key: PublicKey) -> Mapping[str, Any]:
     """The ``signed`` part of ``envelope`` after checking ``key``'s signature; a :class:`VerificationError`
     subclass (``MalformedRecord``, ``BadSignature``) otherwise."""
     signed = signed_part(envelope, kind)
-    check_signature(kind, envelope, key, canonical_bytes(signed))
+    try:
+        data = canonical_bytes(signed)
+    except EncodingError as exc:  # a NaN, a lone surrogate, an unsafe integer: nothing was signed over it
+        raise MalformedRecord(f"{kind}: {exc}") from exc
+    check_signature(kind, envelope, key, data)
     return signed
 
 

@@ -236,14 +236,19 @@ def build_agent(config: AgentConfig) -> Agent:
         from edge.results.analysis import RecordedAnalyses
         from edge.results.header import Equipment
         from edge.results.service import ResultsService
-        from models.bundle import load_bundle
+        from models.bundle import Manifest, load_bundle
 
         def equipment() -> Equipment:
             # The box's own serial number in every object: its device id, once provisioned (even while running).
             identity = None if book is None else book.identity
             return Equipment(serial_number="" if identity is None else identity.device_id)
 
-        analyses = RecordedAnalyses(lambda: load_bundle(updater.active_path()).manifest)
+        def manifests() -> tuple[Manifest, ...]:
+            # every active bundle's: the finding codes of an analysis come from the model that made it
+            paths = (updater.active_path(), *config.pipeline.extra_bundles)
+            return tuple(load_bundle(path).manifest for path in paths)
+
+        analyses = RecordedAnalyses(manifests)
         results_service = ResultsService(
             config.results,
             data_dir,

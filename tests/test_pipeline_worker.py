@@ -119,7 +119,7 @@ def test_the_precision_of_the_network_that_ran_is_recorded_and_reaches_the_sr_pa
     PipelineWorker(conn, tmp_path, _analyzer(FakeBackend(reference_outputs, "onnxruntime-cpu", "int8"))).drain()
     row = conn.execute("SELECT backend, precision FROM pipeline_results WHERE sop_instance_uid = ?", (uid,)).fetchone()
     assert tuple(row) == ("onnxruntime-cpu", "int8")
-    analysis = RecordedAnalyses(lambda: tiny_bundle().manifest).load(conn, uid)
+    analysis = RecordedAnalyses(lambda: (tiny_bundle().manifest,)).load(conn, uid)
     assert analysis is not None
     assert analysis.algorithm.precision == "int8"
 

@@ -139,7 +139,7 @@ def test_orthanc_files_every_result_in_the_source_study_and_reads_the_findings(
     bundle = load_bundle(DEFAULT_BUNDLE)
     analyzer = Analyzer(bundle, select_backend(bundle, "onnxruntime-cpu", BackendOptions(threads=1)))
     assert PipelineWorker(conn, store.data_dir, analyzer).drain() == 1
-    analyses = RecordedAnalyses(lambda: bundle.manifest)
+    analyses = RecordedAnalyses(lambda: (bundle.manifest,))
     analysis = analyses.load(conn, uid)
     assert analysis is not None
     assert analysis.findings, "the reference model found nothing on the panoramic"

@@ -233,7 +233,7 @@ def test_recorded_analyses_read_the_pipeline_record(tmp_path: Path) -> None:
         "timings_json, findings_json, recorded_at) VALUES ('1.2.4', 'skipped', 'colour', 'm', '1', 0, 'cpu', '{}', "
         "'[]', '')"
     )
-    analyses = RecordedAnalyses(lambda: MANIFEST)
+    analyses = RecordedAnalyses(lambda: (MANIFEST,))
     analysis = analyses.load(conn, "1.2.3")
     assert analysis is not None
     assert (analysis.algorithm.bundle_id, analysis.algorithm.version) == ("tiny-test-model", "0.0.1")
@@ -321,9 +321,9 @@ def test_recorded_analyses_read_the_manifest_again_after_a_model_switch(tmp_path
     reads: list[str] = []
     updated = dataclasses.replace(MANIFEST, version="0.0.2")
 
-    def active() -> Manifest:
+    def active() -> tuple[Manifest, ...]:
         reads.append("read")
-        return MANIFEST if len(reads) == 1 else updated
+        return (MANIFEST,) if len(reads) == 1 else (updated,)
 
     analyses = RecordedAnalyses(active)
     for uid in ("1.1", "1.2"):
@@ -333,4 +333,37 @@ def test_recorded_analyses_read_the_manifest_again_after_a_model_switch(tmp_path
     assert analysis is not None
     assert analysis.algorithm.version == "0.0.2"
     assert len(reads) == 2  # another model: read again
+    conn.close()
+
+
+def test_recorded_analyses_code_each_analysis_from_the_model_that_made_it(tmp_path: Path) -> None:
+    """With several bundles active, an analysis gets its codes from its own model's manifest; one from a model no
+    longer active is a ResultBuildError naming it, never another model's codes."""
+    from edge.errors import ResultBuildError
+    from models.bundle import Code
+
+    conn = connect(tmp_path / DB_FILENAME)
+    migrate_pipeline(conn)
+    for uid, model in (("1.1", "tiny-test-model"), ("1.2", "bitewing-model"), ("1.3", "gone-model")):
+        conn.execute(
+            "INSERT INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, clinical, "
+            "backend, timings_json, findings_json, recorded_at) VALUES (?, 'analysed', '', ?, ?, 0, "
+            "'cpu', '{}', '[]', '')",
+            (uid, model, MANIFEST.version),
+        )
+    classes = tuple(
+        dataclasses.replace(c, code=Code("99TEST", "999", f"other {c.kind}")) for c in MANIFEST.findings.classes
+    )
+    other = dataclasses.replace(
+        MANIFEST, id="bitewing-model", findings=dataclasses.replace(MANIFEST.findings, classes=classes)
+    )
+    analyses = RecordedAnalyses(lambda: (MANIFEST, other))
+    first, second = analyses.load(conn, "1.1"), analyses.load(conn, "1.2")
+    assert first is not None
+    assert second is not None
+    kind = MANIFEST.findings.classes[0].kind
+    assert first.algorithm.codes[kind] == MANIFEST.findings.classes[0].code
+    assert second.algorithm.codes[kind] == Code("99TEST", "999", f"other {kind}")
+    with pytest.raises(ResultBuildError, match="no active bundle is model 'gone-model'"):
+        analyses.load(conn, "1.3")
     conn.close()

@@ -63,8 +63,8 @@ def test_nothing_is_built_or_sent_for_a_skipped_image(tmp_path: Path, store: Ima
 
     port = free_port()
     destination = DestinationConfig(ae_title="PACS", host="127.0.0.1", port=port, kinds=("sr", "gsps", "overlay"))
-    # the codes of both tiny models' kinds are the same: the panoramic model's manifest serves both
-    analyses = RecordedAnalyses(lambda: pano_model.manifest)
+    # each analysis is coded from the manifest of the model that made it
+    analyses = RecordedAnalyses(lambda: (pano_model.manifest, bitewing_bundle().manifest))
     assert all(analyses.load(conn, uid) is None for uid in skipped)
     service = ResultsService(
         ResultsConfig(destinations=(destination,)), store.data_dir, analyses, calling_ae="BTT_EDGE"

@@ -159,7 +159,8 @@ class AgentState:
             relay = self._relay_state(conn)
             last = _one(
                 conn,
-                "SELECT model_id, model_version, backend, precision FROM pipeline_results ORDER BY recorded_at DESC",
+                "SELECT model_id, model_version, backend, precision FROM pipeline_results WHERE status = 'analysed' "
+                "ORDER BY recorded_at DESC",
             )
             deliveries = _counts(conn, "SELECT state, COUNT(*) FROM results_deliveries GROUP BY state")
             built = _counts(conn, "SELECT state, COUNT(*) FROM results_sources GROUP BY state")

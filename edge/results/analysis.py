@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -47,23 +47,29 @@ class Analysis:
 class RecordedAnalyses:
     """The analyses the pipeline worker recorded (``pipeline_results``, see :mod:`edge.pipeline.worker`).
 
-    The coded meaning of each kind comes from the manifest ``manifest()`` returns (the active bundle's). It is
-    read on first use and read again whenever an analysis names another model than the one read (an update was
-    activated or rolled back); the model id and version are those recorded with the findings.
+    The coded meaning of each kind comes from the manifest of the model that made the findings, among those
+    ``manifests()`` returns (every active bundle: ``[pipeline] bundle_path``, then ``extra_bundles``). They are read
+    on first use and read again whenever an analysis names a model (id and version) not among those read (an
+    update was activated or rolled back); the model id and version are those recorded with the findings.
     """
 
-    def __init__(self, manifest: Callable[[], Manifest]) -> None:
-        self._read_manifest = manifest
-        self._manifest: Manifest | None = None
+    def __init__(self, manifests: Callable[[], Sequence[Manifest]]) -> None:
+        self._read_manifests = manifests
+        self._manifests: Sequence[Manifest] = ()
 
     def _codes(self, model_id: str, version: str) -> Mapping[str, Code]:
-        current = self._manifest
-        if current is None or (current.id, current.version) != (model_id, version):
+        manifest = _find(self._manifests, model_id, version)
+        if manifest is None:
             try:
-                current = self._manifest = self._read_manifest()
+                self._manifests = tuple(self._read_manifests())
             except EdgeError as exc:
                 raise ResultBuildError(f"cannot load the model bundle for the finding codes: {exc}") from exc
-        return MappingProxyType({c.kind: c.code for c in current.findings.classes})
+            # the same model at another version (findings recorded before an update) still has its kinds' codes
+            manifest = _find(self._manifests, model_id, version) or _find(self._manifests, model_id, None)
+        if manifest is None:
+            active = ", ".join(m.id for m in self._manifests) or "none"
+            raise ResultBuildError(f"no active bundle is model {model_id!r} (active: {active}): its codes are unknown")
+        return MappingProxyType({c.kind: c.code for c in manifest.findings.classes})
 
     def load(self, conn: sqlite3.Connection, sop_instance_uid: str) -> Analysis | None:
         """The recorded analysis of this instance, or ``None`` if it has none (or was skipped)."""
@@ -87,3 +93,7 @@ class RecordedAnalyses:
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ResultBuildError(f"the recorded findings of {sop_instance_uid} are unreadable: {exc}") from exc
         return Analysis(sop_instance_uid=sop_instance_uid, algorithm=algorithm, findings=findings)
+
+
+def _find(manifests: Sequence[Manifest], model_id: str, version: str | None) -> Manifest | None:
+    return next((m for m in manifests if m.id == model_id and version in (None, m.version)), None)

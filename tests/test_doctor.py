@@ -112,6 +112,15 @@ def test_model_and_backend_say_which_backend_and_why(tmp_path: Path) -> None:
     assert "ota rollback" in broken["model"].fix
 
 
+def test_every_extra_bundle_is_checked_too(tmp_path: Path) -> None:
+    """A bundle in [pipeline] extra_bundles that does not load fails doctor as the primary would, naming the key."""
+    checks = list(doctor._model(_config(tmp_path, pipeline={"extra_bundles": [str(tmp_path / "no-such-bundle")]})))
+    assert [c.name for c in checks] == ["model", "backend", "extra model"]
+    assert checks[0].status == checks[1].status == "ok"
+    assert checks[2].status == "fail"
+    assert "extra_bundles" in checks[2].fix
+
+
 def test_keys(tmp_path: Path) -> None:
     unprovisioned = health.keys_check(_config(tmp_path))
     assert unprovisioned.status == "fail"

@@ -126,17 +126,15 @@ def _port(name: str, host: str, port: int, agent_running: bool, key: str) -> Che
 
 
 def _model(config: AgentConfig) -> Iterator[Check]:
+    """Every bundle the agent will run (the active OTA slot or ``bundle_path``, then ``extra_bundles``): it loads,
+    and which backend will run it."""
     if not config.pipeline.enabled:
         yield Check("model", "warn", "[pipeline] enabled = false: images are not analysed", "")
         return
-    from edge.pipeline.backends.base import BackendOptions
-    from edge.pipeline.backends.selection import default_factories, select_backend
-    from models.bundle import load_bundle
     from ota.service import build_updater
 
     try:
-        path = build_updater(config).active_path()
-        bundle = load_bundle(path)
+        primary = build_updater(config).active_path()
     except EdgeError as exc:
         yield Check(
             "model",
@@ -145,8 +143,27 @@ def _model(config: AgentConfig) -> Iterator[Check]:
             "reinstall the bundle ([pipeline] bundle_path) or roll back: btt-edge ota rollback",
         )
         return
+    yield from _bundle(
+        config, primary, "model", "reinstall the bundle ([pipeline] bundle_path) or roll back: btt-edge ota rollback"
+    )
+    for path in config.pipeline.extra_bundles:
+        yield from _bundle(
+            config, path, "extra model", "reinstall the bundle or remove it from [pipeline] extra_bundles"
+        )
+
+
+def _bundle(config: AgentConfig, path: Path, name: str, fix: str) -> Iterator[Check]:
+    from edge.pipeline.backends.base import BackendOptions
+    from edge.pipeline.backends.selection import default_factories, select_backend
+    from models.bundle import load_bundle
+
+    try:
+        bundle = load_bundle(path)
+    except EdgeError as exc:
+        yield Check(name, "fail", str(exc), fix)
+        return
     manifest = bundle.manifest
-    yield Check("model", "ok", f"{manifest.id} {manifest.version} ({path})")
+    yield Check(name, "ok", f"{manifest.id} {manifest.version} ({path})")
     reasons = []
     for factory in default_factories():
         why = factory.unavailable_reason()
@@ -159,17 +176,17 @@ def _model(config: AgentConfig) -> Iterator[Check]:
         yield Check(
             "backend",
             "fail",
-            str(exc),
+            f"{manifest.id}: {exc}",
             'set [pipeline] backend = "auto", or install the GPU stack (JetPack / the gpu extra)',
         )
         return
-    name = f"{backend.name} ({backend.precision})"
+    chosen = f"{backend.name} ({backend.precision})"
     backend.close()
     not_used = f"; not used: {'; '.join(reasons)}" if reasons else ""
     yield Check(
         "backend",
         "ok",
-        f"{name} will run (setting {config.pipeline.backend}, golden vectors pass){not_used}",
+        f"{chosen} will run {manifest.id} (setting {config.pipeline.backend}, golden vectors pass){not_used}",
     )
 
 

@@ -215,10 +215,9 @@ def test_forged_tampered_and_mismatched_jobs_are_refused(rig: Rig) -> None:
     assert any("sha256" in r for r in reasons)
 
 
-def test_job_for_expired_offer_is_refused(relay: PrivateKey) -> None:
-    made = now_ms() - 10_000
-    offer = {"offer_id": "o1", "expires_ms": made + 5_000, "max_items": 8, "price_per_item_micro": 10}
-    fields = {
+def _job_fields(issued_ms: int) -> dict[str, object]:
+    """A job for device ``d`` and offer ``o1``: 2 items at 10 micro-units each, expiring in a minute."""
+    return {
         "job_id": "j",
         "device": "d",
         "offer_id": "o1",
@@ -226,9 +225,15 @@ def test_job_for_expired_offer_is_refused(relay: PrivateKey) -> None:
         "batch": "b" * 64,
         "items": 2,
         "price_per_item_micro": 10,
-        "issued_ms": made,
+        "issued_ms": issued_ms,
         "expires_ms": now_ms() + 60_000,
     }
+
+
+def test_job_for_expired_offer_is_refused(relay: PrivateKey) -> None:
+    made = now_ms() - 10_000
+    offer = {"offer_id": "o1", "expires_ms": made + 5_000, "max_items": 8, "price_per_item_micro": 10}
+    fields = _job_fields(made)
     with pytest.raises(JobRejected, match="expired"):
         check_job(sign(JOB, fields, relay), relay.public, device="d", offer=offer, now_ms=now_ms())
     live = {**offer, "expires_ms": now_ms() + 5_000}
@@ -368,18 +373,7 @@ def test_probe_prefers_nvml_then_tegrastats_then_cpu(monkeypatch: pytest.MonkeyP
 def test_a_job_with_a_value_nothing_can_sign_is_refused_with_its_reason(relay: PrivateKey, bad: object) -> None:
     """A job whose signed part has no canonical encoding (as arbitrary JSON from the broker may) is a JobRejected
     naming the field's problem, never an encoding error escaping to the job worker."""
-    fields = {
-        "job_id": "j",
-        "device": "d",
-        "offer_id": "o1",
-        "bundle": "a" * 64,
-        "batch": "b" * 64,
-        "items": 2,
-        "price_per_item_micro": 10,
-        "issued_ms": now_ms(),
-        "expires_ms": now_ms() + 60_000,
-    }
-    envelope = sign(JOB, fields, relay)
+    envelope = sign(JOB, _job_fields(now_ms()), relay)
     envelope["signed"]["note"] = bad
     live = {"offer_id": "o1", "expires_ms": now_ms() + 5_000, "max_items": 8, "price_per_item_micro": 10}
     with pytest.raises(JobRejected, match=r"job j: .*(integer|Unicode|float|number|NaN)"):

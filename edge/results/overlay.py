@@ -13,7 +13,9 @@ Universal numbering and the confidence. The radiograph itself is windowed to 8 b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -26,9 +28,10 @@ from edge.pipeline.findings import Finding
 from edge.pipeline.preprocess import pixels_from_dataset
 from edge.results.analysis import Analysis
 from edge.results.header import AI_LABEL, DEFAULT_EQUIPMENT, Equipment, finish
+from edge.results.layout import Box, Layout, Numbering, layout
 from edge.results.uids import UidFactory
 
-__all__ = ["BANNER", "OVERLAY_SERIES_NUMBER", "build_overlay", "label", "render"]
+__all__ = ["BANNER", "OVERLAY_SERIES_NUMBER", "build_overlay", "colour", "label", "plan", "render"]
 
 BANNER = "AI RESULT — NOT A DIAGNOSIS"
 OVERLAY_SERIES_NUMBER = 9902
@@ -43,7 +46,11 @@ _COLOURS = {
 }
 _DEFAULT_COLOUR = (255, 255, 0)
 _BANNER_BG = (200, 0, 0)
+_PANEL_BG = (24, 24, 24)
+_TOOTH_BG = (0, 0, 0)
 _TEXT = (255, 255, 255)
+_README_GREYS = 48
+"""Grey levels of the README's picture (the generator's noise makes a PNG of every grey ~1 MB)."""
 
 
 def _to_grey8(pixels: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
@@ -76,59 +83,106 @@ def _banner_text(
     draw.text((x + size + int(draw.textlength(" ", font=font)), y), tail, fill=_TEXT, font=font)
 
 
-def render(pixels: npt.NDArray[np.floating], findings: Sequence[Finding], algorithm: str) -> npt.NDArray[np.uint8]:
-    """The annotated picture: rows x columns (plus the banner above) x 3, ``uint8`` RGB."""
+@dataclass(frozen=True)
+class _Scale:
+    """Font sizes and line widths for an image of one size."""
+
+    font_px: int
+    line: int
+    banner_h: int
+    big: ImageFont.FreeTypeFont | ImageFont.ImageFont
+    small: ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+    def text_size(self, text: str) -> tuple[float, float]:
+        left, top, right, bottom = _text_box(self.small, text)
+        return (float(right - left), float(bottom - top))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_box(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> tuple[float, float, float, float]:
+    left, top, right, bottom = font.getbbox(text)
+    return (float(left), float(top), float(right), float(bottom))
+
+
+@functools.lru_cache(maxsize=8)
+def _scale(rows: int, columns: int) -> _Scale:
+    font_px = max(14, max(rows, columns) // 50)
+    return _Scale(
+        font_px=font_px,
+        line=max(2, max(rows, columns) // 600),
+        banner_h=font_px * 2 + font_px // 2,
+        big=ImageFont.load_default(size=font_px),
+        small=ImageFont.load_default(size=max(10, font_px * 2 // 3)),
+    )
+
+
+def plan(shape: tuple[int, int], findings: Sequence[Finding], *, numbering: Numbering = "fdi") -> Layout:
+    """Where :func:`render` puts everything for an image of ``shape`` (rows, columns), in canvas pixels."""
+    rows, columns = shape
+    scale = _scale(rows, columns)
+    return layout((columns, rows), findings, scale.text_size, top=scale.banner_h, line=scale.line, numbering=numbering)
+
+
+def render(
+    pixels: npt.NDArray[np.floating],
+    findings: Sequence[Finding],
+    algorithm: str,
+    *,
+    numbering: Numbering = "fdi",
+) -> npt.NDArray[np.uint8]:
+    """The annotated picture, ``uint8`` RGB: the banner, the radiograph with the findings' outlines, tooth numbers
+    and numbered markers, then the legend and the findings table (as :func:`plan` lays them out)."""
     rows, columns = pixels.shape
-    unit = max(rows, columns)
-    font_px = max(14, unit // 50)
-    line = max(2, unit // 600)
-    banner_h = font_px * 2 + font_px // 2
-    canvas = Image.new("RGB", (columns, rows + banner_h), _BANNER_BG)
-    canvas.paste(Image.fromarray(_to_grey8(pixels), mode="L").convert("RGB"), (0, banner_h))
+    scale = _scale(rows, columns)
+    font_px, line, banner_h, big, small = scale.font_px, scale.line, scale.banner_h, scale.big, scale.small
+    laid = plan((rows, columns), findings, numbering=numbering)
+    canvas = Image.new("RGB", (laid.width, laid.height), _PANEL_BG)
+    canvas.paste(Image.fromarray(_to_grey8(pixels), mode="L").convert("RGB"), laid.image_at)
     draw = ImageDraw.Draw(canvas)
-    big = ImageFont.load_default(size=font_px)
-    small = ImageFont.load_default(size=max(10, font_px * 2 // 3))
+    draw.rectangle((0, 0, laid.width - 1, banner_h - 1), fill=_BANNER_BG)
     _banner_text(draw, (font_px // 2, font_px // 4), big, font_px)
     draw.text((font_px // 2, font_px + font_px // 2), algorithm, fill=_TEXT, font=small)
-    for finding in findings:
-        colour = _COLOURS.get(finding.kind, _DEFAULT_COLOUR)
-        if len(finding.polygon) >= 3:
-            points = [(x, y + banner_h) for x, y in finding.polygon]
-            draw.line([*points, points[0]], fill=colour, width=line, joint="curve")
-        else:
-            x0, y0, x1, y1 = finding.bbox
-            draw.rectangle((x0, y0 + banner_h, max(x0, x1 - 1), max(y0, y1 - 1) + banner_h), outline=colour, width=line)
-    placed: list[tuple[int, ...]] = []
-    for finding in findings:
-        text = label(finding)
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=small)
-        width, height = right - left + line, bottom - top + 2 * line
-        tx, ty = _label_at(finding.bbox, (width, height), (banner_h, columns, rows + banner_h), placed)
-        placed.append((tx, ty, tx + width, ty + height))
-        draw.rectangle((tx, ty, tx + width, ty + height), fill=(0, 0, 0))
-        draw.text((tx, ty + line - top), text, fill=_COLOURS.get(finding.kind, _DEFAULT_COLOUR), font=small)
+    for finding, outline in zip(findings, laid.outlines, strict=True):
+        draw.line([*outline, outline[0]], fill=colour(finding.kind), width=line, joint="curve")
+    for marker in laid.markers:
+        start, end = marker.leader
+        draw.line([start, end], fill=colour(marker.kind), width=max(1, line * 2 // 3))
+        r = line + 1
+        draw.ellipse((end[0] - r, end[1] - r, end[0] + r, end[1] + r), fill=colour(marker.kind))
+    for tooth in laid.teeth:
+        draw.rectangle(_xy(tooth.box), fill=_TOOTH_BG, outline=_TEXT, width=1)
+        _centred(draw, tooth.box, tooth.text, small, _TEXT)
+    for marker in laid.markers:
+        box = _xy(marker.box)
+        draw.rounded_rectangle(box, radius=(box[3] - box[1]) // 2, fill=colour(marker.kind), outline=(0, 0, 0))
+        _centred(draw, marker.box, str(marker.number), small, (0, 0, 0))
+    for swatch, name in laid.legend:
+        draw.rectangle(_xy(swatch), fill=colour(name.kind or ""))
+        _centred(draw, name.box, name.text, small, _TEXT)
+    for text in laid.table:
+        _centred(draw, text.box, text.text, small, colour(text.kind) if text.kind else _TEXT)
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def _label_at(
-    bbox: tuple[int, int, int, int], size: tuple[int, int], frame: tuple[int, int, int], placed: list[tuple[int, ...]]
-) -> tuple[int, int]:
-    """Where a label goes: just above the finding, else just below, else further out or beside, where it covers no
-    label placed before (``frame`` = banner height, columns, total height)."""
-    (width, height), (banner_h, columns, total_h) = size, frame
-    x0, y0, _, y1 = bbox
-    above, below = y0 + banner_h - height - 2, y1 + banner_h + 2
-    spots = [
-        (min(max(0, x0 + dx), max(0, columns - width)), y)
-        for step in range(12)
-        for dx in (0, -width // 2, width // 2)
-        for y in (above - step * height, below + step * height)
-        if banner_h <= y <= total_h - height
-    ]
-    for tx, ty in spots:
-        if not any(tx < p[2] and p[0] < tx + width and ty < p[3] and p[1] < ty + height for p in placed):
-            return tx, ty
-    return spots[0] if spots else (min(max(0, x0), max(0, columns - width)), banner_h)
+def colour(kind: str) -> tuple[int, int, int]:
+    """The colour a kind's outlines, markers and legend swatch are drawn in."""
+    return _COLOURS.get(kind, _DEFAULT_COLOUR)
+
+
+def _xy(box: Box) -> tuple[int, int, int, int]:
+    return (round(box.x0), round(box.y0), max(round(box.x0), round(box.x1) - 1), max(round(box.y0), round(box.y1) - 1))
+
+
+def _centred(
+    draw: ImageDraw.ImageDraw,
+    box: Box,
+    text: str,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    fill: tuple[int, int, int],
+) -> None:
+    left, top, right, bottom = _text_box(font, text)
+    cx, cy = box.centre
+    draw.text((cx - (left + right) / 2, cy - (top + bottom) / 2), text, fill=fill, font=font)
 
 
 def _orientation(source: Dataset) -> list[str]:
@@ -143,8 +197,10 @@ def build_overlay(
     *,
     series_number: int = OVERLAY_SERIES_NUMBER,
     equipment: Equipment = DEFAULT_EQUIPMENT,
+    numbering: Numbering = "fdi",
 ) -> Dataset:
-    """The Secondary Capture overlay of ``analysis`` on ``source`` (which must carry its pixel data)."""
+    """The Secondary Capture overlay of ``analysis`` on ``source`` (which must carry its pixel data); the table
+    names teeth in FDI, or FDI and Universal (``numbering``)."""
     algorithm = analysis.algorithm
     try:
         pixels = pixels_from_dataset(source)
@@ -155,7 +211,7 @@ def build_overlay(
         caption = f"{algorithm.name} ({caption})"
     if not algorithm.clinical:
         caption += " - research model, not cleared for clinical use"
-    picture = render(pixels, analysis.findings, caption)
+    picture = render(pixels, analysis.findings, caption, numbering=numbering)
     try:
         sc = SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -182,3 +238,46 @@ def build_overlay(
     sc.SourceImageSequence = [reference]
     finish(source, sc, equipment)
     return sc
+
+
+def _readme_picture(picture: npt.NDArray[np.uint8], width: int) -> Image.Image:
+    """``picture`` at ``width`` px on a palette of greys and the overlay's own colours (a small PNG for docs)."""
+    image = Image.fromarray(picture)
+    image = image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
+    colours = [*_COLOURS.values(), _DEFAULT_COLOUR, _BANNER_BG, _PANEL_BG, _TEXT, (0, 0, 0)]
+    greys = [(v, v, v) for v in (round(i * 255 / (_README_GREYS - 1)) for i in range(_README_GREYS))]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([c for rgb in colours + greys for c in rgb])
+    return image.quantize(palette=palette, dither=Image.Dither.NONE)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edge.results.overlay --demo OUT.png``: the overlay of a generator panoramic as the reference
+    bundle analyses it, downscaled for the README (docs/images/overlay.png)."""
+    import argparse
+    from pathlib import Path
+
+    from edge.config import PipelineConfig
+    from edge.pipeline.analyzer import open_analyzer
+    from models.synthetic import generate
+    from models.synthetic_dicom import synthetic_dataset
+
+    parser = argparse.ArgumentParser(prog="python -m edge.results.overlay", description=_main.__doc__)
+    parser.add_argument("--demo", type=Path, required=True, metavar="OUT.png", help="where to write the picture")
+    parser.add_argument("--seed", type=int, default=3, help="the generator's seed (default 3)")
+    parser.add_argument("--width", type=int, default=1200, help="width of the picture in pixels (default 1200)")
+    parser.add_argument("--numbering", choices=["fdi", "fdi+universal"], default="fdi")
+    args = parser.parse_args(argv)
+    bundle = Path(__file__).resolve().parents[2] / "models" / "bundles" / "reference-dental"
+    analyzer = open_analyzer(PipelineConfig(bundle_path=bundle, backend="onnxruntime-cpu"))
+    source = synthetic_dataset(generate(args.seed), args.seed)
+    result = analyzer.analyse(source)
+    caption = f"{result.model_id} {result.model_version} - research model, not cleared for clinical use"
+    picture = render(pixels_from_dataset(source), result.findings, caption, numbering=args.numbering)
+    _readme_picture(picture, args.width).save(args.demo, optimize=True)
+    print(f"{args.demo}: {len(result.findings)} findings of seed {args.seed}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -6,6 +6,8 @@
 * ``start_agent``: a factory that runs ``btt-edge run --data-dir DIR --port N`` as a subprocess and returns
   once it accepts associations (C-ECHO answered); every process it started is killed at teardown.
 * ``agent``: one such agent on a fresh data directory.
+* ``store``: a started :class:`~edge.store.image_store.ImageStore` in ``tmp_path / "data"`` (no disk reserve,
+  duplicates kept), stopped at teardown.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Protocol
 import pytest
 from pydicom import config as pydicom_config
 
+from edge.store.image_store import ImageStore
+
 __all__ = ["AgentProcess", "Dcmtk", "free_port"]
 
 
@@ -38,6 +42,15 @@ def free_port() -> int:
 def free_port_fixture() -> int:
     """A free TCP port (see :func:`free_port`)."""
     return free_port()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ImageStore]:
+    """A started image store in ``tmp_path / "data"``."""
+    image_store = ImageStore(tmp_path / "data", min_free_mb=0, duplicate_policy="keep")
+    image_store.start()
+    yield image_store
+    image_store.stop()
 
 
 @dataclass(frozen=True)

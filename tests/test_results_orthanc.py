@@ -74,14 +74,6 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPacs]:
         yield pacs
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[ImageStore]:
-    store = ImageStore(tmp_path / "data", min_free_mb=0, duplicate_policy="keep")
-    store.start()
-    yield store
-    store.stop()
-
-
 def _stored_uids(pacs: OrthancPacs) -> set[str]:
     return {i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.get("/instances?expand")}
 

@@ -4,7 +4,6 @@ the results service to a real storescp playing the PACS."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,6 @@ from tests.pipeline_helpers import as_intra_oral, bitewing_bundle, reference_out
 from tests.results_helpers import ingest, received, storescp
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[ImageStore]:
-    store = ImageStore(tmp_path / "data", min_free_mb=0, duplicate_policy="keep")
-    store.start()
-    yield store
-    store.stop()
 
 
 def test_nothing_is_built_or_sent_for_a_skipped_image(tmp_path: Path, store: ImageStore) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from edge.config import PipelineConfig
 from edge.pipeline.analyzer import open_analyzer
@@ -20,6 +21,7 @@ from edge.pipeline.findings import Finding
 from edge.pipeline.teeth import PERMANENT_FDI
 from edge.results.analysis import Analysis
 from edge.results.layout import Box, Layout, layout, outline_points, upper_arch
+from edge.results.overlay import _main as overlay_main
 from edge.results.overlay import build_overlay, plan
 from edge.results.uids import UidFactory
 from models.synthetic import generate
@@ -89,7 +91,7 @@ def check(laid: Layout, found: Sequence[Finding], rows: int, *, top: float = 0) 
             assert marker.box.y1 <= own.y0 or marker.box.y1 <= image_top, marker
         else:
             assert marker.box.y0 >= own.y1 or marker.box.y0 >= image_bottom, marker
-    for a, b in itertools.combinations([t.box for t in laid.table] + [s for s, _ in laid.legend], 2):
+    for a, b in itertools.combinations([t.box for t in laid.table] + [s for s, _ in laid.legend] + [*laid.keys], 2):
         assert not a.overlaps(b), f"table texts {a} and {b} overlap"
 
 
@@ -236,3 +238,15 @@ def test_generated_outlines_keep_every_promise(generated: list[Finding]) -> None
     columns, rows = frame.bbox[2], frame.bbox[3]
     laid = layout((columns, rows), found, fixed_size, top=25, line=2)
     check(laid, found, rows, top=25)
+
+
+@pytest.mark.slow
+def test_demo_writes_a_small_png_of_a_generator_panoramic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m edge.results.overlay --demo OUT.png``, as the README's picture is made."""
+    out = tmp_path / "overlay.png"
+    assert overlay_main(["--demo", str(out), "--width", "600"]) == 0
+    assert "findings of seed 3" in capsys.readouterr().out
+    with Image.open(out) as picture:
+        assert picture.format == "PNG"
+        assert picture.width == 600
+    assert out.stat().st_size < 200_000

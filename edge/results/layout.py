@@ -33,6 +33,8 @@ import numpy.typing as npt
 from edge.pipeline.findings import Finding
 
 __all__ = [
+    "MARKER_KEY",
+    "TOOTH_KEY",
     "Box",
     "Layout",
     "Marker",
@@ -51,6 +53,10 @@ Point = tuple[float, float]
 TextSize = Callable[[str], tuple[float, float]]
 """Width and height in pixels of a text as it will be drawn."""
 Numbering = Literal["fdi", "fdi+universal"]
+TOOTH_KEY = "11"
+"""The sample tooth number the legend shows."""
+MARKER_KEY = "1"
+"""The sample marker the legend shows."""
 
 _UPPER_QUADRANTS = frozenset("1256")
 _REACH = 0.35
@@ -126,6 +132,9 @@ class Layout:
     markers: tuple[Marker, ...]
     """In number order, one per finding."""
     panel: Box
+    keys: tuple[Box, Box]
+    """Where the legend shows a sample tooth number (:data:`TOOTH_KEY`) and a sample marker (:data:`MARKER_KEY`),
+    each followed by what it means (a text of ``table``)."""
     legend: tuple[tuple[Box, Text], ...]
     """Per kind present: its colour swatch and its name (the swatch's ``kind`` is the text's)."""
     table: tuple[Text, ...]
@@ -389,7 +398,7 @@ def layout(
         for m in markers
     ]  # fmt: skip
     panel_y = dy + rows + math.ceil(bottom_band)
-    legend, table, panel_h = _panel(
+    keys, legend, table, panel_h = _panel(
         columns, panel_y, findings, markers, text_size=text_size, pad=pad, gap=gap, numbering=numbering
     )
     return Layout(
@@ -400,6 +409,7 @@ def layout(
         teeth=tuple(tooth_marks),
         markers=tuple(markers),
         panel=Box(0, panel_y, columns, panel_y + panel_h),
+        keys=keys,
         legend=legend,
         table=table,
     )
@@ -423,9 +433,9 @@ def _panel(
     pad: float,
     gap: float,
     numbering: Numbering,
-) -> tuple[tuple[tuple[Box, Text], ...], tuple[Text, ...], float]:
-    """The legend (a line of swatches, wrapped) and the table (in as many columns as fit) from ``y`` down; and
-    the panel's height."""
+) -> tuple[tuple[Box, Box], tuple[tuple[Box, Text], ...], tuple[Text, ...], float]:
+    """The legend (the keys to tooth numbers and markers, then a swatch per kind; wrapped) and the table (in as
+    many columns as fit) from ``y`` down; and the panel's height."""
     line_h = text_size("Hg")[1] + 2 * pad
     at = [gap, y + gap]
 
@@ -439,9 +449,17 @@ def _panel(
 
     legend: list[tuple[Box, Text]] = []
     texts: list[Text] = []
-    heading = "Teeth: FDI" if numbering == "fdi" else "Teeth: FDI (Universal)"
-    x, top = put(text_size(heading)[0])
-    texts.append(Text(heading, Box(x, top, x + text_size(heading)[0], top + line_h)))
+    keys = []
+    for sample, meaning in (
+        (TOOTH_KEY, "tooth (FDI)" if numbering == "fdi" else "tooth (FDI; table: FDI and Universal)"),
+        (MARKER_KEY, "AI finding, listed below"),
+    ):
+        sample_w = text_size(sample)[0] + 2 * pad
+        x, top = put(sample_w + gap + text_size(meaning)[0])
+        keys.append(Box(x, top, x + sample_w, top + line_h))
+        texts.append(
+            Text(meaning, Box(x + sample_w + gap, top, x + sample_w + gap + text_size(meaning)[0], top + line_h))
+        )
     for kind in dict.fromkeys(f.kind for f in findings):
         name = kind_name(kind)
         x, top = put(line_h + gap + text_size(name)[0])
@@ -464,7 +482,7 @@ def _panel(
     if not rows:
         none = "No AI findings"
         texts.append(Text(none, Box(gap, cy, gap + text_size(none)[0], cy + line_h)))
-        return tuple(legend), tuple(texts), cy + line_h + gap - y
+        return (keys[0], keys[1]), tuple(legend), tuple(texts), cy + line_h + gap - y
     widths = [max(text_size(r[c])[0] for r in [header, *rows]) + 2 * gap for c in range(len(header))]
     column_w = sum(widths) + 3 * gap
     blocks = max(1, min(len(rows), int((columns - gap) // column_w)))
@@ -478,4 +496,4 @@ def _panel(
                 texts.append(Text(cell, Box(cx, ry, cx + text_size(cell)[0], ry + line_h), tint))
                 cx += widths[c]
     cy += (height + 1) * line_h + gap
-    return tuple(legend), tuple(texts), cy - y
+    return (keys[0], keys[1]), tuple(legend), tuple(texts), cy - y

@@ -5,10 +5,16 @@ reading workstation like another acquisition of the patient (it would sit in han
 dose, and could be read as the original). A Secondary Capture is by definition a derived picture, every PACS and
 viewer stores and shows it, and its Burned In Annotation = YES tells anonymisers and archives that text is in the
 pixels. Above the radiograph, never over it, a banner reads "AI RESULT — NOT A DIAGNOSIS" with the algorithm and
-version; each finding is outlined in the colour of its kind and labelled with the kind, the tooth in FDI and
-Universal numbering and the confidence. The radiograph itself is windowed to 8 bits as it would be displayed.
+version. On the radiograph (windowed to 8 bits as it would be displayed) each finding is outlined in the colour
+of its kind; each tooth with a finding carries its FDI number once, in a box at the tooth; each finding has a
+numbered marker in its kind's colour, in free space above (upper arch) or below (lower arch) it, with a leader to
+its outline. Below the radiograph, the legend (the kinds' colours) and the table of findings by marker number:
+tooth (FDI, and Universal when asked), kind, measure, AI confidence. Where everything goes is
+:mod:`edge.results.layout`; no mark covers another or any outline.
 
-:func:`render` (pure: pixels and findings in, an RGB array out) and :func:`build_overlay` (the DICOM object).
+:func:`plan` (the layout for an image size), :func:`render` (pure: pixels and findings in, an RGB array out) and
+:func:`build_overlay` (the DICOM object). ``python -m edge.results.overlay --demo OUT.png`` draws the overlay of a
+generator panoramic as the reference bundle analyses it (the README's picture, docs/images/overlay.png).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from edge.pipeline.findings import Finding
 from edge.pipeline.preprocess import pixels_from_dataset
 from edge.results.analysis import Analysis
 from edge.results.header import AI_LABEL, DEFAULT_EQUIPMENT, Equipment, finish
-from edge.results.layout import Box, Layout, Numbering, layout
+from edge.results.layout import MARKER_KEY, TOOTH_KEY, Box, Layout, Numbering, layout
 from edge.results.uids import UidFactory
 
 __all__ = ["BANNER", "OVERLAY_SERIES_NUMBER", "build_overlay", "colour", "label", "plan", "render"]
@@ -149,18 +155,21 @@ def render(
         draw.line([start, end], fill=colour(marker.kind), width=max(1, line * 2 // 3))
         r = line + 1
         draw.ellipse((end[0] - r, end[1] - r, end[0] + r, end[1] + r), fill=colour(marker.kind))
-    for tooth in laid.teeth:
-        draw.rectangle(_xy(tooth.box), fill=_TOOTH_BG, outline=_TEXT, width=1)
-        _centred(draw, tooth.box, tooth.text, small, _TEXT)
-    for marker in laid.markers:
-        box = _xy(marker.box)
-        draw.rounded_rectangle(box, radius=(box[3] - box[1]) // 2, fill=colour(marker.kind), outline=(0, 0, 0))
-        _centred(draw, marker.box, str(marker.number), small, (0, 0, 0))
+    tooth_key, marker_key = laid.keys
+    for box, number in [(t.box, t.text) for t in laid.teeth] + [(tooth_key, TOOTH_KEY)]:
+        draw.rectangle(_xy(box), fill=_TOOTH_BG, outline=_TEXT, width=1)
+        _centred(draw, box, number, small, _TEXT)
+    for box, number, fill in [(m.box, str(m.number), colour(m.kind)) for m in laid.markers] + [
+        (marker_key, MARKER_KEY, _TEXT)
+    ]:
+        xy = _xy(box)
+        draw.rounded_rectangle(xy, radius=(xy[3] - xy[1]) // 2, fill=fill, outline=(0, 0, 0))
+        _centred(draw, box, number, small, (0, 0, 0))
     for swatch, name in laid.legend:
         draw.rectangle(_xy(swatch), fill=colour(name.kind or ""))
         _centred(draw, name.box, name.text, small, _TEXT)
-    for text in laid.table:
-        _centred(draw, text.box, text.text, small, colour(text.kind) if text.kind else _TEXT)
+    for cell in laid.table:
+        _centred(draw, cell.box, cell.text, small, colour(cell.kind) if cell.kind else _TEXT)
     return np.asarray(canvas, dtype=np.uint8)
 
 

@@ -20,6 +20,7 @@ generator panoramic as the reference bundle analyses it (the README's picture, d
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,12 +56,15 @@ _BANNER_BG = (200, 0, 0)
 _PANEL_BG = (24, 24, 24)
 _TOOTH_BG = (0, 0, 0)
 _TEXT = (255, 255, 255)
+_WINDOW_SAMPLES = 250_000
+"""The display window (0.5 and 99.5 percentiles) is taken over about this many pixels, evenly spread."""
 _README_GREYS = 48
 """Grey levels of the README's picture (the generator's noise makes a PNG of every grey ~1 MB)."""
 
 
 def _to_grey8(pixels: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
-    lo, hi = (float(v) for v in np.percentile(pixels, (0.5, 99.5)))
+    step = max(1, math.isqrt(pixels.size // _WINDOW_SAMPLES))  # percentiles of every pixel: ~25 ms a panoramic
+    lo, hi = (float(v) for v in np.percentile(pixels[::step, ::step], (0.5, 99.5)))
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     # in the image's own precision and in place: float64 scalars would make three float64 copies of a panoramic
     work = pixels - pixels.dtype.type(lo)

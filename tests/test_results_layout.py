@@ -79,6 +79,13 @@ def check(laid: Layout, found: Sequence[Finding], rows: int, *, top: float = 0) 
         assert label.y0 >= top  # never over the banner
         assert label.y1 <= laid.panel.y0  # nor over the legend and table
     assert sorted(t.fdi for t in laid.teeth) == sorted({f.tooth_fdi for f in found if f.tooth_fdi})  # once each
+    dy = laid.image_at[1]
+    for tooth in laid.teeth:  # above the tooth's findings (upper arch) or below them (lower)
+        group = [f for f in found if f.tooth_fdi == tooth.fdi]
+        if tooth.fdi[0] in "1256":
+            assert tooth.box.y1 <= min(f.bbox[1] for f in group) + dy, tooth
+        else:
+            assert tooth.box.y0 >= max(f.bbox[3] - 1 for f in group) + dy, tooth
     assert [m.number for m in laid.markers] == list(range(1, len(found) + 1))
     assert sorted(m.finding for m in laid.markers) == list(range(len(found)))
     image_top, image_bottom = laid.image_at[1], laid.image_at[1] + rows
@@ -109,6 +116,11 @@ def test_generator_panoramics_through_the_reference_bundle() -> None:
             assert laid.width == columns
         inside = [m for m in laid.markers if laid.image_at[1] <= m.box.y0 and m.box.y1 <= laid.image_at[1] + rows]
         assert len(inside) == len(found)  # the panoramic has room for every marker: no band needed
+        for tooth in laid.teeth:  # and every tooth number near its tooth
+            group = [f for f in found if f.tooth_fdi == tooth.fdi]
+            width, reach, y = tooth.box.x1 - tooth.box.x0, rows / 8, tooth.box.centre[1] - laid.image_at[1]
+            assert min(f.bbox[0] for f in group) - width <= tooth.box.centre[0] <= max(f.bbox[2] for f in group) + width
+            assert min(f.bbox[1] for f in group) - reach <= y <= max(f.bbox[3] for f in group) + reach
         table = [t.text for t in laid.table]
         assert any(" (U" in text for text in table)  # Universal in the table when asked
 

@@ -262,3 +262,15 @@ def test_demo_writes_a_small_png_of_a_generator_panoramic(tmp_path: Path, capsys
         assert picture.format == "PNG"
         assert picture.width == 600
     assert out.stat().st_size < 200_000
+
+
+def test_teeth_of_a_tooth_map_are_numbered_at_their_place_with_or_without_findings() -> None:
+    found = findings(1200, 600)  # on 36 and 11, and one without a tooth
+    known = {"11": Box(780, 40, 830, 250), "21": Box(840, 40, 890, 250), "46": Box(300, 350, 360, 560)}
+    laid = layout((1200, 600), found, fixed_size, teeth=known)
+    check_boxes = {t.fdi: t.box for t in laid.teeth}
+    assert sorted(check_boxes) == ["11", "21", "36", "46"]  # each once: the map's and the findings'
+    for fdi in ("21", "46"):
+        box, tooth = check_boxes[fdi], known[fdi].shifted(0, laid.image_at[1])  # canvas pixels
+        assert tooth.x0 - 30 <= box.centre[0] <= tooth.x1 + 30
+        assert box.y1 <= tooth.y0 if fdi == "21" else box.y0 >= tooth.y1

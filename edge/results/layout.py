@@ -5,9 +5,9 @@ A pure core (findings and text sizes in, typed boxes and lines out; no pixels, n
 banner (``top`` px, drawn by the overlay), a top band (only when a mark found no free space in the radiograph),
 the radiograph, a bottom band (likewise), the panel (legend, then the findings table).
 
-- Each tooth that has a finding is numbered once, at the tooth: just above its highest outline for the upper arch,
-  just below its lowest for the lower (FDI; the table adds Universal when asked). The tooth's extent comes from its
-  findings unless ``teeth`` gives it.
+- Each tooth that has a finding (or whose extent ``teeth`` gives) is numbered once, at the tooth: just above its
+  highest outline for the upper arch, just below its lowest for the lower (FDI; the table adds Universal when
+  asked). The tooth's extent comes from its findings unless ``teeth`` gives it (the analysis records no tooth map).
 - Each finding gets a marker, numbered in reading order (the upper arch from the image's left to its right, then
   the lower). An upper-arch marker sits above its outline, a lower-arch one below, in free space: clear of every
   outline's bounding box, every tooth number and every other marker, and with a leader that crosses no other mark
@@ -347,8 +347,9 @@ def layout(
 ) -> Layout:
     """The layout of ``findings`` on a radiograph of ``image_size`` (columns, rows) under a ``top`` px banner.
 
-    ``line`` is the outline width (marks keep clear of outlines by a little more); ``teeth`` maps FDI numbers to
-    the tooth's extent in image pixels, where known (by default each tooth's findings give it).
+    ``line`` is the outline width (marks keep clear of outlines by a little more). ``teeth`` maps FDI numbers to
+    the tooth's extent in image pixels where the caller knows it (a tooth map): those teeth are numbered too, with
+    or without findings; any other tooth with a finding takes its extent from its findings.
     """
     columns, rows = image_size
     pad = max(2.0, line * 1.5)
@@ -362,7 +363,7 @@ def layout(
     tooth_marks: list[ToothMark] = []
     extents = dict(_tooth_extents(findings))
     extents.update(teeth or {})
-    numbered = sorted({f.tooth_fdi for f in findings if f.tooth_fdi}, key=lambda t: extents[t].centre[0])
+    numbered = sorted(extents, key=lambda t: extents[t].centre[0])
     for fdi in numbered:
         ext, up = extents[fdi], fdi[0] in _UPPER_QUADRANTS
         size = _padded(text_size(fdi), pad)

@@ -31,21 +31,27 @@ from edge.errors import BundleError
 from edge.pipeline.teeth import fdi_to_universal
 
 __all__ = [
+    "BOX_FORMATS",
+    "BOX_UNITS",
     "FORMAT",
     "LEGACY_PANORAMIC",
     "MANIFEST_NAME",
     "MODEL_NAME",
+    "OUTPUT_KINDS",
     "PHOTOMETRICS",
     "VIEWS",
     "Accepts",
     "Bundle",
     "Code",
+    "DetectionOutput",
     "FindingClass",
     "FindingsOutput",
     "GoldenSpec",
     "InputSpec",
     "Manifest",
     "TeethOutput",
+    "ToothClassificationOutput",
+    "ToothIndexOutput",
     "Variant",
     "accepts_of",
     "describe_accepts",
@@ -168,10 +174,67 @@ class TeethOutput:
 
 @dataclass(frozen=True)
 class FindingsOutput:
-    """The findings output: one independent sigmoid channel per class, in order."""
+    """The finding classes, in order, and (for a segmentation bundle) the output holding one independent sigmoid
+    channel per class. Detection and per-tooth classification bundles name their tensors in their own block
+    (:class:`DetectionOutput`, :class:`ToothClassificationOutput`) and leave ``name`` empty."""
 
     name: str
     classes: tuple[FindingClass, ...]
+
+
+OUTPUT_KINDS = ("segmentation", "detection", "tooth_classification")
+"""What a bundle's outputs are (``outputs.kind``): masks, boxes, or a score per tooth and class."""
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+"""How a box's four numbers are written: corners; corner and size; centre and size."""
+BOX_UNITS = ("pixels", "normalized")
+"""Box coordinates in model-input pixels, or as fractions (0-1) of the model input's width and height."""
+SCORE_ACTIVATIONS = ("none", "sigmoid", "softmax")
+"""What the agent applies to a score tensor first: nothing (already probabilities), a sigmoid, a softmax."""
+
+
+@dataclass(frozen=True)
+class ToothIndexOutput:
+    """A per-box tooth output ``[N]``: index ``k`` is the tooth ``labels_fdi[k]``; an index outside it, none."""
+
+    name: str
+    labels_fdi: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DetectionOutput:
+    """An instance detector's outputs: ``boxes [N, 4]`` with either ``scores [N]`` and ``classes [N]`` (indices into
+    the finding classes; a negative index marks a padding row) or ``class_scores [N, C]`` (score and class are the
+    row's maximum and its column). With ``nms`` the agent suppresses, per class, boxes overlapping a more confident
+    one by IoU >= ``iou_threshold`` (for a model that does not do NMS itself)."""
+
+    boxes: str
+    box_format: str = "xyxy"
+    box_units: str = "pixels"
+    scores: str | None = None
+    classes: str | None = None
+    class_scores: str | None = None
+    score_activation: str = "none"
+    nms: bool = False
+    iou_threshold: float = 0.5
+    tooth: ToothIndexOutput | None = None
+    """The model's own tooth per box, when it has one; else the tooth comes from the tooth segmentation."""
+    untoothed: bool = False
+    """True: the bundle has no tooth source and its findings are reported without a tooth (declared, not assumed)."""
+
+
+@dataclass(frozen=True)
+class ToothClassificationOutput:
+    """A per-tooth classifier's output ``[T, K]``: row ``t`` is the tooth ``teeth_fdi[t]``, column ``k`` the finding
+    kind ``columns[k]`` (``""``: a column that is no finding, e.g. healthy). Where each tooth is comes from
+    ``boxes [T, 4]`` when given, else from the tooth segmentation, else the finding spans the image."""
+
+    name: str
+    teeth_fdi: tuple[str, ...]
+    columns: tuple[str, ...]
+    activation: str = "sigmoid"
+    boxes: str | None = None
+    box_format: str = "xyxy"
+    box_units: str = "pixels"
 
 
 @dataclass(frozen=True)
@@ -213,7 +276,8 @@ class Manifest:
     clinical: bool
     description: str
     input: InputSpec
-    teeth: TeethOutput
+    teeth: TeethOutput | None
+    """The tooth segmentation output; required for ``segmentation``, optional for the other output kinds."""
     findings: FindingsOutput
     files: Mapping[str, str]
     """Relative path -> sha256 hex of every file in the bundle except the manifest."""
@@ -221,6 +285,17 @@ class Manifest:
     variants: tuple[Variant, ...] = ()
     accepts: Accepts | None = None
     """Which images the bundle is for; None: the manifest has no ``accepts`` block (see :func:`accepts_of`)."""
+    decoder: DetectionOutput | ToothClassificationOutput | None = None
+    """How to read the outputs besides ``teeth``: None for segmentation (``findings`` masks)."""
+
+    @property
+    def output_kind(self) -> str:
+        """``segmentation``, ``detection`` or ``tooth_classification`` (:data:`OUTPUT_KINDS`)."""
+        if isinstance(self.decoder, DetectionOutput):
+            return "detection"
+        if isinstance(self.decoder, ToothClassificationOutput):
+            return "tooth_classification"
+        return "segmentation"
 
 
 def accepts_of(manifest: Manifest) -> Accepts:
@@ -465,37 +540,157 @@ def _parse_class(r: _Reader) -> FindingClass:
         kind=kind,
         code=Code(scheme=code.string("scheme"), value=code.string("value"), meaning=code.string("meaning")),
         threshold=threshold,
-        min_area_px=r.integer("min_area_px", 0, 1 << 30),
+        min_area_px=r.integer("min_area_px", 0, 1 << 30) if "min_area_px" in r.doc else 0,
     )
 
 
-def _parse_outputs(r: _Reader) -> tuple[TeethOutput, FindingsOutput]:
-    teeth = r.child("teeth")
-    labels = teeth.items("labels_fdi")
+def _known(r: _Reader, known: set[str]) -> None:
+    """Refuse a key ``r``'s block does not define, so that a misspelt one is never silently ignored."""
+    unknown = sorted(set(r.doc) - known)
+    if unknown:
+        raise BundleError(f"manifest: {r._path(unknown[0])} is not a field of {r.where} ({', '.join(sorted(known))})")
+
+
+def _choice(r: _Reader, key: str, allowed: tuple[str, ...], default: str) -> str:
+    if key not in r.doc:
+        return default
+    value = r.string(key)
+    if value not in allowed:
+        raise BundleError(f"manifest: {r._path(key)} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _optional_name(r: _Reader, key: str) -> str | None:
+    return r.string(key) if key in r.doc else None
+
+
+def _fdi_list(r: _Reader, key: str) -> tuple[str, ...]:
+    labels = r.items(key)
     if not labels or not all(isinstance(label, str) for label in labels):
-        raise BundleError("manifest: outputs.teeth.labels_fdi must be a non-empty list of FDI numbers")
+        raise BundleError(f"manifest: {r._path(key)} must be a non-empty list of FDI numbers")
     for label in labels:
         try:
             fdi_to_universal(label)
         except ValueError:
-            raise BundleError(f"manifest: outputs.teeth.labels_fdi has {label!r}, not an FDI tooth number") from None
+            raise BundleError(f"manifest: {r._path(key)} has {label!r}, not an FDI tooth number") from None
     if len(set(labels)) != len(labels):
-        raise BundleError("manifest: outputs.teeth.labels_fdi repeats a tooth")
+        raise BundleError(f"manifest: {r._path(key)} repeats a tooth")
+    return tuple(labels)
+
+
+def _distinct(where: str, names: list[str | None]) -> None:
+    given = [n for n in names if n is not None]
+    if len(set(given)) != len(given):
+        raise BundleError(f"manifest: {where} names one tensor twice ({', '.join(given)})")
+
+
+def _parse_detection(r: _Reader, teeth: TeethOutput | None) -> DetectionOutput:
+    known = {"boxes", "box_format", "box_units", "scores", "classes", "class_scores", "score_activation", "nms"}
+    _known(r, known | {"iou_threshold", "tooth", "untoothed"})
+    scores, classes, class_scores = (_optional_name(r, k) for k in ("scores", "classes", "class_scores"))
+    if class_scores is None and (scores is None or classes is None):
+        raise BundleError(f"manifest: {r.where} needs scores and classes ([N] each), or class_scores ([N, C])")
+    if class_scores is not None and (scores is not None or classes is not None):
+        raise BundleError(f"manifest: {r.where} gives class_scores and scores/classes: give one or the other")
+    activation = _choice(r, "score_activation", SCORE_ACTIVATIONS, "none")
+    if activation == "softmax" and class_scores is None:
+        raise BundleError(f"manifest: {r.where}.score_activation softmax needs class_scores ([N, C])")
+    nms = bool(r.get("nms", bool)) if "nms" in r.doc else False
+    if nms and "iou_threshold" not in r.doc:
+        raise BundleError(f"manifest: {r.where}.nms is true but iou_threshold is missing")
+    iou = r.number("iou_threshold", 0.0, 1.0) if "iou_threshold" in r.doc else 0.5
+    if not 0.0 < iou < 1.0:
+        raise BundleError(f"manifest: {r.where}.iou_threshold must be strictly between 0 and 1")
+    tooth = None
+    if "tooth" in r.doc:
+        t = r.child("tooth")
+        _known(t, {"name", "labels_fdi"})
+        tooth = ToothIndexOutput(name=t.string("name"), labels_fdi=_fdi_list(t, "labels_fdi"))
+    untoothed = bool(r.get("untoothed", bool)) if "untoothed" in r.doc else False
+    if teeth is None and tooth is None and not untoothed:
+        raise BundleError(
+            f"manifest: {r.where} has no tooth source: declare outputs.teeth (a tooth segmentation), "
+            f"{r.where}.tooth (the model's tooth per box), or untoothed: true (findings without a tooth)"
+        )
+    boxes = r.string("boxes")
+    _distinct(
+        r.where,
+        [
+            boxes,
+            scores,
+            classes,
+            class_scores,
+            None if tooth is None else tooth.name,
+            None if teeth is None else teeth.name,
+        ],
+    )
+    return DetectionOutput(
+        boxes=boxes,
+        box_format=_choice(r, "box_format", BOX_FORMATS, "xyxy"),
+        box_units=_choice(r, "box_units", BOX_UNITS, "pixels"),
+        scores=scores,
+        classes=classes,
+        class_scores=class_scores,
+        score_activation=activation,
+        nms=nms,
+        iou_threshold=iou,
+        tooth=tooth,
+        untoothed=untoothed,
+    )
+
+
+def _parse_tooth_classification(
+    r: _Reader, teeth: TeethOutput | None, kinds: tuple[str, ...]
+) -> ToothClassificationOutput:
+    _known(r, {"name", "teeth_fdi", "columns", "activation", "boxes", "box_format", "box_units"})
+    columns = r.items("columns")
+    if not columns or not all(isinstance(c, str) for c in columns):
+        raise BundleError(f'manifest: {r.where}.columns must be a list of finding kinds ("" for no finding)')
+    for column in columns:
+        if column and column not in kinds:
+            raise BundleError(f"manifest: {r.where}.columns has {column!r}, which outputs.findings.classes lacks")
+    named = [c for c in columns if c]
+    if len(set(named)) != len(named) or set(named) != set(kinds):
+        raise BundleError(f"manifest: {r.where}.columns must name every finding class exactly once")
+    name, boxes = r.string("name"), _optional_name(r, "boxes")
+    _distinct(r.where, [name, boxes, None if teeth is None else teeth.name])
+    return ToothClassificationOutput(
+        name=name,
+        teeth_fdi=_fdi_list(r, "teeth_fdi"),
+        columns=tuple(columns),
+        activation=_choice(r, "activation", SCORE_ACTIVATIONS, "sigmoid"),
+        boxes=boxes,
+        box_format=_choice(r, "box_format", BOX_FORMATS, "xyxy"),
+        box_units=_choice(r, "box_units", BOX_UNITS, "pixels"),
+    )
+
+
+def _parse_outputs(
+    r: _Reader,
+) -> tuple[TeethOutput | None, FindingsOutput, DetectionOutput | ToothClassificationOutput | None]:
+    kind = _choice(r, "kind", OUTPUT_KINDS, "segmentation")
+    _known(r, {"kind", "teeth", "findings"} | ({kind} - {"segmentation"}))
+    teeth = None
+    if kind == "segmentation" or "teeth" in r.doc:
+        t = r.child("teeth")
+        teeth = TeethOutput(name=t.string("name"), labels_fdi=_fdi_list(t, "labels_fdi"))
     findings = r.child("findings")
     raw_classes = findings.items("classes")
     classes = tuple(_parse_class(_Reader(c, f"outputs.findings.classes[{i}]")) for i, c in enumerate(raw_classes))
     if not classes:
         raise BundleError("manifest: outputs.findings.classes is empty")
-    kinds = [c.kind for c in classes]
+    kinds = tuple(c.kind for c in classes)
     if len(set(kinds)) != len(kinds):
         raise BundleError("manifest: outputs.findings.classes repeats a kind")
-    teeth_name, findings_name = teeth.string("name"), findings.string("name")
-    if teeth_name == findings_name:
+    if kind == "detection":
+        return teeth, FindingsOutput("", classes), _parse_detection(r.child("detection"), teeth)
+    if kind == "tooth_classification":
+        decoder = _parse_tooth_classification(r.child("tooth_classification"), teeth, kinds)
+        return teeth, FindingsOutput("", classes), decoder
+    findings_name = findings.string("name")
+    if teeth is not None and teeth.name == findings_name:
         raise BundleError("manifest: outputs.teeth.name and outputs.findings.name must differ")
-    return (
-        TeethOutput(name=teeth_name, labels_fdi=tuple(labels)),
-        FindingsOutput(name=findings_name, classes=classes),
-    )
+    return teeth, FindingsOutput(name=findings_name, classes=classes), None
 
 
 def _check_relative(name: str) -> None:
@@ -539,7 +734,7 @@ def parse_manifest(data: bytes) -> Manifest:
     networks = [MODEL_NAME, *(v.file for v in variants)]
     if len(set(networks)) != len(networks):
         raise BundleError("manifest: two networks (model.onnx and the variants) share a file")
-    teeth, findings = _parse_outputs(r.child("outputs"))
+    teeth, findings, decoder = _parse_outputs(r.child("outputs"))
     spec = _parse_input(r.child("input"))
     accepts = _parse_accepts(r.child("accepts"), spec) if "accepts" in r.doc else None
     manifest = Manifest(
@@ -557,6 +752,7 @@ def parse_manifest(data: bytes) -> Manifest:
         golden=golden,
         variants=variants,
         accepts=accepts,
+        decoder=decoder,
     )
     accepts_of(manifest)  # a manifest without accepts must be one the agent can read as a panoramic model
     return manifest
@@ -607,6 +803,47 @@ def _accepts_json(accepts: Accepts) -> dict[str, Any]:
     return doc
 
 
+def _outputs_json(manifest: Manifest) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    if manifest.decoder is not None:
+        doc["kind"] = manifest.output_kind
+    if manifest.teeth is not None:
+        doc["teeth"] = {"name": manifest.teeth.name, "labels_fdi": list(manifest.teeth.labels_fdi)}
+    decoder = manifest.decoder
+    if isinstance(decoder, DetectionOutput):
+        block: dict[str, Any] = {"boxes": decoder.boxes, "box_format": decoder.box_format}
+        block["box_units"] = decoder.box_units
+        for key in ("scores", "classes", "class_scores"):
+            if getattr(decoder, key) is not None:
+                block[key] = getattr(decoder, key)
+        block.update(score_activation=decoder.score_activation, nms=decoder.nms, iou_threshold=decoder.iou_threshold)
+        if decoder.tooth is not None:
+            block["tooth"] = {"name": decoder.tooth.name, "labels_fdi": list(decoder.tooth.labels_fdi)}
+        block["untoothed"] = decoder.untoothed
+        doc["detection"] = block
+    elif isinstance(decoder, ToothClassificationOutput):
+        block = {
+            "name": decoder.name,
+            "teeth_fdi": list(decoder.teeth_fdi),
+            "columns": list(decoder.columns),
+            "activation": decoder.activation,
+        }
+        if decoder.boxes is not None:
+            block.update(boxes=decoder.boxes, box_format=decoder.box_format, box_units=decoder.box_units)
+        doc["tooth_classification"] = block
+    classes = [
+        {
+            "kind": c.kind,
+            "code": {"scheme": c.code.scheme, "value": c.code.value, "meaning": c.code.meaning},
+            "threshold": c.threshold,
+            "min_area_px": c.min_area_px,
+        }
+        for c in manifest.findings.classes
+    ]
+    doc["findings"] = {"name": manifest.findings.name, "classes": classes} if decoder is None else {"classes": classes}
+    return doc
+
+
 def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
     """The JSON document of a manifest (the inverse of :func:`parse_manifest`)."""
     spec = manifest.input
@@ -633,21 +870,7 @@ def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
             if manifest.accepts is not None and manifest.accepts.declared
             else {}
         ),
-        "outputs": {
-            "teeth": {"name": manifest.teeth.name, "labels_fdi": list(manifest.teeth.labels_fdi)},
-            "findings": {
-                "name": manifest.findings.name,
-                "classes": [
-                    {
-                        "kind": c.kind,
-                        "code": {"scheme": c.code.scheme, "value": c.code.value, "meaning": c.code.meaning},
-                        "threshold": c.threshold,
-                        "min_area_px": c.min_area_px,
-                    }
-                    for c in manifest.findings.classes
-                ],
-            },
-        },
+        "outputs": _outputs_json(manifest),
         "files": dict(sorted(manifest.files.items())),
         "golden": _golden_json(manifest.golden),
         **(

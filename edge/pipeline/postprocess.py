@@ -1,9 +1,16 @@
 """Model outputs -> findings in source pixels (pure: arrays in, :class:`~edge.pipeline.findings.Finding` out).
 
-The reference model's outputs, for one image: ``teeth`` logits ``[1, 1 + T, H/s, W/s]`` (softmax; channel 0 is
-background, channel ``k`` is the tooth ``labels_fdi[k - 1]`` of the manifest; ``s`` a whole number, 2 for the
-reference model) and ``findings`` logits ``[1, K, H, W]`` (independent sigmoids, one per finding class in manifest
-order).
+The decoder of the bundle's output kind (:mod:`edge.pipeline.decoders`: segmentation, detection, per-tooth
+classification) reads the outputs into candidates in model pixels; the clinical rules live here, the same for
+every kind: each candidate goes on its tooth, one finding per tooth, exclusive kinds, bone loss, and the mapping
+to source pixels. A boxed candidate (a detection, a tooth's classification) keeps the tooth the model gave it, else
+takes the tooth zone covering most of its box (below), else none; boxes of one kind on one tooth become one
+finding (their union, the best confidence); its outline is the box, or the tooth's outline.
+
+A segmentation model's outputs (the reference model's), for one image: ``teeth`` logits ``[1, 1 + T, H/s, W/s]``
+(softmax; channel 0 is background, channel ``k`` is the tooth ``labels_fdi[k - 1]`` of the manifest; ``s`` a whole
+number, 2 for the reference model) and ``findings`` logits ``[1, K, H, W]`` (independent sigmoids, one per finding
+class in manifest order).
 
 Tooth numbers follow the order of the arch (:func:`tooth_labels`). Every model pixel is given to its nearest
 tooth (a Voronoi partition of the tooth labels). A finding is a connected region of one class above the class
@@ -23,15 +30,17 @@ and a percentage is given only for a root at least :data:`MIN_ROOT_SHARE` of the
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from edge.errors import PipelineError
+from edge.pipeline.decoders import Box, Decoded, Region, decode, region_outline, repeat_labels, tooth_labels
 from edge.pipeline.findings import Finding
-from edge.pipeline.teeth import PERMANENT_FDI, is_upper
+from edge.pipeline.teeth import is_upper
+from models.bundle import Manifest
 
 __all__ = [
     "EXCLUSIVE",
@@ -89,136 +98,6 @@ def _exclusive(found: list[Finding]) -> list[Finding]:
                 if box_iou(a.bbox, b.bbox) >= EXCLUSIVE_IOU:
                     dropped.add(j if a.confidence >= b.confidence else i)
     return [f for k, f in enumerate(found) if k not in dropped]
-
-
-def region_outline(mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
-    """The convex hull of a region's pixels as ``(x, y)`` pixel-edge points, clockwise on screen (y down).
-
-    Pixel ``(row, col)`` spans ``[col, col + 1) x [row, row + 1)``; an empty mask gives an empty outline.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return []
-    sub = mask[rows]
-    first = sub.argmax(axis=1)
-    last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
-    points = sorted(
-        {
-            (float(x), float(y))
-            for r, lo, hi in zip(rows, first, last, strict=True)
-            for x in (lo, hi + 1)
-            for y in (r, r + 1)
-        }
-    )
-    if len(points) <= 2:
-        return points
-
-    def cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-    lower: list[tuple[float, float]] = []
-    for p in points:
-        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    upper: list[tuple[float, float]] = []
-    for p in reversed(points):
-        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    return lower[:-1] + upper[:-1]
-
-
-def _monotone_columns(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
-    """The non-decreasing state per column that maximises the summed ``scores[column, state]`` (Viterbi)."""
-    columns, states = scores.shape
-    index = np.arange(states)
-    value = scores[0].copy()
-    back = np.zeros((columns, states), np.intp)
-    for x in range(1, columns):
-        best = np.maximum.accumulate(value)
-        back[x] = np.maximum.accumulate(np.where(value >= best, index, 0))
-        value = scores[x] + best
-    path = np.zeros(columns, np.intp)
-    path[-1] = int(value.argmax())
-    for x in range(columns - 1, 0, -1):
-        path[x - 1] = back[x, path[x]]
-    return path
-
-
-def tooth_labels(
-    teeth: npt.NDArray[np.float32], labels_fdi: tuple[str, ...], *, consume: bool = False
-) -> npt.NDArray[np.intp]:
-    """Tooth label per pixel (0 none, ``k`` the tooth ``labels_fdi[k - 1]``) from ``[1 + T, H, W]`` logits.
-
-    Where the pixel is a tooth comes from the arg-max; which tooth, from the order teeth stand in on a panoramic:
-    in each jaw, numbers run monotonically across the image (upper 18 ... 28 and lower 48 ... 38 from the image's
-    left). Each column of each jaw gets the number that best fits the column's tooth probabilities under that
-    order. This corrects the network's left/right and neighbour confusions. A manifest with teeth outside the
-    permanent dentition gets the plain arg-max. With ``consume`` the softmax overwrites ``teeth`` instead of a copy
-    (33 channels at 256x512 are 17 MB). Labels come at the logits' resolution (see :func:`repeat_labels`).
-    """
-    labels = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
-    if not set(labels_fdi) <= set(PERMANENT_FDI) or not labels.any():
-        return labels
-    if consume:
-        probs = teeth
-        probs -= teeth.max(axis=0, keepdims=True)
-    else:
-        probs = teeth - teeth.max(axis=0, keepdims=True)  # one float32 copy; everything below is in place or 2-D
-    np.exp(probs, out=probs)
-    probs /= probs.sum(axis=0, keepdims=True)
-    rank = {fdi: i for i, fdi in enumerate(PERMANENT_FDI)}
-    channels = sorted(range(1, len(labels_fdi) + 1), key=lambda k: rank[labels_fdi[k - 1]])
-    upper = [k for k in channels if is_upper(labels_fdi[k - 1])]
-    lower = [k for k in reversed(channels) if not is_upper(labels_fdi[k - 1])]
-    upper_mass = np.zeros(labels.shape, np.float32)
-    lower_mass = np.zeros(labels.shape, np.float32)
-    for k in upper:
-        upper_mass += probs[k]
-    for k in lower:
-        lower_mass += probs[k]
-    tooth = labels > 0
-    in_upper = upper_mass >= lower_mass
-    result = np.zeros_like(labels)
-    for order, jaw in ((upper, tooth & in_upper), (lower, tooth & ~in_upper)):
-        if not order or not jaw.any():
-            continue
-        weight = jaw.astype(np.float32)
-        scores = np.stack([(probs[k] * weight).sum(axis=0, dtype=np.float64) for k in order], axis=1)
-        column_label = np.asarray(order, dtype=np.intp)[_monotone_columns(scores)]
-        rows, cols = np.nonzero(jaw)
-        result[rows, cols] = column_label[cols]
-    return result
-
-
-def repeat_labels(labels: npt.NDArray[np.intp], shape: tuple[int, int]) -> npt.NDArray[np.intp]:
-    """Tooth ``labels`` made at a whole fraction (1, 1/2, 1/4 ...) of ``shape``, each repeated up to it.
-
-    A tooth head may work below the model's input resolution (the reference model's does, at 1/2): tooth numbers
-    need context, not the last pixel, and full-resolution tooth logits would be the largest tensor of the run.
-    """
-    rows, cols = shape
-    height, width = labels.shape
-    factor = rows // height if height else 0
-    if factor < 1 or (height * factor, width * factor) != (rows, cols):
-        raise PipelineError(f"model outputs disagree in size: tooth labels {labels.shape}, findings {(rows, cols)}")
-    if factor == 1:
-        return labels
-    return np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)
-
-
-def _single(outputs: dict[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.float32]:
-    if name not in outputs:
-        raise PipelineError(f"model output {name!r} is missing (have {sorted(outputs)})")
-    array = np.asarray(outputs[name], dtype=np.float32)
-    if array.ndim == 4:
-        if array.shape[0] != 1:
-            raise PipelineError(f"model output {name!r} has batch size {array.shape[0]}; post-process one image")
-        array = array[0]
-    if array.ndim != 3:
-        raise PipelineError(f"model output {name!r} has shape {array.shape}; expected [1, C, H, W]")
-    return array
 
 
 def _bone_loss(
@@ -298,9 +177,122 @@ def _finding(
     )
 
 
+def _zones(labels: npt.NDArray[np.intp] | None) -> npt.NDArray[np.intp] | None:
+    """Every model pixel given to its nearest tooth, none beyond :data:`MAX_TOOTH_DISTANCE` of the width."""
+    if labels is None:
+        return None
+    if not labels.any():
+        return np.zeros_like(labels)
+    distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    zones: npt.NDArray[np.intp] = labels[near_r, near_c]
+    zones[distance > MAX_TOOTH_DISTANCE * labels.shape[1]] = 0
+    return zones
+
+
+def _region_findings(
+    region: Region,
+    zones: npt.NDArray[np.intp],
+    decoded: Decoded,
+    prepared: _Transform,
+    pixel_spacing_mm: tuple[float, float] | None,
+) -> list[Finding]:
+    """One finding per tooth zone holding a substantial share of ``region`` (:data:`MIN_SHARE`)."""
+    assert decoded.labels is not None
+    window, whole = region.window, region.mask
+    total = int(whole.sum())
+    local_zones = zones[window]
+    counts = np.bincount(local_zones[whole], minlength=len(decoded.labels_fdi) + 1)
+    floor = max(region.min_area_px, MIN_SHARE * total)
+    major = [int(z) for z in np.flatnonzero(counts >= floor)] or [int(counts.argmax())]
+    largest = max(major, key=lambda z: int(counts[z]))
+    stray = whole & ~np.isin(local_zones, major)
+    found: list[Finding] = []
+    for zone in major:
+        part = whole & (local_zones == zone)
+        if zone == largest:
+            part |= stray
+        found.append(
+            _finding(
+                kind=region.kind,
+                region=part,
+                window=window,
+                logits=region.logits,
+                zone=zone,
+                labels=decoded.labels,
+                labels_fdi=decoded.labels_fdi,
+                prepared=prepared,
+                pixel_spacing_mm=pixel_spacing_mm,
+            )
+        )
+    return found
+
+
+def _box_tooth(box: Box, zones: npt.NDArray[np.intp] | None, labels_fdi: tuple[str, ...]) -> str | None:
+    """The tooth of a box: the model's own, else the tooth zone covering most of the box, else none."""
+    if box.given_tooth or zones is None:
+        return box.tooth_fdi
+    rows, cols = zones.shape
+    x0, y0 = int(np.clip(np.floor(box.box[0]), 0, cols)), int(np.clip(np.floor(box.box[1]), 0, rows))
+    x1, y1 = int(np.clip(np.ceil(box.box[2]), x0, cols)), int(np.clip(np.ceil(box.box[3]), y0, rows))
+    inside = zones[y0:y1, x0:x1]
+    counts = np.bincount(inside.reshape(-1), minlength=len(labels_fdi) + 1)[1:]
+    return labels_fdi[int(counts.argmax())] if counts.any() else None
+
+
+def _one_per_tooth(boxes: list[tuple[Box, str | None]]) -> list[tuple[Box, str | None]]:
+    """Boxed candidates of one kind on one tooth merged into one: the boxes' union, the best confidence.
+
+    A clinician reads "caries on 36" once; two overlapping detections or two lesions on one tooth are one
+    finding on it. Candidates without a tooth are kept as they are.
+    """
+    merged: dict[tuple[str, str], tuple[Box, str | None]] = {}
+    rest: list[tuple[Box, str | None]] = []
+    for box, tooth in boxes:
+        if tooth is None:
+            rest.append((box, tooth))
+            continue
+        key = (box.kind, tooth)
+        if key not in merged:
+            merged[key] = (box, tooth)
+            continue
+        other = merged[key][0]
+        union = (
+            min(box.box[0], other.box[0]),
+            min(box.box[1], other.box[1]),
+            max(box.box[2], other.box[2]),
+            max(box.box[3], other.box[3]),
+        )
+        best = box if box.confidence > other.confidence else other
+        merged[key] = (dataclasses.replace(best, box=union, outline=()), tooth)
+    return [*merged.values(), *rest]
+
+
+def _box_finding(
+    box: Box, tooth: str | None, prepared: _Transform, pixel_spacing_mm: tuple[float, float] | None
+) -> Finding:
+    """A boxed candidate in source pixels: its box, its outline (else the box's corners), its area."""
+    bbox = prepared.box_to_source(box.box)
+    x0, y0, x1, y1 = box.box
+    corners = box.outline or ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+    points = prepared.to_source(np.asarray(corners, dtype=np.float64).reshape(-1, 2))
+    points[:, 0] = np.clip(points[:, 0], bbox[0], bbox[2])
+    points[:, 1] = np.clip(points[:, 1], bbox[1], bbox[3])
+    area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+    row_mm, col_mm = pixel_spacing_mm if pixel_spacing_mm is not None else (None, None)
+    return Finding(
+        kind=box.kind,
+        tooth_fdi=tooth,
+        confidence=box.confidence,
+        bbox=bbox,
+        polygon=tuple((float(x), float(y)) for x, y in points),
+        area_px=area,
+        area_mm2=None if row_mm is None or col_mm is None else area * row_mm * col_mm,
+    )
+
+
 def findings_from_outputs(
     outputs: dict[str, npt.NDArray[Any]],
-    bundle_manifest: Any,
+    bundle_manifest: Manifest,
     prepared: _Transform,
     pixel_spacing_mm: tuple[float, float] | None,
     *,
@@ -308,63 +300,17 @@ def findings_from_outputs(
 ) -> list[Finding]:
     """Findings of one image from the model's outputs (with ``consume``, overwriting the tooth logits).
 
-    ``bundle_manifest`` is a :class:`models.bundle.Manifest`; ``prepared`` the
+    The outputs are read by the decoder of the manifest's output kind (:mod:`edge.pipeline.decoders`); the
+    candidates it gives are put on their teeth and turned into findings here. ``prepared`` is the
     :class:`~edge.pipeline.preprocess.Prepared` of the image; ``pixel_spacing_mm`` is ``(row, column)`` spacing
     (DICOM order: vertical, then horizontal) in mm, or ``None`` when the image has none.
     """
-    teeth_spec, findings_spec = bundle_manifest.teeth, bundle_manifest.findings
-    teeth = _single(outputs, teeth_spec.name)
-    scores = _single(outputs, findings_spec.name)
-    classes = findings_spec.classes
-    if teeth.shape[0] != len(teeth_spec.labels_fdi) + 1 or scores.shape[0] != len(classes):
-        raise PipelineError(
-            f"model outputs have {teeth.shape[0]} tooth and {scores.shape[0]} finding channels; the manifest "
-            f"expects {len(teeth_spec.labels_fdi) + 1} and {len(classes)}"
-        )
-    labels = tooth_labels(teeth, teeth_spec.labels_fdi, consume=consume)
-    labels = repeat_labels(labels, (scores.shape[1], scores.shape[2]))
-    width = labels.shape[1]
-    if labels.any():
-        distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-        zones = labels[near_r, near_c]
-        zones[distance > MAX_TOOTH_DISTANCE * width] = 0
-    else:
-        zones = np.zeros_like(labels)
+    decoded = decode(outputs, bundle_manifest, consume=consume)
+    zones = _zones(decoded.labels)
     found: list[Finding] = []
-    for index, cls in enumerate(classes):
-        logits = scores[index]
-        mask = logits >= np.float32(np.log(cls.threshold / (1.0 - cls.threshold)))
-        if not mask.any():
-            continue
-        components, _ = ndimage.label(mask)
-        for number, window in enumerate(ndimage.find_objects(components), start=1):
-            if window is None:
-                continue
-            whole = components[window] == number
-            total = int(whole.sum())
-            if total < cls.min_area_px:
-                continue
-            local_zones = zones[window]
-            counts = np.bincount(local_zones[whole], minlength=len(teeth_spec.labels_fdi) + 1)
-            floor = max(cls.min_area_px, MIN_SHARE * total)
-            major = [int(z) for z in np.flatnonzero(counts >= floor)] or [int(counts.argmax())]
-            largest = max(major, key=lambda z: int(counts[z]))
-            stray = whole & ~np.isin(local_zones, major)
-            for zone in major:
-                region = whole & (local_zones == zone)
-                if zone == largest:
-                    region |= stray
-                found.append(
-                    _finding(
-                        kind=cls.kind,
-                        region=region,
-                        window=window,
-                        logits=logits,
-                        zone=zone,
-                        labels=labels,
-                        labels_fdi=teeth_spec.labels_fdi,
-                        prepared=prepared,
-                        pixel_spacing_mm=pixel_spacing_mm,
-                    )
-                )
+    for region in decoded.regions:
+        assert zones is not None  # a segmentation bundle has a tooth output
+        found.extend(_region_findings(region, zones, decoded, prepared, pixel_spacing_mm))
+    boxes = _one_per_tooth([(box, _box_tooth(box, zones, decoded.labels_fdi)) for box in decoded.boxes])
+    found.extend(_box_finding(box, tooth, prepared, pixel_spacing_mm) for box, tooth in boxes)
     return _exclusive(found)

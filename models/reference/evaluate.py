@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edge.errors import BundleError
 from edge.pipeline.findings import Finding
 from edge.pipeline.postprocess import box_iou, findings_from_outputs, repeat_labels, tooth_labels
 from models.bundle import Bundle
@@ -55,6 +56,8 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(bundle.model_bytes, options, providers=["CPUExecutionProvider"])
+    if manifest.teeth is None or manifest.decoder is not None:
+        raise BundleError(f"{manifest.id}: the evaluation reads segmentation bundles (tooth and finding masks)")
     names = [manifest.teeth.name, manifest.findings.name]
     labels_fdi = manifest.teeth.labels_fdi
     classes = manifest.findings.classes

@@ -1,0 +1,444 @@
+"""Model outputs -> candidate findings in model-input pixels, one decoder per output kind (pure: arrays in).
+
+A bundle's manifest says what its outputs are (``outputs.kind``, :data:`models.bundle.OUTPUT_KINDS`) and
+:data:`DECODERS` holds one small function per kind that reads them:
+
+- ``segmentation`` (the reference U-Net): ``findings`` logits ``[1, K, H, W]``, one sigmoid channel per class,
+  become connected :class:`Region` s above the class threshold and at least ``min_area_px`` large;
+- ``detection``: ``boxes [N, 4]`` with ``scores [N]`` and ``classes [N]`` or a ``class_scores [N, C]`` matrix
+  become :class:`Box` es at or above the class threshold, suppressed per class (NMS) when the model does not;
+- ``tooth_classification``: a ``[T, K]`` score per tooth and finding column becomes one :class:`Box` per tooth
+  and class at or above the threshold, on that tooth.
+
+Every decoder also reads the tooth segmentation (``teeth``) when the bundle has one (:func:`tooth_labels`), so
+that :func:`edge.pipeline.postprocess.findings_from_outputs` can put each candidate on its tooth, keep the clinical
+rules (one finding per tooth, exclusive kinds, bone loss) in one place and map everything to source pixels through
+the inverse letterbox. A tensor may carry a leading batch dimension of 1. An output that is missing or of the wrong
+shape raises :class:`~edge.errors.PipelineError` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from edge.errors import PipelineError
+from edge.pipeline.teeth import PERMANENT_FDI, is_upper
+from models.bundle import DetectionOutput, Manifest, ToothClassificationOutput
+
+__all__ = [
+    "DECODERS",
+    "Box",
+    "Decoded",
+    "Decoder",
+    "Region",
+    "decode",
+    "nms",
+    "region_outline",
+    "repeat_labels",
+    "tooth_labels",
+    "xyxy_boxes",
+]
+
+BoxTuple = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected region of one segmentation class: ``mask`` is its window ``window`` of the model grid."""
+
+    kind: str
+    window: tuple[slice, slice]
+    mask: npt.NDArray[np.bool_]
+    logits: npt.NDArray[np.float32]
+    """The class's whole logit map (confidence is the mean probability over whichever part becomes a finding)."""
+    min_area_px: int
+
+
+@dataclass(frozen=True)
+class Box:
+    """A boxed candidate in model pixels: ``box`` is ``(x0, y0, x1, y1)``, end-exclusive."""
+
+    kind: str
+    confidence: float
+    box: BoxTuple
+    tooth_fdi: str | None = None
+    given_tooth: bool = False
+    """The model itself named the tooth (or that it has none); otherwise the tooth segmentation decides."""
+    outline: tuple[tuple[float, float], ...] = ()
+    """The outline in model pixels, when better known than the box (a tooth's own outline)."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What one image's outputs hold, in model pixels."""
+
+    labels: npt.NDArray[np.intp] | None
+    """Tooth label per model pixel (0 none, ``k`` the tooth ``labels_fdi[k - 1]``), or None without a tooth output."""
+    labels_fdi: tuple[str, ...] = ()
+    regions: tuple[Region, ...] = ()
+    boxes: tuple[Box, ...] = field(default=())
+
+
+Decoder = Callable[[Mapping[str, npt.NDArray[Any]], Manifest, bool], Decoded]
+"""``(outputs, manifest, consume) -> Decoded``; ``consume`` lets it overwrite the outputs instead of copying."""
+
+
+def _tensor(outputs: Mapping[str, npt.NDArray[Any]], name: str, ndim: int) -> npt.NDArray[np.float32]:
+    """Output ``name`` as float32 with ``ndim`` dimensions (a leading batch dimension of 1 is dropped)."""
+    if name not in outputs:
+        raise PipelineError(f"model output {name!r} is missing (have {sorted(outputs)})")
+    array = np.asarray(outputs[name], dtype=np.float32)
+    if array.ndim == ndim + 1:
+        if array.shape[0] != 1:
+            raise PipelineError(f"model output {name!r} has batch size {array.shape[0]}; post-process one image")
+        array = array[0]
+    if array.ndim != ndim:
+        raise PipelineError(f"model output {name!r} has shape {array.shape}; expected {ndim} dimensions (+ batch 1)")
+    return array
+
+
+def region_outline(mask: npt.NDArray[np.bool_]) -> list[tuple[float, float]]:
+    """The convex hull of a region's pixels as ``(x, y)`` pixel-edge points, clockwise on screen (y down).
+
+    Pixel ``(row, col)`` spans ``[col, col + 1) x [row, row + 1)``; an empty mask gives an empty outline.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return []
+    sub = mask[rows]
+    first = sub.argmax(axis=1)
+    last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    points = sorted(
+        {
+            (float(x), float(y))
+            for r, lo, hi in zip(rows, first, last, strict=True)
+            for x in (lo, hi + 1)
+            for y in (r, r + 1)
+        }
+    )
+    if len(points) <= 2:
+        return points
+
+    def cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list[tuple[float, float]] = []
+    for p in points:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list[tuple[float, float]] = []
+    for p in reversed(points):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
+
+
+def _monotone_columns(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+    """The non-decreasing state per column that maximises the summed ``scores[column, state]`` (Viterbi)."""
+    columns, states = scores.shape
+    index = np.arange(states)
+    value = scores[0].copy()
+    back = np.zeros((columns, states), np.intp)
+    for x in range(1, columns):
+        best = np.maximum.accumulate(value)
+        back[x] = np.maximum.accumulate(np.where(value >= best, index, 0))
+        value = scores[x] + best
+    path = np.zeros(columns, np.intp)
+    path[-1] = int(value.argmax())
+    for x in range(columns - 1, 0, -1):
+        path[x - 1] = back[x, path[x]]
+    return path
+
+
+def tooth_labels(
+    teeth: npt.NDArray[np.float32], labels_fdi: tuple[str, ...], *, consume: bool = False
+) -> npt.NDArray[np.intp]:
+    """Tooth label per pixel (0 none, ``k`` the tooth ``labels_fdi[k - 1]``) from ``[1 + T, H, W]`` logits.
+
+    Where the pixel is a tooth comes from the arg-max; which tooth, from the order teeth stand in on a panoramic:
+    in each jaw, numbers run monotonically across the image (upper 18 ... 28 and lower 48 ... 38 from the image's
+    left). Each column of each jaw gets the number that best fits the column's tooth probabilities under that
+    order. This corrects the network's left/right and neighbour confusions. A manifest with teeth outside the
+    permanent dentition gets the plain arg-max. With ``consume`` the softmax overwrites ``teeth`` instead of a copy
+    (33 channels at 256x512 are 17 MB). Labels come at the logits' resolution (see :func:`repeat_labels`).
+    """
+    labels = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
+    if not set(labels_fdi) <= set(PERMANENT_FDI) or not labels.any():
+        return labels
+    if consume:
+        probs = teeth
+        probs -= teeth.max(axis=0, keepdims=True)
+    else:
+        probs = teeth - teeth.max(axis=0, keepdims=True)  # one float32 copy; everything below is in place or 2-D
+    np.exp(probs, out=probs)
+    probs /= probs.sum(axis=0, keepdims=True)
+    rank = {fdi: i for i, fdi in enumerate(PERMANENT_FDI)}
+    channels = sorted(range(1, len(labels_fdi) + 1), key=lambda k: rank[labels_fdi[k - 1]])
+    upper = [k for k in channels if is_upper(labels_fdi[k - 1])]
+    lower = [k for k in reversed(channels) if not is_upper(labels_fdi[k - 1])]
+    upper_mass = np.zeros(labels.shape, np.float32)
+    lower_mass = np.zeros(labels.shape, np.float32)
+    for k in upper:
+        upper_mass += probs[k]
+    for k in lower:
+        lower_mass += probs[k]
+    tooth = labels > 0
+    in_upper = upper_mass >= lower_mass
+    result = np.zeros_like(labels)
+    for order, jaw in ((upper, tooth & in_upper), (lower, tooth & ~in_upper)):
+        if not order or not jaw.any():
+            continue
+        weight = jaw.astype(np.float32)
+        scores = np.stack([(probs[k] * weight).sum(axis=0, dtype=np.float64) for k in order], axis=1)
+        column_label = np.asarray(order, dtype=np.intp)[_monotone_columns(scores)]
+        rows, cols = np.nonzero(jaw)
+        result[rows, cols] = column_label[cols]
+    return result
+
+
+def repeat_labels(labels: npt.NDArray[np.intp], shape: tuple[int, int]) -> npt.NDArray[np.intp]:
+    """Tooth ``labels`` made at a whole fraction (1, 1/2, 1/4 ...) of ``shape``, each repeated up to it.
+
+    A tooth head may work below the model's input resolution (the reference model's does, at 1/2): tooth numbers
+    need context, not the last pixel, and full-resolution tooth logits would be the largest tensor of the run.
+    """
+    rows, cols = shape
+    height, width = labels.shape
+    factor = rows // height if height else 0
+    if factor < 1 or (height * factor, width * factor) != (rows, cols):
+        raise PipelineError(f"model outputs disagree in size: tooth labels {labels.shape}, findings {(rows, cols)}")
+    if factor == 1:
+        return labels
+    return np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)
+
+
+def _labels(
+    outputs: Mapping[str, npt.NDArray[Any]], manifest: Manifest, shape: tuple[int, int], consume: bool
+) -> npt.NDArray[np.intp] | None:
+    """The tooth labels of the bundle's tooth output at ``shape``, or None when it has no tooth output."""
+    if manifest.teeth is None:
+        return None
+    teeth = _tensor(outputs, manifest.teeth.name, 3)
+    if teeth.shape[0] != len(manifest.teeth.labels_fdi) + 1:
+        raise PipelineError(
+            f"model output {manifest.teeth.name!r} has {teeth.shape[0]} tooth channels; the manifest expects "
+            f"{len(manifest.teeth.labels_fdi) + 1}"
+        )
+    return repeat_labels(tooth_labels(teeth, manifest.teeth.labels_fdi, consume=consume), shape)
+
+
+def decode_segmentation(outputs: Mapping[str, npt.NDArray[Any]], manifest: Manifest, consume: bool) -> Decoded:
+    """Connected regions of each class's sigmoid channel at or above its threshold and ``min_area_px``."""
+    assert manifest.teeth is not None  # the manifest parser requires it for segmentation
+    scores = _tensor(outputs, manifest.findings.name, 3)
+    classes = manifest.findings.classes
+    teeth = _tensor(outputs, manifest.teeth.name, 3)
+    if teeth.shape[0] != len(manifest.teeth.labels_fdi) + 1 or scores.shape[0] != len(classes):
+        raise PipelineError(
+            f"model outputs have {teeth.shape[0]} tooth and {scores.shape[0]} finding channels; the manifest "
+            f"expects {len(manifest.teeth.labels_fdi) + 1} and {len(classes)}"
+        )
+    labels = tooth_labels(teeth, manifest.teeth.labels_fdi, consume=consume)
+    labels = repeat_labels(labels, (scores.shape[1], scores.shape[2]))
+    regions: list[Region] = []
+    for index, cls in enumerate(classes):
+        logits = scores[index]
+        mask = logits >= np.float32(np.log(cls.threshold / (1.0 - cls.threshold)))
+        if not mask.any():
+            continue
+        components, _ = ndimage.label(mask)
+        for number, window in enumerate(ndimage.find_objects(components), start=1):
+            if window is None:
+                continue
+            whole = components[window] == number
+            if int(whole.sum()) < cls.min_area_px:
+                continue
+            regions.append(Region(cls.kind, window, whole, logits, cls.min_area_px))
+    return Decoded(labels=labels, labels_fdi=manifest.teeth.labels_fdi, regions=tuple(regions))
+
+
+def _activate(values: npt.NDArray[np.float32], activation: str) -> npt.NDArray[np.float64]:
+    """Probabilities from ``values`` (``[..., C]`` for softmax over the last axis)."""
+    x = values.astype(np.float64)
+    if activation == "sigmoid":
+        return np.asarray(1.0 / (1.0 + np.exp(-x)))
+    if activation == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return np.asarray(e / e.sum(axis=-1, keepdims=True))
+    return x
+
+
+def xyxy_boxes(
+    raw: npt.NDArray[np.float32], box_format: str, units: str, size: tuple[int, int]
+) -> npt.NDArray[np.float64]:
+    """``[N, 4]`` boxes written as ``box_format`` in ``units`` -> ``(x0, y0, x1, y1)`` model pixels.
+
+    ``size`` is the model input's ``(height, width)``, what normalised coordinates are fractions of.
+    """
+    b = raw.astype(np.float64)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise PipelineError(f"boxes have shape {raw.shape}; expected [N, 4]")
+    if box_format == "xywh":
+        b = np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], axis=1)
+    elif box_format == "cxcywh":
+        half_w, half_h = b[:, 2] / 2.0, b[:, 3] / 2.0
+        b = np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], axis=1)
+    if units == "normalized":
+        height, width = size
+        b = b * np.asarray([width, height, width, height], dtype=np.float64)
+    return np.stack(
+        [
+            np.minimum(b[:, 0], b[:, 2]),
+            np.minimum(b[:, 1], b[:, 3]),
+            np.maximum(b[:, 0], b[:, 2]),
+            np.maximum(b[:, 1], b[:, 3]),
+        ],
+        axis=1,
+    )
+
+
+def nms(boxes: npt.NDArray[np.float64], scores: npt.NDArray[np.float64], iou_threshold: float) -> list[int]:
+    """Indices of ``boxes`` kept by greedy non-maximum suppression, most confident first."""
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    while order:
+        best, *rest = order
+        kept.append(best)
+        if not rest:
+            break
+        others = np.asarray(rest)
+        ix = np.clip(
+            np.minimum(boxes[best, 2], boxes[others, 2]) - np.maximum(boxes[best, 0], boxes[others, 0]), 0, None
+        )
+        iy = np.clip(
+            np.minimum(boxes[best, 3], boxes[others, 3]) - np.maximum(boxes[best, 1], boxes[others, 1]), 0, None
+        )
+        inter = ix * iy
+        union = area[best] + area[others] - inter
+        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+        order = [i for i, v in zip(rest, iou, strict=True) if v < iou_threshold]
+    return kept
+
+
+def decode_detection(outputs: Mapping[str, npt.NDArray[Any]], manifest: Manifest, consume: bool) -> Decoded:
+    """Boxes at or above their class's threshold and ``min_area_px`` (box area), per-class NMS if declared."""
+    spec = manifest.decoder
+    assert isinstance(spec, DetectionOutput)
+    size = (manifest.input.height, manifest.input.width)
+    classes = manifest.findings.classes
+    boxes = xyxy_boxes(_tensor(outputs, spec.boxes, 2), spec.box_format, spec.box_units, size)
+    if spec.class_scores is not None:
+        matrix = _activate(_tensor(outputs, spec.class_scores, 2), spec.score_activation)
+        if matrix.shape[1] != len(classes):
+            raise PipelineError(
+                f"model output {spec.class_scores!r} has {matrix.shape[1]} classes; the manifest has {len(classes)}"
+            )
+        index = matrix.argmax(axis=1).astype(np.intp) if matrix.shape[0] else np.zeros(0, np.intp)
+        scores = matrix.max(axis=1) if matrix.shape[0] else np.zeros(0)
+    else:
+        assert spec.scores is not None
+        assert spec.classes is not None
+        scores = _activate(_tensor(outputs, spec.scores, 1), spec.score_activation)
+        index = np.rint(_tensor(outputs, spec.classes, 1)).astype(np.intp)
+    teeth_index = None
+    if spec.tooth is not None:
+        teeth_index = np.rint(_tensor(outputs, spec.tooth.name, 1)).astype(np.intp)
+    lengths = {len(boxes), len(scores), len(index), *(() if teeth_index is None else (len(teeth_index),))}
+    if len(lengths) != 1:
+        raise PipelineError(f"detection outputs disagree in length: {sorted(lengths)} boxes/scores/classes/teeth")
+    if index.size and int(index.max()) >= len(classes):
+        raise PipelineError(f"a detection has class {int(index.max())}; the manifest has {len(classes)} classes")
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep: list[int] = []
+    for c, cls in enumerate(classes):
+        mine = np.flatnonzero((index == c) & (scores >= cls.threshold) & (area >= cls.min_area_px))
+        if spec.nms and mine.size:
+            mine = mine[nms(boxes[mine], scores[mine], spec.iou_threshold)]
+        keep.extend(int(i) for i in mine)
+    found: list[Box] = []
+    for i in sorted(keep):
+        tooth, given = None, False
+        if spec.tooth is not None and teeth_index is not None:
+            k = int(teeth_index[i])
+            tooth, given = (spec.tooth.labels_fdi[k] if 0 <= k < len(spec.tooth.labels_fdi) else None), True
+        x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        found.append(
+            Box(classes[int(index[i])].kind, min(1.0, max(0.0, float(scores[i]))), (x0, y0, x1, y1), tooth, given)
+        )
+    labels = _labels(outputs, manifest, size, consume)
+    return Decoded(
+        labels=labels, labels_fdi=() if manifest.teeth is None else manifest.teeth.labels_fdi, boxes=tuple(found)
+    )
+
+
+def _tooth_extent(
+    labels: npt.NDArray[np.intp] | None, labels_fdi: tuple[str, ...], fdi: str
+) -> tuple[BoxTuple, tuple[tuple[float, float], ...]] | None:
+    """The box and outline of tooth ``fdi`` in the tooth segmentation, or None when it is not there."""
+    if labels is None or fdi not in labels_fdi:
+        return None
+    mask = labels == labels_fdi.index(fdi) + 1
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+    return box, tuple(region_outline(mask))
+
+
+def decode_tooth_classification(outputs: Mapping[str, npt.NDArray[Any]], manifest: Manifest, consume: bool) -> Decoded:
+    """One candidate per tooth and finding column at or above the class's threshold, on that tooth."""
+    spec = manifest.decoder
+    assert isinstance(spec, ToothClassificationOutput)
+    size = (manifest.input.height, manifest.input.width)
+    scores = _tensor(outputs, spec.name, 2)
+    if scores.shape != (len(spec.teeth_fdi), len(spec.columns)):
+        raise PipelineError(
+            f"model output {spec.name!r} has shape {scores.shape}; the manifest expects "
+            f"[{len(spec.teeth_fdi)}, {len(spec.columns)}] (teeth x columns)"
+        )
+    probs = _activate(scores, spec.activation)
+    boxes = None
+    if spec.boxes is not None:
+        boxes = xyxy_boxes(_tensor(outputs, spec.boxes, 2), spec.box_format, spec.box_units, size)
+        if len(boxes) != len(spec.teeth_fdi):
+            raise PipelineError(f"model output {spec.boxes!r} has {len(boxes)} boxes for {len(spec.teeth_fdi)} teeth")
+    labels = _labels(outputs, manifest, size, consume)
+    labels_fdi = () if manifest.teeth is None else manifest.teeth.labels_fdi
+    threshold = {c.kind: c.threshold for c in manifest.findings.classes}
+    whole: BoxTuple = (0.0, 0.0, float(size[1]), float(size[0]))
+    found: list[Box] = []
+    for t, fdi in enumerate(spec.teeth_fdi):
+        for k, kind in enumerate(spec.columns):
+            if not kind or probs[t, k] < threshold[kind]:
+                continue
+            outline: tuple[tuple[float, float], ...] = ()
+            if boxes is not None:
+                box: BoxTuple = (float(boxes[t, 0]), float(boxes[t, 1]), float(boxes[t, 2]), float(boxes[t, 3]))
+            elif (extent := _tooth_extent(labels, labels_fdi, fdi)) is not None:
+                box, outline = extent
+            else:
+                box = whole
+            found.append(Box(kind, min(1.0, max(0.0, float(probs[t, k]))), box, fdi, True, outline))
+    return Decoded(labels=labels, labels_fdi=labels_fdi, boxes=tuple(found))
+
+
+DECODERS: Mapping[str, Decoder] = {
+    "segmentation": decode_segmentation,
+    "detection": decode_detection,
+    "tooth_classification": decode_tooth_classification,
+}
+"""One decoder per output kind (``outputs.kind`` of the manifest)."""
+
+
+def decode(outputs: Mapping[str, npt.NDArray[Any]], manifest: Manifest, *, consume: bool = False) -> Decoded:
+    """Decode one image's ``outputs`` by the decoder of the manifest's output kind."""
+    return DECODERS[manifest.output_kind](outputs, manifest, consume)

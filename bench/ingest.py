@@ -6,24 +6,33 @@
 * ``storescp``: DCMTK's ``storescp``, tuned (largest PDU it accepts, bit-preserving, no host lookup,
   ``TCP_NODELAY=1``); it does not fsync;
 * ``bare pynetdicom``: a pynetdicom SCP whose handler only writes ``event.encoded_dataset()`` to a file (no
-  fsync, no index), with the same maximum PDU as ours.
+  fsync, no index), with the same maximum PDU as ours;
+* ``agent, no AI`` and ``agent, analysing``: the whole agent, ``btt-edge run`` (results off, the reference bundle
+  on ONNX Runtime's CPU backend), with ``[pipeline] enabled`` false and true. The analysing agent's model is
+  loaded before the batch is sent; its round ends when ``storescu`` is done, then the bench waits until every
+  image is analysed and counts them (the batch is refused as a result if one is not). With ``--no-yield`` a third,
+  ``agent, no yield``, analyses with ``[pipeline] ingest_quiet_s = 0`` (analysis does not wait for ingest: how the
+  agent ran before it yielded).
 
 Each receiver runs in its own process; ``storescu`` sends the whole corpus over one association, the receivers
 take turns ``--rounds`` times and the best round counts. Run from the repository root::
 
-    nice -n 10 .venv/bin/python -m bench.ingest [--images 40] [--rounds 5]
+    nice -n 10 .venv/bin/python -m bench.ingest [--images 40] [--rounds 5] [--no-yield]
 
 It also times writing the corpus with the store's durability protocol alone (no network, no DICOM), the
-ceiling for any receiver that fsyncs on this disk. The last lines are ``ratio ingest_vs_storescp = X`` and
-``ratio ingest_vs_bare_pynetdicom = Y``.
+ceiling for any receiver that fsyncs on this disk. The last lines are ``ratio ingest_vs_storescp = X``,
+``ratio ingest_vs_bare_pynetdicom = Y`` and ``ratio ingest_with_analysis_vs_without = Z`` (the analysing agent's
+rate over the agent's without analysis).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,6 +45,19 @@ import numpy as np
 DCMTK = Path("/usr/bin")
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 ROWS, COLUMNS = 1400, 2900
+BUNDLE = Path(__file__).resolve().parent.parent / "models" / "bundles" / "reference-dental"
+AGENT_ENV = {
+    **{k: v for k, v in DCMTK_ENV.items() if not k.startswith("BTT_EDGE_")},
+    "BTT_EDGE_PIPELINE_BUNDLE_PATH": str(BUNDLE),
+    "BTT_EDGE_PIPELINE_BACKEND": "onnxruntime-cpu",
+    "BTT_EDGE_RESULTS_ENABLED": "false",
+}
+AGENTS = {  # kind -> environment of its `btt-edge run`
+    "agent, no AI": {**AGENT_ENV, "BTT_EDGE_PIPELINE_ENABLED": "false"},
+    "agent, analysing": AGENT_ENV,
+    "agent, no yield": {**AGENT_ENV, "BTT_EDGE_PIPELINE_INGEST_QUIET_S": "0"},
+}
+DONE_STATES = ("analysed", "skipped", "failed")
 
 
 def make_corpus(directory: Path, count: int) -> list[Path]:
@@ -113,23 +135,53 @@ def _free_port() -> int:
 
 
 def _start(kind: str, out: Path, port: int) -> subprocess.Popen[bytes]:
+    env, log = DCMTK_ENV, subprocess.DEVNULL
     if kind == "storescp":
         cmd = [str(DCMTK / "storescp"), "-pdu", "131072", "-dhl", "+B", "-od", str(out), str(port)]
+    elif kind in AGENTS:
+        cmd = [sys.executable, "-m", "edge", "run", "--data-dir", str(out), "--port", str(port)]
+        env, log = AGENTS[kind], (out.parent / f"{out.name}.log").open("wb")
     else:
         cmd = [sys.executable, "-m", "bench.ingest", "--serve", kind, str(out), str(port)]
-    process = subprocess.Popen(cmd, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     echo = [str(DCMTK / "echoscu"), "-aec", "BTT_EDGE", "127.0.0.1", str(port)]
-    deadline = time.monotonic() + 60
-    while subprocess.run(echo, env=DCMTK_ENV, capture_output=True, check=False).returncode != 0:
+    deadline = time.monotonic() + 120
+    while subprocess.run(echo, env=DCMTK_ENV, capture_output=True, check=False).returncode != 0 or (
+        env.get("BTT_EDGE_PIPELINE_ENABLED") != "false" and kind in AGENTS and not _model_loaded(out)
+    ):
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"{kind} did not start")
         time.sleep(0.1)
     return process
 
 
-def _round(kind: str, corpus: list[Path], work: Path) -> float:
-    """Seconds for storescu to send the corpus to a fresh receiver of ``kind``."""
-    out = work / kind.replace(" ", "_")
+def _model_loaded(out: Path) -> bool:
+    """Whether the agent writing to ``out`` has its model loaded (it logs each active model once it has)."""
+    return "model active" in (out.parent / f"{out.name}.log").read_text(errors="replace")
+
+
+def _analysed(out: Path, count: int) -> tuple[int, float]:
+    """Wait until the agent on ``out`` has finished every one of ``count`` instances; how many were analysed, and
+    the seconds that took from now."""
+    started = time.perf_counter()
+    deadline = time.monotonic() + 60 + 30 * count
+    conn = sqlite3.connect(f"file:{out / 'edge.db'}?mode=ro", uri=True)
+    try:
+        while True:
+            states = [str(r[0]) for r in conn.execute("SELECT pipeline_state FROM instances")]
+            if len(states) == count and all(s in DONE_STATES for s in states):
+                return states.count("analysed"), time.perf_counter() - started
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not analysed in time: {collections.Counter(states)}")
+            time.sleep(0.1)
+    finally:
+        conn.close()
+
+
+def _round(kind: str, corpus: list[Path], work: Path, analysed: dict[str, list[tuple[int, float]]]) -> float:
+    """Seconds for storescu to send the corpus to a fresh receiver of ``kind``; an analysing agent's count of
+    analysed images and the seconds it took after the batch go to ``analysed[kind]``."""
+    out = work / kind.replace(" ", "_").replace(",", "")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     port = _free_port()
@@ -140,6 +192,8 @@ def _round(kind: str, corpus: list[Path], work: Path) -> float:
         started = time.perf_counter()
         result = subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, check=False)
         elapsed = time.perf_counter() - started
+        if result.returncode == 0 and kind in analysed:
+            analysed[kind].append(_analysed(out, len(corpus)))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -173,6 +227,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40, help="images in the corpus (default 40, ~8 MB each)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per receiver; the best counts")
     parser.add_argument("--work-dir", type=Path, help="where corpus and receivers write (default: system temp)")
+    parser.add_argument("--no-yield", action="store_true", help="also an analysing agent that does not yield")
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -187,21 +242,33 @@ def main() -> None:
         corpus = make_corpus(work / "corpus", args.images)
         total_mb = sum(p.stat().st_size for p in corpus) / 1e6
         print(f"corpus: {len(corpus)} images of {ROWS}x{COLUMNS} 16-bit, {total_mb:.0f} MB; storescu, one association")
-        kinds = ("ours", "storescp", "bare pynetdicom")
+        kinds = ["ours", "storescp", "bare pynetdicom", "agent, no AI", "agent, analysing"]
+        kinds += ["agent, no yield"] if args.no_yield else []
         best = dict.fromkeys(kinds, float("inf"))
+        analysed: dict[str, list[tuple[int, float]]] = {k: [] for k in kinds if k in AGENTS and k != "agent, no AI"}
         for _ in range(args.rounds):
             for kind in kinds:
-                best[kind] = min(best[kind], _round(kind, corpus, work))
+                best[kind] = min(best[kind], _round(kind, corpus, work, analysed))
         ceiling = min(durable_write_seconds(corpus, work / "disk") for _ in range(args.rounds))
         rate = {kind: total_mb / seconds for kind, seconds in best.items()}
         for kind, seconds in best.items():
-            print(f"{kind:<16} {seconds:6.2f} s  {rate[kind]:7.1f} MB/s  {len(corpus) / seconds:6.1f} images/s")
+            print(f"{kind:<17} {seconds:6.2f} s  {rate[kind]:7.1f} MB/s  {len(corpus) / seconds:6.1f} images/s")
         print(
             f"(disk alone: writing the corpus with fsync, rename and directory fsync per file, no network, takes "
             f"{ceiling:.2f} s = {total_mb / ceiling:.0f} MB/s, the ceiling of any receiver that fsyncs here)"
         )
+        for kind, rounds in analysed.items():
+            counts = " ".join(str(n) for n, _ in rounds)
+            after = " ".join(f"{s:.1f}" for _, s in rounds)
+            print(f"{kind}: analysed {counts} of {len(corpus)} per round; the last finished {after} s after the batch")
         print(f"ratio ingest_vs_storescp = {rate['ours'] / rate['storescp']:.2f}")
         print(f"ratio ingest_vs_bare_pynetdicom = {rate['ours'] / rate['bare pynetdicom']:.2f}")
+        if "agent, no yield" in rate:
+            no_yield = rate["agent, no yield"] / rate["agent, no AI"]
+            print(f"ratio ingest_without_yield_vs_without_analysis = {no_yield:.2f}")
+        print(f"ratio ingest_with_analysis_vs_without = {rate['agent, analysing'] / rate['agent, no AI']:.2f}")
+        if any(n < len(corpus) for rounds in analysed.values() for n, _ in rounds):
+            raise SystemExit("an analysing agent did not analyse every image")
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def build_agent(config: AgentConfig) -> Agent:
     # larger of the two, not their sum (bench/inference: agent peak RSS).
     image_lock = threading.Lock()
     if config.pipeline.enabled:
-        from edge.pipeline.worker import PipelineService
+        from edge.pipeline.worker import IngestYield, PipelineService
 
         pipeline = config.pipeline
         pipeline_service = PipelineService(
@@ -222,6 +222,9 @@ def build_agent(config: AgentConfig) -> Agent:
             outbox=outbox,
             model_gate=updater,
             image_lock=image_lock,
+            # Analysis yields to ingest: it waits while the SCP is receiving (bounded by max_defer_s).
+            ingest_activity=scp.receiving_at,
+            ingest_yield=IngestYield(quiet_s=pipeline.ingest_quiet_s, max_defer_s=pipeline.max_defer_s),
         )
         # A new image wakes the worker at once; polling stays as the fallback (e.g. after a restart).
         store.add_listener(pipeline_service.notify)

@@ -376,6 +376,12 @@ class PipelineConfig:
     """Received instances taken from the index at a time (first in, first out)."""
     poll_interval_s: float = bounded(1.0, lo=0.05, hi=3600)
     """How often the worker looks for newly received instances when not woken."""
+    ingest_quiet_s: float = bounded(0.3, lo=0.0, hi=10.0)
+    """Analysis yields to ingest: the next image waits while data arrived on an open association within this many
+    seconds (a batch from the unit is stored at full speed, then analysed). 0: analysis never waits for ingest."""
+    max_defer_s: float = bounded(5.0, lo=0.1, hi=600.0)
+    """The longest analysis waits for ingest in a row; then one image is analysed and it waits again, so a long
+    transfer never starves analysis."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +470,11 @@ class CapacityConfig:
     blob_url: str = ""
     """Base URL the relay serves job bundles and input batches from (``<blob_url>/<sha256>``); each is checked
     against the hash the signed job names. Empty: jobs are refused (nothing to fetch them from)."""
+    min_download_rate: int = bounded(16384, lo=1, hi=1_073_741_824)
+    """Slowest rate, bytes/s, a blob download is allowed: each may take 30 s plus its length (as the server states
+    it, else the most a blob may hold) at this rate, so a server that trickles bytes cannot hold the job worker."""
+    max_download_s: float = bounded(1800.0, lo=10, hi=86_400)
+    """Longest any one blob download may take, whatever its length; a job whose blob is slower is refused."""
     opening_hours: tuple[str, ...] = ("mon-fri 07:00-19:00", "sat 08:00-13:00")
     """Local times the clinic is open, ``"<days> HH:MM-HH:MM"`` (days ``mon``..``sun``, ranges ``mon-fri``, lists
     ``mon,wed``). Nothing is offered during opening hours."""

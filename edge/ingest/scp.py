@@ -69,6 +69,8 @@ class StorageSCP:
         self.store = store
         self._ae: Any = None
         self._server: Any = None
+        self._last_pdu_at = 0.0
+        """``time.monotonic()`` when a PDU last arrived on any association (see :meth:`receiving_at`)."""
 
     @property
     def port(self) -> int:
@@ -81,6 +83,14 @@ class StorageSCP:
     def active_associations(self) -> int:
         """Associations open right now (0 when not listening); for the control socket's overview."""
         return 0 if self._ae is None else len(self._ae.active_associations)
+
+    def receiving_at(self) -> float | None:
+        """When data last arrived (``time.monotonic()``) while an association is open; None while none is.
+
+        The pipeline's ingest activity: analysis waits while this is recent (``[pipeline] ingest_quiet_s``), so
+        that a batch from the unit is stored at full speed; an open association that has gone quiet (a unit that
+        holds it between exposures) does not hold analysis back for longer than that."""
+        return self._last_pdu_at if self.active_associations else None
 
     def start(self) -> None:
         """Listen for associations; returns once the socket is bound."""
@@ -107,6 +117,7 @@ class StorageSCP:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_PDU_RECV, self._on_pdu),
         ]
         try:
             self._server = ae.start_server((cfg.bind_address, cfg.port), block=False, evt_handlers=handlers)
@@ -134,6 +145,9 @@ class StorageSCP:
 
     def _on_connect(self, ev: Any) -> None:
         transport.tune(ev.assoc)
+
+    def _on_pdu(self, ev: Any) -> None:
+        self._last_pdu_at = time.monotonic()
 
     def _on_close(self, ev: Any) -> None:
         size = spool.discard_partial(ev.assoc)

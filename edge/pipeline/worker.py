@@ -16,7 +16,14 @@ by kind, timings; never an identifier). A :class:`ModelGate` (OTA) may swap the 
 flight and is told how each instance went.
 
 Work is taken from the index in receipt order into a bounded in-memory queue (``queue_size``), so a burst of
-images never loads more than that many index rows at once. Tables (component ``pipeline``)::
+images never loads more than that many index rows at once.
+
+Analysis yields to ingest (:class:`IngestYield`): while the SCP is receiving (data arrived on an open association
+within ``ingest_quiet_s``) the service waits before it starts the next image, so the unit's batch is stored at the
+rate of the disk rather than sharing the CPU and the GIL with decoding and inference; it waits at most
+``max_defer_s`` in a row, then analyses one image and waits again, so a long transfer never starves analysis. An
+association that is closed, or open but quiet (a unit holding it between exposures), does not hold analysis back.
+Tables (component ``pipeline``)::
 
     pipeline_attempts  sop_instance_uid PK, attempts INTEGER, last_error, updated_at
     pipeline_results   sop_instance_uid PK, status, reason, model_id, model_version, clinical INTEGER, backend,
@@ -33,6 +40,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -57,7 +65,7 @@ from edge.store.index import (
 )
 from models.bundle import accepts_of, describe_accepts
 
-__all__ = ["MAX_ATTEMPTS", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]
+__all__ = ["MAX_ATTEMPTS", "IngestYield", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]
 
 log = logging.getLogger("edge.pipeline")
 
@@ -121,6 +129,36 @@ class ModelGate(Protocol):
         ...
 
 
+class IngestYield:
+    """When analysis should wait for ingest: a pure policy, asked with the time and the SCP's last receive.
+
+    :meth:`wait_s` says how long to wait before the next image (0: analyse now). Ingest counts as active while data
+    arrived within ``quiet_s`` on an open association; analysis then waits until it has been quiet that long, but
+    never more than ``max_defer_s`` in a row: after that one image is analysed and the next wait starts afresh.
+    ``quiet_s = 0`` turns yielding off.
+    """
+
+    def __init__(self, quiet_s: float, max_defer_s: float) -> None:
+        self.quiet_s = quiet_s
+        self.max_defer_s = max_defer_s
+        self._deferring_since: float | None = None
+
+    def wait_s(self, now: float, received_at: float | None) -> float:
+        """Seconds to wait before the next image, given ``now`` and when data last arrived on an open association
+        (None while none is open); same clock."""
+        quiet_for = None if received_at is None else now - received_at
+        if quiet_for is None or quiet_for >= self.quiet_s:
+            self._deferring_since = None
+            return 0.0
+        if self._deferring_since is None:
+            self._deferring_since = now
+        deferred = now - self._deferring_since
+        if deferred >= self.max_defer_s:
+            self._deferring_since = None  # this image goes now; the next one may wait again
+            return 0.0
+        return min(self.quiet_s - quiet_for, self.max_defer_s - deferred)
+
+
 class PipelineWorker:
     """Takes received instances in order and analyses them; one thread calls :meth:`step` or :meth:`drain`."""
 
@@ -171,6 +209,11 @@ class PipelineWorker:
             self._queue.extend(
                 i.sop_instance_uid for i in instances_in_state(self._conn, "received", limit=self._queue_size)
             )
+
+    def pending(self) -> bool:
+        """Whether a received instance is waiting (it may still be claimed by someone else first)."""
+        self._refill()
+        return bool(self._queue)
 
     def step(self) -> bool:
         """Analyse the oldest received instance; False when there was none."""
@@ -357,8 +400,13 @@ class PipelineService(BackgroundLoop):
         outbox: Outbox | None = None,
         model_gate: ModelGate | None = None,
         image_lock: threading.Lock | None = None,
+        ingest_activity: Callable[[], float | None] | None = None,
+        ingest_yield: IngestYield | None = None,
     ) -> None:
         self._data_dir = data_dir
+        self._ingest_activity = ingest_activity
+        """When data last arrived on an open association (``time.monotonic()``), None while none is open."""
+        self._yield = ingest_yield or IngestYield(quiet_s=0.0, max_defer_s=0.0)
         self._load_analyzer = load_analyzer
         self._image_lock = image_lock
         self._queue_size = queue_size
@@ -397,7 +445,7 @@ class PipelineService(BackgroundLoop):
             worker.recover()
             self.ready.set()
             while not self._stop.is_set():
-                worker.drain(self._stop.is_set)
+                self._drain(worker)
                 if self._gate is not None and (update := self._gate.idle(worker.analyzer)) is not None:
                     worker.analyzer.close()
                     worker.analyzer = update
@@ -410,3 +458,27 @@ class PipelineService(BackgroundLoop):
             log.exception("pipeline worker stopped by an unexpected error")
         finally:
             conn.close()
+
+    def _drain(self, worker: PipelineWorker) -> None:
+        """Analyse until nothing is received, yielding to ingest before each image (or until stopped)."""
+        while not self._stop.is_set() and worker.pending():
+            if self._yield_to_ingest():
+                worker.step()
+
+    def _yield_to_ingest(self) -> bool:
+        """Wait while :class:`IngestYield` says so; False when the service is stopping meanwhile."""
+        if self._ingest_activity is None:
+            return True
+        started = now = time.monotonic()
+        while (wait := self._yield.wait_s(now, self._ingest_activity())) > 0:
+            # re-check often: an association that closes (the unit sent one image) lets analysis start at once
+            if self._stop.wait(min(wait, _YIELD_RECHECK_S)):
+                return False
+            now = time.monotonic()
+        if now > started:
+            event(log, "analysis yielded to ingest", waited_s=round(now - started, 2))
+        return True
+
+
+_YIELD_RECHECK_S = 0.05
+"""While analysis yields to ingest, the SCP's activity is looked at this often."""

@@ -4,20 +4,30 @@ A :class:`Fetcher` returns the bytes named by a sha256 digest; :class:`BlobCache
 ``<data_dir>/capacity/blobs/<sha256>`` (written atomically) and refuses anything whose hash differs from the
 name the signed job gave (:class:`~edge.errors.JobRejected`). :class:`HttpFetcher` reads ``<base>/<sha256>`` from
 the relay; :class:`DirectoryFetcher` reads ``<dir>/<sha256>`` (tests, and boxes given jobs on removable media).
+
+:class:`HttpFetcher` downloads within an overall deadline (:mod:`edge.http`, the one the OTA updater uses):
+``timeout_s`` plus the most the blob may hold (or the length the server states, when less) at ``min_rate``
+bytes/s, never more than ``max_s`` (``[capacity] min_download_rate``, ``max_download_s``). A server that trickles
+bytes is cut off there and the job refused with that reason, instead of holding the job worker for as long as it
+likes; the agent carries on with the next job.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import urllib.error
-import urllib.request
+from http.client import HTTPResponse
 from pathlib import Path
 from typing import Protocol
 
 from edge.durable import atomic_write_bytes
 from edge.errors import JobRejected
+from edge.http import Deadline, DownloadLimits, open_url
 
 __all__ = ["BlobCache", "DirectoryFetcher", "Fetcher", "HttpFetcher"]
+
+_CHUNK = 64 * 1024
 
 
 class Fetcher(Protocol):
@@ -29,21 +39,50 @@ class Fetcher(Protocol):
 
 
 class HttpFetcher:
-    """``GET <base_url>/<digest>`` from the relay."""
+    """``GET <base_url>/<digest>`` from the relay: each read waits at most ``timeout_s``, the whole download at most
+    :meth:`~edge.http.DownloadLimits.deadline_s` of ``max_bytes`` (of the stated length, when less)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 30.0, *, min_rate: int = 16384, max_s: float = 1800.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
+        self.limits = DownloadLimits(timeout_s=timeout_s, min_rate=min_rate, max_s=max_s)
 
     def fetch(self, digest: str, max_bytes: int) -> bytes:
+        deadline = Deadline(self.limits.deadline_s(max_bytes))
         try:
-            with urllib.request.urlopen(f"{self.base_url}/{digest}", timeout=self.timeout_s) as response:
-                data: bytes = response.read(max_bytes + 1)
-        except (urllib.error.URLError, OSError) as exc:
+            with deadline, open_url(f"{self.base_url}/{digest}", deadline, timeout_s=self.limits.timeout_s) as response:
+                return self._body(response, deadline, digest, max_bytes)
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            if isinstance(exc, urllib.error.HTTPError):
+                exc.close()
+            if deadline.expired:
+                raise _slow(digest, deadline) from exc
             raise JobRejected(f"cannot fetch blob {digest[:16]}: {exc}") from exc
-        if len(data) > max_bytes:
-            raise JobRejected(f"blob {digest[:16]} is larger than {max_bytes} bytes")
-        return data
+
+    def _body(self, response: HTTPResponse, deadline: Deadline, digest: str, max_bytes: int) -> bytes:
+        """The body, at most ``max_bytes``; the deadline brought forward to the length the server states."""
+        stated = response.headers.get("Content-Length", "")
+        if stated.isascii() and stated.isdigit():
+            if int(stated) > max_bytes:
+                raise _too_large(digest, max_bytes)
+            deadline.tighten(self.limits.deadline_s(int(stated)))
+        chunks: list[bytes] = []
+        received = 0
+        while chunk := response.read1(_CHUNK):
+            received += len(chunk)
+            if received > max_bytes:
+                raise _too_large(digest, max_bytes)
+            chunks.append(chunk)
+        if deadline.expired:  # the connection was shut down: what ended the body was the deadline
+            raise _slow(digest, deadline)
+        return b"".join(chunks)
+
+
+def _slow(digest: str, deadline: Deadline) -> JobRejected:
+    return JobRejected(f"cannot fetch blob {digest[:16]}: {deadline.reason} (slow retrieval)")
+
+
+def _too_large(digest: str, max_bytes: int) -> JobRejected:
+    return JobRejected(f"blob {digest[:16]} is larger than {max_bytes} bytes")
 
 
 class DirectoryFetcher:
@@ -62,7 +101,7 @@ class DirectoryFetcher:
         path = self.directory / digest
         try:
             if path.stat().st_size > max_bytes:
-                raise JobRejected(f"blob {digest[:16]} is larger than {max_bytes} bytes")
+                raise _too_large(digest, max_bytes)
             return path.read_bytes()
         except OSError as exc:
             raise JobRejected(f"cannot read blob {digest[:16]}: {exc.strerror}") from exc

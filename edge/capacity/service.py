@@ -124,8 +124,9 @@ class CapacityService:
         self.book = book
         self.outbox = outbox
         self.activity = activity
-        blobs = fetcher if fetcher is not None else (HttpFetcher(self.cfg.blob_url) if self.cfg.blob_url else None)
-        self._cache = BlobCache(self.data_dir / "capacity" / "blobs", blobs) if blobs is not None else None
+        if fetcher is None and self.cfg.blob_url:
+            fetcher = HttpFetcher(self.cfg.blob_url, min_rate=self.cfg.min_download_rate, max_s=self.cfg.max_download_s)
+        self._cache = BlobCache(self.data_dir / "capacity" / "blobs", fetcher) if fetcher is not None else None
         self._accelerator = accelerator
         self._now = now
         self._score = score

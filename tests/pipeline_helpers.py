@@ -206,3 +206,42 @@ def bright_spot_image(rows: int = 100, cols: int = 200) -> np.ndarray:
     image = np.random.default_rng(5).integers(100, 300, (rows, cols)).astype(np.uint16)
     image[40:60, 120:150] = 4000
     return image
+
+
+def constant_onnx(outputs: dict[str, np.ndarray], height: int = HEIGHT, width: int = WIDTH) -> bytes:
+    """A network that reads ``image [1, 1, height, width]`` and gives the constant ``outputs`` (float32).
+
+    For bundles of every output kind (``model pack`` tests): each output is its constant plus 0 x the image's sum,
+    so the graph reads its input as a real model does and ONNX Runtime computes (not folds) the result.
+    """
+    nodes = [
+        helper.make_node("ReduceSum", ["image"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+    ]
+    initializers = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    infos = []
+    for name, value in outputs.items():
+        array = np.asarray(value, np.float32)
+        nodes.append(helper.make_node("Add", [f"{name}_value", "nothing"], [name]))
+        initializers.append(numpy_helper.from_array(array, f"{name}_value"))
+        infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(array.shape)))
+    graph = helper.make_graph(
+        nodes,
+        "constant",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, height, width])],
+        infos,
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def split_teeth(left: str, right: str, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """Tooth logits ``[1, 33, height, width]``: tooth ``left`` (FDI) on the image's left half, ``right`` on its
+    right half (channel ``k`` is ``PERMANENT_FDI[k - 1]``, as :data:`MANIFEST` declares)."""
+    teeth = np.zeros((1, 33, height, width), np.float32)
+    teeth[0, PERMANENT_FDI.index(left) + 1, :, : width // 2] = 10.0
+    teeth[0, PERMANENT_FDI.index(right) + 1, :, width // 2 :] = 10.0
+    return teeth

@@ -1,9 +1,10 @@
-"""``btt-edge model synth|eval|verify|train|export``: the reference model's data, metrics and bundle tools.
+"""``btt-edge model synth|eval|verify|pack|train|export``: the reference model's data, metrics and bundle tools.
 
 ``synth`` writes synthetic panoramic radiographs as DICOM with their ground truth beside them (``X.dcm`` and
 ``X.json``, the ground truth as the object ``analyze --json`` prints for one file, with model id
 ``synthetic-ground-truth``). ``eval`` prints the held-out metrics of a bundle; ``verify`` loads a bundle (hashes,
-agent version), says which images it accepts and runs its golden vectors on ONNX Runtime. ``train`` and
+agent version), says which images it accepts and runs its golden vectors on ONNX Runtime. ``pack`` makes a bundle
+from a manufacturer's ONNX model (or a MONAI Bundle) and a short description (:mod:`models.pack`). ``train`` and
 ``export`` retrain and rebuild the reference bundle; they need the ``train`` extra (PyTorch).
 """
 
@@ -49,6 +50,16 @@ def register(sub: Any) -> None:
     verify = actions.add_parser("verify", help="check a bundle: manifest, hashes, agent version, golden vectors")
     verify.add_argument("path", type=Path, metavar="PATH")
     verify.set_defaults(func=_verify)
+
+    pack = actions.add_parser("pack", help="make a bundle from an ONNX model (or a MONAI Bundle) and a description")
+    source = pack.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", type=Path, metavar="MODEL.onnx", help="the network")
+    source.add_argument("--monai", type=Path, metavar="DIR", help="a MONAI Bundle (configs/metadata.json, models/)")
+    pack.add_argument(
+        "--describe", type=Path, required=True, metavar="FILE", help="classes, codes, thresholds, input (TOML/JSON)"
+    )
+    pack.add_argument("--out", type=Path, required=True, metavar="DIR", help="the bundle directory to write")
+    pack.set_defaults(func=_pack)
 
     train = actions.add_parser("train", help="train the reference network (needs the train extra)")
     train.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, metavar="WEIGHTS")
@@ -148,6 +159,32 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"golden vectors failed: {failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from edge.errors import BundleError
+    from models.bundle import load_bundle, write_bundle
+    from models.pack import monai_description, pack_model, read_description, read_monai
+
+    description = read_description(args.describe)
+    if args.monai is not None:
+        metadata, model = read_monai(args.monai)
+        description = monai_description(metadata, description)
+    else:
+        try:
+            model = args.onnx.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read {args.onnx}: {exc}") from exc
+    if args.out.exists() and any(args.out.iterdir()):
+        raise BundleError(f"{args.out} is not empty: pack into a new directory")
+    files = pack_model(model, description)
+    write_bundle(args.out, files)
+    manifest = load_bundle(args.out).manifest
+    print(
+        f"wrote {args.out}: {manifest.id} {manifest.version}, {manifest.output_kind}, "
+        f"{len(manifest.findings.classes)} finding classes, golden vectors from ONNX Runtime"
+    )
+    return _verify(argparse.Namespace(path=args.out))
 
 
 def _train(args: argparse.Namespace) -> int:

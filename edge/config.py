@@ -320,6 +320,8 @@ class ResultsConfig:
     org_root: str = "1.2.826.0.1.3680043.8.498"
     """UID root of the new objects (at most 40 characters). The default is pydicom's open root; a manufacturer
     sets its own."""
+    tooth_numbering: Literal["fdi", "fdi+universal"] = "fdi"
+    """How the overlay's findings table names teeth: FDI (ISO 3950), or FDI and Universal (the SR always has both)."""
     forward: tuple[str, ...] = ()
     """Shorthand destinations ``AE@HOST:PORT`` that get the SR and the overlay (``run --forward`` sets this)."""
     destinations: tuple[DestinationConfig, ...] = ()

@@ -367,3 +367,26 @@ def test_recorded_analyses_code_each_analysis_from_the_model_that_made_it(tmp_pa
     with pytest.raises(ResultBuildError, match="no active bundle is model 'gone-model'"):
         analyses.load(conn, "1.3")
     conn.close()
+
+
+@pytest.mark.parametrize("numbering", ["fdi", "fdi+universal"])
+def test_the_overlay_names_teeth_as_results_tooth_numbering_says(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch, numbering: str
+) -> None:
+    import edge.results.service as service_module
+    from edge.results.overlay import build_overlay
+
+    asked: list[str] = []
+
+    def spy(*args: object, numbering: str = "fdi", **kwargs: object) -> object:
+        asked.append(numbering)
+        return build_overlay(*args, numbering=numbering, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service_module, "build_overlay", spy)
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    source = source_image("PX", rows=300, columns=600)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    ingest(store, source)
+    service = _service(store, analyses, sender, clock, destinations=(PACS,), tooth_numbering=numbering)
+    assert service.build_pending(store.conn) == 1
+    assert asked == [numbering]

@@ -16,6 +16,7 @@ The findings come from an :class:`AnalysisSource` (the pipeline's record of each
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -110,6 +111,11 @@ class ResultsService:
         equipment: Equipment | Callable[[], Equipment] = DEFAULT_EQUIPMENT,
     ) -> None:
         self.config = config
+        self._builders: dict[ObjectKind, _Builder] = {
+            **_BUILDERS,
+            "overlay": functools.partial(build_overlay, numbering=config.tooth_numbering),
+        }
+        """The builders with this box's options (the overlay's tooth numbering)."""
         self._equipment = equipment
         """This box, as the General Equipment of every object (its serial number, the device id, when it has one);
         a function when the box may be given its identity while it runs (``btt-edge provision``)."""
@@ -239,12 +245,12 @@ class ResultsService:
             analysis = self.analyses.load(conn, uid)
             if analysis is None:
                 raise ResultBuildError(f"no analysis is recorded for {uid}")
-            for kind, builder in _BUILDERS.items():
+            for kind in _BUILDERS:
                 if kind == "gsps" and not self._targets("gsps"):
                     continue
                 with self._image_lock if kind != "sr" else contextlib.nullcontext():
                     source = self._read(instance.path, pixels=kind != "sr")
-                    built = builder(source, analysis, self.uids, equipment=self.equipment)
+                    built = self._builders[kind](source, analysis, self.uids, equipment=self.equipment)
                     del source
                 obj = self._write(built, kind, uid, instance.study_uid)
                 with transaction(conn):

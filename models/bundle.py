@@ -55,6 +55,7 @@ __all__ = [
     "Variant",
     "accepts_of",
     "describe_accepts",
+    "describe_outputs",
     "load_bundle",
     "manifest_to_json",
     "pack_bundle",
@@ -325,6 +326,27 @@ def describe_accepts(accepts: Accepts) -> str:
         + ("" if spacing is None else f", pixel spacing {spacing[0]:g}-{spacing[1]:g} mm")
     )
     return text if accepts.declared else f"{text} (no accepts block: read as a panoramic model)"
+
+
+def describe_outputs(manifest: Manifest) -> str:
+    """One line saying what ``manifest``'s outputs are and how they become findings (``btt-edge model verify``)."""
+    kinds = "/".join(c.kind for c in manifest.findings.classes)
+    decoder = manifest.decoder
+    teeth = "" if manifest.teeth is None else f", {len(manifest.teeth.labels_fdi)}-tooth segmentation"
+    if isinstance(decoder, DetectionOutput):
+        suppression = f"NMS by the agent (IoU {decoder.iou_threshold:g})" if decoder.nms else "NMS by the model"
+        if decoder.tooth is not None:
+            source = "the model's tooth per box"
+        elif manifest.teeth is not None:
+            source = "the tooth segmentation"
+        else:
+            source = "none (untoothed)"
+        detail = f"boxes {decoder.box_format} in {decoder.box_units}, {suppression}, tooth from {source}"
+    elif isinstance(decoder, ToothClassificationOutput):
+        detail = f"{len(decoder.teeth_fdi)} teeth x {len(decoder.columns)} columns ({decoder.activation}){teeth}"
+    else:
+        detail = f"finding masks{teeth}"
+    return f"{manifest.output_kind}: {detail}; classes {kinds}"
 
 
 @dataclass(frozen=True)

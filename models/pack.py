@@ -19,6 +19,7 @@ description supplies what MONAI does not carry: codes, thresholds, modalities, w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import BundleError, EdgeError
+from edge.pipeline.postprocess import findings_from_outputs
+from edge.pipeline.preprocess import Prepared, prepare
 from edge.pipeline.teeth import fdi_to_universal
 from models.bundle import FORMAT, MODEL_NAME, Manifest, pack_bundle, parse_manifest, sha256_hex
 from models.golden import build_golden
@@ -93,14 +96,14 @@ def read_description(path: Path) -> dict[str, Any]:
     return doc
 
 
-def golden_input(manifest: Manifest) -> npt.NDArray[np.float32]:
-    """The deterministic golden input ``[1, 1, H, W]``: a generator panoramic prepared by ``manifest.input``,
-    rounded to float16 (golden inputs are stored so)."""
-    from edge.pipeline.preprocess import prepare
+def golden_input(manifest: Manifest) -> Prepared:
+    """The deterministic golden input: a generator panoramic prepared by ``manifest.input``, its tensor
+    ``[1, 1, H, W]`` rounded to float16 (golden inputs are stored so)."""
     from models.synthetic import generate
 
-    tensor = prepare(generate(GOLDEN_SEED).pixels, manifest.input).tensor
-    return np.asarray(tensor.astype(np.float16).astype(np.float32))
+    prepared = prepare(generate(GOLDEN_SEED).pixels, manifest.input)
+    rounded = np.asarray(prepared.tensor.astype(np.float16).astype(np.float32))
+    return dataclasses.replace(prepared, tensor=rounded)
 
 
 def _manifest_doc(description: Mapping[str, Any], files: Mapping[str, bytes], atol: float) -> dict[str, Any]:
@@ -153,24 +156,14 @@ def pack_model(model: bytes, description: Mapping[str, Any]) -> dict[str, bytes]
         raise BundleError("description: golden.atol must be a number in [0, 1e6]")
     placeholder = {MODEL_NAME: model, GOLDEN_FILE: b""}
     manifest = parse_manifest(json.dumps(_manifest_doc(description, placeholder, float(atol))).encode())
-    batch = golden_input(manifest)
-    outputs = _run_onnx(model, manifest, batch)
-    _check_outputs(manifest, outputs)
-    files = {MODEL_NAME: model, GOLDEN_FILE: build_golden(batch, outputs, GOLDEN_SAMPLES, GOLDEN_SEED)}
-    return pack_bundle(manifest, files)
-
-
-def _check_outputs(manifest: Manifest, outputs: dict[str, npt.NDArray[Any]]) -> None:
-    """The outputs decode into findings as the manifest says (the names exist, the shapes fit)."""
-    from edge.pipeline.postprocess import findings_from_outputs
-    from edge.pipeline.preprocess import prepare
-    from models.synthetic import generate
-
-    prepared = prepare(generate(GOLDEN_SEED).pixels, manifest.input)
+    prepared = golden_input(manifest)
+    outputs = _run_onnx(model, manifest, prepared.tensor)
     try:
         findings_from_outputs(dict(outputs), manifest, prepared, None)
     except EdgeError as exc:
         raise BundleError(f"the model's outputs ({', '.join(sorted(outputs))}) do not fit the manifest: {exc}") from exc
+    files = {MODEL_NAME: model, GOLDEN_FILE: build_golden(prepared.tensor, outputs, GOLDEN_SAMPLES, GOLDEN_SEED)}
+    return pack_bundle(manifest, files)
 
 
 def read_monai(directory: Path) -> tuple[dict[str, Any], bytes]:
@@ -291,10 +284,12 @@ def _known_kinds(name: str, channels: list[str], kinds: set[str]) -> None:
 def monai_description(metadata: Mapping[str, Any], description: Mapping[str, Any]) -> dict[str, Any]:
     """The description of a MONAI Bundle: what ``metadata`` gives, overlaid with ``description``.
 
-    From MONAI: ``version``, ``task``, ``description``, the ``input`` (unless the description gives one: its keys
-    override) and the ``outputs`` tensor names and channel order. From the description: ``id``, the classes
-    (``[[outputs.findings.classes]]`` with ``kind``, ``code``, ``threshold``: each ``kind`` named by a channel of
-    the findings output), ``input.modalities``, ``accepts``, and for a per-tooth classifier ``teeth_fdi``.
+    From MONAI: ``version``, ``task``, ``description``, the ``input`` (the description's ``input`` keys override)
+    and the ``outputs`` tensor names and channel order, unless the description's ``outputs`` gives a ``kind``
+    (then its outputs block is used as it is: MONAI has no convention for detector outputs). From the
+    description: ``id``, the classes (``[[outputs.findings.classes]]`` with ``kind``, ``code``, ``threshold``:
+    each ``kind`` named by a channel of the findings output), ``input.modalities``, ``accepts``, and for a
+    per-tooth classifier ``teeth_fdi``.
     """
     ndf = metadata.get("network_data_format")
     if not isinstance(ndf, dict) or not isinstance(ndf.get("inputs"), dict) or not isinstance(ndf.get("outputs"), dict):
@@ -311,6 +306,9 @@ def monai_description(metadata: Mapping[str, Any], description: Mapping[str, Any
     }
     doc.update({k: v for k, v in description.items() if k not in ("input", "outputs")})
     doc["input"] = {**_monai_input(ndf["inputs"]), **description.get("input", {})}
+    if "kind" in given_outputs:  # the description declares the outputs itself (a detector, say): MONAI gives the input
+        doc["outputs"] = given_outputs
+        return doc
     outputs = _monai_outputs(ndf["outputs"], {str(k) for k in kinds})
     findings = outputs.pop("findings", None)
     if findings is not None:  # classes in the channel order of the MONAI output

@@ -154,7 +154,13 @@ def test_detection_before_nms_is_suppressed_and_takes_the_models_own_tooth(
         },
         "findings": {"classes": [CARIES, CROWN]},
     }
-    found = _analyse(_pack(tmp_path, model, {**BASE, "outputs": outputs}, capsys), panoramic, capsys)
+    bundle = _pack(tmp_path, model, {**BASE, "outputs": outputs}, capsys)
+    assert main(["model", "verify", str(bundle)]) == 0
+    assert (
+        "  outputs detection: boxes cxcywh in normalized, NMS by the agent (IoU 0.5), tooth from the model's tooth "
+        "per box; classes caries/crown\n" in capsys.readouterr().out
+    )
+    found = _analyse(bundle, panoramic, capsys)
     assert sorted((f["kind"], f["tooth_fdi"]) for f in found) == [("caries", "36"), ("crown", "37")]
     caries = next(f for f in found if f["kind"] == "caries")
     assert caries["confidence"] == pytest.approx(1 / (1 + np.exp(-3.0)), abs=1e-4)

@@ -129,13 +129,14 @@ def _eval(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from edge.pipeline.backends import BackendOptions
     from edge.pipeline.backends.ort import OrtCpuFactory
-    from models.bundle import accepts_of, describe_accepts, load_bundle
+    from models.bundle import accepts_of, describe_accepts, describe_outputs, load_bundle
     from models.golden import check_golden
 
     bundle = load_bundle(args.path)
     manifest = bundle.manifest
     print(f"{manifest.id} {manifest.version}: manifest, hashes and agent version ok")
     print(f"  accepts {describe_accepts(accepts_of(manifest))}")
+    print(f"  outputs {describe_outputs(manifest)}")
     failed = None
     for network in bundle.networks_for("onnxruntime-cpu"):
         backend = OrtCpuFactory().load(network, BackendOptions())

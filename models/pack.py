@@ -148,6 +148,9 @@ def pack_model(model: bytes, description: Mapping[str, Any]) -> dict[str, bytes]
         raise BundleError(
             f"description: {unknown[0]} is not a description field ({', '.join(sorted(_DESCRIPTION_KEYS))})"
         )
+    for key in ("input", "outputs", "accepts"):
+        if key in description and not isinstance(description[key], dict):
+            raise BundleError(f"description: {key} must be a table")
     golden = description.get("golden", {})
     if not isinstance(golden, dict) or set(golden) - {"atol"}:
         raise BundleError("description: golden must be a table with only atol")
@@ -297,15 +300,21 @@ def monai_description(metadata: Mapping[str, Any], description: Mapping[str, Any
     given_outputs = description.get("outputs", {})
     if not isinstance(given_outputs, dict):
         raise BundleError("description: outputs must be a table")
-    classes = given_outputs.get("findings", {}).get("classes", [])
-    kinds = {c.get("kind") for c in classes if isinstance(c, dict)}
-    if not classes or None in kinds:
+    findings_block = given_outputs.get("findings", {})
+    classes = findings_block.get("classes", []) if isinstance(findings_block, dict) else []
+    if not isinstance(classes, list) or not all(isinstance(c, dict) for c in classes):
+        classes = []
+    kinds = {c.get("kind") for c in classes}
+    if not classes or not all(isinstance(k, str) for k in kinds):
         raise BundleError("description: outputs.findings.classes (kind, code, threshold per MONAI channel) is required")
     doc: dict[str, Any] = {
         k: metadata[k] for k in ("version", "task", "description") if isinstance(metadata.get(k), str)
     }
     doc.update({k: v for k, v in description.items() if k not in ("input", "outputs")})
-    doc["input"] = {**_monai_input(ndf["inputs"]), **description.get("input", {})}
+    given_input = description.get("input", {})
+    if not isinstance(given_input, dict):
+        raise BundleError("description: input must be a table")
+    doc["input"] = {**_monai_input(ndf["inputs"]), **given_input}
     if "kind" in given_outputs:  # the description declares the outputs itself (a detector, say): MONAI gives the input
         doc["outputs"] = given_outputs
         return doc

@@ -185,3 +185,10 @@ def test_bad_outputs_block_names_the_problem(manifest: Any, edit: Any, reason: s
     edit(doc["outputs"])
     with pytest.raises(BundleError, match=reason):
         parse_manifest(json.dumps(doc).encode())
+
+
+def test_non_finite_boxes_and_scores_are_no_findings() -> None:
+    outputs = _detections([[np.nan, 2, 8, 8], [2, 2, 8, 8], [20, 2, 26, 8]], [0.9, np.nan, 0.8], [0, 0, 0])
+    assert [b.box for b in decode(outputs, DETECTION).boxes] == [(20.0, 2.0, 26.0, 8.0)]
+    scores = np.asarray([[0.0, np.nan, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    assert decode({"scores": scores}, CLASSIFIER).boxes == ()

@@ -14,7 +14,7 @@ import pytest
 from edge.cli import main
 from edge.pipeline.preprocess import prepare
 from edge.pipeline.teeth import PERMANENT_FDI
-from models.bundle import load_bundle
+from models.bundle import ToothClassificationOutput, load_bundle
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dicom_bytes
 from tests.pipeline_helpers import HEIGHT, WIDTH, constant_onnx, split_teeth
@@ -190,20 +190,27 @@ def test_tooth_classification_reports_each_flagged_tooth(
     assert all(f["bbox"] == [0, 0, columns, rows] for f in found)  # no tooth location: the finding spans the image
 
 
-def test_monai_bundle_imports_with_codes_from_the_description(
-    tmp_path: Path, panoramic: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monai = tmp_path / "acme_pano_segmentation"
+def _tensor_format(kind: str, fmt: str, channels: list[str], shape: list[int]) -> dict[str, Any]:
+    """A MONAI tensor format specifier (the mandatory keys of the MONAI Bundle specification)."""
+    return {
+        "type": kind,
+        "format": fmt,
+        "num_channels": len(channels),
+        "spatial_shape": shape,
+        "dtype": "float32",
+        "value_range": [],
+        "is_patch_data": False,
+        "channel_def": {str(i): name for i, name in enumerate(channels)},
+    }
+
+
+def _monai_bundle(tmp_path: Path, model: bytes, outputs: dict[str, Any]) -> Path:
+    """A MONAI Bundle directory: configs/metadata.json (network_data_format) and models/model.onnx."""
+    monai = tmp_path / "acme_pano_model"
     (monai / "configs").mkdir(parents=True)
     (monai / "models").mkdir()
-    (monai / "models" / "model.onnx").write_bytes(constant_onnx(_segmentation_outputs()))
-    image = {
-        "type": "image",
-        "format": "magnitude",
-        "modality": "XR",
-        "num_channels": 1,
-        "spatial_shape": [HEIGHT, WIDTH],
-    }
+    (monai / "models" / "model.onnx").write_bytes(model)
+    image = {**_tensor_format("image", "magnitude", ["image"], [HEIGHT, WIDTH]), "value_range": [0, 1]}
     metadata = {
         "version": "2.1.0",
         "monai_version": "1.3.0",
@@ -214,61 +221,101 @@ def test_monai_bundle_imports_with_codes_from_the_description(
         "description": "teeth and findings on panoramic radiographs",
         "authors": "ACME",
         "copyright": "ACME",
-        "network_data_format": {
-            "inputs": {
-                "image": {
-                    **image,
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "image"},
-                }
-            },
-            "outputs": {
-                "teeth": {
-                    "type": "image",
-                    "format": "labels",
-                    "num_channels": 33,
-                    "spatial_shape": [HEIGHT, WIDTH],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "background", **{str(i + 1): f for i, f in enumerate(PERMANENT_FDI)}},
-                },
-                "findings": {
-                    "type": "image",
-                    "format": "classes",
-                    "num_channels": 2,
-                    "spatial_shape": [HEIGHT, WIDTH],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "caries", "1": "crown"},
-                },
-            },
-        },
+        "network_data_format": {"inputs": {"image": {**image, "modality": "XR"}}, "outputs": outputs},
     }
     (monai / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    describe = tmp_path / "describe.toml"
-    describe.write_text(
-        'id = "acme-dental"\n'
-        '[input]\nmodalities = ["PX", "DX"]\n'
-        '[accepts]\nviews = ["panoramic"]\nmodalities = ["PX", "DX"]\n'
-        # listed in another order than the channels: the import orders them by channel_def
-        '[[outputs.findings.classes]]\nkind = "crown"\nthreshold = 0.5\n'
-        'code = { scheme = "99TEST", value = "2", meaning = "Crown" }\n'
-        '[[outputs.findings.classes]]\nkind = "caries"\nthreshold = 0.6\n'
-        'code = { scheme = "SCT", value = "80967001", meaning = "Dental caries" }\n'
-    )
+    return monai
+
+
+DESCRIBE_TOML = (
+    'id = "acme-dental"\n'
+    '[input]\nmodalities = ["PX", "DX"]\n'
+    '[accepts]\nviews = ["panoramic"]\nmodalities = ["PX", "DX"]\n'
+    # listed in another order than the channels: the import orders them by channel_def
+    '[[outputs.findings.classes]]\nkind = "crown"\nthreshold = 0.5\n'
+    'code = { scheme = "99TEST", value = "2", meaning = "Crown" }\n'
+    '[[outputs.findings.classes]]\nkind = "caries"\nthreshold = 0.6\n'
+    'code = { scheme = "SCT", value = "80967001", meaning = "Dental caries" }\n'
+)
+SEGMENTATION_NDF = {
+    "teeth": _tensor_format("image", "labels", ["background", *PERMANENT_FDI], [HEIGHT, WIDTH]),
+    "findings": _tensor_format("image", "classes", ["caries", "crown"], [HEIGHT, WIDTH]),
+}
+
+
+def _pack_monai(tmp_path: Path, monai: Path, describe: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    (tmp_path / "describe.toml").write_text(describe)
     out = tmp_path / "bundle"
-    assert main(["model", "pack", "--monai", str(monai), "--describe", str(describe), "--out", str(out)]) == 0
-    capsys.readouterr()
+    code = main(
+        ["model", "pack", "--monai", str(monai), "--describe", str(tmp_path / "describe.toml"), "--out", str(out)]
+    )
+    return code, capsys.readouterr().err
+
+
+def test_monai_bundle_imports_with_codes_from_the_description(
+    tmp_path: Path, panoramic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monai = _monai_bundle(tmp_path, constant_onnx(_segmentation_outputs()), SEGMENTATION_NDF)
+    assert _pack_monai(tmp_path, monai, DESCRIBE_TOML, capsys) == (0, "")
+    out = tmp_path / "bundle"
     manifest = load_bundle(out).manifest
     assert (manifest.version, manifest.task) == ("2.1.0", "Dental panoramic segmentation")
     assert [(c.kind, c.threshold) for c in manifest.findings.classes] == [("caries", 0.6), ("crown", 0.5)]
     assert (manifest.input.mean, manifest.input.std, manifest.teeth and manifest.teeth.name) == (0.0, 1.0, "teeth")
     found = _analyse(out, panoramic, capsys)
     assert sorted((f["kind"], f["tooth_fdi"]) for f in found) == [("caries", "16"), ("crown", "26")]
+
+
+def test_monai_per_tooth_classifier_imports_its_columns(
+    tmp_path: Path, panoramic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    probs = np.full((32, 3), 0.1, np.float32)
+    probs[PERMANENT_FDI.index("47"), 2] = 0.9
+    ndf = {"probs": _tensor_format("probabilities", "classes", ["healthy", "caries", "crown"], [32])}
+    monai = _monai_bundle(tmp_path, constant_onnx({"probs": probs}), ndf)
+    describe = (
+        DESCRIBE_TOML + f'[outputs.tooth_classification]\nactivation = "none"\nteeth_fdi = {list(PERMANENT_FDI)}\n'
+    )
+    assert _pack_monai(tmp_path, monai, describe, capsys) == (0, "")
+    decoder = load_bundle(tmp_path / "bundle").manifest.decoder
+    assert isinstance(decoder, ToothClassificationOutput)
+    assert decoder.columns == ("", "caries", "crown")
+    found = _analyse(tmp_path / "bundle", panoramic, capsys)
+    assert [(f["kind"], f["tooth_fdi"], f["confidence"]) for f in found] == [("crown", "47", pytest.approx(0.9))]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda m: (m / "models" / "model.onnx").unlink(), "no models/model.onnx"),
+        (lambda m: (m / "configs" / "metadata.json").write_text("{}"), "network_data_format with inputs and outputs"),
+        (
+            lambda m: _rewrite(
+                m, lambda ndf: ndf["outputs"]["findings"].update(channel_def={"0": "caries", "1": "cap"})
+            ),
+            "channel_def names caries, cap",
+        ),
+        (
+            lambda m: _rewrite(m, lambda ndf: ndf["inputs"]["image"].update(spatial_shape=["*", "*"])),
+            "the agent needs a fixed 2-D [H, W]",
+        ),
+    ],
+)
+def test_monai_import_names_what_it_cannot_read(
+    tmp_path: Path, edit: Any, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monai = _monai_bundle(tmp_path, constant_onnx(_segmentation_outputs()), SEGMENTATION_NDF)
+    edit(monai)
+    code, err = _pack_monai(tmp_path, monai, DESCRIBE_TOML, capsys)
+    assert code != 0
+    assert reason in err
+
+
+def _rewrite(monai: Path, edit: Any) -> None:
+    path = monai / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    edit(metadata["network_data_format"])
+    path.write_text(json.dumps(metadata))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ shape raises :class:`~edge.errors.PipelineError` naming it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,7 +82,7 @@ class Decoded:
     """Tooth label per model pixel (0 none, ``k`` the tooth ``labels_fdi[k - 1]``), or None without a tooth output."""
     labels_fdi: tuple[str, ...] = ()
     regions: tuple[Region, ...] = ()
-    boxes: tuple[Box, ...] = field(default=())
+    boxes: tuple[Box, ...] = ()
 
 
 Decoder = Callable[[Mapping[str, npt.NDArray[Any]], Manifest, bool], Decoded]
@@ -358,9 +358,10 @@ def decode_detection(outputs: Mapping[str, npt.NDArray[Any]], manifest: Manifest
     if index.size and int(index.max()) >= len(classes):
         raise PipelineError(f"a detection has class {int(index.max())}; the manifest has {len(classes)} classes")
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)  # a NaN box is no finding (and no crash)
     keep: list[int] = []
     for c, cls in enumerate(classes):
-        mine = np.flatnonzero((index == c) & (scores >= cls.threshold) & (area >= cls.min_area_px))
+        mine = np.flatnonzero(finite & (index == c) & (scores >= cls.threshold) & (area >= cls.min_area_px))
         if spec.nms and mine.size:
             mine = mine[nms(boxes[mine], scores[mine], spec.iou_threshold)]
         keep.extend(int(i) for i in mine)
@@ -418,10 +419,10 @@ def decode_tooth_classification(outputs: Mapping[str, npt.NDArray[Any]], manifes
     found: list[Box] = []
     for t, fdi in enumerate(spec.teeth_fdi):
         for k, kind in enumerate(spec.columns):
-            if not kind or probs[t, k] < threshold[kind]:
+            if not kind or not probs[t, k] >= threshold[kind]:  # NaN is not a finding
                 continue
             outline: tuple[tuple[float, float], ...] = ()
-            if boxes is not None:
+            if boxes is not None and np.isfinite(boxes[t]).all():
                 box: BoxTuple = (float(boxes[t, 0]), float(boxes[t, 1]), float(boxes[t, 2]), float(boxes[t, 3]))
             elif (extent := _tooth_extent(labels, labels_fdi, fdi)) is not None:
                 box, outline = extent

@@ -4,8 +4,9 @@ A bundle is a directory (or a ``.tar``/``.tar.gz`` archive of one) holding ``man
 ``golden/*.npz``, and optionally *variants*: the same network encoded for particular backends (an INT8-quantised
 graph for ONNX Runtime on the CPU), each with golden vectors of its own. The manifest names the task, the agent
 versions it needs, which images it is for (``accepts``: views, modalities, photometric interpretations, size, shape
-and pixel spacing; :class:`Accepts`), how to prepare the input, what the outputs mean (tooth labels; finding classes
-with SNOMED CT codes and thresholds), the sha256 of every other file and the golden vectors. docs/bundles.md is the
+and pixel spacing; :class:`Accepts`), how to prepare the input, what the outputs mean (their kind, segmentation
+masks, detector boxes or per-tooth scores: :data:`OUTPUT_KINDS`; tooth labels; finding classes with SNOMED CT
+codes and thresholds), the sha256 of every other file and the golden vectors. docs/bundles.md is the
 format's description for whoever makes a bundle. :func:`parse_bundle` is the pure core
 (file bytes in, a :class:`Bundle` out or a :class:`~edge.errors.BundleError` naming the reason); :func:`load_bundle`
 reads a directory or archive into it. Every file is read once and hashed; the bytes that were verified are the bytes

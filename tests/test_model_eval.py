@@ -6,7 +6,7 @@ import pytest
 
 from edge.pipeline.findings import Finding
 from edge.pipeline.postprocess import box_iou
-from models.reference.evaluate import match_findings
+from models.reference.evaluate import match_findings, tooth_level
 
 
 def _f(kind: str, box: tuple[int, int, int, int], confidence: float = 1.0, tooth: str | None = "11") -> Finding:
@@ -32,3 +32,14 @@ def test_match_findings() -> None:
     assert [(p.kind, p.confidence) for p, _ in pairs] == [("caries", 0.9), ("crown", 0.7)]
     assert sorted(p.kind for p in false_pos) == ["caries", "restoration"]
     assert [t.bbox for t in false_neg] == [(50, 50, 60, 60)]
+
+
+def test_tooth_level_counts_a_kind_once_per_tooth() -> None:
+    truth = [_f("caries", (0, 0, 10, 10), tooth="36"), _f("caries", (20, 0, 30, 10), tooth="37")]
+    predicted = [
+        _f("caries", (0, 0, 5, 5), tooth="36"),
+        _f("caries", (5, 5, 10, 10), tooth="36"),  # the same tooth again: counted once
+        _f("caries", (40, 0, 50, 10), tooth="46"),  # a tooth without caries: a false positive
+        _f("crown", (0, 0, 10, 10), tooth=None),  # no tooth: not counted
+    ]
+    assert tooth_level(predicted, truth) == {"caries": (2, 2, 1), "crown": (0, 0, 0)}

@@ -122,6 +122,13 @@ def _eval(args: argparse.Namespace) -> int:
         cells = [report["dice"]["findings"][kind], row["truth"], row["predicted"], row["precision"], row["recall"]]
         cells.append(row["tooth_accuracy"])
         print(f"{kind:<20}" + "".join(f"{'-' if c is None else c:>8}" for c in cells))
+    print(f"tooth numbering: {report['tooth_numbering']} of the teeth present get the right FDI number")
+    seeds = report["held_out"]["seeds"]
+    print(f"by tooth (a kind counted once per tooth, the way a dentist charts it; seeds {seeds}):")
+    print(f"{'kind':<20}{'truth':>8}{'pred':>8}{'prec':>8}{'recall':>8}")
+    for kind, row in report["tooth_level"].items():
+        cells = [row["truth"], row["predicted"], row["precision"], row["recall"]]
+        print(f"{kind:<20}" + "".join(f"{'-' if c is None else c:>8}" for c in cells))
     print(f"bone loss MAE: {report['bone_loss']['mae_mm']} mm, {report['bone_loss']['mae_pct']} % of root length")
     return 0
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from edge.pipeline.teeth import fdi_to_universal
 
-__all__ = ["Finding"]
+__all__ = ["Finding", "box_iou"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,12 @@ class Finding:
             bone_loss_mm=doc.get("bone_loss_mm"),
             bone_loss_pct=doc.get("bone_loss_pct"),
         )
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two end-exclusive ``(x0, y0, x1, y1)`` boxes."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

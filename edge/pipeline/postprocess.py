@@ -16,9 +16,10 @@ Tooth numbers follow the order of the arch (:func:`tooth_labels`). Every model p
 tooth (a Voronoi partition of the tooth labels). A finding is a connected region of one class above the class
 threshold, at least ``min_area_px`` model pixels large; a region that spans several teeth' zones with a
 substantial share in each (a bridge of two crowns, bone loss along a row) becomes one finding per tooth
-(:data:`MIN_SHARE`); of two findings of mutually exclusive kinds in one place only the more confident is kept
-(:data:`EXCLUSIVE`). Its tooth is the zone's tooth, or none when the region lies more than
-:data:`MAX_TOOTH_DISTANCE` of the model's width from every tooth. Confidence is the mean probability over the
+(:data:`MIN_SHARE`). Its tooth is the zone's tooth, or none when the region lies more than
+:data:`MAX_TOOTH_DISTANCE` of the model's width from every tooth. Then the clinical rules of
+:mod:`edge.pipeline.clinical` keep one finding per kind per tooth and the more confident of two mutually exclusive
+kinds on one tooth or in one place. Confidence is the mean probability over the
 region. Boxes and outlines (the convex hull of the region) are mapped to source pixels through the letterbox
 transform; areas are scaled to source pixels and to mm² with the pixel spacing when it is known.
 
@@ -37,14 +38,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from edge.pipeline.clinical import apply_clinical_rules
 from edge.pipeline.decoders import Box, Decoded, Region, decode, region_outline, repeat_labels, tooth_labels
-from edge.pipeline.findings import Finding
+from edge.pipeline.findings import Finding, box_iou
 from edge.pipeline.teeth import is_upper
 from models.bundle import Manifest
 
 __all__ = [
-    "EXCLUSIVE",
-    "EXCLUSIVE_IOU",
     "MAX_TOOTH_DISTANCE",
     "MIN_ROOT_SHARE",
     "MIN_SHARE",
@@ -57,11 +57,6 @@ __all__ = [
 
 MAX_TOOTH_DISTANCE = 0.04
 """A region farther than this fraction of the model's width from every tooth is reported without a tooth."""
-EXCLUSIVE: tuple[tuple[str, str], ...] = (("implant", "root_canal_filling"),)
-"""Kinds that cannot both be what a radiograph shows in one place (an implant has no root canal). Of two such
-findings whose boxes overlap with IoU >= :data:`EXCLUSIVE_IOU` the less confident is dropped. Crown and restoration
-are not listed: the reference model is surer of "crown" on every metal surface, so the rule dropped true fillings."""
-EXCLUSIVE_IOU = 0.3
 MIN_ROOT_SHARE = 0.4
 """The root runs from the junction to the apex: at least this share of the tooth's length (a permanent tooth's
 root is 0.55-0.65 of it; the margin is for the tooth head's outline). A bone-loss region whose coronal edge gives
@@ -76,28 +71,6 @@ class _Transform(Protocol):
     def box_to_source(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]: ...
     @property
     def scale(self) -> tuple[float, float]: ...
-
-
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two end-exclusive ``(x0, y0, x1, y1)`` boxes."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _exclusive(found: list[Finding]) -> list[Finding]:
-    """``found`` without the less confident of any two :data:`EXCLUSIVE` findings in the same place."""
-    dropped: set[int] = set()
-    for first, second in EXCLUSIVE:
-        for i, a in enumerate(found):
-            for j, b in enumerate(found):
-                if a.kind != first or b.kind != second or i in dropped or j in dropped:
-                    continue
-                if box_iou(a.bbox, b.bbox) >= EXCLUSIVE_IOU:
-                    dropped.add(j if a.confidence >= b.confidence else i)
-    return [f for k, f in enumerate(found) if k not in dropped]
 
 
 def _bone_loss(
@@ -313,4 +286,4 @@ def findings_from_outputs(
         found.extend(_region_findings(region, zones, decoded, prepared, pixel_spacing_mm))
     boxes = _one_per_tooth([(box, _box_tooth(box, zones, decoded.labels_fdi)) for box in decoded.boxes])
     found.extend(_box_finding(box, tooth, prepared, pixel_spacing_mm) for box, tooth in boxes)
-    return _exclusive(found)
+    return apply_clinical_rules(found)

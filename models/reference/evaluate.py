@@ -9,6 +9,10 @@ exactly as on the device. Reported:
 * per-finding precision and recall: a predicted finding is a true positive when it has the same kind as an
   unmatched ground-truth finding and their boxes overlap with IoU >= ``iou`` (greedy, most confident first);
   ``tooth_accuracy`` is the share of true positives given the right tooth;
+* per-finding precision and recall at tooth level, as a dentist counts them (issue 17's measure): a tooth is a
+  true positive for a kind when the truth and the prediction both put that kind on it (each tooth counted once);
+* tooth numbering: the share of the teeth present whose pixels the tooth labels give, by majority, the right FDI
+  number;
 * for bone loss, the mean absolute error of ``bone_loss_mm`` and ``bone_loss_pct`` over true positives.
 """
 
@@ -26,7 +30,7 @@ from edge.pipeline.postprocess import box_iou, findings_from_outputs, repeat_lab
 from models.bundle import Bundle
 from models.reference.data import EVAL_SEED_BASE, sample
 
-__all__ = ["evaluate", "match_findings"]
+__all__ = ["evaluate", "match_findings", "tooth_level"]
 
 
 def match_findings(
@@ -44,6 +48,17 @@ def match_findings(
         else:
             unmatched_pred.append(pred)
     return pairs, unmatched_pred, free
+
+
+def tooth_level(predicted: list[Finding], truth: list[Finding]) -> dict[str, tuple[int, int, int]]:
+    """Per kind, ``(teeth in truth, teeth predicted, teeth in both)`` for one image: a kind counts once per tooth;
+    findings without a tooth do not count."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for kind in {f.kind for f in (*predicted, *truth)}:
+        true = {f.tooth_fdi for f in truth if f.kind == kind and f.tooth_fdi is not None}
+        pred = {f.tooth_fdi for f in predicted if f.kind == kind and f.tooth_fdi is not None}
+        out[kind] = (len(true), len(pred), len(true & pred))
+    return out
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -66,6 +81,8 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
     find_inter = np.zeros(len(classes))
     find_total = np.zeros(len(classes))
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"truth": 0, "predicted": 0, "tp": 0, "tooth_ok": 0})
+    teeth_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    numbered = present_teeth = 0
     loss_mm: list[float] = []
     loss_pct: list[float] = []
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + count)
@@ -77,6 +94,9 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
             pred, true = labels == k, s.teeth == k
             teeth_inter[k] += np.logical_and(pred, true).sum()
             teeth_total[k] += pred.sum() + true.sum()
+            if true.any():
+                present_teeth += 1
+                numbered += int(np.bincount(labels[true].ravel(), minlength=k + 1).argmax() == k)
         for c, cls in enumerate(classes):
             pred = scores[0, c] >= np.log(cls.threshold / (1 - cls.threshold))
             find_inter[c] += np.logical_and(pred, s.findings[c]).sum()
@@ -84,6 +104,8 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
         spacing = (s.synthetic.spacing_mm, s.synthetic.spacing_mm)
         predicted = findings_from_outputs({names[0]: teeth, names[1]: scores}, manifest, s.prepared, spacing)
         pairs, _fp, _fn = match_findings(predicted, list(s.synthetic.findings), iou)
+        for kind, row in tooth_level(predicted, list(s.synthetic.findings)).items():
+            teeth_counts[kind] = [a + b for a, b in zip(teeth_counts[kind], row, strict=True)]
         for f in s.synthetic.findings:
             counts[f.kind]["truth"] += 1
         for f in predicted:
@@ -108,6 +130,7 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
         },
         "held_out": {"images": count, "seeds": [seeds.start, seeds.stop - 1]},
         "match": f"same kind and box IoU >= {iou}",
+        "tooth_numbering": _ratio(numbered, present_teeth),
         "dice": {
             "teeth_mean": round(float(np.mean(present)), 4) if present else None,
             "findings": {cls.kind: _ratio(2 * find_inter[c], find_total[c]) for c, cls in enumerate(classes)},
@@ -121,6 +144,16 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
                 "precision": _ratio(counts[cls.kind]["tp"], counts[cls.kind]["predicted"]),
                 "recall": _ratio(counts[cls.kind]["tp"], counts[cls.kind]["truth"]),
                 "tooth_accuracy": _ratio(counts[cls.kind]["tooth_ok"], counts[cls.kind]["tp"]),
+            }
+            for cls in classes
+        },
+        "tooth_level": {
+            cls.kind: {
+                "truth": teeth_counts[cls.kind][0],
+                "predicted": teeth_counts[cls.kind][1],
+                "true_positives": teeth_counts[cls.kind][2],
+                "precision": _ratio(teeth_counts[cls.kind][2], teeth_counts[cls.kind][1]),
+                "recall": _ratio(teeth_counts[cls.kind][2], teeth_counts[cls.kind][0]),
             }
             for cls in classes
         },

@@ -226,8 +226,10 @@ def build_agent(config: AgentConfig) -> Agent:
             ingest_activity=scp.receiving_at,
             ingest_yield=IngestYield(quiet_s=pipeline.ingest_quiet_s, max_defer_s=pipeline.max_defer_s),
         )
-        # A new image wakes the worker at once; polling stays as the fallback (e.g. after a restart).
+        # A new image wakes the worker at once; polling stays as the fallback (e.g. after a restart). So does the
+        # end of an association: analysis waiting for ingest to go quiet starts then.
         store.add_listener(pipeline_service.notify)
+        scp.add_close_listener(pipeline_service.notify)
         services.append(pipeline_service)
     ota_service = OtaService(updater, check_interval_s=config.ota.check_interval_s)
     if config.ota.repository_url:

@@ -129,3 +129,67 @@ def test_service_still_analyses_during_a_transfer_that_never_ends(tmp_path: Path
     finally:
         service.stop()
         conn.close()
+
+
+def test_the_end_of_an_association_wakes_the_waiting_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SCP's close listener (``notify``) ends the wait at once, not at the next look at the activity (made
+    10 s here so that only the wake-up can explain a prompt start)."""
+    import edge.pipeline.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_YIELD_RECHECK_S", 10.0)
+    conn = connect(tmp_path / DB_FILENAME)
+    migrate_pipeline(conn)
+    ingest = _FakeIngest()
+    service = PipelineService(
+        tmp_path,
+        lambda: Analyzer(tiny_bundle(), FakeBackend(reference_outputs)),
+        poll_interval_s=60,
+        ingest_activity=ingest.receiving_at,
+        ingest_yield=IngestYield(quiet_s=10.0, max_defer_s=30),
+    )
+    service.start()
+    try:
+        assert service.ready.wait(30)
+        ingest.receiving.set()
+        uids = _receive(conn, tmp_path, 1)
+        service.notify()  # the new image
+        time.sleep(0.3)
+        ended = time.monotonic()
+        ingest.receiving.clear()
+        service.notify()  # what StorageSCP's close listener does
+        analysed = _analysed_at(conn, uids)
+        assert analysed[uids[0]] - ended < 5.0
+    finally:
+        service.stop()
+        conn.close()
+
+
+def test_the_scp_tells_its_close_listeners_and_stops_counting_the_association(tmp_path: Path) -> None:
+    """A real association (pynetdicom's SCU) against the StorageSCP: receiving while it is open, None and a call to
+    every close listener once it is released."""
+    from pynetdicom import AE
+
+    from edge.config import DicomConfig
+    from edge.ingest.scp import StorageSCP
+    from edge.store.image_store import ImageStore
+    from tests.conftest import free_port
+
+    store = ImageStore(tmp_path / "data", min_free_mb=0, duplicate_policy="keep")
+    store.start()
+    scp = StorageSCP(DicomConfig(port=free_port(), bind_address="127.0.0.1"), store)
+    closed = threading.Event()
+    scp.add_close_listener(closed.set)
+    scp.start()
+    try:
+        ae = AE(ae_title="UNIT")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.config.ae_title)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assert scp.receiving_at() is not None
+        assoc.release()
+        assert closed.wait(10)
+        assert scp.receiving_at() is None
+    finally:
+        scp.stop()
+        store.stop()

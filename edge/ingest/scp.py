@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,11 @@ class StorageSCP:
         self._server: Any = None
         self._last_pdu_at = 0.0
         """``time.monotonic()`` when a PDU last arrived on any association (see :meth:`receiving_at`)."""
+        self._open = 0
+        """Connections open, counted by this SCP's own open and close events (pynetdicom's list of active
+        associations still holds one for a moment after its close event)."""
+        self._open_lock = threading.Lock()
+        self._close_listeners: list[Callable[[], None]] = []
 
     @property
     def port(self) -> int:
@@ -90,7 +96,12 @@ class StorageSCP:
         The pipeline's ingest activity: analysis waits while this is recent (``[pipeline] ingest_quiet_s``), so
         that a batch from the unit is stored at full speed; an open association that has gone quiet (a unit that
         holds it between exposures) does not hold analysis back for longer than that."""
-        return self._last_pdu_at if self.active_associations else None
+        return self._last_pdu_at if self._open else None
+
+    def add_close_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (from the association's thread; it must not block) whenever a connection closes: the
+        pipeline, waiting for ingest to go quiet, starts at once when the unit's association ends."""
+        self._close_listeners.append(listener)
 
     def start(self) -> None:
         """Listen for associations; returns once the socket is bound."""
@@ -144,16 +155,22 @@ class StorageSCP:
     # --- handlers ----------------------------------------------------------------------------------------
 
     def _on_connect(self, ev: Any) -> None:
+        with self._open_lock:
+            self._open += 1
         transport.tune(ev.assoc)
 
     def _on_pdu(self, ev: Any) -> None:
         self._last_pdu_at = time.monotonic()
 
     def _on_close(self, ev: Any) -> None:
+        with self._open_lock:
+            self._open -= 1
         size = spool.discard_partial(ev.assoc)
         if size is not None:
             calling = ev.assoc.requestor.ae_title
             event(log, "partial transfer discarded", level=logging.WARNING, calling_ae=calling, bytes=size)
+        for listener in self._close_listeners:
+            listener()
 
     def _on_accepted(self, ev: Any) -> None:
         requestor = ev.assoc.requestor

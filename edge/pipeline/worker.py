@@ -471,8 +471,10 @@ class PipelineService(BackgroundLoop):
             return True
         started = now = time.monotonic()
         while (wait := self._yield.wait_s(now, self._ingest_activity())) > 0:
-            # re-check often: an association that closes (the unit sent one image) lets analysis start at once
-            if self._stop.wait(min(wait, _YIELD_RECHECK_S)):
+            # an association that closes (the unit sent one image) wakes this wait (the SCP's close listener)
+            self._wake.clear()
+            self._wake.wait(min(wait, _YIELD_RECHECK_S))
+            if self._stop.is_set():
                 return False
             now = time.monotonic()
         if now > started:
@@ -481,4 +483,5 @@ class PipelineService(BackgroundLoop):
 
 
 _YIELD_RECHECK_S = 0.05
-"""While analysis yields to ingest, the SCP's activity is looked at this often."""
+"""While analysis yields to ingest, the SCP's activity is looked at this often (and at once when a connection
+closes)."""

@@ -207,6 +207,7 @@ def test_orthanc_stores_only_what_the_agent_ae_sends_to_its_ae(pacs: OrthancPacs
     for calling, destination in (("STRANGER", pacs.destination()), (CALLING_AE, wrong_called)):
         [outcome] = StoreSCU(calling, connect_timeout_s=5).send(destination, [item])
         assert outcome.result == "retry", (calling, destination.ae_title)
+        assert f"know this box as AE title {calling!r}" in outcome.detail  # what the clinic checks on its PACS
         assert sr.SOPInstanceUID not in _stored_uids(pacs)
     [outcome] = StoreSCU(CALLING_AE, connect_timeout_s=5).send(pacs.destination(), [item])
     assert (outcome.result, outcome.status) == ("sent", 0)

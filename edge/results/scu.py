@@ -151,12 +151,18 @@ class StoreSCU:
             evt_handlers=[(evt.EVT_CONN_OPEN, lambda _: connected.set())],
         )
         if not assoc.is_established:
+            # a PACS that does not know the calling or called AE title often rejects, and some (Orthanc) just close
+            # the connection: say what to check on the PACS either way
+            titles = (
+                f"does {destination.name} know this box as AE title {self.calling_ae!r}, "
+                f"and itself as {destination.ae_title!r}?"
+            )
             why = (
                 "cannot connect (unreachable, refused or timed out)"
                 if not connected.is_set()
-                else "association rejected by the destination"
+                else f"association rejected by the destination ({titles})"
                 if assoc.is_rejected
-                else "association aborted or timed out during negotiation"
+                else f"association aborted or timed out during negotiation ({titles})"
             )
             event(log, "destination unavailable", level=logging.WARNING, destination=destination.name, reason=why,
                   objects=len(items))  # fmt: skip
@@ -198,7 +204,11 @@ class StoreSCU:
         except (ValueError, AttributeError) as exc:
             return Outcome(item.object_uid, "rejected", None, f"cannot encode for this destination: {exc}")
         if "Status" not in rsp:
-            return Outcome(item.object_uid, "retry", None, "no response (association aborted or timed out)")
+            why = (
+                "no response (association aborted or timed out; a PACS that does not know this box as AE title "
+                f"{self.calling_ae!r} may close it here)"
+            )
+            return Outcome(item.object_uid, "retry", None, why)
         status = int(rsp.Status)
         category = code_to_category(status)
         if category in ("Success", "Warning"):

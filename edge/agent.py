@@ -181,6 +181,7 @@ def protect_data_dir(config: AgentConfig) -> list[Path]:
 def build_agent(config: AgentConfig) -> Agent:
     """Wire every component from ``config``."""
     protect_data_dir(config)
+    from edge.ingest.activity import IngestYield
     from edge.ingest.scp import StorageSCP
     from edge.outbox import Outbox
     from edge.receipts.service import SettlementService, open_book
@@ -210,7 +211,7 @@ def build_agent(config: AgentConfig) -> Agent:
     # larger of the two, not their sum (bench/inference: agent peak RSS).
     image_lock = threading.Lock()
     if config.pipeline.enabled:
-        from edge.pipeline.worker import IngestYield, PipelineService
+        from edge.pipeline.worker import PipelineService
 
         pipeline = config.pipeline
         pipeline_service = PipelineService(
@@ -261,6 +262,9 @@ def build_agent(config: AgentConfig) -> Agent:
             calling_ae=config.dicom.ae_title,
             image_lock=image_lock,
             equipment=equipment,
+            # drawing results yields to ingest as analysis does ([pipeline] ingest_quiet_s, max_defer_s)
+            ingest_activity=scp.receiving_at,
+            ingest_yield=IngestYield(quiet_s=config.pipeline.ingest_quiet_s, max_defer_s=config.pipeline.max_defer_s),
         )
         services.append(results_service)
     if book is not None:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from edge.db import DB_FILENAME, connect
+from edge.ingest.activity import IngestYield
 from edge.pipeline.analyzer import Analyzer
 from edge.pipeline.backends.fake import FakeBackend
-from edge.pipeline.worker import IngestYield, PipelineService, migrate_pipeline
+from edge.pipeline.worker import PipelineService, migrate_pipeline
 from tests.pipeline_helpers import reference_outputs, tiny_bundle
 from tests.test_pipeline_worker import _receive
 
@@ -136,7 +137,7 @@ def test_the_end_of_an_association_wakes_the_waiting_pipeline(tmp_path: Path, mo
     10 s here so that only the wake-up can explain a prompt start)."""
     import edge.pipeline.worker as worker_module
 
-    monkeypatch.setattr(worker_module, "_YIELD_RECHECK_S", 10.0)
+    monkeypatch.setattr(worker_module, "RECHECK_S", 10.0)
     conn = connect(tmp_path / DB_FILENAME)
     migrate_pipeline(conn)
     ingest = _FakeIngest()

@@ -390,3 +390,30 @@ def test_the_overlay_names_teeth_as_results_tooth_numbering_says(
     service = _service(store, analyses, sender, clock, destinations=(PACS,), tooth_numbering=numbering)
     assert service.build_pending(store.conn) == 1
     assert asked == [numbering]
+
+
+def test_building_results_yields_to_ingest_and_still_builds(store: ImageStore) -> None:
+    """While a batch is arriving the builder waits (at most max_defer_s in a row), then builds; without ingest it
+    does not wait at all."""
+    from edge.ingest.activity import IngestYield
+
+    analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
+    source = source_image("PX", rows=300, columns=600)
+    analyses.analyses[source.SOPInstanceUID] = analysis_of(source)
+    ingest(store, source)
+    cfg = ResultsConfig(destinations=(PACS,))
+    receiving = ResultsService(
+        cfg,
+        store.data_dir,
+        analyses,
+        calling_ae="BTT_EDGE",
+        sender=sender,
+        clock=clock,
+        ingest_activity=time.monotonic,  # data arriving all the time: a transfer that never ends
+        ingest_yield=IngestYield(quiet_s=0.2, max_defer_s=0.5),
+    )
+    queue.migrate_results(store.conn)
+    started = time.monotonic()
+    assert receiving.build_pending(store.conn) == 1
+    assert time.monotonic() - started >= 0.5  # it waited max_defer_s before the image ...
+    assert {s.object.kind for s in queue.list_objects(store.conn)} == {"sr", "overlay"}  # ... and then built it

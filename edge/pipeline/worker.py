@@ -40,7 +40,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +47,7 @@ from typing import Protocol
 from edge.background import BackgroundLoop
 from edge.db import DB_FILENAME, connect, migrate, transaction
 from edge.errors import EdgeError, PipelineError, StateConflict, UnsupportedImage
+from edge.ingest.activity import RECHECK_S, IngestYield
 from edge.logs import event
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
@@ -65,7 +65,7 @@ from edge.store.index import (
 )
 from models.bundle import accepts_of, describe_accepts
 
-__all__ = ["MAX_ATTEMPTS", "IngestYield", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]
+__all__ = ["MAX_ATTEMPTS", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]
 
 log = logging.getLogger("edge.pipeline")
 
@@ -127,36 +127,6 @@ class ModelGate(Protocol):
     def outcome(self, ok: bool, error: str) -> None:
         """Called after each instance: ``ok`` when its result was recorded, else the error it failed with."""
         ...
-
-
-class IngestYield:
-    """When analysis should wait for ingest: a pure policy, asked with the time and the SCP's last receive.
-
-    :meth:`wait_s` says how long to wait before the next image (0: analyse now). Ingest counts as active while data
-    arrived within ``quiet_s`` on an open association; analysis then waits until it has been quiet that long, but
-    never more than ``max_defer_s`` in a row: after that one image is analysed and the next wait starts afresh.
-    ``quiet_s = 0`` turns yielding off.
-    """
-
-    def __init__(self, quiet_s: float, max_defer_s: float) -> None:
-        self.quiet_s = quiet_s
-        self.max_defer_s = max_defer_s
-        self._deferring_since: float | None = None
-
-    def wait_s(self, now: float, received_at: float | None) -> float:
-        """Seconds to wait before the next image, given ``now`` and when data last arrived on an open association
-        (None while none is open); same clock."""
-        quiet_for = None if received_at is None else now - received_at
-        if quiet_for is None or quiet_for >= self.quiet_s:
-            self._deferring_since = None
-            return 0.0
-        if self._deferring_since is None:
-            self._deferring_since = now
-        deferred = now - self._deferring_since
-        if deferred >= self.max_defer_s:
-            self._deferring_since = None  # this image goes now; the next one may wait again
-            return 0.0
-        return min(self.quiet_s - quiet_for, self.max_defer_s - deferred)
 
 
 class PipelineWorker:
@@ -469,19 +439,11 @@ class PipelineService(BackgroundLoop):
         """Wait while :class:`IngestYield` says so; False when the service is stopping meanwhile."""
         if self._ingest_activity is None:
             return True
-        started = now = time.monotonic()
-        while (wait := self._yield.wait_s(now, self._ingest_activity())) > 0:
+
+        def sleep(seconds: float) -> bool:
             # an association that closes (the unit sent one image) wakes this wait (the SCP's close listener)
             self._wake.clear()
-            self._wake.wait(min(wait, _YIELD_RECHECK_S))
-            if self._stop.is_set():
-                return False
-            now = time.monotonic()
-        if now > started:
-            event(log, "analysis yielded to ingest", waited_s=round(now - started, 2))
-        return True
+            self._wake.wait(min(seconds, RECHECK_S))
+            return self._stop.is_set()
 
-
-_YIELD_RECHECK_S = 0.05
-"""While analysis yields to ingest, the SCP's activity is looked at this often (and at once when a connection
-closes)."""
+        return self._yield.pause(self._ingest_activity, sleep, what="analysis")

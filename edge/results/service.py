@@ -35,6 +35,7 @@ from edge.config import DestinationConfig, ResultsConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.durable import atomic_write_bytes, remove_stale_temps
 from edge.errors import ResultBuildError, StateConflict
+from edge.ingest.activity import RECHECK_S, IngestYield
 from edge.logs import event
 from edge.results import queue
 from edge.results.analysis import Analysis
@@ -109,8 +110,13 @@ class ResultsService:
         clock: Callable[[], float] = time.time,
         image_lock: threading.Lock | None = None,
         equipment: Equipment | Callable[[], Equipment] = DEFAULT_EQUIPMENT,
+        ingest_activity: Callable[[], float | None] | None = None,
+        ingest_yield: IngestYield | None = None,
     ) -> None:
         self.config = config
+        self._ingest_activity = ingest_activity
+        """When data last arrived on an open association (the SCP's ``receiving_at``); building yields to ingest."""
+        self._yield = ingest_yield or IngestYield(quiet_s=0.0, max_defer_s=0.0)
         self._builders: dict[ObjectKind, _Builder] = {
             **_BUILDERS,
             "overlay": functools.partial(build_overlay, numbering=config.tooth_numbering),
@@ -202,7 +208,7 @@ class ResultsService:
         if time.monotonic() >= self._next_full_scan:  # an old instance analysed late (a retry) is found here
             since, self._next_full_scan = "", time.monotonic() + _FULL_SCAN_S
         for uid, received_at in queue.unbuilt_sources(conn, since=since):
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._yield_to_ingest():
                 break
             self.build(conn, uid)
             self._since = max(self._since, received_at)
@@ -210,6 +216,15 @@ class ResultsService:
         if handled:
             self.wake()
         return handled
+
+    def _yield_to_ingest(self) -> bool:
+        """Wait while a batch is arriving (drawing an overlay competes with receiving for the cores and the GIL);
+        False when stopping meanwhile."""
+        if self._ingest_activity is None:
+            return True
+        return self._yield.pause(
+            self._ingest_activity, lambda seconds: self._stop.wait(min(seconds, RECHECK_S)), what="result building"
+        )
 
     def _queue_original(self, conn: sqlite3.Connection, uid: str) -> None:
         instance = get_instance(conn, uid)

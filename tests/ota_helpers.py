@@ -35,7 +35,16 @@ from models.golden import build_golden
 from ota.repository import KeyStore, Repository, bundle_archive
 from tests.pipeline_helpers import HEIGHT, MANIFEST, WIDTH, reference_outputs, tiny_onnx
 
-__all__ = ["RepoServer", "agent_config", "bundle_dir", "new_repository", "publish_bundle", "self_signed", "serve"]
+__all__ = [
+    "RepoServer",
+    "agent_config",
+    "bundle_dir",
+    "deadline_timers",
+    "new_repository",
+    "publish_bundle",
+    "self_signed",
+    "serve",
+]
 
 
 def bundle_dir(
@@ -218,3 +227,8 @@ def agent_config(data_dir: Path, factory: Path, url: str, trusted_root: Path, **
         pipeline=PipelineConfig(bundle_path=factory, backend="onnxruntime-cpu", threads=1),
         ota=OtaConfig(repository_url=url, trusted_root=str(trusted_root), **{"timeout_s": 5, **ota}),  # type: ignore[arg-type]
     )
+
+
+def deadline_timers() -> list[threading.Thread]:
+    """The download deadlines' timers still running (none once every download has ended)."""
+    return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]

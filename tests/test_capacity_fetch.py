@@ -7,7 +7,6 @@ with limits small enough that each cut comes within about a second (before the f
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from edge.capacity import CapacityService
 from edge.capacity.fetch import DirectoryFetcher, HttpFetcher
 from edge.errors import JobRejected
 from edge.receipts.keys import generate_key
-from tests.ota_helpers import RepoServer, serve
+from tests.ota_helpers import RepoServer, deadline_timers, serve
 from tests.test_capacity import Rig, _accelerator, _wait
 
 TRICKLE_S = 0.2
@@ -36,18 +35,14 @@ def blobs(tmp_path: Path) -> Iterator[tuple[RepoServer, str]]:
         yield server, digest
 
 
-def timers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
-
-
 def refused(fetcher: HttpFetcher, digest: str, max_bytes: int, within_s: float, match: str) -> None:
     started = time.monotonic()
     with pytest.raises(JobRejected, match=match):
         fetcher.fetch(digest, max_bytes)
     assert time.monotonic() - started < within_s
-    for timer in timers():
+    for timer in deadline_timers():
         timer.join(1.0)
-    assert not timers()  # each deadline's timer has gone with its download
+    assert not deadline_timers()  # each deadline's timer has gone with its download
 
 
 def test_a_blob_arrives_whole_within_its_deadline(blobs: tuple[RepoServer, str]) -> None:

@@ -6,7 +6,6 @@ enough that each cut comes within about two seconds (before the fix: 16 KiB of t
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,16 @@ from ota.errors import SlowRetrieval
 from ota.http import HttpFetcher
 from ota.service import build_updater
 from ota.updater import OtaUpdater
-from tests.ota_helpers import RepoServer, agent_config, bundle_dir, new_repository, publish_bundle, self_signed, serve
+from tests.ota_helpers import (
+    RepoServer,
+    agent_config,
+    bundle_dir,
+    deadline_timers,
+    new_repository,
+    publish_bundle,
+    self_signed,
+    serve,
+)
 
 TRICKLE_S = 0.2
 """A byte every 0.2 s: well inside the 1 s per-read timeout, so only the overall deadline can end it."""
@@ -31,10 +39,6 @@ def updater(tmp: Path, server: RepoServer, reports: list[dict[str, Any]], **ota:
     return build_updater(config, lambda body: reports.append(dict(body["ota"])))
 
 
-def timers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
-
-
 def cut_off(target: OtaUpdater, reports: list[dict[str, Any]], within_s: float) -> str:
     started = time.monotonic()
     with pytest.raises(SlowRetrieval, match="deadline") as info:
@@ -44,9 +48,9 @@ def cut_off(target: OtaUpdater, reports: list[dict[str, Any]], within_s: float) 
     assert reports[-1]["event"] == "refused"
     assert reports[-1]["reason"] == "slow-retrieval"
     assert target.store.read().active == "factory"
-    for timer in timers():
+    for timer in deadline_timers():
         timer.join(1.0)
-    assert not timers()  # each deadline's timer has gone with its download
+    assert not deadline_timers()  # each deadline's timer has gone with its download
     return str(info.value)
 
 

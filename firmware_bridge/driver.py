@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.link import Link, LinkSettings
+from firmware_bridge.link import Link, SerialLinkSettings
 from firmware_bridge.messages import (
     Capability,
     ClockSync,
@@ -101,13 +101,13 @@ class UnitDriver(Protocol):
     def status(self) -> DriverStatus: ...
 
 
-DriverFactory = Callable[[SerialTransport, LinkSettings], UnitDriver]
+DriverFactory = Callable[[SerialTransport, SerialLinkSettings], UnitDriver]
 
 
 class ReferenceDriver:
     """This bridge's own protocol (``docs/serial-protocol.md``) over a :class:`~firmware_bridge.link.Link`."""
 
-    def __init__(self, transport: SerialTransport, settings: LinkSettings | None = None) -> None:
+    def __init__(self, transport: SerialTransport, settings: SerialLinkSettings | None = None) -> None:
         self._link = Link(
             transport,
             on_message=self._dispatch,

@@ -10,7 +10,7 @@ one place that calls pyserial. The tree::
     ├── MessageError           a valid frame whose payload is not a valid message
     │   ├── UnknownMessage     a message type this side does not know (a newer peer); ignored and counted
     │   └── UnsupportedVersion the peer's protocol versions and ours do not overlap
-    ├── LinkError              the reliable link cannot do what was asked (stopped, not connected)
+    ├── SerialLinkError        the reliable link cannot do what was asked (stopped, not connected)
     └── TransportError         the serial port failed: cannot open, unplugged, read or write error
         └── PortUnavailable    the port does not exist or cannot be opened (yet); retried with backoff
 """
@@ -21,9 +21,9 @@ __all__ = [
     "BridgeError",
     "CrcMismatch",
     "FramingError",
-    "LinkError",
     "MessageError",
     "PortUnavailable",
+    "SerialLinkError",
     "TransportError",
     "UnknownMessage",
     "UnsupportedVersion",
@@ -65,8 +65,8 @@ class UnsupportedVersion(MessageError):
     """The peer's protocol version range and ours do not overlap."""
 
 
-class LinkError(BridgeError):
-    """The reliable link cannot do what was asked."""
+class SerialLinkError(BridgeError):
+    """The reliable serial link cannot do what was asked (the MQTT link's is :class:`edge.errors.LinkError`)."""
 
 
 class TransportError(BridgeError):

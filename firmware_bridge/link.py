@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from firmware_bridge.errors import LinkError, MessageError, TransportError, UnknownMessage, UnsupportedVersion
+from firmware_bridge.errors import MessageError, SerialLinkError, TransportError, UnknownMessage, UnsupportedVersion
 from firmware_bridge.framing import Frame, FrameDecoder, FrameKind, encode_frame
 from firmware_bridge.messages import (
     MIN_PROTOCOL_VERSION,
@@ -44,7 +44,7 @@ from firmware_bridge.messages import (
 )
 from firmware_bridge.transport import Backoff, SerialTransport
 
-__all__ = ["DEDUP_WINDOW", "Link", "LinkSettings", "LinkState", "LinkStats"]
+__all__ = ["DEDUP_WINDOW", "Link", "LinkState", "LinkStats", "SerialLinkSettings"]
 
 log = logging.getLogger("firmware_bridge.link")
 
@@ -57,8 +57,8 @@ LinkState = Literal["closed", "connecting", "connected", "incompatible"]
 
 
 @dataclass(frozen=True)
-class LinkSettings:
-    """Timing of one end of the link (the agent's come from ``[unit]`` in the agent configuration)."""
+class SerialLinkSettings:
+    """Timing of one end of the serial link (the agent's come from ``[unit]`` in the agent configuration)."""
 
     ack_timeout_s: float = 0.25
     max_retries: int = 8
@@ -107,13 +107,13 @@ class Link:
         on_message: Callable[[Message], None],
         on_connected: Callable[[Hello], None] | None = None,
         capabilities: int = 0,
-        settings: LinkSettings | None = None,
+        settings: SerialLinkSettings | None = None,
         max_version: int = PROTOCOL_VERSION,
         min_version: int = MIN_PROTOCOL_VERSION,
         name: str = "link",
     ) -> None:
         self.transport = transport
-        self.settings = settings or LinkSettings()
+        self.settings = settings or SerialLinkSettings()
         self.name = name
         self.stats = LinkStats()
         self.capabilities = capabilities
@@ -175,7 +175,7 @@ class Link:
     def send(self, message: Message) -> None:
         """Queue ``message`` for reliable delivery; returns at once."""
         if self._stop.is_set():
-            raise LinkError(f"{self.name} is stopped")
+            raise SerialLinkError(f"{self.name} is stopped")
         encode_message(message)  # fail here, in the caller, on a message that cannot be encoded
         with self._cond:
             if len(self._queue) >= self.settings.max_queue:

@@ -35,7 +35,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from edge.durable import atomic_write_bytes
 from firmware_bridge.errors import BridgeError, PortUnavailable, TransportError
-from firmware_bridge.link import Link, LinkSettings
+from firmware_bridge.link import Link, SerialLinkSettings
 from firmware_bridge.messages import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
@@ -245,7 +245,7 @@ class UnitSimulator:
         manufacturer: str = "BTT",
         firmware: str = "sim-1.0",
         script: SimulatorScript | None = None,
-        settings: LinkSettings | None = None,
+        settings: SerialLinkSettings | None = None,
         max_version: int = PROTOCOL_VERSION,
         min_version: int = MIN_PROTOCOL_VERSION,
         image_sender: ImageSender | None = None,

@@ -38,7 +38,7 @@ from ota.errors import (
     UntrustedMetadata,
     UpdateRefused,
 )
-from ota.http import HttpFetcher
+from ota.http import TufFetcher
 from ota.repository import check_name, target_path
 from ota.rollout import RolloutPolicy
 
@@ -122,7 +122,7 @@ class UpdateClient:
         repository_url: str,
         metadata_dir: Path,
         trusted_root: bytes,
-        fetcher: HttpFetcher,
+        fetcher: TufFetcher,
         max_bundle_bytes: int,
     ) -> None:
         self._base = repository_url.rstrip("/")

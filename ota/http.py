@@ -6,7 +6,7 @@ otherwise), which :mod:`ota.client` translates.
 
 Every download opens through :func:`edge.http.open_url` with an overall deadline as well as the per-read
 ``timeout_s``: ``timeout_s`` plus its expected length at ``min_rate`` bytes/s, and never more than ``max_s``
-(:meth:`HttpFetcher.deadline_s`), so a mirror that trickles bytes (TUF's slow retrieval attack) cannot hold a
+(:meth:`TufFetcher.deadline_s`), so a mirror that trickles bytes (TUF's slow retrieval attack) cannot hold a
 check; what it cut short is a ``SlowRetrievalError``.
 """
 
@@ -26,7 +26,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 from edge.http import Deadline, DownloadLimits, open_url
 
-__all__ = ["HttpFetcher"]
+__all__ = ["TufFetcher"]
 
 _CHUNK = 64 * 1024
 
@@ -35,8 +35,9 @@ def _slow(url: str, deadline: Deadline) -> exceptions.SlowRetrievalError:
     return exceptions.SlowRetrievalError(f"{url}: {deadline.reason}")
 
 
-class HttpFetcher(FetcherInterface):
-    """Downloads over HTTP or HTTPS; each read waits at most ``timeout_s``, each download at most
+class TufFetcher(FetcherInterface):
+    """python-tuf's fetcher for the updater (not the capacity blob fetcher, :class:`edge.capacity.fetch.HttpFetcher`):
+    downloads over HTTP or HTTPS; each read waits at most ``timeout_s``, each download at most
     :meth:`deadline_s` of its expected length."""
 
     def __init__(

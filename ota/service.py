@@ -23,7 +23,7 @@ from edge.logs import event
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import Analyzer, open_analyzer, resolve_bundle_path
 from ota.client import UpdateClient
-from ota.http import HttpFetcher
+from ota.http import TufFetcher
 from ota.slots import SlotStore
 from ota.updater import OtaUpdater, Reporter
 
@@ -66,7 +66,7 @@ def build_updater(config: AgentConfig, report: Reporter | None = None) -> OtaUpd
             repository_url=ota.repository_url,
             metadata_dir=data_dir / "ota" / "metadata",
             trusted_root=root,
-            fetcher=HttpFetcher(
+            fetcher=TufFetcher(
                 timeout_s=ota.timeout_s, ca_file=ota.ca_file, min_rate=ota.min_download_rate, max_s=ota.max_download_s
             ),
             max_bundle_bytes=ota.max_bundle_bytes,

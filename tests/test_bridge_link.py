@@ -12,13 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge.errors import FramingError, LinkError, PortUnavailable, TransportError
+from firmware_bridge.errors import FramingError, PortUnavailable, SerialLinkError, TransportError
 from firmware_bridge.framing import Frame, FrameKind, decode_frame, encode_frame
-from firmware_bridge.link import Link, LinkSettings
+from firmware_bridge.link import Link, SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted, Hello, Message, encode_message
 from firmware_bridge.transport import Backoff, MemoryTransport, PySerialTransport, memory_pair
 
-FAST = LinkSettings(ack_timeout_s=0.03, max_retries=6, hello_interval_s=0.03, reopen_initial_s=0.01, reopen_max_s=0.05)
+FAST = SerialLinkSettings(
+    ack_timeout_s=0.03, max_retries=6, hello_interval_s=0.03, reopen_initial_s=0.01, reopen_max_s=0.05
+)
 N = 40
 
 
@@ -217,7 +219,7 @@ def test_incompatible_peer_is_reported_not_fatal() -> None:
     finally:
         agent.stop()
         unit.stop()
-    with pytest.raises(LinkError):
+    with pytest.raises(SerialLinkError):
         agent.send(_exposures(1)[0])
 
 
@@ -337,7 +339,7 @@ class _BrokenPort(MemoryTransport):
 
 
 def test_a_port_that_opens_but_fails_is_retried_with_backoff_not_spun() -> None:
-    settings = LinkSettings(hello_interval_s=10, reopen_initial_s=0.05, reopen_max_s=0.1)
+    settings = SerialLinkSettings(hello_interval_s=10, reopen_initial_s=0.05, reopen_max_s=0.1)
     link = Link(_BrokenPort(), on_message=lambda m: None, settings=settings, name="flaky")
     link.start()
     time.sleep(0.5)

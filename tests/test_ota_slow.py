@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ota.errors import SlowRetrieval
-from ota.http import HttpFetcher
+from ota.http import TufFetcher
 from ota.service import build_updater
 from ota.updater import OtaUpdater
 from tests.ota_helpers import (
@@ -62,7 +62,7 @@ def tmp(tmp_path: Path) -> Path:
 
 
 def test_the_deadline_grows_with_the_length_up_to_the_cap() -> None:
-    fetcher = HttpFetcher(timeout_s=30, min_rate=16384, max_s=3600)
+    fetcher = TufFetcher(timeout_s=30, min_rate=16384, max_s=3600)
     assert fetcher.deadline_s(16 * 1024) == 31.0  # the timestamp: 31 s, not 16 Ki reads of 30 s each
     assert fetcher.deadline_s(0) == 30.0
     assert fetcher.deadline_s(512 << 20) == 3600.0

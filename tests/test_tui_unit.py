@@ -17,13 +17,13 @@ from edge.control import AgentState, ControlClient, ControlServer
 from edge.receipts.book import ReceiptBook
 from edge.tui import TechnicianApp
 from edge.unit.service import UnitService
-from firmware_bridge.link import LinkSettings
+from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted
 from firmware_bridge.simulator import PtyTransport, UnitSimulator
 
 pytestmark = pytest.mark.integration
 
-SIM_LINK = LinkSettings(ack_timeout_s=0.05, hello_interval_s=0.05, reopen_initial_s=0.02, reopen_max_s=0.1)
+SIM_LINK = SerialLinkSettings(ack_timeout_s=0.05, hello_interval_s=0.05, reopen_initial_s=0.02, reopen_max_s=0.1)
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -24,13 +24,13 @@ from edge.unit.service import UnitService, image_facts
 from firmware_bridge.driver import ReferenceDriver
 from firmware_bridge.errors import FramingError
 from firmware_bridge.framing import FrameKind, decode_frame
-from firmware_bridge.link import LinkSettings
+from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted
 from firmware_bridge.simulator import PtyTransport, SimulatorScript, UnitSimulator, image_dataset
 
 pytestmark = pytest.mark.integration
 
-SIM_LINK = LinkSettings(ack_timeout_s=0.05, hello_interval_s=0.05, reopen_initial_s=0.02, reopen_max_s=0.1)
+SIM_LINK = SerialLinkSettings(ack_timeout_s=0.05, hello_interval_s=0.05, reopen_initial_s=0.02, reopen_max_s=0.1)
 
 
 def _config(port: str, **overrides: float) -> UnitConfig:

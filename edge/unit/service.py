@@ -42,11 +42,11 @@ from edge.unit.exposures import (
 )
 from firmware_bridge.driver import DriverStatus, UnitDriver, load_driver
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.link import LinkSettings
+from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted, ExposureLogEnd, ExposureStarted, Identify, Status
 from firmware_bridge.transport import PySerialTransport
 
-__all__ = ["UnitService", "image_facts", "link_settings"]
+__all__ = ["UnitService", "image_facts", "serial_link_settings"]
 
 log = logging.getLogger("edge.unit")
 
@@ -54,9 +54,9 @@ _FIRST_CONTACT = 2**62
 """``GetExposureLog`` since this returns no exposures, only the unit's newest id."""
 
 
-def link_settings(config: UnitConfig) -> LinkSettings:
+def serial_link_settings(config: UnitConfig) -> SerialLinkSettings:
     """The link timing from ``[unit]``."""
-    return LinkSettings(
+    return SerialLinkSettings(
         ack_timeout_s=config.ack_timeout_s,
         max_retries=config.max_retries,
         hello_interval_s=config.hello_interval_s,
@@ -113,7 +113,7 @@ class UnitService:
             parity=self.config.parity,
             read_timeout_s=self.config.read_timeout_s,
         )
-        self.driver = factory(transport, link_settings(self.config))
+        self.driver = factory(transport, serial_link_settings(self.config))
         self._stop.clear()
         self.driver.start(self)
         self._thread = threading.Thread(target=self._housekeeping, name="unit-housekeeping", daemon=True)

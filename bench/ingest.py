@@ -212,7 +212,7 @@ def _round(kind: str, corpus: list[Path], work: Path, analysed: dict[str, list[t
 def durable_write_seconds(corpus: list[Path], out: Path) -> float:
     """Seconds to write the corpus with our durability protocol alone (no network, no DICOM): the ceiling of
     any receiver that fsyncs on this disk. Each file: write, fsync, rename, fsync the directory."""
-    from edge.durable import atomic_write_bytes
+    from runtime.durable import atomic_write_bytes
 
     out.mkdir(exist_ok=True)
     data = [p.read_bytes() for p in corpus]

@@ -36,12 +36,12 @@ from cloud_relay.errors import RelayError, WorkerFailed
 from cloud_relay.ledger import Ledger
 from cloud_relay.registry import ISSUER, MANUFACTURER, Registry
 from cloud_relay.storage import Database, open_database
-from edge.durable import atomic_write_bytes
 from edge.errors import EdgeError
-from edge.logs import configure_logging
 from edge.receipts.encoding import decode
 from edge.receipts.keys import load_public_key
 from edge.receipts.money import Money
+from runtime.durable import atomic_write_bytes
+from runtime.logs import configure_logging
 
 __all__ = ["main", "run"]
 

@@ -31,8 +31,8 @@ from cloud_relay.config import IngestConfig, MqttConfig
 from cloud_relay.errors import BrokerError, StorageError
 from cloud_relay.ingest import TOPIC_FILTER, Ingestor, UpMessage, ack_topic
 from cloud_relay.subscriber import Delivery, Subscription, puback_packet, publish_packet
-from edge.logs import event
-from edge.sync.backoff import Backoff
+from runtime.backoff import Backoff
+from runtime.logs import event
 
 __all__ = ["Consumer"]
 

@@ -53,11 +53,11 @@ from cloud_relay.messages import (
 from cloud_relay.registry import device_certificates, load_trust, store_certificate
 from cloud_relay.storage import Database, Tx
 from edge.errors import VerificationError
-from edge.logs import event
 from edge.receipts.encoding import decode, encode_unchecked
 from edge.receipts.identity import DeviceCertificate, now_ms
 from edge.receipts.receipts import GENESIS, Receipt, parse_receipt
 from edge.receipts.verify import Checkpoint, Trust, verify_receipts, verify_settlements
+from runtime.logs import event
 
 __all__ = ["TOPIC_FILTER", "Ack", "Ingestor", "UpMessage", "ack_topic"]
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Protocol
 
 from edge.config import AgentConfig
-from edge.durable import DataModes, make_dirs, tighten
 from edge.errors import ConfigError
-from edge.logs import event
 from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
+from runtime.durable import DataModes, make_dirs, tighten
+from runtime.logs import event
 
 __all__ = ["Agent", "Service", "build_agent", "data_entries", "data_modes", "protect_data_dir"]
 

@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from edge.durable import PRIVATE, make_dirs
+from runtime.durable import PRIVATE, make_dirs
 
 __all__ = ["DB_FILENAME", "connect", "migrate", "transaction"]
 

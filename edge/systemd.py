@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-from edge.logs import event
+from runtime.logs import event
 
 __all__ = ["Notifier", "notifier_from_env", "watchdog_interval_s"]
 

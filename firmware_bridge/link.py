@@ -42,7 +42,8 @@ from firmware_bridge.messages import (
     encode_message,
     negotiate,
 )
-from firmware_bridge.transport import Backoff, SerialTransport
+from firmware_bridge.transport import SerialTransport
+from runtime.backoff import Backoff, no_jitter
 
 __all__ = ["DEDUP_WINDOW", "Link", "LinkState", "LinkStats", "SerialLinkSettings"]
 
@@ -144,7 +145,7 @@ class Link:
         self._expected: int | None = None
         self._last_rx = 0.0
         self._last_hello = 0.0
-        self._backoff = Backoff(self.settings.reopen_initial_s, self.settings.reopen_max_s)
+        self._backoff = Backoff(self.settings.reopen_initial_s, self.settings.reopen_max_s, no_jitter)
         """Delay before reopening the port; reset by a successful handshake."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -256,7 +257,7 @@ class Link:
             self.transport.open()
         except TransportError as exc:
             self.error = str(exc)
-            self._stop.wait(self._backoff.next())
+            self._stop.wait(self._backoff.next_delay())
             return False
         with self._cond:
             previous = self._session
@@ -279,7 +280,7 @@ class Link:
                 self._read_once()
             except TransportError as exc:
                 self._lost_port(exc)
-                self._stop.wait(self._backoff.next())  # a port that opens but then fails must not spin
+                self._stop.wait(self._backoff.next_delay())  # a port that opens but then fails must not spin
             except Exception:  # a bug here must not silence the unit: log it, count it, carry on
                 self.stats.internal_errors += 1
                 log.exception("%s: reader failed", self.name)

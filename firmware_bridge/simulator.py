@@ -33,7 +33,6 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from edge.durable import atomic_write_bytes
 from firmware_bridge.errors import BridgeError, PortUnavailable, TransportError
 from firmware_bridge.link import Link, SerialLinkSettings
 from firmware_bridge.messages import (
@@ -54,6 +53,7 @@ from firmware_bridge.messages import (
 )
 from firmware_bridge.transport import MemoryTransport
 from models.synthetic import generate
+from runtime.durable import atomic_write_bytes
 
 __all__ = [
     "FAULT_CODES",

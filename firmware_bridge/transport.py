@@ -3,8 +3,8 @@
 :class:`SerialTransport` is the small interface the link needs. :class:`PySerialTransport` is the only code
 that calls pyserial; it translates every pyserial and OS error to :class:`~firmware_bridge.errors.TransportError`
 (:class:`~firmware_bridge.errors.PortUnavailable` when the port cannot be opened, e.g. unplugged). The link
-closes a failed port and reopens it with :class:`Backoff`, so a unit unplugged and plugged back in is picked up
-again; name the port by a stable udev path (``/dev/serial/by-id/...``), which survives re-enumeration.
+closes a failed port and reopens it with a :class:`runtime.backoff.Backoff`, so a unit unplugged and plugged back
+in is picked up again; name the port by a stable udev path (``/dev/serial/by-id/...``), which survives re-enumeration.
 :class:`MemoryTransport` pairs (:func:`memory_pair`) are the fake for unit tests, with a hook that can garble,
 drop or duplicate bytes in flight and an ``unplug`` switch.
 """
@@ -21,7 +21,7 @@ import serial
 
 from firmware_bridge.errors import PortUnavailable, TransportError
 
-__all__ = ["Backoff", "MemoryTransport", "PySerialTransport", "SerialTransport", "memory_pair"]
+__all__ = ["MemoryTransport", "PySerialTransport", "SerialTransport", "memory_pair"]
 
 Parity = Literal["none", "even", "odd"]
 _PARITY = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD}
@@ -40,25 +40,6 @@ class SerialTransport(Protocol):
     def read(self) -> bytes: ...
 
     def write(self, data: bytes) -> None: ...
-
-
-class Backoff:
-    """Delays between reopen attempts: ``initial_s``, doubling up to ``max_s``; :meth:`reset` after a success."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max(max_s, initial_s)
-        self._next = initial_s
-
-    def next(self) -> float:
-        """The delay to wait before the next attempt."""
-        delay = self._next
-        self._next = min(self._next * 2, self.max_s)
-        return delay
-
-    def reset(self) -> None:
-        """Start again from ``initial_s``."""
-        self._next = self.initial_s
 
 
 class PySerialTransport:

@@ -27,9 +27,9 @@ from types import MappingProxyType
 from typing import Any
 
 import edge
-from edge.durable import atomic_write_bytes
 from edge.errors import BundleError
 from edge.pipeline.teeth import fdi_to_universal
+from runtime.durable import atomic_write_bytes
 
 __all__ = [
     "BOX_FORMATS",

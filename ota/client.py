@@ -24,7 +24,6 @@ from tuf.api import exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from edge.logs import event
 from ota.errors import (
     BundleTampered,
     FreezeRefused,
@@ -41,6 +40,7 @@ from ota.errors import (
 from ota.http import TufFetcher
 from ota.repository import check_name, target_path
 from ota.rollout import RolloutPolicy
+from runtime.logs import event
 
 __all__ = ["Offer", "UpdateClient", "translate"]
 

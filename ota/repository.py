@@ -40,11 +40,11 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from edge.durable import atomic_write_bytes
 from edge.errors import BundleError
 from models.bundle import MANIFEST_NAME, load_bundle
 from ota.errors import PublishError
 from ota.rollout import RolloutPolicy
+from runtime.durable import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_EXPIRY",

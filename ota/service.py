@@ -19,13 +19,13 @@ from typing import IO, Any
 from edge.background import BackgroundLoop
 from edge.config import AgentConfig
 from edge.errors import ConfigError, EdgeError, OutboxError
-from edge.logs import event
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import Analyzer, open_analyzer, resolve_bundle_path
 from ota.client import UpdateClient
 from ota.http import TufFetcher
 from ota.slots import SlotStore
 from ota.updater import OtaUpdater, Reporter
+from runtime.logs import event
 
 __all__ = ["OtaService", "agent_running", "build_updater", "outbox_reporter"]
 

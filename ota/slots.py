@@ -25,10 +25,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edge.durable import atomic_write_bytes, fsync_dir
 from edge.errors import BundleError
 from models.bundle import load_bundle, pack_bundle, write_bundle
 from ota.errors import BundleTampered, InstallError
+from runtime.durable import atomic_write_bytes, fsync_dir
 
 __all__ = ["FACTORY", "SLOTS", "OtaState", "SlotInfo", "SlotStore", "file_lock"]
 

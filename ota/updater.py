@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
-from edge.logs import event
 from edge.pipeline.analyzer import Analyzer
 from models.bundle import load_bundle
 from ota.client import Offer, UpdateClient
@@ -34,6 +33,7 @@ from ota.errors import HealthCheckFailed, InstallError, RollbackRefused, UpdateR
 from ota.health import AnalyzerLoader, health_check
 from ota.rollout import in_rollout
 from ota.slots import OtaState, SlotStore, file_lock
+from runtime.logs import event
 
 __all__ = ["ApplyResult", "OtaUpdater", "Reporter"]
 

@@ -16,7 +16,8 @@ from firmware_bridge.errors import FramingError, PortUnavailable, SerialLinkErro
 from firmware_bridge.framing import Frame, FrameKind, decode_frame, encode_frame
 from firmware_bridge.link import Link, SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted, Hello, Message, encode_message
-from firmware_bridge.transport import Backoff, MemoryTransport, PySerialTransport, memory_pair
+from firmware_bridge.transport import MemoryTransport, PySerialTransport, memory_pair
+from runtime.backoff import Backoff, no_jitter
 
 FAST = SerialLinkSettings(
     ack_timeout_s=0.03, max_retries=6, hello_interval_s=0.03, reopen_initial_s=0.01, reopen_max_s=0.05
@@ -281,10 +282,10 @@ def test_pyserial_errors_are_translated() -> None:
 
 
 def test_backoff_doubles_to_its_ceiling() -> None:
-    backoff = Backoff(0.5, 3.0)
-    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff = Backoff(0.5, 3.0, no_jitter)
+    assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     backoff.reset()
-    assert backoff.next() == 0.5
+    assert backoff.next_delay() == 0.5
 
 
 def test_frames_split_across_reads(pair: tuple[MemoryTransport, MemoryTransport, Link, Link, Inbox]) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from edge.control.logtail import LogTail
-from edge.logs import configure_logging, event
 from edge.results.gsps import build_gsps
 from edge.results.overlay import build_overlay
 from edge.results.sr import build_sr
 from edge.results.uids import UidFactory
+from runtime.logs import configure_logging, event
 from tests.conftest import StartAgent
 from tests.results_helpers import analysis_of, source_image
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.durable import atomic_open, atomic_write_bytes, durable_move, remove_stale_temps
+from runtime.durable import atomic_open, atomic_write_bytes, durable_move, remove_stale_temps
 
 
 def test_atomic_write_replaces(tmp_path: Path) -> None:

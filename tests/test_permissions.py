@@ -14,10 +14,10 @@ import pytest
 from edge.agent import data_modes, protect_data_dir
 from edge.config import AgentConfig, with_overrides
 from edge.db import DB_FILENAME, connect
-from edge.durable import PRIVATE, DataModes, make_dirs
 from edge.errors import ConfigError
 from edge.ops.doctor import run_checks
 from edge.ops.health import permissions_check
+from runtime.durable import PRIVATE, DataModes, make_dirs
 
 
 def _mode(path: Path) -> int:

@@ -16,7 +16,6 @@ from edge.db import DB_FILENAME, connect
 from edge.errors import AckError, ConfigError
 from edge.outbox import Item, Outbox
 from edge.sync import FakeBroker, SyncService, link_settings
-from edge.sync.backoff import Backoff, full_jitter
 from edge.sync.fake import topic_matches
 from edge.sync.protocol import (
     OFFLINE,
@@ -29,6 +28,7 @@ from edge.sync.protocol import (
     presence_topic,
     up_topic,
 )
+from runtime.backoff import Backoff, full_jitter
 from tests.receipts_helpers import Box, make_box
 
 # --- protocol ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.config import MqttConfig
 from cloud_relay.errors import BrokerError, RelayError
 from cloud_relay.messages import ReportIn, parse_up
-from edge.logs import event
+from runtime.logs import event
 
 __all__ = ["CAPACITY_GROUP", "CapacityLink", "job_topic"]
 

@@ -21,9 +21,9 @@ from http.client import HTTPResponse
 from pathlib import Path
 from typing import Protocol
 
-from edge.durable import atomic_write_bytes
 from edge.errors import JobRejected
 from edge.http import Deadline, DownloadLimits, open_url
+from runtime.durable import atomic_write_bytes
 
 __all__ = ["BlobCache", "DirectoryFetcher", "Fetcher", "HttpFetcher"]
 

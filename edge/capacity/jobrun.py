@@ -38,9 +38,9 @@ def summarise(outputs: dict[str, np.ndarray]) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    from edge.durable import atomic_write_bytes
     from edge.errors import BundleError
     from models.bundle import load_bundle
+    from runtime.durable import atomic_write_bytes
 
     if len(argv) != 3:
         print("usage: python -m edge.capacity.jobrun BUNDLE BATCH OUT", file=sys.stderr)

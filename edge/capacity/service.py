@@ -42,13 +42,13 @@ from edge.capacity.state import get_value, migrate_capacity, open_offer, set_val
 from edge.config import AgentConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import BundleError, EdgeError, JobFailed, JobRejected
-from edge.logs import event
 from edge.outbox import Outbox
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import now_ms
 from edge.receipts.keys import ED25519, PublicKey
 from edge.receipts.receipts import Use
 from models.bundle import load_bundle
+from runtime.logs import event
 
 __all__ = ["CapacityService", "ClinicalActivity", "IndexActivity"]
 

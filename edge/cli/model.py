@@ -77,10 +77,10 @@ def register(sub: Any) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from edge import __version__
-    from edge.durable import atomic_write_bytes
     from edge.pipeline.analyzer import AnalysisResult
     from models.synthetic import generate
     from models.synthetic_dicom import instance_uid, synthetic_dicom_bytes
+    from runtime.durable import atomic_write_bytes
 
     if args.count < 1:
         raise EdgeError("--count must be at least 1")

@@ -55,7 +55,6 @@ def register(sub: Any) -> None:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from edge.durable import atomic_write_bytes
     from edge.errors import IdentityError
     from edge.receipts.encoding import canonical_bytes, decode
     from edge.receipts.identity import (
@@ -77,6 +76,7 @@ def _provision(args: argparse.Namespace) -> int:
         save_public_key,
     )
     from edge.receipts.service import DEV_WARNING, key_files
+    from runtime.durable import atomic_write_bytes
 
     def need(value: Path | None, flag: str) -> Path:
         if value is None:

@@ -96,7 +96,7 @@ def _list(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import json
 
-    from edge.durable import atomic_write_bytes
+    from runtime.durable import atomic_write_bytes
 
     _, conn, book = _open(args)
     doc = book.export(conn)
@@ -150,8 +150,8 @@ def _verify_proof(args: argparse.Namespace) -> int:
 
 
 def _prove(args: argparse.Namespace) -> int:
-    from edge.durable import atomic_write_bytes
     from edge.receipts.encoding import canonical_bytes
+    from runtime.durable import atomic_write_bytes
 
     _, conn, book = _open(args)
     atomic_write_bytes(args.out, canonical_bytes(book.prove(conn, args.seq)) + b"\n")

@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from edge.agent import build_agent, data_modes
-    from edge.logs import configure_logging
+    from runtime.logs import configure_logging
 
     config = config_from_args(
         args,

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any
 
-from edge.logs import formatter
+from runtime.logs import formatter
 
 __all__ = ["LogTail"]
 

@@ -35,7 +35,7 @@ from edge.control.protocol import MAX_REQUEST_BYTES, Request, Response, decode_r
 from edge.control.state import AgentState
 from edge.db import DB_FILENAME, connect
 from edge.errors import ControlError, EdgeError
-from edge.logs import event
+from runtime.logs import event
 
 __all__ = ["WORKERS", "ControlServer"]
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from edge.logs import event
+from runtime.logs import event
 
 __all__ = ["RECHECK_S", "IngestYield"]
 

@@ -35,8 +35,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from edge.config import DicomConfig
 from edge.errors import DuplicateConflict, IngestError, InvalidDataset, OutOfSpace, StoreError
 from edge.ingest import spool, transport
-from edge.logs import event
 from edge.store.image_store import ImageStore
+from runtime.logs import event
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_DUPLICATE", "STATUS_OUT_OF_RESOURCES", "StorageSCP"]
 

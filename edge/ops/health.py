@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from edge.config import AgentConfig
-from edge.durable import DataModes, loose_bits
 from edge.errors import EdgeError
+from runtime.durable import DataModes, loose_bits
 
 if TYPE_CHECKING:
     from edge.control.state import AgentState

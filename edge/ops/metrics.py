@@ -35,8 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from edge.config import MetricsConfig
 from edge.control.state import STAGES, AgentState
 from edge.errors import ControlError
-from edge.logs import event
 from edge.ops.health import agent_health
+from runtime.logs import event
 
 __all__ = ["BUCKETS_S", "AgentCollector", "MetricsService", "latency_buckets"]
 

@@ -48,7 +48,6 @@ from edge.background import BackgroundLoop
 from edge.db import DB_FILENAME, connect, migrate, transaction
 from edge.errors import EdgeError, PipelineError, StateConflict, UnsupportedImage
 from edge.ingest.activity import RECHECK_S, IngestYield
-from edge.logs import event
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
 from edge.pipeline.memory import release_large_buffers
@@ -64,6 +63,7 @@ from edge.store.index import (
     utc_now,
 )
 from models.bundle import accepts_of, describe_accepts
+from runtime.logs import event
 
 __all__ = ["MAX_ATTEMPTS", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]
 

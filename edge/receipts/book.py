@@ -45,7 +45,6 @@ from typing import Any
 
 from edge.db import migrate, transaction
 from edge.errors import IdentityError, ReceiptError
-from edge.logs import event
 from edge.receipts import merkle
 from edge.receipts.encoding import canonical_bytes, decode, sha256_hex, signing_message
 from edge.receipts.grants import Balances
@@ -54,6 +53,7 @@ from edge.receipts.keys import seal
 from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, encode_receipt, parse_receipt
 from edge.receipts.settlement import SETTLEMENT, settlement_body
 from edge.receipts.verify import EXPORT, PROOF
+from runtime.logs import event
 
 __all__ = ["COMPONENT", "MIGRATIONS", "ReceiptBook"]
 

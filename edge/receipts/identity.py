@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.durable import atomic_write_bytes, fsync_dir
 from edge.errors import CertificateInvalid, EncodingError, IdentityError, MalformedRecord, VerificationError
 from edge.receipts.encoding import canonical_bytes, decode
 from edge.receipts.keys import (
@@ -43,6 +42,7 @@ from edge.receipts.keys import (
     seal,
     signed_part,
 )
+from runtime.durable import atomic_write_bytes, fsync_dir
 
 __all__ = [
     "CERTIFICATE",

@@ -22,9 +22,9 @@ from typing import Any
 import nacl.bindings
 import nacl.exceptions
 
-from edge.durable import atomic_write_bytes
 from edge.errors import BadSignature, EncodingError, IdentityError, MalformedRecord
 from edge.receipts.encoding import canonical_bytes, decode, encode_unchecked, sha256_hex, signing_message
+from runtime.durable import atomic_write_bytes
 
 __all__ = [
     "ED25519",

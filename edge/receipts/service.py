@@ -18,7 +18,6 @@ from edge.background import BackgroundLoop
 from edge.config import AgentConfig, ReceiptsConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import ReceiptError
-from edge.logs import event
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import (
     DeviceIdentity,
@@ -30,6 +29,7 @@ from edge.receipts.identity import (
 )
 from edge.receipts.keys import PrivateKey, load_private_key, load_public_key
 from edge.receipts.verify import Trust, verify_certificates
+from runtime.logs import event
 
 __all__ = ["IdentityWatch", "SettlementService", "key_files", "open_book"]
 

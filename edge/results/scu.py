@@ -30,7 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
 from edge.config import DestinationConfig
-from edge.logs import event
+from runtime.logs import event
 
 __all__ = ["Outcome", "Outgoing", "Sender", "StoreSCU"]
 

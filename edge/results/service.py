@@ -33,10 +33,8 @@ from pydicom.errors import InvalidDicomError
 
 from edge.config import DestinationConfig, ResultsConfig
 from edge.db import DB_FILENAME, connect, transaction
-from edge.durable import atomic_write_bytes, remove_stale_temps
 from edge.errors import ResultBuildError, StateConflict
 from edge.ingest.activity import RECHECK_S, IngestYield
-from edge.logs import event
 from edge.results import queue
 from edge.results.analysis import Analysis
 from edge.results.gsps import build_gsps
@@ -47,6 +45,8 @@ from edge.results.scu import Outcome, Outgoing, Sender, StoreSCU
 from edge.results.sr import build_sr
 from edge.results.uids import UidFactory
 from edge.store.index import get_instance, migrate_index, set_state
+from runtime.durable import atomic_write_bytes, remove_stale_temps
+from runtime.logs import event
 
 __all__ = ["RESULTS_DIR", "AnalysisSource", "ResultsService"]
 

@@ -41,12 +41,12 @@ from pydicom import config as pydicom_config
 from pydicom import dcmread
 
 from edge.db import DB_FILENAME, connect
-from edge.durable import atomic_write_bytes, durable_move, fsync_dir, remove_stale_temps
 from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace, StoreError
-from edge.logs import event
 from edge.store.encoding import pixel_extent
 from edge.store.header import InstanceHeader, read_header
 from edge.store.index import Instance, get_instance, migrate_index, record_instance, utc_now
+from runtime.durable import atomic_write_bytes, durable_move, fsync_dir, remove_stale_temps
+from runtime.logs import event
 
 __all__ = ["DuplicatePolicy", "ImageStore", "Outcome", "StoredInstance"]
 

@@ -19,9 +19,9 @@ from pydicom import dcmread
 from edge.background import BackgroundLoop
 from edge.config import RetentionConfig
 from edge.db import DB_FILENAME, connect, transaction
-from edge.durable import atomic_open
-from edge.logs import event
 from edge.store.index import PipelineState, migrate_index, utc_now
+from runtime.durable import atomic_open
+from runtime.logs import event
 
 __all__ = ["DONE_STATES", "Pruner", "prune"]
 

@@ -21,8 +21,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.errors import LinkError, LinkRefused
-from edge.logs import event
 from edge.sync.link import Inbound, LinkSettings
+from runtime.logs import event
 
 __all__ = ["PahoLink"]
 

@@ -35,12 +35,10 @@ from edge import __version__
 from edge.config import AgentConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import AckError, ConfigError, LinkError, LinkRefused
-from edge.logs import event
 from edge.outbox.feed import FEED_BATCH, feed
 from edge.outbox.outbox import Item, Outbox
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import now_ms
-from edge.sync.backoff import Backoff
 from edge.sync.link import Inbound, LinkSettings, MqttLink, link_settings
 from edge.sync.paho_link import PahoLink
 from edge.sync.protocol import (
@@ -55,6 +53,8 @@ from edge.sync.protocol import (
     presence_topic,
     up_topic,
 )
+from runtime.backoff import Backoff
+from runtime.logs import event
 
 __all__ = ["SyncService"]
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from edge.config import UnitConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import ConfigError
-from edge.logs import event
 from edge.receipts.book import ReceiptBook
 from edge.store.index import migrate_index
 from edge.unit.exposures import (
@@ -45,6 +44,7 @@ from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted, ExposureLogEnd, ExposureStarted, Identify, Status
 from firmware_bridge.transport import PySerialTransport
+from runtime.logs import event
 
 __all__ = ["UnitService", "image_facts", "serial_link_settings"]
 

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 from edge.errors import BackendError
-from edge.logs import event
 from edge.pipeline.backends.base import KINDS, Backend, BackendFactory, BackendOptions
 from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
 from edge.pipeline.backends.trt import TensorRtFactory
 from models.bundle import Bundle
 from models.golden import check_golden, read_golden
+from runtime.logs import event
 
 __all__ = ["TIMING_ROUNDS", "BackendChoice", "default_factories", "select_backend"]
 

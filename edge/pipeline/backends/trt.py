@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.durable import atomic_write_bytes
 from edge.errors import BackendError
-from edge.logs import event
 from edge.pipeline.backends.base import Backend, BackendKind, BackendOptions, Outputs, Precision
 from models.bundle import Bundle
+from runtime.durable import atomic_write_bytes
+from runtime.logs import event
 
 __all__ = [
     "CalibrationBatches",

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
+from edge.results.kinds import DEFAULT_KINDS, ResultKind
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -253,7 +254,6 @@ class SyncConfig:
             raise ConfigError("sync.backoff_initial_s: above sync.backoff_max_s")
 
 
-ResultKind = Literal["sr", "overlay", "gsps", "original"]
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 
@@ -275,10 +275,9 @@ class DestinationConfig:
     """The destination's AE title (1-16 characters)."""
     host: str = ""
     port: int = bounded(104, lo=1, hi=65535)
-    kinds: tuple[ResultKind, ...] = ("sr", "overlay")
-    """What it gets: ``sr`` (the structured report), ``overlay`` (the annotated Secondary Capture), ``gsps`` (a
-    presentation state with the findings as switchable annotations over the original), ``original``
-    (every received image as it came, for a box in line between the unit and the PACS)."""
+    kinds: tuple[ResultKind, ...] = DEFAULT_KINDS
+    """What it gets: kinds of :data:`edge.results.kinds.KINDS` (``sr``, the structured report; ``overlay``, the
+    annotated Secondary Capture; ``gsps``; ``original``, every image as received)."""
     tls: bool = False
     """Associate over TLS (the PACS's certificate is checked against ``tls_ca_file``, else the system CAs)."""
     tls_ca_file: str = ""

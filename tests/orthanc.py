@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from edge.config import DestinationConfig, ResultKind
+from edge.config import DestinationConfig
+from edge.results.kinds import ResultKind
 from tests.conftest import free_port
 
 __all__ = ["ORTHANC", "OrthancPacs"]

@@ -373,7 +373,7 @@ def test_recorded_analyses_code_each_analysis_from_the_model_that_made_it(tmp_pa
 def test_the_overlay_names_teeth_as_results_tooth_numbering_says(
     store: ImageStore, monkeypatch: pytest.MonkeyPatch, numbering: str
 ) -> None:
-    import edge.results.service as service_module
+    import edge.results.overlay as overlay_module
     from edge.results.overlay import build_overlay
 
     asked: list[str] = []
@@ -382,7 +382,7 @@ def test_the_overlay_names_teeth_as_results_tooth_numbering_says(
         asked.append(numbering)
         return build_overlay(*args, numbering=numbering, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service_module, "build_overlay", spy)
+    monkeypatch.setattr(overlay_module, "build_overlay", spy)  # kinds binds it when the service starts
     analyses, sender, clock = FakeAnalyses(), FakeSender(), Clock()
     source = source_image("PX", rows=300, columns=600)
     analyses.analyses[source.SOPInstanceUID] = analysis_of(source)

@@ -2,8 +2,8 @@
 
 Schema (component ``results``; times are ISO 8601 UTC except ``next_attempt_at``, epoch seconds)::
 
-    results_objects     object_uid PK (SOP Instance UID), source_sop_uid, study_uid, kind (sr | gsps |
-                        overlay | original), sop_class_uid, transfer_syntax_uid, path (relative to data_dir),
+    results_objects     object_uid PK (SOP Instance UID), source_sop_uid, study_uid, kind (one of
+                        edge.results.kinds), sop_class_uid, transfer_syntax_uid, path (relative to data_dir),
                         size_bytes, sha256 (of what we wrote; empty for an original), created_at
     results_deliveries  (object_uid, destination) PK, state, attempts, next_attempt_at, last_status (DIMSE),
                         last_error, updated_at, sent_at
@@ -30,13 +30,13 @@ from typing import Literal, TypeVar, get_args
 
 from edge.db import migrate, transaction
 from edge.errors import StoreError
+from edge.results.kinds import NAMES, ResultKind
 from edge.store.index import utc_now
 
 __all__ = [
     "DELIVERY_STATES",
     "Delivery",
     "DeliveryState",
-    "ObjectKind",
     "ObjectStatus",
     "ResultObject",
     "backoff_delay",
@@ -57,7 +57,6 @@ __all__ = [
 
 DeliveryState = Literal["pending", "sent", "rejected", "dead"]
 DELIVERY_STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
-ObjectKind = Literal["sr", "gsps", "overlay", "original"]
 
 _MIGRATIONS = [
     """
@@ -96,8 +95,8 @@ _MIGRATIONS = [
     """,
 ]
 
-_KIND_ORDER = "CASE o.kind WHEN 'sr' THEN 0 WHEN 'gsps' THEN 1 WHEN 'overlay' THEN 2 ELSE 3 END"
-"""The SR goes first: it is small and it is what a reader's worklist reacts to."""
+_KIND_ORDER = "CASE o.kind " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(NAMES)) + f" ELSE {len(NAMES)} END"
+"""Send order: the registry's (:data:`edge.results.kinds.KINDS`), the SR first."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ class ResultObject:
     object_uid: str
     source_sop_uid: str
     study_uid: str
-    kind: ObjectKind
+    kind: ResultKind
     sop_class_uid: str
     transfer_syntax_uid: str
     path: str

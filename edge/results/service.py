@@ -1,10 +1,11 @@
 """The results service: analysed instances -> SR and overlay on disk -> delivery queue -> the clinic's PACS.
 
-One builder thread turns every instance the pipeline marked ``analysed`` into its result objects: first the SR
-(from the header alone), then the presentation state (when a destination takes it), then the overlay. Each is
-written durably (:mod:`edge.durable`) under ``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one
-transaction, recorded with a pending delivery to every destination that takes its kind (the overlay's
-transaction also records that the instance is done), and the senders are woken. When a destination takes
+One builder thread turns every instance the pipeline marked ``analysed`` into its result objects, in the order of
+:mod:`edge.results.kinds`: first the SR (from the header alone), then the presentation state (when a destination
+takes it), then the overlay. Each is written durably (:mod:`runtime.durable`) under
+``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one transaction, recorded with a pending delivery to
+every destination that takes its kind (the last one's transaction also records that the instance is done), and
+the senders are woken. When a destination takes
 ``original`` images, every received instance is queued too (its stored file, as received). One sender thread per
 destination sends what is due (SR first), records each answer in its own transaction and, when every result
 object of an instance is confirmed everywhere, moves the instance ``analysed -> forwarded``. An unreachable
@@ -16,7 +17,6 @@ The findings come from an :class:`AnalysisSource` (the pipeline's record of each
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import logging
@@ -35,14 +35,12 @@ from edge.config import DestinationConfig, ResultsConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import ResultBuildError, StateConflict
 from edge.ingest.activity import RECHECK_S, IngestYield
-from edge.results import queue
+from edge.results import kinds, queue
 from edge.results.analysis import Analysis
-from edge.results.gsps import build_gsps
 from edge.results.header import DEFAULT_EQUIPMENT, Equipment, with_empty_type2_identifiers
-from edge.results.overlay import build_overlay
-from edge.results.queue import ObjectKind, ResultObject
+from edge.results.kinds import Builder, ResultKind
+from edge.results.queue import ResultObject
 from edge.results.scu import Outcome, Outgoing, Sender, StoreSCU
-from edge.results.sr import build_sr
 from edge.results.uids import UidFactory
 from edge.store.index import get_instance, migrate_index, set_state
 from runtime.durable import atomic_write_bytes, remove_stale_temps
@@ -55,18 +53,6 @@ log = logging.getLogger("edge.results")
 RESULTS_DIR = "results"
 
 
-class _Builder(Protocol):
-    def __call__(self, source: Dataset, analysis: Analysis, uids: UidFactory, *, equipment: Equipment) -> Dataset: ...
-
-
-_BUILDERS: dict[ObjectKind, _Builder] = {
-    "sr": build_sr,
-    "gsps": build_gsps,
-    "overlay": build_overlay,
-}
-"""In build order: the SR first, the overlay (the heaviest) last. The GSPS is built only when a destination
-takes it."""
-_LAST_KIND: ObjectKind = "overlay"
 _ERROR_PAUSE_S = 5.0
 """After an unexpected error in a loop (a failing database), the loop waits this long and tries again."""
 _FULL_SCAN_S = 60.0
@@ -117,11 +103,8 @@ class ResultsService:
         self._ingest_activity = ingest_activity
         """When data last arrived on an open association (the SCP's ``receiving_at``); building yields to ingest."""
         self._yield = ingest_yield or IngestYield(quiet_s=0.0, max_defer_s=0.0)
-        self._builders: dict[ObjectKind, _Builder] = {
-            **_BUILDERS,
-            "overlay": functools.partial(build_overlay, numbering=config.tooth_numbering),
-        }
-        """The builders with this box's options (the overlay's tooth numbering)."""
+        self._builders: dict[ResultKind, Builder] = {k.name: k.bind(config) for k in kinds.BUILT if k.bind}
+        """The builders with this box's options (the overlay's tooth numbering), in build order."""
         self._equipment = equipment
         """This box, as the General Equipment of every object (its serial number, the device id, when it has one);
         a function when the box may be given its identity while it runs (``btt-edge provision``)."""
@@ -178,7 +161,7 @@ class ResultsService:
 
     # --- building --------------------------------------------------------------------------------------------
 
-    def _targets(self, kind: ObjectKind) -> list[str]:
+    def _targets(self, kind: ResultKind) -> list[str]:
         return [d.name for d in self.destinations if kind in d.kinds]
 
     def _build_loop(self) -> None:
@@ -260,17 +243,17 @@ class ResultsService:
             analysis = self.analyses.load(conn, uid)
             if analysis is None:
                 raise ResultBuildError(f"no analysis is recorded for {uid}")
-            for kind in _BUILDERS:
-                if kind == "gsps" and not self._targets("gsps"):
-                    continue
-                with self._image_lock if kind != "sr" else contextlib.nullcontext():
-                    source = self._read(instance.path, pixels=kind != "sr")
+            todo = [k for k in kinds.BUILT if not k.on_demand or self._targets(k.name)]
+            for spec in todo:
+                kind = spec.name
+                with self._image_lock if spec.reads_pixels else contextlib.nullcontext():
+                    source = self._read(instance.path, pixels=spec.reads_pixels)
                     built = self._builders[kind](source, analysis, self.uids, equipment=self.equipment)
                     del source
                 obj = self._write(built, kind, uid, instance.study_uid)
                 with transaction(conn):
                     queue.enqueue(conn, obj, self._targets(kind), self.clock())
-                    if kind == _LAST_KIND:
+                    if spec is todo[-1]:
                         queue.mark_source(conn, uid, "built")
                         if queue.source_delivered(conn, uid):  # the SR was confirmed while the overlay was drawn
                             self._forwarded(conn, uid)
@@ -298,7 +281,7 @@ class ResultsService:
             raise ResultBuildError(f"cannot read the source image {relative}: {exc}") from exc
         return with_empty_type2_identifiers(source)
 
-    def _write(self, ds: Dataset, kind: ObjectKind, source_uid: str, study_uid: str) -> ResultObject:
+    def _write(self, ds: Dataset, kind: ResultKind, source_uid: str, study_uid: str) -> ResultObject:
         """Write ``ds`` durably under ``results/`` and describe it for the queue."""
         data = _file_bytes(ds)
         relative = f"{RESULTS_DIR}/{study_uid}/{ds.SOPInstanceUID}.dcm"

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 
+from edge import dicomlib
 from edge.config import DicomConfig
 from edge.errors import DuplicateConflict, IngestError, InvalidDataset, OutOfSpace, StoreError
-from edge.ingest import spool, transport
+from edge.ingest import transport
+from edge.ingest.spool import Spool
 from edge.store.image_store import ImageStore
 from runtime.logs import event
 
@@ -47,9 +49,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_DUPLICATE = 0x0111
-_switch_lock = threading.Lock()
-_running: set[int] = set()
-_saved_unrestricted: list[bool] = []
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -77,6 +76,8 @@ class StorageSCP:
         associations still holds one for a moment after its close event)."""
         self._open_lock = threading.Lock()
         self._close_listeners: list[Callable[[], None]] = []
+        self._spool = Spool(store.incoming_dir)
+        self._unrestricted = False
 
     @property
     def port(self) -> int:
@@ -114,12 +115,10 @@ class StorageSCP:
         ae.network_timeout = cfg.network_timeout_s
         ae.require_calling_aet = list(cfg.allowed_calling_aes)
         ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
-        with _switch_lock:  # process-wide pynetdicom switches, undone when the last SCP stops
-            if not _running:
-                _saved_unrestricted.append(_config.UNRESTRICTED_STORAGE_SERVICE)
-                _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept every storage SOP class, known or private
-            _running.add(id(self))
-        spool.install(ae, self.store.incoming_dir)
+        if not self._unrestricted:  # accept every storage SOP class, known or private (edge.dicomlib)
+            dicomlib.UNRESTRICTED_STORAGE.hold()
+            self._unrestricted = True
+        self._spool.start(ae)
         self._ae = ae
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connect),
@@ -144,13 +143,11 @@ class StorageSCP:
             self._server = None
         if self._ae is not None:
             self._ae.shutdown()
-            spool.uninstall(self._ae)
             self._ae = None
-        with _switch_lock:
-            if id(self) in _running:
-                _running.discard(id(self))
-                if not _running:
-                    _config.UNRESTRICTED_STORAGE_SERVICE = _saved_unrestricted.pop()
+        self._spool.stop()
+        if self._unrestricted:
+            dicomlib.UNRESTRICTED_STORAGE.release()
+            self._unrestricted = False
 
     # --- handlers ----------------------------------------------------------------------------------------
 
@@ -165,7 +162,7 @@ class StorageSCP:
     def _on_close(self, ev: Any) -> None:
         with self._open_lock:
             self._open -= 1
-        size = spool.discard_partial(ev.assoc)
+        size = self._spool.discard_partial(ev.assoc)
         if size is not None:
             calling = ev.assoc.requestor.ae_title
             event(log, "partial transfer discarded", level=logging.WARNING, calling_ae=calling, bytes=size)

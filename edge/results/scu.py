@@ -25,10 +25,11 @@ from typing import Any, Literal, Protocol
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
+from edge import dicomlib
 from edge.config import DestinationConfig
 from runtime.logs import event
 
@@ -119,9 +120,6 @@ class StoreSCU:
 
     def __init__(self, calling_ae: str, *, connect_timeout_s: float = 10.0, dimse_timeout_s: float = 60.0) -> None:
         logging.getLogger("pynetdicom.transport").addFilter(_QUIET)  # the same filter object: added once
-        # A file whose transfer syntax the destination accepted is streamed as stored (no decode, no re-encode).
-        # A process-wide pynetdicom switch; it only changes sends given a path, and only this class sends so.
-        _config.STORE_SEND_CHUNKED_DATASET = True
         self.calling_ae = calling_ae
         self.connect_timeout_s = connect_timeout_s
         self.dimse_timeout_s = dimse_timeout_s
@@ -196,7 +194,8 @@ class StoreSCU:
         except (OSError, InvalidDicomError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
             return Outcome(item.object_uid, "rejected", None, f"cannot read or transcode {item.path.name}: {exc}")
         try:
-            rsp = assoc.send_c_store(payload)
+            with dicomlib.CHUNKED_SEND.held():  # a file the destination accepts as stored is streamed as it is
+                rsp = assoc.send_c_store(payload)
         except RuntimeError as exc:  # the association went away under us
             return Outcome(item.object_uid, "retry", None, f"association lost: {exc}")
         except OSError as exc:

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydicom import config as pydicom_config
 from pydicom import dcmread
 
+from edge import dicomlib
 from edge.db import DB_FILENAME, connect
 from edge.errors import DuplicateConflict, InvalidDataset, OutOfSpace, StoreError
 from edge.store.encoding import pixel_extent
@@ -108,6 +108,7 @@ class ImageStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._lenient = False
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each new (or replaced) instance is durably indexed, e.g. to wake the pipeline.
@@ -123,7 +124,9 @@ class ImageStore:
         """Open the index and clear what a crash left behind (spool files, temps, files without a row)."""
         # Values that break a VR's rules are the sender's business: the store checks what it needs itself
         # (read_header) and keeps the object byte for byte, so pydicom should not warn about the rest.
-        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        if not self._lenient:
+            dicomlib.LENIENT_READING.hold()
+            self._lenient = True
         for directory in (self.incoming_dir, self.dicom_dir, self.quarantine_dir):
             directory.mkdir(parents=True, exist_ok=True)
         fsync_dir(self.data_dir)
@@ -144,6 +147,9 @@ class ImageStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        if self._lenient:
+            dicomlib.LENIENT_READING.release()
+            self._lenient = False
 
     @property
     def conn(self) -> sqlite3.Connection:

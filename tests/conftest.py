@@ -1,6 +1,8 @@
 """Fixtures every test module may use: free ports, DCMTK's tools, and the agent as a real process.
 
 * :func:`free_port` (function and fixture): a TCP port nobody listens on.
+* :func:`wait_until`: poll a condition until it holds, failing the test after a timeout (every test that waits
+  for another thread or process waits with it).
 * ``dcmtk``: paths of DCMTK's binaries (``dcmtk.storescu`` etc.) and the environment to run them in
   (``TCP_NODELAY=1``, see the README). Always these, never pynetdicom's scripts of the same name.
 * ``start_agent``: a factory that runs ``btt-edge run --data-dir DIR --port N`` as a subprocess and returns
@@ -18,17 +20,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pytest
 from pydicom import config as pydicom_config
 
 from edge.store.image_store import ImageStore
 
-__all__ = ["AgentProcess", "Dcmtk", "free_port"]
+__all__ = ["AgentProcess", "Dcmtk", "free_port", "wait_until"]
+
+_T = TypeVar("_T")
 
 
 def free_port() -> int:
@@ -36,6 +40,27 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], _T],
+    timeout: float = 30.0,
+    what: str | Callable[[], str] = "condition",
+    *,
+    interval: float = 0.05,
+) -> _T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something true, and return that.
+
+    After ``timeout`` seconds the test fails (``AssertionError``) with "timed out after <timeout> s waiting for
+    <what>"; ``what`` may be a function, called only then (to add what a log says at that moment).
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            waited_for = what if isinstance(what, str) else what()
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {waited_for}")
+        time.sleep(interval)
+    return value
 
 
 @pytest.fixture(name="free_port")

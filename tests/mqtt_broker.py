@@ -29,7 +29,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import free_port, wait_until
 
 __all__ = [
     "MOSQUITTO",
@@ -46,9 +48,7 @@ __all__ = [
     "MosquittoBroker",
     "Pki",
     "StubRelay",
-    "free_port",
     "make_pki",
-    "wait_until",
 ]
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
@@ -59,13 +59,6 @@ RELAY_USER = "btt-relay"
 _SHIPPED_DIR = "/etc/mosquitto/btt/"
 PASSWORDS_OVER_TLS = "require_certificate false\nuse_identity_as_username false\npassword_file {directory}/passwd"
 """``extra_config`` for ``tls=True`` brokers whose clients authenticate with passwords over server-only TLS."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -251,14 +244,6 @@ class MosquittoBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class StubRelay:

@@ -27,6 +27,7 @@ from edge.outbox import Outbox
 from edge.receipts.identity import now_ms
 from edge.receipts.keys import PrivateKey, generate_key
 from ota.repository import bundle_archive
+from tests.conftest import wait_until
 from tests.receipts_helpers import Box, make_box
 
 REFERENCE = Path(__file__).resolve().parents[1] / "models" / "bundles" / "reference-dental"
@@ -47,14 +48,6 @@ class Activity:
 
 def _accelerator() -> Accelerator:
     return Accelerator("cpu", "test CPU", 8192, 8192, 0, 0)
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _blob(directory: Path, data: bytes) -> str:
@@ -103,7 +96,7 @@ class Rig:
         return [b for b in bodies if b["signed"]["type"] == kind]
 
     def offer(self) -> dict[str, Any]:
-        _wait(lambda: self.messages(OFFER), 10, "an offer")
+        wait_until(lambda: self.messages(OFFER), 10, "an offer")
         return self.messages(OFFER)[-1]["signed"]
 
     def job(self, offer: dict[str, Any], items: int, **overrides: Any) -> dict[str, Any]:
@@ -146,7 +139,7 @@ def test_job_runs_in_worker_and_returns_signed_result_with_compute_receipts(rig:
     verify(OFFER, rig.messages(OFFER)[-1], rig.box.identity.key.public)
     job = rig.job(offer, 2)
     rig.service.submit(json.dumps(job).encode())
-    _wait(lambda: rig.job_state(job["signed"]["job_id"]) == "done", 60, "the job to finish")
+    wait_until(lambda: rig.job_state(job["signed"]["job_id"]) == "done", 60, "the job to finish")
     result = verify(RESULT, rig.messages(RESULT)[-1], rig.box.identity.key.public)
     assert result["status"] == "done"
     assert result["items"] == 2
@@ -165,20 +158,20 @@ def test_clinical_image_pauses_running_job_and_withdraws_offer(rig: Rig) -> None
     offer = rig.offer()
     job = rig.job(offer, 4)
     rig.service.submit(json.dumps(job).encode())
-    _wait(lambda: rig.service._job is not None, 30, "the worker to start")
+    wait_until(lambda: rig.service._job is not None, 30, "the worker to start")
     worker = rig.service._job
     assert worker is not None
     time.sleep(0.5)
     rig.activity.flag = True  # an association opens: an image is arriving
-    _wait(lambda: rig.service.preemptions, 5, "pre-emption")
+    wait_until(lambda: rig.service.preemptions, 5, "pre-emption")
     assert process_state(worker.pid) == "T"
     assert rig.service.preemptions[0] < 0.1
-    _wait(lambda: rig.messages(WITHDRAW), 5, "the offer's withdrawal")
+    wait_until(lambda: rig.messages(WITHDRAW), 5, "the offer's withdrawal")
     assert rig.messages(WITHDRAW)[-1]["signed"]["reason"] == "clinical work"
     time.sleep(0.5)
     assert process_state(worker.pid) == "T"  # stays paused while clinical work goes on
     rig.activity.flag = False
-    _wait(lambda: rig.job_state(job["signed"]["job_id"]) == "done", 90, "the resumed job to finish")
+    wait_until(lambda: rig.job_state(job["signed"]["job_id"]) == "done", 90, "the resumed job to finish")
 
 
 def test_kill_mode_reports_preempted_job_without_receipt(tmp_path: Path, relay: PrivateKey) -> None:
@@ -187,9 +180,9 @@ def test_kill_mode_reports_preempted_job_without_receipt(tmp_path: Path, relay: 
     try:
         job = rig.job(rig.offer(), 4)
         rig.service.submit(json.dumps(job).encode())
-        _wait(lambda: rig.service._job is not None, 30, "the worker to start")
+        wait_until(lambda: rig.service._job is not None, 30, "the worker to start")
         rig.activity.flag = True
-        _wait(lambda: rig.job_state(job["signed"]["job_id"]) == "preempted", 10, "the job to be pre-empted")
+        wait_until(lambda: rig.job_state(job["signed"]["job_id"]) == "preempted", 10, "the job to be pre-empted")
         result = verify(RESULT, rig.messages(RESULT)[-1], rig.box.identity.key.public)
         assert result["status"] == "preempted"
         assert result["outputs"] == []
@@ -209,7 +202,7 @@ def test_forged_tampered_and_mismatched_jobs_are_refused(rig: Rig) -> None:
     for job in (forged, tampered, wrong_blob):
         rig.service.submit(json.dumps(job).encode())
     for job in (forged, tampered, wrong_blob):
-        _wait(lambda job=job: rig.job_state(job["signed"]["job_id"]) == "rejected", 20, "a refusal")
+        wait_until(lambda job=job: rig.job_state(job["signed"]["job_id"]) == "rejected", 20, "a refusal")
     reasons = [r[0] for r in rig.box.conn.execute("SELECT reason FROM capacity_jobs ORDER BY updated_ms")]
     assert any("does not verify" in r for r in reasons)
     assert any("sha256" in r for r in reasons)
@@ -256,7 +249,7 @@ def test_cli_switch_withdraws_offer(rig: Rig, capsys: pytest.CaptureFixture[str]
     rig.offer()
     data_dir = str(rig.box.data_dir)
     assert cli_main(["capacity", "disable", "--data-dir", data_dir]) == 0
-    _wait(lambda: rig.messages(WITHDRAW), 5, "the withdrawal")
+    wait_until(lambda: rig.messages(WITHDRAW), 5, "the withdrawal")
     assert cli_main(["capacity", "status", "--data-dir", data_dir, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert doc["enabled"] is False

@@ -23,8 +23,7 @@ from edge.receipts.identity import KeyFiles, now_ms, provision
 from edge.receipts.keys import generate_key
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dicom_bytes
-from tests.conftest import Dcmtk, free_port
-from tests.mqtt_broker import wait_until
+from tests.conftest import Dcmtk, free_port, wait_until
 from tests.test_capacity import _batch, _blob, _bundle_tar
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

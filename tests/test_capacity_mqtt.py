@@ -19,7 +19,8 @@ from edge.config import AgentConfig, AgentSection, CapacityConfig, SyncConfig
 from edge.outbox import Outbox
 from edge.receipts.keys import generate_key
 from edge.sync import SyncService
-from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay, wait_until
+from tests.conftest import wait_until
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay
 from tests.receipts_helpers import Box
 from tests.relay_helpers import provisioned
 from tests.test_capacity import Activity, _accelerator, _batch, _blob, _bundle_tar

@@ -13,10 +13,8 @@ import socket
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,7 +26,7 @@ from edge.db import DB_FILENAME, connect
 from edge.errors import ControlError
 from edge.outbox import Outbox
 from edge.store.index import migrate_index
-from tests.conftest import Dcmtk, StartAgent, free_port
+from tests.conftest import Dcmtk, StartAgent, free_port, wait_until
 from tests.results_helpers import source_image, storescp
 
 
@@ -286,17 +284,6 @@ def test_log_tail_filters_by_text_and_level() -> None:
 # --- the real agent -------------------------------------------------------------------------------------------
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        time.sleep(0.2)
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_real_agent_through_its_socket(start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path) -> None:
@@ -314,7 +301,7 @@ def test_real_agent_through_its_socket(start_agent: StartAgent, dcmtk: Dcmtk, tm
         sent = dcmtk.run("storescu", "-aec", "BTT_EDGE", "127.0.0.1", str(agent.port), str(image), timeout=60)
         assert sent.returncode == 0, sent.stderr
         with ControlClient(data / "control.sock") as client:
-            studies = _wait(lambda: [s for s in client.call("studies") if s["state"] == "results sent"], 120)
+            studies = wait_until(lambda: [s for s in client.call("studies") if s["state"] == "results sent"], 120)
             assert studies[0]["images"] == 1
             study = studies[0]["study_uid"]
             detail = client.call("study", study_uid=study)
@@ -329,7 +316,7 @@ def test_real_agent_through_its_socket(start_agent: StartAgent, dcmtk: Dcmtk, tm
             assert overview["dicom"]["port"] == agent.port
             assert overview["pipeline"]["model"]["id"] == "btt-reference-dental-pano"
             assert overview["pipeline"]["backend"] == "onnxruntime-cpu"
-            receipts = _wait(lambda: client.call("receipts")["receipts"])
+            receipts = wait_until(lambda: client.call("receipts")["receipts"], 60)
             assert receipts[0]["kind"] == "analysis"
             logs = client.call("logs", text="stored")
             assert any(uid in line for _, line in logs["lines"])
@@ -337,7 +324,7 @@ def test_real_agent_through_its_socket(start_agent: StartAgent, dcmtk: Dcmtk, tm
             # resend: the PACS (storescp, a file per copy received) gets the SR and the overlay again
             assert len(list(pacs_dir.iterdir())) == 2
             assert client.call("results.resend", study_uid=study) == {"deliveries": 2}
-            _wait(lambda: len(list(pacs_dir.iterdir())) == 4, 60)
+            wait_until(lambda: len(list(pacs_dir.iterdir())) == 4, 60)
             assert client.call("audit")[0]["action"] == "results.resend"
     # doctor sees the running agent through the same socket
     doctor = subprocess.run(

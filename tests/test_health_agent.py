@@ -20,18 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BTT_EDGE = [sys.executable, "-m", "edge"]
-
-
-def _wait(condition: Callable[[], bool], what: str, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; the agent's log:\n{log.read_text()[-4000:]}"
-        time.sleep(0.1)
 
 
 class AgentRig:
@@ -90,7 +83,7 @@ class AgentRig:
         return check is not None and check["status"] == status
 
     def wait(self, condition: Callable[[], bool], what: str) -> None:
-        _wait(condition, what, self.log_path)
+        wait_until(condition, 60, lambda: f"{what}; the agent's log:\n{self.log_path.read_text()[-4000:]}")
 
     def doctor(self) -> tuple[int, dict[str, Any]]:
         done = subprocess.run(

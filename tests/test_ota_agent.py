@@ -17,8 +17,8 @@ from models.bundle import load_bundle
 from ota.cli import main as btt_ota
 from ota.rollout import RolloutPolicy
 from ota.slots import FACTORY, SlotStore
-from tests.conftest import StartAgent
-from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay, wait_until
+from tests.conftest import StartAgent, wait_until
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay
 from tests.ota_helpers import bundle_dir, new_repository, publish_bundle, serve
 from tests.receipts_helpers import make_box
 

@@ -5,7 +5,6 @@ then analysed by the previous model."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from edge.pipeline.worker import PipelineService, migrate_pipeline
 from edge.store.header import InstanceHeader
 from edge.store.index import get_instance, record_instance
 from ota.service import build_updater
+from tests.conftest import wait_until
 from tests.ota_helpers import agent_config, bundle_dir, new_repository, publish_bundle, serve
 from tests.pipeline_helpers import bright_spot_image, write_radiograph
 
@@ -23,13 +23,6 @@ def _state(conn: sqlite3.Connection, uid: str) -> str:
     instance = get_instance(conn, uid)
     assert instance is not None
     return instance.pipeline_state
-
-
-def _wait(predicate: object, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -49,7 +42,7 @@ def test_a_bundle_failing_on_studies_is_rolled_back_by_the_pipeline(tmp_path: Pa
     service = PipelineService(data, updater.load_active, poll_interval_s=0.05, model_gate=updater)
     service.start()
     try:
-        _wait(lambda: updater.store.read().active == "a", "switched at an idle moment")
+        wait_until(lambda: updater.store.read().active == "a", 60, "switched at an idle moment")
         uids = []
         (data / "images").mkdir()
         for i in range(2):
@@ -65,8 +58,8 @@ def test_a_bundle_failing_on_studies_is_rolled_back_by_the_pipeline(tmp_path: Pa
             )
             uids.append(uid)
         service.notify()
-        _wait(lambda: updater.store.read().active == "factory", "rolled back after two failed studies")
-        _wait(lambda: all(_state(conn, uid) != "received" for uid in uids), "the first studies processed")
+        wait_until(lambda: updater.store.read().active == "factory", 60, "rolled back after two failed studies")
+        wait_until(lambda: all(_state(conn, uid) != "received" for uid in uids), 60, "the first studies processed")
         assert reports[-1]["event"] == "rollback"
         # A study after the rollback is analysed by the previous model.
         later = write_radiograph(data / "images" / "later.dcm", bright_spot_image())
@@ -75,7 +68,7 @@ def test_a_bundle_failing_on_studies_is_rolled_back_by_the_pipeline(tmp_path: Pa
             conn, header, path="images/later.dcm", size_bytes=1, calling_ae="UNIT", received_at="2026-11-24T01:01:00Z"
         )
         service.notify()
-        _wait(lambda: _state(conn, later) == "analysed", "a later study analysed by the previous model")
+        wait_until(lambda: _state(conn, later) == "analysed", 60, "a later study analysed by the previous model")
         versions = {row[0] for row in conn.execute("SELECT model_version FROM pipeline_results")}
         assert versions == {"1.0.0"}
         assert {_state(conn, uid) for uid in uids} <= {"failed", "analysed"}

@@ -20,8 +20,8 @@ from edge.receipts.keys import load_public_key
 from edge.receipts.receipts import Use
 from edge.receipts.service import SettlementService, open_book
 from edge.receipts.verify import Trust, verify_export
-from tests.conftest import StartAgent
-from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay, wait_until
+from tests.conftest import StartAgent, wait_until
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay
 
 
 @pytest.fixture

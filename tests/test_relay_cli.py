@@ -16,7 +16,7 @@ from cloud_relay.cli import main
 from cloud_relay.config import HttpConfig, IngestConfig, MqttConfig
 from cloud_relay.errors import RelayConfigError
 from edge.receipts.keys import generate_key, save_public_key
-from tests.mqtt_broker import free_port
+from tests.conftest import free_port
 from tests.receipts_helpers import make_box
 
 BTT_RELAY = Path(sys.executable).with_name("btt-relay")

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from pydicom import dcmread
 
 from edge.db import DB_FILENAME, connect
 from models.bundle import pack_bundle, write_bundle
-from tests.conftest import Dcmtk, StartAgent, free_port
+from tests.conftest import Dcmtk, StartAgent, free_port, wait_until
 from tests.pipeline_helpers import MANIFEST, bright_spot_image, tiny_bundle
 from tests.results_helpers import (
     dciodvfy_errors,
@@ -29,13 +28,6 @@ from tests.results_helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _results(data_dir: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -71,7 +63,7 @@ def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, 
     with storescp(pacs_dir, pacs_port):
         agent = start_agent(data, args=["--forward", f"PACS@127.0.0.1:{pacs_port}"], env=env)
         _send(dcmtk, agent.port, tmp_path / "first.dcm")
-        _wait("the SR and the overlay at the PACS", lambda: len(received(pacs_dir)) == 2)
+        wait_until(lambda: len(received(pacs_dir)) == 2, 60, "the SR and the overlay at the PACS")
     files = received(pacs_dir)
     kinds = {dcmread(p).Modality: p for p in files.values()}
     assert set(kinds) == {"SR", "OT"}
@@ -108,10 +100,10 @@ def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, 
         pending = [x for d in _results(data) if d["source_sop_uid"] == second.SOPInstanceUID for x in d["deliveries"]]
         return len(pending) == 2 and all(x["state"] == "pending" and x["attempts"] >= 1 for x in pending)
 
-    _wait("results queued while the PACS is down", queued)
+    wait_until(queued, 60, "results queued while the PACS is down", interval=0.1)
     assert "cannot connect" in json.dumps(_results(data))
     with storescp(pacs_dir, pacs_port):
-        _wait("the queued results at the PACS", lambda: len(received(pacs_dir)) == 4, timeout=30)
+        wait_until(lambda: len(received(pacs_dir)) == 4, 30, "the queued results at the PACS")
     assert all(x["state"] == "sent" for d in _results(data) for x in d["deliveries"])
     assert agent.terminate() == 0
 
@@ -134,11 +126,16 @@ def test_kill_9_with_results_queued_loses_nothing_and_sends_nothing_twice(
     image = source_image("PX", pixels=bright_spot_image(150, 300))
     image.save_as(tmp_path / "pano.dcm", enforce_file_format=True)
     _send(dcmtk, agent.port, tmp_path / "pano.dcm")
-    _wait("both results queued", lambda: sum(x["attempts"] >= 1 for d in _results(data) for x in d["deliveries"]) == 2)
+    wait_until(
+        lambda: sum(x["attempts"] >= 1 for d in _results(data) for x in d["deliveries"]) == 2,
+        60,
+        "both results queued",
+        interval=0.1,
+    )
     agent.kill()
     with storescp(pacs_dir, pacs_port, unique=True):
         start_agent(data, port=agent.port, args=args, env=env)
-        _wait("the results after the restart", lambda: len(list(pacs_dir.iterdir())) == 2)
+        wait_until(lambda: len(list(pacs_dir.iterdir())) == 2, 60, "the results after the restart")
         time.sleep(1.0)  # anything sent twice would arrive by now
     assert len(list(pacs_dir.iterdir())) == 2  # unique file names: a second copy would be a third file
     assert all(x["state"] == "sent" for d in _results(data) for x in d["deliveries"])
@@ -161,7 +158,7 @@ def test_configured_destination_gets_originals_and_the_presentation_state(
     with storescp(pacs_dir, pacs_port, ae_title="ARCHIVE"):
         agent = start_agent(tmp_path / "data", args=["--config", str(config)])
         _send(dcmtk, agent.port, tmp_path / "pano.dcm")
-        _wait("the original, the GSPS and the SR at the archive", lambda: len(received(pacs_dir)) == 3)
+        wait_until(lambda: len(received(pacs_dir)) == 3, 60, "the original, the GSPS and the SR at the archive")
     files = received(pacs_dir)
     modalities = {dcmread(p).Modality for p in files.values()}
     assert modalities == {"PX", "PR", "SR"}

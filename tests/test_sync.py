@@ -29,6 +29,7 @@ from edge.sync.protocol import (
     up_topic,
 )
 from runtime.backoff import Backoff, full_jitter
+from tests.conftest import wait_until
 from tests.receipts_helpers import Box, make_box
 
 # --- protocol ---------------------------------------------------------------------------------------------
@@ -137,13 +138,6 @@ def test_bad_sync_config_names_the_key(values: dict[str, Any], message: str) -> 
 
 
 # --- the service against the fake broker --------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class FakeRelay:

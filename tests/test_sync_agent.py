@@ -11,8 +11,8 @@ from pydicom import dcmread
 
 from edge.db import DB_FILENAME, connect
 from models.bundle import pack_bundle, write_bundle
-from tests.conftest import Dcmtk, StartAgent
-from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay, wait_until
+from tests.conftest import Dcmtk, StartAgent, wait_until
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay
 from tests.pipeline_helpers import MANIFEST, bright_spot_image, tiny_bundle, write_radiograph
 from tests.receipts_helpers import make_box
 

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from edge.receipts.keys import generate_key, seal
 from edge.receipts.receipts import RECEIPT
 from edge.sync import SyncService
 from edge.sync.protocol import up_topic
-from tests.mqtt_broker import RELAY_USER, MosquittoBroker, free_port
+from tests.conftest import free_port, wait_until
+from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 from tests.receipts_helpers import Box, make_box
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,13 +40,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RELAY_PW = "relay-secret"
 DEVICE_PW = "device-secret"
 BTT_RELAY = Path(sys.executable).with_name("btt-relay")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 class Relay:
@@ -177,7 +171,7 @@ def test_broker_stopped_for_a_while_and_restarted(
     box.record(150)
     service = _sync(box, broker)
     try:
-        wait_until(lambda: _outbox(box) == 150, what="first sync")
+        wait_until(lambda: _outbox(box) == 150, 60, "first sync")
         broker.stop()
         box.record(150)
         box.book.close_batch(box.conn, 1000)

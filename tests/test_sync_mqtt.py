@@ -27,7 +27,8 @@ from edge.outbox import Outbox
 from edge.receipts.receipts import Use
 from edge.sync import LinkSettings, PahoLink, SyncService
 from edge.sync.protocol import ONLINE, ack_topic, presence_topic, up_topic
-from tests.mqtt_broker import PASSWORDS_OVER_TLS, RELAY_USER, MosquittoBroker, StubRelay, free_port, wait_until
+from tests.conftest import free_port, wait_until
+from tests.mqtt_broker import PASSWORDS_OVER_TLS, RELAY_USER, MosquittoBroker, StubRelay
 from tests.receipts_helpers import Box, make_box
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,11 @@ from edge.unit.service import UnitService
 from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted
 from firmware_bridge.simulator import PtyTransport, UnitSimulator
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
 SIM_LINK = SerialLinkSettings(ack_timeout_s=0.05, hello_interval_s=0.05, reopen_initial_s=0.02, reopen_max_s=0.1)
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_unit_screen_with_a_simulated_unit(tmp_path: Path) -> None:
@@ -53,12 +46,12 @@ def test_unit_screen_with_a_simulated_unit(tmp_path: Path) -> None:
     server = ControlServer(config.control, AgentState(config))
     try:
         service.start()
-        _wait(lambda: service.identity is not None)
+        wait_until(lambda: service.identity is not None)
         server.start()
         exposed = [sim.expose(duration_s=d) for d in (0.01, 0.02, 0.03)]
         sim.raise_fault(0x0101)
         with ControlClient(server.path) as client:
-            _wait(lambda: len(client.call("unit")["exposures"]) == 3 and bool(client.call("unit")["open_faults"]))
+            wait_until(lambda: len(client.call("unit")["exposures"]) == 3 and bool(client.call("unit")["open_faults"]))
             asyncio.run(_look(client, [e for e in exposed if e is not None]))
     finally:
         server.stop()

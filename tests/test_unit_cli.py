@@ -4,36 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from firmware_bridge.messages import ExposureCompleted, Identify
 from firmware_bridge.simulator import ImageSender, image_dataset
+from tests.conftest import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 BTT_EDGE = [sys.executable, "-m", "edge"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def _simulator(*args: str) -> tuple[subprocess.Popen[str], str]:
@@ -74,7 +60,7 @@ def test_bad_send_to_is_a_clear_error() -> None:
 
 
 def test_image_sender_stores_to_dcmtk_storescp(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     scp = subprocess.Popen(
         ["/usr/bin/storescp", "-od", str(tmp_path), "-aet", "PEER", str(port)],
         env={**os.environ, "TCP_NODELAY": "1"},
@@ -85,7 +71,7 @@ def test_image_sender_stores_to_dcmtk_storescp(tmp_path: Path) -> None:
         sender = ImageSender.parse(f"PEER@127.0.0.1:{port}")
         exposure = ExposureCompleted(1, "panoramic", 70.0, 10.0, 14000, 3.0, int(time.time() * 1000))
         sender.submit(Identify("Sim", "SN-9", "1.0", "BTT"), exposure)
-        _wait(lambda: sender.sent + sender.failed > 0)
+        wait_until(lambda: sender.sent + sender.failed > 0)
         sender.stop()
         assert sender.sent == 1
         assert len(list(tmp_path.iterdir())) == 1
@@ -106,7 +92,7 @@ def test_simulated_image_passes_dciodvfy(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_path_unit_and_agent_processes(tmp_path: Path) -> None:
     """The demo's wiring: the unit on a pty, C-STORE to the agent, the agent on --serial; pulled cable too."""
-    dicom_port = _free_port()
+    dicom_port = free_port()
     sim, path = _simulator(
         "--link",
         str(tmp_path / "unit0"),
@@ -139,7 +125,7 @@ def test_demo_path_unit_and_agent_processes(tmp_path: Path) -> None:
         )
     try:
         db = data / "edge.db"
-        _wait(db.exists)
+        wait_until(db.exists)
 
         def matched() -> int:
             with sqlite3.connect(db) as conn:
@@ -149,7 +135,7 @@ def test_demo_path_unit_and_agent_processes(tmp_path: Path) -> None:
                     return 0
             return int(row[0])
 
-        _wait(lambda: matched() >= 4, timeout=90)
+        wait_until(lambda: matched() >= 4, timeout=90)
     finally:
         assert _terminate(sim) == 0
         agent_rc = _terminate(agent)

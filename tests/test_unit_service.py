@@ -8,7 +8,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from firmware_bridge.framing import FrameKind, decode_frame
 from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted
 from firmware_bridge.simulator import PtyTransport, SimulatorScript, UnitSimulator, image_dataset
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +47,6 @@ def _config(port: str, **overrides: float) -> UnitConfig:
     }
     values.update(overrides)
     return UnitConfig(port=port, **values)  # type: ignore[arg-type]
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class Rig:
@@ -76,7 +70,7 @@ class Rig:
     def start_agent(self) -> None:
         self.service = UnitService(_config(self.port.port), self.data_dir, book=self.book)
         self.service.start()
-        _wait(lambda: self.service.identity is not None)
+        wait_until(lambda: self.service.identity is not None)
 
     def ids(self) -> list[int]:
         return [e.exposure_id for e in list_exposures(self.db)]
@@ -89,7 +83,7 @@ class Rig:
             assert self.sim.expose(duration_s=0.01) is not None
 
     def assert_exactly(self, n: int) -> None:
-        _wait(lambda: len(self.ids()) >= n)
+        wait_until(lambda: len(self.ids()) >= n)
         time.sleep(0.3)  # anything doubled would show up now
         assert self.ids() == list(range(1, n + 1))
         assert self.uses() == n
@@ -113,13 +107,13 @@ def test_exposures_status_and_faults(rig: Rig) -> None:
     rig.expose(5)
     rig.assert_exactly(5)
     rig.sim.raise_fault(0x0101)
-    _wait(lambda: bool(summary(rig.db)["open_faults"]))
+    wait_until(lambda: bool(summary(rig.db)["open_faults"]))
     assert rig.sim.expose() is None  # a faulted unit does not expose; the bridge has no say
     rig.sim.clear_faults()
-    _wait(lambda: not summary(rig.db)["open_faults"])
+    wait_until(lambda: not summary(rig.db)["open_faults"])
     view = summary(rig.db)
     assert view["units"][0]["state"] == "ready"  # type: ignore[index]
-    _wait(lambda: summary(rig.db)["link"] is not None)
+    wait_until(lambda: summary(rig.db)["link"] is not None)
     link = summary(rig.db)["link"]
     assert link["state"] == "connected"  # type: ignore[index]
     assert "garbled" in link["counters"]  # type: ignore[index]
@@ -164,7 +158,7 @@ def test_first_contact_does_not_bill_earlier_exposures(tmp_path: Path) -> None:
         rig.sim.exposures.extend(ExposureCompleted(i, "panoramic", 70.0, 10.0, 100) for i in (1, 2, 3))
         rig.start_agent()
         rig.expose(1)
-        _wait(lambda: len(rig.ids()) == 1)
+        wait_until(lambda: len(rig.ids()) == 1)
         time.sleep(0.3)
         assert rig.ids() == [4]
     finally:
@@ -201,7 +195,7 @@ def test_images_matched_to_exposures(rig: Rig) -> None:
         calling_ae="SIM",
         received_at="2026-11-24T00:00Z",
     )
-    _wait(lambda: any(e.image_state == "matched" for e in list_exposures(rig.db)))
+    wait_until(lambda: any(e.image_state == "matched" for e in list_exposures(rig.db)))
     matched = {e.exposure_id: e.sop_instance_uid for e in list_exposures(rig.db) if e.image_state == "matched"}
     assert matched == {2: ds.SOPInstanceUID}
 
@@ -292,9 +286,9 @@ def test_incompatible_unit_is_reported_and_nothing_recorded(tmp_path: Path) -> N
     rig = Rig(tmp_path, max_version=3, min_version=2)
     try:
         rig.service.start()
-        _wait(lambda: rig.service.link_status().state == "incompatible")
+        wait_until(lambda: rig.service.link_status().state == "incompatible")
         rig.expose(2)
-        _wait(lambda: (summary(rig.db)["link"] or {}).get("state") == "incompatible")  # type: ignore[attr-defined]
+        wait_until(lambda: (summary(rig.db)["link"] or {}).get("state") == "incompatible")  # type: ignore[attr-defined]
         link = summary(rig.db)["link"]
         assert "2..3" in link["error"]  # type: ignore[index]
         assert rig.ids() == []
@@ -314,15 +308,15 @@ def test_a_unit_gone_while_the_agent_stops_is_a_normal_close(
     rig.service = UnitService(_config(rig.port.port), rig.data_dir, book=rig.book, stop_requested=stop_requested)
     rig.service.start()
     try:
-        _wait(lambda: rig.service.identity is not None)
-        _wait(lambda: (summary(rig.db)["link"] or {}).get("state") == "connected")
+        wait_until(lambda: rig.service.identity is not None)
+        wait_until(lambda: (summary(rig.db)["link"] or {}).get("state") == "connected")
         caplog.set_level(logging.INFO, logger="edge.unit")
         caplog.clear()
         if agent_stopping:
             stop_requested.set()  # the agent's SIGINT handler ran...
         rig.sim.stop()  # ...and the simulator closed its pty
-        _wait(lambda: rig.service.link_status().state != "connected")
-        _wait(
+        wait_until(lambda: rig.service.link_status().state != "connected")
+        wait_until(
             lambda: any(r.getMessage() == "unit link" and _fields(r).get("state") == "closed" for r in caplog.records)
         )
     finally:

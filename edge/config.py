@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
+from edge.pipeline.backends.registry import BackendChoice
 from edge.results.kinds import DEFAULT_KINDS, ResultKind
 
 if sys.version_info >= (3, 11):
@@ -363,9 +364,10 @@ class PipelineConfig:
     """More bundles active beside ``bundle_path`` (e.g. an intra-oral model beside the panoramic one); OTA updates
     only ``bundle_path``. Each image goes to the first bundle, ``bundle_path`` first, whose manifest ``accepts`` it
     (docs/bundles.md); an image none accepts is skipped with the reason and gets no findings."""
-    backend: Literal["auto", "tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"] = "auto"
-    """``auto``: the best that is available and passes the bundle's golden vectors (TensorRT, then ONNX Runtime on
-    the GPU, then on the CPU); any other value forces that backend."""
+    backend: BackendChoice = "auto"
+    """``auto``: the best that is available and passes the bundle's golden vectors, in the order of
+    :data:`edge.pipeline.backends.registry.BACKENDS` (TensorRT, then ONNX Runtime on the GPU, then on the CPU);
+    a kind forces that backend."""
     threads: int = bounded(2, lo=1, hi=64)
     """Intra-op threads of ONNX Runtime on the CPU."""
     tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp16"

@@ -17,9 +17,10 @@ from edge.cli import main
 from edge.errors import BackendError
 from edge.pipeline.analyzer import Analyzer
 from edge.pipeline.backends import BackendOptions, select_backend
-from edge.pipeline.backends.base import Backend, BackendKind
+from edge.pipeline.backends.base import Backend
 from edge.pipeline.backends.fake import FakeBackend, FakeFactory
 from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
+from edge.pipeline.backends.registry import BackendKind
 from edge.pipeline.backends.trt import CalibrationBatches, GpuIdentity, TensorRtFactory, engine_cache_key
 from models.bundle import (
     MODEL_NAME,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.cli.common import add_config_args, config_from_args
+from edge.pipeline.backends.registry import CHOICES
 
 if TYPE_CHECKING:
     from edge.pipeline.analyzer import Analyzer
@@ -40,7 +41,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("auto", "tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"),
+        choices=CHOICES,
         help="override pipeline.backend",
     )
     parser.add_argument("--threads", type=int, metavar="N", help="override pipeline.threads")

@@ -1,5 +1,6 @@
-"""Inference backends: one interface, three kinds, and the choice between them.
+"""Inference backends: one interface, the kinds in one registry, and the choice between them.
 
+* :mod:`.registry` — the kinds, best first, each with its factory and options: the one list of backends.
 * :mod:`.base` — :class:`Backend` (``name``, ``run(batch) -> {output: array}``, ``close``) and
   :class:`BackendFactory` (``kind``, ``unavailable_reason``, ``load``).
 * :mod:`.ort` — ONNX Runtime on the CPU (the default) and with its TensorRT/CUDA execution providers.
@@ -8,10 +9,12 @@
 * :mod:`.fake` — a working fake for tests.
 """
 
-from edge.pipeline.backends.base import KINDS, Backend, BackendFactory, BackendKind, BackendOptions, Outputs, Precision
-from edge.pipeline.backends.selection import BackendChoice, default_factories, select_backend
+from edge.pipeline.backends.base import Backend, BackendFactory, BackendOptions, Outputs, Precision
+from edge.pipeline.backends.registry import BACKENDS, KINDS, BackendChoice, BackendKind
+from edge.pipeline.backends.selection import default_factories, select_backend
 
 __all__ = [
+    "BACKENDS",
     "KINDS",
     "Backend",
     "BackendChoice",

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # importing the package stays light: the configuration reads its registry
+    import numpy as np
+    import numpy.typing as npt
 
-from models.bundle import Bundle
+    from edge.pipeline.backends.registry import BackendKind
+    from models.bundle import Bundle
 
-__all__ = ["KINDS", "Backend", "BackendFactory", "BackendKind", "BackendOptions", "Outputs", "Precision"]
-
-BackendKind = Literal["tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"]
-KINDS: tuple[BackendKind, ...] = get_args(BackendKind)
-"""Every kind, best first: the order in which ``auto`` selection tries them."""
+__all__ = ["Backend", "BackendFactory", "BackendOptions", "Outputs", "Precision"]
 
 Precision = Literal["fp32", "fp16", "int8"]
 
-Outputs = dict[str, npt.NDArray[np.float32]]
+Outputs: TypeAlias = "dict[str, npt.NDArray[np.float32]]"
 
 
 @dataclass(frozen=True)

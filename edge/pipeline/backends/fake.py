@@ -8,7 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import BackendError
-from edge.pipeline.backends.base import Backend, BackendKind, BackendOptions, Outputs
+from edge.pipeline.backends.base import Backend, BackendOptions, Outputs
+from edge.pipeline.backends.registry import BackendKind
 from models.bundle import Bundle
 
 __all__ = ["FakeBackend", "FakeFactory"]

@@ -18,21 +18,19 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from edge.errors import BackendError
-from edge.pipeline.backends.base import KINDS, Backend, BackendFactory, BackendOptions
-from edge.pipeline.backends.ort import OrtCpuFactory, OrtGpuFactory
-from edge.pipeline.backends.trt import TensorRtFactory
-from models.bundle import Bundle
-from models.golden import check_golden, read_golden
+from edge.pipeline.backends.registry import BACKENDS, BackendChoice
 from runtime.logs import event
 
-__all__ = ["TIMING_ROUNDS", "BackendChoice", "default_factories", "select_backend"]
+if TYPE_CHECKING:
+    from edge.pipeline.backends.base import Backend, BackendFactory, BackendOptions
+    from models.bundle import Bundle
+
+__all__ = ["TIMING_ROUNDS", "default_factories", "select_backend"]
 
 log = logging.getLogger("edge.pipeline.backends")
-
-BackendChoice = Literal["auto", "tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"]
 
 TIMING_ROUNDS = 3
 """Runs of the golden input per network when a kind has more than one that passes (after the golden check's run,
@@ -40,10 +38,8 @@ which warms each up)."""
 
 
 def default_factories() -> tuple[BackendFactory, ...]:
-    """One factory per kind, best first."""
-    factories: tuple[BackendFactory, ...] = (TensorRtFactory(), OrtGpuFactory(), OrtCpuFactory())
-    assert tuple(f.kind for f in factories) == KINDS
-    return factories
+    """One factory per kind of :data:`~edge.pipeline.backends.registry.BACKENDS`, best first."""
+    return tuple(b.factory() for b in BACKENDS)
 
 
 def select_backend(
@@ -79,6 +75,8 @@ def select_backend(
 
 def _try(factory: BackendFactory, bundle: Bundle, options: BackendOptions) -> Backend | str:
     """The loaded backend (the fastest of the bundle's networks for this kind), or why it cannot be used."""
+    from models.golden import check_golden  # numpy: loaded with the first backend, not with the package
+
     unavailable = factory.unavailable_reason()
     if unavailable is not None:
         return unavailable
@@ -111,6 +109,8 @@ def _fastest(kind: str, passed: list[tuple[Backend, Bundle]]) -> Backend | str:
 
     One that fails while being timed is left out (the golden check had run it once already).
     """
+    from models.golden import read_golden
+
     if len(passed) == 1:
         return passed[0][0]
     first = passed[0][1].golden[0].file

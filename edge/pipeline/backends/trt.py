@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import BackendError
-from edge.pipeline.backends.base import Backend, BackendKind, BackendOptions, Outputs, Precision
+from edge.pipeline.backends.base import Backend, BackendOptions, Outputs, Precision
+from edge.pipeline.backends.registry import BackendKind
 from models.bundle import Bundle
 from runtime.durable import atomic_write_bytes
 from runtime.logs import event

@@ -17,8 +17,9 @@ from edge.capacity import CapacityService
 from edge.capacity.fetch import DirectoryFetcher, HttpFetcher
 from edge.errors import JobRejected
 from edge.receipts.keys import generate_key
+from tests.conftest import wait_until
 from tests.ota_helpers import RepoServer, deadline_timers, serve
-from tests.test_capacity import Rig, _accelerator, _wait
+from tests.test_capacity import Rig, _accelerator
 
 TRICKLE_S = 0.2
 """A byte every 0.2 s: well inside the 0.5 s per-read timeout, so only the overall deadline can end it."""
@@ -97,8 +98,8 @@ def test_a_job_whose_blob_trickles_is_refused_and_the_next_one_runs(tmp_path: Pa
             server.trickle_headers[slow["signed"]["batch"]] = TRICKLE_S
             for job in (slow, fine):
                 rig.service.submit(json.dumps(job).encode())
-            _wait(lambda: rig.job_state("slow") == "rejected", 10, "the slow job's refusal")
-            _wait(lambda: rig.job_state("fine") == "done", 60, "the next job")
+            wait_until(lambda: rig.job_state("slow") == "rejected", 10, "the slow job's refusal")
+            wait_until(lambda: rig.job_state("fine") == "done", 60, "the next job")
         finally:
             rig.service.stop()
     reason = rig.box.conn.execute("SELECT reason FROM capacity_jobs WHERE job_id = 'slow'").fetchone()[0]

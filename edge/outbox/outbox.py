@@ -1,13 +1,13 @@
 """The durable outbox: everything the box owes the cloud relay, in the agent database (component ``outbox``).
 
-Kinds and priority classes (lower is sent first)::
+Kinds and priority classes (lower is sent first; the one table is :mod:`edge.outbox.kinds`)::
 
     certificate, settlements, receipts   0  accounting: never evicted, never dropped
     results                              1  results summaries (counts, timings; never patient data)
     offers                               2  capacity offers
     health                               3  health reports (outbox depth, drop counters, link state)
 
-Telemetry (classes 1-3) is bounded by ``[outbox] max_telemetry_items``: queuing beyond it drops the oldest
+Telemetry (classes above 0) is bounded by ``[outbox] max_telemetry_items``: queuing beyond it drops the oldest
 pending telemetry items first, in the same transaction, and adds them to a per-kind drop counter that is never
 reset; health reports carry the counters, so the relay learns what was dropped.
 
@@ -36,12 +36,11 @@ from typing import Any
 from edge.config import AgentConfig, OutboxConfig
 from edge.db import DB_FILENAME, connect, migrate, transaction
 from edge.errors import OutboxError
+from edge.outbox.kinds import KEPT, NAMES, TELEMETRY, OutboxKind, spec
 from edge.receipts.identity import now_ms
 
 __all__ = [
-    "ACCOUNTING",
     "COMPONENT",
-    "KINDS",
     "MAX_BODY_BYTES",
     "MIGRATIONS",
     "Item",
@@ -70,17 +69,6 @@ MIGRATIONS = [
     """,
 ]
 
-KINDS: Mapping[str, int] = {
-    "certificate": 0,
-    "settlements": 0,
-    "receipts": 0,
-    "results": 1,
-    "offers": 2,
-    "health": 3,
-}
-"""Every kind the outbox takes, with its priority class."""
-ACCOUNTING = frozenset(kind for kind, priority in KINDS.items() if priority == 0)
-_TELEMETRY = tuple(kind for kind in KINDS if kind not in ACCOUNTING)
 MAX_BODY_BYTES = 512 * 1024
 """Largest body one item may have (it must fit one MQTT message with room to spare)."""
 _CHUNK = 500
@@ -137,16 +125,19 @@ class Outbox:
 
     # --- queuing ----------------------------------------------------------------------------------------
 
-    def enqueue(self, conn: sqlite3.Connection, kind: str, body: Mapping[str, Any], *, item: str | None = None) -> bool:
+    def enqueue(
+        self, conn: sqlite3.Connection, kind: OutboxKind, body: Mapping[str, Any], *, item: str | None = None
+    ) -> bool:
         """Queue ``body`` (a JSON object, never patient data) as ``kind``; joins the caller's open transaction.
 
         ``item`` is a stable id (the default is a random one). Returns False when an item with this id is
         already queued (or was delivered): queuing is idempotent. Raises :class:`OutboxError` for an unknown
         kind or a body that is not JSON or too large; nothing is written then.
         """
-        priority = KINDS.get(kind)
-        if priority is None:
-            raise OutboxError(f"unknown outbox kind {kind!r}; one of {', '.join(KINDS)}")
+        known = spec(kind)
+        if known is None:
+            raise OutboxError(f"unknown outbox kind {kind!r}; one of {', '.join(NAMES)}")
+        priority = known.priority
         if not isinstance(body, Mapping):
             raise OutboxError(f"{kind} item must be a JSON object, got {type(body).__name__}")
         try:
@@ -169,10 +160,10 @@ class Outbox:
         excess = self._telemetry_pending(conn) - self._cfg.max_telemetry_items
         if excess <= 0:
             return
-        marks = ",".join("?" * len(_TELEMETRY))
+        marks = ",".join("?" * len(TELEMETRY))
         victims = conn.execute(
             f"SELECT id, kind FROM outbox WHERE state = 'pending' AND kind IN ({marks}) ORDER BY id LIMIT ?",
-            (*_TELEMETRY, excess),
+            (*TELEMETRY, excess),
         ).fetchall()
         for row in victims:
             conn.execute("DELETE FROM outbox WHERE id = ?", (row["id"],))
@@ -265,11 +256,15 @@ class Outbox:
         return [(r["item"], r["kind"], r["reason"] or "") for r in rows]
 
     def prune(self, conn: sqlite3.Connection) -> int:
-        """Delete items acknowledged more than ``keep_done_days`` ago (the certificate's row stays)."""
+        """Delete items acknowledged more than ``keep_done_days`` ago (the ``kept`` kinds' rows stay: the
+        certificate)."""
         cutoff = self._clock() - int(self._cfg.keep_done_days * 86_400_000)
+        kept = sorted(KEPT)
         with transaction(conn):
             cur = conn.execute(
-                "DELETE FROM outbox WHERE state = 'done' AND settled_ms < ? AND kind != 'certificate'", (cutoff,)
+                "DELETE FROM outbox WHERE state = 'done' AND settled_ms < ?"
+                f" AND kind NOT IN ({','.join('?' * len(kept))})",
+                (cutoff, *kept),
             )
         return cur.rowcount
 

@@ -36,6 +36,7 @@ from edge.config import AgentConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import AckError, ConfigError, LinkError, LinkRefused
 from edge.outbox.feed import FEED_BATCH, feed
+from edge.outbox.kinds import BARRIERS
 from edge.outbox.outbox import Item, Outbox
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import now_ms
@@ -61,9 +62,6 @@ __all__ = ["SyncService"]
 log = logging.getLogger("edge.sync")
 
 _POLL_S = 0.1
-_BARRIERS = frozenset({"certificate", "settlements"})
-"""Kinds sent only when nothing is in flight, with nothing after them until they are acked: the relay needs the
-certificate before any receipt it signs, and a settlement's receipts before the settlement."""
 _PRUNE_INTERVAL_S = 3600.0
 _KEPT_ACKS_S = 1.0
 """After each (re)connect the service only reads for this long before sending: the broker hands over the acks it
@@ -264,7 +262,7 @@ class SyncService:
         items = self._outbox.pending(conn, free * self._cfg.batch_max_items, skip=busy)
         for batch in batches(self._device, items, self._cfg.batch_max_items, self._cfg.batch_max_bytes)[:free]:
             kind = batch[0].kind
-            barrier = kind in _BARRIERS
+            barrier = kind in BARRIERS  # alone, once all before it is acked (edge.outbox.kinds)
             if barrier and self._flights:
                 return
             link.publish(up_topic(self._device, kind), encode_up(self._device, kind, batch))

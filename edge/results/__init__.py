@@ -7,5 +7,6 @@ destination takes it) and :mod:`~edge.results.overlay` (Secondary Capture with t
 :mod:`~edge.results.header` (patient and study from the source, series laterality, this box as equipment)
 -> written durably under ``<data_dir>/results`` -> :mod:`~edge.results.queue` (one delivery row per object and
 destination in ``edge.db``) -> :mod:`~edge.results.scu` (C-STORE). :mod:`~edge.results.service` runs it; the
-destinations and what each takes are ``[results]`` in :mod:`edge.config`.
+destinations and what each takes are ``[results]`` in :mod:`edge.config`; the kinds a destination can take, the
+order they are built and sent in, and each one's builder are :mod:`~edge.results.kinds`.
 """

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from edge.pipeline.backends.base import BackendFactory
 
-__all__ = ["BACKENDS", "CHOICES", "KINDS", "BackendChoice", "BackendKind", "BackendSpec", "spec"]
+__all__ = ["BACKENDS", "CHOICES", "KINDS", "BackendChoice", "BackendKind", "BackendSpec"]
 
 BackendKind = Literal["tensorrt", "onnxruntime-gpu", "onnxruntime-cpu"]
 """Every kind's name (the same names as :data:`BACKENDS`, in its order)."""
@@ -71,8 +71,3 @@ BACKENDS: tuple[BackendSpec, ...] = (
 
 KINDS: tuple[BackendKind, ...] = tuple(b.kind for b in BACKENDS)
 CHOICES: tuple[BackendChoice, ...] = ("auto", *KINDS)
-
-
-def spec(kind: BackendKind) -> BackendSpec:
-    """The backend called ``kind``."""
-    return BACKENDS[KINDS.index(kind)]

@@ -15,11 +15,12 @@ import faulthandler
 import logging
 import os
 import signal
+import sqlite3
 import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -179,37 +180,48 @@ def protect_data_dir(config: AgentConfig) -> list[Path]:
 
 
 def build_agent(config: AgentConfig) -> Agent:
-    """Wire every component from ``config``."""
-    protect_data_dir(config)
+    """Wire every component from ``config``'s sections; nothing is read or written until :meth:`Agent.run`.
+
+    The services start in the order of the list at the end (and stop in reverse); each does its I/O (tables,
+    keys, sockets, threads) in its ``start``."""
+    from edge.capacity import CapacityService, IndexActivity
+    from edge.control import AgentState, ControlServer
     from edge.ingest.activity import IngestYield
     from edge.ingest.scp import StorageSCP
     from edge.outbox import Outbox
-    from edge.receipts.service import SettlementService, open_book
+    from edge.receipts.book import ReceiptBook
+    from edge.receipts.service import SettlementService
     from edge.store.image_store import ImageStore
     from edge.store.retention import Pruner
     from edge.sync import SyncService
+    from ota.service import OtaService, build_updater, outbox_reporter
 
     data_dir = config.agent.data_dir
     store = ImageStore(data_dir, min_free_mb=config.dicom.min_free_mb, duplicate_policy=config.dicom.duplicate_policy)
     # The receipt book: pass it to every component where a use happens (pipeline, unit bridge); they call
-    # book.record(conn, Use(...)) inside their own transaction. None when [receipts] enabled = false.
-    book = open_book(config) if config.receipts.enabled else None
+    # book.record(conn, Use(...)) inside their own transaction. The settlement service opens it (identity, tables,
+    # parked uses signed) before any of them starts. None when [receipts] enabled = false.
+    book = ReceiptBook(None) if config.receipts.enabled else None
+    settlement = None if book is None else SettlementService(config.receipts, data_dir, book)
     # The outbox: components queue telemetry (kinds "results", "offers") with outbox.enqueue(conn, kind, body)
     # inside their own transaction; receipts and settlements reach it from the book (edge.outbox.feed). The
     # sync service sends it to the relay when [sync] url (btt-edge run --mqtt) is set, else it queues offline.
-    outbox = Outbox.open(config)
+    outbox = Outbox(config.outbox)
     scp = StorageSCP(config.dicom, store)
-    services: list[Service] = [store, scp, Pruner(config.retention, data_dir)]
     # Model updates (ota, docs/ota.md): the pipeline runs the active A/B slot (else [pipeline] bundle_path); the
     # updater is its model gate, switching or rolling back only while nothing is in flight. Failures are
     # reported to the relay through the outbox (kind "health").
-    from ota.service import OtaService, build_updater, outbox_reporter
-
     updater = build_updater(config, outbox_reporter(outbox, data_dir))
+    ota_service = (
+        OtaService(updater, check_interval_s=config.ota.check_interval_s) if config.ota.repository_url else None
+    )
     # One image-sized job at a time: the pipeline (decode, model, findings) and the results builder (overlay, GSPS)
     # each peak at a few hundred MB while they work on an image, so they take turns and the agent's peak is the
     # larger of the two, not their sum (bench/inference: agent peak RSS).
     image_lock = threading.Lock()
+    # Analysis and drawing results yield to ingest: they wait while the SCP is receiving (bounded by max_defer_s).
+    ingest_yield = IngestYield(quiet_s=config.pipeline.ingest_quiet_s, max_defer_s=config.pipeline.max_defer_s)
+    pipeline_service = None
     if config.pipeline.enabled:
         from edge.pipeline.worker import PipelineService
 
@@ -223,18 +235,13 @@ def build_agent(config: AgentConfig) -> Agent:
             outbox=outbox,
             model_gate=updater,
             image_lock=image_lock,
-            # Analysis yields to ingest: it waits while the SCP is receiving (bounded by max_defer_s).
             ingest_activity=scp.receiving_at,
-            ingest_yield=IngestYield(quiet_s=pipeline.ingest_quiet_s, max_defer_s=pipeline.max_defer_s),
+            ingest_yield=ingest_yield,
         )
         # A new image wakes the worker at once; polling stays as the fallback (e.g. after a restart). So does the
         # end of an association: analysis waiting for ingest to go quiet starts then.
         store.add_listener(pipeline_service.notify)
         scp.add_close_listener(pipeline_service.notify)
-        services.append(pipeline_service)
-    ota_service = OtaService(updater, check_interval_s=config.ota.check_interval_s)
-    if config.ota.repository_url:
-        services.append(ota_service)
     results_service = None
     if config.results.enabled:
         # Results: the SR and overlay of every analysed instance, queued and sent to [results] destinations
@@ -254,48 +261,84 @@ def build_agent(config: AgentConfig) -> Agent:
             paths = (updater.active_path(), *config.pipeline.extra_bundles)
             return tuple(load_bundle(path).manifest for path in paths)
 
-        analyses = RecordedAnalyses(manifests)
         results_service = ResultsService(
             config.results,
             data_dir,
-            analyses,
+            RecordedAnalyses(manifests),
             calling_ae=config.dicom.ae_title,
             image_lock=image_lock,
             equipment=equipment,
-            # drawing results yields to ingest as analysis does ([pipeline] ingest_quiet_s, max_defer_s)
             ingest_activity=scp.receiving_at,
-            ingest_yield=IngestYield(quiet_s=config.pipeline.ingest_quiet_s, max_defer_s=config.pipeline.max_defer_s),
+            ingest_yield=ingest_yield,
         )
-        services.append(results_service)
-    if book is not None:
-        services.append(SettlementService(config, book))
     stop_requested = threading.Event()
+    unit_service = None
     if config.unit.port:
         from edge.unit.service import UnitService
 
-        services.append(UnitService(config.unit, data_dir, book=book, stop_requested=stop_requested))
+        unit_service = UnitService(config.unit, data_dir, book=book, stop_requested=stop_requested)
     # Spare capacity (edge.capacity, README "Sharing spare capacity"): offers through the outbox, jobs from the
     # relay's "capacity-job" command; clinical work (an open association, an image not yet analysed) pre-empts.
-    from edge.capacity import CapacityService, IndexActivity
-
     activity = IndexActivity(data_dir, lambda: scp.active_associations, pipeline=config.pipeline.enabled)
-    capacity = CapacityService(config, book, outbox, activity)
-    services.append(capacity)
+    capacity = CapacityService(config.capacity, data_dir, book, outbox, activity)
     # The relay's "ota-available" command asks the repository at once (no-op while [ota] is off).
-    sync = SyncService(
-        config, outbox, book, commands={"ota-available": ota_service.notify, "capacity-job": capacity.submit}
-    )
-    services.append(sync)
+    commands: dict[str, Callable[[bytes], None]] = {"capacity-job": capacity.submit}
+    commands["ota-available"] = ota_service.notify if ota_service is not None else lambda _payload: None
+    sync = SyncService(config, outbox, book, commands=commands)
     # Technician tools (edge.control, edge.ops): the control socket (btt-edge tui, doctor) and /metrics, /healthz.
-    # The socket starts right after the store, so a technician can attach while the rest start (a TensorRT engine
-    # build takes minutes) and the live log has their start-up lines; it stops last.
-    from edge.control import AgentState, ControlServer
-
     state = AgentState(config, listener=scp, relay=sync, updater=updater)
+    control = None
     if config.control.enabled:
-        services.insert(1, ControlServer(config.control, state, updater=updater, results=results_service))
+        control = ControlServer(config.control, state, updater=updater, results=results_service)
+    metrics = None
     if config.metrics.port:
         from edge.ops.metrics import MetricsService
 
-        services.append(MetricsService(config.metrics, state))
-    return Agent(config, services, stop_requested=stop_requested)
+        metrics = MetricsService(config.metrics, state)
+
+    # The start order (each stops in reverse). The data directory is made private before anything is in it; the
+    # store's index and the outbox's and book's tables exist before anything that writes to them starts. The
+    # control socket starts right after them, so a technician can attach while the rest start (a TensorRT engine
+    # build takes minutes) and the live log has their start-up lines; it stops last but for them.
+    services: list[Service | None] = [
+        _Step("data-dir", lambda: protect_data_dir(config)),
+        store,
+        _Step("outbox", lambda: _migrate(data_dir, Outbox.migrate)),
+        settlement,
+        control,
+        scp,
+        Pruner(config.retention, data_dir),
+        pipeline_service,
+        ota_service,
+        results_service,
+        unit_service,
+        capacity,
+        sync,
+        metrics,
+    ]
+    return Agent(config, [s for s in services if s is not None], stop_requested=stop_requested)
+
+
+class _Step:
+    """A start-up step with nothing to stop: a :class:`Service` whose ``start`` runs ``run``."""
+
+    def __init__(self, name: str, run: Callable[[], object]) -> None:
+        self.name = name
+        self._run = run
+
+    def start(self) -> None:
+        self._run()
+
+    def stop(self) -> None:
+        pass
+
+
+def _migrate(data_dir: Path, migrate: Callable[[sqlite3.Connection], None]) -> None:
+    """Create or upgrade one package's tables in ``<data_dir>/edge.db``."""
+    from edge.db import DB_FILENAME, connect
+
+    conn = connect(data_dir / DB_FILENAME)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()

@@ -82,7 +82,8 @@ class Rig:
         self.outbox = Outbox.open(self.config)
         self.activity = Activity()
         self.service = CapacityService(
-            self.config,
+            self.config.capacity,
+            self.config.agent.data_dir,
             self.box.book,
             self.outbox,
             self.activity,

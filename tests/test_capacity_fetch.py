@@ -77,7 +77,9 @@ def test_an_endless_blob_is_refused_at_the_most_it_may_hold(blobs: tuple[RepoSer
 
 def test_the_service_fetches_with_the_configured_limits(tmp_path: Path) -> None:
     rig = Rig(tmp_path, generate_key(), blob_url="http://127.0.0.1:9/blobs", min_download_rate=4096)
-    service = CapacityService(rig.config, rig.box.book, rig.outbox, rig.activity, accelerator=_accelerator)
+    service = CapacityService(
+        rig.config.capacity, rig.config.agent.data_dir, rig.box.book, rig.outbox, rig.activity, accelerator=_accelerator
+    )
     assert service._cache is not None
     fetcher = service._cache.fetcher
     assert isinstance(fetcher, HttpFetcher)
@@ -89,7 +91,13 @@ def test_a_job_whose_blob_trickles_is_refused_and_the_next_one_runs(tmp_path: Pa
     with serve(rig.blobs) as server:
         fetcher = HttpFetcher(server.url, timeout_s=0.5, max_s=1.0)
         rig.service = CapacityService(
-            rig.config, rig.box.book, rig.outbox, rig.activity, fetcher=fetcher, accelerator=_accelerator
+            rig.config.capacity,
+            rig.config.agent.data_dir,
+            rig.box.book,
+            rig.outbox,
+            rig.activity,
+            fetcher=fetcher,
+            accelerator=_accelerator,
         )
         rig.service.start()
         try:

@@ -41,8 +41,8 @@ class Device:
         )  # fmt: skip
         outbox = Outbox.open(self.config)
         self.capacity = CapacityService(
-            self.config, box.book, outbox, Activity(), fetcher=DirectoryFetcher(blobs), accelerator=_accelerator,
-            score=lambda: 1000,
+            self.config.capacity, self.config.agent.data_dir, box.book, outbox, Activity(),
+            fetcher=DirectoryFetcher(blobs), accelerator=_accelerator, score=lambda: 1000,
         )  # fmt: skip
         self.sync = SyncService(self.config, outbox, box.book, commands={"capacity-job": self.capacity.submit})
 

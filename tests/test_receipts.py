@@ -408,7 +408,7 @@ def test_settlement_service_closes_by_count(tmp_path: Path) -> None:
 
     b = make_box(tmp_path)
     config = with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)}, receipts={"settle_max_receipts": 5})
-    service = SettlementService(config, b.book)
+    service = SettlementService(config.receipts, config.agent.data_dir, b.book)
     b.record(4)
     assert service.settle_due() == 0
     b.record(7)
@@ -421,11 +421,11 @@ def test_open_book_provisions_on_first_run_in_dev_mode(tmp_path: Path) -> None:
     from edge.receipts.service import open_book
 
     config = with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)}, receipts={"dev_mode": True})
-    book = open_book(config)
+    book = open_book(config.receipts, config.agent.data_dir)
     assert book.identity is not None
     assert (tmp_path / "keys" / "dev-manufacturer.pub").exists()
     assert oct((tmp_path / "keys" / "device.key").stat().st_mode & 0o777) == "0o600"
-    again = open_book(config)
+    again = open_book(config.receipts, config.agent.data_dir)
     assert again.identity is not None
     assert again.identity.device_id == book.identity.device_id
 
@@ -443,7 +443,7 @@ def test_open_book_with_an_untrusted_certificate_parks_instead_of_failing(tmp_pa
         agent={"data_dir": str(tmp_path / "data")},
         receipts={"manufacturer_key": str(tmp_path / "m.key"), "trust_keys": [str(tmp_path / "other.pub")]},
     )
-    assert open_book(config).identity is None
+    assert open_book(config.receipts, config.agent.data_dir).identity is None
 
 
 def test_canonical_bytes_refuse_floats() -> None:

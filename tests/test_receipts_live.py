@@ -62,8 +62,8 @@ def _pending(conn: sqlite3.Connection) -> int:
 def test_provisioned_while_running_signs_the_parked_uses(
     config: AgentConfig, conn: sqlite3.Connection, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    book = open_book(config)
-    service = SettlementService(config, book)
+    book = open_book(config.receipts, config.agent.data_dir)
+    service = SettlementService(config.receipts, config.agent.data_dir, book)
     _record(conn, book, 3)
     assert book.identity is None
     assert _pending(conn) == 3
@@ -83,8 +83,8 @@ def test_a_key_rotated_while_running_signs_from_the_next_check(
     config: AgentConfig, conn: sqlite3.Connection, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
-    book = open_book(config)
-    service = SettlementService(config, book)
+    book = open_book(config.receipts, config.agent.data_dir)
+    service = SettlementService(config.receipts, config.agent.data_dir, book)
     assert service.check_identity() is False  # the identity it opened with
     _record(conn, book, 2)
     assert main(["provision", "--data-dir", str(data), "--rotate", "--dev"]) == 0
@@ -103,8 +103,8 @@ def test_a_rotation_whose_process_died_half_way_is_finished_a_check_later(
     from edge.receipts import identity as identity_module
 
     assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
-    book = open_book(config)
-    service = SettlementService(config, book)
+    book = open_book(config.receipts, config.agent.data_dir)
+    service = SettlementService(config.receipts, config.agent.data_dir, book)
     files = KeyFiles(data / "keys")
     with monkeypatch.context() as patch:  # the rotating process dies before it moves the staged files
         patch.setattr(identity_module, "_finish_rotation", lambda files: None)
@@ -122,9 +122,9 @@ def test_an_unusable_new_certificate_is_logged_once_and_the_book_keeps_its_ident
     config: AgentConfig, conn: sqlite3.Connection, data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
-    book = open_book(config)
+    book = open_book(config.receipts, config.agent.data_dir)
     before = book.identity
-    service = SettlementService(config, book)
+    service = SettlementService(config.receipts, config.agent.data_dir, book)
     cert = data / "keys" / "device.cert.json"
     doc = json.loads(cert.read_text())
     doc["signed"]["keyid"] = "0" * 64
@@ -143,8 +143,8 @@ def test_a_use_parked_by_a_writer_that_raced_the_switch_is_signed_at_the_next_ch
     config: AgentConfig, conn: sqlite3.Connection, data: Path
 ) -> None:
     assert main(["provision", "--data-dir", str(data), "--dev"]) == 0
-    book = open_book(config)
-    service = SettlementService(config, book)
+    book = open_book(config.receipts, config.agent.data_dir)
+    service = SettlementService(config.receipts, config.agent.data_dir, book)
     _record(conn, ReceiptBook(None), 2)  # a writer that still saw no identity
     assert _pending(conn) == 2
     service.check_identity()

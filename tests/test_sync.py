@@ -385,7 +385,11 @@ def test_no_device_id_means_no_link(tmp_path: Path) -> None:
 @pytest.mark.slow  # (imports every component)
 def test_build_agent_wires_the_outbox_and_sync(tmp_path: Path) -> None:
     agent = build_agent(with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)}))
-    assert [s for s in agent.services if s.name == "sync"]
+    names = [s.name for s in agent.services]
+    assert "sync" in names
+    # the outbox tables are created before any service that queues starts
+    assert names.index("outbox") < min(names.index(n) for n in ("control", "pipeline", "capacity", "sync"))
+    agent.services[names.index("outbox")].start()
     conn = connect(tmp_path / DB_FILENAME)
-    assert Outbox.mark(conn, "receipts") == 0  # the outbox tables exist before any service starts
+    assert Outbox.mark(conn, "receipts") == 0
     conn.close()

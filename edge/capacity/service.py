@@ -39,7 +39,7 @@ from edge.capacity.policy import Decision, OpeningHours, decide
 from edge.capacity.probe import Accelerator, cpu_load, probe_accelerator, throughput_score
 from edge.capacity.runner import JobProcess
 from edge.capacity.state import get_value, migrate_capacity, open_offer, set_value, switch
-from edge.config import AgentConfig
+from edge.config import CapacityConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import BundleError, EdgeError, JobFailed, JobRejected
 from edge.outbox import Outbox
@@ -108,7 +108,8 @@ class CapacityService:
 
     def __init__(
         self,
-        config: AgentConfig,
+        config: CapacityConfig,
+        data_dir: Path,
         book: ReceiptBook | None,
         outbox: Outbox,
         activity: ClinicalActivity,
@@ -118,9 +119,8 @@ class CapacityService:
         now: Callable[[], datetime] = datetime.now,
         score: Callable[[], int] = throughput_score,
     ) -> None:
-        self.config = config
-        self.cfg = config.capacity
-        self.data_dir = config.agent.data_dir
+        self.cfg = config
+        self.data_dir = data_dir
         self.book = book
         self.outbox = outbox
         self.activity = activity
@@ -145,16 +145,18 @@ class CapacityService:
         self.preemptions: list[float] = []
         """Seconds each pre-emption took, from the signal to the kernel reporting the worker stopped or gone."""
         self.decision = Decision(False, "starting")
+
+    # --- service ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create or upgrade the capacity tables (and the outbox's, which offers go to), then start the monitor and
+        job threads."""
         conn = connect(self.data_dir / DB_FILENAME)
         try:
             migrate_capacity(conn)
             Outbox.migrate(conn)
         finally:
             conn.close()
-
-    # --- service ---------------------------------------------------------------------------------------------
-
-    def start(self) -> None:
         self._stop.clear()
         for target, name in ((self._monitor, "capacity-monitor"), (self._runner, "capacity-jobs")):
             thread = threading.Thread(target=target, name=name, daemon=True)

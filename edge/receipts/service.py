@@ -1,9 +1,11 @@
 """The agent side of receipts: open the book (provisioning a fresh box when configured), pick up an identity
 that arrives while the agent runs, and settle periodically.
 
-:func:`open_book` runs in :func:`edge.agent.build_agent`. It never stops the agent for a billing problem: a
-missing, broken or untrusted identity is logged as an error and the book parks uses until the box has one
-(safety first: receipts never block an exposure or a clinical result). :class:`SettlementService` looks at the
+:func:`edge.agent.build_agent` makes the book (``ReceiptBook(None)``, no I/O) and hands it to every component where
+a use happens; :meth:`SettlementService.start` opens it (:func:`open_book`) before the components that record
+uses start. Opening never stops the agent for a billing problem: a missing, broken or untrusted identity is
+logged as an error and the book parks uses until the box has one (safety first: receipts never block an exposure
+or a clinical result). :class:`SettlementService` looks at the
 identity's files every ``[receipts] check_interval_s`` (:class:`IdentityWatch`): ``btt-edge provision`` or a key
 rotation while the agent runs takes effect there, without a restart, and the parked uses are signed then.
 """
@@ -43,7 +45,11 @@ DEV_WARNING = (
 
 def key_files(config: AgentConfig) -> KeyFiles:
     """Where the device identity lives: ``<data_dir>/keys``."""
-    return KeyFiles(config.agent.data_dir / "keys")
+    return _key_files(config.agent.data_dir)
+
+
+def _key_files(data_dir: Path) -> KeyFiles:
+    return KeyFiles(data_dir / "keys")
 
 
 def _manufacturer(cfg: ReceiptsConfig, files: KeyFiles) -> PrivateKey | None:
@@ -55,18 +61,17 @@ def _manufacturer(cfg: ReceiptsConfig, files: KeyFiles) -> PrivateKey | None:
     return None
 
 
-def _load(config: AgentConfig) -> DeviceIdentity | None:
+def _load(cfg: ReceiptsConfig, files: KeyFiles) -> DeviceIdentity | None:
     """The identity on disk, checked against ``[receipts] trust_keys``; None when the box has none yet."""
-    identity = load_identity(key_files(config))
-    if identity is not None and config.receipts.trust_keys:
-        trust = Trust.of(load_public_key(Path(p)) for p in config.receipts.trust_keys)
+    identity = load_identity(files)
+    if identity is not None and cfg.trust_keys:
+        trust = Trust.of(load_public_key(Path(p)) for p in cfg.trust_keys)
         verify_certificates([identity.certificate], trust)
     return identity
 
 
-def _identity(config: AgentConfig) -> DeviceIdentity | None:
-    cfg, files = config.receipts, key_files(config)
-    identity = _load(config)
+def _identity(cfg: ReceiptsConfig, files: KeyFiles) -> DeviceIdentity | None:
+    identity = _load(cfg, files)
     if identity is None:
         manufacturer = _manufacturer(cfg, files)
         if manufacturer is None:
@@ -77,20 +82,21 @@ def _identity(config: AgentConfig) -> DeviceIdentity | None:
             )
             return None
         provision(files, device_id=cfg.device_id or None, manufacturer=manufacturer)
-        identity = _load(config)
+        identity = _load(cfg, files)
         event(log, "device identity provisioned", device=identity.device_id if identity else None)
     return identity
 
 
-def open_book(config: AgentConfig) -> ReceiptBook:
-    """The receipt book for the agent: tables migrated, identity loaded or provisioned, parked uses signed."""
+def open_book(cfg: ReceiptsConfig, data_dir: Path, book: ReceiptBook | None = None) -> ReceiptBook:
+    """Open ``book`` (a new one when None) in ``data_dir``: tables migrated, identity loaded or provisioned, parked
+    uses signed."""
     try:
-        identity = _identity(config)
+        identity = _identity(cfg, _key_files(data_dir))
     except ReceiptError as exc:
         event(log, "device identity unusable; uses are parked", level=logging.ERROR, error=str(exc))
         identity = None
-    book = ReceiptBook(None)
-    conn = connect(config.agent.data_dir / DB_FILENAME)
+    book = ReceiptBook(None) if book is None else book
+    conn = connect(data_dir / DB_FILENAME)
     try:
         book.migrate(conn)
         if identity is not None:
@@ -114,9 +120,9 @@ class IdentityWatch:
     used (broken files, untrusted) is logged once and the book keeps signing with what it has.
     """
 
-    def __init__(self, config: AgentConfig, book: ReceiptBook) -> None:
-        self._config = config
-        self._files = key_files(config)
+    def __init__(self, cfg: ReceiptsConfig, data_dir: Path, book: ReceiptBook) -> None:
+        self._cfg = cfg
+        self._files = _key_files(data_dir)
         self._book = book
         self._seen: bytes | None = None
         """The certificate bytes last looked at (adopted, already in use, or refused)."""
@@ -155,7 +161,7 @@ class IdentityWatch:
 
     def _adopt(self, conn: sqlite3.Connection) -> bool:
         try:
-            identity = _load(self._config)
+            identity = _load(self._cfg, self._files)
         except ReceiptError as exc:
             keeping = "signing with the identity in use" if self._book.identity is not None else "uses stay parked"
             event(log, f"device identity on disk unusable; {keeping}", level=logging.ERROR, error=str(exc))
@@ -169,17 +175,24 @@ class IdentityWatch:
 
 
 class SettlementService(BackgroundLoop):
-    """Every ``check_interval_s``: picks up a new identity (:class:`IdentityWatch`), then closes a settlement
-    when enough receipts are unsettled or the oldest is old enough."""
+    """Opens the book (:meth:`start`), then every ``check_interval_s``: picks up a new identity
+    (:class:`IdentityWatch`), then closes a settlement when enough receipts are unsettled or the oldest is old
+    enough."""
 
     name = "settlement"
 
-    def __init__(self, config: AgentConfig, book: ReceiptBook) -> None:
-        self._cfg = config.receipts
-        self._db_path = config.agent.data_dir / DB_FILENAME
+    def __init__(self, cfg: ReceiptsConfig, data_dir: Path, book: ReceiptBook) -> None:
+        self._cfg = cfg
+        self._data_dir = data_dir
+        self._db_path = data_dir / DB_FILENAME
         self._book = book
-        self.watch = IdentityWatch(config, book)
+        self.watch = IdentityWatch(cfg, data_dir, book)
         super().__init__()
+
+    def start(self) -> None:
+        """Open the book (:func:`open_book`), then settle in the background."""
+        open_book(self._cfg, self._data_dir, self._book)
+        super().start()
 
     def settle_due(self) -> int:
         """Close every settlement that is due now; returns how many were closed."""

@@ -28,11 +28,11 @@ import nacl.signing
 
 from edge.db import DB_FILENAME, connect, transaction
 from edge.receipts.book import ReceiptBook
-from edge.receipts.encoding import canonical_bytes, decode, signing_message
 from edge.receipts.identity import KeyFiles, load_identity, provision
-from edge.receipts.keys import generate_key
-from edge.receipts.receipts import RECEIPT, Use
-from edge.receipts.verify import Trust, verify_certificates, verify_receipts
+from protocol.encoding import canonical_bytes, decode, signing_message
+from protocol.keys import generate_key
+from protocol.receipts import RECEIPT, Use
+from protocol.verify import Trust, verify_certificates, verify_receipts
 
 
 def _rate(n: int, fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:

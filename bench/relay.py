@@ -50,10 +50,10 @@ from cloud_relay.ingest import Ingestor, UpMessage
 from cloud_relay.registry import MANUFACTURER, Registry, load_trust, store_certificate
 from cloud_relay.storage import Database, open_database
 from cloud_relay.subscriber import DISCONNECT, PUBACK, PacketReader, connect_packet, parse_publish, publish_packet
-from edge.receipts.encoding import canonical_bytes, sha256_hex, signing_message
-from edge.receipts.identity import REQUEST, issue_certificate
-from edge.receipts.keys import PrivateKey, generate_key, seal
-from edge.receipts.receipts import GENESIS, RECEIPT, Use, receipt_body
+from protocol.certificates import REQUEST, issue_certificate
+from protocol.encoding import canonical_bytes, sha256_hex, signing_message
+from protocol.keys import PrivateKey, generate_key, seal
+from protocol.receipts import GENESIS, RECEIPT, Use, receipt_body
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 
 BTT_RELAY = Path(sys.executable).with_name("btt-relay")

@@ -6,7 +6,7 @@ thin: each calls one :class:`~cloud_relay.clinic.ClinicView` or :class:`~cloud_r
 and maps :class:`RegistryError` to 404 (unknown device) or 422 (bad period).
 
 Every parameter is validated before a handler runs, and declared in the OpenAPI document with its bounds: a
-device id of :data:`~cloud_relay.registry.DEVICE_ID`'s form, sequence numbers from 0 (``after_seq``) or 1 (``seq``)
+device id of :data:`~protocol.topics.DEVICE_ID`'s form, sequence numbers from 0 (``after_seq``) or 1 (``seq``)
 to 2**53 - 1 (the receipts' integer range), a period ``YYYY-MM`` from 1970-01 to 9999-12; anything else is a 422
 naming the parameter and why (FastAPI's validation error), never a 500. The suite runs schemathesis against this
 document (tests/test_relay_api_fuzz.py).
@@ -23,9 +23,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cloud_relay.clinic import ClinicView
 from cloud_relay.errors import RegistryError, StorageUnavailable, Unauthorized
 from cloud_relay.ledger import PERIOD_PATTERN, Ledger
-from cloud_relay.registry import DEVICE_ID, Registry
+from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
-from edge.receipts.encoding import MAX_SAFE_INTEGER
+from protocol.encoding import MAX_SAFE_INTEGER
+from protocol.topics import DEVICE_ID
 
 __all__ = ["Clinic", "DeviceId", "create_app"]
 

@@ -36,10 +36,10 @@ from cloud_relay.errors import RelayError, WorkerFailed
 from cloud_relay.ledger import Ledger
 from cloud_relay.registry import ISSUER, MANUFACTURER, Registry
 from cloud_relay.storage import Database, open_database
-from edge.errors import EdgeError
-from edge.receipts.encoding import decode
-from edge.receipts.keys import load_public_key
-from edge.receipts.money import Money
+from protocol.encoding import decode
+from protocol.errors import ProtocolError
+from protocol.keyfiles import load_public_key
+from protocol.money import Money
 from runtime.durable import atomic_write_bytes
 from runtime.logs import configure_logging
 
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args, db))
-    except (RelayError, EdgeError) as exc:
+    except (RelayError, ProtocolError) as exc:
         print(f"btt-relay: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -189,7 +189,7 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
     capacity = None  # spare-capacity dispatch (cloud_relay.capacity), with --capacity-key
     if config.mqtt is not None and config.capacity_key is not None:
         from cloud_relay.capacity import CapacityLink, Coordinator
-        from edge.receipts.keys import load_private_key
+        from protocol.keyfiles import load_private_key
 
         capacity = CapacityLink(
             config.mqtt, Coordinator(db, load_private_key(config.capacity_key)), on_failure=failed("capacity link")

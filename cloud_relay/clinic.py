@@ -15,8 +15,8 @@ from cloud_relay.errors import RegistryError
 from cloud_relay.ledger import period_bounds
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database, Tx
-from edge.receipts import merkle
-from edge.receipts.verify import PROOF
+from protocol import merkle
+from protocol.verify import PROOF
 
 __all__ = ["ClinicView"]
 

@@ -29,8 +29,9 @@ from collections.abc import Callable
 
 from cloud_relay.config import IngestConfig, MqttConfig
 from cloud_relay.errors import BrokerError, StorageError
-from cloud_relay.ingest import TOPIC_FILTER, Ingestor, UpMessage, ack_topic
+from cloud_relay.ingest import Ingestor, UpMessage
 from cloud_relay.subscriber import Delivery, Subscription, puback_packet, publish_packet
+from protocol.topics import UP_FILTER, ack_topic, shared
 from runtime.backoff import Backoff
 from runtime.logs import event
 
@@ -67,7 +68,7 @@ class Consumer:
 
     @property
     def subscription(self) -> str:
-        return f"$share/{self._config.group}/{TOPIC_FILTER}"
+        return shared(self._config.group, UP_FILTER)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 

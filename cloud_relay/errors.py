@@ -2,7 +2,7 @@
 
 Every error the relay raises on purpose derives from :class:`RelayError`. Errors from sqlite3, psycopg and
 paho are translated where those libraries are called (``raise StorageUnavailable(...) from exc``);
-verification failures stay :class:`edge.errors.VerificationError` (the verifier's own tree) and become
+verification failures stay :class:`protocol.errors.VerificationError` (the verifier's own tree) and become
 :class:`Rejected` with the verifier's message as the reason. The tree::
 
     RelayError

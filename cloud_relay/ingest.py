@@ -5,7 +5,7 @@ One call of :meth:`Ingestor.handle` takes a batch of up messages (topic + payloa
 published only after it returns (the commit is durable by then). Per item:
 
 * ``certificate``: verified against the manufacturer keys, stored (its device registered if new);
-* ``receipts``: verified with :func:`edge.receipts.verify.verify_receipts` against the device's stored
+* ``receipts``: verified with :func:`protocol.verify.verify_receipts` against the device's stored
   certificates (all of them: keys rotate) and the revocations, continuing the chain from the receipt's own
   ``prev``; a receipt by a key that a newer certificate replaced is refused once a receipt by the newer key is
   stored before it in the chain (the other order, a replaced key's receipt stored first, is not caught); then
@@ -13,7 +13,7 @@ published only after it returns (the commit is durable by then). Per item:
   (device, seq). The same receipt again is acknowledged as stored (a resend); a different one with a stored
   sequence number, or one whose chain link disagrees with a stored neighbour, is rejected. Receipts may
   arrive out of order (several workers share the stream): links are checked whenever a neighbour is present;
-* ``settlements``: verified with :func:`~edge.receipts.verify.verify_settlements` over the stored receipts it
+* ``settlements``: verified with :func:`~protocol.verify.verify_settlements` over the stored receipts it
   covers; when those (or the previous settlement) are not here yet it is deferred (:class:`NotYet`: not acked,
   the device resends);
 * ``offers``, ``health``, ``results``: JSON objects stored once per (device, item id).
@@ -52,26 +52,21 @@ from cloud_relay.messages import (
 )
 from cloud_relay.registry import device_certificates, load_trust, store_certificate
 from cloud_relay.storage import Database, Tx
-from edge.errors import VerificationError
-from edge.receipts.encoding import decode, encode_unchecked
-from edge.receipts.identity import DeviceCertificate, now_ms
-from edge.receipts.receipts import GENESIS, Receipt, parse_receipt
-from edge.receipts.verify import Checkpoint, Trust, verify_receipts, verify_settlements
+from protocol.certificates import DeviceCertificate
+from protocol.clock import now_ms
+from protocol.encoding import decode, encode_unchecked
+from protocol.errors import VerificationError
+from protocol.receipts import GENESIS, Receipt, parse_receipt
+from protocol.verify import Checkpoint, Trust, verify_receipts, verify_settlements
 from runtime.logs import event
 
-__all__ = ["TOPIC_FILTER", "Ack", "Ingestor", "UpMessage", "ack_topic"]
+__all__ = ["Ack", "Ingestor", "UpMessage"]
 
 log = logging.getLogger("cloud_relay.ingest")
 
-TOPIC_FILTER = "btt/v1/dev/+/up/#"
 _LOOKUP_CHUNK = 300
 _T = TypeVar("_T")
 _I = TypeVar("_I", ReceiptIn, SettlementIn, CertificateIn)
-
-
-def ack_topic(device: str) -> str:
-    """Where the application acknowledgement for ``device`` goes."""
-    return f"btt/v1/dev/{device}/ack"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The settlement ledger: what each clinic owes and each owner earns, per calendar month, from settled receipts.
 
-Only receipts covered by a verified settlement count. They are priced with :mod:`edge.receipts.payout` (the
+Only receipts covered by a verified settlement count. They are priced with :mod:`protocol.payout` (the
 same exact integer arithmetic the device side uses): the grants and share tables the operator added (each
 verified against the trusted issuer keys), and the tariff for uses without a right, billed to the configured
 operator. Receipts are grouped by asset and by the share table in force at each receipt's time, so an
@@ -21,14 +21,14 @@ from typing import Any
 from cloud_relay.errors import RegistryError
 from cloud_relay.registry import ISSUER, trusted_keys
 from cloud_relay.storage import Database, Tx
-from edge.errors import ReceiptError
-from edge.receipts.encoding import canonical_bytes
-from edge.receipts.grants import Grant, verify_grant
-from edge.receipts.identity import now_ms
-from edge.receipts.money import Money
-from edge.receipts.payout import ClinicCharge, compute_payout
-from edge.receipts.receipts import Receipt
-from edge.receipts.shares import ShareTable, current_table, verify_share_table
+from protocol.clock import now_ms
+from protocol.encoding import canonical_bytes
+from protocol.errors import ProtocolError
+from protocol.grants import Grant, verify_grant
+from protocol.money import Money
+from protocol.payout import ClinicCharge, compute_payout
+from protocol.receipts import Receipt
+from protocol.shares import ShareTable, current_table, verify_share_table
 
 __all__ = ["CSV_COLUMNS", "PERIOD_PATTERN", "Ledger", "Statement", "period_bounds"]
 
@@ -122,7 +122,7 @@ class Ledger:
         with self._db.transaction() as tx:
             try:
                 grant = verify_grant(envelope, self._issuers(tx))
-            except ReceiptError as exc:
+            except ProtocolError as exc:
                 raise RegistryError(f"grant: {exc}") from exc
             tx.execute(
                 "INSERT INTO grants (id, holder, kind, asset, envelope, added_ms) VALUES (?, ?, ?, ?, ?, ?)"
@@ -136,7 +136,7 @@ class Ledger:
         with self._db.transaction() as tx:
             try:
                 table = verify_share_table(envelope, self._issuers(tx))
-            except ReceiptError as exc:
+            except ProtocolError as exc:
                 raise RegistryError(f"share table: {exc}") from exc
             tx.execute(
                 "INSERT INTO share_tables (asset, version, envelope, added_ms) VALUES (?, ?, ?, ?)"
@@ -180,7 +180,7 @@ class Ledger:
             )
         try:
             return self._price(period, rows, grants, tables, tariff)
-        except ReceiptError as exc:
+        except ProtocolError as exc:
             raise RegistryError(f"period {period}: {exc}") from exc
 
     def _price(

@@ -9,7 +9,7 @@ JSON and bytes).
 A whole message is refused (recorded; nothing in it can be acknowledged, no id in it can be trusted) when
 
 * its topic is not ``btt/v1/dev/<device>/up/<kind>`` with a device id of the registry's form
-  (:data:`~cloud_relay.registry.DEVICE_ID`) and a kind of 1-32 lower-case letters;
+  (:data:`protocol.topics.DEVICE_ID`) and a kind of 1-32 lower-case letters;
 * its payload is larger than :data:`MAX_PAYLOAD_BYTES`, not UTF-8, or not JSON (nesting so deep that the parser
   gives up, or an integer of more digits than Python converts, is "not JSON" too);
 * it is not ``{"v": 1, "device": <the topic's>, "kind": <the topic's>, "items": [...]}`` with at most
@@ -28,7 +28,7 @@ One item alone is refused (acknowledged as rejected, permanent; its neighbours g
 * its kind is not one the relay stores (every item of an ``up/<unknown>`` message).
 
 What passes is a :class:`ReceiptIn`, :class:`SettlementIn`, :class:`CertificateIn` or :class:`ReportIn`; the
-signatures and everything else they claim are checked by the ingest (``edge.receipts.verify``).
+signatures and everything else they claim are checked by the ingest (:mod:`protocol.verify`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard
 
-from cloud_relay.registry import DEVICE_ID
-from edge.receipts.encoding import MAX_SAFE_INTEGER
+from protocol.encoding import MAX_SAFE_INTEGER
+from protocol.kinds import CERTIFICATE, RECEIPTS, SETTLEMENTS, UP_KINDS
+from protocol.topics import parse_up_topic
 
 __all__ = [
-    "KINDS",
     "MAX_DEPTH",
     "MAX_ITEMS",
     "MAX_PAYLOAD_BYTES",
@@ -56,12 +56,9 @@ __all__ = [
     "SettlementIn",
     "UpItem",
     "clean_reason",
-    "parse_topic",
     "parse_up",
 ]
 
-KINDS = ("receipts", "settlements", "certificate", "offers", "health", "results")
-REPORT_KINDS = ("offers", "health", "results")
 MAX_PAYLOAD_BYTES = 2 * 2**20
 """Largest up payload: a device sends at most ``sync.batch_max_bytes`` (<= 1 MB) or one item of <= 512 KiB."""
 MAX_ITEMS = 10_000
@@ -70,7 +67,6 @@ MAX_DEPTH = 32
 """Deepest nesting of objects and arrays in an item's body (a receipt envelope is 3 deep)."""
 MAX_REASON = 500
 """Longest reason recorded or sent back (characters)."""
-_TOPIC_RE = re.compile(rf"^btt/v1/dev/({DEVICE_ID})/up/([a-z]{{1,32}})$")
 _ITEM_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
@@ -133,7 +129,7 @@ class Refusal:
 class ReceiptIn:
     """A receipt envelope with the fields the ingest looks up before verifying it."""
 
-    kind: ClassVar[str] = "receipts"
+    kind: ClassVar[str] = RECEIPTS
     id: str
     envelope: Mapping[str, Any]
     seq: int
@@ -145,7 +141,7 @@ class ReceiptIn:
 class SettlementIn:
     """A settlement envelope with the fields the ingest looks up before verifying it."""
 
-    kind: ClassVar[str] = "settlements"
+    kind: ClassVar[str] = SETTLEMENTS
     id: str
     envelope: Mapping[str, Any]
     batch: int
@@ -158,7 +154,7 @@ class SettlementIn:
 class CertificateIn:
     """A device certificate envelope (verified by the registry against the manufacturer keys)."""
 
-    kind: ClassVar[str] = "certificate"
+    kind: ClassVar[str] = CERTIFICATE
     id: str
     envelope: Mapping[str, Any]
 
@@ -193,15 +189,9 @@ def clean_reason(text: str) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
-def parse_topic(topic: str) -> tuple[str, str] | None:
-    """``(device, kind)`` of an up topic, or None."""
-    match = _TOPIC_RE.match(topic)
-    return None if match is None else (match[1], match[2])
-
-
 def parse_up(topic: str, payload: bytes) -> ParsedUp:
     """The items of one up message, and the refusals (module docstring); never raises."""
-    names = parse_topic(topic)
+    names = parse_up_topic(topic)
     if names is None:
         return _whole("?", "*", "topic", f"topic {topic!r:.80} is not btt/v1/dev/<device>/up/<kind>")
     device, kind = names
@@ -252,7 +242,7 @@ def _whole(device: str, kind: str, code: str, reason: str) -> ParsedUp:
 
 
 def _item(kind: str, item_id: str, body: Any, full_check: bool) -> UpItem | Refusal:
-    if kind not in KINDS:
+    if kind not in UP_KINDS:
         return Refusal("kind", f"unknown kind {kind!r}", item_id)
     if full_check:
         fault = _subset_fault(body, 1)
@@ -263,13 +253,13 @@ def _item(kind: str, item_id: str, body: Any, full_check: bool) -> UpItem | Refu
     if type(body) is not dict:
         return Refusal("shape", f"{kind}: body must be a JSON object", item_id)
     try:
-        if kind == "receipts":
+        if kind == RECEIPTS:
             return _receipt(item_id, body)
-        if kind == "settlements":
+        if kind == SETTLEMENTS:
             return _settlement(item_id, body)
     except _ShapeError as exc:
         return Refusal("shape", str(exc), item_id)
-    if kind == "certificate":
+    if kind == CERTIFICATE:
         return CertificateIn(item_id, body)
     return ReportIn(kind, item_id, body)
 

@@ -19,15 +19,15 @@ from typing import Any
 
 from cloud_relay.errors import RegistryError, Unauthorized
 from cloud_relay.storage import Database, Tx
-from edge.errors import VerificationError
-from edge.receipts.encoding import canonical_bytes, decode
-from edge.receipts.identity import DeviceCertificate, now_ms, parse_certificate
-from edge.receipts.keys import PublicKey
-from edge.receipts.records import ID_RE
-from edge.receipts.verify import Trust, verify_certificates, verify_revocations
+from protocol.certificates import DeviceCertificate, parse_certificate
+from protocol.clock import now_ms
+from protocol.encoding import canonical_bytes, decode
+from protocol.errors import VerificationError
+from protocol.keys import PublicKey
+from protocol.records import ID_RE
+from protocol.verify import Trust, verify_certificates, verify_revocations
 
 __all__ = [
-    "DEVICE_ID",
     "ISSUER",
     "MANUFACTURER",
     "DeviceInfo",
@@ -39,9 +39,6 @@ __all__ = [
 ]
 
 MANUFACTURER = "manufacturer"
-DEVICE_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
-"""A device id as topics and URLs carry it: the registry's ``ID_RE`` without ``/`` (one topic level, one path
-segment)."""
 _LOOKUP_CHUNK = 500
 ISSUER = "issuer"
 _ROLES = (MANUFACTURER, ISSUER)

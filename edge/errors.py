@@ -30,78 +30,43 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
     ├── CapacityError          sharing spare capacity (``edge.capacity``)
     │   ├── JobRejected            a job outside the offer, badly signed, expired, or a blob whose hash differs
     │   └── JobFailed              an accepted job's worker failed, ran out of its limits or was killed
-    └── ReceiptError           service-right receipts, settlements and payouts (``edge.receipts``)
-        ├── EncodingError          a value outside the canonical-JSON subset, or bytes that are not strict JSON
-        ├── IdentityError          the device key, salt or certificate is missing, unreadable or inconsistent
-        ├── RightsError            a grant or share table is malformed or does not apply to this asset
-        ├── PayoutError            a payout cannot be computed exactly (no price, unknown grant)
-        └── VerificationError      signed data failed verification; one subclass per failure:
-            ├── MalformedRecord        a signed structure lacks a field or has one of the wrong type
-            ├── BadSignature           a signature does not verify (a signed field was altered)
-            ├── UnknownSigningKey      signed by a key no certificate vouches for (forged device key)
-            ├── UntrustedIssuer        a certificate or grant signed by a key outside the trust set
-            ├── RevokedKey             signed by a revoked device key
-            ├── CertificateInvalid     a receipt outside its certificate's validity or device
-            ├── SequenceGap            a sequence number is missing (dropped receipt)
-            ├── ReorderedReceipt       receipts out of sequence order
-            ├── DuplicateReceipt       the same receipt twice in a row
-            ├── ReplayedReceipt        an already accepted receipt sent again later
-            ├── ConflictingReceipt     two different receipts with one sequence number (forked chain)
-            ├── BrokenChain            a receipt's previous-hash link does not match
-            ├── SettlementMismatch     a settlement's batch number, range, count or chain does not match
-            ├── MerkleRootMismatch     a settlement's Merkle root does not match its receipts
-            ├── TotalsMismatch         a settlement's totals do not match its receipts
-            └── InclusionProofInvalid  an inclusion proof does not lead to the settlement root
+    └── ReceiptError           the receipt book and the device identity (``edge.receipts``); also a
+        │                      :class:`protocol.errors.ProtocolError`, whose tree (encoding, key files, rights,
+        │                      payouts, verification) is drawn in ``protocol/errors.py``: one
+        │                      ``except ProtocolError`` catches every receipt failure, the agent's and the contract's
+        └── IdentityError          the device key, salt or certificate is missing, unreadable or inconsistent
 """
 
 from __future__ import annotations
 
+from protocol.errors import ProtocolError
+
 __all__ = [
     "AckError",
     "BackendError",
-    "BadSignature",
-    "BrokenChain",
     "BundleError",
     "CapacityError",
-    "CertificateInvalid",
     "ConfigError",
-    "ConflictingReceipt",
     "ControlError",
     "DuplicateConflict",
-    "DuplicateReceipt",
     "EdgeError",
-    "EncodingError",
     "IdentityError",
-    "InclusionProofInvalid",
     "IngestError",
     "InvalidDataset",
     "JobFailed",
     "JobRejected",
     "LinkError",
     "LinkRefused",
-    "MalformedRecord",
-    "MerkleRootMismatch",
     "OutOfSpace",
     "OutboxError",
-    "PayoutError",
     "PipelineError",
     "ReceiptError",
-    "ReorderedReceipt",
-    "ReplayedReceipt",
     "ResultBuildError",
     "ResultsError",
-    "RevokedKey",
-    "RightsError",
-    "SequenceGap",
-    "SettlementMismatch",
     "StateConflict",
     "StoreError",
     "SyncError",
-    "TotalsMismatch",
-    "UnknownSigningKey",
     "UnsupportedImage",
-    "UntrustedIssuer",
-    "VerificationError",
 ]
 
 
@@ -197,89 +162,9 @@ class ResultBuildError(ResultsError):
     """A result object (SR, overlay) cannot be built from this image and these findings."""
 
 
-class ReceiptError(EdgeError):
-    """Receipts, settlements, rights or payouts failed."""
-
-
-class EncodingError(ReceiptError):
-    """A value has no canonical encoding, or bytes are not strict canonical-JSON input."""
+class ReceiptError(EdgeError, ProtocolError):
+    """The receipt book or the device identity failed (a :class:`~protocol.errors.ProtocolError` too)."""
 
 
 class IdentityError(ReceiptError):
     """The device identity (key, salt, certificate) is missing, unreadable or inconsistent."""
-
-
-class RightsError(ReceiptError):
-    """A grant or share table is malformed or does not apply here."""
-
-
-class PayoutError(ReceiptError):
-    """A payout cannot be computed exactly from what was given."""
-
-
-class VerificationError(ReceiptError):
-    """Signed data failed verification; the subclass names the failure."""
-
-
-class MalformedRecord(VerificationError):
-    """A signed structure lacks a field or has one of the wrong type."""
-
-
-class BadSignature(VerificationError):
-    """A signature does not verify over the canonical bytes."""
-
-
-class UnknownSigningKey(VerificationError):
-    """Signed by a key that no trusted certificate vouches for."""
-
-
-class UntrustedIssuer(VerificationError):
-    """A certificate, grant or share table signed by a key outside the trust set."""
-
-
-class RevokedKey(VerificationError):
-    """Signed by a device key the manufacturer revoked."""
-
-
-class CertificateInvalid(VerificationError):
-    """A receipt outside its certificate's validity window, or for another device."""
-
-
-class SequenceGap(VerificationError):
-    """A sequence number is missing: a receipt was dropped."""
-
-
-class ReorderedReceipt(VerificationError):
-    """Receipts are out of sequence order."""
-
-
-class DuplicateReceipt(VerificationError):
-    """The same receipt appears twice in a row."""
-
-
-class ReplayedReceipt(VerificationError):
-    """A receipt already accepted (earlier in the stream or before the checkpoint) is sent again."""
-
-
-class ConflictingReceipt(VerificationError):
-    """Two different receipts carry the same sequence number: the chain forked."""
-
-
-class BrokenChain(VerificationError):
-    """A receipt's link to the previous receipt's hash does not match."""
-
-
-class SettlementMismatch(VerificationError):
-    """A settlement's batch number, sequence range, count or chain link does not match."""
-
-
-class MerkleRootMismatch(VerificationError):
-    """A settlement's Merkle root does not match the receipts it covers."""
-
-
-class TotalsMismatch(VerificationError):
-    """A settlement's totals do not match the receipts it covers."""
-
-
-class InclusionProofInvalid(VerificationError):
-    """An inclusion proof does not lead from the receipt to the settlement root."""

@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 from ota.errors import PublishError
 from ota.rollout import RolloutPolicy, in_rollout
+from protocol.kinds import OTA_AVAILABLE
+from protocol.topics import command_topic
 
 __all__ = ["announce", "parse_devices", "select_devices"]
 
@@ -55,7 +57,7 @@ def announce(url: str, devices: Sequence[str], model_id: str, version: str, *, c
     try:
         client.connect(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883))
         client.loop_start()
-        infos = [client.publish(f"btt/v1/dev/{device}/cmd/ota-available", payload, qos=1) for device in devices]
+        infos = [client.publish(command_topic(device, OTA_AVAILABLE), payload, qos=1) for device in devices]
         for info in infos:
             info.wait_for_publish(_TIMEOUT_S)
         done = sum(1 for info in infos if info.is_published())

@@ -10,11 +10,11 @@ from typing import Any
 
 from edge.db import DB_FILENAME, connect
 from edge.receipts.book import ReceiptBook
-from edge.receipts.grants import GRANT
 from edge.receipts.identity import DeviceIdentity, KeyFiles, load_identity, provision
-from edge.receipts.keys import PrivateKey, generate_key, seal
-from edge.receipts.receipts import Use
-from edge.receipts.shares import SHARE_TABLE
+from protocol.grants import GRANT
+from protocol.keys import PrivateKey, generate_key, seal
+from protocol.receipts import Use
+from protocol.shares import SHARE_TABLE
 
 
 @dataclass

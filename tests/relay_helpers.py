@@ -24,9 +24,9 @@ from cloud_relay.ingest import Ingestor, UpMessage
 from cloud_relay.ledger import Ledger, period_bounds
 from cloud_relay.registry import MANUFACTURER, Registry
 from cloud_relay.storage import Database, open_database
-from edge.capacity.messages import OFFER, RESULT, outputs_digest, sign
-from edge.receipts.identity import now_ms
-from edge.receipts.keys import PrivateKey, generate_key
+from protocol.capacity import OFFER, RESULT, outputs_digest, sign
+from protocol.clock import now_ms
+from protocol.keys import PrivateKey, generate_key
 from tests.receipts_helpers import Box, make_box
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -25,9 +25,10 @@ from cloud_relay.messages import ReportIn, parse_up
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
 from edge.capacity.fetch import BlobCache, DirectoryFetcher, HttpFetcher
-from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, sign, verify
-from edge.errors import JobRejected, ReceiptError
-from edge.receipts.keys import PrivateKey, generate_key
+from edge.errors import JobRejected
+from protocol.capacity import JOB, OFFER, RESULT, WITHDRAW, sign, verify
+from protocol.errors import ProtocolError
+from protocol.keys import PrivateKey, generate_key
 from tests.conftest import free_port
 from tests.receipts_helpers import Box
 from tests.relay_helpers import (
@@ -315,7 +316,7 @@ def test_arbitrary_capacity_messages_are_refused_never_raised(net: Net, data: st
     fields[field] = data.draw(ARBITRARY_JSON, label="value")
     try:
         envelope: Any = sign(kind, fields, box.identity.key)
-    except (ValueError, RecursionError, ReceiptError):  # not signable: send it with a signature that cannot match
+    except (ValueError, RecursionError, ProtocolError):  # not signable: send it with a signature that cannot match
         envelope = {"signed": {"type": kind, **fields}, "signatures": [{"alg": "ed25519", "keyid": "k", "sig": "00"}]}
     bodies = [envelope, data.draw(ARBITRARY_JSON, label="body")]
     try:

@@ -177,7 +177,7 @@ def test_capacity_switch_through_the_socket(served: ControlServer) -> None:
 def test_uses_parked_without_an_identity_raise_an_alert(served: ControlServer) -> None:
     from edge.db import transaction
     from edge.receipts.book import ReceiptBook
-    from edge.receipts.receipts import Use
+    from protocol.receipts import Use
 
     conn = connect(served.state.data_dir / DB_FILENAME)
     ReceiptBook.migrate(conn)

@@ -11,7 +11,7 @@ from edge.cli import main
 from edge.db import DB_FILENAME, connect
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import KeyFiles, load_identity
-from edge.receipts.receipts import Use
+from protocol.receipts import Use
 from tests.receipts_helpers import make_grant
 
 
@@ -93,7 +93,8 @@ def test_manufacturer_signs_a_request_from_the_box(tmp_path: Path, capsys: pytes
 
 
 def test_grant_install_and_balances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge.receipts.keys import generate_key, save_public_key
+    from protocol.keyfiles import save_public_key
+    from protocol.keys import generate_key
 
     data = tmp_path / "data"
     assert main(["provision", "--data-dir", str(data), "--dev", "--device-id", "asset-1"]) == 0
@@ -121,7 +122,8 @@ def test_first_run_provisions_when_a_manufacturer_key_is_configured(tmp_path: Pa
     import sys
     import time
 
-    from edge.receipts.keys import generate_key, save_private_key
+    from protocol.keyfiles import save_private_key
+    from protocol.keys import generate_key
 
     save_private_key(tmp_path / "m.key", generate_key())
     with socket.socket() as s:

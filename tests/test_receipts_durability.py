@@ -13,7 +13,7 @@ import pytest
 from edge.db import DB_FILENAME, connect
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import KeyFiles, load_identity
-from edge.receipts.verify import Trust, verify_export
+from protocol.verify import Trust, verify_export
 from tests.receipts_helpers import make_box
 
 _CHILD = """
@@ -22,7 +22,7 @@ from pathlib import Path
 from edge.db import DB_FILENAME, connect, transaction
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import KeyFiles, load_identity
-from edge.receipts.receipts import Use
+from protocol.receipts import Use
 
 data, mode = Path(sys.argv[1]), sys.argv[2]
 conn = connect(data / DB_FILENAME)

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from edge import errors
 from edge.db import transaction
-from edge.receipts.grants import install_grant, verify_grant
-from edge.receipts.keys import generate_key
-from edge.receipts.money import Money
-from edge.receipts.payout import compute_payout
-from edge.receipts.receipts import Use
-from edge.receipts.shares import current_table, verify_share_table
-from edge.receipts.verify import Trust, verify_export
+from edge.receipts.grants import install_grant
+from protocol import errors
+from protocol.grants import verify_grant
+from protocol.keys import generate_key
+from protocol.money import Money
+from protocol.payout import compute_payout
+from protocol.receipts import Use
+from protocol.shares import current_table, verify_share_table
+from protocol.verify import Trust, verify_export
 from tests.receipts_helpers import make_box, make_grant, make_shares
 
 

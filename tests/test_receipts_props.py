@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.errors import EncodingError, InclusionProofInvalid, PayoutError
-from edge.receipts import merkle
-from edge.receipts.encoding import MAX_SAFE_INTEGER, canonical_bytes, decode, encode_unchecked
-from edge.receipts.payout import split
-from edge.receipts.receipts import Use, encode_receipt, fast_receipt, parse_receipt, receipt_body
-from edge.receipts.shares import Share
+from protocol import merkle
+from protocol.encoding import MAX_SAFE_INTEGER, canonical_bytes, decode, encode_unchecked
+from protocol.errors import EncodingError, InclusionProofInvalid, PayoutError
+from protocol.payout import split
+from protocol.receipts import Use, encode_receipt, fast_receipt, parse_receipt, receipt_body
+from protocol.shares import Share
 
 _text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
 _keys = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=8)
@@ -201,7 +201,7 @@ def _valid_export() -> tuple[dict[str, Any], Any]:
         import tempfile
         from pathlib import Path
 
-        from edge.receipts.verify import Trust
+        from protocol.verify import Trust
         from tests.receipts_helpers import make_box
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -230,8 +230,8 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 def test_any_mutation_of_an_export_is_refused_with_a_verification_error(data: Any) -> None:
     import copy
 
-    from edge.errors import VerificationError
-    from edge.receipts.verify import verify_export
+    from protocol.errors import VerificationError
+    from protocol.verify import verify_export
 
     doc, trust = _valid_export()
     doc = copy.deepcopy(doc)

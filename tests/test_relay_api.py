@@ -17,12 +17,12 @@ from cloud_relay.ledger import Ledger, period_bounds
 from cloud_relay.registry import ISSUER, Registry
 from cloud_relay.storage import Database
 from edge.db import transaction
-from edge.receipts.encoding import canonical_bytes
 from edge.receipts.grants import install_grant
-from edge.receipts.keys import generate_key
-from edge.receipts.money import Money
-from edge.receipts.settlement import parse_settlement
-from edge.receipts.verify import Trust, verify_inclusion, verify_proof
+from protocol.encoding import canonical_bytes
+from protocol.keys import generate_key
+from protocol.money import Money
+from protocol.settlement import parse_settlement
+from protocol.verify import Trust, verify_inclusion, verify_proof
 from tests.receipts_helpers import Box, make_grant, make_shares
 from tests.relay_helpers import provisioned, receipt_items, throwaway_db, up
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.messages import MAX_DEPTH, MAX_PAYLOAD_BYTES, MAX_REASON, ReceiptIn, parse_up
 from cloud_relay.storage import Database
-from edge.receipts.keys import generate_key
+from protocol.keys import generate_key
 from tests import relay_helpers
 from tests.receipts_helpers import Box
 from tests.relay_helpers import ARBITRARY_JSON, dumps_any, provisioned, receipt_items, throwaway_db, up

@@ -15,7 +15,8 @@ import pytest
 from cloud_relay.cli import main
 from cloud_relay.config import HttpConfig, IngestConfig, MqttConfig
 from cloud_relay.errors import RelayConfigError
-from edge.receipts.keys import generate_key, save_public_key
+from protocol.keyfiles import save_public_key
+from protocol.keys import generate_key
 from tests.conftest import free_port
 from tests.receipts_helpers import make_box
 

@@ -14,9 +14,10 @@ from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
 from edge.receipts.book import ReceiptBook
-from edge.receipts.identity import KeyFiles, issue_revocations, load_identity, rotate
-from edge.receipts.keys import generate_key, seal
-from edge.receipts.receipts import RECEIPT, Use
+from edge.receipts.identity import KeyFiles, load_identity, rotate
+from protocol.certificates import issue_revocations
+from protocol.keys import generate_key, seal
+from protocol.receipts import RECEIPT, Use
 from tests.receipts_helpers import Box, make_box
 from tests.relay_helpers import provisioned, receipt_items, throwaway_db, up
 

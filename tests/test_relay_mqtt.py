@@ -20,7 +20,7 @@ from cloud_relay.consumer import Consumer
 from cloud_relay.errors import StorageUnavailable, WorkerFailed
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.storage import Database
-from edge.receipts.keys import generate_key
+from protocol.keys import generate_key
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 from tests.receipts_helpers import Box
 from tests.relay_helpers import provisioned, receipt_items, throwaway_db

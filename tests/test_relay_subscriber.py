@@ -17,7 +17,7 @@ from cloud_relay import subscriber
 from cloud_relay.config import IngestConfig, MqttConfig
 from cloud_relay.consumer import Consumer
 from cloud_relay.errors import BrokerError
-from cloud_relay.ingest import TOPIC_FILTER, Ingestor
+from cloud_relay.ingest import Ingestor
 from cloud_relay.subscriber import (
     PUBLISH,
     Delivery,
@@ -27,10 +27,11 @@ from cloud_relay.subscriber import (
     puback_packet,
     publish_packet,
 )
+from protocol.topics import UP_FILTER, shared
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 from tests.relay_helpers import throwaway_db
 
-SHARED = f"$share/test/{TOPIC_FILTER}"
+SHARED = shared("test", UP_FILTER)
 
 
 def _deliveries(data: bytes) -> list[Delivery]:
@@ -207,7 +208,7 @@ def test_connecting_is_tried_in_slices_until_cancel_or_the_deadline(monkeypatch:
         now[0] += timeout
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(subscriber.socket, "create_connection", dropped)
+    monkeypatch.setattr(socket, "create_connection", dropped)  # what cloud_relay.subscriber connects with
     config = MqttConfig.from_url("mqtt://192.0.2.1:1883", client_id="relay-syn")
     with pytest.raises(BrokerError, match="no answer within 2 s"):
         Subscription(config, SHARED, clock=lambda: now[0]).open(timeout=2.0)

@@ -26,11 +26,11 @@ from cloud_relay.registry import MANUFACTURER, Registry
 from cloud_relay.storage import Database, open_database
 from edge.config import AgentConfig, with_overrides
 from edge.outbox import Outbox
-from edge.receipts.encoding import canonical_bytes, sha256_hex
-from edge.receipts.keys import generate_key, seal
-from edge.receipts.receipts import RECEIPT
 from edge.sync import SyncService
-from edge.sync.protocol import up_topic
+from protocol.encoding import canonical_bytes, sha256_hex
+from protocol.keys import generate_key, seal
+from protocol.receipts import RECEIPT
+from protocol.topics import up_topic
 from tests.conftest import free_port, wait_until
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 from tests.receipts_helpers import Box, make_box

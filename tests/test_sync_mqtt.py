@@ -24,9 +24,9 @@ from edge.config import AgentConfig, with_overrides
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import LinkError, LinkRefused
 from edge.outbox import Outbox
-from edge.receipts.receipts import Use
 from edge.sync import LinkSettings, PahoLink, SyncService
-from edge.sync.protocol import ONLINE, ack_topic, presence_topic, up_topic
+from protocol.receipts import Use
+from protocol.topics import ONLINE, ack_topic, presence_topic, up_topic
 from tests.conftest import free_port, wait_until
 from tests.mqtt_broker import PASSWORDS_OVER_TLS, RELAY_USER, MosquittoBroker, StubRelay
 from tests.receipts_helpers import Box, make_box

@@ -12,7 +12,6 @@ import pytest
 from edge.db import DB_FILENAME, connect, transaction
 from edge.receipts.book import ReceiptBook
 from edge.receipts.grants import install_grant
-from edge.receipts.keys import generate_key
 from edge.store.index import migrate_index
 from edge.unit.exposures import (
     USE_KIND,
@@ -33,6 +32,7 @@ from edge.unit.exposures import (
     watermark,
 )
 from firmware_bridge.messages import ExposureCompleted, Identify, Status
+from protocol.keys import generate_key
 from tests.receipts_helpers import make_box, make_grant
 
 UNIT = Identify("Pano X", "SN-1", "1.0", "Acme")

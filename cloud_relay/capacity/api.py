@@ -22,9 +22,9 @@ from cloud_relay.api import Clinic
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.capacity.market import Requirements
 from cloud_relay.errors import RegistryError
-from cloud_relay.registry import DEVICE_ID
-from edge.receipts.encoding import MAX_SAFE_INTEGER
-from edge.receipts.records import KIND_RE
+from protocol.encoding import MAX_SAFE_INTEGER
+from protocol.records import KIND_RE
+from protocol.topics import DEVICE_ID
 
 __all__ = ["JobRequest", "capacity_router"]
 

@@ -1,6 +1,6 @@
 """The relay's capacity registry and job coordinator, over the relay database (SQLite or PostgreSQL).
 
-What devices send (outbox kind ``offers``, see :mod:`edge.capacity.messages`) goes to :meth:`Coordinator.handle`,
+What devices send (outbox kind ``offers``, see :mod:`protocol.capacity`) goes to :meth:`Coordinator.handle`,
 which checks the device's signature against its stored certificate (:class:`~cloud_relay.errors.Rejected`
 otherwise) and records it:
 
@@ -43,10 +43,10 @@ from cloud_relay.capacity.market import Offer, Requirements, disagreements, matc
 from cloud_relay.errors import RegistryError, Rejected, RelayConfigError
 from cloud_relay.registry import device_certificates, load_trust
 from cloud_relay.storage import Database, Tx
-from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, sign, verify
-from edge.errors import EncodingError, VerificationError
-from edge.receipts.identity import now_ms
-from edge.receipts.keys import PrivateKey
+from protocol.capacity import JOB, OFFER, RESULT, WITHDRAW, sign, verify
+from protocol.clock import now_ms
+from protocol.errors import EncodingError, VerificationError
+from protocol.keys import PrivateKey
 
 __all__ = ["MIGRATIONS", "Coordinator", "migrate_capacity"]
 

@@ -27,14 +27,15 @@ from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.config import MqttConfig
 from cloud_relay.errors import BrokerError, RelayError
 from cloud_relay.messages import ReportIn, parse_up
+from protocol.kinds import CAPACITY_JOB, OFFERS
+from protocol.topics import command_topic, shared, up_filter
 from runtime.logs import event
 
-__all__ = ["CAPACITY_GROUP", "CapacityLink", "job_topic"]
+__all__ = ["CAPACITY_GROUP", "CapacityLink"]
 
 log = logging.getLogger("cloud_relay.capacity")
 
 CAPACITY_GROUP = "btt-capacity"
-_FILTER = "btt/v1/dev/+/up/offers"
 
 
 def _mqtt_client(config: MqttConfig, *, client_id: str) -> mqtt.Client:
@@ -51,11 +52,6 @@ def _mqtt_client(config: MqttConfig, *, client_id: str) -> mqtt.Client:
         )
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
-
-
-def job_topic(device: str) -> str:
-    """Where a device receives its jobs."""
-    return f"btt/v1/dev/{device}/cmd/capacity-job"
 
 
 class CapacityLink:
@@ -108,7 +104,7 @@ class CapacityLink:
         if reason.is_failure:
             event(log, "capacity link refused", level=logging.ERROR, reason=str(reason))
             return
-        client.subscribe(f"$share/{CAPACITY_GROUP}/{_FILTER}", qos=1)
+        client.subscribe(shared(CAPACITY_GROUP, up_filter(OFFERS)), qos=1)
         self._connected.set()
         event(log, "capacity link connected")
 
@@ -163,5 +159,5 @@ class CapacityLink:
                 log.exception("capacity tick failed")
                 continue
             for device, envelope in dispatched:
-                self._client.publish(job_topic(device), json.dumps(envelope), qos=1)
+                self._client.publish(command_topic(device, CAPACITY_JOB), json.dumps(envelope), qos=1)
                 event(log, "capacity job dispatched", device=device, job=envelope["signed"]["job_id"])

@@ -4,7 +4,7 @@
   ``exclude``, meeting the job's requirements (accelerator kinds, memory, score, items) at or under its price
   ceiling; the cheapest wins, then the fastest (score), then the oldest offer.
 * :func:`spot_checked` decides, stably from the job id, whether a job is also run on a second device.
-* :func:`disagreements` compares two devices' outputs item by item (:func:`edge.capacity.messages.outputs_agree`).
+* :func:`disagreements` compares two devices' outputs item by item (:func:`protocol.capacity.outputs_agree`).
 * :func:`payout_micro` is what a device earns for a verified result: items x the offer's price per item.
 """
 
@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edge.capacity.messages import outputs_agree
+from protocol.capacity import outputs_agree
 
 __all__ = ["Offer", "Requirements", "disagreements", "match", "payout_micro", "spot_checked"]
 

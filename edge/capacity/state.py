@@ -18,7 +18,7 @@ import sqlite3
 from typing import Any
 
 from edge.db import migrate, transaction
-from edge.receipts.identity import now_ms
+from protocol.clock import now_ms
 
 __all__ = [
     "COMPONENT",

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from edge.errors import EdgeError
+from protocol.errors import ProtocolError
 
 __all__ = ["main"]
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except EdgeError as exc:
+    except (EdgeError, ProtocolError) as exc:
         print(f"btt-edge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -56,26 +56,13 @@ def register(sub: Any) -> None:
 
 def _provision(args: argparse.Namespace) -> int:
     from edge.errors import IdentityError
-    from edge.receipts.encoding import canonical_bytes, decode
-    from edge.receipts.identity import (
-        dev_manufacturer_key,
-        install_certificate,
-        issue_certificate,
-        issue_revocations,
-        load_identity,
-        now_ms,
-        provision,
-        rotate,
-    )
-    from edge.receipts.keys import (
-        PrivateKey,
-        generate_key,
-        load_private_key,
-        load_public_key,
-        save_private_key,
-        save_public_key,
-    )
+    from edge.receipts.identity import dev_manufacturer_key, install_certificate, load_identity, provision, rotate
     from edge.receipts.service import DEV_WARNING, key_files
+    from protocol.certificates import issue_certificate, issue_revocations
+    from protocol.clock import now_ms
+    from protocol.encoding import canonical_bytes, decode
+    from protocol.keyfiles import load_private_key, load_public_key, save_private_key, save_public_key
+    from protocol.keys import PrivateKey, generate_key
     from runtime.durable import atomic_write_bytes
 
     def need(value: Path | None, flag: str) -> Path:

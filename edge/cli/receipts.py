@@ -107,10 +107,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _checked(args: argparse.Namespace, check: Callable[[Any, Any], str]) -> int:
     """Run a pure verifier over the file in ``args``; print ``ok: ...`` (0) or ``FAIL <error>: ...`` (1)."""
-    from edge.errors import EncodingError, VerificationError
-    from edge.receipts.encoding import decode
-    from edge.receipts.keys import load_public_key
-    from edge.receipts.verify import Trust
+    from protocol.encoding import decode
+    from protocol.errors import EncodingError, VerificationError
+    from protocol.keyfiles import load_public_key
+    from protocol.verify import Trust
 
     keys = [load_public_key(p) for p in args.trust]
     try:
@@ -127,7 +127,7 @@ def _checked(args: argparse.Namespace, check: Callable[[Any, Any], str]) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from edge.receipts.verify import verify_export
+    from protocol.verify import verify_export
 
     def check(doc: Any, trust: Any) -> str:
         result = verify_export(doc, trust)
@@ -140,7 +140,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_proof(args: argparse.Namespace) -> int:
-    from edge.receipts.verify import verify_proof
+    from protocol.verify import verify_proof
 
     def check(doc: Any, trust: Any) -> str:
         receipt, settlement = verify_proof(doc, trust)
@@ -150,7 +150,7 @@ def _verify_proof(args: argparse.Namespace) -> int:
 
 
 def _prove(args: argparse.Namespace) -> int:
-    from edge.receipts.encoding import canonical_bytes
+    from protocol.encoding import canonical_bytes
     from runtime.durable import atomic_write_bytes
 
     _, conn, book = _open(args)
@@ -171,9 +171,9 @@ def _settle(args: argparse.Namespace) -> int:
 def _grant(args: argparse.Namespace) -> int:
     from edge.db import transaction
     from edge.errors import IdentityError
-    from edge.receipts.encoding import decode
     from edge.receipts.grants import install_grant
-    from edge.receipts.keys import load_public_key
+    from protocol.encoding import decode
+    from protocol.keyfiles import load_public_key
 
     config, conn, book = _open(args, write=True)
     if book.identity is None:

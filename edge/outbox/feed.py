@@ -21,7 +21,7 @@ from typing import Any
 from edge.db import transaction
 from edge.outbox.outbox import Outbox
 from edge.receipts.book import ReceiptBook
-from edge.receipts.encoding import canonical_bytes, decode, sha256_hex
+from protocol.encoding import canonical_bytes, decode, sha256_hex
 
 __all__ = ["FEED_BATCH", "certificate_item", "feed"]
 

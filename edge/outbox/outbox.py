@@ -37,7 +37,7 @@ from edge.config import AgentConfig, OutboxConfig
 from edge.db import DB_FILENAME, connect, migrate, transaction
 from edge.errors import OutboxError
 from edge.outbox.kinds import KEPT, NAMES, TELEMETRY, OutboxKind, spec
-from edge.receipts.identity import now_ms
+from protocol.clock import now_ms
 
 __all__ = [
     "COMPONENT",

@@ -52,7 +52,6 @@ from edge.outbox import Outbox
 from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
 from edge.pipeline.memory import release_large_buffers
 from edge.receipts.book import ReceiptBook
-from edge.receipts.receipts import Use
 from edge.store.index import (
     Instance,
     get_instance,
@@ -63,6 +62,7 @@ from edge.store.index import (
     utc_now,
 )
 from models.bundle import accepts_of, describe_accepts
+from protocol.receipts import Use
 from runtime.logs import event
 
 __all__ = ["MAX_ATTEMPTS", "ModelGate", "PipelineService", "PipelineWorker", "migrate_pipeline"]

@@ -1,9 +1,6 @@
-"""Service-right receipts: device identity, rights, signed hash-chained receipts, settlements and payouts.
+"""Service-right receipts on the box: the device identity, local balances of rights, the durable receipt book.
 
-Modules, one concept each: ``encoding`` (canonical JSON), ``keys`` (algorithm-tagged keys, envelopes),
-``identity`` (device key, certificate, study salt, rotation), ``records`` (strict field access), ``money``
-(integer minor units of a currency), ``grants`` (rights and local balances), ``shares`` (ownership tables),
-``receipts`` (the receipt and its chain), ``merkle`` (RFC 9162 tree and proofs), ``settlement`` (batches),
-``book`` (the durable receipt book: the hook other components call), ``verify`` (the pure verifier the CLI and
-the relay share), ``payout`` (exact integer splits), ``service`` (the agent's settlement service).
+Modules: ``identity`` (device key, certificate, study salt, rotation), ``grants`` (rights installed and their
+balances), ``book`` (the durable receipt book: the hook other components call), ``service`` (the agent's
+settlement service). The formats and their verification, which the relay shares, are in :mod:`protocol`.
 """

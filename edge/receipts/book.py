@@ -5,7 +5,7 @@ The hook
 ::
 
     from edge.db import transaction
-    from edge.receipts.receipts import Use
+    from protocol.receipts import Use
 
     with transaction(conn):                       # the caller's own transaction
         ...                                       # the state change (analysis done, exposure stored)
@@ -45,14 +45,16 @@ from typing import Any
 
 from edge.db import migrate, transaction
 from edge.errors import IdentityError, ReceiptError
-from edge.receipts import merkle
-from edge.receipts.encoding import canonical_bytes, decode, sha256_hex, signing_message
 from edge.receipts.grants import Balances
-from edge.receipts.identity import DeviceIdentity, now_ms
-from edge.receipts.keys import seal
-from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, Use, encode_receipt, parse_receipt
-from edge.receipts.settlement import SETTLEMENT, settlement_body
-from edge.receipts.verify import EXPORT, PROOF
+from edge.receipts.identity import DeviceIdentity
+from protocol import merkle
+from protocol.clock import now_ms
+from protocol.encoding import canonical_bytes, decode, sha256_hex, signing_message
+from protocol.errors import ProtocolError
+from protocol.keys import seal
+from protocol.receipts import GENESIS, RECEIPT, Receipt, Use, encode_receipt, parse_receipt
+from protocol.settlement import SETTLEMENT, settlement_body
+from protocol.verify import EXPORT, PROOF
 from runtime.logs import event
 
 __all__ = ["COMPONENT", "MIGRATIONS", "ReceiptBook"]
@@ -330,7 +332,7 @@ class ReceiptBook:
             try:
                 use = Use(**json.loads(row["use"]))
                 use.validate()
-            except (TypeError, ValueError, ReceiptError) as exc:
+            except (TypeError, ValueError, ProtocolError) as exc:
                 conn.execute("UPDATE receipt_pending SET error = ? WHERE id = ?", (f"unreadable: {exc}", row["id"]))
                 continue
             ready.append((use, int(row["time_ms"])))

@@ -1,9 +1,6 @@
-"""Service rights (grants): signed by an issuer the device trusts, verified offline, balances kept locally.
-
-A grant (type ``grant``) gives a clinic (``holder``) ``units`` uses of one service ``kind`` on one ``asset``
-within ``[not_before_ms, not_after_ms)``, at ``unit_price`` per unit prepaid and ``overage_price`` per unit
-used beyond it. :func:`verify_grant` is pure. The rest keeps balances in the agent database (tables from
-:mod:`edge.receipts.book`), always inside the caller's transaction.
+"""The box's service rights: grants (verified by :func:`protocol.grants.verify_grant`) installed, and their
+balances kept in the agent database (tables from :mod:`edge.receipts.book`), always inside the caller's
+transaction.
 
 Safety rule: :meth:`Balances.take` never refuses. When no right covers a use, the uncovered units come back as
 ``overage`` and the use is recorded and billed at settlement.
@@ -16,59 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from edge.errors import MalformedRecord, RightsError, UntrustedIssuer
-from edge.receipts.encoding import canonical_bytes
-from edge.receipts.keys import PublicKey, check_signature, signed_part
-from edge.receipts.money import Money
-from edge.receipts.records import KIND_RE, get_id, get_int
+from protocol.encoding import canonical_bytes
+from protocol.errors import RightsError
+from protocol.grants import Grant, verify_grant
+from protocol.keys import PublicKey
 
-__all__ = ["GRANT", "Balances", "Consumption", "Grant", "install_grant", "list_grants", "verify_grant"]
-
-GRANT = "grant"
-
-
-@dataclass(frozen=True)
-class Grant:
-    """A verified right."""
-
-    id: str
-    issuer_keyid: str
-    holder: str
-    asset: str
-    kind: str
-    units: int
-    not_before_ms: int
-    not_after_ms: int
-    unit_price: Money
-    overage_price: Money
-
-
-def verify_grant(envelope: Any, issuers: Mapping[str, PublicKey]) -> Grant:
-    """Check a grant's signature against trusted ``issuers`` (by key id) and parse it."""
-    signed = signed_part(envelope, GRANT)
-    what = "grant"
-    issuer = signed.get("issuer")
-    key = issuers.get(issuer) if isinstance(issuer, str) else None
-    if key is None:
-        raise UntrustedIssuer(f"grant {signed.get('id')!r}: issuer {issuer!r:.24} is not trusted")
-    check_signature(GRANT, envelope, key)
-    if signed.get("format") != 1:
-        raise MalformedRecord(f"{what}: unsupported format {signed.get('format')!r}")
-    grant = Grant(
-        id=get_id(signed, "id", what),
-        issuer_keyid=key.keyid,
-        holder=get_id(signed, "holder", what),
-        asset=get_id(signed, "asset", what),
-        kind=get_id(signed, "kind", what, KIND_RE),
-        units=get_int(signed, "units", what, lo=1),
-        not_before_ms=get_int(signed, "not_before_ms", what),
-        not_after_ms=get_int(signed, "not_after_ms", what),
-        unit_price=Money.from_json(signed.get("unit_price")),
-        overage_price=Money.from_json(signed.get("overage_price")),
-    )
-    if grant.not_after_ms <= grant.not_before_ms:
-        raise MalformedRecord(f"grant {grant.id}: empty validity window")
-    return grant
+__all__ = ["Balances", "Consumption", "install_grant", "list_grants"]
 
 
 def install_grant(conn: sqlite3.Connection, envelope: Any, issuers: Mapping[str, PublicKey], asset: str) -> Grant:

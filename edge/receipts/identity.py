@@ -1,19 +1,19 @@
-"""The device identity: its key, its certificate from the manufacturer, and the secret study salt.
+"""The device identity on the box: its key, its certificate from the manufacturer, and the secret study salt.
 
 Verifiers trust manufacturer keys, never device keys directly: a device key counts only through a
-certificate (type ``device-certificate``) the manufacturer signed. The flow:
+certificate the manufacturer signed (the formats are in :mod:`protocol.certificates`). The flow:
 
 1. ``provision`` generates the device key on the box (``keys/device.key``, 0600) and the per-device study
    salt (``keys/study.salt``, 0600, never leaves the box), and writes a certificate request
    (``keys/device.request.json``) signed by the new key itself (proof of possession).
-2. The manufacturer signs the request with :func:`issue_certificate`; on a factory line or in development the
-   manufacturer key is at hand and this happens on the spot.
+2. The manufacturer signs the request with :func:`~protocol.certificates.issue_certificate`; on a factory line
+   or in development the manufacturer key is at hand and this happens on the spot.
 3. :func:`install_certificate` checks the certificate is for our key and stores ``keys/device.cert.json``.
 
 Rotation: a new key gets a new certificate whose ``replaces`` names the old key id; the receipt chain
 continues across keys (every receipt names its ``keyid``) and a verifier holds every certificate of the
 device. Revocation: the manufacturer signs a ``revocation-list`` of key ids; a verifier given it rejects
-everything signed by those keys (:class:`~edge.errors.RevokedKey`).
+everything signed by those keys (:class:`~protocol.errors.RevokedKey`).
 """
 
 from __future__ import annotations
@@ -22,151 +22,38 @@ import contextlib
 import hashlib
 import hmac
 import os
-import re
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import CertificateInvalid, EncodingError, IdentityError, MalformedRecord, VerificationError
-from edge.receipts.encoding import canonical_bytes, decode
-from edge.receipts.keys import (
-    PrivateKey,
-    PublicKey,
-    check_signature,
-    generate_key,
-    load_private_key,
-    save_private_key,
-    save_public_key,
-    seal,
-    signed_part,
+from edge.errors import IdentityError
+from protocol.certificates import (
+    CERTIFICATE,
+    DEVICE_ID_RE,
+    DeviceCertificate,
+    certificate_request,
+    issue_certificate,
+    parse_certificate,
 )
+from protocol.clock import now_ms
+from protocol.encoding import canonical_bytes, decode
+from protocol.errors import CertificateInvalid, EncodingError, KeyFileError, VerificationError
+from protocol.keyfiles import load_private_key, save_private_key, save_public_key
+from protocol.keys import PrivateKey, PublicKey, check_signature, generate_key
 from runtime.durable import atomic_write_bytes, fsync_dir
 
 __all__ = [
-    "CERTIFICATE",
-    "REQUEST",
-    "REVOCATIONS",
-    "DeviceCertificate",
     "DeviceIdentity",
     "KeyFiles",
     "dev_manufacturer_key",
     "install_certificate",
-    "issue_certificate",
-    "issue_revocations",
     "load_identity",
-    "now_ms",
-    "parse_certificate",
     "provision",
     "rotate",
 ]
 
-CERTIFICATE = "device-certificate"
-REQUEST = "device-certificate-request"
-REVOCATIONS = "revocation-list"
 _PRIVATE = 0o600
 """Mode of every file under ``keys/`` (the data directory's files are private; doctor checks)."""
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-
-
-def now_ms() -> int:
-    """Wall-clock time in integer milliseconds since the Unix epoch."""
-    return time.time_ns() // 1_000_000
-
-
-def _field(signed: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
-    value = signed.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise MalformedRecord(f"{what}: field {name!r} missing or not {getattr(kind, '__name__', kind)}")
-    return value
-
-
-@dataclass(frozen=True)
-class DeviceCertificate:
-    """A parsed device certificate (its signature is checked by :mod:`edge.receipts.verify`).
-
-    Receipts must be dated before ``not_after_ms``. ``not_before_ms`` is not a lower bound for them: a box parks
-    uses until it is provisioned and signs them afterwards with their original time.
-    """
-
-    device_id: str
-    key: PublicKey
-    issuer_keyid: str
-    serial: int
-    not_before_ms: int
-    not_after_ms: int | None
-    replaces: str | None
-
-
-def parse_certificate(envelope: Any) -> DeviceCertificate:
-    """Parse a certificate envelope's fields; :class:`MalformedRecord` when malformed (no signature check)."""
-    signed = signed_part(envelope, CERTIFICATE)
-    what = "device certificate"
-    if signed.get("format") != 1:
-        raise MalformedRecord(f"{what}: unsupported format {signed.get('format')!r}")
-    key = PublicKey.from_json(signed.get("key"))
-    if _field(signed, "keyid", str, what) != key.keyid:
-        raise MalformedRecord(f"{what}: keyid does not match the key")
-    not_after = signed.get("not_after_ms")
-    replaces = signed.get("replaces")
-    if not (not_after is None or (isinstance(not_after, int) and not isinstance(not_after, bool))):
-        raise MalformedRecord(f"{what}: not_after_ms must be an integer or null")
-    if not (replaces is None or isinstance(replaces, str)):
-        raise MalformedRecord(f"{what}: replaces must be a key id or null")
-    return DeviceCertificate(
-        device_id=_field(signed, "device", str, what),
-        key=key,
-        issuer_keyid=_field(signed, "issuer", str, what),
-        serial=_field(signed, "serial", int, what),
-        not_before_ms=_field(signed, "not_before_ms", int, what),
-        not_after_ms=not_after,
-        replaces=replaces,
-    )
-
-
-def issue_certificate(
-    request: Any,
-    manufacturer: PrivateKey,
-    *,
-    serial: int,
-    issued_ms: int,
-    valid_days: int | None = None,
-) -> dict[str, Any]:
-    """The manufacturer's side: check a request's proof of possession and sign a certificate for it."""
-    signed = signed_part(request, REQUEST)
-    key = PublicKey.from_json(signed.get("key"))
-    check_signature(REQUEST, request, key)
-    device = _field(signed, "device", str, "certificate request")
-    if not _ID_RE.match(device):
-        raise MalformedRecord(f"certificate request: device id {device!r} is not a valid identifier")
-    replaces = signed.get("replaces")
-    body = {
-        "type": CERTIFICATE,
-        "format": 1,
-        "device": device,
-        "key": key.to_json(),
-        "keyid": key.keyid,
-        "issuer": manufacturer.keyid,
-        "serial": serial,
-        "not_before_ms": issued_ms,
-        "not_after_ms": None if valid_days is None else issued_ms + valid_days * 86_400_000,
-        "replaces": replaces if isinstance(replaces, str) else None,
-    }
-    return seal(CERTIFICATE, body, manufacturer)
-
-
-def issue_revocations(manufacturer: PrivateKey, revoked: list[str], *, number: int, issued_ms: int) -> dict[str, Any]:
-    """The manufacturer's signed list of revoked device key ids (``number`` increases with each list)."""
-    body = {
-        "type": REVOCATIONS,
-        "format": 1,
-        "issuer": manufacturer.keyid,
-        "number": number,
-        "issued_ms": issued_ms,
-        "revoked": sorted(set(revoked)),
-    }
-    return seal(REVOCATIONS, body, manufacturer)
 
 
 @dataclass(frozen=True)
@@ -239,6 +126,14 @@ class DeviceIdentity:
         return "hmac-sha256:" + mac.hexdigest()
 
 
+def _private_key(path: Path) -> PrivateKey:
+    """A key file of the box's (:class:`IdentityError` when it cannot be used, like the rest of the identity)."""
+    try:
+        return load_private_key(path)
+    except KeyFileError as exc:
+        raise IdentityError(str(exc)) from exc
+
+
 def _read_envelope(path: Path, what: str) -> Any:
     try:
         return decode(path.read_bytes())
@@ -254,7 +149,7 @@ def load_identity(files: KeyFiles) -> DeviceIdentity | None:
         _finish_rotation(files)
     if not files.certificate.exists():
         return None
-    key = load_private_key(files.device_key)
+    key = _private_key(files.device_key)
     envelope = _read_envelope(files.certificate, "device certificate")
     try:
         parsed = parse_certificate(envelope)
@@ -290,16 +185,16 @@ def provision(
     files.directory.mkdir(parents=True, exist_ok=True)
     os.chmod(files.directory, 0o700)
     if files.device_key.exists():
-        key = load_private_key(files.device_key)
+        key = _private_key(files.device_key)
     else:
         key = generate_key()
         save_private_key(files.device_key, key)
     if not files.salt.exists():
         atomic_write_bytes(files.salt, os.urandom(32), mode=0o600)
     device = device_id or f"btt-{key.keyid[:16]}"
-    if not _ID_RE.match(device):
+    if not DEVICE_ID_RE.match(device):
         raise IdentityError(f"device id {device!r} must be 1-64 letters, digits or ._:- characters")
-    request = seal(REQUEST, {"type": REQUEST, "format": 1, "device": device, "key": key.public.to_json()}, key)
+    request = certificate_request(device, key)
     atomic_write_bytes(files.request, canonical_bytes(request) + b"\n", mode=_PRIVATE)
     if manufacturer is None:
         return None
@@ -317,7 +212,7 @@ def install_certificate(files: KeyFiles, certificate: Any, manufacturer: PublicK
     if parsed.issuer_keyid != manufacturer.keyid:
         raise IdentityError("the certificate was not issued by the given manufacturer key")
     check_signature(CERTIFICATE, certificate, manufacturer)
-    key = load_private_key(files.device_key)
+    key = _private_key(files.device_key)
     if parsed.key != key.public:
         raise CertificateInvalid("the certificate is for another device key")
     atomic_write_bytes(files.certificate, canonical_bytes(certificate) + b"\n", mode=_PRIVATE)
@@ -327,7 +222,7 @@ def install_certificate(files: KeyFiles, certificate: Any, manufacturer: PublicK
 def dev_manufacturer_key(files: KeyFiles) -> PrivateKey:
     """The DEVELOPMENT manufacturer key under ``files`` (created on first use). Never for production."""
     if files.dev_manufacturer_key.exists():
-        return load_private_key(files.dev_manufacturer_key)
+        return _private_key(files.dev_manufacturer_key)
     files.directory.mkdir(parents=True, exist_ok=True)
     key = generate_key()
     save_private_key(files.dev_manufacturer_key, key)
@@ -348,16 +243,13 @@ def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None 
     if current is None:
         raise IdentityError("nothing to rotate: this box has no device identity yet")
     new = generate_key()
-    body = {
-        "type": REQUEST,
-        "format": 1,
-        "device": current.device_id,
-        "key": new.public.to_json(),
-        "replaces": current.key.keyid,
-    }
     issued = now_ms()
     certificate = issue_certificate(
-        seal(REQUEST, body, new), manufacturer, serial=issued, issued_ms=issued, valid_days=valid_days
+        certificate_request(current.device_id, new, replaces=current.key.keyid),
+        manufacturer,
+        serial=issued,
+        issued_ms=issued,
+        valid_days=valid_days,
     )
     files.retired.mkdir(mode=0o700, exist_ok=True)
     atomic_write_bytes(

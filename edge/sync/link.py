@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from edge.config import SyncConfig
 from edge.errors import ConfigError
-from edge.sync.protocol import OFFLINE, presence_topic
+from protocol.topics import OFFLINE, presence_topic
 
 __all__ = ["Inbound", "LinkSettings", "MqttLink", "link_settings"]
 

@@ -1,12 +1,4 @@
-"""The wire protocol between a box and the relay: topics and payloads (pure functions, no I/O).
-
-Topics (MQTT v5, QoS 1; ``{device}`` is the device id, which the broker's ACL ties to the MQTT username)::
-
-    btt/v1/dev/{device}/up/{kind}   device -> relay: outbox items, kind = receipts, settlements, certificate,
-                                    offers, health or results
-    btt/v1/dev/{device}/ack         relay -> device: application acknowledgement
-    btt/v1/dev/{device}/cmd/{name}  relay -> device: commands
-    btt/v1/dev/{device}/presence    retained "online" on connect; the last will sets "offline"
+"""The box's side of the up and ack payloads (pure functions, no I/O); the topics are :mod:`protocol.topics`.
 
 Up payload (UTF-8 JSON): ``{"v": 1, "device": id, "kind": kind, "items": [{"id": item id, "body": {...}}]}``;
 one message carries consecutive outbox items of one kind. Ack payload: ``{"v": 1, "stored": [id, ...],
@@ -24,48 +16,9 @@ from typing import Any
 from edge.errors import AckError
 from edge.outbox.outbox import Item, Rejection
 
-__all__ = [
-    "OFFLINE",
-    "ONLINE",
-    "PREFIX",
-    "Ack",
-    "ack_topic",
-    "batches",
-    "command_name",
-    "command_topic",
-    "decode_ack",
-    "encode_up",
-    "presence_topic",
-    "up_topic",
-]
+__all__ = ["Ack", "batches", "decode_ack", "encode_up"]
 
-PREFIX = "btt/v1/dev"
-ONLINE = b"online"
-OFFLINE = b"offline"
 _ITEM_OVERHEAD = 16  # '{"id":,"body":}' and the comma between items
-
-
-def up_topic(device: str, kind: str) -> str:
-    return f"{PREFIX}/{device}/up/{kind}"
-
-
-def ack_topic(device: str) -> str:
-    return f"{PREFIX}/{device}/ack"
-
-
-def command_topic(device: str) -> str:
-    """The filter that matches every command to ``device``."""
-    return f"{PREFIX}/{device}/cmd/#"
-
-
-def presence_topic(device: str) -> str:
-    return f"{PREFIX}/{device}/presence"
-
-
-def command_name(device: str, topic: str) -> str | None:
-    """The command name of a topic under ``command_topic(device)``; None for any other topic."""
-    prefix = f"{PREFIX}/{device}/cmd/"
-    return topic[len(prefix) :] if topic.startswith(prefix) and len(topic) > len(prefix) else None
 
 
 def _envelope_size(device: str, kind: str) -> int:

@@ -39,21 +39,11 @@ from edge.outbox.feed import FEED_BATCH, feed
 from edge.outbox.kinds import BARRIERS
 from edge.outbox.outbox import Item, Outbox
 from edge.receipts.book import ReceiptBook
-from edge.receipts.identity import now_ms
 from edge.sync.link import Inbound, LinkSettings, MqttLink, link_settings
 from edge.sync.paho_link import PahoLink
-from edge.sync.protocol import (
-    OFFLINE,
-    ONLINE,
-    ack_topic,
-    batches,
-    command_name,
-    command_topic,
-    decode_ack,
-    encode_up,
-    presence_topic,
-    up_topic,
-)
+from edge.sync.protocol import batches, decode_ack, encode_up
+from protocol.clock import now_ms
+from protocol.topics import OFFLINE, ONLINE, ack_topic, command_name, commands_filter, presence_topic, up_topic
 from runtime.backoff import Backoff
 from runtime.logs import event
 
@@ -235,7 +225,7 @@ class SyncService:
         assert self._device is not None
         link.connect()
         link.subscribe(ack_topic(self._device))
-        link.subscribe(command_topic(self._device))
+        link.subscribe(commands_filter(self._device))
         link.publish(presence_topic(self._device), ONLINE, retain=True)
         self._backoff.reset()
         self._release(list(self._item_flight))

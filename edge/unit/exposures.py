@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 from edge.db import migrate, transaction
 from edge.receipts.book import ReceiptBook
-from edge.receipts.receipts import Use
 from edge.store.index import utc_now
 from firmware_bridge.driver import DriverStatus
 from firmware_bridge.messages import ExposureCompleted, Identify, Status, encode_message
+from protocol.receipts import Use
 
 __all__ = [
     "COMPONENT",

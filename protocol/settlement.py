@@ -5,7 +5,7 @@ previous settlement's canonical bytes, 64 zeros for the first), the sequence ran
 and ``count``, ``last_receipt`` (hash of the last receipt: the chain head it closes), ``root`` (RFC 9162 Merkle
 tree hash over the receipts' canonical bytes, in sequence order) and ``totals`` by service kind and right.
 Pure functions; the device closes batches in :mod:`edge.receipts.book`, verifiers check them in
-:mod:`edge.receipts.verify`.
+:mod:`protocol.verify`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge.errors import MalformedRecord
-from edge.receipts.receipts import Receipt
-from edge.receipts.records import get_int, get_str
+from protocol.errors import MalformedRecord
+from protocol.receipts import Receipt
+from protocol.records import get_int, get_str
 
 __all__ = ["SETTLEMENT", "Settlement", "compute_totals", "parse_settlement", "settlement_body"]
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge.errors import MalformedRecord
+from protocol.errors import MalformedRecord
 
 __all__ = ["Money"]
 

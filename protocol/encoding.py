@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-from edge.errors import EncodingError
+from protocol.errors import EncodingError
 
 __all__ = [
     "MAX_SAFE_INTEGER",

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from edge.errors import PayoutError
-from edge.receipts.grants import Grant
-from edge.receipts.money import Money
-from edge.receipts.receipts import Receipt
-from edge.receipts.shares import TOTAL_BPS, Share, ShareTable
+from protocol.errors import PayoutError
+from protocol.grants import Grant
+from protocol.money import Money
+from protocol.receipts import Receipt
+from protocol.shares import TOTAL_BPS, Share, ShareTable
 
 __all__ = ["ClinicCharge", "Payout", "compute_payout", "split"]
 

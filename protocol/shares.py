@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge.errors import MalformedRecord, RightsError, UntrustedIssuer
-from edge.receipts.keys import PublicKey, check_signature, signed_part
-from edge.receipts.records import get_id, get_int
+from protocol.errors import MalformedRecord, RightsError, UntrustedIssuer
+from protocol.keys import PublicKey, check_signature, signed_part
+from protocol.records import get_id, get_int
 
 __all__ = ["SHARE_TABLE", "TOTAL_BPS", "Share", "ShareTable", "current_table", "verify_share_table"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, NamedTuple
 
-from edge.errors import EncodingError, MalformedRecord
-from edge.receipts.encoding import quote_string as _quote
-from edge.receipts.records import ID_RE, KIND_RE
+from protocol.encoding import quote_string as _quote
+from protocol.errors import EncodingError, MalformedRecord
+from protocol.records import ID_RE, KIND_RE
 
 __all__ = ["GENESIS", "RECEIPT", "Receipt", "Use", "encode_receipt", "fast_receipt", "parse_receipt", "receipt_body"]
 
@@ -166,7 +166,7 @@ def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
     """Canonical bytes and fields (with the hash) of a receipt in one pass, for verifiers' hot loops.
 
     Returns None unless ``signed`` has exactly the format-1 fields with the expected types (``type`` receipt);
-    the caller then takes the general path (:func:`~edge.receipts.encoding.encode_unchecked` and
+    the caller then takes the general path (:func:`~protocol.encoding.encode_unchecked` and
     :func:`parse_receipt`), which raises the specific error. When it returns, the bytes equal
     ``encode_unchecked(signed)`` (a property test checks this).
     """

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from edge.errors import MalformedRecord
+from protocol.errors import MalformedRecord
 
 __all__ = ["ID_RE", "KIND_RE", "get_id", "get_int", "get_opt_str", "get_str"]
 

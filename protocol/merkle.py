@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from edge.errors import InclusionProofInvalid
+from protocol.errors import InclusionProofInvalid
 
 __all__ = ["inclusion_proof", "leaf_hash", "node_hash", "root", "verify_inclusion"]
 

@@ -7,8 +7,8 @@ already names the algorithm and key id, and an envelope holds a list of signatur
 (ed25519 + PQ) signature fits without a format change.
 
 An envelope is ``{"signed": {...}, "signatures": [{"alg", "keyid", "sig"}]}``; the signature covers
-:func:`~edge.receipts.encoding.signing_message` of the structure's ``type`` and the canonical bytes of
-``signed``. Key files are JSON; private ones are written atomically with mode 0600.
+:func:`~protocol.encoding.signing_message` of the structure's ``type`` and the canonical bytes of
+``signed``. Pure: key files are read and written by :mod:`protocol.keyfiles`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import nacl.bindings
 import nacl.exceptions
 
-from edge.errors import BadSignature, EncodingError, IdentityError, MalformedRecord
-from edge.receipts.encoding import canonical_bytes, decode, encode_unchecked, sha256_hex, signing_message
-from runtime.durable import atomic_write_bytes
+from protocol.encoding import canonical_bytes, encode_unchecked, sha256_hex, signing_message
+from protocol.errors import BadSignature, EncodingError, MalformedRecord
 
 __all__ = [
     "ED25519",
@@ -32,10 +30,7 @@ __all__ = [
     "PublicKey",
     "check_signature",
     "generate_key",
-    "load_private_key",
-    "load_public_key",
-    "save_private_key",
-    "save_public_key",
+    "parse_secret",
     "seal",
     "signature_for",
     "signed_part",
@@ -162,6 +157,12 @@ def generate_key(alg: str = ED25519) -> PrivateKey:
     return PrivateKey(alg, _algorithm(alg).generate_secret())
 
 
+def parse_secret(alg: Any, secret: Any) -> PrivateKey:
+    """A private key from its algorithm and hex secret (a key file's fields); :class:`MalformedRecord` otherwise."""
+    _algorithm(alg)
+    return PrivateKey(str(alg), _unhex(secret, "secret"))
+
+
 def seal(kind: str, signed: Mapping[str, Any], key: PrivateKey) -> dict[str, Any]:
     """Sign ``signed`` (whose ``type`` is ``kind``) and return the envelope."""
     if signed.get("type") != kind:
@@ -202,47 +203,3 @@ def check_signature(kind: str, envelope: Mapping[str, Any], key: PublicKey, body
     if alg != key.alg or not key.verify(signing_message(kind, body), sig):
         raise BadSignature(f"{kind}: signature by key {key.keyid[:16]} does not verify")
     return body
-
-
-def save_private_key(path: Path, key: PrivateKey) -> None:
-    """Write ``key`` to ``path`` atomically, readable by the owner only (0600)."""
-    doc = {"alg": key.alg, "secret": key.secret.hex(), "keyid": key.keyid}
-    atomic_write_bytes(path, canonical_bytes(doc) + b"\n", mode=0o600)
-
-
-def save_public_key(path: Path, key: PublicKey) -> None:
-    """Write the public key file ``{"alg", "public", "keyid"}`` atomically."""
-    atomic_write_bytes(path, canonical_bytes({**key.to_json(), "keyid": key.keyid}) + b"\n")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return decode(path.read_bytes())
-    except OSError as exc:
-        raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    except EncodingError as exc:
-        raise IdentityError(f"{what} {path} is not valid JSON: {exc}") from exc
-
-
-def load_private_key(path: Path) -> PrivateKey:
-    """Read a private key file; :class:`IdentityError` when unreadable, malformed or group/world readable."""
-    doc = _read_json(path, "private key")
-    try:
-        if path.stat().st_mode & 0o077:
-            raise IdentityError(f"private key {path} is readable by others; chmod 600 it")
-        _algorithm(doc.get("alg"))
-        key = PrivateKey(str(doc["alg"]), _unhex(doc.get("secret"), "secret"))
-    except (MalformedRecord, AttributeError) as exc:
-        raise IdentityError(f"private key {path} is malformed: {exc}") from exc
-    return key
-
-
-def load_public_key(path: Path) -> PublicKey:
-    """Read a public key file (a private key file is refused, so a secret is never passed as trust)."""
-    doc = _read_json(path, "public key")
-    if isinstance(doc, Mapping) and "secret" in doc:
-        raise IdentityError(f"{path} is a private key; give the public key file")
-    try:
-        return PublicKey.from_json(doc)
-    except MalformedRecord as exc:
-        raise IdentityError(f"public key {path} is malformed: {exc}") from exc

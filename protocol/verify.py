@@ -2,7 +2,7 @@
 
 Trust starts at manufacturer public keys (:class:`Trust`), optionally with the manufacturer's signed
 revocation list. From there: certificates vouch for device keys, device keys sign receipts and settlements.
-Each failure raises its own :class:`~edge.errors.VerificationError` subclass:
+Each failure raises its own :class:`~protocol.errors.VerificationError` subclass:
 
 ========================  ===========================================================================
 ``MalformedRecord``       a field is missing or of the wrong type
@@ -33,7 +33,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.errors import (
+from protocol import merkle
+from protocol.certificates import CERTIFICATE, REVOCATIONS, DeviceCertificate, parse_certificate
+from protocol.encoding import encode_unchecked, sha256_hex, signing_message
+from protocol.errors import (
     BrokenChain,
     CertificateInvalid,
     ConflictingReceipt,
@@ -50,13 +53,10 @@ from edge.errors import (
     UnknownSigningKey,
     UntrustedIssuer,
 )
-from edge.receipts import merkle
-from edge.receipts.encoding import encode_unchecked, sha256_hex, signing_message
-from edge.receipts.identity import CERTIFICATE, REVOCATIONS, DeviceCertificate, parse_certificate
-from edge.receipts.keys import PublicKey, check_signature, signed_part
-from edge.receipts.receipts import GENESIS, RECEIPT, Receipt, fast_receipt, parse_receipt
-from edge.receipts.records import get_int
-from edge.receipts.settlement import SETTLEMENT, Settlement, compute_totals, parse_settlement
+from protocol.keys import PublicKey, check_signature, signed_part
+from protocol.receipts import GENESIS, RECEIPT, Receipt, fast_receipt, parse_receipt
+from protocol.records import get_int
+from protocol.settlement import SETTLEMENT, Settlement, compute_totals, parse_settlement
 
 __all__ = [
     "EXPORT",

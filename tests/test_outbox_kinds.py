@@ -17,6 +17,7 @@ from edge.outbox import Outbox
 from edge.outbox.kinds import ACCOUNTING, BARRIERS, KEPT, KINDS, NAMES, TELEMETRY, OutboxKind
 from edge.sync import service as sync_service
 from edge.sync.service import SyncService
+from protocol.kinds import UP_KINDS
 
 
 class Clock:
@@ -51,6 +52,10 @@ def test_the_names_are_the_registry_s() -> None:
     assert ACCOUNTING | set(TELEMETRY) == set(NAMES)
     assert not ACCOUNTING & set(TELEMETRY)
     assert all(k.feeder for k in KINDS)
+
+
+def test_the_box_queues_exactly_the_kinds_the_relay_stores() -> None:
+    assert sorted(NAMES) == sorted(UP_KINDS)  # the wire's names (protocol.kinds), each with its place on the box
 
 
 def test_the_outbox_takes_the_registry_s_kinds_in_its_priority_order(conn: sqlite3.Connection) -> None:

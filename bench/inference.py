@@ -73,6 +73,9 @@ def _torch(bundle: Path, weights: Path, threads: int) -> tuple[str, Analyse]:
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     manifest = load_bundle(bundle).manifest
+    assert manifest.teeth is not None  # the reference network has both heads
+    assert manifest.findings is not None
+    teeth_output, findings_output = manifest.teeth.name, manifest.findings.name
     net = load_network(weights)
 
     def analyse(path: Path) -> tuple[float, int]:
@@ -81,7 +84,7 @@ def _torch(bundle: Path, weights: Path, threads: int) -> tuple[str, Analyse]:
         start = time.perf_counter()
         with torch.inference_mode():
             teeth, findings = net(torch.from_numpy(prepared.tensor))
-        outputs = {manifest.teeth.name: teeth.numpy(), manifest.findings.name: findings.numpy()}
+        outputs = {teeth_output: teeth.numpy(), findings_output: findings.numpy()}
         model_ms = (time.perf_counter() - start) * 1000.0
         return model_ms, len(findings_from_outputs(outputs, manifest, prepared, pixel_spacing_mm(ds)))
 

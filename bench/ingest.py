@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -108,21 +109,26 @@ def _serve_ours(out: Path, port: int) -> None:
 
 def _serve_bare(out: Path, port: int) -> None:
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.events import Event
 
     from edge.config import DicomConfig
 
-    def on_store(event: object) -> int:
-        uid = event.request.AffectedSOPInstanceUID  # type: ignore[attr-defined]
+    def on_store(event: Event) -> int:
+        assert isinstance(event.request, C_STORE)
+        uid = event.request.AffectedSOPInstanceUID
         with (out / f"{uid}.dcm").open("wb") as fh:
-            fh.write(event.encoded_dataset())  # type: ignore[attr-defined]
+            fh.write(event.encoded_dataset())
         return 0
 
     ae = AE(ae_title="BTT_EDGE")
     ae.maximum_pdu_size = DicomConfig().max_pdu_bytes
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context("1.2.840.10008.1.1")
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None  # not blocking: the server is returned
     signal.sigwait({signal.SIGTERM})
     server.shutdown()
 
@@ -136,7 +142,8 @@ def _free_port() -> int:
 
 
 def _start(kind: str, out: Path, port: int) -> subprocess.Popen[bytes]:
-    env, log = DCMTK_ENV, subprocess.DEVNULL
+    env = DCMTK_ENV
+    log: int | IO[bytes] = subprocess.DEVNULL
     if kind == "storescp":
         cmd = [str(DCMTK / "storescp"), "-pdu", "131072", "-dhl", "+B", "-od", str(out), str(port)]
     elif kind in AGENTS:
@@ -264,9 +271,9 @@ def main() -> None:
             f"(disk alone: writing the corpus with fsync, rename and directory fsync per file, no network, takes "
             f"{ceiling:.2f} s = {total_mb / ceiling:.0f} MB/s, the ceiling of any receiver that fsyncs here)"
         )
-        for kind, rounds in analysed.items():
-            counts = " ".join(str(n) for n, _ in rounds)
-            after = " ".join(f"{s:.1f}" for _, s in rounds)
+        for kind, outcomes in analysed.items():
+            counts = " ".join(str(n) for n, _ in outcomes)
+            after = " ".join(f"{s:.1f}" for _, s in outcomes)
             print(f"{kind}: analysed {counts} of {len(corpus)} per round; the last finished {after} s after the batch")
         print(f"ratio ingest_vs_storescp = {rate['ours'] / rate['storescp']:.2f}")
         print(f"ratio ingest_vs_bare_pynetdicom = {rate['ours'] / rate['bare pynetdicom']:.2f}")

@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="pairs of runs without and with a job")
     parser.add_argument("--job-items", type=int, default=200)
     args = parser.parse_args()
+    runs: int = args.runs
     root = Path(tempfile.mkdtemp(prefix="btt-preempt-"))
     data_dir, blobs, images = root / "data", root / "blobs", root / "images"
     for d in (data_dir, blobs, images):
@@ -146,8 +147,8 @@ def main() -> None:
     runner = threading.Thread(target=agent.run, daemon=True)
     runner.start()
     db = data_dir / DB_FILENAME
-    paths = []
-    for i in range(3 * args.runs + 1):
+    paths: list[tuple[Path, str]] = []
+    for i in range(3 * runs + 1):
         path = images / f"{i}.dcm"
         path.write_bytes(synthetic_dicom_bytes(generate(2000 + i), 2000 + i))
         paths.append((path, str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)))
@@ -165,7 +166,7 @@ def main() -> None:
 
     try:
         clinical(*paths[0], None)  # warm-up: model loaded, caches hot
-        idle = [clinical(*paths[1 + run], None)[0] for run in range(args.runs)]
+        idle = [clinical(*paths[1 + run], None)[0] for run in range(runs)]
         time.sleep(config.capacity.resume_after_s + 0.5)  # a job is refused right after clinical work
         conn = connect(db)
         deadline = time.monotonic() + 60
@@ -194,15 +195,15 @@ def main() -> None:
         nojob: list[float] = []
         withjob: list[float] = []
         bounds: list[float] = []
-        for run in range(args.runs):
+        for run in range(runs):
             worker = _running_job(capacity)
             os.killpg(worker.pid, signal.SIGSTOP)  # no job: held stopped (by us) for the whole run
             time.sleep(1.0)
-            nojob.append(clinical(*paths[1 + args.runs + 2 * run], None)[0])
+            nojob.append(clinical(*paths[1 + runs + 2 * run], None)[0])
             os.killpg(worker.pid, signal.SIGCONT)
             worker = _running_job(capacity)
             time.sleep(1.0)  # the job has had the cores to itself for a second
-            latency, bound = clinical(*paths[2 + args.runs + 2 * run], worker.pid)
+            latency, bound = clinical(*paths[2 + runs + 2 * run], worker.pid)
             withjob.append(latency)
             if bound is not None:
                 bounds.append(bound)

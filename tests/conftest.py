@@ -208,11 +208,11 @@ def big_multiframe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ~157 MB multi-frame 16-bit Enhanced CT object (a CBCT volume's size), explicit VR little endian."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     path = tmp_path_factory.mktemp("big") / "cbct.dcm"
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

@@ -241,7 +241,7 @@ def make_tensorrt(memory: _Memory, log: list[str], calibration_seen: list[np.nda
     class Engine:
         def __init__(self, model: bytes) -> None:
             self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-            self.names = ["image"] + [o.name for o in self.session.get_outputs()]
+            self.names: list[str] = ["image"] + [o.name for o in self.session.get_outputs()]
 
         @property
         def num_io_tensors(self) -> int:

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
@@ -36,7 +36,7 @@ from models.bundle import (
 from models.golden import build_golden
 
 HEIGHT, WIDTH = 32, 64
-DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 KINDS = ("caries", "periapical_lesion")
 
 MANIFEST = Manifest(
@@ -78,8 +78,17 @@ BITEWING_MANIFEST = dataclasses.replace(
     ),
 )
 """An intra-oral bitewing model: IO images that name the bitewing view, of a sensor's size and shape."""
-INTRA_ORAL_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.3"
+INTRA_ORAL_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.3")
 """Digital Intra-Oral X-Ray Image Storage - For Presentation."""
+
+
+def _model_bytes(graph: onnx.GraphProto) -> bytes:
+    """``graph`` as the bytes of a checked opset-17 model."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def tiny_onnx(height: int = HEIGHT, width: int = WIDTH) -> bytes:
@@ -108,10 +117,7 @@ def tiny_onnx(height: int = HEIGHT, width: int = WIDTH) -> bytes:
             numpy_helper.from_array(find_b, "fb"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return _model_bytes(graph)
 
 
 def reference_outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -175,7 +181,7 @@ def write_radiograph(
     series_description: str | None = None,
 ) -> str:
     """Write a single-frame MONOCHROME2 16-bit radiograph; return its SOP Instance UID."""
-    uid = sop_uid or generate_uid()
+    uid = UID(sop_uid or generate_uid())
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX_PRESENTATION
     meta.MediaStorageSOPInstanceUID = uid
@@ -232,10 +238,7 @@ def constant_onnx(outputs: dict[str, np.ndarray], height: int = HEIGHT, width: i
         infos,
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return _model_bytes(graph)
 
 
 def split_teeth(left: str, right: str, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:

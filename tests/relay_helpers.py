@@ -146,9 +146,10 @@ def two_clinics(db: Database, tmp_path: Path) -> TwoClinics:
     registry = Registry(db)
     token_a, token_b = registry.add_token("clinic-a"), registry.add_token("clinic-b")
     for box in (a, b):
-        box.book._clock = lambda: NOV_2026  # type: ignore[method-assign]
+        box.book._clock = lambda: NOV_2026
     a.record(3)
     settlement = a.book.close_batch(a.conn, 100)
+    assert settlement is not None
     a.record(1)
     b.record(2)
     ingest = Ingestor(db)
@@ -169,8 +170,18 @@ def two_clinics(db: Database, tmp_path: Path) -> TwoClinics:
         assert device == device_a
         coordinator.handle(device_a, result_envelope(a, job, [[1, 2], [3, 4]], now))
         jobs.append(job_id)
+    job_a, job_b = jobs
     return TwoClinics(
-        create_app(db, Ledger(db, operator="btt-operator")), a, b, token_a, token_b, *jobs, blob, offer_id, settlement
+        create_app(db, Ledger(db, operator="btt-operator")),
+        a,
+        b,
+        token_a,
+        token_b,
+        job_a,
+        job_b,
+        blob,
+        offer_id,
+        settlement,
     )
 
 

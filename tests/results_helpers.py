@@ -215,7 +215,7 @@ DCIODVFY_SOURCES: dict[str, Callable[[], Dataset]] = {
     "image-laterality-none": _lateral(None),
     "series-laterality-R-image-B": _lateral("B", series="R"),
     "series-laterality-empty": _lateral(None, series=""),
-    "pydicom-CT_small": lambda: dcmread(get_testdata_file("CT_small.dcm")),  # third party, Laterality empty
+    "pydicom-CT_small": lambda: dcmread(str(get_testdata_file("CT_small.dcm"))),  # third party, Laterality empty
 }
 """Every source the dciodvfy tests build each result object from: hand-built ones of three modalities, the
 product's generator and unit simulator, each Image Laterality a panoramic may carry, and a third-party file."""

@@ -98,7 +98,8 @@ class Rig:
 
     def offer(self) -> dict[str, Any]:
         wait_until(lambda: self.messages(OFFER), 10, "an offer")
-        return self.messages(OFFER)[-1]["signed"]
+        signed: dict[str, Any] = self.messages(OFFER)[-1]["signed"]
+        return signed
 
     def job(self, offer: dict[str, Any], items: int, **overrides: Any) -> dict[str, Any]:
         fields = {
@@ -202,8 +203,8 @@ def test_forged_tampered_and_mismatched_jobs_are_refused(rig: Rig) -> None:
     (rig.blobs / wrong_blob["signed"]["batch"]).write_bytes(b"not the batch")
     for job in (forged, tampered, wrong_blob):
         rig.service.submit(json.dumps(job).encode())
-    for job in (forged, tampered, wrong_blob):
-        wait_until(lambda job=job: rig.job_state(job["signed"]["job_id"]) == "rejected", 20, "a refusal")
+    ids = [job["signed"]["job_id"] for job in (forged, tampered, wrong_blob)]
+    wait_until(lambda: all(rig.job_state(job_id) == "rejected" for job_id in ids), 60, "the refusals")
     reasons = [r[0] for r in rig.box.conn.execute("SELECT reason FROM capacity_jobs ORDER BY updated_ms")]
     assert any("does not verify" in r for r in reasons)
     assert any("sha256" in r for r in reasons)
@@ -262,7 +263,13 @@ def test_policy_opening_hours_idle_and_caps() -> None:
     cfg = CapacityConfig(enabled=True, opening_hours=("mon-fri 07:00-19:00", "sun 22:00-02:00"), idle_minutes=10)
     hours = OpeningHours.parse(cfg.opening_hours)
     monday_noon, monday_night = dt.datetime(2026, 11, 23, 12), dt.datetime(2026, 11, 23, 21)
-    args = {"enabled": True, "idle_s": 3600.0, "load_per_core": 0.1, "free_memory_mb": 4096, "hours": hours}
+    args: dict[str, Any] = {
+        "enabled": True,
+        "idle_s": 3600.0,
+        "load_per_core": 0.1,
+        "free_memory_mb": 4096,
+        "hours": hours,
+    }
     assert decide(cfg, now=monday_night, **args).offer
     assert decide(cfg, now=monday_noon, **args).reason == "clinic is open"
     assert hours.is_open(dt.datetime(2026, 11, 23, 1))

@@ -82,6 +82,7 @@ def test_detection_drops_padding_weak_and_small_boxes_and_suppresses_only_when_d
     kept = decode(outputs, manifest).boxes
     assert [b.kind for b in kept] == ["caries", "caries"]
     assert [b.confidence for b in kept] == pytest.approx([0.9, 0.8])
+    assert isinstance(DETECTION.decoder, DetectionOutput)
     suppressed = dataclasses.replace(manifest, decoder=dataclasses.replace(DETECTION.decoder, nms=True))
     assert [b.box for b in decode(outputs, suppressed).boxes] == [(2.0, 2.0, 8.0, 8.0)]
     [finding] = findings_from_outputs(outputs, suppressed, PREPARED, (0.1, 0.1))
@@ -134,6 +135,7 @@ def test_tooth_classification_boxes_outlines_and_shape() -> None:
     scores = np.asarray([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]], np.float32)  # 36: caries; 46: the no-finding column
     [whole] = findings_from_outputs({"scores": scores}, CLASSIFIER, PREPARED, None)
     assert (whole.kind, whole.tooth_fdi, whole.bbox) == ("caries", "36", (0, 0, 200, 100))
+    assert isinstance(CLASSIFIER.decoder, ToothClassificationOutput)
     boxed = dataclasses.replace(CLASSIFIER, decoder=dataclasses.replace(CLASSIFIER.decoder, boxes="where"))
     where = np.asarray([[4, 4, 12, 12], [20, 20, 30, 30]], np.float32)
     [finding] = findings_from_outputs({"scores": scores, "where": where}, boxed, PREPARED, None)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import generate_uid
 
 from tests.conftest import AgentProcess, Dcmtk, StartAgent

@@ -6,7 +6,9 @@ import dataclasses
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,8 +60,8 @@ WITH_INT8 = dataclasses.replace(MANIFEST, variants=(INT8,))
 FILES_INT8 = {**FILES, "model.int8.onnx": b"int8 onnx bytes", "golden/a.int8.npz": b"int8 golden bytes"}
 
 
-def _doc(files: dict[str, bytes]) -> dict[str, object]:
-    doc: dict[str, object] = json.loads(files[MANIFEST_NAME])
+def _doc(files: dict[str, bytes]) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(files[MANIFEST_NAME])
     return doc
 
 
@@ -154,10 +156,10 @@ def test_no_manifest_is_refused() -> None:
         (lambda d: d["golden"][0].update(file="golden/b.npz"), "is not listed in files"),
     ],
 )
-def test_bad_manifest_names_the_problem(edit: object, reason: str) -> None:
+def test_bad_manifest_names_the_problem(edit: Callable[[Any], object], reason: str) -> None:
     packed = pack_bundle(MANIFEST, FILES)
     doc = _doc(packed)
-    edit(doc)  # type: ignore[operator]
+    edit(doc)
     with pytest.raises(BundleError, match=reason):
         parse_bundle(_with_doc(packed, doc))
 
@@ -188,10 +190,10 @@ def test_variant_round_trips_and_gives_a_view_per_backend() -> None:
         (lambda v: v["golden"][0].update(file="golden/b.npz"), r"variants\[0\].golden\[0\].file"),
     ],
 )
-def test_bad_variant_names_the_problem(edit: object, reason: str) -> None:
+def test_bad_variant_names_the_problem(edit: Callable[[Any], object], reason: str) -> None:
     packed = pack_bundle(WITH_INT8, FILES_INT8)
     doc = _doc(packed)
-    edit(doc["variants"][0])  # type: ignore[index,operator]
+    edit(doc["variants"][0])
     with pytest.raises(BundleError, match=reason):
         parse_bundle(_with_doc(packed, doc))
 
@@ -242,10 +244,10 @@ def test_accepts_round_trips_and_a_manifest_without_is_read_as_panoramic() -> No
         (lambda a: a.update(min_rows=512), r"accepts.min_rows is not an accepts field"),
     ],
 )
-def test_bad_accepts_names_the_problem(edit: object, reason: str) -> None:
+def test_bad_accepts_names_the_problem(edit: Callable[[Any], object], reason: str) -> None:
     packed = pack_bundle(WITH_ACCEPTS, FILES)
     doc = _doc(packed)
-    edit(doc["accepts"])  # type: ignore[index,operator]
+    edit(doc["accepts"])
     with pytest.raises(BundleError, match=reason):
         parse_bundle(_with_doc(packed, doc))
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from edge.config import OutboxConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import BundleError
 from edge.outbox import Outbox
-from edge.pipeline.analyzer import ActiveModel, Analyzer
+from edge.pipeline.analyzer import ActiveModel, AnalysisResult, Analyzer
 from edge.pipeline.backends.fake import FakeBackend
 from edge.pipeline.worker import MAX_ATTEMPTS, PipelineService, PipelineWorker, migrate_pipeline
 from edge.receipts.book import ReceiptBook
@@ -88,7 +89,12 @@ def test_instances_are_analysed_first_in_first_out(tmp_path: Path, conn: sqlite3
     analyzer = _analyzer()
     seen: list[str] = []
     analyse = analyzer.analyse
-    analyzer.analyse = lambda ds: (seen.append(str(ds.SOPInstanceUID)), analyse(ds))[1]  # type: ignore[method-assign]
+
+    def recording(ds: Dataset) -> AnalysisResult:
+        seen.append(str(ds.SOPInstanceUID))
+        return analyse(ds)
+
+    analyzer.analyse = recording  # type: ignore[method-assign]
     worker = PipelineWorker(conn, tmp_path, analyzer, queue_size=2)
     assert worker.step()
     assert len(worker._queue) <= 2  # bounded: never more than queue_size index rows held
@@ -373,7 +379,7 @@ def test_two_active_bundles_each_image_recorded_with_the_model_that_ran_or_skipp
     generated = synthetic_dataset(generate(91), 91)
     bitewing = _store(conn, tmp_path, as_intra_oral(copy.deepcopy(generated), "bitewing"), "bw.dcm")
     periapical = as_intra_oral(copy.deepcopy(generated), "periapical")
-    periapical.SOPInstanceUID = periapical.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.91"
+    periapical.SOPInstanceUID = periapical.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.91")
     periapical_uid = _store(conn, tmp_path, periapical, "pa.dcm")
     analyzer = Analyzer(
         tiny_bundle(),

@@ -135,7 +135,7 @@ def test_no_teeth_means_no_tooth_numbers() -> None:
 )
 def test_malformed_outputs_are_pipeline_errors(outputs: dict[str, npt.NDArray[np.float64]], reason: str) -> None:
     with pytest.raises(PipelineError, match=reason):
-        findings_from_outputs(outputs, _manifest(), _prepared(), None)  # type: ignore[arg-type]
+        findings_from_outputs(outputs, _manifest(), _prepared(), None)
 
 
 def test_region_outline_is_the_convex_hull_of_pixel_corners() -> None:

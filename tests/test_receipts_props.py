@@ -17,7 +17,7 @@ from protocol.payout import split
 from protocol.receipts import Use, encode_receipt, fast_receipt, parse_receipt, receipt_body
 from protocol.shares import Share
 
-_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 _keys = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=8)
 _scalars = st.none() | st.booleans() | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER) | _text
 _values = st.recursive(

@@ -47,20 +47,20 @@ def _markers(world: TwoClinics) -> set[str]:
 
 def _requests(world: TwoClinics, method: str, path: str, operation: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every request the walk makes to one operation (``TestClient.request`` keyword arguments)."""
-    paths = {
+    paths: dict[str, list[Any]] = {
         "device": [world.a.identity.device_id, world.b.identity.device_id],
         "seq": [1, 4],
         "job_id": [world.job_a, world.job_b],
         "sha256": [world.blob],
     }
-    queries = {
+    queries: dict[str, list[Any]] = {
         "period": ["2026-11"],
         "format": ["json", "csv"],
         "after_seq": [0],
         "limit": [1000],
         "device": [world.a.identity.device_id, world.b.identity.device_id, None],
     }
-    bodies = {
+    bodies: dict[tuple[str, str], dict[str, Any]] = {
         ("put", "/v1/capacity/blobs"): {"content": b"a bundle of clinic A"},
         ("post", "/v1/capacity/jobs"): {"json": {"bundle": world.blob, "batch": world.blob, "items": 2}},
     }

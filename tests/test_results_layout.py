@@ -199,7 +199,8 @@ def test_a_radiograph_without_free_space_puts_marks_in_bands_outside_it() -> Non
 
 def test_no_findings_give_an_empty_table_that_says_so() -> None:
     laid = layout((600, 300), [], fixed_size, top=20)
-    assert laid.teeth == laid.markers == ()
+    assert laid.teeth == ()
+    assert laid.markers == ()
     assert "No AI findings" in [t.text for t in laid.table]
     assert laid.height > 320
 

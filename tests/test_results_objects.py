@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ IDENTIFIERS = (
 )
 
 
-def _walk(items: object) -> list[object]:
-    out: list[object] = []
-    for item in items:  # type: ignore[attr-defined]
+def _walk(items: Iterable[Dataset]) -> list[Dataset]:
+    out: list[Dataset] = []
+    for item in items:
         out.append(item)
         if "ContentSequence" in item:
             out.extend(_walk(item.ContentSequence))
@@ -203,8 +204,8 @@ def test_absent_type2_identifiers_still_give_valid_objects(case: str, missing: s
         assert dcmread(path)[missing].value in ("", None)
 
 
-def _named(items: list[object], meaning: str) -> list[object]:
-    return [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]  # type: ignore[attr-defined]
+def _named(items: list[Dataset], meaning: str) -> list[Dataset]:
+    return [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
 
 
 def test_every_kind_copies_the_same_patient_and_study_modules() -> None:

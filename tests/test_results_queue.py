@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from edge.results.scu import Outcome, Outgoing
 from edge.results.service import ResultsService
 from edge.results.sr import build_sr
 from edge.store.image_store import ImageStore
-from edge.store.index import get_instance, set_state
+from edge.store.index import Instance, get_instance, set_state
 from models.bundle import Manifest
 from tests.pipeline_helpers import MANIFEST
 from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
@@ -79,10 +80,16 @@ def _service(
     return service
 
 
-def _states(conn: object) -> dict[tuple[str, str], str]:
+def _states(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
     return {
         (d.destination.split("@")[0], s.object.kind): d.state for s in queue.list_objects(conn) for d in s.deliveries
-    }  # type: ignore[arg-type]
+    }
+
+
+def _instance(conn: sqlite3.Connection, uid: str) -> Instance:
+    instance = get_instance(conn, uid)
+    assert instance is not None
+    return instance
 
 
 def test_builds_routes_sends_and_marks_forwarded(store: ImageStore) -> None:
@@ -102,9 +109,9 @@ def test_builds_routes_sends_and_marks_forwarded(store: ImageStore) -> None:
     assert written.SOPInstanceUID == objects["sr"].object.object_uid
     assert service.send_due(conn, PACS) == 2
     assert sender.sent[0] == (PACS.name, objects["sr"].object.object_uid)  # SR first
-    assert get_instance(conn, uid).pipeline_state == "analysed"  # ARCHIVE has not confirmed the SR yet
+    assert _instance(conn, uid).pipeline_state == "analysed"  # ARCHIVE has not confirmed the SR yet
     assert service.send_due(conn, ARCHIVE) == 3
-    assert get_instance(conn, uid).pipeline_state == "forwarded"
+    assert _instance(conn, uid).pipeline_state == "forwarded"
     assert set(_states(conn).values()) == {"sent"}
     assert service.build_pending(conn) == 0
     assert service.send_due(conn, PACS) == 0
@@ -154,10 +161,10 @@ def test_rejection_is_recorded_per_object_and_not_retried(store: ImageStore) -> 
     assert overlay.deliveries[0].last_error == "rejected!"
     clock.now += 10_000
     assert service.send_due(conn, PACS) == 0  # never retried on its own
-    assert get_instance(conn, uid).pipeline_state == "analysed"
+    assert _instance(conn, uid).pipeline_state == "analysed"
     assert queue.resend(conn, now=clock.now, object_uid=overlay.object.object_uid) == 1
     assert service.send_due(conn, PACS) == 1
-    assert get_instance(conn, uid).pipeline_state == "forwarded"
+    assert _instance(conn, uid).pipeline_state == "forwarded"
 
 
 def test_restart_sends_only_what_was_not_confirmed(store: ImageStore) -> None:
@@ -205,16 +212,16 @@ def test_forwarded_only_once_all_objects_are_built_and_confirmed(store: ImageSto
     service = _service(store, analyses, sender, clock, destinations=(sr_only,))
     conn = store.conn
     sr = service._write(
-        build_sr(dcmread(store.data_dir / get_instance(conn, uid).path), analyses.analyses[uid], service.uids),
+        build_sr(dcmread(store.data_dir / _instance(conn, uid).path), analyses.analyses[uid], service.uids),
         "sr", uid, source.StudyInstanceUID,
     )  # fmt: skip
     with transaction(conn):
         queue.enqueue(conn, sr, [sr_only.name], clock())
     service.send_due(conn, sr_only)  # the SR is confirmed before the overlay exists
     assert not queue.source_delivered(conn, uid)
-    assert get_instance(conn, uid).pipeline_state == "analysed"
+    assert _instance(conn, uid).pipeline_state == "analysed"
     service.build_pending(conn)  # builds (the SR again: same UID, nothing new) and the overlay, nobody takes it
-    assert get_instance(conn, uid).pipeline_state == "forwarded"  # the SR, the one delivery, is confirmed
+    assert _instance(conn, uid).pipeline_state == "forwarded"  # the SR, the one delivery, is confirmed
     assert len(sender.sent) == 1
 
 
@@ -253,7 +260,7 @@ def test_without_destinations_results_are_built_and_kept(store: ImageStore) -> N
     service = _service(store, analyses, sender, clock, destinations=())
     assert service.build_pending(store.conn) == 1
     assert {s.object.kind for s in queue.list_objects(store.conn)} == {"sr", "overlay"}
-    assert get_instance(store.conn, uid).pipeline_state == "analysed"  # forwarded means delivered to a PACS
+    assert _instance(store.conn, uid).pipeline_state == "analysed"  # forwarded means delivered to a PACS
     assert queue.unbuilt_sources(store.conn) == []
     assert service.build_pending(store.conn) == 0
 
@@ -280,7 +287,7 @@ def test_running_service_survives_an_unexpected_error(store: ImageStore, monkeyp
     service.start()
     try:
         deadline = time.monotonic() + 20
-        while get_instance(store.conn, uid).pipeline_state != "forwarded":
+        while _instance(store.conn, uid).pipeline_state != "forwarded":
             assert time.monotonic() < deadline, "the service did not recover"
             time.sleep(0.05)
     finally:

@@ -11,9 +11,15 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage, Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge.config import DestinationConfig
 from edge.results.overlay import build_overlay
@@ -160,6 +166,7 @@ def test_tls_destination(objects: list[Outgoing], certificate: tuple[Path, Path]
     server = ae.start_server(
         ("127.0.0.1", port), block=False, ssl_context=server_context, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0)]
     )
+    assert server is not None  # not blocking: the server is returned
     try:
         trusted = DestinationConfig(ae_title="PACS", host="127.0.0.1", port=port, tls=True, tls_ca_file=str(cert))
         assert StoreSCU("BTT_EDGE").send(trusted, objects[:1])[0].result == "sent"

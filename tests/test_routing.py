@@ -126,7 +126,7 @@ def test_a_16x16_cr_is_too_small_for_the_panoramic_model(tmp_path: Path, referen
     ],
 )
 def test_pydicoms_files_are_skipped_with_reason(reference: Bundle, bitewing: Bundle, name: str, reason: str) -> None:
-    assert _reason(_route(dcmread(get_testdata_file(name)), reference, bitewing)).startswith(reason)
+    assert _reason(_route(dcmread(str(get_testdata_file(name))), reference, bitewing)).startswith(reason)
 
 
 def test_a_dx_that_names_no_view_is_a_panoramic_only_if_shaped_like_one(panoramic: Dataset, reference: Bundle) -> None:

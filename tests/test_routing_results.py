@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import UID
 
 from edge.config import DestinationConfig, ResultsConfig
 from edge.pipeline.analyzer import ActiveModel, Analyzer
@@ -31,10 +32,10 @@ pytestmark = pytest.mark.integration
 def test_nothing_is_built_or_sent_for_a_skipped_image(tmp_path: Path, store: ImageStore) -> None:
     generated = synthetic_dataset(generate(63), 63)
     bitewing = as_intra_oral(copy.deepcopy(generated), "bitewing")
-    bitewing.SOPInstanceUID = bitewing.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.631"
+    bitewing.SOPInstanceUID = bitewing.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.631")
     periapical = as_intra_oral(copy.deepcopy(generated), "periapical")
-    periapical.SOPInstanceUID = periapical.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.632"
-    cbct = dcmread(get_testdata_file("CT_small.dcm"))
+    periapical.SOPInstanceUID = periapical.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.632")
+    cbct = dcmread(str(get_testdata_file("CT_small.dcm")))
     analysed = {ingest(store, ds, analysed=False) for ds in (generated, bitewing)}
     skipped = {ingest(store, ds, analysed=False) for ds in (periapical, cbct)}
     conn = store.conn

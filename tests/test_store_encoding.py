@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from edge.errors import InvalidDataset
 from edge.store.encoding import MAX_DEPTH, PixelExtent, pixel_extent, walk
@@ -21,7 +21,7 @@ def _bundled(name: str) -> bytes:
 
 def _part10(ds: Dataset) -> bytes:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, UID("1.2.3.4")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     out = io.BytesIO()

@@ -301,7 +301,12 @@ def test_bad_acks_and_permanent_rejections(box: Box, running: Any) -> None:
     service, broker, outbox = running()
     device = box.identity.device_id
     relay = FakeRelay(broker, accept=lambda item: item.startswith("certificate:"))
-    wait_until(lambda: (relay.pump(), any("/up/receipts" in t for _, t, _ in broker.published))[1])
+
+    def receipts_published() -> bool:
+        relay.pump()
+        return any("/up/receipts" in t for _, t, _ in broker.published)
+
+    wait_until(receipts_published)
     broker.route("relay", ack_topic(device), b"not json")
     items = next(json.loads(p)["items"] for _, t, p in broker.published if t.endswith("/up/receipts"))
     first, second = items[0]["id"], items[1]["id"]

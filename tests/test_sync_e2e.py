@@ -153,7 +153,7 @@ def _exactly_once(db: Database, box: Box, n: int) -> None:
     device = box.identity.device_id
     assert _stored(db, device) == list(range(1, n + 1))
     with db.transaction() as tx:
-        hashes = dict(tx.all("SELECT seq, hash FROM receipts WHERE device = ?", (device,)))
+        hashes = {seq: digest for seq, digest in tx.all("SELECT seq, hash FROM receipts WHERE device = ?", (device,))}
     assert hashes == {e["signed"]["seq"]: sha256_hex(canonical_bytes(e["signed"])) for e in box.book.receipts(box.conn)}
     assert _outbox(box) == n
 

@@ -22,7 +22,7 @@ def images() -> list[SyntheticImage]:
     return [generate(seed) for seed in range(6)]
 
 
-def _grid(image: SyntheticImage) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+def _grid(image: SyntheticImage) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = image.pixels.shape
     return (np.arange(cols) + 0.5) * image.spacing_mm, (np.arange(rows) + 0.5) * image.spacing_mm
 

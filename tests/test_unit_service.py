@@ -288,7 +288,7 @@ def test_incompatible_unit_is_reported_and_nothing_recorded(tmp_path: Path) -> N
         rig.service.start()
         wait_until(lambda: rig.service.link_status().state == "incompatible")
         rig.expose(2)
-        wait_until(lambda: (summary(rig.db)["link"] or {}).get("state") == "incompatible")  # type: ignore[attr-defined]
+        wait_until(lambda: _link(rig.db).get("state") == "incompatible")
         link = summary(rig.db)["link"]
         assert "2..3" in link["error"]  # type: ignore[index]
         assert rig.ids() == []
@@ -309,7 +309,7 @@ def test_a_unit_gone_while_the_agent_stops_is_a_normal_close(
     rig.service.start()
     try:
         wait_until(lambda: rig.service.identity is not None)
-        wait_until(lambda: (summary(rig.db)["link"] or {}).get("state") == "connected")
+        wait_until(lambda: _link(rig.db).get("state") == "connected")
         caplog.set_level(logging.INFO, logger="edge.unit")
         caplog.clear()
         if agent_stopping:
@@ -325,12 +325,18 @@ def test_a_unit_gone_while_the_agent_stops_is_a_normal_close(
     warnings = [str(_fields(r)) for r in caplog.records if r.name == "edge.unit" and r.levelno >= logging.WARNING]
     if agent_stopping:
         assert warnings == []
-        link = summary(connect(rig.data_dir / DB_FILENAME))["link"]
-        assert link is not None
+        link = _link(connect(rig.data_dir / DB_FILENAME))
         assert link["state"] == "closed"
         assert not link["error"]
     else:
         assert warnings  # the port failed, then would not open again
+
+
+def _link(conn: sqlite3.Connection) -> dict[str, object]:
+    """The unit link's part of the summary; empty before the link first reported."""
+    link = summary(conn)["link"]
+    assert link is None or isinstance(link, dict)
+    return link or {}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:

@@ -8,7 +8,9 @@ the service ``kind`` and ``units``, ``overage_units`` (the part beyond granted r
 under the box's secret salt: never a patient identifier or UID in clear).
 
 A receipt's hash is the SHA-256 of its canonical bytes (the ``signed`` part); it is what ``prev`` links to and,
-as RFC 9162 leaf data, what a settlement's Merkle tree covers.
+as RFC 9162 leaf data, what a settlement's Merkle tree covers. :func:`receipt_body` is the ``signed`` part as an
+object; its canonical bytes come from one encoder, ``_encode``, which the signer (:func:`encode_receipt`) and the
+verifier's fast path (:func:`fast_receipt`) share (a property test holds both to ``canonical_bytes``).
 """
 
 from __future__ import annotations
@@ -149,47 +151,25 @@ _FIELDS = tuple(
         )
     )
 )  # fmt: skip
+"""The field names in canonical (sorted) order: the template below and the verifier's field lookup follow it."""
 _get_fields = operator.itemgetter(*_FIELDS)
 _new_receipt = tuple.__new__  # Receipt from a ready tuple, without the generated __new__'s argument handling
 _TEMPLATE = "{" + ",".join(f'"{name}":%s' for name in _FIELDS) + "}"
 
 
-def _opt(value: Any) -> str:
-    if value is None:
-        return "null"
-    if type(value) is not str:
-        raise TypeError
-    return _quote(value)
+def _encode(fields: tuple[Any, ...]) -> bytes:
+    """The one receipt encoder: the canonical bytes of a format-1 receipt (``canonical_bytes(receipt_body(...))``)
+    from its field values in :data:`_FIELDS` order.
 
-
-def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
-    """Canonical bytes and fields (with the hash) of a receipt in one pass, for verifiers' hot loops.
-
-    Returns None unless ``signed`` has exactly the format-1 fields with the expected types (``type`` receipt);
-    the caller then takes the general path (:func:`~protocol.encoding.encode_unchecked` and
-    :func:`parse_receipt`), which raises the specific error. When it returns, the bytes equal
-    ``encode_unchecked(signed)`` (a property test checks this).
+    The signer (:func:`encode_receipt`) and the verifier (:func:`fast_receipt`) both build their bytes here; the
+    caller has checked the integers, ``format`` (1) and ``type`` (receipt). ``_quote`` takes only ``str``, so a
+    string field of another type raises TypeError, and a lone surrogate UnicodeEncodeError.
     """
-    try:
-        if len(signed) != len(_FIELDS):
-            return None
-        (bundle_id, bundle_version, device, version, keyid, kind, output_digest, overage, prev, right, seq,
-         study_digest, time_ms, kind_of, units) = _get_fields(signed)  # fmt: skip
-        if (
-            version != 1
-            or kind_of != RECEIPT
-            or type(seq) is not int
-            or type(time_ms) is not int
-            or type(units) is not int
-            or type(overage) is not int
-            or type(version) is not int
-            or seq < 1
-            or units < 1
-            or not 0 <= overage <= units
-        ):
-            return None
-        # _quote accepts only str (TypeError otherwise), so it checks the string fields' types as it encodes.
-        text = _TEMPLATE % (
+    (bundle_id, bundle_version, device, _, keyid, kind, output_digest, overage, prev, right, seq, study_digest,
+     time_ms, _, units) = fields  # fmt: skip
+    return (
+        _TEMPLATE
+        % (
             "null" if bundle_id is None else _quote(bundle_id),
             "null" if bundle_version is None else _quote(bundle_version),
             _quote(device),
@@ -206,7 +186,36 @@ def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
             '"receipt"',
             units,
         )
-        data = text.encode("utf-8")
+    ).encode("utf-8")
+
+
+def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
+    """Canonical bytes and fields (with the hash) of a receipt in one pass, for verifiers' hot loops.
+
+    Returns None unless ``signed`` has exactly the format-1 fields with the expected types (``type`` receipt);
+    the caller then takes the general path (:func:`~protocol.encoding.encode_unchecked` and
+    :func:`parse_receipt`), which raises the specific error. When it returns, the bytes equal
+    ``encode_unchecked(signed)`` (a property test checks this).
+    """
+    try:
+        if len(signed) != len(_FIELDS):
+            return None
+        fields = _get_fields(signed)
+        (_, _, device, version, keyid, kind, _, overage, prev, right, seq, _, time_ms, kind_of, units) = fields
+        if (
+            version != 1
+            or kind_of != RECEIPT
+            or type(seq) is not int
+            or type(time_ms) is not int
+            or type(units) is not int
+            or type(overage) is not int
+            or type(version) is not int
+            or seq < 1
+            or units < 1
+            or not 0 <= overage <= units
+        ):
+            return None
+        data = _encode(fields)
     except (KeyError, TypeError, UnicodeEncodeError):
         return None
     digest = sha256(data).hexdigest()
@@ -231,13 +240,11 @@ def encode_receipt(
     :class:`EncodingError`.
     """
     try:
-        text = _TEMPLATE % (
-            _opt(use.bundle_id), _opt(use.bundle_version), _quote(device), "1", _quote(keyid), _quote(use.kind),
-            _opt(use.output_digest), overage_units, _quote(prev), _opt(right_id), seq, _opt(study_digest), time_ms,
-            '"receipt"', use.units,
+        data = _encode(
+            (use.bundle_id, use.bundle_version, device, 1, keyid, use.kind, use.output_digest, overage_units, prev,
+             right_id, seq, study_digest, time_ms, RECEIPT, use.units)
         )  # fmt: skip
-        data = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
+    except (TypeError, UnicodeEncodeError) as exc:
         raise EncodingError(f"use: a {use.kind!r} receipt has a string that is not valid Unicode") from exc
     digest = sha256(data).hexdigest()
     return data, Receipt(device, keyid, seq, prev, time_ms, use.kind, use.units, overage_units, right_id, digest)

@@ -44,6 +44,8 @@ __all__ = [
     "Accepts",
     "Bundle",
     "Code",
+    "CropInput",
+    "CropStage",
     "DetectionOutput",
     "FindingClass",
     "FindingsOutput",
@@ -247,6 +249,38 @@ class GoldenSpec:
     atol: float
 
 
+@dataclass(frozen=True)
+class CropInput:
+    """The second network's input in a two-stage bundle: one crop per tooth (:mod:`edge.pipeline.crops`).
+
+    ``float32 [N, 1, height, width]``, upright and crown first, reaching ``crown_margin`` of the tooth's length
+    beyond its crown and ``apex_margin`` beyond its apex, windowed and normalised as the first network's input.
+    """
+
+    name: str
+    height: int
+    width: int
+    crown_margin: float
+    apex_margin: float
+
+
+@dataclass(frozen=True)
+class CropStage:
+    """A two-stage bundle's second network (the manifest's ``crops`` block): findings per tooth crop.
+
+    Outputs ``masks`` ``[N, K, h, w]`` (logits, one sigmoid per finding class in manifest order, at a whole
+    fraction of the crop) and ``present`` ``[N, K]`` (logits: whether the crop's tooth has the finding). The
+    first network then gives the teeth only; its ``findings`` output, if any, is not read.
+    """
+
+    file: str
+    input: CropInput
+    masks: str
+    present: str
+    golden: tuple[GoldenSpec, ...]
+    variants: tuple[Variant, ...] = ()
+
+
 VARIANT_PRECISIONS = ("fp16", "int8")
 """What a variant may be: a lower-precision encoding of the bundle's network."""
 
@@ -289,6 +323,8 @@ class Manifest:
     """Which images the bundle is for; None: the manifest has no ``accepts`` block (see :func:`accepts_of`)."""
     decoder: DetectionOutput | ToothClassificationOutput | None = None
     """How to read the outputs besides ``teeth``: None for segmentation (``findings`` masks)."""
+    crops: CropStage | None = None
+    """A two-stage bundle's second network (findings on tooth crops), or None."""
 
     @property
     def output_kind(self) -> str:
@@ -359,12 +395,33 @@ class Bundle:
     source: str
     """Where it was loaded from (for messages)."""
     variant: Variant | None = None
-    """The network this view of the bundle runs: None for ``model.onnx``, else one of the manifest's variants."""
+    """The network this view of the bundle runs: None for its stage's own network, else one of its variants."""
+    stage: str = "image"
+    """``image``: the first network (``model.onnx``); ``crops``: a two-stage bundle's second (:meth:`crop_stage`)."""
 
     @property
     def network_file(self) -> str:
         """The file of the network this view runs."""
-        return MODEL_NAME if self.variant is None else self.variant.file
+        if self.variant is not None:
+            return self.variant.file
+        if self.stage == "crops":
+            assert self.manifest.crops is not None
+            return self.manifest.crops.file
+        return MODEL_NAME
+
+    def crop_stage(self) -> Bundle:
+        """The view of a two-stage bundle's second network, as a bundle a backend loads: its manifest's input,
+        golden vectors and variants are the crop stage's. Raises :class:`BundleError` for a one-stage bundle."""
+        if self.stage == "crops":
+            return self
+        stage = self.manifest.crops
+        if stage is None:
+            raise BundleError(f"{self.manifest.id}: the bundle has one network, no crop stage")
+        spec = dataclasses.replace(
+            self.manifest.input, name=stage.input.name, height=stage.input.height, width=stage.input.width
+        )
+        manifest = dataclasses.replace(self.manifest, input=spec, golden=stage.golden, variants=stage.variants)
+        return dataclasses.replace(self, manifest=manifest, variant=None, stage="crops")
 
     @property
     def model_bytes(self) -> bytes:
@@ -688,10 +745,41 @@ def _parse_tooth_classification(
     )
 
 
+def _parse_crops(r: _Reader, files: Mapping[str, str]) -> CropStage:
+    _known(r, {"file", "input", "outputs", "golden", "variants"})
+    name = r.string("file")
+    if name not in files:
+        raise BundleError(f"manifest: crops.file {name!r} is not listed in files")
+    i = r.child("input")
+    _known(i, {"name", "height", "width", "crown_margin", "apex_margin"})
+    crop = CropInput(
+        name=i.string("name"),
+        height=i.integer("height", 16, 4096),
+        width=i.integer("width", 16, 4096),
+        crown_margin=i.number("crown_margin", 0.0, 2.0),
+        apex_margin=i.number("apex_margin", 0.0, 2.0),
+    )
+    o = r.child("outputs")
+    _known(o, {"masks", "present"})
+    masks, present = o.string("masks"), o.string("present")
+    if masks == present:
+        raise BundleError("manifest: crops.outputs.masks and crops.outputs.present must differ")
+    golden = _parse_golden(r, files)
+    if not golden:
+        raise BundleError("manifest: crops has no golden vectors (the second network must prove itself too)")
+    variants = tuple(
+        _parse_variant(_Reader(item, f"crops.variants[{k}]"), files)
+        for k, item in enumerate(r.items("variants") if "variants" in r.doc else [])
+    )
+    return CropStage(file=name, input=crop, masks=masks, present=present, golden=golden, variants=variants)
+
+
 def _parse_outputs(
-    r: _Reader,
+    r: _Reader, *, two_stage: bool = False
 ) -> tuple[TeethOutput | None, FindingsOutput, DetectionOutput | ToothClassificationOutput | None]:
     kind = _choice(r, "kind", OUTPUT_KINDS, "segmentation")
+    if two_stage and kind != "segmentation":
+        raise BundleError(f"manifest: a bundle with a crop stage finds its teeth by segmentation, not {kind}")
     _known(r, {"kind", "teeth", "findings"} | ({kind} - {"segmentation"}))
     teeth = None
     if kind == "segmentation" or "teeth" in r.doc:
@@ -710,7 +798,7 @@ def _parse_outputs(
     if kind == "tooth_classification":
         decoder = _parse_tooth_classification(r.child("tooth_classification"), teeth, kinds)
         return teeth, FindingsOutput("", classes), decoder
-    findings_name = findings.string("name")
+    findings_name = findings.string("name") if not two_stage or "name" in findings.doc else ""
     if teeth is not None and teeth.name == findings_name:
         raise BundleError("manifest: outputs.teeth.name and outputs.findings.name must differ")
     return teeth, FindingsOutput(name=findings_name, classes=classes), None
@@ -754,11 +842,14 @@ def parse_manifest(data: bytes) -> Manifest:
         _parse_variant(_Reader(item, f"variants[{i}]"), files)
         for i, item in enumerate(r.items("variants") if "variants" in r.doc else [])
     )
-    networks = [MODEL_NAME, *(v.file for v in variants)]
-    if len(set(networks)) != len(networks):
-        raise BundleError("manifest: two networks (model.onnx and the variants) share a file")
-    teeth, findings, decoder = _parse_outputs(r.child("outputs"))
     spec = _parse_input(r.child("input"))
+    crops = _parse_crops(r.child("crops"), files) if "crops" in r.doc else None
+    networks = [MODEL_NAME, *(v.file for v in variants)]
+    if crops is not None:
+        networks += [crops.file, *(v.file for v in crops.variants)]
+    if len(set(networks)) != len(networks):
+        raise BundleError("manifest: two networks (model.onnx, the crop stage and the variants) share a file")
+    teeth, findings, decoder = _parse_outputs(r.child("outputs"), two_stage=crops is not None)
     accepts = _parse_accepts(r.child("accepts"), spec) if "accepts" in r.doc else None
     manifest = Manifest(
         format=fmt,
@@ -776,6 +867,7 @@ def parse_manifest(data: bytes) -> Manifest:
         variants=variants,
         accepts=accepts,
         decoder=decoder,
+        crops=crops,
     )
     accepts_of(manifest)  # a manifest without accepts must be one the agent can read as a panoramic model
     return manifest
@@ -863,8 +955,32 @@ def _outputs_json(manifest: Manifest) -> dict[str, Any]:
         }
         for c in manifest.findings.classes
     ]
-    doc["findings"] = {"name": manifest.findings.name, "classes": classes} if decoder is None else {"classes": classes}
+    named = decoder is None and manifest.findings.name
+    doc["findings"] = {"name": manifest.findings.name, "classes": classes} if named else {"classes": classes}
     return doc
+
+
+def _crops_json(stage: CropStage) -> dict[str, Any]:
+    crop = stage.input
+    doc: dict[str, Any] = {
+        "file": stage.file,
+        "input": {
+            "name": crop.name,
+            "height": crop.height,
+            "width": crop.width,
+            "crown_margin": crop.crown_margin,
+            "apex_margin": crop.apex_margin,
+        },
+        "outputs": {"masks": stage.masks, "present": stage.present},
+        "golden": _golden_json(stage.golden),
+    }
+    if stage.variants:
+        doc["variants"] = [_variant_json(v) for v in stage.variants]
+    return doc
+
+
+def _variant_json(v: Variant) -> dict[str, Any]:
+    return {"precision": v.precision, "file": v.file, "backends": list(v.backends), "golden": _golden_json(v.golden)}
 
 
 def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
@@ -896,21 +1012,8 @@ def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
         "outputs": _outputs_json(manifest),
         "files": dict(sorted(manifest.files.items())),
         "golden": _golden_json(manifest.golden),
-        **(
-            {
-                "variants": [
-                    {
-                        "precision": v.precision,
-                        "file": v.file,
-                        "backends": list(v.backends),
-                        "golden": _golden_json(v.golden),
-                    }
-                    for v in manifest.variants
-                ]
-            }
-            if manifest.variants
-            else {}
-        ),
+        **({"variants": [_variant_json(v) for v in manifest.variants]} if manifest.variants else {}),
+        **({"crops": _crops_json(manifest.crops)} if manifest.crops is not None else {}),
     }
 
 

@@ -11,25 +11,29 @@ are AI output and are labelled as such downstream; a result skipped before any m
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 import models
 from edge.config import PipelineConfig
-from edge.errors import BundleError, EdgeError, UnsupportedImage
+from edge.errors import BundleError, EdgeError, PipelineError, UnsupportedImage
 from edge.pipeline.backends import Backend, BackendOptions, select_backend
+from edge.pipeline.clinical import apply_clinical_rules
+from edge.pipeline.crops import crop_boxes, sample_crops
+from edge.pipeline.decoders import decode
 from edge.pipeline.findings import Finding
-from edge.pipeline.postprocess import findings_from_outputs
+from edge.pipeline.postprocess import findings_from_crops, findings_from_outputs
 from edge.pipeline.preprocess import pixel_spacing_mm, pixels_from_dataset, prepare
 from edge.pipeline.routing import Skipped, image_facts, route
-from models.bundle import Bundle, load_bundle
+from models.bundle import Bundle, Manifest, load_bundle
 from models.golden import read_golden
 
 INSTALL_ROOT = Path(models.__file__).resolve().parent.parent
@@ -37,7 +41,16 @@ INSTALL_ROOT = Path(models.__file__).resolve().parent.parent
 ENGINE_CACHE = "engines"
 """TensorRT engines are cached in this directory under the data directory."""
 
-__all__ = ["ActiveModel", "AnalysisResult", "Analyzer", "open_analyzer", "read_dataset", "resolve_bundle_path"]
+__all__ = [
+    "CROP_BATCH",
+    "ActiveModel",
+    "AnalysisResult",
+    "Analyzer",
+    "infer_findings",
+    "open_analyzer",
+    "read_dataset",
+    "resolve_bundle_path",
+]
 
 Status = Literal["analysed", "skipped"]
 
@@ -83,10 +96,54 @@ def read_dataset(path: Path) -> Dataset:
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """One active bundle on the backend selected for it."""
+    """One active bundle on the backend selected for it (and, for a two-stage bundle, its crop network's)."""
 
     bundle: Bundle
     backend: Backend
+    crops: Backend | None = None
+
+
+CROP_BATCH = 32
+"""Tooth crops per run of a two-stage bundle's second network (a panoramic has up to 32 teeth: one run)."""
+
+Runner = Callable[[npt.NDArray[np.float32]], Mapping[str, npt.NDArray[Any]]]
+
+
+def infer_findings(
+    pixels: npt.NDArray[np.float32],
+    manifest: Manifest,
+    *,
+    spacing: tuple[float, float] | None,
+    run: Runner,
+    run_crops: Runner | None,
+    lap: Callable[[str], None] = lambda stage: None,
+) -> list[Finding]:
+    """Findings of one image's decoded ``pixels`` by the bundle ``manifest`` describes: prepare, run the network
+    (``run``), post-process; for a two-stage bundle, crop each tooth the first network found from the source
+    pixels and run the crops (``run_crops``, in batches of :data:`CROP_BATCH`). ``lap(stage)`` is called as
+    each stage ends (``preprocess``, ``infer``, ``crops``, ``infer_crops``, ``postprocess``). The device and the
+    held-out evaluation both call this one function."""
+    prepared = prepare(pixels, manifest.input)
+    lap("preprocess")
+    outputs = dict(run(prepared.tensor))
+    lap("infer")
+    if manifest.crops is None or run_crops is None:
+        if manifest.crops is not None:
+            raise PipelineError(f"{manifest.id}: a two-stage bundle needs its crop network loaded")
+        found = findings_from_outputs(outputs, manifest, prepared, spacing, consume=True)
+        lap("postprocess")
+        return found
+    decoded = decode(outputs, manifest, consume=True)
+    assert decoded.labels is not None
+    crops = crop_boxes(decoded.labels, decoded.labels_fdi, prepared.to_source, manifest.crops.input)
+    batch = sample_crops(pixels, crops, window=prepared.window, mean=manifest.input.mean, std=manifest.input.std)
+    lap("crops")
+    parts = [dict(run_crops(batch[i : i + CROP_BATCH])) for i in range(0, len(crops), CROP_BATCH)]
+    crop_outputs = {name: np.concatenate([p[name] for p in parts]) for name in (parts[0] if parts else {})}
+    lap("infer_crops")
+    found = apply_clinical_rules(findings_from_crops(crop_outputs, crops, manifest, prepared.source_shape, spacing))
+    lap("postprocess")
+    return found
 
 
 class Analyzer:
@@ -115,6 +172,8 @@ class Analyzer:
         """Close every model's backend."""
         for model in self.models:
             model.backend.close()
+            if model.crops is not None:
+                model.crops.close()
 
     @staticmethod
     def _result(
@@ -176,13 +235,8 @@ class Analyzer:
             return self._result(model, uid, "skipped", timings, reason=str(exc))
         spacing = pixel_spacing_mm(ds)
         lap("decode")
-        prepared = prepare(pixels, manifest.input)
-        del pixels
-        lap("preprocess")
-        outputs = model.backend.run(prepared.tensor)
-        lap("infer")
-        findings = findings_from_outputs(outputs, manifest, prepared, spacing, consume=True)
-        lap("postprocess")
+        crops = None if model.crops is None else model.crops.run
+        findings = infer_findings(pixels, manifest, spacing=spacing, run=model.backend.run, run_crops=crops, lap=lap)
         timings["total"] = (time.perf_counter() - start) * 1000.0
         return self._result(model, uid, "analysed", timings, findings=tuple(findings))
 
@@ -192,11 +246,11 @@ def resolve_bundle_path(path: Path) -> Path:
     return path if path.is_absolute() else INSTALL_ROOT / path
 
 
-def _open_model(config: PipelineConfig, path: Path, data_dir: Path | None) -> ActiveModel:
-    bundle = load_bundle(resolve_bundle_path(path))
+def _load_network(config: PipelineConfig, network: Bundle, data_dir: Path | None) -> Backend:
+    """One network of a bundle (its first, or its crop stage's view) on the configured backend."""
     calibration = None
     if config.tensorrt_precision == "int8":
-        inputs = [read_golden(bundle.files[g.file], g.file)[0] for g in bundle.manifest.golden]
+        inputs = [read_golden(network.files[g.file], g.file)[0] for g in network.manifest.golden]
         calibration = np.concatenate(inputs) if inputs else None
     options = BackendOptions(
         threads=config.threads,
@@ -205,7 +259,19 @@ def _open_model(config: PipelineConfig, path: Path, data_dir: Path | None) -> Ac
         calibration=calibration,
         variants=config.variants,
     )
-    return ActiveModel(bundle, select_backend(bundle, config.backend, options))
+    return select_backend(network, config.backend, options)
+
+
+def _open_model(config: PipelineConfig, path: Path, data_dir: Path | None) -> ActiveModel:
+    bundle = load_bundle(resolve_bundle_path(path))
+    backend = _load_network(config, bundle, data_dir)
+    if bundle.manifest.crops is None:
+        return ActiveModel(bundle, backend)
+    try:
+        return ActiveModel(bundle, backend, _load_network(config, bundle.crop_stage(), data_dir))
+    except EdgeError:
+        backend.close()
+        raise
 
 
 def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analyzer:
@@ -224,4 +290,6 @@ def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analy
     except EdgeError:
         for model in opened:
             model.backend.close()
+            if model.crops is not None:
+                model.crops.close()
         raise

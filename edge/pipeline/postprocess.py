@@ -32,13 +32,16 @@ and a percentage is given only for a root at least :data:`MIN_ROOT_SHARE` of the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from edge.errors import PipelineError
 from edge.pipeline.clinical import apply_clinical_rules
+from edge.pipeline.crops import CropLayout, ToothCrop, apex_row
 from edge.pipeline.decoders import Box, Decoded, Region, decode, region_outline, repeat_labels, tooth_labels
 from edge.pipeline.findings import Finding, box_iou
 from edge.pipeline.teeth import is_upper
@@ -49,6 +52,7 @@ __all__ = [
     "MIN_ROOT_SHARE",
     "MIN_SHARE",
     "box_iou",
+    "findings_from_crops",
     "findings_from_outputs",
     "region_outline",
     "repeat_labels",
@@ -287,3 +291,130 @@ def findings_from_outputs(
     boxes = _one_per_tooth([(box, _box_tooth(box, zones, decoded.labels_fdi)) for box in decoded.boxes])
     found.extend(_box_finding(box, tooth, prepared, pixel_spacing_mm) for box, tooth in boxes)
     return apply_clinical_rules(found)
+
+
+def findings_from_crops(
+    outputs: dict[str, npt.NDArray[Any]],
+    crops: Sequence[ToothCrop],
+    bundle_manifest: Manifest,
+    source_shape: tuple[int, int],
+    pixel_spacing_mm: tuple[float, float] | None,
+) -> list[Finding]:
+    """Findings of one image from a two-stage bundle's second network, run on ``crops`` (one per tooth).
+
+    A tooth has a finding of a class when the crop's ``present`` probability reaches the class's threshold; the
+    finding's region is the largest connected part of its mask at 0.5 (where the mask has none, the pixels at
+    half its peak or more), mapped from the crop back to source pixels; its confidence is the presence
+    probability; its tooth is the crop's. Bone loss is measured in the crop, crown first: the loss is the
+    region's median column height, and the percentage relates it to the root from the region's coronal edge to
+    the crop's apex row, given only where that root is :data:`MIN_ROOT_SHARE` of the tooth or more.
+    """
+    stage = bundle_manifest.crops
+    if stage is None:
+        raise PipelineError(f"{bundle_manifest.id}: the bundle has no crop stage")
+    if not crops:
+        return []
+    classes = bundle_manifest.findings.classes
+    masks = _crop_tensor(outputs, stage.masks, (len(crops), len(classes)), 4)
+    present = _crop_tensor(outputs, stage.present, (len(crops), len(classes)), 2)
+    factor = stage.input.height / masks.shape[2]
+    if masks.shape[3] * factor != stage.input.width:
+        raise PipelineError(f"output {stage.masks!r} of shape {masks.shape} is not a whole fraction of the crop")
+    probability = 1.0 / (1.0 + np.exp(-present.astype(np.float64)))
+    found: list[Finding] = []
+    for i, crop in enumerate(crops):
+        for k, cls in enumerate(classes):
+            if probability[i, k] < cls.threshold:
+                continue
+            region = _crop_region(masks[i, k])
+            found.append(
+                _crop_finding(
+                    cls.kind,
+                    region,
+                    crop,
+                    factor=factor,
+                    confidence=float(probability[i, k]),
+                    source_shape=source_shape,
+                    pixel_spacing_mm=pixel_spacing_mm,
+                    layout=stage.input,
+                )
+            )
+    return found
+
+
+def _crop_tensor(
+    outputs: dict[str, npt.NDArray[Any]], name: str, leading: tuple[int, int], ndim: int
+) -> npt.NDArray[np.float32]:
+    if name not in outputs:
+        raise PipelineError(f"the crop network has no output {name!r}")
+    value = np.asarray(outputs[name], dtype=np.float32)
+    if value.ndim != ndim or value.shape[:2] != leading:
+        raise PipelineError(f"crop output {name!r} has shape {value.shape}, expected {leading} then {ndim - 2} more")
+    return value
+
+
+def _crop_region(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """The largest connected part of the mask at probability 0.5, else at half the peak probability."""
+    mask = logits >= 0.0
+    if not mask.any():
+        peak = 1.0 / (1.0 + np.exp(-float(logits.max())))
+        mask = logits >= np.float32(np.log((peak / 2) / (1 - peak / 2)))
+    components, count = ndimage.label(mask)
+    if count > 1:
+        sizes = np.bincount(components.ravel())[1:]
+        mask = components == int(sizes.argmax()) + 1
+    return mask
+
+
+def _crop_finding(
+    kind: str,
+    region: npt.NDArray[np.bool_],
+    crop: ToothCrop,
+    *,
+    factor: float,
+    confidence: float,
+    source_shape: tuple[int, int],
+    pixel_spacing_mm: tuple[float, float] | None,
+    layout: CropLayout,
+) -> Finding:
+    outline = np.asarray(region_outline(region), dtype=np.float64).reshape(-1, 2) * factor
+    points = crop.to_source(outline)
+    rows, cols = source_shape
+    points[:, 0] = np.clip(points[:, 0], 0, cols)
+    points[:, 1] = np.clip(points[:, 1], 0, rows)
+    x0, y0 = np.floor(points.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int)
+    area = float(region.sum()) * (factor * crop.step) ** 2
+    row_mm, col_mm = pixel_spacing_mm if pixel_spacing_mm is not None else (None, None)
+    loss_mm = loss_pct = None
+    if kind == "bone_loss":
+        loss_mm, loss_pct = _crop_bone_loss(region, factor, crop.step, row_mm, layout)
+    return Finding(
+        kind=kind,
+        tooth_fdi=crop.fdi,
+        confidence=min(1.0, max(0.0, confidence)),
+        bbox=(int(x0), int(y0), int(max(x1, x0)), int(max(y1, y0))),
+        polygon=tuple((float(x), float(y)) for x, y in points),
+        area_px=round(area),
+        area_mm2=None if row_mm is None or col_mm is None else area * row_mm * col_mm,
+        bone_loss_mm=loss_mm,
+        bone_loss_pct=loss_pct,
+    )
+
+
+def _crop_bone_loss(
+    region: npt.NDArray[np.bool_], factor: float, step: float, row_mm: float | None, layout: CropLayout
+) -> tuple[float | None, float | None]:
+    """``(bone_loss_mm, bone_loss_pct)`` of a bone-loss region in a crown-first crop (mask pixels)."""
+    columns = np.flatnonzero(region.any(axis=0))
+    sub = region[:, columns]
+    height = float(np.median(sub.sum(axis=0))) * factor  # crop pixels
+    loss_mm = None if row_mm is None else height * step * row_mm
+    coronal = float(np.median(sub.argmax(axis=0))) * factor
+    apex = apex_row(layout)
+    crown = layout.height * layout.crown_margin / (1.0 + layout.crown_margin + layout.apex_margin)
+    tooth = apex - crown
+    root = apex - coronal
+    if not MIN_ROOT_SHARE * tooth <= root <= tooth:
+        return loss_mm, None
+    return loss_mm, float(min(100.0, 100.0 * height / root))

@@ -66,6 +66,8 @@ class Prepared:
     """``(x, y)`` model pixels per source pixel (equal up to rounding of the resized size)."""
     offset: tuple[int, int]
     """``(x, y)`` padding before the image in model pixels."""
+    window: tuple[float, float] = (0.0, 1.0)
+    """``(lo, hi)``: the source values mapped to 0 and 1 (the image's own percentiles), for crops of the source."""
 
     def to_source(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Map ``(x, y)`` points (shape ``(..., 2)``) from model to source coordinates."""
@@ -120,6 +122,7 @@ def prepare(pixels: npt.ArrayLike, spec: InputLayout) -> Prepared:
         source_shape=(rows, cols),
         scale=(new_w / cols, new_h / rows),
         offset=(off_x, off_y),
+        window=(lo, hi),
     )
 
 

@@ -19,14 +19,17 @@ exactly as on the device. Reported:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from edge.errors import BundleError
+from edge.pipeline.analyzer import infer_findings
 from edge.pipeline.findings import Finding
-from edge.pipeline.postprocess import box_iou, findings_from_outputs, repeat_labels, tooth_labels
+from edge.pipeline.postprocess import box_iou, repeat_labels, tooth_labels
 from models.bundle import Bundle
 from models.reference.data import EVAL_SEED_BASE, sample
 
@@ -61,6 +64,20 @@ def tooth_level(predicted: list[Finding], truth: list[Finding]) -> dict[str, tup
     return out
 
 
+def _runner(network: bytes, threads: int) -> Callable[[npt.NDArray[np.float32]], dict[str, npt.NDArray[np.float32]]]:
+    """``network`` on ONNX Runtime's CPU provider as a function of its one input."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(network, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+        return dict(zip(outputs, session.run(outputs, {name: batch}), strict=True))
+
+    return run
+
+
 def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
@@ -68,11 +85,17 @@ def _ratio(num: float, den: float) -> float | None:
 def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3) -> dict[str, Any]:
     """Evaluate ``bundle`` on ``count`` held-out synthetic radiographs; a JSON-ready summary."""
     manifest = bundle.manifest
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(bundle.model_bytes, options, providers=["CPUExecutionProvider"])
     if manifest.teeth is None or manifest.decoder is not None:
         raise BundleError(f"{manifest.id}: the evaluation reads segmentation bundles (tooth and finding masks)")
+    run = _runner(bundle.model_bytes, threads)
+    seen: dict[str, npt.NDArray[np.float32]] = {}
+
+    def watched(batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+        outputs = run(batch)
+        seen.update({name: value.copy() for name, value in outputs.items()})  # post-processing consumes them
+        return outputs
+
+    run_crops = None if manifest.crops is None else _runner(bundle.crop_stage().model_bytes, threads)
     names = [manifest.teeth.name, manifest.findings.name]
     labels_fdi = manifest.teeth.labels_fdi
     classes = manifest.findings.classes
@@ -88,7 +111,11 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
     seeds = range(EVAL_SEED_BASE, EVAL_SEED_BASE + count)
     for seed in seeds:
         s = sample(seed, manifest.input)
-        teeth, scores = session.run(names, {manifest.input.name: s.image[np.newaxis]})
+        seen.clear()
+        spacing = (s.synthetic.spacing_mm, s.synthetic.spacing_mm)
+        pixels = s.synthetic.pixels.astype(np.float32)
+        predicted = infer_findings(pixels, manifest, spacing=spacing, run=watched, run_crops=run_crops)
+        teeth = seen[names[0]]
         labels = repeat_labels(tooth_labels(teeth[0], labels_fdi), (s.teeth.shape[0], s.teeth.shape[1]))
         for k in range(1, len(labels_fdi) + 1):
             pred, true = labels == k, s.teeth == k
@@ -97,12 +124,10 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
             if true.any():
                 present_teeth += 1
                 numbered += int(np.bincount(labels[true].ravel(), minlength=k + 1).argmax() == k)
-        for c, cls in enumerate(classes):
-            pred = scores[0, c] >= np.log(cls.threshold / (1 - cls.threshold))
+        for c, cls in enumerate(classes if names[1] in seen else ()):  # a two-stage bundle has no finding masks
+            pred = seen[names[1]][0, c] >= np.log(cls.threshold / (1 - cls.threshold))
             find_inter[c] += np.logical_and(pred, s.findings[c]).sum()
             find_total[c] += pred.sum() + s.findings[c].sum()
-        spacing = (s.synthetic.spacing_mm, s.synthetic.spacing_mm)
-        predicted = findings_from_outputs({names[0]: teeth, names[1]: scores}, manifest, s.prepared, spacing)
         pairs, _fp, _fn = match_findings(predicted, list(s.synthetic.findings), iou)
         for kind, row in tooth_level(predicted, list(s.synthetic.findings)).items():
             teeth_counts[kind] = [a + b for a, b in zip(teeth_counts[kind], row, strict=True)]

@@ -17,9 +17,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from edge.pipeline.crops import crop_boxes, sample_crops
+from edge.pipeline.decoders import repeat_labels, tooth_labels
 from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
     MODEL_NAME,
+    CropStage,
     FindingsOutput,
     GoldenSpec,
     Manifest,
@@ -32,8 +35,19 @@ from models.bundle import (
 from models.golden import build_golden
 from models.reference.data import EVAL_SEED_BASE, sample
 from models.reference.network import UNet
-from models.reference.quantize import quantize_int8
-from models.reference.spec import ACCEPTS, BUNDLE_ID, CLASSES, DESCRIPTION, INPUT_SPEC, REQUIRES_AGENT, TASK, VERSION
+from models.reference.quantize import CALIBRATION_SEEDS, quantize_int8
+from models.reference.spec import (
+    ACCEPTS,
+    BUNDLE_ID,
+    CLASSES,
+    CROP_INPUT,
+    DESCRIPTION,
+    INPUT_SPEC,
+    REQUIRES_AGENT,
+    TASK,
+    VERSION,
+)
+from models.reference.tooth_train import load_tooth_network
 from models.reference.train import load_network
 
 __all__ = [
@@ -52,6 +66,8 @@ GOLDEN_ATOL = 0.05
 """Largest difference in logits a backend may show on the golden vectors."""
 _GOLDEN_SAMPLES = 4096
 INT8_NAME = "model.int8.onnx"
+CROPS_NAME = "crops.onnx"
+CROPS_INT8_NAME = "crops.int8.onnx"
 
 
 CHANNEL_BLOCK = 16
@@ -92,34 +108,60 @@ def export_onnx(weights: Path) -> bytes:
     """The ONNX graph of the trained network, channel-padded (opset 17, batch dimension dynamic)."""
     net = pad_full_resolution(copy.deepcopy(load_network(weights)))
     dummy = torch.zeros(1, INPUT_SPEC.channels, INPUT_SPEC.height, INPUT_SPEC.width)
+    return _to_onnx(net.eval(), dummy, INPUT_SPEC.name, ("teeth", "findings"))
+
+
+class _TeethOnly(torch.nn.Module):
+    def __init__(self, net: UNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.teeth(x)
+
+
+def export_teeth_onnx(weights: Path) -> bytes:
+    """The first network of the two-stage bundle: the tooth output alone (``teeth`` at 1/2 resolution)."""
+    dummy = torch.zeros(1, INPUT_SPEC.channels, INPUT_SPEC.height, INPUT_SPEC.width)
+    return _to_onnx(_TeethOnly(load_network(weights)).eval(), dummy, INPUT_SPEC.name, ("teeth",))
+
+
+def export_crops_onnx(weights: Path) -> bytes:
+    """The second network: tooth crops ``[N, 1, H, W]`` in, ``masks`` and ``present`` out."""
+    dummy = torch.zeros(2, 1, CROP_INPUT.height, CROP_INPUT.width)
+    return _to_onnx(load_tooth_network(weights).eval(), dummy, CROP_INPUT.name, ("masks", "present"))
+
+
+def _to_onnx(module: torch.nn.Module, dummy: torch.Tensor, name: str, outputs: tuple[str, ...]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_NAME
-        _to_onnx(net.eval(), dummy, path)
+        torch.onnx.export(
+            module,
+            (dummy,),
+            str(path),
+            input_names=[name],
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+            opset_version=17,
+            dynamo=False,
+        )
         return path.read_bytes()
 
 
-def _to_onnx(module: torch.nn.Module, dummy: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(
-        module,
-        (dummy,),
-        str(path),
-        input_names=[INPUT_SPEC.name],
-        output_names=["teeth", "findings"],
-        dynamic_axes={INPUT_SPEC.name: {0: "batch"}, "teeth": {0: "batch"}, "findings": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+def export_bundle(weights: Path, out: Path, tooth_weights: Path | None = None) -> Path:
+    """Write the reference bundle for ``weights`` into directory ``out`` and verify it loads.
 
-
-def export_bundle(weights: Path, out: Path) -> Path:
-    """Write the reference bundle for ``weights`` into directory ``out`` and verify it loads."""
-    model = export_onnx(weights)
+    With ``tooth_weights`` (the second network's) the bundle has two stages: ``model.onnx`` gives the teeth and
+    ``crops.onnx`` the findings on each tooth's crop, each with its INT8 variant and golden vectors.
+    """
+    model = export_onnx(weights) if tooth_weights is None else export_teeth_onnx(weights)
     int8 = quantize_int8(model)
     files = {MODEL_NAME: model, INT8_NAME: int8}
     golden = _golden(model, "", files)
     variant = Variant(
         precision="int8", file=INT8_NAME, backends=("onnxruntime-cpu",), golden=_golden(int8, ".int8", files)
     )
+    crops = None if tooth_weights is None else _crop_stage(export_crops_onnx(tooth_weights), model, files)
     manifest = Manifest(
         format=1,
         id=BUNDLE_ID,
@@ -130,25 +172,64 @@ def export_bundle(weights: Path, out: Path) -> Path:
         description=DESCRIPTION,
         input=INPUT_SPEC,
         teeth=TeethOutput(name="teeth", labels_fdi=PERMANENT_FDI),
-        findings=FindingsOutput(name="findings", classes=CLASSES),
+        findings=FindingsOutput(name="findings" if crops is None else "", classes=CLASSES),
         files={},
         golden=golden,
         variants=(variant,),
         accepts=ACCEPTS,
+        crops=crops,
     )
     write_bundle(out, pack_bundle(manifest, files))
     load_bundle(out)
     return out
 
 
-def _golden(network: bytes, suffix: str, files: dict[str, bytes]) -> tuple[GoldenSpec, ...]:
-    """Golden vectors of ``network`` on :data:`GOLDEN_SEEDS`, stored in ``files`` (``golden/*<suffix>.npz``)."""
+def _golden(
+    network: bytes, suffix: str, files: dict[str, bytes], inputs: dict[int, np.ndarray] | None = None
+) -> tuple[GoldenSpec, ...]:
+    """Golden vectors of ``network`` on :data:`GOLDEN_SEEDS` (or the given ``inputs`` per seed), stored in
+    ``files`` (``golden/*<suffix>.npz``)."""
     session = ort.InferenceSession(network, providers=["CPUExecutionProvider"])
+    name_in = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
     golden = []
     for seed in GOLDEN_SEEDS:
-        inputs = sample(seed, INPUT_SPEC).image[np.newaxis].astype(np.float16).astype(np.float32)
-        teeth, findings = session.run(["teeth", "findings"], {INPUT_SPEC.name: inputs})
+        batch = sample(seed, INPUT_SPEC).image[np.newaxis] if inputs is None else inputs[seed]
+        batch = batch.astype(np.float16).astype(np.float32)
+        values = session.run(names, {name_in: batch})
         name = f"golden/synthetic-{seed}{suffix}.npz"
-        files[name] = build_golden(inputs, {"teeth": teeth, "findings": findings}, _GOLDEN_SAMPLES, seed)
+        files[name] = build_golden(batch, dict(zip(names, values, strict=True)), _GOLDEN_SAMPLES, seed)
         golden.append(GoldenSpec(file=name, atol=GOLDEN_ATOL))
     return tuple(golden)
+
+
+def golden_crops(teeth_network: bytes, seed: int) -> np.ndarray:
+    """The crops the device makes of synthetic radiograph ``seed`` with ``teeth_network`` as first network."""
+    s = sample(seed, INPUT_SPEC)
+    session = ort.InferenceSession(teeth_network, providers=["CPUExecutionProvider"])
+    (teeth,) = session.run(["teeth"], {INPUT_SPEC.name: s.image[np.newaxis]})
+    labels = repeat_labels(tooth_labels(teeth[0], PERMANENT_FDI), (INPUT_SPEC.height, INPUT_SPEC.width))
+    crops = crop_boxes(labels, PERMANENT_FDI, s.prepared.to_source, CROP_INPUT)
+    pixels = s.synthetic.pixels.astype(np.float32)
+    return sample_crops(pixels, crops, window=s.prepared.window, mean=INPUT_SPEC.mean, std=INPUT_SPEC.std)
+
+
+def _crop_stage(network: bytes, teeth_network: bytes, files: dict[str, bytes]) -> CropStage:
+    """The crop stage's files (network, INT8 variant, golden vectors of each) into ``files``, and its block."""
+    int8 = quantize_int8(network, (golden_crops(teeth_network, seed) for seed in CALIBRATION_SEEDS))
+    files[CROPS_NAME], files[CROPS_INT8_NAME] = network, int8
+    inputs = {seed: golden_crops(teeth_network, seed) for seed in GOLDEN_SEEDS}
+    variant = Variant(
+        precision="int8",
+        file=CROPS_INT8_NAME,
+        backends=("onnxruntime-cpu",),
+        golden=_golden(int8, ".crops.int8", files, inputs),
+    )
+    return CropStage(
+        file=CROPS_NAME,
+        input=CROP_INPUT,
+        masks="masks",
+        present="present",
+        golden=_golden(network, ".crops", files, inputs),
+        variants=(variant,),
+    )

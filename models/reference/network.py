@@ -58,6 +58,17 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, offset: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``offset``: ``(row, col)`` of a crop within the full image (training; multiple of 16); None: the image."""
+        s0, d1 = self._half(x, offset)
+        d0 = self.up0(torch.cat([upsample(d1), s0], 1))
+        return self.teeth_head(d1), self.findings_head(d0)
+
+    def teeth(self, x: torch.Tensor) -> torch.Tensor:
+        """The tooth logits alone (a two-stage bundle's first network: its findings come from tooth crops, so the
+        full-resolution decoder stage and the findings head are not computed)."""
+        return self.teeth_head(self._half(x, None)[1])
+
+    def _half(self, x: torch.Tensor, offset: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(stem features, decoder features at 1/2)``."""
         s0 = self.stem(x)
         s1 = self.down1(s0)
         s2 = self.down2(s1)
@@ -70,8 +81,7 @@ class UNet(nn.Module):
         d3 = self.up3(torch.cat([upsample(s4), s3], 1))
         d2 = self.up2(torch.cat([upsample(d3), s2], 1))
         d1 = self.up1(torch.cat([upsample(d2), s1], 1))
-        d0 = self.up0(torch.cat([upsample(d1), s0], 1))
-        return self.teeth_head(d1), self.findings_head(d0)
+        return s0, d1
 
 
 def upsample(x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ against its own golden vectors and times before using it.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from onnxruntime.quantization import (
 from models.reference.data import sample
 from models.reference.spec import INPUT_SPEC
 
-__all__ = ["CALIBRATION_SEEDS", "STEM_INPUT_CHANNELS", "prepare_for_int8", "quantize_int8"]
+__all__ = ["CALIBRATION_SEEDS", "STEM_INPUT_CHANNELS", "calibration_images", "prepare_for_int8", "quantize_int8"]
 
 CALIBRATION_SEEDS = range(8)
 """Synthetic radiographs whose activations set the quantisation ranges: the first training images."""
@@ -47,12 +48,19 @@ STEM_INPUT_CHANNELS = 4
 
 
 class _Calibration(CalibrationDataReader):
-    def __init__(self) -> None:
-        self._seeds = iter(CALIBRATION_SEEDS)
+    def __init__(self, name: str, batches: Iterable[np.ndarray]) -> None:
+        self._name = name
+        self._batches = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        seed = next(self._seeds, None)
-        return None if seed is None else {INPUT_SPEC.name: sample(seed, INPUT_SPEC).image[np.newaxis]}
+        batch = next(self._batches, None)
+        return None if batch is None else {self._name: batch}
+
+
+def calibration_images() -> Iterator[np.ndarray]:
+    """The first network's calibration inputs: :data:`CALIBRATION_SEEDS` as the device prepares them."""
+    for seed in CALIBRATION_SEEDS:
+        yield sample(seed, INPUT_SPEC).image[np.newaxis]
 
 
 def _consumers(graph: onnx.GraphProto, name: str) -> list[onnx.NodeProto]:
@@ -88,7 +96,14 @@ def prepare_for_int8(model: bytes) -> bytes:
     pad = helper.make_node("Pad", [image, "stem_wide.pads"], ["stem_wide.image"], name="stem_wide")
     stem.input[0], stem.input[1] = "stem_wide.image", "stem_wide.w"
 
-    concat = _only(_consumers(graph, stem_out), "Concat", "the stem's skip connection")
+    concats = [n for n in _consumers(graph, stem_out) if n.op_type == "Concat"]
+    if not concats:  # no full-resolution skip connection (a teeth-only first network, the crop network)
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(n for node in nodes for n in ((pad, node) if node is stem else (node,)))
+        onnx.checker.check_model(proto)
+        return proto.SerializeToString()
+    concat = _only(concats, "Concat", "the stem's skip connection")
     conv = _only(_consumers(graph, concat.output[0]), "Conv", "the skip concatenation")
     if list(concat.input).index(stem_out) != len(concat.input) - 1 or len(concat.input) != 2:
         raise ValueError("expected the skip connection to be concat([upsampled, stem])")
@@ -125,15 +140,17 @@ def prepare_for_int8(model: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def quantize_int8(model: bytes) -> bytes:
-    """The INT8 (QDQ) graph of the float ONNX ``model``, after :func:`prepare_for_int8`."""
+def quantize_int8(model: bytes, calibration: Iterable[np.ndarray] | None = None) -> bytes:
+    """The INT8 (QDQ) graph of the float ONNX ``model``, after :func:`prepare_for_int8`, its ranges from the
+    ``calibration`` inputs (default: :func:`calibration_images`)."""
+    name = onnx.load_from_string(model).graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(prepare_for_int8(model))
         quantize_static(
             str(source),
             str(target),
-            _Calibration(),
+            _Calibration(name, calibration_images() if calibration is None else calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from models.bundle import Accepts, Code, FindingClass, InputSpec
+from models.bundle import Accepts, Code, CropInput, FindingClass, InputSpec
 from models.synthetic import KINDS
 
-__all__ = ["ACCEPTS", "BUNDLE_ID", "CLASSES", "DESCRIPTION", "INPUT_SPEC", "REQUIRES_AGENT", "TASK", "VERSION"]
+__all__ = [
+    "ACCEPTS",
+    "BUNDLE_ID",
+    "CLASSES",
+    "CROP_INPUT",
+    "DESCRIPTION",
+    "INPUT_SPEC",
+    "REQUIRES_AGENT",
+    "TASK",
+    "VERSION",
+]
 
 BUNDLE_ID = "btt-reference-dental-pano"
 VERSION = "0.3.2"
@@ -22,6 +32,9 @@ INPUT_SPEC = InputSpec(
     std=0.25,
     modalities=("PX", "DX", "CR", "IO"),
 )
+
+CROP_INPUT = CropInput(name="crops", height=160, width=112, crown_margin=0.08, apex_margin=0.30)
+"""The second network's tooth crops: about 0.2 mm per pixel for a 25 mm tooth at the generator's 0.14 mm."""
 
 ACCEPTS = Accepts(
     views=("panoramic",),

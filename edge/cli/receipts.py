@@ -1,6 +1,6 @@
 """``btt-edge receipts list|export|verify|prove|verify-proof|settle|grant|balances``: for technicians and auditors.
 
-``verify`` is the pure verifier (:mod:`edge.receipts.verify`) over an export: exit 0 when everything is valid,
+``verify`` is the pure verifier (:mod:`protocol.verify`) over an export: exit 0 when everything is valid,
 1 naming the first failure (its error class and what failed).
 """
 

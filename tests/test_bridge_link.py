@@ -18,6 +18,7 @@ from firmware_bridge.link import Link, SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted, Hello, Message, encode_message
 from firmware_bridge.transport import MemoryTransport, PySerialTransport, memory_pair
 from runtime.backoff import Backoff, no_jitter
+from tests.conftest import wait_until
 
 FAST = SerialLinkSettings(
     ack_timeout_s=0.03, max_retries=6, hello_interval_s=0.03, reopen_initial_s=0.01, reopen_max_s=0.05
@@ -211,10 +212,7 @@ def test_incompatible_peer_is_reported_not_fatal() -> None:
     agent.start()
     unit.start()
     try:
-        deadline = time.monotonic() + 5
-        while agent.state != "incompatible" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert agent.state == "incompatible"
+        wait_until(lambda: agent.state == "incompatible", 5, "the handshake to fail", interval=0.01)
         assert agent.error is not None
         assert "2..4" in agent.error
     finally:

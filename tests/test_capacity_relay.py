@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from edge.errors import JobRejected
 from protocol.capacity import JOB, OFFER, RESULT, WITHDRAW, sign, verify
 from protocol.errors import ProtocolError
 from protocol.keys import PrivateKey, generate_key
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.receipts_helpers import Box
 from tests.relay_helpers import (
     ARBITRARY_JSON,
@@ -261,10 +260,7 @@ def test_device_fetches_job_blobs_from_relay_over_http(tmp_path: Path) -> None:
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:
-            deadline = time.monotonic() + 20
-            while not server.started:
-                assert time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.05)
+            wait_until(lambda: server.started, 20, "uvicorn to start")
             client = TestClient(create_app(db, Ledger(db, operator="op")))
             digest = client.put(
                 "/v1/capacity/blobs", content=b"model bytes", headers={"Authorization": f"Bearer {token}"}

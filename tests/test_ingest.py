@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import generate_uid
 
-from tests.conftest import AgentProcess, Dcmtk, StartAgent
+from tests.conftest import AgentProcess, Dcmtk, StartAgent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -243,10 +242,11 @@ def test_kill_9_loses_nothing_acknowledged_and_leaves_no_half_file(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not any(p.stat().st_size > 20_000_000 for p in (data / "incoming").iterdir()):
-            assert time.monotonic() < deadline, "the large object never reached the spool"
-            time.sleep(0.01)
+
+        def spooling() -> bool:
+            return any(p.stat().st_size > 20_000_000 for p in (data / "incoming").iterdir())
+
+        wait_until(spooling, 60, "the large object in the spool", interval=0.01)
         agent.kill()  # mid-transfer: the spool file is on disk, partly written
     finally:
         sender.wait(60)

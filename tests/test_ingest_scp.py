@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,7 +22,7 @@ from edge.errors import IngestError
 from edge.ingest.scp import STATUS_CANNOT_UNDERSTAND, STATUS_DUPLICATE, StorageSCP
 from edge.store.image_store import DuplicatePolicy, ImageStore
 from edge.store.index import list_instances
-from tests.conftest import Dcmtk, free_port
+from tests.conftest import Dcmtk, free_port, wait_until
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))
 
@@ -202,13 +201,14 @@ def test_a_transfer_cut_off_leaves_no_spool_file(
         stderr=subprocess.DEVNULL,
     )
     incoming = running.store.incoming_dir
-    deadline = time.monotonic() + 60
-    while not any(p.stat().st_size > 20_000_000 for p in incoming.iterdir()):
-        assert time.monotonic() < deadline, "the transfer never reached the spool"
-        time.sleep(0.01)
+    wait_until(lambda: any(p.stat().st_size > 20_000_000 for p in incoming.iterdir()), 60, "the spool", interval=0.01)
     sender.kill()
     sender.wait(10)
-    while list(incoming.iterdir()) or not any(r.getMessage() == "partial transfer discarded" for r in caplog.records):
-        assert time.monotonic() < deadline + 10, "the partial spool file was left behind"
-        time.sleep(0.05)
+
+    def discarded() -> bool:
+        return not list(incoming.iterdir()) and any(
+            r.getMessage() == "partial transfer discarded" for r in caplog.records
+        )
+
+    wait_until(discarded, 60, "the partial spool file discarded")
     assert list_instances(running.store.conn) == []

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ota.repository import KeyStore, Repository
 from ota.service import OtaService, build_updater, outbox_reporter
 from ota.updater import OtaUpdater
 from tests import fake_gpu
+from tests.conftest import wait_until
 from tests.ota_helpers import (
     RepoServer,
     agent_config,
@@ -200,19 +200,18 @@ def test_the_service_installs_when_the_relay_announces_a_bundle(setup: Any) -> N
     service = OtaService(updater, check_interval_s=3600)
     service.start()
     try:
-        deadline = time.monotonic() + 30
-        while updater.store.read().staged is None:
-            assert time.monotonic() < deadline, "not staged"
-            time.sleep(0.05)
+        wait_until(lambda: updater.store.read().staged is not None, 30, "a bundle staged")
         publish_bundle(Repository(tmp / "repo", KeyStore(tmp / "keys")), bundle_dir(tmp / "bundles", "1.1.1"))
         updater.idle(updater.load_active())
         for _ in range(50):
             updater.outcome(True)
         service.notify(b'{"v": 1}')
-        deadline = time.monotonic() + 30
-        while (staged := updater.store.read().staged) is None or updater.store.read().slots[staged].version != "1.1.1":
-            assert time.monotonic() < deadline, "the announcement was not acted on"
-            time.sleep(0.05)
+
+        def staged_version() -> str | None:
+            state = updater.store.read()
+            return None if state.staged is None else state.slots[state.staged].version
+
+        wait_until(lambda: staged_version() == "1.1.1", 30, "the announcement acted on")
     finally:
         service.stop()
 

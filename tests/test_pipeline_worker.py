@@ -33,6 +33,7 @@ from edge.store.header import InstanceHeader
 from edge.store.index import get_instance, record_instance, utc_now
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dataset
+from tests.conftest import wait_until
 from tests.pipeline_helpers import (
     as_intra_oral,
     bitewing_bundle,
@@ -249,10 +250,7 @@ def test_service_analyses_in_the_background_and_stops(
         assert "'accepts': 'panoramic PX/DX, MONOCHROME1/MONOCHROME2, 16-4096 rows" in str(vars(active))
         [uid] = _receive(conn, tmp_path, 1)
         service.notify()
-        deadline = time.monotonic() + 30
-        while _state(conn, uid)[0] != "analysed":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: _state(conn, uid)[0] == "analysed", 30, "the notified instance analysed")
     finally:
         service.stop()
 
@@ -317,16 +315,11 @@ def test_model_gate_swaps_the_analyzer_when_idle_and_sees_outcomes(tmp_path: Pat
     service.start()
     try:
         assert service.ready.wait(30)
-        deadline = time.monotonic() + 30
-        while gate.idle_calls < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: gate.idle_calls >= 2, 30, "the worker asking the gate twice")
         assert first.closed
         [uid] = _receive(conn, tmp_path, 1)
         service.notify()
-        while _state(conn, uid)[0] != "analysed":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: _state(conn, uid)[0] == "analysed", 30, "the instance analysed by the new model")
     finally:
         service.stop()
     assert second.calls == 1

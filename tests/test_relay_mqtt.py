@@ -21,6 +21,7 @@ from cloud_relay.errors import StorageUnavailable, WorkerFailed
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.storage import Database
 from protocol.keys import generate_key
+from tests.conftest import wait_until
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 from tests.receipts_helpers import Box
 from tests.relay_helpers import provisioned, receipt_items, throwaway_db
@@ -253,10 +254,7 @@ def test_an_unexpected_error_ends_the_worker_and_acknowledges_nothing(
     # the broker kept what was not PUBACKed: a healthy worker on the same session stores it
     healthy = _worker(broker, db, "relay-buggy")
     try:
-        deadline = time.monotonic() + 10
-        while _stored_seqs(db) != [1, 2]:
-            assert time.monotonic() < deadline, _stored_seqs(db)
-            time.sleep(0.05)
+        wait_until(lambda: _stored_seqs(db) == [1, 2], 10, lambda: f"receipts 1 and 2 stored, not {_stored_seqs(db)}")
     finally:
         healthy.stop()
 

@@ -24,6 +24,7 @@ from edge.results.sr import build_sr
 from edge.store.image_store import ImageStore
 from edge.store.index import Instance, get_instance, set_state
 from models.bundle import Manifest
+from tests.conftest import wait_until
 from tests.pipeline_helpers import MANIFEST
 from tests.results_helpers import FakeAnalyses, analysis_of, ingest, source_image
 
@@ -286,10 +287,7 @@ def test_running_service_survives_an_unexpected_error(store: ImageStore, monkeyp
     service = _service(store, analyses, sender, Clock(), destinations=(PACS,), poll_interval_s=0.02)
     service.start()
     try:
-        deadline = time.monotonic() + 20
-        while _instance(store.conn, uid).pipeline_state != "forwarded":
-            assert time.monotonic() < deadline, "the service did not recover"
-            time.sleep(0.05)
+        wait_until(lambda: _instance(store.conn, uid).pipeline_state == "forwarded", 20, "the service to recover")
     finally:
         service.stop()
     assert len(sender.sent) == 2

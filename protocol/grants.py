@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import MalformedRecord, UntrustedIssuer
-from protocol.keys import PublicKey, check_signature, signed_part
+from protocol.errors import MalformedRecord
+from protocol.keys import PublicKey, check_signature, issuer_key, signed_part
 from protocol.money import Money
 from protocol.records import KIND_RE, get_id, get_int
 
@@ -42,10 +42,7 @@ def verify_grant(envelope: Any, issuers: Mapping[str, PublicKey]) -> Grant:
     """Check a grant's signature against trusted ``issuers`` (by key id) and parse it."""
     signed = signed_part(envelope, GRANT)
     what = "grant"
-    issuer = signed.get("issuer")
-    key = issuers.get(issuer) if isinstance(issuer, str) else None
-    if key is None:
-        raise UntrustedIssuer(f"grant {signed.get('id')!r}: issuer {issuer!r:.24} is not trusted")
+    key = issuer_key(signed, issuers, f"grant {signed.get('id')!r}")
     check_signature(GRANT, envelope, key)
     if signed.get("format") != 1:
         raise MalformedRecord(f"{what}: unsupported format {signed.get('format')!r}")

@@ -17,7 +17,7 @@ from protocol.errors import EncodingError, KeyFileError, MalformedRecord
 from protocol.keys import PrivateKey, PublicKey, parse_secret
 from runtime.durable import atomic_write_bytes
 
-__all__ = ["load_private_key", "load_public_key", "save_private_key", "save_public_key"]
+__all__ = ["load_private_key", "load_public_key", "read_document", "save_private_key", "save_public_key"]
 
 
 def save_private_key(path: Path, key: PrivateKey) -> None:
@@ -31,18 +31,20 @@ def save_public_key(path: Path, key: PublicKey) -> None:
     atomic_write_bytes(path, canonical_bytes({**key.to_json(), "keyid": key.keyid}) + b"\n")
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_document(path: Path, what: str) -> Any:
+    """The strict JSON document in ``path`` (a key file, a certificate next to it); :class:`KeyFileError` naming
+    ``what`` and the file when it cannot be read or is not JSON."""
     try:
         return decode(path.read_bytes())
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from exc
     except EncodingError as exc:
-        raise KeyFileError(f"{what} {path} is not valid JSON: {exc}") from exc
+        raise KeyFileError(f"{what} {path}: {exc}") from exc
 
 
 def load_private_key(path: Path) -> PrivateKey:
     """Read a private key file; :class:`KeyFileError` when unreadable, malformed or group/world readable."""
-    doc = _read_json(path, "private key")
+    doc = read_document(path, "private key")
     try:
         if path.stat().st_mode & 0o077:
             raise KeyFileError(f"private key {path} is readable by others; chmod 600 it")
@@ -53,7 +55,7 @@ def load_private_key(path: Path) -> PrivateKey:
 
 def load_public_key(path: Path) -> PublicKey:
     """Read a public key file (a private key file is refused, so a secret is never passed as trust)."""
-    doc = _read_json(path, "public key")
+    doc = read_document(path, "public key")
     if isinstance(doc, Mapping) and "secret" in doc:
         raise KeyFileError(f"{path} is a private key; give the public key file")
     try:

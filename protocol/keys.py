@@ -22,7 +22,7 @@ import nacl.bindings
 import nacl.exceptions
 
 from protocol.encoding import canonical_bytes, encode_unchecked, sha256_hex, signing_message
-from protocol.errors import BadSignature, EncodingError, MalformedRecord
+from protocol.errors import BadSignature, EncodingError, MalformedRecord, UntrustedIssuer
 
 __all__ = [
     "ED25519",
@@ -30,6 +30,7 @@ __all__ = [
     "PublicKey",
     "check_signature",
     "generate_key",
+    "issuer_key",
     "parse_secret",
     "seal",
     "signature_for",
@@ -180,6 +181,16 @@ def signed_part(envelope: Any, kind: str) -> Mapping[str, Any]:
     if signed.get("type") != kind:
         raise MalformedRecord(f"{kind}: type is {signed.get('type')!r}")
     return signed
+
+
+def issuer_key(signed: Mapping[str, Any], issuers: Mapping[str, PublicKey], what: str) -> PublicKey:
+    """The trusted key (of ``issuers``, by key id) that ``signed`` names as its ``issuer``;
+    :class:`~protocol.errors.UntrustedIssuer` when it names none of them."""
+    issuer = signed.get("issuer")
+    key = issuers.get(issuer) if isinstance(issuer, str) else None
+    if key is None:
+        raise UntrustedIssuer(f"{what}: issuer {issuer!r:.24} is not trusted")
+    return key
 
 
 def signature_for(envelope: Mapping[str, Any], keyid: str) -> tuple[str, bytes]:

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import MalformedRecord, RightsError, UntrustedIssuer
-from protocol.keys import PublicKey, check_signature, signed_part
+from protocol.errors import MalformedRecord, RightsError
+from protocol.keys import PublicKey, check_signature, issuer_key, signed_part
 from protocol.records import get_id, get_int
 
 __all__ = ["SHARE_TABLE", "TOTAL_BPS", "Share", "ShareTable", "current_table", "verify_share_table"]
@@ -44,10 +44,7 @@ def verify_share_table(envelope: Any, issuers: Mapping[str, PublicKey]) -> Share
     """Check the signature against trusted ``issuers`` and the shares (positive, unique, summing to 10 000)."""
     signed = signed_part(envelope, SHARE_TABLE)
     what = "share table"
-    issuer = signed.get("issuer")
-    key = issuers.get(issuer) if isinstance(issuer, str) else None
-    if key is None:
-        raise UntrustedIssuer(f"share table: issuer {issuer!r:.24} is not trusted")
+    key = issuer_key(signed, issuers, what)
     check_signature(SHARE_TABLE, envelope, key)
     owners_raw = signed.get("owners")
     if not isinstance(owners_raw, list) or not owners_raw:

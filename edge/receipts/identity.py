@@ -36,9 +36,9 @@ from protocol.certificates import (
     parse_certificate,
 )
 from protocol.clock import now_ms
-from protocol.encoding import canonical_bytes, decode
-from protocol.errors import CertificateInvalid, EncodingError, KeyFileError, VerificationError
-from protocol.keyfiles import load_private_key, save_private_key, save_public_key
+from protocol.encoding import canonical_bytes
+from protocol.errors import CertificateInvalid, KeyFileError, VerificationError
+from protocol.keyfiles import load_private_key, read_document, save_private_key, save_public_key
 from protocol.keys import PrivateKey, PublicKey, check_signature, generate_key
 from runtime.durable import atomic_write_bytes, fsync_dir
 
@@ -136,11 +136,9 @@ def _private_key(path: Path) -> PrivateKey:
 
 def _read_envelope(path: Path, what: str) -> Any:
     try:
-        return decode(path.read_bytes())
-    except OSError as exc:
-        raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    except EncodingError as exc:
-        raise IdentityError(f"{what} {path}: {exc}") from exc
+        return read_document(path, what)
+    except KeyFileError as exc:
+        raise IdentityError(str(exc)) from exc
 
 
 def load_identity(files: KeyFiles) -> DeviceIdentity | None:

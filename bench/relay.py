@@ -76,7 +76,7 @@ class _Conn:
     acked: int = 0
 
 
-def _publisher(port: int, devices: list[tuple[str, list[bytes]]], result: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _publisher(port: int, devices: list[tuple[str, list[bytes]]], result: multiprocessing.Queue[float]) -> None:
     """Connect every device (one TCP connection each), publish its packets QoS 1, wait for every PUBACK."""
     conns = []
     for device, packets in devices:
@@ -165,7 +165,7 @@ def make_stream(devices: int, receipts: int) -> Stream:
 def publish(stream: Stream, port: int, procs: int) -> float:
     """Publish the whole stream from ``procs`` processes; returns the wall time until every PUBACK."""
     ctx = multiprocessing.get_context("fork")
-    result: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    result: multiprocessing.Queue[float] = ctx.Queue()
     workers = [ctx.Process(target=_publisher, args=(port, stream.packets[i::procs], result)) for i in range(procs)]
     start = time.perf_counter()
     for w in workers:

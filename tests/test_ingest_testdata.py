@@ -84,7 +84,8 @@ def _outcome(dcmtk: Dcmtk, running: Running, path: Path, caplog: pytest.LogCaptu
         return "not sent", " | ".join(errors)
     if response.group(1) == "Success":
         return "stored", ""
-    reasons = [r.btt_fields["reason"] for r in caplog.records if r.getMessage() == "store rejected"]  # type: ignore[attr-defined]
+    rejected = [r for r in caplog.records if r.getMessage() == "store rejected" and hasattr(r, "btt_fields")]
+    reasons = [r.btt_fields["reason"] for r in rejected]
     return f"refused {response.group(1)}", " | ".join(reasons)
 
 

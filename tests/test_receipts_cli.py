@@ -63,7 +63,9 @@ def test_verify_names_wrong_manufacturer_and_revocation(tmp_path: Path, capsys: 
     assert main(["receipts", "verify", str(export), "--trust", f"{other}.pub"]) == 1
     assert capsys.readouterr().out.startswith("FAIL UntrustedIssuer")
 
-    keyid = load_identity(KeyFiles(data / "keys")).key.keyid  # type: ignore[union-attr]
+    identity = load_identity(KeyFiles(data / "keys"))
+    assert identity is not None
+    keyid = identity.key.keyid
     revoked = tmp_path / "revoked.json"
     dev_key = data / "keys" / "dev-manufacturer.key"
     assert main(["provision", "--revoke", keyid, "--manufacturer-key", str(dev_key), "--out", str(revoked)]) == 0

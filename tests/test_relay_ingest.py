@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,11 +98,13 @@ def test_settlement_before_its_receipts_is_deferred_not_acked(db: Database, box:
         (lambda e: e["signed"].pop("kind"), "BadSignature"),
     ],
 )
-def test_forged_receipts_are_rejected_with_reasons(db: Database, box: Box, tamper: object, reason: str) -> None:
+def test_forged_receipts_are_rejected_with_reasons(
+    db: Database, box: Box, tamper: Callable[[dict[str, Any]], object], reason: str
+) -> None:
     box.record(1)
     (item,) = receipt_items(box)
     forged = copy.deepcopy(item[1])
-    tamper(forged)  # type: ignore[operator]
+    tamper(forged)
     ack = _one_ack(Ingestor(db).handle([up(box.identity.device_id, "receipts", [("r1", forged)])]))
     assert ack.stored == []
     assert ack.rejected[0]["id"] == "r1"

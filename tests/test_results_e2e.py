@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -30,12 +31,13 @@ from tests.results_helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _results(data_dir: Path) -> list[dict]:  # type: ignore[type-arg]
+def _results(data_dir: Path) -> list[dict[str, Any]]:
     out = subprocess.run(
         [sys.executable, "-m", "edge", "results", "list", "--data-dir", str(data_dir), "--json"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    results: list[dict[str, Any]] = json.loads(out.stdout)
+    return results
 
 
 def _send(dcmtk: Dcmtk, port: int, path: Path) -> None:

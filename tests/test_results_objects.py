@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -180,12 +180,12 @@ def test_gsps_annotates_the_source_in_two_layers() -> None:
 
 
 @pytest.mark.parametrize("build", [build_sr, build_overlay, build_gsps])
-def test_utf8_patient_name_survives(build: object) -> None:
+def test_utf8_patient_name_survives(build: Callable[[Dataset, Analysis, UidFactory], Dataset]) -> None:
     source = source_image("PX", rows=200, columns=400)
     source.SpecificCharacterSet = "ISO_IR 192"
     source.PatientName = "山田^太郎=Yamada^Taro"
     received = dcmread(io.BytesIO(file_bytes(source)))
-    out = dcmread(io.BytesIO(file_bytes(build(received, analysis_of(received), UidFactory()))))  # type: ignore[operator]
+    out = dcmread(io.BytesIO(file_bytes(build(received, analysis_of(received), UidFactory()))))
     assert out.SpecificCharacterSet == "ISO_IR 192"
     assert out.PatientName == "山田^太郎=Yamada^Taro"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runtime.durable import PRIVATE, make_dirs
 
-__all__ = ["DB_FILENAME", "connect", "migrate", "transaction"]
+__all__ = ["DB_FILENAME", "connect", "has_table", "migrate", "transaction"]
 
 DB_FILENAME = "edge.db"
 
@@ -45,6 +45,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def has_table(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether ``table`` exists (a component that never ran on this box has not created its tables)."""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return row is not None
 
 
 @contextlib.contextmanager

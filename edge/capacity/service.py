@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.capacity.fetch import BlobCache, Fetcher, HttpFetcher
-from edge.capacity.messages import OFFER, RESULT, WITHDRAW, check_job, job_fields, outputs_digest, sign
+from edge.capacity.messages import check_job, job_fields
 from edge.capacity.policy import Decision, OpeningHours, decide
 from edge.capacity.probe import Accelerator, cpu_load, probe_accelerator, throughput_score
 from edge.capacity.runner import JobProcess
@@ -44,10 +44,12 @@ from edge.db import DB_FILENAME, connect, transaction
 from edge.errors import BundleError, EdgeError, JobFailed, JobRejected
 from edge.outbox import Outbox
 from edge.receipts.book import ReceiptBook
-from edge.receipts.identity import now_ms
-from edge.receipts.keys import ED25519, PublicKey
-from edge.receipts.receipts import Use
+from edge.store.index import clinical_work_pending
 from models.bundle import load_bundle
+from protocol.capacity import OFFER, RESULT, WITHDRAW, outputs_digest, sign
+from protocol.clock import now_ms
+from protocol.keys import ED25519, PublicKey
+from protocol.receipts import Use
 from runtime.logs import event
 
 __all__ = ["CapacityService", "ClinicalActivity", "IndexActivity"]
@@ -88,12 +90,9 @@ class IndexActivity:
         if self._conn is None:
             self._conn = connect(self._db)
         try:
-            row = self._conn.execute(
-                "SELECT 1 FROM instances WHERE pipeline_state IN ('received', 'processing') LIMIT 1"
-            ).fetchone()
+            return clinical_work_pending(self._conn)
         except sqlite3.Error:  # index not created yet, or busy: not clinical work we can see
             return False
-        return row is not None
 
     def close(self) -> None:
         if self._conn is not None:

@@ -17,12 +17,13 @@ import json
 import sqlite3
 from typing import Any
 
-from edge.db import migrate, transaction
+from edge.db import has_table, migrate, transaction
 from protocol.clock import now_ms
 
 __all__ = [
     "COMPONENT",
     "MIGRATIONS",
+    "capacity_present",
     "get_value",
     "jobs",
     "migrate_capacity",
@@ -94,6 +95,11 @@ def jobs(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
     ).fetchall()
     keys = ("job_id", "state", "reason", "items", "device_ms", "updated_ms")
     return [dict(zip(keys, tuple(row), strict=True)) for row in rows]
+
+
+def capacity_present(conn: sqlite3.Connection) -> bool:
+    """Whether capacity sharing has created its tables on this box (it has run)."""
+    return has_table(conn, "capacity_state")
 
 
 def status(conn: sqlite3.Connection, default_enabled: bool) -> dict[str, Any]:

@@ -74,11 +74,11 @@ class ControlServer:
             "ping": lambda _: state.ping(),
             "overview": lambda _: state.overview(),
             "health": lambda _: state.health(),
-            "studies": lambda p: state.studies(int(p.get("limit", 50))),
-            "study": lambda p: state.study(str(p["study_uid"])),
-            "unit": lambda _: state.unit(),
-            "receipts": lambda _: state.receipts(),
-            "models": lambda _: state.models(),
+            "studies": lambda p: [s.to_json() for s in state.studies(int(p.get("limit", 50)))],
+            "study": lambda p: state.study(str(p["study_uid"])).to_json(),
+            "unit": lambda _: state.unit().to_json(),
+            "receipts": lambda _: state.receipts().to_json(),
+            "models": lambda _: state.models().to_json(),
             "capacity": lambda _: state.capacity(),
             "logs": lambda p: self.tail.read(
                 int(p.get("since", 0)), str(p.get("text", "")), str(p.get("level", "")), int(p.get("limit", 500))

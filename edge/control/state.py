@@ -1,37 +1,67 @@
-"""What the agent knows about itself, as plain JSON-able values: the views the control socket and metrics serve.
+"""What the agent knows about itself: the views the control socket and metrics serve.
 
 :class:`AgentState` reads the agent's database (its own read-only connection per call, inside the agent's
-process) and asks the live components it was given (the DICOM listener, the sync link, the OTA updater) for what
-only they know. A component that is not configured shows as such; a table a disabled component never created
-reads as empty. Nothing here writes: actions live in :mod:`edge.control.actions`.
+process) through each package's own read functions (the store's index, the pipeline's records, the results
+queue, the receipt book, the outbox, the unit's log, capacity sharing), never their tables, and asks the live
+components it was given (the DICOM listener, the sync link, the OTA updater) for what only they know. A component
+that is not configured shows as such; a component that never ran reads as empty. The views are frozen dataclasses
+(:class:`StudyLine`, :class:`StudyDetail`, :class:`UnitView`, :class:`ReceiptsView`, :class:`ModelsView`); their
+``to_json()`` is what the control socket sends (:class:`StudySummary` and :class:`UnitExposure` are the JSON
+form a client reads). Nothing here writes: actions live in :mod:`edge.control.actions`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, cast
 
 from edge import __version__
+from edge.capacity.state import capacity_present
+from edge.capacity.state import status as capacity_status
 from edge.config import AgentConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import EdgeError
-from edge.store.index import utc_now
+from edge.outbox.outbox import Outbox
+from edge.pipeline.records import ToothFinding, analysis_record, findings_in_study, last_model_run, tooth_findings
+from edge.receipts.book import (
+    BalanceLine,
+    ReceiptLine,
+    balances,
+    book_present,
+    last_settlement,
+    parked_count,
+    recent_receipts,
+)
+from edge.results.queue import SourceDelivery, delivery_counts, source_counts, source_deliveries
+from edge.store.index import has_study, index_present, list_instances, list_studies, state_counts, utc_now
+from edge.unit.exposures import ExposureLine, FaultLine, UnitDevice, devices, faults, recent_exposures, unit_present
+from edge.unit.exposures import summary as unit_summary
 
 __all__ = [
     "STAGES",
     "AgentState",
+    "AnalysisSummary",
+    "ImageDetail",
+    "LastAnalysis",
     "Listener",
     "ModelUpdater",
+    "ModelsView",
+    "ReceiptsView",
     "RelayLink",
+    "SettlementView",
+    "StudyDetail",
+    "StudyLine",
     "StudySummary",
     "UnitExposure",
+    "UnitView",
     "study_state",
 ]
 
@@ -62,7 +92,7 @@ class ModelUpdater(Protocol):
 
 
 class StudySummary(TypedDict):
-    """One study of the ``studies`` view: who and what it is (as a person recognises it) and how far it got."""
+    """:class:`StudyLine` as the ``studies`` view sends it (what a client of the control socket reads)."""
 
     study_uid: str
     study_date: str
@@ -81,7 +111,8 @@ class StudySummary(TypedDict):
 
 
 class UnitExposure(TypedDict):
-    """One exposure of the ``unit`` view's exposure log."""
+    """One exposure of the ``unit`` view's exposure log as the socket sends it
+    (:class:`edge.unit.exposures.ExposureLine`)."""
 
     unit_serial: str
     exposure_id: int
@@ -95,6 +126,127 @@ class UnitExposure(TypedDict):
     aborted: bool
     dap_mgy_cm2: float
     image_state: str
+
+
+class _View:
+    """A view: ``to_json()`` is what the control socket sends."""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = dataclasses.asdict(cast(Any, self))
+        return doc
+
+
+@dataclass(frozen=True)
+class StudyLine(_View):
+    """One study of the ``studies`` view: who and what it is (as a person recognises it) and how far it got."""
+
+    study_uid: str
+    study_date: str
+    """DICOM ``YYYYMMDD``, empty if the image did not say."""
+    study_description: str
+    last_received_at: str
+    patient_id: str
+    patient_name: str
+    """DICOM person name (``Family^Given``), empty if the image did not say."""
+    images: int
+    states: dict[str, int]
+    """Pipeline state -> number of the study's images in it."""
+    state: str
+    """:func:`study_state` of ``states``."""
+    findings: int
+
+
+@dataclass(frozen=True)
+class AnalysisSummary:
+    """How one image was analysed (the ``study`` view)."""
+
+    status: str
+    reason: str
+    model_id: str
+    model_version: str
+    backend: str
+    precision: str
+    clinical: int
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    """One image of the ``study`` view: its state, analysis, findings by tooth and result deliveries."""
+
+    sop_instance_uid: str
+    modality: str
+    pipeline_state: str
+    state_reason: str
+    received_at: str
+    analysis: AnalysisSummary | None
+    findings: list[ToothFinding]
+    deliveries: list[SourceDelivery]
+
+
+@dataclass(frozen=True)
+class StudyDetail(_View):
+    """The ``study`` view."""
+
+    study_uid: str
+    images: list[ImageDetail]
+    ai_label: str = "AI findings: for review by a clinician"
+
+
+@dataclass(frozen=True)
+class UnitView(_View):
+    """The ``unit`` view: identity, status and link of the unit, its fault history and its exposure log."""
+
+    configured: bool
+    link: dict[str, Any] | None
+    units: list[dict[str, Any]]
+    open_faults: list[dict[str, Any]]
+    devices: list[UnitDevice]
+    faults: list[FaultLine]
+    exposures: list[ExposureLine]
+
+
+@dataclass(frozen=True)
+class SettlementView:
+    """The last settlement and the relay's answer to it."""
+
+    batch: int
+    first_seq: int
+    last_seq: int
+    closed_ms: int
+    relay: str
+
+
+@dataclass(frozen=True)
+class ReceiptsView(_View):
+    """The ``receipts`` view: balances of the installed rights, recent receipts, the last settlement."""
+
+    enabled: bool
+    balances: list[BalanceLine]
+    receipts: list[ReceiptLine]
+    pending: int
+    settlement: SettlementView | None
+
+
+@dataclass(frozen=True)
+class LastAnalysis:
+    """The model and backend of the latest analysis (the ``models`` view)."""
+
+    model_id: str
+    model_version: str
+    backend: str
+    recorded_at: str
+
+
+@dataclass(frozen=True)
+class ModelsView(_View):
+    """The ``models`` view: the OTA state, the last repository check, the backend in use."""
+
+    ota: dict[str, Any]
+    repository: str
+    last_check: dict[str, Any] | None
+    backend_setting: str
+    last_analysis: LastAnalysis | None
 
 
 def study_state(counts: dict[str, int]) -> str:
@@ -154,17 +306,13 @@ class AgentState:
         """Everything on one screen: unit, DICOM listener, pipeline, model, relay, disk, system, alerts."""
         cfg = self.config
         with self.db() as conn:
-            states = _counts(conn, "SELECT pipeline_state, COUNT(*) FROM instances GROUP BY pipeline_state")
+            states = state_counts(conn)
             unit = self._unit_summary(conn)
             relay = self._relay_state(conn)
-            last = _one(
-                conn,
-                "SELECT model_id, model_version, backend, precision FROM pipeline_results WHERE status = 'analysed' "
-                "ORDER BY recorded_at DESC",
-            )
-            deliveries = _counts(conn, "SELECT state, COUNT(*) FROM results_deliveries GROUP BY state")
-            built = _counts(conn, "SELECT state, COUNT(*) FROM results_sources GROUP BY state")
-            parked = _one(conn, "SELECT COUNT(*) FROM receipt_pending")
+            last = last_model_run(conn, analysed_only=True)
+            deliveries = delivery_counts(conn)
+            built = source_counts(conn)
+            parked = parked_count(conn)
         doc: dict[str, Any] = {
             "time": utc_now(),
             "agent": {**self.ping(), "data_dir": str(self.data_dir)},
@@ -186,13 +334,13 @@ class AgentState:
                 "states": states,
                 "queue": states.get("received", 0) + states.get("processing", 0),
                 "model": self._active_model(),
-                "backend": None if last is None else last["backend"],
-                "precision": None if last is None else last["precision"],
+                "backend": None if last is None else last.backend,
+                "precision": None if last is None else last.precision,
                 "backend_setting": cfg.pipeline.backend,
             },
             "results": {"deliveries": deliveries, "sources": built},
             "relay": relay,
-            "receipts": {"parked": 0 if parked is None else int(parked[0])},
+            "receipts": {"parked": parked},
             "ota_event": self._ota_status().get("last_event"),
             "disk": self.disk(),
             "system": _system(),
@@ -220,211 +368,139 @@ class AgentState:
             "reserve_mb": self.config.dicom.min_free_mb,
         }
 
-    def studies(self, limit: int = 50) -> list[StudySummary]:
+    def studies(self, limit: int = 50) -> list[StudyLine]:
         """Recent studies, newest first, with their state and counts of images and findings."""
         with self.db() as conn:
-            if not _has(conn, "studies"):
+            if not index_present(conn):
                 return []
-            rows = conn.execute(
-                "SELECT s.study_uid, s.study_date, s.study_description, s.last_received_at, p.patient_id, "
-                "p.patient_name "
-                "FROM studies s JOIN patients p ON p.patient_key = s.patient_key "
-                "ORDER BY s.last_received_at DESC LIMIT ?",
-                (max(1, min(int(limit), 1000)),),
-            ).fetchall()
-            out: list[StudySummary] = []
-            for row in rows:
-                counts = _counts(
-                    conn,
-                    "SELECT i.pipeline_state, COUNT(*) FROM instances i JOIN series se ON se.series_uid = i.series_uid "
-                    "WHERE se.study_uid = ? GROUP BY i.pipeline_state",
-                    (row["study_uid"],),
+            return [
+                StudyLine(
+                    study_uid=study.study_uid,
+                    study_date=study.study_date,
+                    study_description=study.study_description,
+                    last_received_at=study.last_received_at,
+                    patient_id=study.patient_id,
+                    patient_name=study.patient_name,
+                    images=sum(study.states.values()),
+                    states=study.states,
+                    state=study_state(study.states),
+                    findings=findings_in_study(conn, study.study_uid),
                 )
-                findings = 0
-                if _has(conn, "pipeline_findings"):
-                    findings = conn.execute(
-                        "SELECT COUNT(*) FROM pipeline_findings f JOIN instances i ON i.sop_instance_uid = "
-                        "f.sop_instance_uid JOIN series se ON se.series_uid = i.series_uid WHERE se.study_uid = ?",
-                        (row["study_uid"],),
-                    ).fetchone()[0]
-                out.append(
-                    StudySummary(
-                        study_uid=row["study_uid"],
-                        study_date=row["study_date"],
-                        study_description=row["study_description"],
-                        last_received_at=row["last_received_at"],
-                        patient_id=row["patient_id"],
-                        patient_name=row["patient_name"],
-                        images=sum(counts.values()),
-                        states=counts,
-                        state=study_state(counts),
-                        findings=int(findings),
-                    )
-                )
-        return out
+                for study in list_studies(conn, max(1, min(int(limit), 1000)))
+            ]
 
-    def study(self, study_uid: str) -> dict[str, Any]:
+    def study(self, study_uid: str) -> StudyDetail:
         """One study: each image with its state, analysis, findings per tooth and result deliveries."""
         with self.db() as conn:
-            if (
-                not _has(conn, "studies")
-                or _one(conn, "SELECT 1 FROM studies WHERE study_uid = ?", (study_uid,)) is None
-            ):
+            if not has_study(conn, study_uid):
                 raise EdgeError(f"no study {study_uid!r} on this box")
-            instances = conn.execute(
-                "SELECT i.sop_instance_uid, se.modality, i.pipeline_state, i.state_reason, i.received_at "
-                "FROM instances i JOIN series se ON se.series_uid = i.series_uid WHERE se.study_uid = ? "
-                "ORDER BY i.received_at",
-                (study_uid,),
-            ).fetchall()
-            images = []
-            for inst in instances:
-                uid = inst["sop_instance_uid"]
-                analysis = None
-                findings: list[dict[str, Any]] = []
-                if _has(conn, "pipeline_results"):
-                    r = _one(
-                        conn,
-                        "SELECT status, reason, model_id, model_version, backend, precision, clinical, timings_json "
-                        "FROM pipeline_results WHERE sop_instance_uid = ?",
-                        (uid,),
-                    )
-                    if r is not None:
-                        analysis = {**dict(r), "timings_ms": json.loads(r["timings_json"] or "{}")}
-                        del analysis["timings_json"]
-                    findings = [
-                        dict(f)
-                        for f in conn.execute(
-                            "SELECT kind, tooth_fdi, confidence FROM pipeline_findings WHERE sop_instance_uid = ? "
-                            "ORDER BY tooth_fdi, kind",
-                            (uid,),
-                        )
-                    ]
-                deliveries = []
-                if _has(conn, "results_objects"):
-                    deliveries = [
-                        dict(d)
-                        for d in conn.execute(
-                            "SELECT o.object_uid, o.kind, d.destination, d.state, d.attempts, d.last_error "
-                            "FROM results_objects o JOIN results_deliveries d ON d.object_uid = o.object_uid "
-                            "WHERE o.source_sop_uid = ? ORDER BY o.kind, d.destination",
-                            (uid,),
-                        )
-                    ]
-                images.append({**dict(inst), "analysis": analysis, "findings": findings, "deliveries": deliveries})
-        return {"study_uid": study_uid, "images": images, "ai_label": "AI findings: for review by a clinician"}
+            images = [
+                ImageDetail(
+                    sop_instance_uid=inst.sop_instance_uid,
+                    modality=inst.modality,
+                    pipeline_state=inst.pipeline_state,
+                    state_reason=inst.state_reason,
+                    received_at=inst.received_at,
+                    analysis=_analysis(conn, inst.sop_instance_uid),
+                    findings=tooth_findings(conn, inst.sop_instance_uid),
+                    deliveries=source_deliveries(conn, inst.sop_instance_uid),
+                )
+                for inst in list_instances(conn, study_uid)
+            ]
+        return StudyDetail(study_uid=study_uid, images=images)
 
-    def unit(self) -> dict[str, Any]:
+    def unit(self) -> UnitView:
         """Identity, status and link of the unit, its fault history and its exposure log."""
         with self.db() as conn:
-            doc: dict[str, Any] = {"configured": bool(self.config.unit.port), **self._unit_summary(conn)}
-            has = _has(conn, "unit_devices")
-            doc["devices"] = [dict(r) for r in conn.execute("SELECT * FROM unit_devices")] if has else []
-            doc["faults"] = (
-                [dict(r) for r in conn.execute("SELECT * FROM unit_faults ORDER BY raised_at DESC LIMIT 100")]
-                if has
-                else []
+            summary = self._unit_summary(conn)
+            present = unit_present(conn)
+            return UnitView(
+                configured=bool(self.config.unit.port),
+                link=summary["link"],
+                units=summary["units"],
+                open_faults=summary["open_faults"],
+                devices=devices(conn) if present else [],
+                faults=faults(conn) if present else [],
+                exposures=recent_exposures(conn) if present else [],
             )
-            doc["exposures"] = _exposures(conn) if has else []
-        return doc
 
-    def receipts(self) -> dict[str, Any]:
+    def receipts(self) -> ReceiptsView:
         """Balances of the installed rights, recent receipts, and the last settlement with the relay's answer."""
         enabled = self.config.receipts.enabled
         with self.db() as conn:
-            if not enabled or not _has(conn, "receipts"):
-                return {"enabled": enabled, "balances": [], "receipts": [], "pending": 0, "settlement": None}
-            balances = [
-                dict(r)
-                for r in conn.execute(
-                    "SELECT id, kind, holder, units, used, units - used AS remaining, not_after_ms FROM receipt_grants "
-                    "ORDER BY kind, id"
-                )
-            ]
-            recent = [
-                dict(r)
-                for r in conn.execute(
-                    "SELECT seq, time_ms, kind, right_id, units, overage_units FROM receipts ORDER BY seq DESC LIMIT 50"
-                )
-            ]
-            pending = conn.execute("SELECT COUNT(*) FROM receipt_pending").fetchone()[0]
-            last = _one(
-                conn, "SELECT batch, first_seq, last_seq, closed_ms FROM receipt_settlements ORDER BY batch DESC"
-            )
+            if not enabled or not book_present(conn):
+                return ReceiptsView(enabled=enabled, balances=[], receipts=[], pending=0, settlement=None)
+            last = last_settlement(conn)
             settlement = None
             if last is not None:
-                settlement = {**dict(last), "relay": self._relay_answer(conn, f"settlement:{last['batch']}:%")}
-        return {
-            "enabled": True,
-            "balances": balances,
-            "receipts": recent,
-            "pending": int(pending),
-            "settlement": settlement,
-        }
+                settlement = SettlementView(
+                    **dataclasses.asdict(last), relay=self._relay_answer(conn, f"settlement:{last.batch}:")
+                )
+            return ReceiptsView(
+                enabled=True,
+                balances=balances(conn),
+                receipts=recent_receipts(conn),
+                pending=parked_count(conn),
+                settlement=settlement,
+            )
 
-    def models(self) -> dict[str, Any]:
+    def models(self) -> ModelsView:
         """The OTA state (active model, slots, last event), the last repository check, the backend in use."""
         with self.db() as conn:
-            last = _one(
-                conn,
-                "SELECT model_id, model_version, backend, recorded_at FROM pipeline_results ORDER BY recorded_at DESC",
-            )
-        return {
-            "ota": self._ota_status(),
-            "repository": self.config.ota.repository_url,
-            "last_check": self.last_offer,
-            "backend_setting": self.config.pipeline.backend,
-            "last_analysis": None if last is None else dict(last),
-        }
+            last = last_model_run(conn)
+        return ModelsView(
+            ota=self._ota_status(),
+            repository=self.config.ota.repository_url,
+            last_check=self.last_offer,
+            backend_setting=self.config.pipeline.backend,
+            last_analysis=None
+            if last is None
+            else LastAnalysis(last.model_id, last.model_version, last.backend, last.recorded_at),
+        )
 
     def capacity(self) -> dict[str, Any]:
         """Capacity sharing (:func:`edge.capacity.state.status`): the switch, the policy's last decision, the open
         offer, recent jobs and totals; ``available`` false (and why) when the agent has no capacity tables."""
         with self.db() as conn:
-            if not _has(conn, "capacity_state"):
+            if not capacity_present(conn):
                 return {"available": False, "reason": "capacity sharing has not run on this agent yet"}
-            from edge.capacity.state import status
-
-            return {"available": True, **status(conn, self.config.capacity.enabled)}
+            return {"available": True, **capacity_status(conn, self.config.capacity.enabled)}
 
     # --- parts ------------------------------------------------------------------------------------------------
 
     def _unit_summary(self, conn: sqlite3.Connection) -> dict[str, Any]:
-        if not _has(conn, "unit_link"):
+        if not unit_present(conn):
             return {"link": None, "units": [], "open_faults": []}
-        from edge.unit.exposures import summary
-
-        doc = summary(conn)
+        doc = unit_summary(conn)
         return {"link": doc["link"], "units": doc["units"], "open_faults": doc["open_faults"]}
 
     def _relay_state(self, conn: sqlite3.Connection) -> dict[str, Any]:
         doc: dict[str, Any] = {"configured": bool(self.config.sync.url), "connected": None}
-        if self._relay is not None and _has(conn, "outbox"):
+        present = Outbox.present(conn)
+        if self._relay is not None and present:
             health = self._relay.health(conn)
             link, outbox = health["link"], health["outbox"]
             assert isinstance(link, dict)
             assert isinstance(outbox, dict)
             doc["connected"] = bool(link["connected"])
             doc["outbox"] = outbox
-        elif _has(conn, "outbox"):
-            doc["outbox"] = {
-                "pending": _counts(conn, "SELECT kind, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY kind"),
-                "rejected": conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'rejected'").fetchone()[0],
-            }
+        elif present:
+            stats = Outbox(self.config.outbox).stats(conn)
+            doc["outbox"] = {"pending": stats["pending"], "rejected": stats["rejected"]}
         else:
             doc["outbox"] = {"pending": {}, "rejected": 0}
         doc["outbox_depth"] = sum(doc["outbox"]["pending"].values())
         return doc
 
     @staticmethod
-    def _relay_answer(conn: sqlite3.Connection, pattern: str) -> str:
-        if not _has(conn, "outbox"):
+    def _relay_answer(conn: sqlite3.Connection, prefix: str) -> str:
+        if not Outbox.present(conn):
             return "not queued"
-        row = _one(conn, "SELECT state FROM outbox WHERE item LIKE ?", (pattern,))
-        if row is None:
+        state = Outbox.state_of_prefix(conn, prefix)
+        if state is None:
             return "not queued (or confirmed and pruned)"
         answers = {"done": "confirmed", "pending": "waiting for the relay", "rejected": "rejected"}
-        return answers.get(str(row["state"]), str(row["state"]))
+        return answers.get(state, state)
 
     def _ota_status(self) -> dict[str, Any]:
         """The updater's status, at most ``_OTA_STATUS_TTL_S`` old (it reads the active bundle's manifest)."""
@@ -449,47 +525,20 @@ class AgentState:
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def _has(conn: sqlite3.Connection, table: str) -> bool:
-    return _one(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)) is not None
-
-
-def _one(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
-    try:
-        row: sqlite3.Row | None = conn.execute(sql, args).fetchone()
-    except sqlite3.OperationalError:  # the component's table is not created (component off)
+def _analysis(conn: sqlite3.Connection, sop_instance_uid: str) -> AnalysisSummary | None:
+    record = analysis_record(conn, sop_instance_uid)
+    if record is None:
         return None
-    return row
-
-
-def _counts(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...] = ()) -> dict[str, int]:
-    try:
-        return {str(k): int(v) for k, v in conn.execute(sql, args).fetchall()}
-    except sqlite3.OperationalError:
-        return {}
-
-
-def _exposures(conn: sqlite3.Connection, limit: int = 100) -> list[UnitExposure]:
-    """The last ``limit`` exposures recorded, newest first."""
-    rows = conn.execute(
-        "SELECT unit_serial, exposure_id, program, kvp, ma, time_ms, started_ms, aborted, dap_mgy_cm2, image_state "
-        "FROM unit_exposures ORDER BY exposure_key DESC LIMIT ?",
-        (limit,),
+    return AnalysisSummary(
+        status=record.status,
+        reason=record.reason,
+        model_id=record.model_id,
+        model_version=record.model_version,
+        backend=record.backend,
+        precision=record.precision,
+        clinical=record.clinical,
+        timings_ms=record.timings_ms,
     )
-    return [
-        UnitExposure(
-            unit_serial=r["unit_serial"],
-            exposure_id=r["exposure_id"],
-            program=r["program"],
-            kvp=r["kvp"],
-            ma=r["ma"],
-            duration_ms=r["time_ms"],
-            started_ms=r["started_ms"],
-            aborted=bool(r["aborted"]),
-            dap_mgy_cm2=r["dap_mgy_cm2"],
-            image_state=r["image_state"],
-        )
-        for r in rows
-    ]
 
 
 def _gpu() -> str:

@@ -6,7 +6,7 @@ the outbox items and advances the per-source mark (``receipts``: the last receip
 the last ``batch``). So a receipt is never lost (it is durable in the book before, and the copy either commits whole
 with its mark or not at all) and never queued twice (the mark moves with the copy, and item ids are unique). A
 settlement is copied only after every receipt it covers, so it is sent after them. It reads through the book's API
-(``ReceiptBook.receipts``) and the ``batch``, ``last_seq`` and ``envelope`` columns of ``receipt_settlements``. This
+(``ReceiptBook.receipts`` and ``ReceiptBook.settlements_after``), never the book's tables. This
 leaves the book's hook untouched: nothing in a clinical transaction waits for the outbox. Bodies are the signed
 envelopes exactly as ``edge.receipts`` exports them; they carry study digests (salted HMACs), never study UIDs or
 any other patient data.
@@ -21,7 +21,7 @@ from typing import Any
 from edge.db import transaction
 from edge.outbox.outbox import Outbox
 from edge.receipts.book import ReceiptBook
-from protocol.encoding import canonical_bytes, decode, sha256_hex
+from protocol.encoding import canonical_bytes, sha256_hex
 
 __all__ = ["FEED_BATCH", "certificate_item", "feed"]
 
@@ -48,14 +48,11 @@ def feed(outbox: Outbox, conn: sqlite3.Connection, book: ReceiptBook) -> int:
             queued += outbox.enqueue(conn, "receipts", envelope, item=item)
         if envelopes:
             outbox.set_mark(conn, "receipts", int(envelopes[-1]["signed"]["seq"]))
-        rows = conn.execute(
-            "SELECT batch, envelope FROM receipt_settlements WHERE batch > ? AND last_seq <= ? ORDER BY batch",
-            (outbox.mark(conn, "settlements"), outbox.mark(conn, "receipts")),
-        ).fetchall()
-        for row in rows:
-            envelope = decode(row["envelope"])
-            item = f"settlement:{row['batch']}:{envelope['signatures'][0]['sig'][:16]}"
+        settlements = book.settlements_after(conn, outbox.mark(conn, "settlements"), outbox.mark(conn, "receipts"))
+        for settlement in settlements:
+            envelope = settlement.envelope
+            item = f"settlement:{settlement.batch}:{envelope['signatures'][0]['sig'][:16]}"
             queued += outbox.enqueue(conn, "settlements", envelope, item=item)
-        if rows:
-            outbox.set_mark(conn, "settlements", int(rows[-1]["batch"]))
+        if settlements:
+            outbox.set_mark(conn, "settlements", settlements[-1].batch)
     return queued

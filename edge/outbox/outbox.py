@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config import AgentConfig, OutboxConfig
-from edge.db import DB_FILENAME, connect, migrate, transaction
+from edge.db import DB_FILENAME, connect, has_table, migrate, transaction
 from edge.errors import OutboxError
 from edge.outbox.kinds import KEPT, NAMES, TELEMETRY, OutboxKind, spec
 from protocol.clock import now_ms
@@ -290,6 +290,18 @@ class Outbox:
     def state(conn: sqlite3.Connection, item: str) -> str | None:
         """``pending``, ``done`` or ``rejected``; None for an unknown (or pruned) item."""
         row = conn.execute("SELECT state FROM outbox WHERE item = ?", (item,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def present(conn: sqlite3.Connection) -> bool:
+        """Whether the outbox's tables exist on this box."""
+        return has_table(conn, "outbox")
+
+    @staticmethod
+    def state_of_prefix(conn: sqlite3.Connection, prefix: str) -> str | None:
+        """:meth:`state` of an item whose id starts with ``prefix`` (``settlement:7:``); None when none has."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        row = conn.execute("SELECT state FROM outbox WHERE item LIKE ? ESCAPE '\\'", (escaped + "%",)).fetchone()
         return None if row is None else str(row[0])
 
 

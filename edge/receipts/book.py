@@ -43,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edge.db import migrate, transaction
+from edge.db import has_table, migrate, transaction
 from edge.errors import IdentityError, ReceiptError
 from edge.receipts.grants import Balances
 from edge.receipts.identity import DeviceIdentity
@@ -57,7 +57,20 @@ from protocol.settlement import SETTLEMENT, settlement_body
 from protocol.verify import EXPORT, PROOF
 from runtime.logs import event
 
-__all__ = ["COMPONENT", "MIGRATIONS", "ReceiptBook"]
+__all__ = [
+    "COMPONENT",
+    "MIGRATIONS",
+    "BalanceLine",
+    "BatchEnvelope",
+    "ReceiptBook",
+    "ReceiptLine",
+    "SettlementLine",
+    "balances",
+    "book_present",
+    "last_settlement",
+    "parked_count",
+    "recent_receipts",
+]
 
 log = logging.getLogger("edge.receipts")
 
@@ -104,6 +117,49 @@ MIGRATIONS = [
 ]
 
 _RECEIPT_PREFIX = signing_message(RECEIPT, b"")
+
+
+@dataclass(frozen=True)
+class BatchEnvelope:
+    """A settlement's batch number and its signed envelope."""
+
+    batch: int
+    envelope: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BalanceLine:
+    """One installed right and what is left of it."""
+
+    id: str
+    kind: str
+    holder: str
+    units: int
+    used: int
+    remaining: int
+    not_after_ms: int
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    """One receipt, as a technician reads it."""
+
+    seq: int
+    time_ms: int
+    kind: str
+    right_id: str | None
+    units: int
+    overage_units: int
+
+
+@dataclass(frozen=True)
+class SettlementLine:
+    """One closed settlement: its batch and the receipts it covers."""
+
+    batch: int
+    first_seq: int
+    last_seq: int
+    closed_ms: int
 
 
 @dataclass(frozen=True)
@@ -425,6 +481,15 @@ class ReceiptBook:
         rows = conn.execute("SELECT envelope FROM receipt_settlements ORDER BY batch").fetchall()
         return [decode(row[0]) for row in rows]
 
+    @staticmethod
+    def settlements_after(conn: sqlite3.Connection, after_batch: int, through_seq: int) -> list[BatchEnvelope]:
+        """The settlements after batch ``after_batch`` that cover no receipt beyond ``through_seq``, in order."""
+        rows = conn.execute(
+            "SELECT batch, envelope FROM receipt_settlements WHERE batch > ? AND last_seq <= ? ORDER BY batch",
+            (after_batch, through_seq),
+        ).fetchall()
+        return [BatchEnvelope(int(batch), decode(envelope)) for batch, envelope in rows]
+
     def prove(self, conn: sqlite3.Connection, seq: int) -> dict[str, Any]:
         """A stand-alone inclusion proof of receipt ``seq`` in the settlement that covers it."""
         identity = self._require_identity()
@@ -467,3 +532,42 @@ class ReceiptBook:
         finally:
             conn.execute("COMMIT")
         return doc
+
+
+# --- reads for the technician (the control socket) ------------------------------------------------------------
+
+
+def book_present(conn: sqlite3.Connection) -> bool:
+    """Whether the receipt book has created its tables on this box."""
+    return has_table(conn, "receipts")
+
+
+def balances(conn: sqlite3.Connection) -> list[BalanceLine]:
+    """The installed rights by kind and id, with what is left of each."""
+    rows = conn.execute(
+        "SELECT id, kind, holder, units, used, units - used, not_after_ms FROM receipt_grants ORDER BY kind, id"
+    )
+    return [BalanceLine(*row) for row in rows]
+
+
+def recent_receipts(conn: sqlite3.Connection, limit: int = 50) -> list[ReceiptLine]:
+    """The last ``limit`` receipts, newest first."""
+    rows = conn.execute(
+        "SELECT seq, time_ms, kind, right_id, units, overage_units FROM receipts ORDER BY seq DESC LIMIT ?", (limit,)
+    )
+    return [ReceiptLine(*row) for row in rows]
+
+
+def parked_count(conn: sqlite3.Connection) -> int:
+    """Uses parked without a receipt (the box had no identity, or signing failed); 0 without a book."""
+    if not has_table(conn, "receipt_pending"):
+        return 0
+    return int(conn.execute("SELECT COUNT(*) FROM receipt_pending").fetchone()[0])
+
+
+def last_settlement(conn: sqlite3.Connection) -> SettlementLine | None:
+    """The latest settlement closed, or None."""
+    row = conn.execute(
+        "SELECT batch, first_seq, last_seq, closed_ms FROM receipt_settlements ORDER BY batch DESC"
+    ).fetchone()
+    return None if row is None else SettlementLine(*row)

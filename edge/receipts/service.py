@@ -19,18 +19,13 @@ from pathlib import Path
 from edge.background import BackgroundLoop
 from edge.config import AgentConfig, ReceiptsConfig
 from edge.db import DB_FILENAME, connect
-from edge.errors import ReceiptError
 from edge.receipts.book import ReceiptBook
-from edge.receipts.identity import (
-    DeviceIdentity,
-    KeyFiles,
-    dev_manufacturer_key,
-    load_identity,
-    now_ms,
-    provision,
-)
-from edge.receipts.keys import PrivateKey, load_private_key, load_public_key
-from edge.receipts.verify import Trust, verify_certificates
+from edge.receipts.identity import DeviceIdentity, KeyFiles, dev_manufacturer_key, load_identity, provision
+from protocol.clock import now_ms
+from protocol.errors import ProtocolError as ReceiptError  # the agent's receipt errors and the contract's
+from protocol.keyfiles import load_private_key, load_public_key
+from protocol.keys import PrivateKey
+from protocol.verify import Trust, verify_certificates
 from runtime.logs import event
 
 __all__ = ["IdentityWatch", "SettlementService", "key_files", "open_book"]

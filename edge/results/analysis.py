@@ -1,5 +1,5 @@
 """What the results stage needs from one analysis: the algorithm that ran and the findings it made, and where
-the agent reads it from (the pipeline worker's record)."""
+the agent reads it from (the pipeline worker's record, :func:`edge.pipeline.records.analysis_record`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 from edge.errors import EdgeError, ResultBuildError
 from edge.pipeline.findings import Finding
+from edge.pipeline.records import analysis_record
 from edge.results.header import MANUFACTURER
 from models.bundle import Code, Manifest
 
@@ -73,23 +74,19 @@ class RecordedAnalyses:
 
     def load(self, conn: sqlite3.Connection, sop_instance_uid: str) -> Analysis | None:
         """The recorded analysis of this instance, or ``None`` if it has none (or was skipped)."""
-        row = conn.execute(
-            "SELECT model_id, model_version, clinical, findings_json, precision FROM pipeline_results "
-            "WHERE sop_instance_uid = ? AND status = 'analysed'",
-            (sop_instance_uid,),
-        ).fetchone()
-        if row is None:
+        record = analysis_record(conn, sop_instance_uid, analysed_only=True)
+        if record is None:
             return None
         algorithm = Algorithm(
-            bundle_id=row[0],
-            version=row[1],
-            name=row[0],
-            codes=self._codes(row[0], row[1]),
-            clinical=bool(row[2]),
-            precision=row[4],
+            bundle_id=record.model_id,
+            version=record.model_version,
+            name=record.model_id,
+            codes=self._codes(record.model_id, record.model_version),
+            clinical=bool(record.clinical),
+            precision=record.precision,
         )
         try:
-            findings = tuple(Finding.from_json(doc) for doc in json.loads(row[3]))
+            findings = tuple(Finding.from_json(doc) for doc in json.loads(record.findings_json))
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ResultBuildError(f"the recorded findings of {sop_instance_uid} are unreadable: {exc}") from exc
         return Analysis(sop_instance_uid=sop_instance_uid, algorithm=algorithm, findings=findings)

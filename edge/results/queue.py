@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar, get_args
 
-from edge.db import migrate, transaction
+from edge.db import has_table, migrate, transaction
 from edge.errors import StoreError
 from edge.results.kinds import NAMES, ResultKind
 from edge.store.index import utc_now
@@ -39,7 +39,9 @@ __all__ = [
     "DeliveryState",
     "ObjectStatus",
     "ResultObject",
+    "SourceDelivery",
     "backoff_delay",
+    "delivery_counts",
     "due",
     "enqueue",
     "failed_sources",
@@ -50,7 +52,9 @@ __all__ = [
     "record_rejected",
     "record_sent",
     "resend",
+    "source_counts",
     "source_delivered",
+    "source_deliveries",
     "unbuilt_sources",
     "unqueued_originals",
 ]
@@ -350,3 +354,45 @@ def list_objects(conn: sqlite3.Connection, *, source_sop_uid: str | None = None)
         )
         for r in objects
     ]
+
+
+@dataclass(frozen=True)
+class SourceDelivery:
+    """One result object of a source image and its delivery to one destination (the study view)."""
+
+    object_uid: str
+    kind: str
+    destination: str
+    state: str
+    attempts: int
+    last_error: str
+
+
+def source_deliveries(conn: sqlite3.Connection, source_sop_uid: str) -> list[SourceDelivery]:
+    """The deliveries of every object made from (or forwarding) ``source_sop_uid``, by kind and destination;
+    empty where results have never run."""
+    if not has_table(conn, "results_objects"):
+        return []
+    rows = conn.execute(
+        "SELECT o.object_uid, o.kind, d.destination, d.state, d.attempts, d.last_error "
+        "FROM results_objects o JOIN results_deliveries d ON d.object_uid = o.object_uid "
+        "WHERE o.source_sop_uid = ? ORDER BY o.kind, d.destination",
+        (source_sop_uid,),
+    )
+    return [SourceDelivery(*row) for row in rows]
+
+
+def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Delivery state -> how many deliveries are in it."""
+    if not has_table(conn, "results_deliveries"):
+        return {}
+    rows = conn.execute("SELECT state, COUNT(*) FROM results_deliveries GROUP BY state").fetchall()
+    return {str(state): int(count) for state, count in rows}
+
+
+def source_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Build state of the source images (``built``, ``failed``, ...) -> how many are in it."""
+    if not has_table(conn, "results_sources"):
+        return {}
+    rows = conn.execute("SELECT state, COUNT(*) FROM results_sources GROUP BY state").fetchall()
+    return {str(state): int(count) for state, count in rows}

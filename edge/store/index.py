@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from edge.db import migrate, transaction
+from edge.db import has_table, migrate, transaction
 from edge.errors import StateConflict, StoreError
 from edge.store.header import InstanceHeader
 
@@ -44,7 +44,10 @@ __all__ = [
     "Instance",
     "PipelineState",
     "Study",
+    "clinical_work_pending",
     "get_instance",
+    "has_study",
+    "index_present",
     "instance_path",
     "instances_in_state",
     "list_instances",
@@ -52,6 +55,7 @@ __all__ = [
     "migrate_index",
     "record_instance",
     "set_state",
+    "state_counts",
     "utc_now",
 ]
 
@@ -306,8 +310,9 @@ def instances_in_state(conn: sqlite3.Connection, state: PipelineState, limit: in
     return [_instance(r) for r in rows]
 
 
-def list_studies(conn: sqlite3.Connection) -> list[Study]:
-    """Every study, most recently received first, with instance counts per pipeline state."""
+def list_studies(conn: sqlite3.Connection, limit: int = -1) -> list[Study]:
+    """Every study (the ``limit`` most recent, if given), most recently received first, with instance counts per
+    pipeline state."""
     studies = conn.execute(
         """
         SELECT st.study_uid, p.patient_id, p.patient_name, p.birth_date, p.sex, st.study_date, st.study_time,
@@ -319,7 +324,9 @@ def list_studies(conn: sqlite3.Connection) -> list[Study]:
         LEFT JOIN instances i ON i.series_uid = se.series_uid
         GROUP BY st.study_uid
         ORDER BY st.last_received_at DESC, st.study_uid
-        """
+        LIMIT ?
+        """,
+        (limit,),
     ).fetchall()
     states: dict[str, dict[str, int]] = {}
     for study_uid, state, count in conn.execute(
@@ -329,6 +336,32 @@ def list_studies(conn: sqlite3.Connection) -> list[Study]:
         states.setdefault(study_uid, {})[state] = count
     columns = [f.name for f in dataclasses.fields(Study) if f.name != "states"]
     return [Study(**dict(zip(columns, row, strict=True)), states=states.get(row[0], {})) for row in studies]
+
+
+def index_present(conn: sqlite3.Connection) -> bool:
+    """Whether the index has been created on this box (the store has run)."""
+    return has_table(conn, "studies")
+
+
+def has_study(conn: sqlite3.Connection, study_uid: str) -> bool:
+    """Whether the index holds the study (False when the index has not been created)."""
+    if not index_present(conn):
+        return False
+    return conn.execute("SELECT 1 FROM studies WHERE study_uid = ?", (study_uid,)).fetchone() is not None
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Pipeline state -> number of instances in it (empty when the index has not been created)."""
+    if not has_table(conn, "instances"):
+        return {}
+    rows = conn.execute("SELECT pipeline_state, COUNT(*) FROM instances GROUP BY pipeline_state").fetchall()
+    return {str(state): int(count) for state, count in rows}
+
+
+def clinical_work_pending(conn: sqlite3.Connection) -> bool:
+    """Whether an instance waits for or is in analysis (``received`` or ``processing``)."""
+    row = conn.execute("SELECT 1 FROM instances WHERE pipeline_state IN ('received', 'processing') LIMIT 1").fetchone()
+    return row is not None
 
 
 def set_state(

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edge.db import migrate, transaction
+from edge.db import has_table, migrate, transaction
 from edge.receipts.book import ReceiptBook
 from edge.store.index import utc_now
 from firmware_bridge.driver import DriverStatus
@@ -42,17 +42,23 @@ from protocol.receipts import Use
 __all__ = [
     "COMPONENT",
     "USE_KIND",
+    "ExposureLine",
     "ExposureRecord",
     "FaultChange",
+    "FaultLine",
     "ImageFacts",
+    "UnitDevice",
     "contiguous_watermark",
+    "devices",
     "expire_unmatched",
     "exposure_digest",
+    "faults",
     "list_exposures",
     "match_image",
     "migrate_unit",
     "nearest_exposure",
     "pending_images",
+    "recent_exposures",
     "record_exposure",
     "record_identity",
     "record_image",
@@ -60,6 +66,7 @@ __all__ = [
     "record_status",
     "set_watermark",
     "summary",
+    "unit_present",
     "watermark",
 ]
 
@@ -438,3 +445,85 @@ def summary(conn: sqlite3.Connection) -> dict[str, object]:
         "open_faults": faults,
         "link": None if link is None else {**dict(link), "counters": json.loads(link["counters"])},
     }
+
+
+# --- reads for the technician (the control socket) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitDevice:
+    """A unit the bridge has identified (``unit_devices``)."""
+
+    serial: str
+    model: str
+    manufacturer: str
+    firmware: str
+    first_seen_at: str
+    last_seen_at: str
+    watermark_id: int | None
+
+
+@dataclass(frozen=True)
+class FaultLine:
+    """A fault a unit raised, cleared or not (``unit_faults``)."""
+
+    fault_key: int
+    unit_serial: str
+    code: int
+    raised_at: str
+    cleared_at: str | None
+
+
+@dataclass(frozen=True)
+class ExposureLine:
+    """One exposure of the exposure log."""
+
+    unit_serial: str
+    exposure_id: int
+    program: str
+    kvp: float
+    ma: float
+    duration_ms: int
+    """Beam-on time (the unit's ``time_ms``), a length of time."""
+    started_ms: int
+    """When the exposure began: Unix milliseconds, UTC, on the unit's clock."""
+    aborted: bool
+    dap_mgy_cm2: float
+    image_state: str
+
+
+def unit_present(conn: sqlite3.Connection) -> bool:
+    """Whether the unit bridge has created its tables on this box (it has run)."""
+    return has_table(conn, "unit_link")
+
+
+def devices(conn: sqlite3.Connection) -> list[UnitDevice]:
+    """Every unit identified."""
+    rows = conn.execute(
+        "SELECT serial, model, manufacturer, firmware, first_seen_at, last_seen_at, watermark_id FROM unit_devices"
+    )
+    return [UnitDevice(*row) for row in rows]
+
+
+def faults(conn: sqlite3.Connection, limit: int = 100) -> list[FaultLine]:
+    """The last ``limit`` faults raised, newest first."""
+    rows = conn.execute(
+        "SELECT fault_key, unit_serial, code, raised_at, cleared_at FROM unit_faults ORDER BY raised_at DESC LIMIT ?",
+        (limit,),
+    )
+    return [FaultLine(*row) for row in rows]
+
+
+def recent_exposures(conn: sqlite3.Connection, limit: int = 100) -> list[ExposureLine]:
+    """The last ``limit`` exposures recorded, newest first."""
+    rows = conn.execute(
+        "SELECT unit_serial, exposure_id, program, kvp, ma, time_ms, started_ms, aborted, dap_mgy_cm2, image_state "
+        "FROM unit_exposures ORDER BY exposure_key DESC LIMIT ?",
+        (limit,),
+    )
+    out = []
+    for serial, exposure_id, program, kvp, ma, time_ms, started_ms, aborted, dap, image_state in rows:
+        out.append(
+            ExposureLine(serial, exposure_id, program, kvp, ma, time_ms, started_ms, bool(aborted), dap, image_state)
+        )
+    return out

@@ -1,0 +1,131 @@
+"""What the pipeline recorded, read back: typed reads of its own tables (``pipeline_results``,
+``pipeline_findings``, written by :mod:`edge.pipeline.worker`), for the results stage and the control socket.
+
+Every read returns frozen values (or nothing) and is empty where the pipeline has never run on this box.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+
+from edge.db import has_table
+
+__all__ = [
+    "AnalysisRecord",
+    "ModelRun",
+    "ToothFinding",
+    "analysis_record",
+    "findings_in_study",
+    "last_model_run",
+    "tooth_findings",
+]
+
+
+@dataclass(frozen=True)
+class AnalysisRecord:
+    """The recorded analysis of one instance (``pipeline_results``)."""
+
+    sop_instance_uid: str
+    status: str
+    """``analysed``, ``skipped`` or ``failed``."""
+    reason: str
+    model_id: str
+    model_version: str
+    backend: str
+    precision: str
+    clinical: int
+    """1 when the model is cleared for clinical use, else 0 (as recorded)."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """Stage -> latency (:data:`edge.control.state.STAGES`)."""
+    findings_json: str = "[]"
+    """The findings as recorded: a JSON list of :meth:`edge.pipeline.findings.Finding.to_json` objects."""
+
+
+@dataclass(frozen=True)
+class ToothFinding:
+    """One finding of an instance, by kind and tooth (``pipeline_findings``)."""
+
+    kind: str
+    tooth_fdi: str | None
+    confidence: float
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """The model and backend of the latest analysis."""
+
+    model_id: str
+    model_version: str
+    backend: str
+    precision: str
+    recorded_at: str
+
+
+_RESULT_COLUMNS = (
+    "sop_instance_uid, status, reason, model_id, model_version, backend, precision, clinical, timings_json, "
+    "findings_json"
+)
+
+
+def analysis_record(
+    conn: sqlite3.Connection, sop_instance_uid: str, *, analysed_only: bool = False
+) -> AnalysisRecord | None:
+    """The recorded analysis of ``sop_instance_uid`` (only one whose status is ``analysed``, if asked), or None."""
+    if not has_table(conn, "pipeline_results"):
+        return None
+    where = " AND status = 'analysed'" if analysed_only else ""
+    row = conn.execute(
+        f"SELECT {_RESULT_COLUMNS} FROM pipeline_results WHERE sop_instance_uid = ?{where}", (sop_instance_uid,)
+    ).fetchone()
+    if row is None:
+        return None
+    uid, status, reason, model_id, version, backend, precision, clinical, timings, findings = tuple(row)
+    return AnalysisRecord(
+        sop_instance_uid=uid,
+        status=status,
+        reason=reason,
+        model_id=model_id,
+        model_version=version,
+        backend=backend,
+        precision=precision,
+        clinical=clinical,
+        timings_ms=json.loads(timings or "{}"),
+        findings_json=findings,
+    )
+
+
+def tooth_findings(conn: sqlite3.Connection, sop_instance_uid: str) -> list[ToothFinding]:
+    """The findings of one instance by tooth, then kind."""
+    if not has_table(conn, "pipeline_findings"):
+        return []
+    rows = conn.execute(
+        "SELECT kind, tooth_fdi, confidence FROM pipeline_findings WHERE sop_instance_uid = ? ORDER BY tooth_fdi, kind",
+        (sop_instance_uid,),
+    )
+    return [ToothFinding(*row) for row in rows]
+
+
+def findings_in_study(conn: sqlite3.Connection, study_uid: str) -> int:
+    """How many findings the instances of one study have."""
+    if not has_table(conn, "pipeline_findings"):
+        return 0
+    row = conn.execute(
+        "SELECT COUNT(*) FROM pipeline_findings f JOIN instances i ON i.sop_instance_uid = f.sop_instance_uid "
+        "JOIN series se ON se.series_uid = i.series_uid WHERE se.study_uid = ?",
+        (study_uid,),
+    ).fetchone()
+    return int(row[0])
+
+
+def last_model_run(conn: sqlite3.Connection, *, analysed_only: bool = False) -> ModelRun | None:
+    """The model of the latest recorded analysis (of the latest with status ``analysed``, if asked), or None."""
+    if not has_table(conn, "pipeline_results"):
+        return None
+    where = " WHERE status = 'analysed'" if analysed_only else ""
+    row = conn.execute(
+        "SELECT model_id, model_version, backend, precision, recorded_at FROM pipeline_results"
+        f"{where} ORDER BY recorded_at DESC"
+    ).fetchone()
+    return None if row is None else ModelRun(*row)

@@ -297,7 +297,7 @@ class _Batch:
             if found is not None:
                 inputs.append((device, item, ack, found))
         outcomes = self._verify(
-            [(item.envelope, certs, self.trust, checkpoint) for _, item, _, (certs, checkpoint) in inputs]
+            [(item.envelope.document, certs, self.trust, checkpoint) for _, item, _, (certs, checkpoint) in inputs]
         )
         verified = []
         for (device, item, ack, (certs, _)), outcome in zip(inputs, outcomes, strict=True):
@@ -399,7 +399,7 @@ class _Batch:
                 receipt.units,
                 receipt.overage_units,
                 body.decode("utf-8"),
-                json.dumps(item.envelope["signatures"]),
+                json.dumps(item.envelope.signatures),
                 item.id,
                 self.now,
             )
@@ -407,7 +407,7 @@ class _Batch:
 
     def _settlement(self, device: str, item: SettlementIn) -> None:
         batch, first, last = item.batch, item.first_seq, item.last_seq
-        signed = item.envelope["signed"]
+        signed = item.envelope.signed
         digest = hashlib.sha256(encode_unchecked(signed)).hexdigest()
         stored = self.tx.one("SELECT hash FROM settlements WHERE device = ? AND batch = ?", (device, batch))
         if stored is not None:
@@ -435,7 +435,7 @@ class _Batch:
         ]
         checkpoint = Checkpoint(seq=prev_last, batch=batch - 1, settlement_hash=prev)
         (settlement,) = verify_settlements(
-            [item.envelope], receipts, self.certs(device, item.keyid), self.trust, checkpoint
+            [item.envelope.document], receipts, self.certs(device, item.keyid), self.trust, checkpoint
         )
         if settlement.device != device:
             raise Rejected(f"settlement {batch} of device {settlement.device} published by {device}")
@@ -451,7 +451,7 @@ class _Batch:
                 settlement.count,
                 settlement.root,
                 settlement.closed_ms,
-                json.dumps(item.envelope),
+                json.dumps(item.envelope.document),
                 item.id,
                 self.now,
             ),

@@ -27,8 +27,9 @@ One item alone is refused (acknowledged as rejected, permanent; its neighbours g
   ranges; ``certificate`` an envelope object; ``offers``, ``health``, ``results`` an object;
 * its kind is not one the relay stores (every item of an ``up/<unknown>`` message).
 
-What passes is a :class:`ReceiptIn`, :class:`SettlementIn`, :class:`CertificateIn` or :class:`ReportIn`; the
-signatures and everything else they claim are checked by the ingest (:mod:`protocol.verify`).
+What passes is a :class:`ReceiptIn`, :class:`SettlementIn` (each with its :class:`~protocol.envelope.Envelope`,
+parsed once here), :class:`CertificateIn` or :class:`ReportIn`; the signatures and everything else they claim
+are checked by the ingest (:mod:`protocol.verify`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard
 
 from protocol.encoding import MAX_SAFE_INTEGER
+from protocol.envelope import Envelope
+from protocol.errors import MalformedRecord
 from protocol.kinds import CERTIFICATE, RECEIPTS, SETTLEMENTS, UP_KINDS
 from protocol.topics import parse_up_topic
 
@@ -131,10 +134,13 @@ class ReceiptIn:
 
     kind: ClassVar[str] = RECEIPTS
     id: str
-    envelope: Mapping[str, Any]
+    envelope: Envelope
     seq: int
     prev: str
-    keyid: str
+
+    @property
+    def keyid(self) -> str:
+        return self.envelope.keyid
 
 
 @dataclass(frozen=True)
@@ -143,11 +149,14 @@ class SettlementIn:
 
     kind: ClassVar[str] = SETTLEMENTS
     id: str
-    envelope: Mapping[str, Any]
+    envelope: Envelope
     batch: int
     first_seq: int
     last_seq: int
-    keyid: str
+
+    @property
+    def keyid(self) -> str:
+        return self.envelope.keyid
 
 
 @dataclass(frozen=True)
@@ -257,27 +266,11 @@ def _item(kind: str, item_id: str, body: Any, full_check: bool) -> UpItem | Refu
             return _receipt(item_id, body)
         if kind == SETTLEMENTS:
             return _settlement(item_id, body)
-    except _ShapeError as exc:
+    except MalformedRecord as exc:
         return Refusal("shape", str(exc), item_id)
     if kind == CERTIFICATE:
         return CertificateIn(item_id, body)
     return ReportIn(kind, item_id, body)
-
-
-class _ShapeError(Exception):
-    pass
-
-
-def _signed(body: dict[str, Any], what: str) -> tuple[dict[str, Any], str]:
-    signed = body.get("signed")
-    if type(signed) is not dict:
-        raise _ShapeError(f"{what}: not a signed {what} envelope")
-    keyid = signed.get("keyid")
-    if type(keyid) is not str or not 0 < len(keyid) <= 128:
-        raise _ShapeError(f"{what}: not a signed {what} envelope with a key id")
-    if type(body.get("signatures")) is not list:
-        raise _ShapeError(f"{what}: not a signed {what} envelope with a list of signatures")
-    return signed, keyid
 
 
 def _counter(value: Any) -> TypeGuard[int]:
@@ -286,19 +279,20 @@ def _counter(value: Any) -> TypeGuard[int]:
 
 
 def _receipt(item_id: str, body: dict[str, Any]) -> ReceiptIn:
-    signed, keyid = _signed(body, "receipt")
-    seq, prev = signed.get("seq"), signed.get("prev")
+    envelope = Envelope.from_json(body, "receipt")
+    seq, prev = envelope.signed.get("seq"), envelope.signed.get("prev")
     if not _counter(seq) or type(prev) is not str:
-        raise _ShapeError("receipt: not a signed receipt envelope with an integer seq and a prev hash")
-    return ReceiptIn(item_id, body, seq, prev, keyid)
+        raise MalformedRecord("receipt: not a signed receipt envelope with an integer seq and a prev hash")
+    return ReceiptIn(item_id, envelope, seq, prev)
 
 
 def _settlement(item_id: str, body: dict[str, Any]) -> SettlementIn:
-    signed, keyid = _signed(body, "settlement")
+    envelope = Envelope.from_json(body, "settlement")
+    signed = envelope.signed
     batch, first, last = signed.get("batch"), signed.get("first_seq"), signed.get("last_seq")
     if not (_counter(batch) and _counter(first) and _counter(last)):
-        raise _ShapeError("settlement: not a signed settlement envelope with integer batch, first_seq, last_seq")
-    return SettlementIn(item_id, body, batch, first, last, keyid)
+        raise MalformedRecord("settlement: not a signed settlement envelope with integer batch, first_seq, last_seq")
+    return SettlementIn(item_id, envelope, batch, first, last)
 
 
 def _subset_fault(value: Any, depth: int) -> str | None:

@@ -16,7 +16,7 @@ import pytest
 from edge.capacity import CapacityService
 from edge.capacity.fetch import DirectoryFetcher
 from edge.capacity.jobrun import pack_batch
-from edge.capacity.messages import JOB, OFFER, RESULT, WITHDRAW, check_job, outputs_agree, sign, verify
+from edge.capacity.messages import check_job
 from edge.capacity.policy import OpeningHours, decide
 from edge.capacity.probe import Accelerator, parse_meminfo, parse_tegrastats
 from edge.capacity.runner import process_state
@@ -24,9 +24,10 @@ from edge.cli import main as cli_main
 from edge.config import AgentConfig, AgentSection, CapacityConfig
 from edge.errors import ConfigError, JobRejected
 from edge.outbox import Outbox
-from edge.receipts.identity import now_ms
-from edge.receipts.keys import PrivateKey, generate_key
 from ota.repository import bundle_archive
+from protocol.capacity import JOB, OFFER, RESULT, WITHDRAW, outputs_agree, sign, verify
+from protocol.clock import now_ms
+from protocol.keys import PrivateKey, generate_key
 from tests.conftest import wait_until
 from tests.receipts_helpers import Box, make_box
 

@@ -14,15 +14,16 @@ import pytest
 
 from edge.agent import build_agent
 from edge.capacity import CapacityService
-from edge.capacity.messages import JOB, sign
 from edge.capacity.runner import process_state
 from edge.capacity.state import open_offer
 from edge.config import AgentConfig, with_overrides
 from edge.db import DB_FILENAME, connect
-from edge.receipts.identity import KeyFiles, now_ms, provision
-from edge.receipts.keys import generate_key
+from edge.receipts.identity import KeyFiles, provision
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dicom_bytes
+from protocol.capacity import JOB, sign
+from protocol.clock import now_ms
+from protocol.keys import generate_key
 from tests.conftest import Dcmtk, free_port, wait_until
 from tests.test_capacity import _batch, _blob, _bundle_tar
 

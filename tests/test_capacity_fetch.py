@@ -16,7 +16,7 @@ import pytest
 from edge.capacity import CapacityService
 from edge.capacity.fetch import DirectoryFetcher, HttpFetcher
 from edge.errors import JobRejected
-from edge.receipts.keys import generate_key
+from protocol.keys import generate_key
 from tests.conftest import wait_until
 from tests.ota_helpers import RepoServer, deadline_timers, serve
 from tests.test_capacity import Rig, _accelerator

@@ -17,8 +17,8 @@ from edge.capacity import CapacityService
 from edge.capacity.fetch import DirectoryFetcher
 from edge.config import AgentConfig, AgentSection, CapacityConfig, SyncConfig
 from edge.outbox import Outbox
-from edge.receipts.keys import generate_key
 from edge.sync import SyncService
+from protocol.keys import generate_key
 from tests.conftest import wait_until
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay
 from tests.receipts_helpers import Box

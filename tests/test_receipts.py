@@ -9,17 +9,19 @@ from typing import Any
 
 import pytest
 
-from edge import errors
 from edge.db import transaction
-from edge.receipts import merkle
+from edge.errors import ReceiptError
 from edge.receipts.book import ReceiptBook
-from edge.receipts.encoding import canonical_bytes, encode_unchecked
-from edge.receipts.grants import install_grant, list_grants, verify_grant
-from edge.receipts.identity import KeyFiles, issue_revocations, load_identity, provision
-from edge.receipts.keys import generate_key, seal
-from edge.receipts.receipts import RECEIPT, Use
-from edge.receipts.settlement import SETTLEMENT
-from edge.receipts.verify import Checkpoint, Trust, verify_export, verify_inclusion, verify_settlements
+from edge.receipts.grants import install_grant, list_grants
+from edge.receipts.identity import KeyFiles, load_identity, provision
+from protocol import errors, merkle
+from protocol.certificates import issue_revocations
+from protocol.encoding import canonical_bytes, encode_unchecked
+from protocol.grants import verify_grant
+from protocol.keys import generate_key, seal
+from protocol.receipts import RECEIPT, Use
+from protocol.settlement import SETTLEMENT
+from protocol.verify import Checkpoint, Trust, verify_export, verify_inclusion, verify_settlements
 from tests.receipts_helpers import Box, make_box, make_grant
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ def test_certificate_from_a_forger_claiming_the_manufacturer_id(box: Box) -> Non
 
 
 def test_receipt_after_the_certificate_expired(tmp_path: Path) -> None:
-    from edge.receipts.identity import now_ms
+    from protocol.clock import now_ms
 
     b = make_box(tmp_path, clock=lambda: now_ms() + 31 * 86_400_000, valid_days=30)
     b.record(1)
@@ -396,7 +398,7 @@ def test_settlement_totals_and_chain(box: Box) -> None:
 def test_settlements_verify_alone(box: Box) -> None:
     doc = box.export()
     certs = {box.identity.key.keyid: box.identity.parsed}
-    from edge.receipts.verify import verify_receipts
+    from protocol.verify import verify_receipts
 
     receipts = verify_receipts(doc["receipts"], certs, trust(box))
     assert len(verify_settlements(doc["settlements"], receipts, certs, trust(box))) == 2
@@ -432,8 +434,8 @@ def test_open_book_provisions_on_first_run_in_dev_mode(tmp_path: Path) -> None:
 
 def test_open_book_with_an_untrusted_certificate_parks_instead_of_failing(tmp_path: Path) -> None:
     from edge.config import AgentConfig, with_overrides
-    from edge.receipts.keys import save_private_key, save_public_key
     from edge.receipts.service import open_book
+    from protocol.keyfiles import save_private_key, save_public_key
 
     manufacturer, other = generate_key(), generate_key()
     save_private_key(tmp_path / "m.key", manufacturer)
@@ -530,12 +532,12 @@ def test_rotation_continues_the_chain_and_retires_the_old_key(tmp_path: Path) ->
 
 
 def test_interrupted_rotation_is_finished_on_load(tmp_path: Path) -> None:
-    from edge.receipts.keys import save_private_key
+    from protocol.keyfiles import save_private_key
 
     b = make_box(tmp_path)
     files = KeyFiles(tmp_path / "keys")
     new = generate_key()
-    from edge.receipts.identity import REQUEST, issue_certificate
+    from protocol.certificates import REQUEST, issue_certificate
 
     request = seal(
         REQUEST,
@@ -565,7 +567,7 @@ def test_hook_survives_a_database_without_its_tables(tmp_path: Path) -> None:
 
 
 def test_stand_alone_proofs(box: Box) -> None:
-    from edge.receipts.verify import verify_proof
+    from protocol.verify import verify_proof
 
     proof = box.book.prove(box.conn, 6)
     receipt, settlement = verify_proof(copy.deepcopy(proof), trust(box))
@@ -579,5 +581,5 @@ def test_stand_alone_proofs(box: Box) -> None:
         verify_proof(altered, trust(box))
     with pytest.raises(errors.UntrustedIssuer):
         verify_proof(proof, Trust.of([generate_key().public]))
-    with pytest.raises(errors.ReceiptError):
+    with pytest.raises(ReceiptError):
         box.book.prove(box.conn, 11)  # not settled yet

@@ -16,10 +16,10 @@ from edge.config import AgentConfig, with_overrides
 from edge.db import DB_FILENAME, connect, transaction
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import KeyFiles, dev_manufacturer_key, rotate
-from edge.receipts.keys import load_public_key
-from edge.receipts.receipts import Use
 from edge.receipts.service import SettlementService, open_book
-from edge.receipts.verify import Trust, verify_export
+from protocol.keyfiles import load_public_key
+from protocol.receipts import Use
+from protocol.verify import Trust, verify_export
 from tests.conftest import StartAgent, wait_until
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker, StubRelay
 

@@ -17,17 +17,8 @@ from edge.errors import AckError, ConfigError
 from edge.outbox import Item, Outbox
 from edge.sync import FakeBroker, SyncService, link_settings
 from edge.sync.fake import topic_matches
-from edge.sync.protocol import (
-    OFFLINE,
-    ONLINE,
-    ack_topic,
-    batches,
-    command_name,
-    decode_ack,
-    encode_up,
-    presence_topic,
-    up_topic,
-)
+from edge.sync.protocol import batches, decode_ack, encode_up
+from protocol.topics import OFFLINE, ONLINE, ack_topic, command_name, presence_topic, up_topic
 from runtime.backoff import Backoff, full_jitter
 from tests.conftest import wait_until
 from tests.receipts_helpers import Box, make_box

@@ -1,11 +1,14 @@
 """The composition root: builds every component from one :class:`AgentConfig` and runs them.
 
 No module reaches for a global: :func:`build_agent` creates the store, the SCP, the pipeline, the outbox and
-the links, hands each what it needs, and :class:`Agent` starts them in order and stops them in reverse.
+the links from their sections of the configuration, hands each what it needs, and lists them in their start
+order; nothing touches the disk, the network or a thread until :meth:`Agent.run` starts them in that order (each
+does its I/O in ``start``) and stops them in reverse. The library globals pydicom and pynetdicom force are held in
+:mod:`edge.dicomlib` by the services that need them, and put back when they stop.
 
 The data directory holds patient data. ``btt-edge run`` sets the process umask from :func:`data_modes` before
-anything is created, and :func:`build_agent` creates the data directory private, or takes the bits beyond
-:func:`data_modes` off it and off what is directly in it (:func:`protect_data_dir`), whatever the umask was.
+anything is created, and the first step of the start order creates the data directory private, or takes the bits
+beyond :func:`data_modes` off it and off what is directly in it (:func:`protect_data_dir`), whatever the umask was.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -90,7 +91,7 @@ def test_status_opens_and_closes_faults(conn: sqlite3.Connection) -> None:
     change = record_status(conn, "SN-1", Status("fault", 40, 49.0, (0x0301,)))
     assert (change.raised, change.cleared) == ((), (0x0101,))
     record_status(conn, "SN-1", Status("ready"))
-    view = summary(conn)
+    view = dataclasses.asdict(summary(conn))
     assert view["open_faults"] == []
     assert view["units"] == [
         {
@@ -100,7 +101,7 @@ def test_status_opens_and_closes_faults(conn: sqlite3.Connection) -> None:
             "tube_temp_c": 0.0,
             "faults": "",
             "unit_time_ms": 0,
-            "updated_at": view["units"][0]["updated_at"],  # type: ignore[index]
+            "updated_at": view["units"][0]["updated_at"],
         }
     ]
     assert conn.execute("SELECT COUNT(*) FROM unit_faults WHERE cleared_at IS NOT NULL").fetchone()[0] == 2
@@ -130,7 +131,7 @@ def test_matching_and_unmatched_after_grace(conn: sqlite3.Connection) -> None:
     states = {e.exposure_id: (e.image_state, e.sop_instance_uid) for e in list_exposures(conn)}
     assert states[2] == ("matched", "1.2.3.2")
     assert expire_unmatched(conn, grace_ms=0, now_ms=2**62) == (2, 2)
-    view = summary(conn)
+    view = dataclasses.asdict(summary(conn))
     assert view["exposures"] == {"matched": 1, "no_image": 2}
     assert view["images"] == {"matched": 1, "no_exposure": 2}
     late = ImageFacts("1.2.3.3", "SN-1", _exposure(3).started_ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import sqlite3
@@ -108,13 +109,13 @@ def test_exposures_status_and_faults(rig: Rig) -> None:
     rig.expose(5)
     rig.assert_exactly(5)
     rig.sim.raise_fault(0x0101)
-    wait_until(lambda: bool(summary(rig.db)["open_faults"]))
+    wait_until(lambda: bool(summary(rig.db).open_faults))
     assert rig.sim.expose() is None  # a faulted unit does not expose; the bridge has no say
     rig.sim.clear_faults()
-    wait_until(lambda: not summary(rig.db)["open_faults"])
+    wait_until(lambda: not summary(rig.db).open_faults)
     view = summary(rig.db)
-    assert view["units"][0]["state"] == "ready"  # type: ignore[index]
-    wait_until(lambda: summary(rig.db)["link"] is not None)
+    assert view.units[0].state == "ready"
+    wait_until(lambda: summary(rig.db).link is not None)
     link = _link(rig.db)
     assert link["state"] == "connected"
     assert "garbled" in link["counters"]
@@ -334,9 +335,8 @@ def test_a_unit_gone_while_the_agent_stops_is_a_normal_close(
 
 def _link(conn: sqlite3.Connection) -> dict[str, Any]:
     """The unit link's part of the summary; empty before the link first reported."""
-    link = summary(conn)["link"]
-    assert link is None or isinstance(link, dict)
-    return link or {}
+    link = summary(conn).link
+    return {} if link is None else dataclasses.asdict(link)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:

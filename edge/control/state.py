@@ -42,7 +42,19 @@ from edge.receipts.book import (
 )
 from edge.results.queue import SourceDelivery, delivery_counts, source_counts, source_deliveries
 from edge.store.index import has_study, index_present, list_instances, list_studies, state_counts, utc_now
-from edge.unit.exposures import ExposureLine, FaultLine, UnitDevice, devices, faults, recent_exposures, unit_present
+from edge.unit.exposures import (
+    ExposureLine,
+    FaultLine,
+    OpenFault,
+    UnitDevice,
+    UnitLink,
+    UnitState,
+    UnitSummary,
+    devices,
+    faults,
+    recent_exposures,
+    unit_present,
+)
 from edge.unit.exposures import summary as unit_summary
 
 __all__ = [
@@ -198,9 +210,9 @@ class UnitView(_View):
     """The ``unit`` view: identity, status and link of the unit, its fault history and its exposure log."""
 
     configured: bool
-    link: dict[str, Any] | None
-    units: list[dict[str, Any]]
-    open_faults: list[dict[str, Any]]
+    link: UnitLink | None
+    units: list[UnitState]
+    open_faults: list[OpenFault]
     devices: list[UnitDevice]
     faults: list[FaultLine]
     exposures: list[ExposureLine]
@@ -319,9 +331,9 @@ class AgentState:
             "unit": {
                 "configured": bool(cfg.unit.port),
                 "port": cfg.unit.port,
-                "link": unit["link"],
-                "units": unit["units"],
-                "open_faults": unit["open_faults"],
+                "link": None if unit.link is None else dataclasses.asdict(unit.link),
+                "units": [dataclasses.asdict(u) for u in unit.units],
+                "open_faults": [dataclasses.asdict(f) for f in unit.open_faults],
             },
             "dicom": {
                 "ae_title": cfg.dicom.ae_title,
@@ -416,9 +428,9 @@ class AgentState:
             present = unit_present(conn)
             return UnitView(
                 configured=bool(self.config.unit.port),
-                link=summary["link"],
-                units=summary["units"],
-                open_faults=summary["open_faults"],
+                link=summary.link,
+                units=summary.units,
+                open_faults=summary.open_faults,
                 devices=devices(conn) if present else [],
                 faults=faults(conn) if present else [],
                 exposures=recent_exposures(conn) if present else [],
@@ -468,11 +480,11 @@ class AgentState:
 
     # --- parts ------------------------------------------------------------------------------------------------
 
-    def _unit_summary(self, conn: sqlite3.Connection) -> dict[str, Any]:
+    @staticmethod
+    def _unit_summary(conn: sqlite3.Connection) -> UnitSummary:
         if not unit_present(conn):
-            return {"link": None, "units": [], "open_faults": []}
-        doc = unit_summary(conn)
-        return {"link": doc["link"], "units": doc["units"], "open_faults": doc["open_faults"]}
+            return UnitSummary(exposures={}, images={}, units=[], open_faults=[], link=None)
+        return unit_summary(conn)
 
     def _relay_state(self, conn: sqlite3.Connection) -> dict[str, Any]:
         doc: dict[str, Any] = {"configured": bool(self.config.sync.url), "connected": None}

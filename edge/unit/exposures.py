@@ -31,6 +31,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edge.db import has_table, migrate, transaction
 from edge.receipts.book import ReceiptBook
@@ -47,7 +48,11 @@ __all__ = [
     "FaultChange",
     "FaultLine",
     "ImageFacts",
+    "OpenFault",
     "UnitDevice",
+    "UnitLink",
+    "UnitState",
+    "UnitSummary",
     "contiguous_watermark",
     "devices",
     "expire_unmatched",
@@ -424,27 +429,80 @@ def expire_unmatched(conn: sqlite3.Connection, grace_ms: int, now_ms: int | None
     return exposures, images
 
 
-def summary(conn: sqlite3.Connection) -> dict[str, object]:
+@dataclass(frozen=True)
+class UnitState:
+    """The latest status a unit reported (``unit_status``)."""
+
+    serial: str
+    state: str
+    heat_pct: int
+    tube_temp_c: float
+    faults: str
+    unit_time_ms: int
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class OpenFault:
+    """A fault a unit raised and has not cleared."""
+
+    unit_serial: str
+    code: int
+    raised_at: str
+
+
+@dataclass(frozen=True)
+class UnitLink:
+    """The serial link to the unit, as the bridge last recorded it (``unit_link``)."""
+
+    port: str
+    state: str
+    version: int | None
+    error: str | None
+    counters: dict[str, Any]
+    clock_offset_ms: int | None
+    last_heard_s: float | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class UnitSummary:
+    """Counts and latest status per unit, for ``btt-edge`` status views and the terminal UI."""
+
+    exposures: dict[str, int]
+    """Image state -> exposures in it."""
+    images: dict[str, int]
+    """Match state -> images in it."""
+    units: list[UnitState]
+    open_faults: list[OpenFault]
+    link: UnitLink | None
+
+
+def summary(conn: sqlite3.Connection) -> UnitSummary:
     """Counts and latest status per unit, for ``btt-edge`` status views and the terminal UI."""
     exposures = dict(conn.execute("SELECT image_state, COUNT(*) FROM unit_exposures GROUP BY image_state").fetchall())
     images = dict(conn.execute("SELECT state, COUNT(*) FROM unit_images GROUP BY state").fetchall())
-    units = [dict(r) for r in conn.execute("SELECT * FROM unit_status ORDER BY serial")]
+    units = [
+        UnitState(*row)
+        for row in conn.execute(
+            "SELECT serial, state, heat_pct, tube_temp_c, faults, unit_time_ms, updated_at FROM unit_status "
+            "ORDER BY serial"
+        )
+    ]
     faults = [
-        dict(r)
-        for r in conn.execute(
+        OpenFault(*row)
+        for row in conn.execute(
             "SELECT unit_serial, code, raised_at FROM unit_faults WHERE cleared_at IS NULL ORDER BY raised_at"
         )
     ]
-    link = conn.execute(
+    row = conn.execute(
         "SELECT port, state, version, error, counters, clock_offset_ms, last_heard_s, updated_at FROM unit_link"
     ).fetchone()
-    return {
-        "exposures": exposures,
-        "images": images,
-        "units": units,
-        "open_faults": faults,
-        "link": None if link is None else {**dict(link), "counters": json.loads(link["counters"])},
-    }
+    link = None
+    if row is not None:
+        port, state, version, error, counters, offset, heard, updated = tuple(row)
+        link = UnitLink(port, state, version, error, json.loads(counters), offset, heard, updated)
+    return UnitSummary(exposures=exposures, images=images, units=units, open_faults=faults, link=link)
 
 
 # --- reads for the technician (the control socket) ------------------------------------------------------------

@@ -280,7 +280,7 @@ class _Batch:
         event(log, "item rejected", level=logging.WARNING, device=device, kind=item.kind, id=item.id, reason=reason)
 
     def _certificate(self, device: str, item: CertificateIn) -> None:
-        cert = store_certificate(self.tx, item.envelope, self.trust, self.now)
+        cert = store_certificate(self.tx, item.envelope.document, self.trust, self.now)
         if cert.device_id != device:
             raise Rejected(f"certificate of {cert.device_id} published by {device}")
         self._certs.forget(device)

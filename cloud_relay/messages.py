@@ -24,12 +24,12 @@ One item alone is refused (acknowledged as rejected, permanent; its neighbours g
   range), a string that is not valid Unicode (a lone surrogate escape);
 * its body is not the kind's shape: ``receipts`` and ``settlements`` a signed envelope whose fields the ingest
   looks up (``seq``, ``prev``, ``batch``, ``first_seq``, ``last_seq``, ``keyid``) have their types and
-  ranges; ``certificate`` an envelope object; ``offers``, ``health``, ``results`` an object;
+  ranges; ``certificate`` a signed envelope naming its key; ``offers``, ``health``, ``results`` an object;
 * its kind is not one the relay stores (every item of an ``up/<unknown>`` message).
 
-What passes is a :class:`ReceiptIn`, :class:`SettlementIn` (each with its :class:`~protocol.envelope.Envelope`,
-parsed once here), :class:`CertificateIn` or :class:`ReportIn`; the signatures and everything else they claim
-are checked by the ingest (:mod:`protocol.verify`).
+What passes is a :class:`ReceiptIn`, :class:`SettlementIn` or :class:`CertificateIn` (each with its
+:class:`~protocol.envelope.Envelope`, parsed once here), or a :class:`ReportIn`; the signatures and everything
+else they claim are checked by the ingest (:mod:`protocol.verify`).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class CertificateIn:
 
     kind: ClassVar[str] = CERTIFICATE
     id: str
-    envelope: Mapping[str, Any]
+    envelope: Envelope
 
 
 @dataclass(frozen=True)
@@ -266,10 +266,10 @@ def _item(kind: str, item_id: str, body: Any, full_check: bool) -> UpItem | Refu
             return _receipt(item_id, body)
         if kind == SETTLEMENTS:
             return _settlement(item_id, body)
+        if kind == CERTIFICATE:
+            return CertificateIn(item_id, Envelope.from_json(body, "certificate"))
     except MalformedRecord as exc:
         return Refusal("shape", str(exc), item_id)
-    if kind == CERTIFICATE:
-        return CertificateIn(item_id, body)
     return ReportIn(kind, item_id, body)
 
 

@@ -103,11 +103,11 @@ def check(laid: Layout, found: Sequence[Finding], rows: int, *, top: float = 0) 
 
 
 def test_generator_panoramics_through_the_reference_bundle() -> None:
-    """The real findings (40-odd on each: crowns, restorations, fillings, implants, bone loss), as the overlay lays
-    them out with its own font."""
+    """The real findings (25-35 on each: caries, crowns, restorations, fillings, implants, bone loss), as the overlay
+    lays them out with its own font."""
     for seed in (3, 1000019):
         found = analysed(seed)
-        assert len(found) > 30
+        assert len(found) > 20
         rows, columns = generate(seed).pixels.shape
         for numbering in ("fdi", "fdi+universal"):
             laid = plan((rows, columns), found, numbering=numbering)

@@ -20,9 +20,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from edge.cli.model import DEFAULT_BUNDLE
-from edge.config import DestinationConfig, ResultsConfig
-from edge.pipeline.analyzer import Analyzer
-from edge.pipeline.backends import BackendOptions, select_backend
+from edge.config import DestinationConfig, PipelineConfig, ResultsConfig
+from edge.pipeline.analyzer import open_analyzer
 from edge.pipeline.worker import PipelineWorker, migrate_pipeline
 from edge.results import queue
 from edge.results.analysis import RecordedAnalyses
@@ -32,7 +31,6 @@ from edge.results.sr import build_sr
 from edge.results.uids import UidFactory
 from edge.store.image_store import ImageStore
 from edge.store.index import get_instance
-from models.bundle import load_bundle
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dataset
 from tests.orthanc import OrthancPacs
@@ -128,8 +126,8 @@ def test_orthanc_files_every_result_in_the_source_study_and_reads_the_findings(
     conn = store.conn
     migrate_pipeline(conn)
     queue.migrate_results(conn)
-    bundle = load_bundle(DEFAULT_BUNDLE)
-    analyzer = Analyzer(bundle, select_backend(bundle, "onnxruntime-cpu", BackendOptions(threads=1)))
+    analyzer = open_analyzer(PipelineConfig(bundle_path=DEFAULT_BUNDLE, backend="onnxruntime-cpu", threads=1))
+    bundle = analyzer.bundle
     assert PipelineWorker(conn, store.data_dir, analyzer).drain() == 1
     analyses = RecordedAnalyses(lambda: (bundle.manifest,))
     analysis = analyses.load(conn, uid)

@@ -18,12 +18,14 @@ from typing import Any
 
 from edge.errors import EdgeError
 
-__all__ = ["DEFAULT_BUNDLE", "DEFAULT_WEIGHTS", "register"]
+__all__ = ["DEFAULT_BUNDLE", "DEFAULT_CROP_WEIGHTS", "DEFAULT_WEIGHTS", "register"]
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "bundles" / "reference-dental"
 """The committed reference bundle."""
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "reference" / "reference.pt"
-"""The committed PyTorch weights of the reference bundle."""
+"""The committed PyTorch weights of the reference bundle's first network (teeth)."""
+DEFAULT_CROP_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "reference" / "tooth.pt"
+"""The committed PyTorch weights of its second network (findings on tooth crops)."""
 
 
 def register(sub: Any) -> None:
@@ -61,16 +63,27 @@ def register(sub: Any) -> None:
     pack.add_argument("--out", type=Path, required=True, metavar="DIR", help="the bundle directory to write")
     pack.set_defaults(func=_pack)
 
-    train = actions.add_parser("train", help="train the reference network (needs the train extra)")
-    train.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, metavar="WEIGHTS")
+    train = actions.add_parser("train", help="train a reference network (needs the train extra)")
+    train.add_argument(
+        "--network",
+        choices=("teeth", "crops"),
+        default="teeth",
+        help="teeth: the first network (tooth labels); crops: the second (findings on tooth crops)",
+    )
+    train.add_argument("--out", type=Path, default=None, metavar="WEIGHTS", help="default: the committed weights")
     train.add_argument("--seed", type=int, default=None, metavar="S")
-    train.add_argument("--steps", type=int, default=None, metavar="N")
+    train.add_argument("--steps", type=int, default=None, metavar="N", help="teeth: optimiser steps")
+    train.add_argument("--epochs", type=int, default=None, metavar="N", help="crops: passes over the crops")
     train.add_argument("--images", type=int, default=None, metavar="N")
-    train.add_argument("--refine-steps", type=int, default=None, metavar="N", help="second stage (default 0: none)")
+    train.add_argument("--refine-steps", type=int, default=None, metavar="N", help="teeth: second stage (0: none)")
     train.set_defaults(func=_train)
 
     export = actions.add_parser("export", help="export weights to an ONNX bundle (needs the train extra)")
     export.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, metavar="WEIGHTS")
+    export.add_argument("--crop-weights", type=Path, default=DEFAULT_CROP_WEIGHTS, metavar="WEIGHTS")
+    export.add_argument(
+        "--one-stage", action="store_true", help="the first network alone, finding masks from it (no crops)"
+    )
     export.add_argument("--out", type=Path, default=DEFAULT_BUNDLE, metavar="DIR")
     export.set_defaults(func=_export)
 
@@ -197,14 +210,21 @@ def _pack(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     try:
+        from models.reference.tooth_train import ToothTrainConfig, train_teeth
         from models.reference.train import TrainConfig, train
     except ImportError as exc:
         raise EdgeError(f"training needs the train extra (pip install '.[train]'): {exc}") from exc
-    overrides = {
-        k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("images", args.images)) if v is not None
-    }
-    summary = train(TrainConfig(**overrides), args.out)
-    print(f"wrote {args.out} after {summary['seconds']} s")
+    given = {"seed": args.seed, "images": args.images}
+    if args.network == "crops":
+        out = args.out or DEFAULT_CROP_WEIGHTS
+        overrides = {k: v for k, v in {**given, "epochs": args.epochs}.items() if v is not None}
+        summary = train_teeth(ToothTrainConfig(**overrides), out)
+    else:
+        out = args.out or DEFAULT_WEIGHTS
+        more = {"steps": args.steps, "refine_steps": args.refine_steps}
+        overrides = {k: v for k, v in {**given, **more}.items() if v is not None}
+        summary = train(TrainConfig(**overrides), out)
+    print(f"wrote {out} after {summary['seconds']} s")
     return 0
 
 
@@ -213,5 +233,5 @@ def _export(args: argparse.Namespace) -> int:
         from models.reference.export import export_bundle
     except ImportError as exc:
         raise EdgeError(f"export needs the train extra (pip install '.[train]'): {exc}") from exc
-    print(f"wrote {export_bundle(args.weights, args.out)}")
+    print(f"wrote {export_bundle(args.weights, args.out, None if args.one_stage else args.crop_weights)}")
     return 0

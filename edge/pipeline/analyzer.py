@@ -149,16 +149,24 @@ def infer_findings(
 class Analyzer:
     """Analyses datasets with the active bundles, each image with the first that accepts it.
 
-    ``bundle`` on ``backend`` is the primary model (``[pipeline] bundle_path``, or the active OTA slot); ``others``
+    ``bundle`` on ``backend`` (and, for a two-stage bundle, its crop network on ``crops``) is the primary model
+    (``[pipeline] bundle_path``, or the active OTA slot); ``others``
     are active beside it (``[pipeline] extra_bundles``) and are offered an image in their order, after it.
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, *, others: Sequence[ActiveModel] = ()) -> None:
-        self.models = (ActiveModel(bundle, backend), *others)
+    def __init__(
+        self, bundle: Bundle, backend: Backend, *, crops: Backend | None = None, others: Sequence[ActiveModel] = ()
+    ) -> None:
+        self.models = (ActiveModel(bundle, backend, crops), *others)
         ids = [m.bundle.manifest.id for m in self.models]
         if len(set(ids)) != len(ids):
             raise BundleError(f"two active bundles share an id ({', '.join(ids)}): a result would not say which ran")
         for model in self.models:
+            if (model.bundle.manifest.crops is None) != (model.crops is None):
+                raise BundleError(
+                    f"{model.bundle.manifest.id}: a two-stage bundle runs with its crop network, a one-stage bundle "
+                    "without one"
+                )
             if model.bundle.manifest.input.channels != 1:
                 raise BundleError(
                     f"{model.bundle.manifest.id}: the pipeline feeds 1-channel images, the bundle wants "
@@ -286,7 +294,7 @@ def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analy
         for path in (config.bundle_path, *config.extra_bundles):
             opened.append(_open_model(config, path, data_dir))
         primary, *others = opened
-        return Analyzer(primary.bundle, primary.backend, others=others)
+        return Analyzer(primary.bundle, primary.backend, crops=primary.crops, others=others)
     except EdgeError:
         for model in opened:
             model.backend.close()

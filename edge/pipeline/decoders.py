@@ -169,9 +169,10 @@ def tooth_labels(
     left). Each column of each jaw gets the number that best fits the column's tooth probabilities under that
     order; then each tooth (a connected region of one number, split where two touch) gets a number of its own,
     in order, with the two jaws' midlines one above the other (:func:`_number_teeth`). This corrects the
-    network's left/right and neighbour confusions (tooth numbering 0.76 -> 0.98 on the held-out set). A manifest with teeth outside the
-    permanent dentition gets the plain arg-max. With ``consume`` the softmax overwrites ``teeth`` instead of a copy
-    (33 channels at 256x512 are 17 MB). Labels come at the logits' resolution (see :func:`repeat_labels`).
+    network's left/right and neighbour confusions (tooth numbering 0.76 -> 0.98 on the held-out set). A manifest
+    with teeth outside the permanent dentition gets the plain arg-max. With ``consume`` the softmax overwrites
+    ``teeth`` instead of a copy (33 channels at 256x512 are 17 MB). Labels come at the logits' resolution (see
+    :func:`repeat_labels`).
     """
     labels = np.asarray(teeth.argmax(axis=0), dtype=np.intp)
     if not set(labels_fdi) <= set(PERMANENT_FDI) or not labels.any():
@@ -240,10 +241,15 @@ def _jaw(
 ) -> _Jaw:
     """One jaw's teeth: the connected regions of each number (split where two touch), fragments apart."""
     regions: list[_Region] = []
-    for k in order:
-        components, count = ndimage.label((result == k) & jaw)
+    numbered = np.where(jaw, result, 0)
+    for k, window in enumerate(ndimage.find_objects(numbered.astype(np.int32)), start=0):
+        if window is None or k + 1 not in order:
+            continue
+        components, count = ndimage.label(numbered[window] == k + 1)
+        top, left = window[0].start, window[1].start
         for number in range(1, count + 1):
             rows, cols = np.nonzero(components == number)
+            rows, cols = rows + top, cols + left
             regions.append((float(cols.mean()), rows, cols))
     if regions:
         typical = float(np.median([float(np.ptp(r[2]) + 1) for r in regions]))
@@ -252,9 +258,12 @@ def _jaw(
     floor = FRAGMENT_SHARE * float(np.median(areas)) if regions else 0.0
     big = [i for i in range(len(regions)) if areas[i] >= floor]
     big = sorted(sorted(big, key=lambda i: -areas[i])[: len(order)], key=lambda i: regions[i][0])
-    scores = np.asarray(
-        [[float(probs[k][regions[i][1], regions[i][2]].sum()) for k in order] for i in big], dtype=np.float64
-    ).reshape(len(big), len(order))
+    index = np.zeros(result.shape, np.intp)  # 1 + the position in big of each tooth's pixels, 0 elsewhere
+    for position, i in enumerate(big, start=1):
+        index[regions[i][1], regions[i][2]] = position
+    flat = index.ravel()
+    sums = [np.bincount(flat, weights=probs[k].ravel(), minlength=len(big) + 1)[1:] for k in order]
+    scores = np.asarray(np.stack(sums, axis=1), dtype=np.float64).reshape(len(big), len(order))
     return _Jaw(order, regions, big, scores)
 
 

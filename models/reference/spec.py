@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 BUNDLE_ID = "btt-reference-dental-pano"
-VERSION = "0.3.2"
+VERSION = "0.4.0"
 TASK = "dental-panoramic-segmentation"
 REQUIRES_AGENT = ">=0.1,<1"
 

@@ -13,8 +13,10 @@ works without a restart and survives one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from edge.db import has_table, migrate, transaction
@@ -23,6 +25,9 @@ from protocol.clock import now_ms
 __all__ = [
     "COMPONENT",
     "MIGRATIONS",
+    "CapacityStatus",
+    "JobLine",
+    "JobTotals",
     "capacity_present",
     "get_value",
     "jobs",
@@ -86,15 +91,55 @@ def open_offer(conn: sqlite3.Connection, now: int | None = None) -> dict[str, An
     return None if row is None else dict(json.loads(row[0]))
 
 
-def jobs(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
-    """The most recent jobs, newest first (id, state, reason, items, device_ms)."""
+@dataclass(frozen=True)
+class JobLine:
+    """One job of the recent-jobs list."""
+
+    job_id: str
+    state: str
+    reason: str
+    items: int
+    device_ms: int
+    updated_ms: int
+
+
+def jobs(conn: sqlite3.Connection, limit: int = 20) -> list[JobLine]:
+    """The most recent jobs, newest first."""
     rows = conn.execute(
         "SELECT job_id, state, reason, items, device_ms, updated_ms FROM capacity_jobs "
         "ORDER BY updated_ms DESC LIMIT ?",
         (limit,),
     ).fetchall()
-    keys = ("job_id", "state", "reason", "items", "device_ms", "updated_ms")
-    return [dict(zip(keys, tuple(row), strict=True)) for row in rows]
+    return [JobLine(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class JobTotals:
+    """The jobs done: how many, their items and the device time they took."""
+
+    jobs_done: int
+    items: int
+    device_s: float
+
+
+@dataclass(frozen=True)
+class CapacityStatus:
+    """What ``btt-edge capacity status`` and the control socket show (``to_json()`` is their JSON)."""
+
+    enabled: bool
+    switch: str
+    """``config`` (``[capacity] enabled``) or ``btt-edge capacity`` (the switch a technician set)."""
+    decision: dict[str, Any] | None
+    """The policy's last decision (``offer``, ``reason``), as the service stored it."""
+    accelerator: dict[str, Any] | None
+    score_mflops: int | None
+    offer: dict[str, Any] | None
+    """The signed part of the open offer."""
+    jobs: list[JobLine]
+    totals: JobTotals
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def capacity_present(conn: sqlite3.Connection) -> bool:
@@ -102,21 +147,21 @@ def capacity_present(conn: sqlite3.Connection) -> bool:
     return has_table(conn, "capacity_state")
 
 
-def status(conn: sqlite3.Connection, default_enabled: bool) -> dict[str, Any]:
+def status(conn: sqlite3.Connection, default_enabled: bool) -> CapacityStatus:
     """What ``btt-edge capacity status`` and the control API show: switch, last policy decision, accelerator,
-    score, the open offer, recent jobs and totals (JSON-able)."""
+    score, the open offer, recent jobs and totals."""
     value = get_value(conn, "enabled")
     offer = open_offer(conn)
     done = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(items), 0), COALESCE(SUM(device_ms), 0) FROM capacity_jobs WHERE state = 'done'"
     ).fetchone()
-    return {
-        "enabled": default_enabled if value is None else bool(value),
-        "switch": "config" if value is None else "btt-edge capacity",
-        "decision": get_value(conn, "decision"),
-        "accelerator": get_value(conn, "accelerator"),
-        "score_mflops": get_value(conn, "score_mflops"),
-        "offer": None if offer is None else offer["signed"],
-        "jobs": jobs(conn),
-        "totals": {"jobs_done": done[0], "items": done[1], "device_s": done[2] / 1000},
-    }
+    return CapacityStatus(
+        enabled=default_enabled if value is None else bool(value),
+        switch="config" if value is None else "btt-edge capacity",
+        decision=get_value(conn, "decision"),
+        accelerator=get_value(conn, "accelerator"),
+        score_mflops=get_value(conn, "score_mflops"),
+        offer=None if offer is None else offer["signed"],
+        jobs=jobs(conn),
+        totals=JobTotals(jobs_done=done[0], items=done[1], device_s=done[2] / 1000),
+    )

@@ -62,21 +62,21 @@ def _status(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if args.json:
-        print(json.dumps(doc))
+        print(json.dumps(doc.to_json()))
         return 0
-    print(f"sharing: {'enabled' if doc['enabled'] else 'disabled'} (set by {doc['switch']})")
-    decision = doc["decision"]
+    print(f"sharing: {'enabled' if doc.enabled else 'disabled'} (set by {doc.switch})")
+    decision = doc.decision
     if decision is not None:
         print(f"policy: {'offering' if decision['offer'] else 'not offering'}: {decision['reason']}")
-    accelerator = doc["accelerator"]
+    accelerator = doc.accelerator
     if accelerator is not None:
         print(f"accelerator: {accelerator['kind']} {accelerator['name']}, {accelerator['memory_mb']} MB")
-    if doc["score_mflops"] is not None:
-        print(f"throughput score: {doc['score_mflops']} MFLOP/s (standard workload)")
-    offer = doc["offer"]
+    if doc.score_mflops is not None:
+        print(f"throughput score: {doc.score_mflops} MFLOP/s (standard workload)")
+    offer = doc.offer
     print("offer: none" if offer is None else f"offer: {offer['offer_id']} until {offer['expires_ms']} ms")
-    totals = doc["totals"]
-    print(f"jobs done: {totals['jobs_done']} ({totals['items']} items, {totals['device_s']:.1f} device-s)")
-    for job in doc["jobs"][:5]:
-        print(f"  {job['job_id']}  {job['state']}  {job['items']} items  {job['reason']}")
+    totals = doc.totals
+    print(f"jobs done: {totals.jobs_done} ({totals.items} items, {totals.device_s:.1f} device-s)")
+    for job in doc.jobs[:5]:
+        print(f"  {job.job_id}  {job.state}  {job.items} items  {job.reason}")
     return 0

@@ -476,7 +476,7 @@ class AgentState:
         with self.db() as conn:
             if not capacity_present(conn):
                 return {"available": False, "reason": "capacity sharing has not run on this agent yet"}
-            return {"available": True, **capacity_status(conn, self.config.capacity.enabled)}
+            return {"available": True, **capacity_status(conn, self.config.capacity.enabled).to_json()}
 
     # --- parts ------------------------------------------------------------------------------------------------
 

@@ -57,13 +57,11 @@ class Actions:
         )
         conn = self.connect()
         try:
-            if not _has_table(conn, "results_deliveries"):
+            if not queue.results_present(conn):
                 raise ControlError("results delivery is not enabled on this agent ([results] enabled)")
             objects: list[str | None] = [str(obj)] if obj else [None]
             if study:
-                objects = [
-                    r[0] for r in conn.execute("SELECT object_uid FROM results_objects WHERE study_uid = ?", (study,))
-                ]
+                objects = [*queue.study_objects(conn, str(study))]
                 if not objects:
                     raise ControlError(f"study {study!r} has no result objects to send")
             count = 0
@@ -115,14 +113,14 @@ class Actions:
         return {"outcome": "rolled-back", "active": state.active}
 
     def capacity_set(self, params: dict[str, Any]) -> dict[str, Any]:
-        from edge.capacity.state import set_value
+        from edge.capacity.state import capacity_present, set_value
 
         enabled = params.get("enabled")
         if not isinstance(enabled, bool):
             raise ControlError("'enabled' must be true or false")
         conn = self.connect()
         try:
-            if not _has_table(conn, "capacity_state"):
+            if not capacity_present(conn):
                 raise ControlError("capacity sharing has not run on this agent yet")
             set_value(conn, "enabled", enabled)  # the capacity service reads the switch every turn
         finally:
@@ -139,7 +137,3 @@ ACTIONS: dict[str, Callable[[Actions, dict[str, Any]], dict[str, Any]]] = {
     "capacity.set": Actions.capacity_set,
 }
 """Action name -> method; every call is audited."""
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None

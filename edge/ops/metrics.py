@@ -36,6 +36,8 @@ from edge.config import MetricsConfig
 from edge.control.state import STAGES, AgentState
 from edge.errors import ControlError
 from edge.ops.health import agent_health
+from edge.pipeline.records import analysed_count, recorded_timings
+from edge.store.index import index_counts, state_counts
 from runtime.logs import event
 
 __all__ = ["BUCKETS_S", "AgentCollector", "MetricsService", "latency_buckets"]
@@ -106,45 +108,24 @@ class AgentCollector:
 
     @staticmethod
     def _counts(conn: sqlite3.Connection) -> Iterator[Metric]:
-        def scalar(sql: str) -> int:
-            try:
-                return int(conn.execute(sql).fetchone()[0])
-            except sqlite3.OperationalError:
-                return 0
-
+        studies, instances = index_counts(conn)
+        by_state = state_counts(conn)
+        yield CounterMetricFamily("btt_studies_received", "Studies received", value=studies)
+        yield CounterMetricFamily("btt_instances_received", "Images received", value=instances)
+        yield CounterMetricFamily("btt_instances_analysed", "Images analysed by the model", value=analysed_count(conn))
         yield CounterMetricFamily(
-            "btt_studies_received", "Studies received", value=scalar("SELECT COUNT(*) FROM studies")
-        )
-        yield CounterMetricFamily(
-            "btt_instances_received", "Images received", value=scalar("SELECT COUNT(*) FROM instances")
-        )
-        yield CounterMetricFamily(
-            "btt_instances_analysed",
-            "Images analysed by the model",
-            value=scalar("SELECT COUNT(*) FROM pipeline_results WHERE status = 'analysed'"),
-        )
-        yield CounterMetricFamily(
-            "btt_instances_failed",
-            "Images whose analysis failed for good",
-            value=scalar("SELECT COUNT(*) FROM instances WHERE pipeline_state = 'failed'"),
+            "btt_instances_failed", "Images whose analysis failed for good", value=by_state.get("failed", 0)
         )
         states = GaugeMetricFamily("btt_instances_by_state", "Images by pipeline state", labels=["state"])
-        try:
-            for state, n in conn.execute("SELECT pipeline_state, COUNT(*) FROM instances GROUP BY pipeline_state"):
-                states.add_metric([str(state)], int(n))
-        except sqlite3.OperationalError:
-            pass
+        for state, n in by_state.items():
+            states.add_metric([state], n)
         yield states
 
     @staticmethod
     def _latencies(conn: sqlite3.Connection) -> Iterator[Metric]:
         samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
-        try:
-            rows = conn.execute("SELECT timings_json FROM pipeline_results WHERE timings_json IS NOT NULL").fetchall()
-        except sqlite3.OperationalError:
-            rows = []
-        for (text,) in rows:
-            for stage, ms in json.loads(text).items():
+        for timings in recorded_timings(conn):
+            for stage, ms in timings.items():
                 if stage in samples and isinstance(ms, (int, float)):
                     samples[stage].append(float(ms))
         histogram = HistogramMetricFamily(

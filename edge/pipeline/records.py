@@ -16,9 +16,11 @@ __all__ = [
     "AnalysisRecord",
     "ModelRun",
     "ToothFinding",
+    "analysed_count",
     "analysis_record",
     "findings_in_study",
     "last_model_run",
+    "recorded_timings",
     "tooth_findings",
 ]
 
@@ -129,3 +131,18 @@ def last_model_run(conn: sqlite3.Connection, *, analysed_only: bool = False) -> 
         f"{where} ORDER BY recorded_at DESC"
     ).fetchone()
     return None if row is None else ModelRun(*row)
+
+
+def analysed_count(conn: sqlite3.Connection) -> int:
+    """How many instances the model has analysed."""
+    if not has_table(conn, "pipeline_results"):
+        return 0
+    return int(conn.execute("SELECT COUNT(*) FROM pipeline_results WHERE status = 'analysed'").fetchone()[0])
+
+
+def recorded_timings(conn: sqlite3.Connection) -> list[dict[str, float]]:
+    """The stage latencies (ms) recorded with every analysis."""
+    if not has_table(conn, "pipeline_results"):
+        return []
+    rows = conn.execute("SELECT timings_json FROM pipeline_results WHERE timings_json IS NOT NULL").fetchall()
+    return [json.loads(text) for (text,) in rows]

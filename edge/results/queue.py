@@ -52,9 +52,11 @@ __all__ = [
     "record_rejected",
     "record_sent",
     "resend",
+    "results_present",
     "source_counts",
     "source_delivered",
     "source_deliveries",
+    "study_objects",
     "unbuilt_sources",
     "unqueued_originals",
 ]
@@ -380,6 +382,16 @@ def source_deliveries(conn: sqlite3.Connection, source_sop_uid: str) -> list[Sou
         (source_sop_uid,),
     )
     return [SourceDelivery(*row) for row in rows]
+
+
+def results_present(conn: sqlite3.Connection) -> bool:
+    """Whether results delivery has created its tables on this box (it has run)."""
+    return has_table(conn, "results_deliveries")
+
+
+def study_objects(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """The ids of the objects queued for one study."""
+    return [row[0] for row in conn.execute("SELECT object_uid FROM results_objects WHERE study_uid = ?", (study_uid,))]
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -47,6 +47,7 @@ __all__ = [
     "clinical_work_pending",
     "get_instance",
     "has_study",
+    "index_counts",
     "index_present",
     "instance_path",
     "instances_in_state",
@@ -356,6 +357,15 @@ def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
         return {}
     rows = conn.execute("SELECT pipeline_state, COUNT(*) FROM instances GROUP BY pipeline_state").fetchall()
     return {str(state): int(count) for state, count in rows}
+
+
+def index_counts(conn: sqlite3.Connection) -> tuple[int, int]:
+    """How many studies and instances the index holds ((0, 0) when it has not been created)."""
+    if not index_present(conn):
+        return 0, 0
+    studies = conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+    instances = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    return int(studies), int(instances)
 
 
 def clinical_work_pending(conn: sqlite3.Connection) -> bool:

@@ -4,7 +4,8 @@ Both sides analyse the same synthetic panoramic radiographs (DICOM, written once
 the same ``prepare`` and the same post-processing, ``--threads`` threads each; only the model step differs: (a) our
 ONNX Runtime CPU backend as the agent selects it (the bundle's float network or its INT8 variant, whichever passes
 its golden vectors and is faster here), (a') the same backend held to the float network, (b) the same weights in
-PyTorch eager (``models/reference/reference.pt``, needs the ``train`` extra). Latency is measured in one process
+PyTorch eager (``models/reference/reference.pt`` and ``tooth.pt``, needs the ``train`` extra). For the two-stage
+reference bundle the model step is both networks: the first (teeth) and the second on every tooth crop. Latency is measured in one process
 that runs the sides image by image, rotating which goes first, so all see the same load on a shared machine; peak
 RSS is measured in a process per side that loads and runs only that side.
 
@@ -37,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "bundles" / "reference-dental"
 WEIGHTS = REPO / "models" / "reference" / "reference.pt"
+CROP_WEIGHTS = REPO / "models" / "reference" / "tooth.pt"
 
 
 def _peak_rss_mb() -> float:
@@ -56,37 +58,58 @@ def _ours(bundle: Path, threads: int, variants: bool) -> tuple[str, Analyse]:
 
     def analyse(path: Path) -> tuple[float, int]:
         result = analyzer.analyse(read_dataset(path))
-        return result.timings_ms["infer"], len(result.findings)
+        return result.timings_ms["infer"] + result.timings_ms.get("infer_crops", 0.0), len(result.findings)
 
     return f"{analyzer.backend.name} {analyzer.backend.precision}", analyse
 
 
 def _torch(bundle: Path, weights: Path, threads: int) -> tuple[str, Analyse]:
+    """The same weights in PyTorch eager through the device's own inference path (``infer_findings``): the first
+    network (for a two-stage bundle its tooth output alone, as exported), then the tooth crops through the second."""
     import torch
 
-    from edge.pipeline.analyzer import read_dataset
-    from edge.pipeline.postprocess import findings_from_outputs
-    from edge.pipeline.preprocess import pixel_spacing_mm, pixels_from_dataset, prepare
+    from edge.pipeline.analyzer import infer_findings, read_dataset
+    from edge.pipeline.preprocess import pixel_spacing_mm, pixels_from_dataset
     from models.bundle import load_bundle
+    from models.reference.tooth_train import load_tooth_network
     from models.reference.train import load_network
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     manifest = load_bundle(bundle).manifest
-    assert manifest.teeth is not None  # the reference network has both heads
-    assert manifest.findings is not None
-    teeth_output, findings_output = manifest.teeth.name, manifest.findings.name
+    assert manifest.teeth is not None  # the reference network has a tooth output
     net = load_network(weights)
+    crops_net = None if manifest.crops is None else load_tooth_network(CROP_WEIGHTS)
+    spent = [0.0]
+
+    def run(batch: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            if crops_net is not None:
+                out = {"teeth": net.teeth(x).numpy()}
+            else:
+                teeth, findings = net(x)
+                out = {"teeth": teeth.numpy(), manifest.findings.name: findings.numpy()}
+        spent[0] += (time.perf_counter() - start) * 1000.0
+        return out
+
+    def run_crops(batch: Any) -> dict[str, Any]:
+        assert crops_net is not None
+        start = time.perf_counter()
+        with torch.inference_mode():
+            masks, present = crops_net(torch.from_numpy(batch))
+        spent[0] += (time.perf_counter() - start) * 1000.0
+        return {"masks": masks.numpy(), "present": present.numpy()}
 
     def analyse(path: Path) -> tuple[float, int]:
         ds = read_dataset(path)
-        prepared = prepare(pixels_from_dataset(ds, modalities=manifest.input.modalities), manifest.input)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            teeth, findings = net(torch.from_numpy(prepared.tensor))
-        outputs = {teeth_output: teeth.numpy(), findings_output: findings.numpy()}
-        model_ms = (time.perf_counter() - start) * 1000.0
-        return model_ms, len(findings_from_outputs(outputs, manifest, prepared, pixel_spacing_mm(ds)))
+        pixels = pixels_from_dataset(ds, modalities=manifest.input.modalities)
+        spent[0] = 0.0
+        found = infer_findings(
+            pixels, manifest, spacing=pixel_spacing_mm(ds), run=run, run_crops=None if crops_net is None else run_crops
+        )
+        return spent[0], len(found)
 
     return f"torch {torch.__version__} eager", analyse
 

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.config import ControlConfig
-from edge.control import audit
 from edge.control.actions import ACTIONS, Actions, Updater, Waker
+from edge.control.audit import Outcome, migrate_audit, recent
+from edge.control.audit import finish as finish_entry
+from edge.control.audit import start as start_entry
 from edge.control.client import ControlClient, socket_address
 from edge.control.logtail import LogTail
 from edge.control.protocol import MAX_REQUEST_BYTES, Request, Response, decode_request, encode
@@ -72,7 +74,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._reads: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": lambda _: state.ping(),
-            "overview": lambda _: state.overview(),
+            "overview": lambda _: state.overview().to_json(),
             "health": lambda _: state.health(),
             "studies": lambda p: [s.to_json() for s in state.studies(int(p.get("limit", 50)))],
             "study": lambda p: state.study(str(p["study_uid"])).to_json(),
@@ -91,7 +93,7 @@ class ControlServer:
     def start(self) -> None:
         """Bind the socket (refusing if another agent answers on it) and serve."""
         conn = connect(self._db_path)
-        audit.migrate_audit(conn)
+        migrate_audit(conn)
         self._audit = conn
         self._claim_path()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -180,16 +182,16 @@ class ControlServer:
         if action is None:
             known = ", ".join(sorted([*self._reads, *ACTIONS]))
             return Response(request.id, False, error=f"unknown method {method!r} (known: {known})")
-        entry = self._audit_write(lambda c: audit.start(c, method, params, *peer))
+        entry = self._audit_write(lambda c: start_entry(c, method, params, *peer))
         try:
             result = action(self.actions, params)
         except Exception as exc:
             message = self._message(method, exc)
-            outcome: audit.Outcome = "refused" if isinstance(exc, EdgeError) else "failed"
-            self._audit_write(lambda c: audit.finish(c, entry, outcome, message))
+            outcome: Outcome = "refused" if isinstance(exc, EdgeError) else "failed"
+            self._audit_write(lambda c: finish_entry(c, entry, outcome, message))
             event(log, "technician action " + outcome, level=logging.WARNING, action=method, uid=peer[0], error=message)
             return Response(request.id, False, error=message)
-        self._audit_write(lambda c: audit.finish(c, entry, "ok", str(result)))
+        self._audit_write(lambda c: finish_entry(c, entry, "ok", str(result)))
         event(log, "technician action", action=method, uid=peer[0], params=params, result=result)
         return Response(request.id, True, result)
 
@@ -210,7 +212,7 @@ class ControlServer:
     def _audit_recent(self, limit: int) -> list[dict[str, Any]]:
         with self._audit_mutex:
             assert self._audit is not None
-            return audit.recent(self._audit, max(1, min(limit, 1000)))
+            return recent(self._audit, max(1, min(limit, 1000)))
 
 
 @dataclass(eq=False)

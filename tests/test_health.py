@@ -49,14 +49,14 @@ def test_the_unit_link_is_the_one_the_agent_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _unit_db(data, "connected")
     state = AgentState(_config(data, unit={"port": "/dev/pts/7"}))
-    unit = _by_name(overview_checks(state.overview()))["unit link"]
+    unit = _by_name(overview_checks(state.overview().to_json()))["unit link"]
     assert [(c.status, c.detail) for c in unit] == [("ok", "/dev/pts/7: connected")]
     _unit_db(data, "closed", "reading /dev/pts/7: device reports readiness to read but returned no data")
-    down = _by_name(overview_checks(state.overview()))["unit link"]
+    down = _by_name(overview_checks(state.overview().to_json()))["unit link"]
     assert [c.status for c in down] == ["fail"]
     assert "returned no data" in down[0].detail
     assert "/dev/serial/by-id" in down[0].fix
-    none = overview_checks(AgentState(_config(_db(tmp_path / "other"))).overview())
+    none = overview_checks(AgentState(_config(_db(tmp_path / "other"))).overview().to_json())
     assert _by_name(none)["unit link"][0].status == "ok"
 
 
@@ -70,7 +70,7 @@ def test_each_condition_is_judged_once(tmp_path: Path) -> None:
         pipeline={"bundle_path": str(tmp_path / "no-bundle")},
         unit={"port": "/dev/pts/7"},
     )
-    overview = AgentState(config).overview()
+    overview = AgentState(config).overview().to_json()
     assert {a["level"] for a in overview["alerts"]} == {"error"}
     checks = overview_checks(overview)
     failed = sorted(c.name for c in checks if c.status == "fail")

@@ -59,20 +59,30 @@ from edge.unit.exposures import summary as unit_summary
 
 __all__ = [
     "STAGES",
+    "AgentInfo",
     "AgentState",
     "AnalysisSummary",
+    "DicomStatus",
+    "Disk",
     "ImageDetail",
     "LastAnalysis",
     "Listener",
     "ModelUpdater",
     "ModelsView",
+    "Notice",
+    "Overview",
+    "PipelineStatus",
+    "ReceiptsStatus",
     "ReceiptsView",
     "RelayLink",
+    "ResultsStatus",
     "SettlementView",
     "StudyDetail",
     "StudyLine",
     "StudySummary",
+    "SystemLoad",
     "UnitExposure",
+    "UnitStatus",
     "UnitView",
     "study_state",
 ]
@@ -261,6 +271,117 @@ class ModelsView(_View):
     last_analysis: LastAnalysis | None
 
 
+@dataclass(frozen=True)
+class AgentInfo:
+    """The agent process: version, uptime, pid, data directory."""
+
+    version: str
+    uptime_s: int
+    pid: int
+    data_dir: str
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """The unit on the overview: configured or not, its link, its units and their open faults."""
+
+    configured: bool
+    port: str
+    link: UnitLink | None
+    units: list[UnitState]
+    open_faults: list[OpenFault]
+
+
+@dataclass(frozen=True)
+class DicomStatus:
+    """The DICOM listener on the overview."""
+
+    ae_title: str
+    port: int
+    associations: int | None
+    """Open right now; None when the state has no listener (a state read outside the agent)."""
+    max_associations: int
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """Analysis on the overview: images by state, the queue, the model and the backend it last ran on."""
+
+    enabled: bool
+    states: dict[str, int]
+    queue: int
+    model: dict[str, Any]
+    """The updater's active model (``id``, ``version``...), or ``error``."""
+    backend: str | None
+    precision: str | None
+    backend_setting: str
+
+
+@dataclass(frozen=True)
+class ResultsStatus:
+    """Result deliveries and builds by state."""
+
+    deliveries: dict[str, int]
+    sources: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ReceiptsStatus:
+    """Uses parked without a receipt."""
+
+    parked: int
+
+
+@dataclass(frozen=True)
+class Disk(_View):
+    """The data disk: free and total space, and the reserve the store keeps."""
+
+    path: str
+    free_mb: int
+    total_mb: int
+    reserve_mb: int
+
+
+@dataclass(frozen=True)
+class SystemLoad:
+    """Load average, CPUs and GPU load."""
+
+    load: list[float]
+    cpus: int
+    gpu: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a technician should look at besides what the health checks judge."""
+
+    level: str
+    """``error`` or ``warning``."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Overview(_View):
+    """The ``overview`` view: everything on one screen. ``alerts`` are the health checks that are not ok
+    (:func:`edge.ops.health.overview_checks` of this view's JSON), as ``/healthz`` has them."""
+
+    time: str
+    agent: AgentInfo
+    unit: UnitStatus
+    dicom: DicomStatus
+    pipeline: PipelineStatus
+    results: ResultsStatus
+    relay: dict[str, Any]
+    """Configured, connected, the outbox's counts and depth (the sync service's health when it runs)."""
+    receipts: ReceiptsStatus
+    ota_event: Any
+    """The updater's last event (``event``, ``reason``...), or None."""
+    disk: Disk
+    system: SystemLoad
+    notices: list[Notice]
+    alerts: list[dict[str, str]]
+
+
 def study_state(counts: dict[str, int]) -> str:
     """One word for a study from the pipeline states of its instances (``received``, ``analysing``, ``analysed``,
     ``results sent``, ``failed``, ``skipped``)."""
@@ -314,7 +435,7 @@ class AgentState:
     def ping(self) -> dict[str, Any]:
         return {"version": __version__, "uptime_s": int(time.monotonic() - self._started), "pid": os.getpid()}
 
-    def overview(self) -> dict[str, Any]:
+    def overview(self) -> Overview:
         """Everything on one screen: unit, DICOM listener, pipeline, model, relay, disk, system, alerts."""
         cfg = self.config
         with self.db() as conn:
@@ -322,48 +443,49 @@ class AgentState:
             unit = self._unit_summary(conn)
             relay = self._relay_state(conn)
             last = last_model_run(conn, analysed_only=True)
-            deliveries = delivery_counts(conn)
-            built = source_counts(conn)
+            results = ResultsStatus(deliveries=delivery_counts(conn), sources=source_counts(conn))
             parked = parked_count(conn)
-        doc: dict[str, Any] = {
-            "time": utc_now(),
-            "agent": {**self.ping(), "data_dir": str(self.data_dir)},
-            "unit": {
-                "configured": bool(cfg.unit.port),
-                "port": cfg.unit.port,
-                "link": None if unit.link is None else dataclasses.asdict(unit.link),
-                "units": [dataclasses.asdict(u) for u in unit.units],
-                "open_faults": [dataclasses.asdict(f) for f in unit.open_faults],
-            },
-            "dicom": {
-                "ae_title": cfg.dicom.ae_title,
-                "port": cfg.dicom.port,
-                "associations": None if self._listener is None else self._listener.active_associations,
-                "max_associations": cfg.dicom.max_associations,
-            },
-            "pipeline": {
-                "enabled": cfg.pipeline.enabled,
-                "states": states,
-                "queue": states.get("received", 0) + states.get("processing", 0),
-                "model": self._active_model(),
-                "backend": None if last is None else last.backend,
-                "precision": None if last is None else last.precision,
-                "backend_setting": cfg.pipeline.backend,
-            },
-            "results": {"deliveries": deliveries, "sources": built},
-            "relay": relay,
-            "receipts": {"parked": parked},
-            "ota_event": self._ota_status().get("last_event"),
-            "disk": self.disk(),
-            "system": _system(),
-        }
+        ping = self.ping()
+        overview = Overview(
+            time=utc_now(),
+            agent=AgentInfo(ping["version"], ping["uptime_s"], ping["pid"], str(self.data_dir)),
+            unit=UnitStatus(
+                configured=bool(cfg.unit.port),
+                port=cfg.unit.port,
+                link=unit.link,
+                units=unit.units,
+                open_faults=unit.open_faults,
+            ),
+            dicom=DicomStatus(
+                ae_title=cfg.dicom.ae_title,
+                port=cfg.dicom.port,
+                associations=None if self._listener is None else self._listener.active_associations,
+                max_associations=cfg.dicom.max_associations,
+            ),
+            pipeline=PipelineStatus(
+                enabled=cfg.pipeline.enabled,
+                states=states,
+                queue=states.get("received", 0) + states.get("processing", 0),
+                model=self._active_model(),
+                backend=None if last is None else last.backend,
+                precision=None if last is None else last.precision,
+                backend_setting=cfg.pipeline.backend,
+            ),
+            results=results,
+            relay=relay,
+            receipts=ReceiptsStatus(parked=parked),
+            ota_event=self._ota_status().get("last_event"),
+            disk=self.disk(),
+            system=_system(),
+            notices=[],
+            alerts=[],
+        )
         from edge.ops.health import Health, overview_checks
 
         # The conditions a typed health check judges (disk, model, unit link) are judged there, once; the other
         # notices become checks of their own. The alerts are those checks that are not ok, as /healthz has them.
-        doc["notices"] = _notices(doc)
-        doc["alerts"] = Health(tuple(overview_checks(doc))).alerts()
-        return doc
+        overview = dataclasses.replace(overview, notices=_notices(overview))
+        return dataclasses.replace(overview, alerts=Health(tuple(overview_checks(overview.to_json()))).alerts())
 
     def health(self) -> dict[str, Any]:
         """The agent's health as ``/healthz`` and doctor judge it (:func:`edge.ops.health.agent_health`)."""
@@ -371,14 +493,14 @@ class AgentState:
 
         return agent_health(self).to_json()
 
-    def disk(self) -> dict[str, Any]:
+    def disk(self) -> Disk:
         usage = shutil.disk_usage(self.data_dir)
-        return {
-            "path": str(self.data_dir),
-            "free_mb": usage.free // 2**20,
-            "total_mb": usage.total // 2**20,
-            "reserve_mb": self.config.dicom.min_free_mb,
-        }
+        return Disk(
+            path=str(self.data_dir),
+            free_mb=usage.free // 2**20,
+            total_mb=usage.total // 2**20,
+            reserve_mb=self.config.dicom.min_free_mb,
+        )
 
     def studies(self, limit: int = 50) -> list[StudyLine]:
         """Recent studies, newest first, with their state and counts of images and findings."""
@@ -560,40 +682,39 @@ def _gpu() -> str:
     return "no GPU load reported"
 
 
-def _system() -> dict[str, Any]:
+def _system() -> SystemLoad:
     load = os.getloadavg()
-    return {"load": [round(x, 2) for x in load], "cpus": os.cpu_count() or 1, "gpu": _gpu()}
+    return SystemLoad(load=[round(x, 2) for x in load], cpus=os.cpu_count() or 1, gpu=_gpu())
 
 
-def _notices(doc: dict[str, Any]) -> list[dict[str, str]]:
+def _notices(overview: Overview) -> list[Notice]:
     """What a technician should look at besides the disk, the model and the unit link (which
-    :func:`edge.ops.health.overview_checks` judges from ``doc`` itself), worst first."""
-    alerts: list[dict[str, str]] = []
+    :func:`edge.ops.health.overview_checks` judges from the overview itself), worst first."""
+    alerts: list[Notice] = []
 
     def add(level: str, text: str) -> None:
-        alerts.append({"level": level, "text": text})
+        alerts.append(Notice(level, text))
 
-    unit = doc["unit"]
-    for fault in unit["open_faults"]:
-        add("warning", f"unit {fault['unit_serial']} fault {fault['code']} since {fault['raised_at']}")
-    failed = doc["pipeline"]["states"].get("failed", 0)
+    for fault in overview.unit.open_faults:
+        add("warning", f"unit {fault.unit_serial} fault {fault.code} since {fault.raised_at}")
+    failed = overview.pipeline.states.get("failed", 0)
     if failed:
         add("warning", f"{failed} image(s) failed analysis")
-    unbuilt = doc["results"]["sources"].get("failed", 0)
+    unbuilt = overview.results.sources.get("failed", 0)
     if unbuilt:
         add("warning", f"results of {unbuilt} image(s) could not be built (see Logs)")
-    stuck = sum(doc["results"]["deliveries"].get(s, 0) for s in ("dead", "rejected"))
+    stuck = sum(overview.results.deliveries.get(s, 0) for s in ("dead", "rejected"))
     if stuck:
         add("warning", f"{stuck} result deliveries dead or rejected (Studies: resend)")
-    if doc["receipts"]["parked"]:
-        add("warning", f"{doc['receipts']['parked']} use(s) parked without a receipt: btt-edge provision")
-    last = doc["ota_event"]
+    if overview.receipts.parked:
+        add("warning", f"{overview.receipts.parked} use(s) parked without a receipt: btt-edge provision")
+    last = overview.ota_event
     if isinstance(last, dict) and last.get("event") == "rollback":
         add("warning", f"model rolled back: {last.get('reason', '')}")
-    relay = doc["relay"]
+    relay = overview.relay
     if relay["configured"] and relay["connected"] is False:
         add("warning", "relay link down: the outbox is queuing")
     if relay["outbox"].get("rejected"):
         add("warning", f"{relay['outbox']['rejected']} outbox item(s) rejected by the relay (requeue)")
-    alerts.sort(key=lambda a: a["level"] != "error")
+    alerts.sort(key=lambda a: a.level != "error")
     return alerts

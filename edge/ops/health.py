@@ -34,7 +34,7 @@ from edge.errors import EdgeError
 from runtime.durable import DataModes, loose_bits
 
 if TYPE_CHECKING:
-    from edge.control.state import AgentState
+    from edge.control.state import AgentState, Overview
 
 __all__ = [
     "CLOCK_FLOOR",
@@ -98,10 +98,10 @@ class Health:
         return {"ok": self.ok, "checks": [c.to_json() for c in self.checks], "alerts": self.alerts()}
 
 
-def agent_health(state: AgentState, overview: Mapping[str, Any] | None = None) -> Health:
+def agent_health(state: AgentState, overview: Overview | None = None) -> Health:
     """The running agent's health: :func:`box_checks` and :func:`overview_checks` (of ``overview`` when the
     caller already has it)."""
-    doc = state.overview() if overview is None else overview
+    doc = (state.overview() if overview is None else overview).to_json()
     return Health((*box_checks(state.config, disk=False), *overview_checks(doc)))
 
 

@@ -72,31 +72,31 @@ class AgentCollector:
         with self.state.db() as conn:
             yield from self._counts(conn)
             yield from self._latencies(conn)
-        yield from self._relay(overview["relay"])
-        disk = overview["disk"]
-        yield GaugeMetricFamily("btt_disk_free_bytes", "Free bytes on the data disk", value=disk["free_mb"] * 2**20)
-        yield GaugeMetricFamily("btt_disk_total_bytes", "Size of the data disk", value=disk["total_mb"] * 2**20)
-        model = overview["pipeline"]["model"]
-        pipeline = overview["pipeline"]
+        yield from self._relay(overview.relay)
+        disk = overview.disk
+        yield GaugeMetricFamily("btt_disk_free_bytes", "Free bytes on the data disk", value=disk.free_mb * 2**20)
+        yield GaugeMetricFamily("btt_disk_total_bytes", "Size of the data disk", value=disk.total_mb * 2**20)
+        pipeline = overview.pipeline
+        model = pipeline.model
         labels = ["model", "version", "backend", "precision"]
         info = GaugeMetricFamily("btt_model_info", "The active model (1)", labels=labels)
         info.add_metric(
             [
                 str(model.get("id", "none")),
                 str(model.get("version", "")),
-                str(pipeline["backend"] or ""),
-                str(pipeline.get("precision") or ""),
+                str(pipeline.backend or ""),
+                str(pipeline.precision or ""),
             ],
             1,
         )
         yield info
         deliveries = GaugeMetricFamily("btt_result_deliveries", "Result deliveries by state", labels=["state"])
-        for state, n in sorted(overview["results"]["deliveries"].items()):
+        for state, n in sorted(overview.results.deliveries.items()):
             deliveries.add_metric([state], n)
         yield deliveries
         alerts = GaugeMetricFamily("btt_alerts", "Open alerts by level", labels=["level"])
         for level in ("error", "warning"):
-            alerts.add_metric([level], sum(a["level"] == level for a in overview["alerts"]))
+            alerts.add_metric([level], sum(a["level"] == level for a in overview.alerts))
         yield alerts
         health = agent_health(self.state, overview)
         yield GaugeMetricFamily("btt_healthy", "No health check fails (/healthz answers 200)", value=int(health.ok))

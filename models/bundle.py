@@ -27,8 +27,8 @@ from types import MappingProxyType
 from typing import Any
 
 import edge
+from dental.teeth import fdi_to_universal
 from edge.errors import BundleError
-from edge.pipeline.teeth import fdi_to_universal
 from runtime.durable import atomic_write_bytes
 
 __all__ = [

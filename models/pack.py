@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from dental.teeth import fdi_to_universal
 from edge.errors import BundleError, EdgeError
 from edge.pipeline.postprocess import findings_from_outputs
 from edge.pipeline.preprocess import Prepared, prepare
-from edge.pipeline.teeth import fdi_to_universal
 from models.bundle import FORMAT, MODEL_NAME, Manifest, pack_bundle, parse_manifest, sha256_hex
 from models.golden import build_golden
 

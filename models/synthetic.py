@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from edge.pipeline.findings import Finding
-from edge.pipeline.postprocess import region_outline
-from edge.pipeline.teeth import PERMANENT_FDI, fdi_to_universal
+from dental.findings import Finding
+from dental.outline import region_outline
+from dental.teeth import PERMANENT_FDI, fdi_to_universal
 
 __all__ = ["KINDS", "Scene", "SyntheticImage", "generate", "render_labels"]
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from edge.pipeline.teeth import PERMANENT_FDI
+from dental.teeth import PERMANENT_FDI
 from models.bundle import (
     MODEL_NAME,
     Accepts,

@@ -18,8 +18,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dental.findings import Finding
 from edge.db import transaction
-from edge.pipeline.findings import Finding
 from edge.results.analysis import Algorithm, Analysis
 from edge.store.image_store import ImageStore
 from edge.store.index import set_state

@@ -11,13 +11,13 @@ import numpy as np
 import pydicom
 import pytest
 
+from dental.findings import Finding
 from edge.config import PipelineConfig
 from edge.errors import BackendError, BundleError, UnsupportedImage
 from edge.pipeline.analyzer import ActiveModel, Analyzer, open_analyzer, read_dataset
 from edge.pipeline.backends import BackendOptions
 from edge.pipeline.backends.fake import FakeBackend
 from edge.pipeline.backends.ort import OrtCpuFactory
-from edge.pipeline.findings import Finding
 from models.bundle import Bundle, pack_bundle, write_bundle
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dataset

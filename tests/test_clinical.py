@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dental.findings import Finding, box_iou
 from edge.pipeline.clinical import EXCLUSIVE, EXCLUSIVE_IOU, apply_clinical_rules
-from edge.pipeline.findings import Finding, box_iou
 
 
 def _f(kind: str, tooth: str | None, confidence: float, area: int = 10, mm: float | None = None) -> Finding:

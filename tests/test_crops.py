@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dental.teeth import PERMANENT_FDI
 from edge.errors import BundleError, PipelineError
 from edge.pipeline.crops import apex_row, crop_boxes, sample_crops, tooth_crop
 from edge.pipeline.postprocess import findings_from_crops
 from edge.pipeline.preprocess import Prepared
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
     MANIFEST_NAME,
     CropInput,

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dental.teeth import PERMANENT_FDI
 from edge.errors import BundleError, PipelineError
 from edge.pipeline.decoders import decode, nms, xyxy_boxes
 from edge.pipeline.postprocess import findings_from_outputs
 from edge.pipeline.preprocess import prepare
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
     MANIFEST_NAME,
     MODEL_NAME,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from dental.teeth import PERMANENT_FDI
 from edge.errors import BundleError
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
     LEGACY_PANORAMIC,
     MANIFEST_NAME,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.pipeline.findings import Finding
+from dental.findings import Finding
 from edge.pipeline.postprocess import box_iou
 from models.reference.evaluate import match_findings, tooth_level
 

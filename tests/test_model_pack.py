@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dental.teeth import PERMANENT_FDI
 from edge.cli import main
 from edge.pipeline.preprocess import prepare
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import ToothClassificationOutput, load_bundle
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dicom_bytes

@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dental.outline import region_outline
+from dental.teeth import PERMANENT_FDI
 from edge.config import PipelineConfig
 from edge.errors import PipelineError
 from edge.pipeline.analyzer import open_analyzer
-from edge.pipeline.postprocess import MIN_ROOT_SHARE, findings_from_outputs, region_outline, tooth_labels
+from edge.pipeline.postprocess import MIN_ROOT_SHARE, findings_from_outputs, tooth_labels
 from edge.pipeline.preprocess import Prepared
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import FindingsOutput, InputSpec, Manifest
 from models.reference.spec import CLASSES, INPUT_SPEC
 from models.synthetic import generate

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from dental.findings import Finding
+from dental.teeth import PERMANENT_FDI
 from edge.config import PipelineConfig
 from edge.pipeline.analyzer import open_analyzer
-from edge.pipeline.findings import Finding
-from edge.pipeline.teeth import PERMANENT_FDI
 from edge.results.analysis import Analysis
 from edge.results.layout import Box, Layout, layout, outline_points, upper_arch
 from edge.results.overlay import _main as overlay_main

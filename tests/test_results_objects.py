@@ -11,8 +11,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dental.teeth import PERMANENT_FDI
 from edge.errors import ResultBuildError
-from edge.pipeline.teeth import PERMANENT_FDI
 from edge.results.analysis import Algorithm, Analysis
 from edge.results.codes import tooth_codes
 from edge.results.gsps import build_gsps

@@ -11,9 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from dental.findings import Finding
+from dental.teeth import PERMANENT_FDI
 from edge.cli import main
-from edge.pipeline.findings import Finding
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.synthetic import KINDS, SyntheticImage, generate, render_labels
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.pipeline.findings import Finding
-from edge.pipeline.teeth import PERMANENT_FDI, fdi_to_universal, is_upper, universal_to_fdi
+from dental.findings import Finding
+from dental.teeth import PERMANENT_FDI, fdi_to_universal, is_upper, universal_to_fdi
 
 
 @pytest.mark.parametrize(

@@ -23,13 +23,13 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 import models
+from dental.findings import Finding
 from edge.config import PipelineConfig
 from edge.errors import BundleError, EdgeError, PipelineError, UnsupportedImage
 from edge.pipeline.backends import Backend, BackendOptions, select_backend
 from edge.pipeline.clinical import apply_clinical_rules
 from edge.pipeline.crops import crop_boxes, sample_crops
 from edge.pipeline.decoders import decode
-from edge.pipeline.findings import Finding
 from edge.pipeline.postprocess import findings_from_crops, findings_from_outputs
 from edge.pipeline.preprocess import pixel_spacing_mm, pixels_from_dataset, prepare
 from edge.pipeline.routing import Skipped, image_facts, route

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge.pipeline.findings import Finding, box_iou
+from dental.findings import Finding, box_iou
 
 __all__ = ["EXCLUSIVE", "EXCLUSIVE_IOU", "apply_clinical_rules"]
 

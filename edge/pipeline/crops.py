@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from edge.pipeline.teeth import is_upper
+from dental.teeth import is_upper
 
 __all__ = ["MIN_LENGTH_PX", "CropLayout", "ToothCrop", "apex_row", "crop_boxes", "sample_crops", "tooth_crop"]
 

@@ -1,4 +1,4 @@
-"""Model outputs -> findings in source pixels (pure: arrays in, :class:`~edge.pipeline.findings.Finding` out).
+"""Model outputs -> findings in source pixels (pure: arrays in, :class:`~dental.findings.Finding` out).
 
 The decoder of the bundle's output kind (:mod:`edge.pipeline.decoders`: segmentation, detection, per-tooth
 classification) reads the outputs into candidates in model pixels; the clinical rules live here, the same for
@@ -39,12 +39,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from dental.findings import Finding, box_iou
+from dental.outline import region_outline
+from dental.teeth import is_upper
 from edge.errors import PipelineError
 from edge.pipeline.clinical import apply_clinical_rules
 from edge.pipeline.crops import CropLayout, ToothCrop, apex_row
-from edge.pipeline.decoders import Box, Decoded, Region, decode, region_outline, repeat_labels, tooth_labels
-from edge.pipeline.findings import Finding, box_iou
-from edge.pipeline.teeth import is_upper
+from edge.pipeline.decoders import Box, Decoded, Region, decode, repeat_labels, tooth_labels
 from models.bundle import Manifest
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "box_iou",
     "findings_from_crops",
     "findings_from_outputs",
-    "region_outline",
     "repeat_labels",
     "tooth_labels",
 ]

@@ -42,7 +42,7 @@ class AnalysisRecord:
     timings_ms: dict[str, float] = field(default_factory=dict)
     """Stage -> latency (:data:`edge.control.state.STAGES`)."""
     findings_json: str = "[]"
-    """The findings as recorded: a JSON list of :meth:`edge.pipeline.findings.Finding.to_json` objects."""
+    """The findings as recorded: a JSON list of :meth:`dental.findings.Finding.to_json` objects."""
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from dental.findings import Finding
 from edge.errors import EdgeError, ResultBuildError
-from edge.pipeline.findings import Finding
 from edge.pipeline.records import analysis_record
 from edge.results.header import MANUFACTURER
 from models.bundle import Code, Manifest

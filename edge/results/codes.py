@@ -13,7 +13,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from edge.pipeline.teeth import fdi_to_universal
+from dental.teeth import fdi_to_universal
 
 __all__ = [
     "AREA",

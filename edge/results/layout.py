@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from edge.pipeline.findings import Finding
+from dental.findings import Finding
 
 __all__ = [
     "MARKER_KEY",

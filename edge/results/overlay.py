@@ -30,8 +30,8 @@ from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
+from dental.findings import Finding
 from edge.errors import PipelineError, ResultBuildError
-from edge.pipeline.findings import Finding
 from edge.pipeline.preprocess import pixels_from_dataset
 from edge.results.analysis import Analysis
 from edge.results.header import AI_LABEL, DEFAULT_EQUIPMENT, Equipment, finish

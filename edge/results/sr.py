@@ -45,8 +45,8 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from dental.findings import Finding
 from edge.errors import ResultBuildError
-from edge.pipeline.findings import Finding
 from edge.results import codes as rc
 from edge.results.analysis import Algorithm, Analysis
 from edge.results.header import DEFAULT_EQUIPMENT, Equipment, finish

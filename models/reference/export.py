@@ -17,9 +17,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from dental.teeth import PERMANENT_FDI
 from edge.pipeline.crops import crop_boxes, sample_crops
 from edge.pipeline.decoders import repeat_labels, tooth_labels
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.bundle import (
     MODEL_NAME,
     CropStage,

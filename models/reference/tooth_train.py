@@ -24,8 +24,8 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional
 
+from dental.teeth import PERMANENT_FDI
 from edge.pipeline.crops import ToothCrop, sample_crops, tooth_crop
-from edge.pipeline.teeth import PERMANENT_FDI
 from models.reference.data import sample
 from models.reference.spec import CLASSES, CROP_INPUT, INPUT_SPEC
 from models.reference.tooth_network import ToothNet

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional
 
-from edge.pipeline.teeth import PERMANENT_FDI
+from dental.teeth import PERMANENT_FDI
 from models.reference.data import sample
 from models.reference.network import UNet, upsample
 from models.reference.spec import CLASSES, INPUT_SPEC

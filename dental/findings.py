@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edge.pipeline.teeth import fdi_to_universal
+from dental.teeth import fdi_to_universal
 
 __all__ = ["Finding", "box_iou"]
 

@@ -1,4 +1,4 @@
-"""Serial link to the X-ray unit's controller, and a unit simulator.
+"""Serial link to the X-ray unit's controller.
 
 The layers, bottom up (the protocol is documented in ``docs/serial-protocol.md``):
 
@@ -6,8 +6,9 @@ The layers, bottom up (the protocol is documented in ``docs/serial-protocol.md``
 * ``framing``: COBS frames with a CRC-32 (pure);
 * ``messages``: the messages and their versioned TLV encoding (pure);
 * ``link``: sequence numbers, ACK/NAK, retransmission, duplicate suppression, the version handshake;
-* ``driver``: the interface the agent uses, and the reference driver for this protocol;
-* ``simulator``: a virtual unit on a pty (``btt-edge simulate-unit``).
+* ``driver``: the interface the agent uses, and the reference driver for this protocol.
 
-Errors are in ``errors``. Nothing here can command or block an exposure.
+Errors are in ``errors``. Nothing here can command or block an exposure. The virtual unit that speaks this
+protocol over a pty (``btt-edge simulate-unit``, the tests) is :mod:`edge.unit.simulator`: it makes its images with
+the synthetic generator, which the bridge has no business importing.
 """

@@ -23,8 +23,8 @@ from edge.db import transaction
 from edge.results.analysis import Algorithm, Analysis
 from edge.store.image_store import ImageStore
 from edge.store.index import set_state
+from edge.unit.simulator import image_dataset
 from firmware_bridge.messages import ExposureCompleted, Identify
-from firmware_bridge.simulator import image_dataset
 from models.bundle import Code
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dicom_bytes

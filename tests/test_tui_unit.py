@@ -16,9 +16,9 @@ from edge.control import AgentState, ControlClient, ControlServer
 from edge.receipts.book import ReceiptBook
 from edge.tui import TechnicianApp
 from edge.unit.service import UnitService
+from edge.unit.simulator import PtyTransport, UnitSimulator
 from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted
-from firmware_bridge.simulator import PtyTransport, UnitSimulator
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

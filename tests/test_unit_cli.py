@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.unit.simulator import ImageSender, image_dataset
 from firmware_bridge.messages import ExposureCompleted, Identify
-from firmware_bridge.simulator import ImageSender, image_dataset
 from tests.conftest import free_port, wait_until
 
 pytestmark = pytest.mark.integration

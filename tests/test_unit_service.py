@@ -23,12 +23,12 @@ from edge.store.header import read_header
 from edge.store.index import record_instance
 from edge.unit.exposures import list_exposures, summary
 from edge.unit.service import UnitService, image_facts
+from edge.unit.simulator import PtyTransport, SimulatorScript, UnitSimulator, image_dataset
 from firmware_bridge.driver import ReferenceDriver
 from firmware_bridge.errors import FramingError
 from firmware_bridge.framing import FrameKind, decode_frame
 from firmware_bridge.link import SerialLinkSettings
 from firmware_bridge.messages import ExposureCompleted
-from firmware_bridge.simulator import PtyTransport, SimulatorScript, UnitSimulator, image_dataset
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

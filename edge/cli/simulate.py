@@ -43,9 +43,9 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from edge.errors import ConfigError
+    from edge.unit.simulator import ImageSender, PtyTransport, SimulatorScript, UnitSimulator
     from firmware_bridge.errors import BridgeError
     from firmware_bridge.messages import PROTOCOL_VERSION
-    from firmware_bridge.simulator import ImageSender, PtyTransport, SimulatorScript, UnitSimulator
     from runtime.logs import configure_logging
 
     configure_logging("text", "INFO")

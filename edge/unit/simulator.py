@@ -65,7 +65,7 @@ __all__ = [
     "noise",
 ]
 
-log = logging.getLogger("firmware_bridge.simulator")
+log = logging.getLogger("edge.unit.simulator")
 
 FAULT_CODES: dict[int, str] = {
     0x0101: "tube overheat",

@@ -14,8 +14,8 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
     │   └── StateConflict      a pipeline state change found the instance missing or in another state
     ├── PipelineError          preprocessing, inference or post-processing failed for one instance
     │   ├── UnsupportedImage   the model cannot read this image (recorded as "skipped" with the reason)
-    │   └── BackendError       an inference backend failed to load or run
-    ├── BundleError            a model bundle is malformed, tampered with or incompatible
+    │   └── BackendError       an inference backend failed to load or run; also a
+    │                          :class:`models.errors.RunError`, so a golden-vector check records it as a failed case
     ├── ResultsError           clinical result objects and their delivery (``edge.results``; what a destination
     │                          does with an object is an outcome recorded in the queue, not an exception)
     │   └── ResultBuildError       a result object cannot be built from this image and these findings
@@ -35,10 +35,19 @@ sqlite3, onnxruntime, paho and PyNaCl are translated to one of these at the boun
         │                      payouts, verification) is drawn in ``protocol/errors.py``: one
         │                      ``except ProtocolError`` catches every receipt failure, the agent's and the contract's
         └── IdentityError          the device key, salt or certificate is missing, unreadable or inconsistent
+
+    ModelError                 the model tools (``models``); its tree is drawn in ``models/errors.py``
+    └── BundleError            a model bundle is malformed, tampered with or incompatible (re-exported here:
+                               one class, raised by ``models.bundle`` and by the agent about its bundles)
+
+A :class:`BundleError` is not an :class:`EdgeError` (``models`` sits below the agent and does not import it): the
+agent catches ``(EdgeError, ModelError)`` wherever a bundle is loaded, and the CLI maps both, and
+:class:`~protocol.errors.ProtocolError`, to the same message and exit code.
 """
 
 from __future__ import annotations
 
+from models.errors import BundleError, ModelError, RunError
 from protocol.errors import ProtocolError
 
 __all__ = [
@@ -57,6 +66,7 @@ __all__ = [
     "JobRejected",
     "LinkError",
     "LinkRefused",
+    "ModelError",
     "OutOfSpace",
     "OutboxError",
     "PipelineError",
@@ -110,12 +120,8 @@ class UnsupportedImage(PipelineError):
     """The model cannot read this image; the instance is skipped with this reason."""
 
 
-class BackendError(PipelineError):
+class BackendError(PipelineError, RunError):
     """An inference backend could not load or run a model."""
-
-
-class BundleError(EdgeError):
-    """A model bundle is malformed, does not match its hashes, or needs another agent version."""
 
 
 class CapacityError(EdgeError):

@@ -8,7 +8,7 @@ and pixel spacing; :class:`Accepts`), how to prepare the input, what the outputs
 masks, detector boxes or per-tooth scores: :data:`OUTPUT_KINDS`; tooth labels; finding classes with SNOMED CT
 codes and thresholds), the sha256 of every other file and the golden vectors. docs/bundles.md is the
 format's description for whoever makes a bundle. :func:`parse_bundle` is the pure core
-(file bytes in, a :class:`Bundle` out or a :class:`~edge.errors.BundleError` naming the reason); :func:`load_bundle`
+(file bytes in, a :class:`Bundle` out or a :class:`~models.errors.BundleError` naming the reason); :func:`load_bundle`
 reads a directory or archive into it. Every file is read once and hashed; the bytes that were verified are the bytes
 the backends run, so a file swapped after loading cannot slip in.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import re
 import tarfile
@@ -26,12 +27,12 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
-import edge
 from dental.teeth import fdi_to_universal
-from edge.errors import BundleError
+from models.errors import BundleError
 from runtime.durable import atomic_write_bytes
 
 __all__ = [
+    "AGENT_VERSION",
     "BOX_FORMATS",
     "BOX_UNITS",
     "FORMAT",
@@ -69,6 +70,9 @@ __all__ = [
     "write_bundle",
 ]
 
+AGENT_VERSION = importlib.metadata.version("btt-edge")
+"""The installed agent's version (its distribution's, which ``edge.__version__`` repeats): what a manifest's
+``requires_agent`` is checked against unless the caller names another."""
 FORMAT = 1
 """The manifest format this agent reads."""
 MANIFEST_NAME = "manifest.json"
@@ -1017,7 +1021,7 @@ def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def parse_bundle(files: Mapping[str, bytes], *, agent_version: str = edge.__version__, source: str = "") -> Bundle:
+def parse_bundle(files: Mapping[str, bytes], *, agent_version: str = AGENT_VERSION, source: str = "") -> Bundle:
     """Verify a bundle given as ``relative path -> bytes`` (pure).
 
     Refuses, with the reason: a missing or invalid manifest, an agent version outside ``requires_agent``, a listed
@@ -1085,7 +1089,7 @@ def _read_archive(path: Path) -> dict[str, bytes]:
     return files
 
 
-def load_bundle(path: Path, *, agent_version: str = edge.__version__) -> Bundle:
+def load_bundle(path: Path, *, agent_version: str = AGENT_VERSION) -> Bundle:
     """Read and verify the bundle at ``path`` (a directory or a tar archive). Raises :class:`BundleError`."""
     try:
         if path.is_dir():

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from edge.errors import BundleError, EdgeError
 from models.bundle import Bundle
+from models.errors import BundleError, RunError
 
 __all__ = ["GoldenCase", "GoldenReport", "Runner", "build_golden", "check_golden", "read_golden"]
 
@@ -115,15 +115,15 @@ def read_golden(
 def check_golden(bundle: Bundle, run: Runner) -> GoldenReport:
     """Run every golden input of the network ``bundle`` views through ``run`` and compare with the expected outputs.
 
-    A backend error (:class:`~edge.errors.EdgeError` from ``run``), a missing output, a wrong shape or a
-    non-finite value fails the case with that reason rather than raising.
+    A backend error (:class:`~models.errors.RunError` from ``run``: the agent's ``BackendError`` is one), a missing
+    output, a wrong shape or a non-finite value fails the case with that reason rather than raising.
     """
     cases: list[GoldenCase] = []
     for spec in bundle.golden:
         inputs, expected = read_golden(bundle.files[spec.file], spec.file)
         try:
             outputs = run(inputs)
-        except EdgeError as exc:
+        except RunError as exc:
             cases.append(GoldenCase(spec.file, "*", float("inf"), spec.atol, f"the backend failed: {exc}"))
             continue
         for name, (index, values, shape) in sorted(expected.items()):

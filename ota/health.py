@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, ModelError
 from edge.pipeline.analyzer import Analyzer
 from models.golden import check_golden
 from ota.errors import HealthCheckFailed
@@ -26,12 +26,12 @@ def health_check(load: AnalyzerLoader, bundle_dir: Path) -> str:
     :class:`HealthCheckFailed` with the reason."""
     try:
         analyzer = load(bundle_dir)
-    except EdgeError as exc:
+    except (EdgeError, ModelError) as exc:
         raise HealthCheckFailed(f"the bundle does not load on this device: {exc}") from exc
     try:
         backend = analyzer.backend
         report = check_golden(analyzer.bundle.network_for(backend.name, backend.precision), backend.run)
-    except EdgeError as exc:
+    except (EdgeError, ModelError) as exc:
         raise HealthCheckFailed(f"golden vectors cannot be read: {exc}") from exc
     finally:
         analyzer.close()

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from edge.background import BackgroundLoop
 from edge.config import AgentConfig
-from edge.errors import ConfigError, EdgeError, OutboxError
+from edge.errors import ConfigError, EdgeError, ModelError, OutboxError
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import Analyzer, open_analyzer, resolve_bundle_path
 from ota.client import UpdateClient
@@ -130,7 +130,7 @@ class OtaService(BackgroundLoop):
             try:
                 result = self._updater.apply()
                 event(log, "ota check", outcome=result.outcome, model=result.model_id, version=result.version)
-            except EdgeError as exc:
+            except (EdgeError, ModelError) as exc:
                 event(log, "ota check failed", level=logging.WARNING, error=str(exc), kind=type(exc).__name__)
             except Exception:
                 log.exception("ota check stopped by an unexpected error")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, ModelError
 from edge.pipeline.analyzer import Analyzer
 from models.bundle import load_bundle
 from ota.client import Offer, UpdateClient
@@ -115,7 +115,7 @@ class OtaUpdater:
         try:
             manifest = load_bundle(self.store.path(state.active)).manifest
             doc["active_model"] = {"id": manifest.id, "version": manifest.version}
-        except EdgeError as exc:
+        except (EdgeError, ModelError) as exc:
             doc["active_model"] = {"error": str(exc)}
         return doc
 
@@ -262,7 +262,7 @@ class OtaUpdater:
         state = self.store.read()
         try:
             analyzer = self._load(self.store.path(state.active))
-        except EdgeError as exc:
+        except (EdgeError, ModelError) as exc:
             if state.previous is None:
                 raise
             state = self.rollback(f"the active model does not load: {exc}")
@@ -281,7 +281,7 @@ class OtaUpdater:
         Never raises: a failure is logged and the current analyzer stays."""
         try:
             return self._idle()
-        except EdgeError as exc:
+        except (EdgeError, ModelError) as exc:
             event(log, "model switch failed; keeping the current model", level=logging.ERROR, error=str(exc))
             return None
 
@@ -302,7 +302,7 @@ class OtaUpdater:
             return
         try:
             self._outcome(ok, error)
-        except EdgeError as exc:
+        except (EdgeError, ModelError) as exc:
             event(log, "cannot record the study outcome", level=logging.ERROR, error=str(exc))
 
     def _outcome(self, ok: bool, error: str) -> None:

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+import edge
 from dental.teeth import PERMANENT_FDI
 from edge.errors import BundleError
 from models.bundle import (
+    AGENT_VERSION,
     LEGACY_PANORAMIC,
     MANIFEST_NAME,
     MODEL_NAME,
@@ -124,6 +126,12 @@ def test_incompatible_agent_is_refused() -> None:
     with pytest.raises(BundleError, match=r"test-bundle 1\.2\.3 requires agent >=2\.0; this agent is 0\.1\.0"):
         parse_bundle(packed, agent_version="0.1.0")
     assert parse_bundle(packed, agent_version="2.1.0").manifest.id == "test-bundle"
+
+
+def test_bundles_are_checked_against_the_agents_own_version() -> None:
+    assert edge.__version__ == AGENT_VERSION
+    with pytest.raises(BundleError, match=f"this agent is {AGENT_VERSION}"):
+        parse_bundle(pack_bundle(dataclasses.replace(MANIFEST, requires_agent=">=99"), FILES))
 
 
 def test_missing_path_is_refused(tmp_path: Path) -> None:

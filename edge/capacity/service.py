@@ -41,7 +41,7 @@ from edge.capacity.runner import JobProcess
 from edge.capacity.state import get_value, migrate_capacity, open_offer, set_value, switch
 from edge.config import CapacityConfig
 from edge.db import DB_FILENAME, connect, transaction
-from edge.errors import BundleError, EdgeError, JobFailed, JobRejected
+from edge.errors import BundleError, EdgeError, JobFailed, JobRejected, ModelError
 from edge.outbox import Outbox
 from edge.receipts.book import ReceiptBook
 from edge.store.index import clinical_work_pending
@@ -337,7 +337,7 @@ class CapacityService:
                     continue
                 try:
                     self._run(conn, envelope)
-                except (sqlite3.Error, OSError, EdgeError):
+                except (sqlite3.Error, OSError, EdgeError, ModelError):
                     log.exception("capacity job failed")
                 finally:
                     self._clean(envelope)

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, ModelError
 from protocol.errors import ProtocolError
 
 __all__ = ["main"]
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (EdgeError, ProtocolError) as exc:
+    except (EdgeError, ModelError, ProtocolError) as exc:
         print(f"btt-edge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

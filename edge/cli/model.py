@@ -4,7 +4,7 @@
 ``X.json``, the ground truth as the object ``analyze --json`` prints for one file, with model id
 ``synthetic-ground-truth``). ``eval`` prints the held-out metrics of a bundle; ``verify`` loads a bundle (hashes,
 agent version), says which images it accepts and runs its golden vectors on ONNX Runtime. ``pack`` makes a bundle
-from a manufacturer's ONNX model (or a MONAI Bundle) and a short description (:mod:`models.pack`). ``train`` and
+from a manufacturer's ONNX model (or a MONAI Bundle) and a short description (:mod:`edge.pipeline.pack`). ``train`` and
 ``export`` retrain and rebuild the reference bundle; they need the ``train`` extra (PyTorch).
 """
 
@@ -184,8 +184,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _pack(args: argparse.Namespace) -> int:
     from edge.errors import BundleError
+    from edge.pipeline.pack import monai_description, pack_model, read_description, read_monai
     from models.bundle import load_bundle, write_bundle
-    from models.pack import monai_description, pack_model, read_description, read_monai
 
     description = read_description(args.describe)
     if args.monai is not None:

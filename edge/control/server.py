@@ -36,7 +36,7 @@ from edge.control.logtail import LogTail
 from edge.control.protocol import MAX_REQUEST_BYTES, Request, Response, decode_request, encode
 from edge.control.state import AgentState
 from edge.db import DB_FILENAME, connect
-from edge.errors import ControlError, EdgeError
+from edge.errors import ControlError, EdgeError, ModelError
 from runtime.logs import event
 
 __all__ = ["WORKERS", "ControlServer"]
@@ -187,7 +187,7 @@ class ControlServer:
             result = action(self.actions, params)
         except Exception as exc:
             message = self._message(method, exc)
-            outcome: Outcome = "refused" if isinstance(exc, EdgeError) else "failed"
+            outcome: Outcome = "refused" if isinstance(exc, (EdgeError, ModelError)) else "failed"
             self._audit_write(lambda c: finish_entry(c, entry, outcome, message))
             event(log, "technician action " + outcome, level=logging.WARNING, action=method, uid=peer[0], error=message)
             return Response(request.id, False, error=message)
@@ -197,7 +197,7 @@ class ControlServer:
 
     @staticmethod
     def _message(method: str, exc: Exception) -> str:
-        if isinstance(exc, EdgeError):
+        if isinstance(exc, (EdgeError, ModelError)):
             return str(exc)
         if isinstance(exc, (KeyError, TypeError, ValueError)):
             return f"bad parameters for {method}: {exc!r}"

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import AgentConfig
-from edge.errors import ControlError, EdgeError
+from edge.errors import ControlError, EdgeError, ModelError
 from edge.ops.health import CLOCK_FLOOR, Check, Status, box_checks, overview_checks
 
 __all__ = ["CLOCK_FLOOR", "Check", "Status", "render", "run_checks", "summary"]
@@ -135,7 +135,7 @@ def _model(config: AgentConfig) -> Iterator[Check]:
 
     try:
         primary = build_updater(config).active_path()
-    except EdgeError as exc:
+    except (EdgeError, ModelError) as exc:
         yield Check(
             "model",
             "fail",
@@ -159,7 +159,7 @@ def _bundle(config: AgentConfig, path: Path, name: str, fix: str) -> Iterator[Ch
 
     try:
         bundle = load_bundle(path)
-    except EdgeError as exc:
+    except (EdgeError, ModelError) as exc:
         yield Check(name, "fail", str(exc), fix)
         return
     manifest = bundle.manifest
@@ -172,7 +172,7 @@ def _bundle(config: AgentConfig, path: Path, name: str, fix: str) -> Iterator[Ch
     try:
         options = BackendOptions(threads=config.pipeline.threads, variants=config.pipeline.variants)
         backend = select_backend(bundle, config.pipeline.backend, options)
-    except EdgeError as exc:
+    except (EdgeError, ModelError) as exc:
         yield Check(
             "backend",
             "fail",

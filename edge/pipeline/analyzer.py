@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 import models
 from dental.findings import Finding
 from edge.config import PipelineConfig
-from edge.errors import BundleError, EdgeError, PipelineError, UnsupportedImage
+from edge.errors import BundleError, EdgeError, ModelError, PipelineError, UnsupportedImage
 from edge.pipeline.backends import Backend, BackendOptions, select_backend
 from edge.pipeline.clinical import apply_clinical_rules
 from edge.pipeline.crops import crop_boxes, sample_crops
@@ -277,7 +277,7 @@ def _open_model(config: PipelineConfig, path: Path, data_dir: Path | None) -> Ac
         return ActiveModel(bundle, backend)
     try:
         return ActiveModel(bundle, backend, _load_network(config, bundle.crop_stage(), data_dir))
-    except EdgeError:
+    except (EdgeError, ModelError):
         backend.close()
         raise
 
@@ -295,7 +295,7 @@ def open_analyzer(config: PipelineConfig, data_dir: Path | None = None) -> Analy
             opened.append(_open_model(config, path, data_dir))
         primary, *others = opened
         return Analyzer(primary.bundle, primary.backend, crops=primary.crops, others=others)
-    except EdgeError:
+    except (EdgeError, ModelError):
         for model in opened:
             model.backend.close()
             if model.crops is not None:

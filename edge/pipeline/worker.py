@@ -46,7 +46,7 @@ from typing import Protocol
 
 from edge.background import BackgroundLoop
 from edge.db import DB_FILENAME, connect, migrate, transaction
-from edge.errors import EdgeError, PipelineError, StateConflict, UnsupportedImage
+from edge.errors import EdgeError, ModelError, PipelineError, StateConflict, UnsupportedImage
 from edge.ingest.activity import RECHECK_S, IngestYield
 from edge.outbox import Outbox
 from edge.pipeline.analyzer import AnalysisResult, Analyzer, read_dataset
@@ -234,9 +234,9 @@ class PipelineWorker:
         try:
             self._record(instance, self._analyse(instance))
         except Exception as exc:  # any failure counts as an attempt; an unexpected one is logged with its trace
-            if not isinstance(exc, EdgeError):
+            if not isinstance(exc, (EdgeError, ModelError)):
                 log.exception("unexpected error analysing %s", uid)
-            error = str(exc) if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
+            error = str(exc) if isinstance(exc, (EdgeError, ModelError)) else f"{type(exc).__name__}: {exc}"
             self._fail(uid, error)
             if self._on_outcome is not None:
                 self._on_outcome(False, error)
@@ -398,7 +398,7 @@ class PipelineService(BackgroundLoop):
             migrate_pipeline(conn)
             try:
                 analyzer = self._load_analyzer()
-            except EdgeError as exc:
+            except (EdgeError, ModelError) as exc:
                 event(log, "pipeline idle: no model", level=logging.ERROR, error=str(exc))
                 return
             worker = PipelineWorker(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from dental.findings import Finding
-from edge.errors import EdgeError, ResultBuildError
+from edge.errors import EdgeError, ModelError, ResultBuildError
 from edge.pipeline.records import analysis_record
 from edge.results.header import MANUFACTURER
 from models.bundle import Code, Manifest
@@ -63,7 +63,7 @@ class RecordedAnalyses:
         if manifest is None:
             try:
                 self._manifests = tuple(self._read_manifests())
-            except EdgeError as exc:
+            except (EdgeError, ModelError) as exc:
                 raise ResultBuildError(f"cannot load the model bundle for the finding codes: {exc}") from exc
             # the same model at another version (findings recorded before an update) still has its kinds' codes
             manifest = _find(self._manifests, model_id, version) or _find(self._manifests, model_id, None)

@@ -27,10 +27,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from dental.findings import Finding
-from edge.errors import BundleError
 from edge.pipeline.analyzer import infer_findings
 from edge.pipeline.postprocess import box_iou, repeat_labels, tooth_labels
 from models.bundle import Bundle
+from models.errors import BundleError
 from models.reference.data import EVAL_SEED_BASE, sample
 
 __all__ = ["evaluate", "match_findings", "tooth_level"]

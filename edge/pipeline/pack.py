@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dental.teeth import fdi_to_universal
-from edge.errors import BundleError, EdgeError
+from edge.errors import BundleError, EdgeError, ModelError
 from edge.pipeline.postprocess import findings_from_outputs
 from edge.pipeline.preprocess import Prepared, prepare
 from models.bundle import FORMAT, MODEL_NAME, Manifest, pack_bundle, parse_manifest, sha256_hex
@@ -163,7 +163,7 @@ def pack_model(model: bytes, description: Mapping[str, Any]) -> dict[str, bytes]
     outputs = _run_onnx(model, manifest, prepared.tensor)
     try:
         findings_from_outputs(dict(outputs), manifest, prepared, None)
-    except EdgeError as exc:
+    except (EdgeError, ModelError) as exc:
         raise BundleError(f"the model's outputs ({', '.join(sorted(outputs))}) do not fit the manifest: {exc}") from exc
     files = {MODEL_NAME: model, GOLDEN_FILE: build_golden(prepared.tensor, outputs, GOLDEN_SAMPLES, GOLDEN_SEED)}
     return pack_bundle(manifest, files)

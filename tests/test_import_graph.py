@@ -1,7 +1,7 @@
 """The import graph of our packages: no module-level cycle, and no package importing one above it.
 
-A static walk of every module (no package is imported): an import counts when it runs as the module is imported,
-that is at module level or in a class body, but not inside a function and not under ``if TYPE_CHECKING:``.
+A static walk of every module (no package is imported). For the cycle check an import counts when it runs as the
+module is imported: at module level or in a class body, not inside a function, not under ``if TYPE_CHECKING:``.
 ``from package import name`` is an edge to the module ``package.name`` when there is one, else to ``package``.
 The layering, bottom up (each package may import the ones its row names, and its own modules)::
 

@@ -16,35 +16,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query
 from fastapi.responses import PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cloud_relay.auth import Clinic
+from cloud_relay.capacity.api import capacity_router
+from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.clinic import ClinicView
-from cloud_relay.errors import RegistryError, StorageUnavailable, Unauthorized
+from cloud_relay.errors import RegistryError, StorageUnavailable
 from cloud_relay.ledger import PERIOD_PATTERN, Ledger
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
 from protocol.encoding import MAX_SAFE_INTEGER
 from protocol.topics import DEVICE_ID
 
-__all__ = ["Clinic", "DeviceId", "create_app"]
+__all__ = ["DeviceId", "create_app"]
 
-_bearer = HTTPBearer(auto_error=False, description="A clinic API token from `btt-relay token add`.")
-
-
-def _clinic(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The clinic of the request's bearer token; 401 without a valid one."""
-    if creds is None:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    registry: Registry = request.app.state.registry
-    try:
-        return registry.clinic_for_token(creds.credentials)
-    except Unauthorized as exc:
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
-
-
-Clinic = Annotated[str, Depends(_clinic)]
 DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID}$", description="A device id")]
 _PERIOD = Query(pattern=PERIOD_PATTERN, description="UTC calendar month, YYYY-MM (1970-01 to 9999-12)")
 
@@ -131,8 +118,5 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
         return view.capacity(clinic_id)
 
     # Spare-capacity jobs (cloud_relay.capacity): submit a batch job, collect its results, offers, payouts.
-    from cloud_relay.capacity.api import capacity_router
-    from cloud_relay.capacity.coordinator import Coordinator
-
     app.include_router(capacity_router(Coordinator(db)))
     return app

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from cloud_relay.api import Clinic
+from cloud_relay.auth import Clinic
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.capacity.market import Requirements
 from cloud_relay.errors import RegistryError

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dental.findings import Finding
-from edge.pipeline.postprocess import box_iou
+from dental.findings import Finding, box_iou
 from models.reference.evaluate import match_findings, tooth_level
 
 

@@ -16,7 +16,8 @@ from dental.teeth import PERMANENT_FDI
 from edge.config import PipelineConfig
 from edge.errors import PipelineError
 from edge.pipeline.analyzer import open_analyzer
-from edge.pipeline.postprocess import MIN_ROOT_SHARE, findings_from_outputs, tooth_labels
+from edge.pipeline.decoders import tooth_labels
+from edge.pipeline.postprocess import MIN_ROOT_SHARE, findings_from_outputs
 from edge.pipeline.preprocess import Prepared
 from models.bundle import FindingsOutput, InputSpec, Manifest
 from models.reference.spec import CLASSES, INPUT_SPEC

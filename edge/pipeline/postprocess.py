@@ -12,9 +12,9 @@ A segmentation model's outputs (the reference model's), for one image: ``teeth``
 number, 2 for the reference model) and ``findings`` logits ``[1, K, H, W]`` (independent sigmoids, one per finding
 class in manifest order).
 
-Tooth numbers follow the order of the arch (:func:`tooth_labels`). Every model pixel is given to its nearest
-tooth (a Voronoi partition of the tooth labels). A finding is a connected region of one class above the class
-threshold, at least ``min_area_px`` model pixels large; a region that spans several teeth' zones with a
+Tooth numbers follow the order of the arch (:func:`edge.pipeline.decoders.tooth_labels`). Every model pixel is
+given to its nearest tooth (a Voronoi partition of the tooth labels). A finding is a connected region of one class
+above the class threshold, at least ``min_area_px`` model pixels large; a region that spans several teeth' zones with a
 substantial share in each (a bridge of two crowns, bone loss along a row) becomes one finding per tooth
 (:data:`MIN_SHARE`). Its tooth is the zone's tooth, or none when the region lies more than
 :data:`MAX_TOOTH_DISTANCE` of the model's width from every tooth. Then the clinical rules of
@@ -39,24 +39,21 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from dental.findings import Finding, box_iou
+from dental.findings import Finding
 from dental.outline import region_outline
 from dental.teeth import is_upper
 from edge.errors import PipelineError
 from edge.pipeline.clinical import apply_clinical_rules
 from edge.pipeline.crops import CropLayout, ToothCrop, apex_row
-from edge.pipeline.decoders import Box, Decoded, Region, decode, repeat_labels, tooth_labels
+from edge.pipeline.decoders import Box, Decoded, Region, decode
 from models.bundle import Manifest
 
 __all__ = [
     "MAX_TOOTH_DISTANCE",
     "MIN_ROOT_SHARE",
     "MIN_SHARE",
-    "box_iou",
     "findings_from_crops",
     "findings_from_outputs",
-    "repeat_labels",
-    "tooth_labels",
 ]
 
 MAX_TOOTH_DISTANCE = 0.04

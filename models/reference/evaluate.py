@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from dental.findings import Finding
+from dental.findings import Finding, box_iou
 from edge.pipeline.analyzer import infer_findings
-from edge.pipeline.postprocess import box_iou, repeat_labels, tooth_labels
+from edge.pipeline.decoders import repeat_labels, tooth_labels
 from models.bundle import Bundle
 from models.errors import BundleError
 from models.reference.data import EVAL_SEED_BASE, sample

@@ -5,15 +5,28 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from models.synthetic import SyntheticImage
 
-__all__ = ["DX_FOR_PRESENTATION", "instance_uid", "synthetic_dataset", "synthetic_dicom_bytes"]
+__all__ = ["DX_FOR_PRESENTATION", "instance_uid", "set_pixels", "synthetic_dataset", "synthetic_dicom_bytes"]
 
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 """Digital X-Ray Image Storage - For Presentation."""
+
+
+def set_pixels(ds: Dataset, pixels: npt.NDArray[np.uint16]) -> None:
+    """Give ``ds`` the Image Pixel module of ``pixels``: one sample, MONOCHROME2, 16 bits unsigned, little endian."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
 
 
 def instance_uid(seed: int) -> str:
@@ -50,13 +63,7 @@ def synthetic_dataset(image: SyntheticImage, seed: int) -> Dataset:
     ds.ImageLaterality = "B"
     ds.AnatomicRegionSequence = []
     ds.AcquisitionContextSequence = []
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    set_pixels(ds, pixels)
     ds.PixelIntensityRelationship = "LOG"
     ds.PixelIntensityRelationshipSign = 1
     ds.RescaleIntercept = 0
@@ -69,7 +76,6 @@ def synthetic_dataset(image: SyntheticImage, seed: int) -> Dataset:
     ds.BurnedInAnnotation = "NO"
     ds.ImagerPixelSpacing = [round(image.spacing_mm, 6), round(image.spacing_mm, 6)]
     ds.DetectorType = "SCINTILLATOR"
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

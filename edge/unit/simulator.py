@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from firmware_bridge.errors import BridgeError, PortUnavailable, TransportError
 from firmware_bridge.link import Link, SerialLinkSettings
@@ -53,6 +53,7 @@ from firmware_bridge.messages import (
 )
 from firmware_bridge.transport import MemoryTransport
 from models.synthetic import generate
+from models.synthetic_dicom import DX_FOR_PRESENTATION, set_pixels
 from runtime.durable import atomic_write_bytes
 
 __all__ = [
@@ -498,7 +499,7 @@ class ImageSender:
         from pynetdicom import AE
 
         ae = AE(ae_title=self.calling_ae)
-        ae.add_requested_context(DX_PRESENTATION, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+        ae.add_requested_context(DX_FOR_PRESENTATION, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
         assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
         if not assoc.is_established:
             return "association rejected or no answer"
@@ -509,8 +510,6 @@ class ImageSender:
         return int(response.Status) if "Status" in response else "no response"
 
 
-DX_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
-"""Digital X-Ray Image Storage - For Presentation."""
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
@@ -524,8 +523,8 @@ def image_dataset(identity: Identify, exposure: ExposureCompleted) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DX_PRESENTATION
-    ds.SOPClassUID = DX_PRESENTATION
+    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    ds.SOPClassUID = DX_FOR_PRESENTATION
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyInstanceUID = generate_uid()
@@ -570,12 +569,5 @@ def image_dataset(identity: Identify, exposure: ExposureCompleted) -> Dataset:
     low, high = np.percentile(pixels, [0.5, 99.5])
     ds.WindowCenter = round(float(low + high) / 2)
     ds.WindowWidth = max(1, round(float(high - low)))
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
+    set_pixels(ds, pixels)
     return ds

@@ -5,9 +5,9 @@ the same ``prepare`` and the same post-processing, ``--threads`` threads each; o
 ONNX Runtime CPU backend as the agent selects it (the bundle's float network or its INT8 variant, whichever passes
 its golden vectors and is faster here), (a') the same backend held to the float network, (b) the same weights in
 PyTorch eager (``models/reference/reference.pt`` and ``tooth.pt``, needs the ``train`` extra). For the two-stage
-reference bundle the model step is both networks: the first (teeth) and the second on every tooth crop. Latency is measured in one process
-that runs the sides image by image, rotating which goes first, so all see the same load on a shared machine; peak
-RSS is measured in a process per side that loads and runs only that side.
+reference bundle the model step is both networks: the first (teeth) and the second on every tooth crop. Latency is
+measured in one process that runs the sides image by image, rotating which goes first, so all see the same load
+on a shared machine; peak RSS is measured in a process per side that loads and runs only that side.
 
 Figures: p50/p95 latency of the model step and of end to end (read the file -> findings), per image; peak RSS of
 the analysing process; and the peak RSS (VmHWM) of a whole agent (``btt-edge run``: SCP, store, pipeline,

@@ -95,7 +95,9 @@ def evaluate(bundle: Bundle, count: int = 40, threads: int = 2, iou: float = 0.3
         seen.update({name: value.copy() for name, value in outputs.items()})  # post-processing consumes them
         return outputs
 
-    run_crops = None if manifest.crops is None else _runner(bundle.crop_stage().model_bytes, threads)
+    # the crop network in the same precision as the first (its INT8 variant for the INT8 view)
+    crops = None if manifest.crops is None else bundle.crop_stage().network_for("onnxruntime-cpu", bundle.precision)
+    run_crops = None if crops is None else _runner(crops.model_bytes, threads)
     names = [manifest.teeth.name, manifest.findings.name]
     labels_fdi = manifest.teeth.labels_fdi
     classes = manifest.findings.classes

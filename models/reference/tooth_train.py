@@ -39,7 +39,7 @@ class ToothTrainConfig:
     """Everything that determines a training run of the second network."""
 
     seed: int = 20261203
-    images: int = 160
+    images: int = 320
     epochs: int = 8
     batch: int = 32
     lr: float = 3e-3

@@ -11,7 +11,8 @@ shown beside it: on cores nobody else uses, the latency would be about that (les
 threads, plus the polling waits, ``wait`` below). Each image's overlay is delivered
 before the next image is sent, so images do not overlap. The stage breakdown comes from the agent's own records:
 ``store`` (storescu's send, including the durable store), ``wait`` (until the pipeline takes the image), ``decode``,
-``preprocess``, ``infer``, ``postprocess`` (the pipeline's timings), ``write`` (until the SR is built, written
+``preprocess``, ``infer``, ``crops``, ``infer_crops``, ``postprocess`` (the pipeline's timings; the crops stages
+for a two-stage bundle), ``write`` (until the SR is built, written
 durably and queued; includes the results service's poll) and ``send`` (C-STORE of the SR, confirmed).
 
 The peer, in the same run: ``storescu`` sending the same panoramic straight to ``storescp`` (what the PACS gets
@@ -39,7 +40,9 @@ from models.synthetic_dicom import synthetic_dicom_bytes
 
 STORESCU, STORESCP, ECHOSCU = "/usr/bin/storescu", "/usr/bin/storescp", "/usr/bin/echoscu"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-STAGES = ("store", "wait", "decode", "preprocess", "infer", "postprocess", "write", "send")
+PIPELINE = ("decode", "preprocess", "infer", "crops", "infer_crops", "postprocess")
+"""The pipeline's own stages (``crops`` and ``infer_crops``: a two-stage bundle's tooth crops and second network)."""
+STAGES = ("store", "wait", *PIPELINE, "write", "send")
 
 
 def _port() -> int:
@@ -112,14 +115,11 @@ def _stages(db: Path, uid: str, store_s: float, sr: sqlite3.Row) -> dict[str, fl
     finally:
         conn.close()
     t = {k: v / 1000 for k, v in json.loads(timings).items()}
-    analysed = sum(t.get(k, 0.0) for k in ("decode", "preprocess", "infer", "postprocess"))
+    analysed = sum(t.get(k, 0.0) for k in PIPELINE)
     return {
         "store": store_s,
         "wait": max(0.0, _epoch(recorded_at) - _epoch(received_at) - t.get("total", analysed)),
-        "decode": t.get("decode", 0.0),
-        "preprocess": t.get("preprocess", 0.0),
-        "infer": t.get("infer", 0.0),
-        "postprocess": t.get("postprocess", 0.0),
+        **{k: t.get(k, 0.0) for k in PIPELINE},
         "write": _epoch(sr["created_at"]) - _epoch(recorded_at),
         "send": _epoch(sr["sent_at"]) - _epoch(sr["created_at"]),
     }

@@ -220,12 +220,13 @@ def _jaw(
     floor = FRAGMENT_SHARE * float(np.median(areas)) if regions else 0.0
     big = [i for i in range(len(regions)) if areas[i] >= floor]
     big = sorted(sorted(big, key=lambda i: -areas[i])[: len(order)], key=lambda i: regions[i][0])
-    index = np.zeros(result.shape, np.intp)  # 1 + the position in big of each tooth's pixels, 0 elsewhere
-    for position, i in enumerate(big, start=1):
-        index[regions[i][1], regions[i][2]] = position
-    flat = index.ravel()
-    sums = [np.bincount(flat, weights=probs[k].ravel(), minlength=len(big) + 1)[1:] for k in order]
-    scores = np.asarray(np.stack(sums, axis=1), dtype=np.float64).reshape(len(big), len(order))
+    if not big:
+        return _Jaw(order, regions, big, np.zeros((0, len(order))))
+    rows = np.concatenate([regions[i][1] for i in big])
+    cols = np.concatenate([regions[i][2] for i in big])
+    starts = np.cumsum([0] + [regions[i][1].size for i in big[:-1]])
+    values = probs[np.asarray(order)[:, np.newaxis], rows[np.newaxis], cols[np.newaxis]]  # [number, pixel]
+    scores = np.asarray(np.add.reduceat(values, starts, axis=1, dtype=np.float64).T, dtype=np.float64)
     return _Jaw(order, regions, big, scores)
 
 

@@ -29,6 +29,7 @@ from edge.pipeline.crops import ToothCrop, sample_crops, tooth_crop
 from models.reference.data import sample
 from models.reference.spec import CLASSES, CROP_INPUT, INPUT_SPEC
 from models.reference.tooth_network import ToothNet
+from models.reference.train import soft_dice
 from models.synthetic import Scene, render_labels
 
 __all__ = ["ToothTrainConfig", "build_tooth_network", "crop_targets", "load_tooth_network", "train_teeth"]
@@ -104,15 +105,6 @@ def _dataset(count: int, seed: int, workers: int) -> tuple[npt.NDArray[np.float1
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _soft_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    dims = (0, 2, 3)
-    inter = (probs * target).sum(dims)
-    total = probs.sum(dims) + target.sum(dims)
-    present = target.sum(dims) > 0
-    dice = (2 * inter + 1.0) / (total + 1.0)
-    return 1.0 - dice[present].mean() if bool(present.any()) else probs.sum() * 0.0
-
-
 def train_teeth(config: ToothTrainConfig, out: Path, log: bool = True) -> dict[str, object]:
     """Train the second network from scratch and write its weights to ``out`` (and a summary beside them)."""
     torch.manual_seed(config.seed)
@@ -149,7 +141,7 @@ def train_teeth(config: ToothTrainConfig, out: Path, log: bool = True) -> dict[s
             masks, present = net(x)
             loss = (
                 functional.binary_cross_entropy_with_logits(masks, f, pos_weight=pos_weight)
-                + _soft_dice(masks.sigmoid(), f)
+                + soft_dice(masks.sigmoid(), f)
                 + functional.binary_cross_entropy_with_logits(present, p, pos_weight=present_weight)
             )
             opt.zero_grad()

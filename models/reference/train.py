@@ -30,7 +30,7 @@ from models.reference.data import sample
 from models.reference.network import UNet, upsample
 from models.reference.spec import CLASSES, INPUT_SPEC
 
-__all__ = ["TrainConfig", "build_network", "load_network", "train"]
+__all__ = ["TrainConfig", "build_network", "load_network", "soft_dice", "train"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ def _dataset(count: int, workers: int) -> tuple[npt.NDArray[np.float16], npt.NDA
     )
 
 
-def _soft_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def soft_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - the mean soft Dice over the channels present in ``target`` (``[N, C, H, W]``); 0 when none is."""
     dims = (0, 2, 3)
     inter = (probs * target).sum(dims)
     total = probs.sum(dims) + target.sum(dims)
@@ -122,9 +123,9 @@ def _stage(
         onehot = functional.one_hot(t, teeth_logits.shape[1]).permute(0, 3, 1, 2).float()
         loss = (
             functional.cross_entropy(teeth_logits, t)
-            + 0.5 * _soft_dice(teeth_probs[:, 1:], onehot[:, 1:])
+            + 0.5 * soft_dice(teeth_probs[:, 1:], onehot[:, 1:])
             + functional.binary_cross_entropy_with_logits(find_logits, f, pos_weight=pos_weight)
-            + _soft_dice(find_logits.sigmoid(), f)
+            + soft_dice(find_logits.sigmoid(), f)
         )
         opt.zero_grad()
         torch.autograd.backward(loss)

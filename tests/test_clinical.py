@@ -36,10 +36,11 @@ def test_an_implant_is_not_also_a_root_canal_filling() -> None:
     assert apply_clinical_rules(raw) == [raw[0]]
 
 
-def test_a_crown_and_a_restoration_on_one_tooth_are_both_kept() -> None:
-    """Not an exclusion (see the module docstring: the reference model would lose its true restorations)."""
-    raw = [_f("restoration", "16", 0.8), _f("crown", "16", 0.9), _f("caries", "16", 0.4)]
-    assert apply_clinical_rules(raw) == raw
+def test_a_crown_is_not_also_a_restoration() -> None:
+    raw = [_f("restoration", "16", 0.8), _f("crown", "16", 0.9), _f("caries", "16", 0.4), _f("restoration", "17", 0.7)]
+    assert apply_clinical_rules(raw) == [raw[1], raw[2], raw[3]]
+    raw = [_f("restoration", "16", 0.95), _f("crown", "16", 0.9)]
+    assert apply_clinical_rules(raw) == [raw[0]]
 
 
 def test_excluded_kinds_in_one_place_without_a_tooth_keep_the_more_confident() -> None:

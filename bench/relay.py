@@ -53,7 +53,7 @@ from cloud_relay.subscriber import DISCONNECT, PUBACK, PacketReader, connect_pac
 from protocol.certificates import REQUEST, issue_certificate
 from protocol.encoding import canonical_bytes, sha256_hex, signing_message
 from protocol.keys import PrivateKey, generate_key, seal
-from protocol.receipts import GENESIS, RECEIPT, Use, receipt_body
+from protocol.receipts import GENESIS, RECEIPT, ReceiptDraft, Use, receipt_body
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 
 BTT_RELAY = Path(sys.executable).with_name("btt-relay")
@@ -142,8 +142,8 @@ def make_stream(devices: int, receipts: int) -> Stream:
         prev, mine = GENESIS, []
         for seq in range(1, receipts + 1):
             body = receipt_body(
-                device=device, keyid=key.keyid, seq=seq, prev=prev, time_ms=time_ms + seq, use=Use("analysis"),
-                overage_units=1, right_id=None, study_digest=None,
+                ReceiptDraft(device=device, keyid=key.keyid, seq=seq, prev=prev, time_ms=time_ms + seq,
+                             use=Use("analysis"), overage_units=1, right_id=None, study_digest=None)
             )  # fmt: skip
             envelope = seal(RECEIPT, body, key)
             prev = sha256_hex(canonical_bytes(body))

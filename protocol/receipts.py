@@ -26,7 +26,17 @@ from protocol.encoding import quote_string as _quote
 from protocol.errors import EncodingError, MalformedRecord
 from protocol.records import ID_RE, KIND_RE
 
-__all__ = ["GENESIS", "RECEIPT", "Receipt", "Use", "encode_receipt", "fast_receipt", "parse_receipt", "receipt_body"]
+__all__ = [
+    "GENESIS",
+    "RECEIPT",
+    "Receipt",
+    "ReceiptDraft",
+    "Use",
+    "encode_receipt",
+    "fast_receipt",
+    "parse_receipt",
+    "receipt_body",
+]
 
 RECEIPT = "receipt"
 GENESIS = "0" * 64
@@ -69,19 +79,24 @@ class Use:
             raise MalformedRecord(f"use: output_digest {self.output_digest!r:.40} must look like 'sha256:<hex>'")
 
 
-def receipt_body(
-    *,
-    device: str,
-    keyid: str,
-    seq: int,
-    prev: str,
-    time_ms: int,
-    use: Use,
-    overage_units: int,
-    right_id: str | None,
-    study_digest: str | None,
-) -> dict[str, Any]:
+class ReceiptDraft(NamedTuple):
+    """What the signer knows of a receipt before it is encoded: :func:`receipt_body` and :func:`encode_receipt`
+    take it (a tuple: cheap to build in the signer's loop)."""
+
+    device: str
+    keyid: str
+    seq: int
+    prev: str
+    time_ms: int
+    use: Use
+    overage_units: int
+    right_id: str | None
+    study_digest: str | None
+
+
+def receipt_body(draft: ReceiptDraft) -> dict[str, Any]:
     """The ``signed`` part of a receipt."""
+    device, keyid, seq, prev, time_ms, use, overage_units, right_id, study_digest = draft
     return {
         "type": RECEIPT,
         "format": 1,
@@ -146,8 +161,8 @@ def parse_receipt(signed: Mapping[str, Any], digest: str) -> Receipt:
 _FIELDS = tuple(
     sorted(
         receipt_body(
-            device="", keyid="", seq=0, prev="", time_ms=0, use=Use("x"), overage_units=0, right_id=None,
-            study_digest=None,
+            ReceiptDraft(device="", keyid="", seq=0, prev="", time_ms=0, use=Use("x"), overage_units=0,
+                         right_id=None, study_digest=None)
         )
     )
 )  # fmt: skip
@@ -222,23 +237,13 @@ def fast_receipt(signed: Mapping[str, Any]) -> tuple[bytes, Receipt] | None:
     return data, _new_receipt(Receipt, (device, keyid, seq, prev, time_ms, kind, units, overage, right, digest))
 
 
-def encode_receipt(
-    *,
-    device: str,
-    keyid: str,
-    seq: int,
-    prev: str,
-    time_ms: int,
-    use: Use,
-    overage_units: int,
-    right_id: str | None,
-    study_digest: str | None,
-) -> tuple[bytes, Receipt]:
+def encode_receipt(draft: ReceiptDraft) -> tuple[bytes, Receipt]:
     """The signer's one pass: ``canonical_bytes(receipt_body(...))`` and the receipt's fields and hash.
 
     ``use`` must be validated (:meth:`Use.validate`); a string that is not valid Unicode raises
     :class:`EncodingError`.
     """
+    device, keyid, seq, prev, time_ms, use, overage_units, right_id, study_digest = draft
     try:
         data = _encode(
             (use.bundle_id, use.bundle_version, device, 1, keyid, use.kind, use.output_digest, overage_units, prev,

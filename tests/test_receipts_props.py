@@ -14,7 +14,7 @@ from protocol import merkle
 from protocol.encoding import MAX_SAFE_INTEGER, canonical_bytes, decode, encode_unchecked
 from protocol.errors import EncodingError, InclusionProofInvalid, PayoutError
 from protocol.payout import split
-from protocol.receipts import Use, encode_receipt, fast_receipt, parse_receipt, receipt_body
+from protocol.receipts import ReceiptDraft, Use, encode_receipt, fast_receipt, parse_receipt, receipt_body
 from protocol.shares import Share
 
 _text = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
@@ -170,9 +170,9 @@ def test_one_pass_receipt_encoders_match_the_canonical_encoding(
         "right_id": right,
         "study_digest": study,
     }
-    body = receipt_body(**fields)
+    body = receipt_body(ReceiptDraft(**fields))
     expected = canonical_bytes(body)
-    encoded, receipt = encode_receipt(**fields)
+    encoded, receipt = encode_receipt(ReceiptDraft(**fields))
     assert encoded == expected
     assert receipt == parse_receipt(body, hashlib.sha256(expected).hexdigest())
     fast = fast_receipt(decode(expected))
@@ -185,8 +185,8 @@ def test_one_pass_receipt_encoders_match_the_canonical_encoding(
 )
 def test_fast_receipt_declines_anything_unusual(change: dict[str, Any]) -> None:
     body = receipt_body(
-        device="d", keyid="k", seq=1, prev="p", time_ms=0, use=Use("analysis"), overage_units=0, right_id=None,
-        study_digest=None,
+        ReceiptDraft(device="d", keyid="k", seq=1, prev="p", time_ms=0, use=Use("analysis"), overage_units=0,
+                     right_id=None, study_digest=None)
     )  # fmt: skip
     assert fast_receipt(body) is not None
     assert fast_receipt(body | change) is None

@@ -52,7 +52,7 @@ from protocol.clock import now_ms
 from protocol.encoding import canonical_bytes, decode, sha256_hex, signing_message
 from protocol.errors import ProtocolError
 from protocol.keys import seal
-from protocol.receipts import GENESIS, RECEIPT, Receipt, Use, encode_receipt, parse_receipt
+from protocol.receipts import GENESIS, RECEIPT, Receipt, ReceiptDraft, Use, encode_receipt, parse_receipt
 from protocol.settlement import SETTLEMENT, settlement_body
 from protocol.verify import EXPORT, PROOF
 from runtime.logs import event
@@ -269,15 +269,17 @@ class ReceiptBook:
             taken = balances.take(use.kind, use.units, use.right_id, time_ms)
             seq += 1
             data, receipt = encode_receipt(
-                device=device,
-                keyid=keyid,
-                seq=seq,
-                prev=prev,
-                time_ms=time_ms,
-                use=use,
-                overage_units=taken.overage_units,
-                right_id=taken.right_id,
-                study_digest=None if use.study_uid is None else identity.study_digest(use.study_uid),
+                ReceiptDraft(
+                    device=device,
+                    keyid=keyid,
+                    seq=seq,
+                    prev=prev,
+                    time_ms=time_ms,
+                    use=use,
+                    overage_units=taken.overage_units,
+                    right_id=taken.right_id,
+                    study_digest=None if use.study_uid is None else identity.study_digest(use.study_uid),
+                )
             )
             rows.append(
                 (seq, key.alg, time_ms, use.kind, taken.right_id, use.units, taken.overage_units, data,

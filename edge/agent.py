@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge.config import AgentConfig
 from edge.errors import ConfigError
@@ -33,7 +33,10 @@ from edge.systemd import Notifier, notifier_from_env, watchdog_interval_s
 from runtime.durable import DataModes, make_dirs, tighten
 from runtime.logs import event
 
-__all__ = ["Agent", "Service", "build_agent", "data_entries", "data_modes", "protect_data_dir"]
+if TYPE_CHECKING:
+    from ota.updater import OtaUpdater, Reporter
+
+__all__ = ["Agent", "Service", "build_agent", "data_entries", "data_modes", "protect_data_dir", "updater_for"]
 
 log = logging.getLogger("edge.agent")
 
@@ -182,6 +185,31 @@ def protect_data_dir(config: AgentConfig) -> list[Path]:
     return changed
 
 
+def updater_for(config: AgentConfig, report: Reporter | None = None) -> OtaUpdater:
+    """The OTA updater of ``config`` (:func:`ota.service.build_updater` from ``[ota]``, given the pipeline's model
+    loader, the factory bundle and the device id): the agent's, and that of ``btt-edge ota`` and doctor. Reads
+    nothing."""
+    import dataclasses
+    import socket
+
+    from edge.pipeline.analyzer import Analyzer, open_analyzer, resolve_bundle_path
+    from ota.service import build_updater
+
+    data_dir = config.agent.data_dir
+
+    def load(path: Path) -> Analyzer:
+        return open_analyzer(dataclasses.replace(config.pipeline, bundle_path=path), data_dir)
+
+    return build_updater(
+        config.ota,
+        data_dir,
+        factory=resolve_bundle_path(config.pipeline.bundle_path),
+        load=load,
+        device_id=config.receipts.device_id or socket.gethostname(),
+        report=report,
+    )
+
+
 def build_agent(config: AgentConfig) -> Agent:
     """Wire every component from ``config``'s sections; nothing is read or written until :meth:`Agent.run`.
 
@@ -197,7 +225,7 @@ def build_agent(config: AgentConfig) -> Agent:
     from edge.store.image_store import ImageStore
     from edge.store.retention import Pruner
     from edge.sync import SyncService
-    from ota.service import OtaService, build_updater, outbox_reporter
+    from ota.service import OtaService, outbox_reporter
 
     data_dir = config.agent.data_dir
     store = ImageStore(data_dir, min_free_mb=config.dicom.min_free_mb, duplicate_policy=config.dicom.duplicate_policy)
@@ -214,7 +242,7 @@ def build_agent(config: AgentConfig) -> Agent:
     # Model updates (ota, docs/ota.md): the pipeline runs the active A/B slot (else [pipeline] bundle_path); the
     # updater is its model gate, switching or rolling back only while nothing is in flight. Failures are
     # reported to the relay through the outbox (kind "health").
-    updater = build_updater(config, outbox_reporter(outbox, data_dir))
+    updater = updater_for(config, outbox_reporter(outbox, data_dir))
     ota_service = (
         OtaService(updater, check_interval_s=config.ota.check_interval_s) if config.ota.repository_url else None
     )

@@ -24,6 +24,7 @@ from tuf.api import exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
+from edge.errors import ConfigError
 from ota.errors import (
     BundleTampered,
     FreezeRefused,
@@ -114,24 +115,38 @@ def _offer(model_id: str, path: str, info: TargetFile) -> Offer:
 
 
 class UpdateClient:
-    """Checks the repository at ``repository_url`` (``metadata/`` and ``targets/`` below it)."""
+    """Checks the repository at ``repository_url`` (``metadata/`` and ``targets/`` below it).
+
+    Building one reads nothing: the trusted root at ``trusted_root`` is read once, by :meth:`load_root` (the agent's
+    OTA service calls it at start) or at the first check."""
 
     def __init__(
         self,
         *,
         repository_url: str,
         metadata_dir: Path,
-        trusted_root: bytes,
+        trusted_root: Path,
         fetcher: TufFetcher,
         max_bundle_bytes: int,
     ) -> None:
         self._base = repository_url.rstrip("/")
         self._metadata_dir = metadata_dir
-        self._root = trusted_root
+        self._root_path = trusted_root
+        self._root: bytes | None = None
         self._fetcher = fetcher
         self._max = max_bundle_bytes
 
+    def load_root(self) -> bytes:
+        """The trusted root's bytes (read on the first call; unreadable: :class:`~edge.errors.ConfigError`)."""
+        if self._root is None:
+            try:
+                self._root = self._root_path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"ota.trusted_root: cannot read {self._root_path}: {exc.strerror}") from exc
+        return self._root
+
     def _updater(self) -> Updater:
+        root = self.load_root()
         self._metadata_dir.mkdir(parents=True, exist_ok=True)
         try:
             return Updater(
@@ -140,7 +155,7 @@ class UpdateClient:
                 target_base_url=f"{self._base}/targets/",
                 fetcher=self._fetcher,
                 config=UpdaterConfig(timestamp_max_length=16 * 1024, snapshot_max_length=1 << 20),
-                bootstrap=self._root,
+                bootstrap=root,
             )
         except (exceptions.RepositoryError, OSError, ValueError) as exc:
             raise InstallError(f"the trusted root is not usable: {exc}") from exc

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import EdgeError, ModelError
-from edge.pipeline.analyzer import Analyzer
 from models.golden import check_golden
 from ota.errors import HealthCheckFailed
 
+if TYPE_CHECKING:
+    from edge.pipeline.analyzer import Analyzer
+
 __all__ = ["AnalyzerLoader", "health_check"]
 
-AnalyzerLoader = Callable[[Path], Analyzer]
-"""Loads the bundle at a path on the device's backend (``open_analyzer`` with that bundle path)."""
+AnalyzerLoader = Callable[[Path], "Analyzer"]
+"""Loads the bundle at a path on the device's backend (``open_analyzer`` with that bundle path): the agent passes it
+in (:func:`edge.agent.updater_for`), so ``ota`` never imports the pipeline."""
 
 
 def health_check(load: AnalyzerLoader, bundle_dir: Path) -> str:

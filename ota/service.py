@@ -1,27 +1,26 @@
-"""Wiring: the updater built from the agent's configuration, its reports to the outbox, and the agent service.
+"""Wiring: the updater built from the ``[ota]`` section, its reports to the outbox, and the agent service.
 
 :class:`OtaService` holds ``<data_dir>/ota/agent.lock`` while the agent runs (so ``btt-edge ota apply`` leaves
 the switch to the agent's pipeline at its next idle moment), asks the repository every ``check_interval_s``
 and when :meth:`OtaService.notify` is called (the relay's ``ota-available`` command), and installs up to
-``staged``. A failure is logged and retried at the next check; it never stops the agent.
+``staged``. A failure is logged and retried at the next check; it never stops the agent (an unreadable trusted
+root, a setting, stops it at start).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import socket
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from edge.background import BackgroundLoop
-from edge.config import AgentConfig
-from edge.errors import ConfigError, EdgeError, ModelError, OutboxError
+from edge.config import OtaConfig
+from edge.errors import EdgeError, ModelError, OutboxError
 from edge.outbox import Outbox
-from edge.pipeline.analyzer import Analyzer, open_analyzer, resolve_bundle_path
 from ota.client import UpdateClient
+from ota.health import AnalyzerLoader
 from ota.http import TufFetcher
 from ota.slots import SlotStore
 from ota.updater import OtaUpdater, Reporter
@@ -53,33 +52,34 @@ def outbox_reporter(outbox: Outbox, data_dir: Path) -> Reporter:
     return report
 
 
-def build_updater(config: AgentConfig, report: Reporter | None = None) -> OtaUpdater:
-    """The updater of ``config``'s data directory (without a repository when ``[ota]`` is off)."""
-    ota, data_dir = config.ota, config.agent.data_dir
+def build_updater(
+    ota: OtaConfig,
+    data_dir: Path,
+    *,
+    factory: Path,
+    load: AnalyzerLoader,
+    device_id: str,
+    report: Reporter | None = None,
+) -> OtaUpdater:
+    """The updater of ``data_dir`` from the ``[ota]`` section (without a repository when it is off): ``factory`` is
+    the bundle installed with the agent, ``load`` opens a bundle on the device's backend. Reads nothing: the trusted
+    root is read at :meth:`OtaService.start` or the first check (:meth:`ota.client.UpdateClient.load_root`)."""
     client = None
     if ota.repository_url:
-        try:
-            root = Path(ota.trusted_root).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"ota.trusted_root: cannot read {ota.trusted_root}: {exc.strerror}") from exc
         client = UpdateClient(
             repository_url=ota.repository_url,
             metadata_dir=data_dir / "ota" / "metadata",
-            trusted_root=root,
+            trusted_root=Path(ota.trusted_root),
             fetcher=TufFetcher(
                 timeout_s=ota.timeout_s, ca_file=ota.ca_file, min_rate=ota.min_download_rate, max_s=ota.max_download_s
             ),
             max_bundle_bytes=ota.max_bundle_bytes,
         )
-
-    def load(path: Path) -> Analyzer:
-        return open_analyzer(dataclasses.replace(config.pipeline, bundle_path=path), data_dir)
-
     return OtaUpdater(
-        SlotStore(data_dir / "ota", resolve_bundle_path(config.pipeline.bundle_path)),
+        SlotStore(data_dir / "ota", factory),
         client,
         load,
-        device_id=config.receipts.device_id or socket.gethostname(),
+        device_id=device_id,
         groups=ota.groups,
         failure_threshold=ota.failure_threshold,
         watch_studies=ota.watch_studies,
@@ -113,6 +113,7 @@ class OtaService(BackgroundLoop):
     def start(self) -> None:
         import fcntl
 
+        self._updater.prepare()
         path = self._updater.store.root / "agent.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = path.open("a")

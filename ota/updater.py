@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.errors import EdgeError, ModelError
-from edge.pipeline.analyzer import Analyzer
 from models.bundle import load_bundle
 from ota.client import Offer, UpdateClient
 from ota.errors import HealthCheckFailed, InstallError, RollbackRefused, UpdateRefused
@@ -34,6 +33,9 @@ from ota.health import AnalyzerLoader, health_check
 from ota.rollout import in_rollout
 from ota.slots import OtaState, SlotStore, file_lock
 from runtime.logs import event
+
+if TYPE_CHECKING:
+    from edge.pipeline.analyzer import Analyzer
 
 __all__ = ["ApplyResult", "OtaUpdater", "Reporter"]
 
@@ -128,6 +130,12 @@ class OtaUpdater:
         return body
 
     # --- install ------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Read the trusted root now (the agent's OTA service, at start: an unreadable ``[ota] trusted_root`` stops
+        the agent there, naming the key); without a repository, nothing."""
+        if self._client is not None:
+            self._client.load_root()
 
     def _require_client(self) -> UpdateClient:
         if self._client is None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from edge.agent import updater_for
 from edge.control import AgentState, ControlClient, ControlServer
 from edge.db import DB_FILENAME, connect
 from edge.errors import ControlError
-from ota.service import build_updater
 from tests.ota_helpers import agent_config, bundle_dir, new_repository, publish_bundle, serve
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ def test_check_apply_rollback_through_the_socket(tmp_path: Path) -> None:
     with serve(repo.directory) as server:
         config = agent_config(tmp_path / "data", factory, server.url, repo.directory / "metadata" / "1.root.json")
         connect(config.agent.data_dir / DB_FILENAME).close()
-        updater = build_updater(config)
+        updater = updater_for(config)
         control = ControlServer(config.control, AgentState(config, updater=updater), updater=updater)
         control.start()
         try:

@@ -15,9 +15,10 @@ The layering, bottom up (each package may import the ones its row names, and its
 
 Two exceptions, each named: ``models.reference`` is the reference model's training and evaluation tooling (it needs
 torch and runs the device's own pipeline), a tool above ``edge.pipeline`` although it lives in ``models``; and the
-agent's composition root and two commands import ``ota`` inside functions (the updater is a plug-in of the agent,
-built only when ``[ota]`` is configured). Imports inside functions are checked too, against the same table plus
-that second exception, so a deferred import cannot hide an upward one.
+agent's composition root and the ``ota`` command import ``ota`` inside functions (the updater is a plug-in of the
+agent; :func:`edge.agent.updater_for` gives it the pipeline's model loader). Imports inside functions are checked
+too, against the same table plus that second exception, so a deferred import cannot hide an upward one. ``ota``
+may import ``edge`` but not the pipeline (``NOT_BELOW``): what it runs a model with is passed in.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ LAYERS: dict[str, frozenset[str]] = {
 TOOLS_ABOVE = {"models.reference": "edge.pipeline"}
 """A subpackage that is a tool above the layer it lives in: it may import this (and what is under it)."""
 
-DEFERRED = {"edge.agent": "ota", "edge.cli.ota": "ota", "edge.ops.doctor": "ota"}
-"""Modules that may import a package above theirs inside a function: the wiring and the commands that build it."""
+DEFERRED = {"edge.agent": "ota", "edge.cli.ota": "ota"}
+"""Modules that may import a package above theirs inside a function: the wiring and the command that uses it."""
+
+NOT_BELOW = {"ota": frozenset({"edge.pipeline"})}
+"""Parts of a lower package that a package may not import (at module level or inside a function)."""
 
 
 def _module_name(path: Path) -> str:
@@ -126,6 +130,8 @@ def _within(name: str, prefix: str) -> bool:
 
 def _allowed(module: str, target: str, deferred: bool) -> bool:
     package, wanted = module.partition(".")[0], target.partition(".")[0]
+    if any(_within(target, part) for part in NOT_BELOW.get(package, ())):
+        return False
     if wanted == package or wanted in LAYERS[package]:
         return True
     if any(_within(module, tool) and _within(target, below) for tool, below in TOOLS_ABOVE.items()):

@@ -15,6 +15,8 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import TargetFile
 
+from edge.agent import updater_for
+from edge.errors import ConfigError
 from models.bundle import load_bundle
 from ota.errors import (
     BundleTampered,
@@ -28,7 +30,7 @@ from ota.errors import (
 )
 from ota.repository import DEFAULT_EXPIRY, KeyStore, Repository, bundle_archive
 from ota.rollout import RolloutPolicy, bucket, in_rollout
-from ota.service import build_updater
+from ota.service import OtaService
 from ota.updater import OtaUpdater
 from tests.ota_helpers import RepoServer, agent_config, bundle_dir, new_repository, publish_bundle, serve
 
@@ -45,7 +47,7 @@ class World:
         config = agent_config(
             self.tmp / "data", self.factory, self.server.url, self.repo.metadata_dir / "1.root.json", **ota
         )
-        return build_updater(config, lambda body: self.reports.append(dict(body["ota"])))
+        return updater_for(config, lambda body: self.reports.append(dict(body["ota"])))
 
     def publish(self, version: str, **kwargs: Any) -> None:
         publish_bundle(self.repo, bundle_dir(self.tmp / "bundles", version), **kwargs)
@@ -186,7 +188,7 @@ def test_one_compromised_key_below_the_threshold_is_refused(tmp_path: Path) -> N
     with serve(repo.directory) as server:
         reports: list[dict[str, Any]] = []
         config = agent_config(tmp_path / "data", factory, server.url, repo.metadata_dir / "1.root.json")
-        updater = build_updater(config, lambda body: reports.append(dict(body["ota"])))
+        updater = updater_for(config, lambda body: reports.append(dict(body["ota"])))
         with pytest.raises(UntrustedMetadata, match="targets"):
             updater.apply(switch_now=True)
         assert reports[-1]["reason"] == "untrusted-metadata"
@@ -234,3 +236,18 @@ def test_rollout_reaches_a_group_or_a_share_of_devices(world: World) -> None:
     assert world.updater().apply().outcome == "not-in-rollout"
     assert world.updater(groups=("pilot",)).apply(switch_now=True).outcome == "switched"
     assert replace(RolloutPolicy(), percent=5).to_json() == {"percent": 5, "groups": []}
+
+
+def test_the_trusted_root_is_read_at_start_not_while_wiring(tmp_path: Path) -> None:
+    """Building the updater reads nothing; an unreadable trusted root stops the OTA service's start, naming the key
+    (``btt-edge ota status`` needs no root)."""
+    missing = tmp_path / "no-such-root.json"
+    config = agent_config(tmp_path / "data", bundle_dir(tmp_path / "bundles", "1.0.0"), "http://127.0.0.1:9/", missing)
+    updater = updater_for(config)
+    assert updater.status()["active"] == "factory"
+    service = OtaService(updater, check_interval_s=3600)
+    with pytest.raises(ConfigError, match=r"ota\.trusted_root: cannot read .*no-such-root\.json"):
+        service.start()
+    service.stop()
+    with pytest.raises(ConfigError, match=r"ota\.trusted_root"):
+        updater.check()

@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from edge.agent import updater_for
 from edge.outbox import Outbox
 from models.bundle import load_bundle
 from ota.cli import main as btt_ota
 from ota.errors import HealthCheckFailed, InstallError, RepositoryUnavailable
 from ota.repository import KeyStore, Repository
-from ota.service import OtaService, build_updater, outbox_reporter
+from ota.service import OtaService, outbox_reporter
 from ota.updater import OtaUpdater
 from tests import fake_gpu
 from tests.conftest import wait_until
@@ -51,7 +52,7 @@ def _updater(tmp: Path, server: RepoServer, reports: list[dict[str, Any]] | None
         bundle_dir(tmp / "bundles", "1.0.0")
     config = agent_config(tmp / "data", factory, server.url, tmp / "repo" / "metadata" / "1.root.json", **ota)
     sink = reports if reports is not None else []
-    return build_updater(config, lambda body: sink.append(dict(body["ota"])))
+    return updater_for(config, lambda body: sink.append(dict(body["ota"])))
 
 
 def _version(updater: OtaUpdater) -> str:
@@ -148,7 +149,7 @@ _CRASH = """
 import os, signal, sys
 from pathlib import Path
 import models.bundle, ota.updater
-from ota.service import build_updater
+from edge.agent import updater_for
 from tests.ota_helpers import agent_config
 
 data, factory, url, root, step = sys.argv[1:]
@@ -164,7 +165,7 @@ if step == "unpacking":  # the second file of the bundle is being written
             die()
         real(path, data, mode)
     models.bundle.atomic_write_bytes = write
-build_updater(agent_config(Path(data), Path(factory), url, Path(root))).apply(switch_now=True)
+updater_for(agent_config(Path(data), Path(factory), url, Path(root))).apply(switch_now=True)
 print("finished without being killed")
 """
 
@@ -276,7 +277,7 @@ def test_on_a_gpu_the_engine_is_built_and_cached_before_the_switch(setup: Any, m
     factory = bundle_dir(tmp / "bundles", "1.0.0")
     config = agent_config(tmp / "data", factory, server.url, tmp / "repo" / "metadata" / "1.root.json")
     config = dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, backend="tensorrt"))
-    updater = build_updater(config)
+    updater = updater_for(config)
     current = updater.load_active()
     assert current.backend.name == "tensorrt"
     log.clear()
@@ -320,7 +321,7 @@ def test_a_report_that_cannot_be_queued_never_blocks_a_rollback(setup: Any) -> N
     config = agent_config(data, factory, server.url, tmp / "repo" / "metadata" / "1.root.json", failure_threshold=1)
     data.mkdir()
     (data / "edge.db").mkdir()  # the database cannot be opened: every report fails
-    updater = build_updater(config, outbox_reporter(Outbox(config.outbox), data))
+    updater = updater_for(config, outbox_reporter(Outbox(config.outbox), data))
     assert updater.apply(switch_now=True).outcome == "switched"
     updater.load_active().backend.close()
     updater.outcome(False, "backend failed")

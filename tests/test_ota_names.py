@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from edge.agent import updater_for
 from ota.cli import main as btt_ota
 from ota.errors import PublishError, UpdateRefused
 from ota.repository import Repository, bundle_archive, check_name
-from ota.service import build_updater
 from tests.ota_helpers import agent_config, bundle_dir, new_repository, publish_bundle, serve
 
 
@@ -83,7 +83,7 @@ def test_the_device_refuses_a_signed_name_that_would_escape(tmp_path: Path, chan
     reports: list[dict[str, object]] = []
     with serve(repo.directory) as server:
         config = agent_config(tmp_path / "data", factory, server.url, repo.metadata_dir / "1.root.json")
-        updater = build_updater(config, lambda body: reports.append(dict(body["ota"])))
+        updater = updater_for(config, lambda body: reports.append(dict(body["ota"])))
         before = tree(tmp_path)
         with pytest.raises(UpdateRefused, match="signed entry") as info:
             updater.apply(switch_now=True)

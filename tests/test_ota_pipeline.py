@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from edge.agent import updater_for
 from edge.db import DB_FILENAME, connect
 from edge.pipeline.worker import PipelineService, migrate_pipeline
 from edge.store.header import InstanceHeader
 from edge.store.index import get_instance, record_instance
-from ota.service import build_updater
 from tests.conftest import wait_until
 from tests.ota_helpers import agent_config, bundle_dir, new_repository, publish_bundle, serve
 from tests.pipeline_helpers import bright_spot_image, write_radiograph
@@ -37,7 +37,7 @@ def test_a_bundle_failing_on_studies_is_rolled_back_by_the_pipeline(tmp_path: Pa
     reports: list[dict[str, object]] = []
     with serve(repo.directory) as server:
         config = agent_config(data, factory, server.url, repo.metadata_dir / "1.root.json", failure_threshold=2)
-        updater = build_updater(config, lambda body: reports.append(dict(body["ota"])))
+        updater = updater_for(config, lambda body: reports.append(dict(body["ota"])))
         assert updater.apply().outcome == "staged"  # passes its health check (golden vectors)
     service = PipelineService(data, updater.load_active, poll_interval_s=0.05, model_gate=updater)
     service.start()

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from edge.agent import updater_for
 from ota.errors import SlowRetrieval
 from ota.http import TufFetcher
-from ota.service import build_updater
 from ota.updater import OtaUpdater
 from tests.ota_helpers import (
     RepoServer,
@@ -36,7 +36,7 @@ def updater(tmp: Path, server: RepoServer, reports: list[dict[str, Any]], **ota:
     config = agent_config(
         tmp / "data", tmp / "bundles" / "1.0.0", server.url, tmp / "repo" / "metadata" / "1.root.json", **limits
     )
-    return build_updater(config, lambda body: reports.append(dict(body["ota"])))
+    return updater_for(config, lambda body: reports.append(dict(body["ota"])))
 
 
 def cut_off(target: OtaUpdater, reports: list[dict[str, Any]], within_s: float) -> str:

@@ -32,17 +32,18 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edge.agent import updater_for
     from edge.outbox import Outbox
-    from ota.service import agent_running, build_updater, outbox_reporter
+    from ota.service import agent_running, outbox_reporter
 
     config = config_from_args(args)
     data_dir = config.agent.data_dir
     action: str = args.ota_action
     if action == "status":
-        updater = build_updater(config)
+        updater = updater_for(config)
         print(json.dumps(updater.status(), indent=1))
         return 0
-    updater = build_updater(config, outbox_reporter(Outbox.open(config), data_dir))
+    updater = updater_for(config, outbox_reporter(Outbox.open(config), data_dir))
     if action == "check":
         offer, verdict = updater.check()
         print(json.dumps({"offer": None if offer is None else offer.to_json(), "verdict": verdict}))

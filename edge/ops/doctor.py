@@ -131,10 +131,10 @@ def _model(config: AgentConfig) -> Iterator[Check]:
     if not config.pipeline.enabled:
         yield Check("model", "warn", "[pipeline] enabled = false: images are not analysed", "")
         return
-    from ota.service import build_updater
+    from edge.agent import updater_for
 
     try:
-        primary = build_updater(config).active_path()
+        primary = updater_for(config).active_path()
     except (EdgeError, ModelError) as exc:
         yield Check(
             "model",

@@ -220,3 +220,14 @@ def test_a_bad_crop_stage_names_the_problem(edit: Any, reason: str) -> None:
     edit(doc)
     with pytest.raises(BundleError, match=reason):
         parse_bundle(_with_doc(files, doc))
+
+
+def test_a_tensorrt_engine_admits_all_of_an_images_crops_in_one_batch() -> None:
+    """TensorRT's optimisation profile fixes the largest batch: whole images one at a time (up to 4), the reference
+    bundle's tooth crops all at once (the analyzer runs them in batches of CROP_BATCH)."""
+    from edge.pipeline.analyzer import CROP_BATCH
+    from edge.pipeline.backends.trt import MAX_BATCH, max_batch
+    from models.reference.spec import CROP_INPUT, INPUT_SPEC
+
+    assert max_batch(INPUT_SPEC.height, INPUT_SPEC.width) == MAX_BATCH == 4
+    assert max_batch(CROP_INPUT.height, CROP_INPUT.width) >= CROP_BATCH

@@ -36,12 +36,25 @@ __all__ = [
     "TensorRtBackend",
     "TensorRtFactory",
     "engine_cache_key",
+    "max_batch",
 ]
 
 log = logging.getLogger("edge.pipeline.tensorrt")
 
 MAX_BATCH = 4
-"""Largest batch the engine's optimisation profile admits (the pipeline runs batch 1)."""
+"""Largest batch the engine's optimisation profile admits for a whole-image network (the pipeline runs batch 1)."""
+MAX_BATCH_PIXELS = MAX_BATCH * 512 * 1024
+"""The profile's largest batch holds this many input pixels at most (:func:`max_batch`): four 512x1024 images, or
+the 32 tooth crops of a two-stage bundle's second network (``CROP_BATCH`` in :mod:`edge.pipeline.analyzer`)."""
+MAX_CROP_BATCH = 32
+
+
+def max_batch(height: int, width: int) -> int:
+    """The largest batch an engine for ``height`` x ``width`` inputs admits: :data:`MAX_BATCH` for a whole image,
+    up to :data:`MAX_CROP_BATCH` for small inputs (one run for all of an image's tooth crops)."""
+    return max(MAX_BATCH, min(MAX_CROP_BATCH, MAX_BATCH_PIXELS // max(1, height * width)))
+
+
 WORKSPACE_BYTES = 1 << 30
 CALIBRATION_BATCH = 4
 
@@ -285,7 +298,9 @@ class TensorRtFactory:
         spec = bundle.manifest.input
         chw = (spec.channels, spec.height, spec.width)
         profile = builder.create_optimization_profile()
-        profile.set_shape(spec.name, (1, *chw), (1, *chw), (MAX_BATCH, *chw))
+        largest = max_batch(spec.height, spec.width)
+        typical = 1 if largest == MAX_BATCH else largest  # whole images come one at a time, crops all at once
+        profile.set_shape(spec.name, (1, *chw), (typical, *chw), (largest, *chw))
         config.add_optimization_profile(profile)
         if options.precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)

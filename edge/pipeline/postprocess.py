@@ -90,24 +90,35 @@ def _bone_loss(
     :data:`MIN_ROOT_SHARE` of the tooth (or the band starts beyond the apex, or beyond the crown), the
     percentage is not given (the millimetres still are).
     """
-    columns = np.flatnonzero(region.any(axis=0))
-    heights = region[:, columns].sum(axis=0)
-    height_px = float(np.median(heights)) / transform.scale[1]
+    sub, height = _band(region)
+    height_px = height / transform.scale[1]
     loss_mm = None if row_mm is None else height_px * row_mm
     if tooth is None or not tooth.any():
         return loss_mm, None
     rows = np.flatnonzero(tooth.any(axis=1))  # the whole tooth: a root tapers, the band lies along its flanks
     tooth_px = float(rows[-1] + 1 - rows[0]) / transform.scale[1]
-    sub = region[:, columns]
     if upper:  # crown down, apex up: the junction is the band's lower edge
         coronal = float(np.median(sub.shape[0] - sub[::-1].argmax(axis=0)))
         root_px = (coronal - float(rows[0])) / transform.scale[1]
     else:
         coronal = float(np.median(sub.argmax(axis=0)))
         root_px = (float(rows[-1] + 1) - coronal) / transform.scale[1]
-    if not MIN_ROOT_SHARE * tooth_px <= root_px <= tooth_px:  # the junction is not where the band starts
-        return loss_mm, None
-    return loss_mm, float(min(100.0, 100.0 * height_px / root_px))
+    return loss_mm, _loss_pct(height_px, root_px, tooth_px)
+
+
+def _band(region: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_], float]:
+    """A bone-loss region's occupied columns and its median column height (the loss, in the region's pixels)."""
+    sub = region[:, np.flatnonzero(region.any(axis=0))]
+    return sub, float(np.median(sub.sum(axis=0)))
+
+
+def _loss_pct(height: float, root: float, tooth: float) -> float | None:
+    """The loss ``height`` as a percentage of the ``root`` (both in one unit), or None when the root so measured is
+    shorter than :data:`MIN_ROOT_SHARE` of the ``tooth`` or longer than it (the junction is not where the band
+    starts)."""
+    if not MIN_ROOT_SHARE * tooth <= root <= tooth:
+        return None
+    return float(min(100.0, 100.0 * height / root))
 
 
 def _finding(
@@ -403,15 +414,11 @@ def _crop_bone_loss(
     region: npt.NDArray[np.bool_], factor: float, step: float, row_mm: float | None, layout: CropLayout
 ) -> tuple[float | None, float | None]:
     """``(bone_loss_mm, bone_loss_pct)`` of a bone-loss region in a crown-first crop (mask pixels)."""
-    columns = np.flatnonzero(region.any(axis=0))
-    sub = region[:, columns]
-    height = float(np.median(sub.sum(axis=0))) * factor  # crop pixels
+    sub, band_height = _band(region)
+    height = band_height * factor  # crop pixels
     loss_mm = None if row_mm is None else height * step * row_mm
     coronal = float(np.median(sub.argmax(axis=0))) * factor
     apex = apex_row(layout)
     crown = layout.height * layout.crown_margin / (1.0 + layout.crown_margin + layout.apex_margin)
     tooth = apex - crown
-    root = apex - coronal
-    if not MIN_ROOT_SHARE * tooth <= root <= tooth:
-        return loss_mm, None
-    return loss_mm, float(min(100.0, 100.0 * height / root))
+    return loss_mm, _loss_pct(height, apex - coronal, tooth)

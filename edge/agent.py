@@ -315,7 +315,15 @@ def build_agent(config: AgentConfig) -> Agent:
     # The relay's "ota-available" command asks the repository at once (no-op while [ota] is off).
     commands: dict[str, Callable[[bytes], None]] = {"capacity-job": capacity.submit}
     commands["ota-available"] = ota_service.notify if ota_service is not None else lambda _payload: None
-    sync = SyncService(config, outbox, book, commands=commands)
+    sync = SyncService(
+        config.sync,
+        data_dir,
+        outbox,
+        book,
+        feed_interval_s=config.outbox.feed_interval_s,
+        device_id=config.receipts.device_id,
+        commands=commands,
+    )
     # Technician tools (edge.control, edge.ops): the control socket (btt-edge tui, doctor) and /metrics, /healthz.
     state = AgentState(config, listener=scp, relay=sync, updater=updater)
     control = None

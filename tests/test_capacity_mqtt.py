@@ -44,7 +44,14 @@ class Device:
             self.config.capacity, self.config.agent.data_dir, box.book, outbox, Activity(),
             fetcher=DirectoryFetcher(blobs), accelerator=_accelerator, score=lambda: 1000,
         )  # fmt: skip
-        self.sync = SyncService(self.config, outbox, box.book, commands={"capacity-job": self.capacity.submit})
+        self.sync = SyncService(
+            self.config.sync,
+            self.config.agent.data_dir,
+            outbox,
+            box.book,
+            feed_interval_s=self.config.outbox.feed_interval_s,
+            commands={"capacity-job": self.capacity.submit},
+        )
 
     def start(self) -> None:
         self.capacity.start()

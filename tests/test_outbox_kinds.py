@@ -98,7 +98,10 @@ def test_the_sync_service_sends_the_registry_s_barriers_alone(
         conn.execute("DELETE FROM outbox")
         outbox.enqueue(conn, "receipts", {"n": 1}, item="receipt:1")
         outbox.enqueue(conn, kind, {"n": 2}, item=f"{kind}:2")
-        service = SyncService(AgentConfig(), outbox, None)
+        config = AgentConfig()
+        service = SyncService(
+            config.sync, config.agent.data_dir, outbox, None, feed_interval_s=config.outbox.feed_interval_s
+        )
         service._device = "dev-1"  # as when connected
         link = Publishes()
         service._send(conn, link)  # type: ignore[arg-type]

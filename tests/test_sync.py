@@ -15,6 +15,7 @@ from edge.config import AgentConfig, SyncConfig, with_overrides
 from edge.db import DB_FILENAME, connect
 from edge.errors import AckError, ConfigError
 from edge.outbox import Item, Outbox
+from edge.receipts.book import ReceiptBook
 from edge.sync import FakeBroker, SyncService, link_settings
 from edge.sync.fake import topic_matches
 from edge.sync.protocol import batches, decode_ack, encode_up
@@ -168,6 +169,13 @@ def _config(box: Box, **sync: Any) -> AgentConfig:
     )
 
 
+def _service(config: AgentConfig, outbox: Outbox, book: ReceiptBook | None, **kwargs: Any) -> SyncService:
+    """The sync service of ``config``'s sections, as ``build_agent`` wires it."""
+    return SyncService(
+        config.sync, config.agent.data_dir, outbox, book, feed_interval_s=config.outbox.feed_interval_s, **kwargs
+    )
+
+
 @pytest.fixture
 def running(box: Box) -> Iterator[Callable[..., tuple[SyncService, FakeBroker, Outbox]]]:
     services: list[SyncService] = []
@@ -176,7 +184,7 @@ def running(box: Box) -> Iterator[Callable[..., tuple[SyncService, FakeBroker, O
         broker = broker or FakeBroker()
         config = _config(box, **sync)
         outbox = Outbox.open(config)
-        service = SyncService(config, outbox, box.book, link_factory=broker.link)
+        service = _service(config, outbox, box.book, link_factory=broker.link)
         service.start()
         services.append(service)
         return service, broker, outbox
@@ -194,7 +202,7 @@ def _pending(box: Box, outbox: Outbox) -> dict[str, int]:
 def test_without_a_url_everything_queues_offline(box: Box) -> None:
     config = with_overrides(AgentConfig(), agent={"data_dir": str(box.data_dir)}, outbox={"feed_interval_s": 0.05})
     outbox = Outbox.open(config)
-    service = SyncService(config, outbox, box.book, link_factory=pytest.fail)  # type: ignore[arg-type]
+    service = _service(config, outbox, box.book, link_factory=pytest.fail)
     box.record(3)
     service.start()
     try:
@@ -322,7 +330,7 @@ def test_commands_reach_their_handler_and_a_failing_handler_is_contained(box: Bo
             raise RuntimeError("handler failed")
 
     config = _config(box)
-    service = SyncService(
+    service = _service(
         config, Outbox.open(config), box.book, link_factory=broker.link, commands={"ota-available": wake}
     )
     service.start()
@@ -362,7 +370,7 @@ def test_health_reports_the_drop_counters(box: Box, running: Any) -> None:
 def test_unusable_settings_queue_offline_instead_of_stopping_the_agent(box: Box) -> None:
     config = _config(box, password_file=str(box.data_dir / "no-such-file"))
     outbox = Outbox.open(config)
-    service = SyncService(config, outbox, box.book, link_factory=pytest.fail)  # type: ignore[arg-type]
+    service = _service(config, outbox, box.book, link_factory=pytest.fail)
     box.record(1)
     service.start()
     try:
@@ -373,7 +381,7 @@ def test_unusable_settings_queue_offline_instead_of_stopping_the_agent(box: Box)
 
 def test_no_device_id_means_no_link(tmp_path: Path) -> None:
     config = with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)}, sync={"url": "mqtt://fake"})
-    service = SyncService(config, Outbox.open(config), None, link_factory=pytest.fail)  # type: ignore[arg-type]
+    service = _service(config, Outbox.open(config), None, link_factory=pytest.fail)
     service.start()
     service.stop()
 

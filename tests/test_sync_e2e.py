@@ -160,7 +160,9 @@ def _exactly_once(db: Database, box: Box, n: int) -> None:
 
 def _sync(box: Box, broker: MosquittoBroker, **sync: Any) -> SyncService:
     config = _config(box, broker.url(box.identity.device_id, DEVICE_PW), **sync)
-    service = SyncService(config, Outbox.open(config), box.book)
+    service = SyncService(
+        config.sync, config.agent.data_dir, Outbox.open(config), box.book, feed_interval_s=config.outbox.feed_interval_s
+    )
     service.start()
     return service
 

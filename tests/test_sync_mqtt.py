@@ -68,6 +68,13 @@ def _config(box: Box, url: str, **sync: Any) -> AgentConfig:
     )
 
 
+def _service(config: AgentConfig, box: Box) -> SyncService:
+    """The sync service of ``config``'s sections, as ``build_agent`` wires it."""
+    return SyncService(
+        config.sync, config.agent.data_dir, Outbox.open(config), box.book, feed_interval_s=config.outbox.feed_interval_s
+    )
+
+
 def _receipt_ids(box: Box) -> set[str]:
     return {f"receipt:{e['signed']['seq']}:{e['signatures'][0]['sig'][:16]}" for e in box.book.receipts(box.conn)}
 
@@ -82,7 +89,7 @@ def test_offline_boot_catch_up_broker_restart_and_crash(
 ) -> None:
     box.record(300)
     config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
-    service = SyncService(config, Outbox.open(config), box.book)
+    service = _service(config, box)
     service.start()  # no broker yet: the box boots without a network and keeps trying
     try:
         time.sleep(1.0)
@@ -131,7 +138,7 @@ def test_acks_kept_in_the_session_settle_without_resending(
     relay = relays[0]
     relay.held_kinds = {"receipts", "settlements", "health", "results"}  # stored, acks late: the box goes offline
     config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
-    service = SyncService(config, Outbox.open(config), box.book)
+    service = _service(config, box)
     service.start()
     wait_until(lambda: relay.ids("receipt:") == _receipt_ids(box), what="all receipts at the relay")
     service.stop()
@@ -141,7 +148,7 @@ def test_acks_kept_in_the_session_settle_without_resending(
         ack_topic(device), json.dumps({"v": 1, "stored": sorted(relay.stored)}), qos=1
     ).wait_for_publish(5)
     relay.held_kinds = set()  # (for the new health report the restart queues)
-    service = SyncService(config, Outbox.open(config), box.book)
+    service = _service(config, box)
     service.start()  # same client id, clean start off: the broker delivers the ack it kept for us
     try:
         wait_until(lambda: _all_done(box), what="the kept ack settling the outbox")
@@ -269,7 +276,7 @@ def test_tls_with_a_client_certificate(tmp_path: Path, box: Box, relays: list[St
         relay.on_connect = lambda c, *_: c.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
         relay.connect("127.0.0.1", tls.port)
         relay.loop_start()
-        service = SyncService(config, Outbox.open(config), box.book)
+        service = _service(config, box)
         service.start()
         try:
             wait_until(lambda: _all_done(box) and len([i for i in seen if i.startswith("receipt:")]) == 20, 30)
@@ -321,7 +328,7 @@ def test_tls_with_a_password(tmp_path: Path, box: Box, relays: list[StubRelay]) 
         relay.on_connect = lambda c, *_: c.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
         relay.connect("127.0.0.1", tls.port)
         relay.loop_start()
-        service = SyncService(config, Outbox.open(config), box.book)
+        service = _service(config, box)
         service.start()
         try:
             wait_until(lambda: _all_done(box) and len([i for i in seen if i.startswith("receipt:")]) == 5, 30)
@@ -353,7 +360,7 @@ def test_no_patient_data_in_any_payload(box: Box, broker: MosquittoBroker, relay
     relays.append(StubRelay(broker, RELAY_PW))
     relay = relays[0]
     config = _config(box, broker.url(box.identity.device_id, DEVICE_PW))
-    service = SyncService(config, Outbox.open(config), box.book)
+    service = _service(config, box)
     service.start()
     try:
         wait_until(lambda: _all_done(box) and len(relay.ids("receipt:")) == 2 and relay.ids("settlement:"), 30)

@@ -30,9 +30,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edge import __version__
-from edge.config import AgentConfig
+from edge.config import SyncConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import AckError, ConfigError, LinkError, LinkRefused
 from edge.outbox.feed import FEED_BATCH, feed
@@ -83,25 +84,32 @@ class _Counters:
 class SyncService:
     """Runs the outbox feed and the MQTT link in one thread (see the module docstring).
 
-    ``commands`` maps a command name to a handler taking the payload; it runs on the sync thread, so it should
-    only wake its component (e.g. ``{"ota-available": ota.wake}``).
+    ``config`` is the ``[sync]`` section; ``feed_interval_s`` is ``[outbox] feed_interval_s`` and ``device_id``
+    ``[receipts] device_id`` (the book's provisioned identity comes first). ``commands`` maps a command name to a
+    handler taking the payload; it runs on the sync thread, so it should only wake its component (e.g.
+    ``{"ota-available": ota.wake}``).
     """
 
     name = "sync"
 
     def __init__(
         self,
-        config: AgentConfig,
+        config: SyncConfig,
+        data_dir: Path,
         outbox: Outbox,
         book: ReceiptBook | None,
         *,
+        feed_interval_s: float,
+        device_id: str = "",
         link_factory: Callable[[LinkSettings], MqttLink] = PahoLink,
         rand: Callable[[], float] = random.random,
         commands: Mapping[str, Callable[[bytes], None]] | None = None,
     ) -> None:
-        self._config = config
+        self._cfg = config
+        self._db_path = data_dir / DB_FILENAME
+        self._feed_interval_s = feed_interval_s
+        self._configured_device = device_id
         self._commands = dict(commands or {})
-        self._cfg = config.sync
         self._outbox = outbox
         self._book = book
         self._link_factory = link_factory
@@ -157,10 +165,10 @@ class SyncService:
         identity = self._book.identity if self._book is not None else None
         if identity is not None:
             return identity.device_id
-        return self._config.receipts.device_id or None
+        return self._configured_device or None
 
     def _run(self) -> None:
-        conn = connect(self._config.agent.data_dir / DB_FILENAME)
+        conn = connect(self._db_path)
         try:
             while not self._stop.is_set():
                 try:
@@ -184,7 +192,7 @@ class SyncService:
     def _turn(self, conn: sqlite3.Connection) -> None:
         now = time.monotonic()
         if now >= self._next_feed:
-            self._next_feed = now + self._config.outbox.feed_interval_s
+            self._next_feed = now + self._feed_interval_s
             if self._book is not None:
                 queued = feed(self._outbox, conn, self._book)
                 if queued >= FEED_BATCH:  # a backlog: copy the next batch on the next turn

@@ -30,7 +30,14 @@ from edge.config import AgentConfig
 from edge.db import DB_FILENAME, connect
 from edge.errors import EdgeError
 from edge.outbox.outbox import Outbox
-from edge.pipeline.records import ToothFinding, analysis_record, findings_in_study, last_model_run, tooth_findings
+from edge.pipeline.records import (
+    AnalysisSummary,
+    ToothFinding,
+    analysis_record,
+    findings_in_study,
+    last_model_run,
+    tooth_findings,
+)
 from edge.receipts.book import (
     BalanceLine,
     ReceiptLine,
@@ -61,7 +68,6 @@ __all__ = [
     "STAGES",
     "AgentInfo",
     "AgentState",
-    "AnalysisSummary",
     "DicomStatus",
     "Disk",
     "ImageDetail",
@@ -176,20 +182,6 @@ class StudyLine(_View):
     state: str
     """:func:`study_state` of ``states``."""
     findings: int
-
-
-@dataclass(frozen=True)
-class AnalysisSummary:
-    """How one image was analysed (the ``study`` view)."""
-
-    status: str
-    reason: str
-    model_id: str
-    model_version: str
-    backend: str
-    precision: str
-    clinical: int
-    timings_ms: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -661,18 +653,7 @@ class AgentState:
 
 def _analysis(conn: sqlite3.Connection, sop_instance_uid: str) -> AnalysisSummary | None:
     record = analysis_record(conn, sop_instance_uid)
-    if record is None:
-        return None
-    return AnalysisSummary(
-        status=record.status,
-        reason=record.reason,
-        model_id=record.model_id,
-        model_version=record.model_version,
-        backend=record.backend,
-        precision=record.precision,
-        clinical=record.clinical,
-        timings_ms=record.timings_ms,
-    )
+    return None if record is None else record.summary()
 
 
 def _gpu() -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 from edge.db import has_table
 
 __all__ = [
     "AnalysisRecord",
+    "AnalysisSummary",
     "ModelRun",
     "ToothFinding",
     "analysed_count",
@@ -26,10 +27,10 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class AnalysisRecord:
-    """The recorded analysis of one instance (``pipeline_results``)."""
+class AnalysisSummary:
+    """How one instance was analysed (``pipeline_results`` without the findings; the control socket's ``study``
+    view shows it)."""
 
-    sop_instance_uid: str
     status: str
     """``analysed``, ``skipped`` or ``failed``."""
     reason: str
@@ -39,10 +40,21 @@ class AnalysisRecord:
     precision: str
     clinical: int
     """1 when the model is cleared for clinical use, else 0 (as recorded)."""
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float]
     """Stage -> latency (:data:`edge.control.state.STAGES`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisRecord(AnalysisSummary):
+    """The recorded analysis of one instance (``pipeline_results``): its summary, the instance and the findings."""
+
+    sop_instance_uid: str
     findings_json: str = "[]"
     """The findings as recorded: a JSON list of :meth:`dental.findings.Finding.to_json` objects."""
+
+    def summary(self) -> AnalysisSummary:
+        """The record without the instance and the findings."""
+        return AnalysisSummary(*(getattr(self, f.name) for f in fields(AnalysisSummary)))
 
 
 @dataclass(frozen=True)

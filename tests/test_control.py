@@ -6,6 +6,7 @@ only through the socket, as the terminal UI does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,17 @@ def _config(data_dir: Path, **sections: dict[str, object]) -> AgentConfig:
     return with_overrides(AgentConfig(), agent={"data_dir": str(data_dir)}, **sections)
 
 
+@contextlib.contextmanager
+def _serving(config: AgentConfig) -> Iterator[ControlServer]:
+    """A started control server for ``config`` (stopped on the way out)."""
+    server = ControlServer(config.control, AgentState(config))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ControlServer]:
     """A control server on a fresh data directory (index and outbox tables, no other component)."""
@@ -43,10 +55,8 @@ def served(tmp_path: Path) -> Iterator[ControlServer]:
     migrate_index(conn)
     Outbox.migrate(conn)
     conn.close()
-    server = ControlServer(config.control, AgentState(config))
-    server.start()
-    yield server
-    server.stop()
+    with _serving(config) as server:
+        yield server
 
 
 # --- protocol (pure) ------------------------------------------------------------------------------------------
@@ -102,12 +112,8 @@ def test_owner_only_socket(tmp_path: Path) -> None:
     config = _config(tmp_path / "d", control={"group_access": False})
     (tmp_path / "d").mkdir()
     connect(tmp_path / "d" / DB_FILENAME).close()
-    server = ControlServer(config.control, AgentState(config))
-    server.start()
-    try:
+    with _serving(config) as server:
         assert stat.S_IMODE(server.path.stat().st_mode) == 0o600
-    finally:
-        server.stop()
     assert not server.path.exists()
 
 
@@ -222,14 +228,8 @@ def test_a_second_server_on_the_same_socket_is_refused_and_a_stale_one_replaced(
     connect(stale / DB_FILENAME).close()
     with socket.socket(socket.AF_UNIX) as dead:
         dead.bind(str(stale / "control.sock"))
-    config2 = _config(stale)
-    server = ControlServer(config2.control, AgentState(config2))
-    server.start()
-    try:
-        with ControlClient(server.path) as client:
-            assert client.call("ping")
-    finally:
-        server.stop()
+    with _serving(_config(stale)) as server, ControlClient(server.path) as client:
+        assert client.call("ping")
 
 
 def test_long_socket_paths_work(tmp_path: Path) -> None:
@@ -238,13 +238,8 @@ def test_long_socket_paths_work(tmp_path: Path) -> None:
     connect(data / DB_FILENAME).close()
     config = _config(data)
     assert len(str(config.control.path(data))) > 108
-    server = ControlServer(config.control, AgentState(config))
-    server.start()
-    try:
-        with ControlClient(server.path) as client:
-            assert client.call("ping")
-    finally:
-        server.stop()
+    with _serving(config) as server, ControlClient(server.path) as client:
+        assert client.call("ping")
 
 
 def test_client_says_when_the_agent_is_not_running(tmp_path: Path) -> None:

@@ -45,16 +45,28 @@ def _send(dcmtk: Dcmtk, port: int, path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path) -> None:
+def _bundle(tmp_path: Path) -> Path:
+    """The tiny test network, packed as a bundle in ``tmp_path``."""
     bundle_dir = tmp_path / "bundle"
     write_bundle(bundle_dir, pack_bundle(MANIFEST, tiny_bundle().files))
-    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
-    env = {
-        "BTT_EDGE_PIPELINE_BUNDLE_PATH": str(bundle_dir),
+    return bundle_dir
+
+
+def _env(tmp_path: Path, *, backoff_initial_s: float, backoff_max_s: float) -> dict[str, str]:
+    """The agent's environment: the tiny bundle on the CPU, polled every 0.1 s; results retried with this backoff."""
+    return {
+        "BTT_EDGE_PIPELINE_BUNDLE_PATH": str(_bundle(tmp_path)),
         "BTT_EDGE_PIPELINE_BACKEND": "onnxruntime-cpu",
         "BTT_EDGE_PIPELINE_POLL_INTERVAL_S": "0.1",
-        "BTT_EDGE_RESULTS_BACKOFF_INITIAL_S": "0.5",
-        "BTT_EDGE_RESULTS_BACKOFF_MAX_S": "1",
+        "BTT_EDGE_RESULTS_BACKOFF_INITIAL_S": str(backoff_initial_s),
+        "BTT_EDGE_RESULTS_BACKOFF_MAX_S": str(backoff_max_s),
+    }
+
+
+def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path) -> None:
+    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
+    env = {
+        **_env(tmp_path, backoff_initial_s=0.5, backoff_max_s=1),
         # a development identity made at the first start: its device id is the box's serial number in the results
         "BTT_EDGE_RECEIPTS_DEV_MODE": "true",
         "BTT_EDGE_RECEIPTS_DEVICE_ID": "btt-e2e-box",
@@ -113,16 +125,8 @@ def test_results_reach_the_pacs_and_survive_its_outage(start_agent: StartAgent, 
 def test_kill_9_with_results_queued_loses_nothing_and_sends_nothing_twice(
     start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path
 ) -> None:
-    bundle_dir = tmp_path / "bundle"
-    write_bundle(bundle_dir, pack_bundle(MANIFEST, tiny_bundle().files))
     pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
-    env = {
-        "BTT_EDGE_PIPELINE_BUNDLE_PATH": str(bundle_dir),
-        "BTT_EDGE_PIPELINE_BACKEND": "onnxruntime-cpu",
-        "BTT_EDGE_PIPELINE_POLL_INTERVAL_S": "0.1",
-        "BTT_EDGE_RESULTS_BACKOFF_INITIAL_S": "0.2",
-        "BTT_EDGE_RESULTS_BACKOFF_MAX_S": "0.5",
-    }
+    env = _env(tmp_path, backoff_initial_s=0.2, backoff_max_s=0.5)
     data, args = tmp_path / "data", ["--forward", f"PACS@127.0.0.1:{pacs_port}"]
     agent = start_agent(data, args=args, env=env)
     image = source_image("PX", pixels=bright_spot_image(150, 300))
@@ -146,8 +150,7 @@ def test_kill_9_with_results_queued_loses_nothing_and_sends_nothing_twice(
 def test_configured_destination_gets_originals_and_the_presentation_state(
     start_agent: StartAgent, dcmtk: Dcmtk, tmp_path: Path
 ) -> None:
-    bundle_dir = tmp_path / "bundle"
-    write_bundle(bundle_dir, pack_bundle(MANIFEST, tiny_bundle().files))
+    bundle_dir = _bundle(tmp_path)
     pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
     config = tmp_path / "edge.toml"
     config.write_text(

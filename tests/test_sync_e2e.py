@@ -31,9 +31,10 @@ from protocol.encoding import canonical_bytes, sha256_hex
 from protocol.keys import generate_key, seal
 from protocol.receipts import RECEIPT
 from protocol.topics import up_topic
-from tests.conftest import free_port, wait_until
+from tests.conftest import wait_until
 from tests.mqtt_broker import RELAY_USER, MosquittoBroker
 from tests.receipts_helpers import Box, make_box
+from tests.sync_helpers import start_sync_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -188,18 +189,7 @@ def test_broker_stopped_for_a_while_and_restarted(
 
 
 def _agent(data_dir: Path, url: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BTT_EDGE_")}
-    env.update(
-        TCP_NODELAY="1",
-        BTT_EDGE_SYNC_BATCH_MAX_ITEMS="10",
-        BTT_EDGE_SYNC_MAX_INFLIGHT="2",
-        BTT_EDGE_SYNC_BACKOFF_INITIAL_S="0.1",
-        BTT_EDGE_SYNC_BACKOFF_MAX_S="0.5",
-        BTT_EDGE_SYNC_ACK_TIMEOUT_S="3",
-        BTT_EDGE_OUTBOX_FEED_INTERVAL_S="0.1",
-    )
-    cmd = [sys.executable, "-m", "edge", "run", "--data-dir", str(data_dir), "--port", str(free_port()), "--mqtt", url]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_sync_agent(data_dir, url, {k: v for k, v in os.environ.items() if not k.startswith("BTT_EDGE_")})
 
 
 def test_agent_killed_mid_publish_and_restarted(

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from protocol.topics import ONLINE, ack_topic, presence_topic, up_topic
 from tests.conftest import free_port, wait_until
 from tests.mqtt_broker import PASSWORDS_OVER_TLS, RELAY_USER, MosquittoBroker, StubRelay
 from tests.receipts_helpers import Box, make_box
+from tests.sync_helpers import start_sync_agent
 
 pytestmark = pytest.mark.integration
 
@@ -158,19 +158,8 @@ def test_acks_kept_in_the_session_settle_without_resending(
 
 
 def _agent(data_dir: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        TCP_NODELAY="1",
-        BTT_EDGE_SYNC_BATCH_MAX_ITEMS="10",
-        BTT_EDGE_SYNC_MAX_INFLIGHT="2",
-        BTT_EDGE_SYNC_BACKOFF_INITIAL_S="0.1",
-        BTT_EDGE_SYNC_BACKOFF_MAX_S="0.5",
-        BTT_EDGE_SYNC_ACK_TIMEOUT_S="3",
-        BTT_EDGE_OUTBOX_FEED_INTERVAL_S="0.1",
-    )
-    cmd = [sys.executable, "-m", "edge", "run", "--data-dir", str(data_dir), "--port", str(free_port()), "--mqtt", url]
     with log.open("ab") as err:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        return start_sync_agent(data_dir, url, os.environ, err)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ with nothing of it stored). The relay runs as ``btt-relay run`` so it can be kil
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -159,21 +160,25 @@ def _exactly_once(db: Database, box: Box, n: int) -> None:
     assert _outbox(box) == n
 
 
-def _sync(box: Box, broker: MosquittoBroker, **sync: Any) -> SyncService:
+@contextlib.contextmanager
+def _syncing(box: Box, broker: MosquittoBroker, **sync: Any) -> Iterator[SyncService]:
+    """The box's sync service, started against ``broker`` (stopped on the way out)."""
     config = _config(box, broker.url(box.identity.device_id, DEVICE_PW), **sync)
     service = SyncService(
         config.sync, config.agent.data_dir, Outbox.open(config), box.book, feed_interval_s=config.outbox.feed_interval_s
     )
     service.start()
-    return service
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 def test_broker_stopped_for_a_while_and_restarted(
     broker: MosquittoBroker, relay: Relay, relay_db: Database, box: Box
 ) -> None:
     box.record(150)
-    service = _sync(box, broker)
-    try:
+    with _syncing(box, broker):
         wait_until(lambda: _outbox(box) == 150, 60, "first sync")
         broker.stop()
         box.record(150)
@@ -181,8 +186,6 @@ def test_broker_stopped_for_a_while_and_restarted(
         time.sleep(2.0)
         broker.start()
         wait_until(lambda: _outbox(box) == 300 and _all_done(box), 90, "catch-up after the broker restart")
-    finally:
-        service.stop()
     _exactly_once(relay_db, box, 300)
     with relay_db.transaction() as tx:
         assert tx.all("SELECT batch, first_seq, last_seq FROM settlements") == [(1, 1, 300)]
@@ -224,8 +227,7 @@ def test_relay_killed_between_storing_and_acking(
     doc = {"v": 1, "device": device, "kind": "receipts", "items": items}
     Ingestor(relay_db).handle([UpMessage(up_topic(device, "receipts"), json.dumps(doc).encode())])
     assert len(_stored(relay_db, device)) == 100
-    service = _sync(box, broker, batch_max_items=5, max_inflight=1)
-    try:
+    with _syncing(box, broker, batch_max_items=5, max_inflight=1):
         # and a real kill -9 of the running relay mid-stream
         wait_until(lambda: len(_stored(relay_db, device)) >= 200, 60, "the relay storing")
         relay.kill()
@@ -235,8 +237,6 @@ def test_relay_killed_between_storing_and_acking(
         time.sleep(1.0)
         relay.start()
         wait_until(lambda: _outbox(box) == 600 and _all_done(box), 120, "catch-up after the relay restart")
-    finally:
-        service.stop()
     _exactly_once(relay_db, box, 600)
 
 
@@ -259,11 +259,8 @@ def test_duplicate_delivery(broker: MosquittoBroker, relay: Relay, relay_db: Dat
     finally:
         replayer.disconnect()
         replayer.loop_stop()
-    service = _sync(box, broker)
-    try:
+    with _syncing(box, broker):
         wait_until(lambda: _outbox(box) == 50 and _all_done(box), 60, "the device's own sync")
-    finally:
-        service.stop()
     _exactly_once(relay_db, box, 50)
 
 
@@ -292,11 +289,8 @@ def test_forged_message_is_rejected_and_recorded(
     finally:
         forger.disconnect()
         forger.loop_stop()
-    service = _sync(box, broker)
-    try:
+    with _syncing(box, broker):
         wait_until(lambda: _outbox(box) == 30 and _all_done(box), 60, "the genuine receipts")
-    finally:
-        service.stop()
     _exactly_once(relay_db, box, 30)
     wait_until(lambda: len(_rejects(relay_db)) == 3, 10, "the rejects recorded")
     reasons = {item: reason for item, reason in _rejects(relay_db)}
@@ -314,13 +308,9 @@ def test_revoked_device(broker: MosquittoBroker, relay: Relay, relay_db: Databas
     box.record(20)
     other.record(20)
     Registry(relay_db).revoke_device(other.identity.device_id, "reported stolen")
-    services = [_sync(b, broker) for b in (box, other)]
-    try:
+    with _syncing(box, broker), _syncing(other, broker):
         wait_until(lambda: _outbox(box) == 20 and _all_done(box), 60, "the genuine device")
         wait_until(lambda: _outbox(other, "rejected") == 20, 60, "the revoked device's receipts rejected")
-    finally:
-        for service in services:
-            service.stop()
     _exactly_once(relay_db, box, 20)
     assert _stored(relay_db, other.identity.device_id) == []
     reasons = other.conn.execute("SELECT DISTINCT reason FROM outbox WHERE kind = 'receipts'").fetchall()

@@ -241,6 +241,36 @@ def test_a_device_cannot_publish_or_read_as_another(box: Box, broker: MosquittoB
         _link(broker, dev_a, "wrong password")
 
 
+def _tls_relay(
+    tls: MosquittoBroker,
+    client_id: str,
+    seen: list[str],
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    password: str | None = None,
+) -> mqtt.Client:
+    """A relay stand-in on the TLS broker ``tls`` (started): it adds each item id it receives to ``seen`` and acks
+    it. It logs in with a client certificate (``certfile``, ``keyfile``) or as the relay user with ``password``."""
+    assert tls.pki is not None
+    relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    relay.tls_set(ca_certs=str(tls.pki.ca), certfile=certfile, keyfile=keyfile)
+    if password is not None:
+        relay.username_pw_set(RELAY_USER, password)
+
+    def on_message(client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        doc = json.loads(message.payload)
+        ids = [i["id"] for i in doc["items"]]
+        seen.extend(ids)
+        client.publish(ack_topic(doc["device"]), json.dumps({"v": 1, "stored": ids}), qos=1)
+
+    relay.on_message = on_message
+    relay.on_connect = lambda c, *_: c.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
+    relay.connect("127.0.0.1", tls.port)
+    relay.loop_start()
+    return relay
+
+
 def test_tls_with_a_client_certificate(tmp_path: Path, box: Box, relays: list[StubRelay]) -> None:
     dev = box.identity.device_id
     tls = MosquittoBroker(tmp_path / "tls", users={dev: "", "dev-b": "", RELAY_USER: ""}, tls=True)
@@ -251,20 +281,8 @@ def test_tls_with_a_client_certificate(tmp_path: Path, box: Box, relays: list[St
         box.record(20)
         config = _config(box, tls.url(), ca_file=str(tls.pki.ca), cert_file=str(cert), key_file=str(key))
         relay_cert, relay_key = tls.pki.client(RELAY_USER)
-        relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="relay-tls", protocol=mqtt.MQTTv5)
-        relay.tls_set(ca_certs=str(tls.pki.ca), certfile=str(relay_cert), keyfile=str(relay_key))
         seen: list[str] = []
-
-        def on_message(client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-            doc = json.loads(message.payload)
-            ids = [i["id"] for i in doc["items"]]
-            seen.extend(ids)
-            client.publish(ack_topic(doc["device"]), json.dumps({"v": 1, "stored": ids}), qos=1)
-
-        relay.on_message = on_message
-        relay.on_connect = lambda c, *_: c.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
-        relay.connect("127.0.0.1", tls.port)
-        relay.loop_start()
+        relay = _tls_relay(tls, "relay-tls", seen, certfile=str(relay_cert), keyfile=str(relay_key))
         service = _service(config, box)
         service.start()
         try:
@@ -304,19 +322,7 @@ def test_tls_with_a_password(tmp_path: Path, box: Box, relays: list[StubRelay]) 
         box.record(5)
         config = _config(box, tls.url(), ca_file=str(tls.pki.ca), password_file=str(secret))
         seen: list[str] = []
-        relay = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="relay-tls-pw", protocol=mqtt.MQTTv5)
-        relay.tls_set(ca_certs=str(tls.pki.ca))
-        relay.username_pw_set(RELAY_USER, RELAY_PW)
-
-        def on_message(client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-            doc = json.loads(message.payload)
-            seen.extend(i["id"] for i in doc["items"])
-            client.publish(ack_topic(doc["device"]), json.dumps({"v": 1, "stored": seen[-len(doc["items"]) :]}), qos=1)
-
-        relay.on_message = on_message
-        relay.on_connect = lambda c, *_: c.subscribe("$share/btt-relay/btt/v1/dev/+/up/#", qos=1)
-        relay.connect("127.0.0.1", tls.port)
-        relay.loop_start()
+        relay = _tls_relay(tls, "relay-tls-pw", seen, password=RELAY_PW)
         service = _service(config, box)
         service.start()
         try:

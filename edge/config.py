@@ -39,7 +39,9 @@ __all__ = [
     "AgentSection",
     "CapacityConfig",
     "ControlConfig",
+    "DestinationAuth",
     "DestinationConfig",
+    "DestinationProtocol",
     "DicomConfig",
     "MetricsConfig",
     "OtaConfig",
@@ -268,36 +270,74 @@ def check_uid_root(root: str) -> str:
 _FORWARD_RE = re.compile(r"^([^@\s\\]{1,16})@([^@\s:]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
 
 
+DestinationProtocol = Literal["dimse", "dicomweb", "fhir"]
+"""How a destination is reached: DICOM C-STORE (``dimse``), STOW-RS (``dicomweb``) or a FHIR transaction (``fhir``)."""
+
+DestinationAuth = Literal["none", "bearer", "basic"]
+"""HTTP authentication of a ``dicomweb`` or ``fhir`` destination (mutual TLS is ``tls_cert_file``/``tls_key_file``)."""
+
+
 @dataclass(frozen=True)
 class DestinationConfig:
-    """One ``[[results.destinations]]`` table: a DICOM peer (the clinic's PACS) that receives result objects."""
+    """One ``[[results.destinations]]`` table: a peer (the clinic's PACS, VNA or EHR) that receives result objects.
+
+    A ``dimse`` destination is ``ae_title``, ``host`` and ``port``; a ``dicomweb`` or ``fhir`` one is its base
+    ``url`` (``https://`` or, on a trusted network, ``http://``) with ``auth``. All of them share the durable queue,
+    its retries, dead letters and ``btt-edge results resend``.
+    """
 
     ae_title: str = ""
-    """The destination's AE title (1-16 characters)."""
+    """The destination's AE title (1-16 characters); ``dimse`` only."""
     host: str = ""
     port: int = bounded(104, lo=1, hi=65535)
     kinds: tuple[ResultKind, ...] = DEFAULT_KINDS
     """What it gets: kinds of :data:`edge.results.kinds.KINDS` (``sr``, the structured report; ``overlay``, the
     annotated Secondary Capture; ``gsps``; ``original``, every image as received)."""
     tls: bool = False
-    """Associate over TLS (the PACS's certificate is checked against ``tls_ca_file``, else the system CAs)."""
+    """``dimse``: associate over TLS (the PACS's certificate is checked against ``tls_ca_file``, else the system
+    CAs). ``https://`` URLs always use TLS, checked the same way."""
     tls_ca_file: str = ""
     tls_cert_file: str = ""
-    """Our client certificate, when the PACS asks for one (with ``tls_key_file``)."""
+    """Our client certificate, when the peer asks for one (with ``tls_key_file``)."""
     tls_key_file: str = ""
+    protocol: DestinationProtocol = "dimse"
+    url: str = ""
+    """``dicomweb``: the DICOMweb service's base URL (STOW-RS posts to ``<url>/studies``); ``fhir``: the FHIR
+    server's base URL (a transaction Bundle is posted to it)."""
+    auth: DestinationAuth = "none"
+    """``bearer``: ``Authorization: Bearer`` with the token in ``token_file``; ``basic``: ``username`` and the
+    password in ``password_file``. Secrets live in files (mode 0600), never in this configuration."""
+    token_file: str = ""
+    username: str = ""
+    password_file: str = ""
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.ae_title.strip()) <= 16 or "\\" in self.ae_title:
-            raise ConfigError(f"results.destinations.ae_title: {self.ae_title!r} must be 1 to 16 characters")
-        if not self.host:
-            raise ConfigError(f"results.destinations.host: missing for {self.ae_title}")
+        if self.protocol == "dimse":
+            if not 1 <= len(self.ae_title.strip()) <= 16 or "\\" in self.ae_title:
+                raise ConfigError(f"results.destinations.ae_title: {self.ae_title!r} must be 1 to 16 characters")
+            if not self.host:
+                raise ConfigError(f"results.destinations.host: missing for {self.ae_title}")
+            if self.url:
+                raise ConfigError(f"results.destinations.url: a dimse destination ({self.ae_title}) has no url")
+        else:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"results.destinations.url: {self.url!r} is not an http(s) URL ({self.protocol} destination)"
+                )
+            if self.auth == "bearer" and not self.token_file:
+                raise ConfigError(f"results.destinations.token_file: auth = 'bearer' needs it ({self.url})")
+            if self.auth == "basic" and not (self.username and self.password_file):
+                raise ConfigError(f"results.destinations: auth = 'basic' needs username and password_file ({self.url})")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("results.destinations.tls_cert_file and tls_key_file: give both or neither")
 
     @property
     def name(self) -> str:
-        """``AE@host:port``, the key of this destination in the delivery queue."""
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        """The key of this destination in the delivery queue: ``AE@host:port``, or ``<protocol>:<url>``."""
+        if self.protocol == "dimse":
+            return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.protocol}:{self.url.rstrip('/')}"
 
 
 def _parse_forward(text: str) -> DestinationConfig:

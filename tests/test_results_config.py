@@ -28,6 +28,21 @@ def test_destination_tables_and_forward_shorthand(tmp_path: Path) -> None:
     assert again.results == config.results
 
 
+def test_http_destinations_are_named_by_protocol_and_url(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        '[[results.destinations]]\nprotocol = "dicomweb"\nurl = "https://pacs.lan/dicom-web/"\n'
+        'auth = "bearer"\ntoken_file = "/etc/btt/pacs.token"\n'
+        '[[results.destinations]]\nae_title = "PACS"\nhost = "pacs.lan"\n'
+    )
+    config = load_config(path, environ={})
+    assert [d.name for d in config.results.all_destinations()] == [
+        "dicomweb:https://pacs.lan/dicom-web",
+        "PACS@pacs.lan:104",
+    ]
+    assert config.results.destinations[0].kinds == ("sr", "overlay")
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
@@ -42,6 +57,11 @@ def test_destination_tables_and_forward_shorthand(tmp_path: Path) -> None:
         ('[[results.destinations]]\nae_title = "P"\n', "results.destinations.host"),
         ('[[results.destinations]]\nae_title = "P"\nhost = "h"\nkinds = ["pdf"]\n', "'pdf' is not one of"),
         ('[[results.destinations]]\nae_title = "P"\nhost = "h"\ntls_cert_file = "c"\n', "give both or neither"),
+        ('[[results.destinations]]\nprotocol = "dicomweb"\nurl = "ftp://x"\n', "is not an http"),
+        ('[[results.destinations]]\nprotocol = "dicomweb"\nurl = "https://x"\nauth = "bearer"\n', "needs it"),
+        ('[[results.destinations]]\nprotocol = "fhir"\nurl = "https://x"\nauth = "basic"\n', "username and"),
+        ('[[results.destinations]]\nae_title = "P"\nhost = "h"\nurl = "https://x"\n', "has no url"),
+        ('[[results.destinations]]\nprotocol = "smtp"\nurl = "https://x"\n', "'smtp' is not one of"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, message: str) -> None:

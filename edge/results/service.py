@@ -40,7 +40,8 @@ from edge.results.analysis import Analysis
 from edge.results.header import DEFAULT_EQUIPMENT, Equipment, with_empty_type2_identifiers
 from edge.results.kinds import Builder, ResultKind
 from edge.results.queue import ResultObject
-from edge.results.scu import Outcome, Outgoing, Sender, StoreSCU
+from edge.results.scu import Outcome, Outgoing, Sender
+from edge.results.senders import sender_for
 from edge.results.uids import UidFactory
 from edge.store.index import get_instance, migrate_index, set_state
 from runtime.durable import atomic_write_bytes, remove_stale_temps
@@ -113,9 +114,11 @@ class ResultsService:
         self.data_dir = data_dir
         self.analyses = analyses
         self.destinations: tuple[DestinationConfig, ...] = config.all_destinations()
-        self.sender: Sender = sender or StoreSCU(
-            calling_ae, connect_timeout_s=config.connect_timeout_s, dimse_timeout_s=config.dimse_timeout_s
-        )
+        self._senders: dict[str, Sender] = {
+            protocol: sender or sender_for(protocol, config, calling_ae)
+            for protocol in dict.fromkeys(d.protocol for d in self.destinations)
+        }
+        """One sender per protocol the destinations use (``sender``, when given, for all of them: tests)."""
         self.uids = UidFactory(config.org_root)
         self.clock = clock
         self._stop = threading.Event()
@@ -323,7 +326,7 @@ class ResultsService:
         if not batch:
             return 0
         items = [Outgoing(o.object_uid, o.sop_class_uid, o.transfer_syntax_uid, self.data_dir / o.path) for o in batch]
-        outcomes = self.sender.send(destination, items, self._stop.is_set)
+        outcomes = self._senders[destination.protocol].send(destination, items, self._stop.is_set)
         by_uid = {o.object_uid: o for o in batch}
         for outcome in outcomes:
             self._record(conn, destination, by_uid[outcome.object_uid], outcome)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
 from edge.pipeline.backends.registry import BackendChoice
-from edge.results.kinds import DEFAULT_KINDS, ResultKind
+from edge.results.kinds import DEFAULT_KINDS, PROTOCOL_MEDIA_TYPES, ResultKind, spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -329,6 +329,11 @@ class DestinationConfig:
                 raise ConfigError(f"results.destinations.token_file: auth = 'bearer' needs it ({self.url})")
             if self.auth == "basic" and not (self.username and self.password_file):
                 raise ConfigError(f"results.destinations: auth = 'basic' needs username and password_file ({self.url})")
+        if self.protocol == "fhir" and self.kinds == DEFAULT_KINDS:  # kinds not given: the Bundle is what it takes
+            object.__setattr__(self, "kinds", ("fhir",))
+        carried = PROTOCOL_MEDIA_TYPES[self.protocol]
+        if wrong := [k for k in self.kinds if spec(k).media_type not in carried]:
+            raise ConfigError(f"results.destinations.kinds: a {self.protocol} destination cannot take {', '.join(wrong)}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("results.destinations.tls_cert_file and tls_key_file: give both or neither")
 

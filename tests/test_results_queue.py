@@ -16,7 +16,7 @@ from pydicom import dcmread
 from edge.config import DestinationConfig, ResultsConfig
 from edge.db import DB_FILENAME, connect, transaction
 from edge.pipeline.worker import migrate_pipeline
-from edge.results import queue
+from edge.results import kinds, queue
 from edge.results.analysis import RecordedAnalyses
 from edge.results.scu import Outcome, Outgoing
 from edge.results.service import ResultsService
@@ -214,7 +214,7 @@ def test_forwarded_only_once_all_objects_are_built_and_confirmed(store: ImageSto
     conn = store.conn
     sr = service._write(
         build_sr(dcmread(store.data_dir / _instance(conn, uid).path), analyses.analyses[uid], service.uids),
-        "sr", uid, source.StudyInstanceUID,
+        kinds.spec("sr"), uid, source.StudyInstanceUID,
     )  # fmt: skip
     with transaction(conn):
         queue.enqueue(conn, sr, [sr_only.name], clock())

@@ -1,6 +1,8 @@
 """``btt-edge results list|resend``: the result objects, their delivery to each destination, and resending.
 
-``list --json`` prints one JSON object per result object (and forwarded original) with its deliveries:
+``fhir UID`` prints the FHIR R4 transaction Bundle of an analysed instance, or of every analysed instance of a
+study (:mod:`edge.results.fhir`), from the box's records, as a FHIR destination would receive it; it needs no
+destination. ``list --json`` prints one JSON object per result object (and forwarded original) with its deliveries:
 destination (``AE@host:port``), state (``pending``, ``sent``, ``rejected``, ``dead``), attempts, when it is next
 due, the last DIMSE status and error. ``resend`` puts rejected and dead deliveries (or, with ``--all``, every
 matching one) back in the queue; a running agent picks them up at its next poll. ``list --failed`` shows the
@@ -35,6 +37,10 @@ def register(sub: Any) -> None:
     resend.add_argument("--object", metavar="SOP_UID", help="only this object")
     resend.add_argument("--all", action="store_true", help="also deliveries already sent (the PACS lost them)")
     resend.set_defaults(func=_resend)
+    fhir = actions.add_parser("fhir", help="print the FHIR Bundle of an analysed instance or study")
+    add_config_args(fhir)
+    fhir.add_argument("uid", metavar="UID", help="SOP Instance UID, or Study Instance UID for the whole study")
+    fhir.set_defaults(func=_fhir)
 
 
 def _open(args: argparse.Namespace, *, write: bool) -> Any:
@@ -120,4 +126,25 @@ def _resend(args: argparse.Namespace) -> int:
     states = DELIVERY_STATES if args.all else ("rejected", "dead")
     count = resend(conn, now=time.time(), object_uid=args.object, destination=args.destination, states=states)
     print(f"{count} deliveries queued again")
+    return 0
+
+
+def _fhir(args: argparse.Namespace) -> int:
+    from edge.agent import updater_for
+    from edge.db import DB_FILENAME, connect
+    from edge.errors import ResultsError
+    from edge.results.analysis import RecordedAnalyses, recorded_images
+    from edge.results.fhir import AnalysedImage, build_bundle
+    from edge.results.uids import UidFactory
+    from models.bundle import load_bundle
+
+    config = config_from_args(args)
+    path = config.agent.data_dir / DB_FILENAME
+    if not path.exists():
+        raise ResultsError(f"no agent database at {path}")
+    paths = (updater_for(config).active_path(), *config.pipeline.extra_bundles)
+    analyses = RecordedAnalyses(lambda: tuple(load_bundle(p).manifest for p in paths))
+    conn = connect(path, readonly=True)
+    images = [AnalysedImage(h, a) for h, a in recorded_images(conn, config.agent.data_dir, args.uid, analyses)]
+    print(json.dumps(build_bundle(images, UidFactory(config.results.org_root)), indent=2, ensure_ascii=False))
     return 0

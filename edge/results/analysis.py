@@ -1,5 +1,6 @@
 """What the results stage needs from one analysis: the algorithm that ran and the findings it made, and where
-the agent reads it from (the pipeline worker's record, :func:`edge.pipeline.records.analysis_record`)."""
+the agent reads it from (the pipeline worker's record, :func:`edge.pipeline.records.analysis_record`; with the
+source's header from the store, :func:`recorded_images`)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from dental.findings import Finding
 from edge.errors import EdgeError, ModelError, ResultBuildError
 from edge.pipeline.records import analysis_record
 from edge.results.header import MANUFACTURER
+from edge.store.index import get_instance, list_instances
 from models.bundle import Code, Manifest
 
-__all__ = ["Algorithm", "Analysis", "RecordedAnalyses"]
+__all__ = ["Algorithm", "Analysis", "RecordedAnalyses", "recorded_images"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +101,27 @@ class RecordedAnalyses:
 
 def _find(manifests: Sequence[Manifest], model_id: str, version: str | None) -> Manifest | None:
     return next((m for m in manifests if m.id == model_id and version in (None, m.version)), None)
+
+
+def recorded_images(
+    conn: sqlite3.Connection, data_dir: Path, uid: str, analyses: RecordedAnalyses
+) -> list[tuple[Dataset, Analysis]]:
+    """The header (without pixel data) and the analysis of instance ``uid``, or of every analysed instance of study
+    ``uid``, oldest first; :class:`~edge.errors.ResultBuildError` when there is none."""
+    instance = get_instance(conn, uid)
+    instances = [instance] if instance is not None else list_instances(conn, uid)
+    if not instances:
+        raise ResultBuildError(f"{uid} is neither an instance nor a study on this box")
+    out: list[tuple[Dataset, Analysis]] = []
+    for item in instances:
+        analysis = analyses.load(conn, item.sop_instance_uid)
+        if analysis is None:
+            continue
+        try:
+            header = dcmread(data_dir / item.path, stop_before_pixels=True)
+        except (OSError, InvalidDicomError) as exc:
+            raise ResultBuildError(f"cannot read the source image {item.path}: {exc}") from exc
+        out.append((header, analysis))
+    if not out:
+        raise ResultBuildError(f"no analysis is recorded for {uid}")
+    return out

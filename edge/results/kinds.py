@@ -7,6 +7,10 @@ in this order (an ``on_demand`` kind only when some destination takes it), and t
 last one built; :mod:`~edge.results.queue` sends what is due in this order (the SR first: it is small and it is
 what a reader's worklist reacts to). ``btt-edge results`` and the TUI show the kind as it is stored.
 
+Most kinds are DICOM objects (``media_type`` ``application/dicom``: a builder returns a dataset). A kind whose
+builder returns a :class:`Document` (the FHIR Bundle, ``application/fhir+json``) is written as those bytes; it
+goes only to destinations whose protocol takes its media type (:data:`PROTOCOL_MEDIA_TYPES`).
+
 To add a kind: write its builder (``edge/results/<kind>.py``, a :class:`Builder`), then add its name to
 :data:`ResultKind` and its :class:`ResultKindSpec` to :data:`KINDS` below, where its place is its order.
 
@@ -30,16 +34,48 @@ if TYPE_CHECKING:
     from edge.results.header import Equipment
     from edge.results.uids import UidFactory
 
-__all__ = ["BUILT", "DEFAULT_KINDS", "KINDS", "NAMES", "Builder", "ResultKind", "ResultKindSpec", "spec"]
+__all__ = [
+    "BUILT",
+    "DEFAULT_KINDS",
+    "DICOM_MEDIA_TYPE",
+    "KINDS",
+    "NAMES",
+    "PROTOCOL_MEDIA_TYPES",
+    "Builder",
+    "Document",
+    "ResultKind",
+    "ResultKindSpec",
+    "spec",
+]
 
-ResultKind = Literal["sr", "gsps", "overlay", "original"]
+ResultKind = Literal["sr", "gsps", "fhir", "overlay", "original"]
 """Every kind's name, as configured and as stored in the queue (the same names as :data:`KINDS`, in its order)."""
 
 
-class Builder(Protocol):
-    """Builds one result object of an analysed image (pure: datasets and findings in, a dataset out)."""
+DICOM_MEDIA_TYPE = "application/dicom"
+PROTOCOL_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
+    "dimse": (DICOM_MEDIA_TYPE,),
+    "dicomweb": (DICOM_MEDIA_TYPE,),
+    "fhir": ("application/fhir+json",),
+}
+"""What each ``[[results.destinations]] protocol`` can carry."""
 
-    def __call__(self, source: Dataset, analysis: Analysis, uids: UidFactory, *, equipment: Equipment) -> Dataset: ...
+
+@dataclass(frozen=True)
+class Document:
+    """A result object that is not a DICOM dataset: its UID (its key in the delivery queue) and its bytes."""
+
+    uid: str
+    content: bytes
+
+
+class Builder(Protocol):
+    """Builds one result object of an analysed image (pure: datasets and findings in, a dataset or a
+    :class:`Document` out)."""
+
+    def __call__(
+        self, source: Dataset, analysis: Analysis, uids: UidFactory, *, equipment: Equipment
+    ) -> Dataset | Document: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +95,9 @@ class ResultKindSpec:
     """Built only when some destination takes it (otherwise always, so it is there when one is added)."""
     default: bool = False
     """In the kinds of a destination that does not list its own (and of ``--forward``)."""
+    media_type: str = DICOM_MEDIA_TYPE
+    """What the object is: ``application/dicom`` (its builder returns a dataset) or another media type (a
+    :class:`Document`)."""
 
 
 def _sr(config: ResultsConfig) -> Builder:
@@ -71,6 +110,12 @@ def _gsps(config: ResultsConfig) -> Builder:
     from edge.results.gsps import build_gsps
 
     return build_gsps
+
+
+def _fhir(config: ResultsConfig) -> Builder:
+    from edge.results.fhir import build_fhir
+
+    return build_fhir
 
 
 def _overlay(config: ResultsConfig) -> Builder:
@@ -86,6 +131,14 @@ KINDS: tuple[ResultKindSpec, ...] = (
         "a presentation state with the findings as switchable annotations over the original",
         _gsps,
         on_demand=True,
+    ),
+    ResultKindSpec(
+        "fhir",
+        "a FHIR R4 transaction Bundle (ImagingStudy, DiagnosticReport, an Observation per finding, the Device)",
+        _fhir,
+        reads_pixels=False,
+        on_demand=True,
+        media_type="application/fhir+json",
     ),
     ResultKindSpec("overlay", "the annotated Secondary Capture", _overlay, options=("tooth_numbering",), default=True),
     ResultKindSpec("original", "every image as received, for a box in line between the unit and the PACS", None),

@@ -31,8 +31,15 @@ def _dimse(config: ResultsConfig, calling_ae: str) -> Sender:
     return StoreSCU(calling_ae, connect_timeout_s=config.connect_timeout_s, dimse_timeout_s=config.dimse_timeout_s)
 
 
+def _fhir(config: ResultsConfig, calling_ae: str) -> Sender:
+    from edge.results.fhir_send import FhirSender
+
+    return FhirSender(connect_timeout_s=config.connect_timeout_s, timeout_s=config.dimse_timeout_s)
+
+
 SENDERS: Mapping[str, SenderFactory] = {
     "dimse": _dimse,
+    "fhir": _fhir,
 }
 """Every protocol's sender factory."""
 

@@ -2,8 +2,9 @@
 
 One builder thread turns every instance the pipeline marked ``analysed`` into its result objects, in the order of
 :mod:`edge.results.kinds`: first the SR (from the header alone), then the presentation state (when a destination
-takes it), then the overlay. Each is written durably (:mod:`runtime.durable`) under
-``<data_dir>/results/<study uid>/<sop uid>.dcm`` and then, in one transaction, recorded with a pending delivery to
+takes it), then the FHIR Bundle (when a FHIR destination takes it: it names the SR), then the overlay. Each is
+written durably (:mod:`runtime.durable`) under ``<data_dir>/results/<study uid>/<sop uid>.dcm`` (a Bundle:
+``<bundle uid>.json``) and then, in one transaction, recorded with a pending delivery to
 every destination that takes its kind (the last one's transaction also records that the instance is done), and
 the senders are woken. When a destination takes
 ``original`` images, every received instance is queued too (its stored file, as received). One sender thread per
@@ -38,7 +39,7 @@ from edge.ingest.activity import RECHECK_S, IngestYield
 from edge.results import kinds, queue
 from edge.results.analysis import Analysis
 from edge.results.header import DEFAULT_EQUIPMENT, Equipment, with_empty_type2_identifiers
-from edge.results.kinds import Builder, ResultKind
+from edge.results.kinds import Builder, Document, ResultKind, ResultKindSpec
 from edge.results.queue import ResultObject
 from edge.results.scu import Outcome, Outgoing, Sender
 from edge.results.senders import sender_for
@@ -60,6 +61,8 @@ _FULL_SCAN_S = 60.0
 """How often the whole set of analysed instances is checked (otherwise only those received since the newest built)."""
 _ORIGINALS_SCAN_S = 1.0
 """Received instances are checked for originals to forward at most this often (the check scans the index)."""
+_SUFFIXES = {"application/fhir+json": "json"}
+"""The file name suffix of each media type of a :class:`Document` kind."""
 
 
 class AnalysisSource(Protocol):
@@ -253,7 +256,7 @@ class ResultsService:
                     source = self._read(instance.path, pixels=spec.reads_pixels)
                     built = self._builders[kind](source, analysis, self.uids, equipment=self.equipment)
                     del source
-                obj = self._write(built, kind, uid, instance.study_uid)
+                obj = self._write(built, spec, uid, instance.study_uid)
                 with transaction(conn):
                     queue.enqueue(conn, obj, self._targets(kind), self.clock())
                     if spec is todo[-1]:
@@ -284,18 +287,23 @@ class ResultsService:
             raise ResultBuildError(f"cannot read the source image {relative}: {exc}") from exc
         return with_empty_type2_identifiers(source)
 
-    def _write(self, ds: Dataset, kind: ResultKind, source_uid: str, study_uid: str) -> ResultObject:
-        """Write ``ds`` durably under ``results/`` and describe it for the queue."""
-        data = _file_bytes(ds)
-        relative = f"{RESULTS_DIR}/{study_uid}/{ds.SOPInstanceUID}.dcm"
+    def _write(self, built: Dataset | Document, spec: ResultKindSpec, source_uid: str, study_uid: str) -> ResultObject:
+        """Write ``built`` durably under ``results/`` and describe it for the queue. A :class:`Document` (not DICOM)
+        has no SOP class or transfer syntax: both columns are empty, and its kind says its media type."""
+        if isinstance(built, Dataset):
+            uid, data, suffix = str(built.SOPInstanceUID), _file_bytes(built), "dcm"
+            sop_class, syntax = str(built.SOPClassUID), str(built.file_meta.TransferSyntaxUID)
+        else:
+            uid, data, suffix, sop_class, syntax = built.uid, built.content, _SUFFIXES[spec.media_type], "", ""
+        relative = f"{RESULTS_DIR}/{study_uid}/{uid}.{suffix}"
         atomic_write_bytes(self.data_dir / relative, data)
         return ResultObject(
-            object_uid=str(ds.SOPInstanceUID),
+            object_uid=uid,
             source_sop_uid=source_uid,
             study_uid=study_uid,
-            kind=kind,
-            sop_class_uid=str(ds.SOPClassUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            kind=spec.name,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=syntax,
             path=relative,
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),

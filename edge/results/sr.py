@@ -16,6 +16,7 @@ model's confidence. The document is marked complete but *unverified*: no human h
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from highdicom.sr import (
@@ -52,9 +53,36 @@ from edge.results.analysis import Algorithm, Analysis
 from edge.results.header import DEFAULT_EQUIPMENT, Equipment, finish
 from edge.results.uids import UidFactory
 
-__all__ = ["SR_SERIES_NUMBER", "build_sr", "outline"]
+__all__ = ["SR_SERIES_NUMBER", "SR_SOP_CLASS_UID", "SrUids", "build_sr", "outline", "sr_uids"]
 
 SR_SERIES_NUMBER = 9901
+SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"
+"""Comprehensive 3D SR Storage."""
+
+
+@dataclass(frozen=True)
+class SrUids:
+    """The UIDs the SR of one analysis carries, derived from the source, the bundle and its version: the same for
+    the same analysis, so other results (the FHIR Bundle) can name the report and its findings without it."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    tracking_uids: tuple[str, ...]
+    """The Tracking Unique Identifier of each finding's group, in the order of the analysis's findings."""
+
+
+def _tracking_uid(uids: UidFactory, source_uid: str, algorithm: Algorithm, *parts: str) -> str:
+    return uids.derived(source_uid, algorithm.bundle_id, algorithm.version, *parts)
+
+
+def sr_uids(source: Dataset, analysis: Analysis, uids: UidFactory) -> SrUids:
+    """The UIDs of the SR :func:`build_sr` makes of ``analysis`` on ``source`` (only the header is read)."""
+    a, sop = analysis.algorithm, str(source.SOPInstanceUID)
+    return SrUids(
+        sop_instance_uid=uids.derived(sop, a.bundle_id, a.version, "sr"),
+        series_instance_uid=uids.derived(str(source.SeriesInstanceUID), a.bundle_id, "sr-series"),
+        tracking_uids=tuple(_tracking_uid(uids, sop, a, "finding", str(i)) for i in range(len(analysis.findings))),
+    )
 
 
 def outline(finding: Finding, rows: int, columns: int) -> np.ndarray:
@@ -126,8 +154,7 @@ class _Shared:
 
     def tracking(self, identifier: str, *parts: str) -> TrackingIdentifier:
         """A tracking identifier whose UID derives from the source, the bundle and ``parts``."""
-        a = self.algorithm
-        uid = self.uids.derived(self.source.SOPInstanceUID, a.bundle_id, a.version, *parts)
+        uid = _tracking_uid(self.uids, self.source.SOPInstanceUID, self.algorithm, *parts)
         return TrackingIdentifier(uid=uid, identifier=identifier)
 
 
@@ -225,12 +252,13 @@ def build_sr(
         # time for a dozen findings); build the document around a one-group report, then give it the full
         # content exactly as that constructor copies it (every item references only ``source``, the evidence).
         stub = MeasurementReport(context, rc.PROCEDURE, imaging_measurements=[_empty_group(shared)])
+        identity = sr_uids(source, analysis, uids)
         sr = Comprehensive3DSR(
             evidence=[source],
             content=stub,
-            series_instance_uid=uids.derived(source.SeriesInstanceUID, algorithm.bundle_id, "sr-series"),
+            series_instance_uid=identity.series_instance_uid,
             series_number=series_number,
-            sop_instance_uid=uids.derived(source.SOPInstanceUID, algorithm.bundle_id, algorithm.version, "sr"),
+            sop_instance_uid=identity.sop_instance_uid,
             instance_number=int(source.get("InstanceNumber") or 1),
             manufacturer=equipment.manufacturer,
             is_complete=True,

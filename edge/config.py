@@ -191,6 +191,9 @@ class ReceiptsConfig:
     dev_mode: bool = False
     """Demo only: with no ``manufacturer_key``, create a DEVELOPMENT manufacturer key under ``<data_dir>/keys``
     and provision with it on the first ``run`` (logged loudly; such receipts are worthless to a real relay)."""
+    hybrid: bool = False
+    """Provision a hybrid identity on the first ``run`` (with ``manufacturer_key`` or ``dev_mode``): an ML-DSA-65 key
+    beside the ed25519 one, both signing every receipt and settlement (``btt-edge provision --hybrid``)."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,14 @@ Verifiers trust manufacturer keys, never device keys directly: a device key coun
 the new key signed itself (proof of possession). Rotation: a new key's certificate ``replaces`` the old key id.
 Revocation: the manufacturer signs a ``revocation-list`` of key ids. The box keeps its key and certificate in
 :mod:`edge.receipts.identity`; verifiers check certificates with :mod:`protocol.verify`.
+
+Hybrid identities (post-quantum option): a request and a certificate of ``format`` 2 also carry ``pq_key``, an
+``ML-DSA-65`` public key, and the certificate its ``pq_keyid``. The request is signed by both device keys (proof
+of possession of each); every receipt and settlement of the device must then carry a valid signature by both
+(:class:`DeviceCertificate.keys`). The device's key id (``keyid``, what receipts name and revocations list) stays
+the ed25519 key's. An ed25519-only identity is ``format`` 1, exactly as before; a verifier that predates format 2
+refuses a hybrid certificate rather than accept its device's records on one signature. The manufacturer's own key
+stays ed25519.
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.errors import MalformedRecord
-from protocol.keys import PrivateKey, PublicKey, check_signature, seal, signed_part
+from protocol.keys import ED25519, MLDSA65, PrivateKey, PublicKey, check_signatures, seal, signed_part
 
 __all__ = [
     "CERTIFICATE",
     "DEVICE_ID_RE",
+    "PQ_ALGORITHMS",
     "REQUEST",
     "REVOCATIONS",
     "DeviceCertificate",
@@ -34,6 +43,8 @@ REQUEST = "device-certificate-request"
 REVOCATIONS = "revocation-list"
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 """A device id a certificate may name: 1-64 letters, digits or ``._:-``."""
+PQ_ALGORITHMS = frozenset({MLDSA65})
+"""Algorithms a hybrid certificate's second key (``pq_key``) may use."""
 
 
 def _field(signed: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -58,17 +69,42 @@ class DeviceCertificate:
     not_before_ms: int
     not_after_ms: int | None
     replaces: str | None
+    pq_key: PublicKey | None = None
+    """The ML-DSA-65 key of a hybrid identity (format 2), None for an ed25519-only one."""
+
+    @property
+    def keys(self) -> tuple[PublicKey, ...]:
+        """The keys every receipt and settlement of this device must be signed by (ed25519 first)."""
+        return (self.key,) if self.pq_key is None else (self.key, self.pq_key)
+
+
+def _pq_key(signed: Mapping[str, Any], what: str, key: PublicKey) -> PublicKey | None:
+    """The ``pq_key`` of a format-2 request or certificate (None in format 1, where it must be absent)."""
+    version = signed.get("format")
+    if version not in (1, 2):
+        raise MalformedRecord(f"{what}: unsupported format {version!r}")
+    if version == 1:
+        if "pq_key" in signed:
+            raise MalformedRecord(f"{what}: a pq_key needs format 2")
+        return None
+    pq_key = PublicKey.from_json(signed.get("pq_key"))
+    if pq_key.alg not in PQ_ALGORITHMS or key.alg != ED25519:
+        raise MalformedRecord(f"{what}: a hybrid identity is an ed25519 key and an {MLDSA65} pq_key")
+    return pq_key
 
 
 def parse_certificate(envelope: Any) -> DeviceCertificate:
     """Parse a certificate envelope's fields; :class:`MalformedRecord` when malformed (no signature check)."""
     signed = signed_part(envelope, CERTIFICATE)
     what = "device certificate"
-    if signed.get("format") != 1:
+    if signed.get("format") not in (1, 2):
         raise MalformedRecord(f"{what}: unsupported format {signed.get('format')!r}")
     key = PublicKey.from_json(signed.get("key"))
     if _field(signed, "keyid", str, what) != key.keyid:
         raise MalformedRecord(f"{what}: keyid does not match the key")
+    pq_key = _pq_key(signed, what, key)
+    if pq_key is not None and _field(signed, "pq_keyid", str, what) != pq_key.keyid:
+        raise MalformedRecord(f"{what}: pq_keyid does not match the pq_key")
     not_after = signed.get("not_after_ms")
     replaces = signed.get("replaces")
     if not (not_after is None or (isinstance(not_after, int) and not isinstance(not_after, bool))):
@@ -83,16 +119,24 @@ def parse_certificate(envelope: Any) -> DeviceCertificate:
         not_before_ms=_field(signed, "not_before_ms", int, what),
         not_after_ms=not_after,
         replaces=replaces,
+        pq_key=pq_key,
     )
 
 
-def certificate_request(device: str, key: PrivateKey, replaces: str | None = None) -> dict[str, Any]:
+def certificate_request(
+    device: str, key: PrivateKey, replaces: str | None = None, *, pq_key: PrivateKey | None = None
+) -> dict[str, Any]:
     """The request for a certificate of ``key`` for ``device``, signed by ``key`` itself (proof of possession);
-    ``replaces`` is the key id a rotation retires."""
+    ``replaces`` is the key id a rotation retires. With ``pq_key`` (an ML-DSA-65 key) the request is for a hybrid
+    identity (format 2), signed by both keys."""
     body: dict[str, Any] = {"type": REQUEST, "format": 1, "device": device, "key": key.public.to_json()}
     if replaces is not None:
         body["replaces"] = replaces
-    return seal(REQUEST, body, key)
+    if pq_key is None:
+        return seal(REQUEST, body, key)
+    body.update(format=2, pq_key=pq_key.public.to_json())
+    _pq_key(body, "certificate request", key.public)
+    return seal(REQUEST, body, key, pq_key)
 
 
 def issue_certificate(
@@ -106,7 +150,8 @@ def issue_certificate(
     """The manufacturer's side: check a request's proof of possession and sign a certificate for it."""
     signed = signed_part(request, REQUEST)
     key = PublicKey.from_json(signed.get("key"))
-    check_signature(REQUEST, request, key)
+    pq_key = _pq_key(signed, "certificate request", key)
+    check_signatures(REQUEST, request, (key,) if pq_key is None else (key, pq_key))
     device = _field(signed, "device", str, "certificate request")
     if not DEVICE_ID_RE.match(device):
         raise MalformedRecord(f"certificate request: device id {device!r} is not a valid identifier")
@@ -123,6 +168,8 @@ def issue_certificate(
         "not_after_ms": None if valid_days is None else issued_ms + valid_days * 86_400_000,
         "replaces": replaces if isinstance(replaces, str) else None,
     }
+    if pq_key is not None:
+        body.update(format=2, pq_key=pq_key.to_json(), pq_keyid=pq_key.keyid)
     return seal(CERTIFICATE, body, manufacturer)
 
 

@@ -14,6 +14,7 @@ file that cannot be read. Both ends catch these: the agent (:mod:`edge.errors` d
     └── VerificationError      signed data failed verification; one subclass per failure:
         ├── MalformedRecord        a signed structure lacks a field or has one of the wrong type
         ├── BadSignature           a signature does not verify (a signed field was altered)
+        │   └── HybridSignatureInvalid  a hybrid device's record lacks a valid ed25519 or ML-DSA-65 signature
         ├── UnknownSigningKey      signed by a key no certificate vouches for (forged device key)
         ├── UntrustedIssuer        a certificate or grant signed by a key outside the trust set
         ├── RevokedKey             signed by a revoked device key
@@ -39,6 +40,7 @@ __all__ = [
     "ConflictingReceipt",
     "DuplicateReceipt",
     "EncodingError",
+    "HybridSignatureInvalid",
     "InclusionProofInvalid",
     "KeyFileError",
     "MalformedRecord",
@@ -88,6 +90,11 @@ class MalformedRecord(VerificationError):
 
 class BadSignature(VerificationError):
     """A signature does not verify over the canonical bytes."""
+
+
+class HybridSignatureInvalid(BadSignature):
+    """A receipt or settlement of a hybrid device (its certificate names an ed25519 and an ML-DSA-65 key) lacks
+    a valid signature by one of the two keys: both are required, neither alone counts."""
 
 
 class UnknownSigningKey(VerificationError):

@@ -1,34 +1,39 @@
 """Signing keys with an algorithm identifier and a key id, and the signed envelope every structure uses.
 
 A key is ``(alg, public bytes)``; its key id is the SHA-256 of the canonical JSON ``{"alg": ..., "public":
-hex}``, so ids never collide across algorithms. Ed25519 (PyNaCl) is the first algorithm; a post-quantum one
-(e.g. ML-DSA) is added by registering its sign/verify functions in ``_ALGORITHMS``: every signed structure
-already names the algorithm and key id, and an envelope holds a list of signatures so a hybrid
-(ed25519 + PQ) signature fits without a format change.
+hex}``, so ids never collide across algorithms. Two algorithms are registered in ``_ALGORITHMS``: ``ed25519``
+(PyNaCl; 32-byte keys, 64-byte signatures) and ``ML-DSA-65`` (FIPS 204, through ``cryptography``; a 32-byte seed,
+1,952-byte public keys, 3,309-byte signatures), the post-quantum half of a hybrid device identity.
 
-An envelope is ``{"signed": {...}, "signatures": [{"alg", "keyid", "sig"}]}``; the signature covers
-:func:`~protocol.encoding.signing_message` of the structure's ``type`` and the canonical bytes of
-``signed``. Pure: key files are read and written by :mod:`protocol.keyfiles`.
+An envelope is ``{"signed": {...}, "signatures": [{"alg", "keyid", "sig"}, ...]}``; each signature covers
+:func:`~protocol.encoding.signing_message` of the structure's ``type`` and the canonical bytes of ``signed``, so
+a hybrid record carries two entries over the same bytes (ed25519 first) and nothing else changes on the wire.
+:func:`check_signatures` requires one valid signature per key given. Pure: key files are read and written by
+:mod:`protocol.keyfiles`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.bindings
 import nacl.exceptions
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from protocol.encoding import canonical_bytes, encode_unchecked, sha256_hex, signing_message
-from protocol.errors import BadSignature, EncodingError, MalformedRecord, UntrustedIssuer
+from protocol.errors import BadSignature, EncodingError, HybridSignatureInvalid, MalformedRecord, UntrustedIssuer
 
 __all__ = [
     "ED25519",
+    "MLDSA65",
     "PrivateKey",
     "PublicKey",
     "check_signature",
+    "check_signatures",
     "generate_key",
     "issuer_key",
     "parse_secret",
@@ -38,6 +43,7 @@ __all__ = [
 ]
 
 ED25519 = "ed25519"
+MLDSA65 = "ML-DSA-65"
 
 
 def _ed25519_verifier(public: bytes, prefix: bytes) -> Callable[[bytes, bytes], bool]:
@@ -62,6 +68,30 @@ def _ed25519_public(seed: bytes) -> bytes:
     return nacl.bindings.crypto_sign_seed_keypair(seed)[0]
 
 
+def _mldsa65_verifier(public: bytes, prefix: bytes) -> Callable[[bytes, bytes], bool]:
+    try:
+        verify = mldsa.MLDSA65PublicKey.from_public_bytes(public).verify
+    except ValueError:  # not an encodable key: nothing verifies under it
+        return lambda message, signature: False
+
+    def check(message: bytes, signature: bytes) -> bool:
+        try:
+            verify(signature, prefix + message)
+        except InvalidSignature:
+            return False
+        return True
+
+    return check
+
+
+def _mldsa65_signer(seed: bytes) -> Callable[[bytes], bytes]:
+    return mldsa.MLDSA65PrivateKey.from_seed_bytes(seed).sign
+
+
+def _mldsa65_public(seed: bytes) -> bytes:
+    return mldsa.MLDSA65PrivateKey.from_seed_bytes(seed).public_key().public_bytes_raw()
+
+
 @dataclass(frozen=True)
 class _Algorithm:
     public_len: int
@@ -74,7 +104,10 @@ class _Algorithm:
 
 _ALGORITHMS: dict[str, _Algorithm] = {
     ED25519: _Algorithm(32, 64, _ed25519_verifier, _ed25519_signer, _ed25519_public, lambda: os.urandom(32)),
+    MLDSA65: _Algorithm(1952, 3309, _mldsa65_verifier, _mldsa65_signer, _mldsa65_public, lambda: os.urandom(32)),
 }
+_SECRET_LEN = 32
+"""Every registered algorithm's secret is a 32-byte seed (an Ed25519 seed, an ML-DSA seed xi)."""
 
 
 def _algorithm(alg: Any) -> _Algorithm:
@@ -161,16 +194,17 @@ def generate_key(alg: str = ED25519) -> PrivateKey:
 def parse_secret(alg: Any, secret: Any) -> PrivateKey:
     """A private key from its algorithm and hex secret (a key file's fields); :class:`MalformedRecord` otherwise."""
     _algorithm(alg)
-    return PrivateKey(str(alg), _unhex(secret, "secret"))
+    return PrivateKey(str(alg), _unhex(secret, "secret", _SECRET_LEN))
 
 
-def seal(kind: str, signed: Mapping[str, Any], key: PrivateKey) -> dict[str, Any]:
-    """Sign ``signed`` (whose ``type`` is ``kind``) and return the envelope."""
+def seal(kind: str, signed: Mapping[str, Any], key: PrivateKey, *others: PrivateKey) -> dict[str, Any]:
+    """Sign ``signed`` (whose ``type`` is ``kind``) with ``key`` (and each of ``others``, in that order: a hybrid
+    identity's ML-DSA-65 key) and return the envelope."""
     if signed.get("type") != kind:
         raise EncodingError(f"structure type {signed.get('type')!r} is not {kind!r}")
-    body = canonical_bytes(signed)
-    sig = key.sign(signing_message(kind, body))
-    return {"signed": dict(signed), "signatures": [{"alg": key.alg, "keyid": key.keyid, "sig": sig.hex()}]}
+    message = signing_message(kind, canonical_bytes(signed))
+    signatures = [{"alg": k.alg, "keyid": k.keyid, "sig": k.sign(message).hex()} for k in (key, *others)]
+    return {"signed": dict(signed), "signatures": signatures}
 
 
 def signed_part(envelope: Any, kind: str) -> Mapping[str, Any]:
@@ -213,4 +247,31 @@ def check_signature(kind: str, envelope: Mapping[str, Any], key: PublicKey, body
         body = encode_unchecked(envelope["signed"])
     if alg != key.alg or not key.verify(signing_message(kind, body), sig):
         raise BadSignature(f"{kind}: signature by key {key.keyid[:16]} does not verify")
+    return body
+
+
+def check_signatures(
+    kind: str, envelope: Mapping[str, Any], keys: Sequence[PublicKey], body: bytes | None = None
+) -> bytes:
+    """Verify a signature by every one of ``keys`` on the envelope; return the canonical bytes of ``signed``.
+
+    One key: exactly :func:`check_signature`. Several (a hybrid identity: ed25519 and ML-DSA-65): each must have
+    a valid signature, else :class:`~protocol.errors.HybridSignatureInvalid` naming the algorithm whose signature
+    is missing or does not verify (one valid signature never stands in for the other).
+    """
+    if len(keys) == 1:
+        return check_signature(kind, envelope, keys[0], body)
+    if body is None:
+        body = encode_unchecked(envelope["signed"])
+    message = signing_message(kind, body)
+    for key in keys:
+        try:
+            alg, sig = signature_for(envelope, key.keyid)
+        except BadSignature:
+            raise HybridSignatureInvalid(
+                f"{kind}: the {key.alg} signature (key {key.keyid[:16]}) is missing; a hybrid identity signs with "
+                f"{' and '.join(k.alg for k in keys)}"
+            ) from None
+        if alg != key.alg or not key.verify(message, sig):
+            raise HybridSignatureInvalid(f"{kind}: the {key.alg} signature (key {key.keyid[:16]}) does not verify")
     return body

@@ -10,6 +10,7 @@ Each failure raises its own :class:`~protocol.errors.VerificationError` subclass
 ``UnknownSigningKey``     a receipt or settlement signed by a key no certificate vouches for (forged key)
 ``RevokedKey``            signed by a revoked key
 ``BadSignature``          a signature that does not verify (an altered field)
+``HybridSignatureInvalid`` a hybrid device's record without a valid ed25519 *and* ML-DSA-65 signature
 ``CertificateInvalid``    a receipt outside its certificate's device or validity window
 ``ReorderedReceipt``      the next receipt in sequence comes later in the stream
 ``SequenceGap``           the next receipt in sequence is absent (dropped)
@@ -22,6 +23,10 @@ Each failure raises its own :class:`~protocol.errors.VerificationError` subclass
 ``TotalsMismatch``        the totals are not those of the covered receipts
 ========================  ===========================================================================
 
+A device whose certificate is hybrid (:attr:`DeviceCertificate.pq_key`) must sign every receipt and settlement
+with both its keys (:attr:`DeviceCertificate.keys`, :func:`~protocol.keys.check_signatures`); an ed25519-only
+device, one signature, as before.
+
 A :class:`Checkpoint` is where a verifier left off (the relay keeps one per device): verification continues
 the chain from it, and anything at or before it is a replay.
 """
@@ -29,7 +34,7 @@ the chain from it, and anything at or before it is a replay.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +58,7 @@ from protocol.errors import (
     UnknownSigningKey,
     UntrustedIssuer,
 )
-from protocol.keys import PublicKey, check_signature, signed_part
+from protocol.keys import PublicKey, check_signature, check_signatures, signed_part
 from protocol.receipts import GENESIS, RECEIPT, Receipt, fast_receipt, parse_receipt
 from protocol.records import get_int
 from protocol.settlement import SETTLEMENT, Settlement, compute_totals, parse_settlement
@@ -125,6 +130,9 @@ def verify_certificates(envelopes: Iterable[Any], trust: Trust) -> dict[str, Dev
         if key is None:
             raise UntrustedIssuer(f"certificate of {cert.device_id}: issuer {cert.issuer_keyid[:16]} is not trusted")
         check_signature(CERTIFICATE, envelope, key)
+        known = out.get(cert.key.keyid)
+        if known is not None and known.pq_key != cert.pq_key:  # no downgrade to one signature by a second cert
+            raise CertificateInvalid(f"certificates of key {cert.key.keyid[:16]} disagree on its ML-DSA-65 key")
         out[cert.key.keyid] = cert
     return out
 
@@ -139,6 +147,12 @@ def _signer(
     if cert.key.keyid in trust.revoked:
         raise RevokedKey(f"{what}: key {cert.key.keyid[:16]} of {cert.device_id} is revoked")
     return cert
+
+
+def _second(cert: DeviceCertificate) -> tuple[str, str, Callable[[bytes, bytes], bool]] | None:
+    """The fast path's check of a hybrid certificate's ML-DSA-65 signature: ``(keyid, alg, check)``."""
+    pq = cert.pq_key
+    return None if pq is None else (pq.keyid, pq.alg, pq.verifier(_RECEIPT_PREFIX))
 
 
 def verify_receipts(
@@ -156,28 +170,34 @@ def verify_receipts(
     device: str | None = None
     current: DeviceCertificate | None = None
     replaced: set[str] = set()
-    # Fast path per usable key: one signature, by the receipt's key, of the certificate's algorithm. Anything
-    # else (and any failure) goes through the general checks below, which raise the specific error.
-    usable = {
-        k: (c, c.key.alg, c.key.verifier(_RECEIPT_PREFIX)) for k, c in certificates.items() if k not in trust.revoked
-    }
+    # Fast path per usable key: the first signature by the receipt's key, of the certificate's algorithm (and for
+    # a hybrid certificate the second by its ML-DSA-65 key). Anything else (and any failure) goes through the
+    # general checks below, which raise the specific error.
+    usable = {k: (c, c.key.alg, c.key.verifier(_RECEIPT_PREFIX), _second(c)) for k, c in certificates.items()
+              if k not in trust.revoked}  # fmt: skip
     for position, envelope in enumerate(envelopes):
         fast = None
         try:
             signed = envelope["signed"]
             keyid = signed["keyid"]
-            cert, alg, check = usable[keyid]
+            cert, alg, check, second = usable[keyid]
             entry = envelope["signatures"][0]
             if entry["keyid"] == keyid and entry["alg"] == alg:
                 fast = fast_receipt(signed)
                 if fast is not None and not check(fast[0], bytes.fromhex(entry["sig"])):
                     fast = None
+                if fast is not None and second is not None:
+                    pq_entry = envelope["signatures"][1]
+                    if (pq_entry["keyid"], pq_entry["alg"]) != second[:2] or not second[2](
+                        fast[0], bytes.fromhex(pq_entry["sig"])
+                    ):
+                        fast = None
         except (KeyError, TypeError, IndexError, ValueError, AttributeError):
             fast = None
         if fast is None:
             signed = signed_part(envelope, RECEIPT)
             cert = _signer(signed, f"receipt {signed.get('seq')!r:.20}", certificates, trust)
-            body = check_signature(RECEIPT, envelope, cert.key, encode_unchecked(signed))
+            body = check_signatures(RECEIPT, envelope, cert.keys, encode_unchecked(signed))
             receipt = parse_receipt(signed, hashlib.sha256(body).hexdigest())
         else:
             body, receipt = fast
@@ -245,7 +265,7 @@ def verify_settlements(
     for envelope in envelopes:
         signed = signed_part(envelope, SETTLEMENT)
         cert = _signer(signed, f"settlement {signed.get('batch')!r:.20}", certificates, trust)
-        body = check_signature(SETTLEMENT, envelope, cert.key, encode_unchecked(signed))
+        body = check_signatures(SETTLEMENT, envelope, cert.keys, encode_unchecked(signed))
         s = parse_settlement(signed, sha256_hex(body))
         what = f"settlement {s.batch}"
         if s.device != cert.device_id:
@@ -336,7 +356,7 @@ def verify_proof(doc: Any, trust: Trust) -> tuple[Receipt, Settlement]:
     [(receipt, body)] = verify_receipts([doc["receipt"]], certs, trust, Checkpoint(seq=seq - 1, receipt_hash=prev))
     settled = signed_part(doc.get("settlement"), SETTLEMENT)
     cert = _signer(settled, "settlement", certs, trust)
-    settlement = parse_settlement(settled, sha256_hex(check_signature(SETTLEMENT, doc["settlement"], cert.key)))
+    settlement = parse_settlement(settled, sha256_hex(check_signatures(SETTLEMENT, doc["settlement"], cert.keys)))
     if settlement.device != receipt.device or not settlement.first_seq <= receipt.seq <= settlement.last_seq:
         raise InclusionProofInvalid(f"settlement {settlement.batch} does not cover receipt {receipt.seq}")
     verify_inclusion(body, receipt.seq - settlement.first_seq, proof, settlement)

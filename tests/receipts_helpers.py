@@ -35,11 +35,16 @@ class Box:
 
 
 def make_box(
-    data_dir: Path, manufacturer: PrivateKey | None = None, clock: Any = None, valid_days: int | None = None
+    data_dir: Path,
+    manufacturer: PrivateKey | None = None,
+    clock: Any = None,
+    valid_days: int | None = None,
+    *,
+    hybrid: bool = False,
 ) -> Box:
     manufacturer = manufacturer or generate_key()
     files = KeyFiles(data_dir / "keys")
-    provision(files, manufacturer=manufacturer, valid_days=valid_days)
+    provision(files, manufacturer=manufacturer, valid_days=valid_days, hybrid=hybrid)
     identity = load_identity(files)
     assert identity is not None
     conn = connect(data_dir / DB_FILENAME)

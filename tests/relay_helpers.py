@@ -60,9 +60,12 @@ def throwaway_db(backend: str, tmp_path: Path) -> Iterator[Database]:
             db.close()
 
 
-def provisioned(db: Database, data_dir: Path, manufacturer: PrivateKey, clinic: str | None = "clinic-a") -> Box:
-    """A device box whose manufacturer the relay trusts, registered (with its certificate) to ``clinic``."""
-    box = make_box(data_dir, manufacturer)
+def provisioned(
+    db: Database, data_dir: Path, manufacturer: PrivateKey, clinic: str | None = "clinic-a", *, hybrid: bool = False
+) -> Box:
+    """A device box whose manufacturer the relay trusts, registered (with its certificate) to ``clinic``; a hybrid
+    identity (ed25519 + ML-DSA-65) when ``hybrid``."""
+    box = make_box(data_dir, manufacturer, hybrid=hybrid)
     registry = Registry(db)
     registry.add_trust_key(MANUFACTURER, manufacturer.public)
     if clinic is not None:

@@ -7,6 +7,13 @@ On the box::
     btt-edge provision --data-dir DIR                             # key + request; send keys/device.request.json
     btt-edge provision --data-dir DIR --install-certificate CERT --trust M.pub
     btt-edge provision --data-dir DIR --rotate --manufacturer-key M.key   # new device key, old cert retired
+    btt-edge provision --data-dir DIR --hybrid --manufacturer-key M.key   # hybrid: ed25519 + ML-DSA-65 keys
+    btt-edge provision --data-dir DIR --rotate --hybrid --manufacturer-key M.key  # an existing box goes hybrid
+
+A hybrid identity (``--hybrid``, the post-quantum option) signs every receipt and settlement with both an ed25519
+and an ML-DSA-65 key; its certificate names both and verifiers require both signatures. ``--hybrid`` goes with
+every way of provisioning above (``--dev``, ``--manufacturer-key``, or a request for the manufacturer); the
+manufacturer's key stays ed25519.
 
 At the manufacturer::
 
@@ -45,6 +52,9 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--rotate", action="store_true", help="replace the device key (with --dev or --manufacturer-key)"
     )
+    parser.add_argument(
+        "--hybrid", action="store_true", help="hybrid device identity: ed25519 + ML-DSA-65 keys, both sign everything"
+    )
     parser.add_argument("--manufacturer-key", type=Path, metavar="FILE", help="manufacturer private key")
     parser.add_argument("--trust", type=Path, metavar="PUBKEY", help="manufacturer public key (with --install-)")
     parser.add_argument("--device-id", help="device identifier (default: btt-<key id prefix>)")
@@ -82,7 +92,7 @@ def _provision(args: argparse.Namespace) -> int:
         issued = now_ms()
         cert = issue_certificate(request, manufacturer, serial=issued, issued_ms=issued, valid_days=args.valid_days)
         atomic_write_bytes(need(args.out, "--out"), canonical_bytes(cert) + b"\n")
-        print(f"certificate for {cert['signed']['device']} written to {args.out}")
+        print(f"certificate for {cert['signed']['device']}{_pq(cert)} written to {args.out}")
         return 0
     if args.revoke is not None:
         manufacturer = load_private_key(need(args.manufacturer_key, "--manufacturer-key"))
@@ -111,20 +121,32 @@ def _provision(args: argparse.Namespace) -> int:
     if args.rotate:
         if signer is None:
             raise IdentityError("--rotate needs the manufacturer: --dev or --manufacturer-key")
-        rotated = rotate(files, signer, valid_days=args.valid_days)
-        print(f"key rotated: device {rotated['signed']['device']}, new key {rotated['signed']['keyid']}")
+        rotated = rotate(files, signer, valid_days=args.valid_days, hybrid=args.hybrid)
+        print(f"key rotated: device {rotated['signed']['device']}, new key {rotated['signed']['keyid']}{_pq(rotated)}")
         print(f"a running agent signs with the new key within {config.receipts.check_interval_s:g} s")
         return 0
     existing = load_identity(files)
     if existing is not None:
-        print(f"already provisioned: device {existing.device_id}, key {existing.key.keyid}")
+        print(f"already provisioned: device {existing.device_id}, key {existing.key.keyid}{_pq(existing.certificate)}")
+        if args.hybrid and existing.pq_key is None:
+            print("this identity is ed25519-only; `--rotate --hybrid` with the manufacturer key makes it hybrid")
+            return 1
         return 0
-    installed = provision(files, device_id=args.device_id, manufacturer=signer, valid_days=args.valid_days)
+    installed = provision(
+        files, device_id=args.device_id, manufacturer=signer, valid_days=args.valid_days, hybrid=args.hybrid
+    )
     if installed is None:
-        print(f"device key created; send {files.request} to the manufacturer, then --install-certificate")
+        kind = "device keys (ed25519 + ML-DSA-65)" if files.pq_key.exists() else "device key"
+        print(f"{kind} created; send {files.request} to the manufacturer, then --install-certificate")
         return 0
-    print(f"provisioned: device {installed['signed']['device']}, key {installed['signed']['keyid']}")
+    print(f"provisioned: device {installed['signed']['device']}, key {installed['signed']['keyid']}{_pq(installed)}")
     print(live)
     if args.dev:
         print(f"DEVELOPMENT manufacturer public key (use as --trust): {files.dev_manufacturer_public}")
     return 0
+
+
+def _pq(certificate: dict[str, Any]) -> str:
+    """``", ML-DSA-65 key <id> (hybrid)"`` for a hybrid certificate, nothing for an ed25519-only one."""
+    pq_keyid = certificate["signed"].get("pq_keyid")
+    return "" if pq_keyid is None else f", ML-DSA-65 key {pq_keyid} (hybrid)"

@@ -29,7 +29,8 @@ Group commit
 the commit: acknowledged still means durable. :meth:`ReceiptBook.record_stream` pipelines batches: the next one
 is signed while the previous one's transaction is being committed, and each is yielded once durable.
 
-Tables (component ``receipts``): ``receipts`` (one row per receipt: its canonical bytes and signature),
+Tables (component ``receipts``): ``receipts`` (one row per receipt: its canonical bytes and signature, and a
+hybrid identity's ML-DSA-65 signature in ``pq_alg``, ``pq_keyid``, ``pq_sig``; NULL for an ed25519-only one),
 ``receipt_settlements``, ``receipt_grants`` (rights and balances), ``receipt_pending``.
 """
 
@@ -113,6 +114,11 @@ MIGRATIONS = [
         use TEXT NOT NULL,
         error TEXT
     )
+    """,
+    """
+    ALTER TABLE receipts ADD COLUMN pq_alg TEXT;
+    ALTER TABLE receipts ADD COLUMN pq_keyid TEXT;
+    ALTER TABLE receipts ADD COLUMN pq_sig BLOB
     """,
 ]
 
@@ -261,7 +267,8 @@ class ReceiptBook:
     def _sign(self, uses: list[tuple[Use, int]], head: tuple[int, str], balances: Balances) -> _Signed:
         """Sign validated ``uses`` after ``head``, taking rights from ``balances`` (CPU only, no database)."""
         identity = self._require_identity()
-        key, device, keyid = identity.key, identity.device_id, identity.key.keyid
+        key, device, keyid, pq = identity.key, identity.device_id, identity.key.keyid, identity.pq_key
+        pq_alg, pq_keyid = (None, None) if pq is None else (pq.alg, pq.keyid)
         seq, prev = head
         rows: list[tuple[Any, ...]] = []
         out: list[Receipt] = []
@@ -281,9 +288,10 @@ class ReceiptBook:
                     study_digest=None if use.study_uid is None else identity.study_digest(use.study_uid),
                 )
             )
+            message = _RECEIPT_PREFIX + data
             rows.append(
                 (seq, key.alg, time_ms, use.kind, taken.right_id, use.units, taken.overage_units, data,
-                 key.sign(_RECEIPT_PREFIX + data))
+                 key.sign(message), pq_alg, pq_keyid, None if pq is None else pq.sign(message))
             )  # fmt: skip
             out.append(receipt)
             prev = receipt.hash
@@ -294,8 +302,8 @@ class ReceiptBook:
     @staticmethod
     def _insert(conn: sqlite3.Connection, batch: _Signed) -> None:
         conn.executemany(
-            "INSERT INTO receipts (seq, alg, time_ms, kind, right_id, units, overage_units, body, sig)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO receipts (seq, alg, time_ms, kind, right_id, units, overage_units, body, sig,"
+            " pq_alg, pq_keyid, pq_sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             batch.rows,
         )
         if batch.balance_changes:
@@ -435,7 +443,7 @@ class ReceiptBook:
                 root=root,
                 closed_ms=self._clock(),
             )
-            envelope = seal(SETTLEMENT, body, identity.key)
+            envelope = seal(SETTLEMENT, body, identity.key, *identity.cosigners)
             conn.execute(
                 "INSERT INTO receipt_settlements (batch, hash, first_seq, last_seq, closed_ms, envelope)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -462,17 +470,21 @@ class ReceiptBook:
 
     @staticmethod
     def envelope(row: Mapping[str, Any]) -> dict[str, Any]:
-        """The receipt envelope of a ``receipts`` row."""
+        """The receipt envelope of a ``receipts`` row (its ML-DSA-65 signature second, when it has one)."""
         signed = decode(bytes(row["body"]))
-        return {
-            "signed": signed,
-            "signatures": [{"alg": row["alg"], "keyid": signed["keyid"], "sig": bytes(row["sig"]).hex()}],
-        }
+        signatures = [{"alg": row["alg"], "keyid": signed["keyid"], "sig": bytes(row["sig"]).hex()}]
+        try:
+            pq_sig = row["pq_sig"]
+        except (IndexError, KeyError):  # a database not migrated yet, read by a read-only CLI
+            pq_sig = None
+        if pq_sig is not None:
+            signatures.append({"alg": row["pq_alg"], "keyid": row["pq_keyid"], "sig": bytes(pq_sig).hex()})
+        return {"signed": signed, "signatures": signatures}
 
     def receipts(self, conn: sqlite3.Connection, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Receipt envelopes with ``seq > after_seq`` in order."""
         rows = conn.execute(
-            "SELECT body, alg, sig FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT * FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, -1 if limit is None else limit),
         ).fetchall()
         return [self.envelope(row) for row in rows]
@@ -502,7 +514,7 @@ class ReceiptBook:
         if row is None:
             raise ReceiptError(f"receipt {seq} is not in any settlement yet (btt-edge receipts settle)")
         rows = conn.execute(
-            "SELECT seq, body, alg, sig FROM receipts WHERE seq BETWEEN ? AND ? ORDER BY seq", (row[0], row[1])
+            "SELECT * FROM receipts WHERE seq BETWEEN ? AND ? ORDER BY seq", (row[0], row[1])
         ).fetchall()
         leaves = [merkle.leaf_hash(bytes(r["body"])) for r in rows]
         index = seq - int(row[0])

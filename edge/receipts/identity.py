@@ -10,6 +10,13 @@ certificate the manufacturer signed (the formats are in :mod:`protocol.certifica
    or in development the manufacturer key is at hand and this happens on the spot.
 3. :func:`install_certificate` checks the certificate is for our key and stores ``keys/device.cert.json``.
 
+Hybrid (post-quantum option): ``provision(..., hybrid=True)`` (``btt-edge provision --hybrid``) also generates an
+ML-DSA-65 key (``keys/device.pq.key``, 0600, written like the ed25519 one) and requests a hybrid certificate for
+both keys; the book then signs every receipt and settlement with both, and verifiers require both. A hybrid
+identity always starts from a fresh key pair (an ed25519 key that may have been offered for an ed25519-only
+certificate never becomes hybrid): an existing box becomes hybrid by ``rotate(..., hybrid=True)``, and a rotation
+of a hybrid identity stays hybrid.
+
 Rotation: a new key gets a new certificate whose ``replaces`` names the old key id; the receipt chain
 continues across keys (every receipt names its ``keyid``) and a verifier holds every certificate of the
 device. Revocation: the manufacturer signs a ``revocation-list`` of key ids; a verifier given it rejects
@@ -39,7 +46,7 @@ from protocol.clock import now_ms
 from protocol.encoding import canonical_bytes
 from protocol.errors import CertificateInvalid, KeyFileError, VerificationError
 from protocol.keyfiles import load_private_key, read_document, save_private_key, save_public_key
-from protocol.keys import PrivateKey, PublicKey, check_signature, generate_key
+from protocol.keys import MLDSA65, PrivateKey, PublicKey, check_signature, generate_key
 from runtime.durable import atomic_write_bytes, fsync_dir
 
 __all__ = [
@@ -67,6 +74,11 @@ class KeyFiles:
         return self.directory / "device.key"
 
     @property
+    def pq_key(self) -> Path:
+        """The ML-DSA-65 key of a hybrid identity."""
+        return self.directory / "device.pq.key"
+
+    @property
     def certificate(self) -> Path:
         return self.directory / "device.cert.json"
 
@@ -81,6 +93,10 @@ class KeyFiles:
     @property
     def next_key(self) -> Path:
         return self.directory / "device.next.key"
+
+    @property
+    def next_pq_key(self) -> Path:
+        return self.directory / "device.next.pq.key"
 
     @property
     def next_certificate(self) -> Path:
@@ -102,7 +118,8 @@ class KeyFiles:
 
 @dataclass(frozen=True)
 class DeviceIdentity:
-    """What the receipt book signs with: the key, its certificate, and the study salt."""
+    """What the receipt book signs with: the key (and a hybrid identity's ML-DSA-65 key), its certificate, and the
+    study salt."""
 
     key: PrivateKey
     certificate: dict[str, Any]
@@ -110,6 +127,8 @@ class DeviceIdentity:
     salt: bytes
     history: tuple[dict[str, Any], ...] = ()
     """Certificates of the keys this one replaced, oldest first."""
+    pq_key: PrivateKey | None = None
+    """The ML-DSA-65 key of a hybrid identity (its certificate names it), None for an ed25519-only one."""
     _mac: hmac.HMAC = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +137,11 @@ class DeviceIdentity:
     @property
     def device_id(self) -> str:
         return self.parsed.device_id
+
+    @property
+    def cosigners(self) -> tuple[PrivateKey, ...]:
+        """The keys that sign beside :attr:`key` (the ML-DSA-65 key of a hybrid identity; none otherwise)."""
+        return () if self.pq_key is None else (self.pq_key,)
 
     def study_digest(self, study_uid: str) -> str:
         """``hmac-sha256:<hex>`` of the study identifier under the secret salt: stable on this box, opaque off it."""
@@ -155,6 +179,13 @@ def load_identity(files: KeyFiles) -> DeviceIdentity | None:
         raise IdentityError(f"device certificate {files.certificate}: {exc}") from exc
     if parsed.key != key.public:
         raise IdentityError(f"device certificate {files.certificate} is for another key than {files.device_key}")
+    pq_key = None
+    if parsed.pq_key is not None:
+        pq_key = _private_key(files.pq_key)
+        if parsed.pq_key != pq_key.public:
+            raise IdentityError(
+                f"device certificate {files.certificate} is for another ML-DSA-65 key than {files.pq_key}"
+            )
     try:
         salt = files.salt.read_bytes()
     except OSError as exc:
@@ -164,7 +195,7 @@ def load_identity(files: KeyFiles) -> DeviceIdentity | None:
     retired = sorted(files.retired.glob("*.json")) if files.retired.exists() else []
     history = [_read_envelope(path, "retired certificate") for path in retired]
     history.sort(key=lambda cert: parse_certificate(cert).serial)
-    return DeviceIdentity(key, envelope, parsed, salt, tuple(history))
+    return DeviceIdentity(key, envelope, parsed, salt, tuple(history), pq_key)
 
 
 def provision(
@@ -174,14 +205,17 @@ def provision(
     manufacturer: PrivateKey | None = None,
     serial: int | None = None,
     valid_days: int | None = None,
+    hybrid: bool = False,
 ) -> dict[str, Any] | None:
     """Create the device key, salt and certificate request if absent; certify at once when ``manufacturer``.
 
-    Idempotent: an existing key and salt are kept. Returns the installed certificate envelope, or None when
-    the request waits for the manufacturer (``files.request``).
+    ``hybrid``: an ML-DSA-65 key too, and a request for a hybrid certificate of both. Idempotent: an existing key,
+    ML-DSA-65 key and salt are kept (a box whose ML-DSA-65 key exists stays hybrid). Returns the installed
+    certificate envelope, or None when the request waits for the manufacturer (``files.request``).
     """
     files.directory.mkdir(parents=True, exist_ok=True)
     os.chmod(files.directory, 0o700)
+    pq_key = _pq_key(files, hybrid or files.pq_key.exists(), fresh=not files.device_key.exists())
     if files.device_key.exists():
         key = _private_key(files.device_key)
     else:
@@ -192,7 +226,7 @@ def provision(
     device = device_id or f"btt-{key.keyid[:16]}"
     if not DEVICE_ID_RE.match(device):
         raise IdentityError(f"device id {device!r} must be 1-64 letters, digits or ._:- characters")
-    request = certificate_request(device, key)
+    request = certificate_request(device, key, pq_key=pq_key)
     atomic_write_bytes(files.request, canonical_bytes(request) + b"\n", mode=_PRIVATE)
     if manufacturer is None:
         return None
@@ -204,6 +238,23 @@ def provision(
     return certificate
 
 
+def _pq_key(files: KeyFiles, hybrid: bool, *, fresh: bool) -> PrivateKey | None:
+    """The box's ML-DSA-65 key when ``hybrid``: the one on disk, or a new one (written BEFORE a ``fresh``
+    ed25519 key, so an ed25519 key without an ML-DSA-65 key beside it is one made ed25519-only)."""
+    if not hybrid:
+        return None
+    if files.pq_key.exists():
+        return _private_key(files.pq_key)
+    if not fresh:
+        raise IdentityError(
+            f"{files.device_key} is an ed25519-only key: a hybrid identity starts from a fresh key pair "
+            "(once certified, `btt-edge provision --rotate --hybrid` makes one)"
+        )
+    key = generate_key(MLDSA65)
+    save_private_key(files.pq_key, key)
+    return key
+
+
 def install_certificate(files: KeyFiles, certificate: Any, manufacturer: PublicKey) -> DeviceCertificate:
     """Check ``certificate`` is signed by ``manufacturer`` and is for this box's key, then store it."""
     parsed = parse_certificate(certificate)
@@ -213,6 +264,13 @@ def install_certificate(files: KeyFiles, certificate: Any, manufacturer: PublicK
     key = _private_key(files.device_key)
     if parsed.key != key.public:
         raise CertificateInvalid("the certificate is for another device key")
+    pq_key = _private_key(files.pq_key) if files.pq_key.exists() else None
+    if (parsed.pq_key is None) != (pq_key is None) or (pq_key is not None and parsed.pq_key != pq_key.public):
+        raise CertificateInvalid(
+            "the certificate does not certify this box's ML-DSA-65 key"
+            if pq_key is not None
+            else f"the certificate names an ML-DSA-65 key and this box has none ({files.pq_key})"
+        )
     atomic_write_bytes(files.certificate, canonical_bytes(certificate) + b"\n", mode=_PRIVATE)
     return parsed
 
@@ -229,10 +287,13 @@ def dev_manufacturer_key(files: KeyFiles) -> PrivateKey:
     return key
 
 
-def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None = None) -> dict[str, Any]:
+def rotate(
+    files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None = None, hybrid: bool = False
+) -> dict[str, Any]:
     """Replace the device key: a new key and certificate (``replaces`` the old key id), the old certificate kept
     under ``retired/`` for verifiers, the old private key gone. Crash-safe: the new key and certificate are staged
-    (``device.next.*``) and :func:`load_identity` finishes an interrupted rotation.
+    (``device.next.*``) and :func:`load_identity` finishes an interrupted rotation. The new identity is hybrid
+    when ``hybrid`` or when the current one is (a rotation never drops the ML-DSA-65 key).
 
     A running agent signs with the new key from its next identity check (``[receipts] check_interval_s``,
     :class:`edge.receipts.service.IdentityWatch`); the old key stays valid unless the manufacturer revokes it.
@@ -241,9 +302,10 @@ def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None 
     if current is None:
         raise IdentityError("nothing to rotate: this box has no device identity yet")
     new = generate_key()
+    new_pq = generate_key(MLDSA65) if hybrid or current.pq_key is not None else None
     issued = now_ms()
     certificate = issue_certificate(
-        certificate_request(current.device_id, new, replaces=current.key.keyid),
+        certificate_request(current.device_id, new, replaces=current.key.keyid, pq_key=new_pq),
         manufacturer,
         serial=issued,
         issued_ms=issued,
@@ -254,16 +316,22 @@ def rotate(files: KeyFiles, manufacturer: PrivateKey, *, valid_days: int | None 
         files.retired / f"{current.key.keyid}.json", canonical_bytes(current.certificate) + b"\n", mode=_PRIVATE
     )
     save_private_key(files.next_key, new)
+    if new_pq is not None:
+        save_private_key(files.next_pq_key, new_pq)
+    else:
+        files.next_pq_key.unlink(missing_ok=True)  # staged by a rotation that died before its certificate
     atomic_write_bytes(files.next_certificate, canonical_bytes(certificate) + b"\n", mode=_PRIVATE)
     _finish_rotation(files)
     return certificate
 
 
 def _finish_rotation(files: KeyFiles) -> None:
-    """Move the staged key, then the staged certificate, into place. Another process (the agent and the CLI)
-    may be finishing the same rotation: a staged file already moved is not an error."""
+    """Move the staged key (and ML-DSA-65 key), then the staged certificate, into place. Another process (the agent
+    and the CLI) may be finishing the same rotation: a staged file already moved is not an error."""
     with contextlib.suppress(FileNotFoundError):
         os.replace(files.next_key, files.device_key)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(files.next_pq_key, files.pq_key)
     with contextlib.suppress(FileNotFoundError):
         os.replace(files.next_certificate, files.certificate)
     fsync_dir(files.directory)

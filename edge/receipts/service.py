@@ -76,7 +76,7 @@ def _identity(cfg: ReceiptsConfig, files: KeyFiles) -> DeviceIdentity | None:
                 level=logging.WARNING,
             )
             return None
-        provision(files, device_id=cfg.device_id or None, manufacturer=manufacturer)
+        provision(files, device_id=cfg.device_id or None, manufacturer=manufacturer, hybrid=cfg.hybrid)
         identity = _load(cfg, files)
         event(log, "device identity provisioned", device=identity.device_id if identity else None)
     return identity

@@ -47,6 +47,7 @@ __all__ = [
     "OtaConfig",
     "OutboxConfig",
     "PipelineConfig",
+    "PlanConfig",
     "ReceiptsConfig",
     "ResultsConfig",
     "RetentionConfig",
@@ -559,6 +560,31 @@ class CapacityConfig:
 
 
 @dataclass(frozen=True)
+class PlanConfig:
+    """``[plan]``: the draft treatment plan per study (``edge.plan``, docs/planning.md): an AI draft for the
+    dentist to review, never a decision."""
+
+    enabled: bool = True
+    """Offer draft plans (``btt-edge plan``, the terminal UI's study view). Off: neither shows one."""
+    code_set: str = "ada-cdt"
+    """Procedure codes: ``ada-cdt`` (ADA CDT), ``cn`` (China: Chinese descriptors, the clinic's own codes) or the
+    path of a code set file."""
+    rules: str = ""
+    """A clinic's rules table (a copy of ``edge/plan/data/rules.toml``). Empty: the shipped table."""
+    fee_schedule: str = ""
+    """The clinic's fee schedule (TOML: currency and minor units per procedure, ``examples/fees.toml``). Empty:
+    plans carry no estimates."""
+    currency: str = ""
+    """The currency the fee schedule must be in (a plan refuses a schedule in another). Empty: the schedule's."""
+
+    def __post_init__(self) -> None:
+        if self.currency and not re.fullmatch(r"[A-Z][A-Z0-9]{2,11}", self.currency):
+            raise ConfigError(f"plan.currency: {self.currency!r} is not a currency code (e.g. USD, CNY)")
+        if self.currency and not self.fee_schedule:
+            raise ConfigError("plan.currency: needs plan.fee_schedule (the currency of its fees)")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration, one attribute per TOML section."""
 
@@ -575,6 +601,7 @@ class AgentConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

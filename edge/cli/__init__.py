@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "edge.cli.receipts",
     "edge.cli.outbox",
     "edge.cli.results",
+    "edge.cli.plan",
     "edge.cli.model",
     "edge.cli.analyze",
     "edge.cli.ota",

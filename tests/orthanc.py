@@ -11,7 +11,9 @@ HTTP ports (free loopback ports). Orthanc has no setting for the address it list
 this machine by what it accepts instead: its REST API answers only local clients (``RemoteAccessAllowed`` false,
 so it needs no users), and it stores only what the listed calling AE titles send from 127.0.0.1
 (``DicomModalities`` with their host checked, ``DicomAlwaysAllowStore`` false); the called AE title is checked
-too, as a clinic's PACS would. No plugins are loaded and nothing is written outside ``directory``.
+too, as a clinic's PACS would. No plugins are loaded (with ``dicomweb=True``, only Debian's DICOMweb plugin,
+serving STOW-RS, QIDO-RS and WADO-RS under :attr:`OrthancPacs.dicomweb_url`) and nothing is written outside
+``directory``.
 :meth:`OrthancPacs.start` returns once ``GET /system`` answers with this config's AE title and port;
 :meth:`OrthancPacs.stop` (also on leaving the ``with``) ends it with SIGTERM, then SIGKILL if it hangs.
 """
@@ -32,9 +34,10 @@ from edge.config import DestinationConfig
 from edge.results.kinds import ResultKind
 from tests.conftest import free_port
 
-__all__ = ["ORTHANC", "OrthancPacs"]
+__all__ = ["DICOMWEB_PLUGIN", "ORTHANC", "OrthancPacs"]
 
 ORTHANC = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Straight to 127.0.0.1, whatever proxy the environment names."""
 
@@ -42,8 +45,16 @@ _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class OrthancPacs:
     """One Orthanc process on free loopback ports, with its own config and storage under ``directory``."""
 
-    def __init__(self, directory: Path, *, ae_title: str = "PACS", calling_aes: Iterable[str] = ("BTT_EDGE",)) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        ae_title: str = "PACS",
+        calling_aes: Iterable[str] = ("BTT_EDGE",),
+        dicomweb: bool = False,
+    ) -> None:
         self.directory = directory
+        self.dicomweb = dicomweb
         self.ae_title = ae_title
         self.calling_aes = tuple(calling_aes)
         self.dicom_port = free_port()
@@ -60,7 +71,8 @@ class OrthancPacs:
             "Name": "BTT test PACS",
             "StorageDirectory": str(self.directory / "storage"),
             "IndexDirectory": str(self.directory / "index"),
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
+            **({"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}} if self.dicomweb else {}),
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
@@ -90,6 +102,18 @@ class OrthancPacs:
         """This PACS as a ``[[results.destinations]]`` entry that takes ``kinds``."""
         return DestinationConfig(ae_title=self.ae_title, host="127.0.0.1", port=self.dicom_port, kinds=kinds)
 
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb plugin's base URL (``dicomweb=True``): STOW-RS posts to ``<url>/studies``."""
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def fetch(self, path: str, accept: str, timeout: float = 10.0) -> tuple[str, bytes]:
+        """``GET path`` with ``Accept: accept`` (QIDO-RS, WADO-RS); the answer's Content-Type and body."""
+        url = f"http://127.0.0.1:{self.http_port}{quote(path, safe='/?=&')}"
+        request = urllib.request.Request(url, headers={"Accept": accept})
+        with _LOCAL.open(request, timeout=timeout) as response:
+            return str(response.headers.get("Content-Type", "")), bytes(response.read())
+
     def get(self, path: str, timeout: float = 10.0) -> Any:
         """``GET path`` (e.g. ``/studies``) on the REST API; the answer's JSON. An HTTP error raises."""
         url = f"http://127.0.0.1:{self.http_port}{quote(path, safe='/?=&')}"
@@ -108,6 +132,8 @@ class OrthancPacs:
             return
         if not ORTHANC.exists():
             raise RuntimeError(f"{ORTHANC} is missing: Debian's orthanc is required (scripts/setup installs it)")
+        if self.dicomweb and not DICOMWEB_PLUGIN.exists():
+            raise RuntimeError(f"{DICOMWEB_PLUGIN} is missing: Debian's orthanc-dicomweb is required (scripts/setup)")
         with self.log_file.open("ab") as log:
             self._proc = subprocess.Popen(
                 [str(ORTHANC), str(self.directory / "orthanc.json")],

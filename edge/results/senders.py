@@ -37,8 +37,15 @@ def _fhir(config: ResultsConfig, calling_ae: str) -> Sender:
     return FhirSender(connect_timeout_s=config.connect_timeout_s, timeout_s=config.dimse_timeout_s)
 
 
+def _dicomweb(config: ResultsConfig, calling_ae: str) -> Sender:
+    from edge.results.dicomweb import StowSender
+
+    return StowSender(connect_timeout_s=config.connect_timeout_s, read_timeout_s=config.dimse_timeout_s)
+
+
 SENDERS: Mapping[str, SenderFactory] = {
     "dimse": _dimse,
+    "dicomweb": _dicomweb,
     "fhir": _fhir,
 }
 """Every protocol's sender factory."""

@@ -5,6 +5,7 @@
     btt-relay run --db URL --mqtt URL --http-port N     # a worker (N = 0: no clinic API in this worker)
     btt-relay clinic add ID --name NAME
     btt-relay token add CLINIC [--label L]               # prints a new API token once
+    btt-relay token add --admin [--label L]              # an operator token: the portal's view of every clinic
     btt-relay device add ID [--clinic C] [--asset A] [--certificate FILE]
     btt-relay device revoke ID --reason TEXT
     btt-relay device list [--clinic C]
@@ -93,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="clinic API tokens").add_subparsers(dest="action", required=True)
     p = command("add", "create an API token for a clinic (printed once)", _token_add, token)
-    p.add_argument("clinic")
+    p.add_argument("clinic", nargs="?")
+    p.add_argument("--admin", action="store_true", help="an operator token (portal only, every clinic) instead")
     p.add_argument("--label", default="")
 
     device = sub.add_parser("device", help="devices").add_subparsers(dest="action", required=True)
@@ -264,7 +266,10 @@ def _clinic_add(args: argparse.Namespace, db: Database) -> int:
 
 
 def _token_add(args: argparse.Namespace, db: Database) -> int:
-    print(Registry(db).add_token(args.clinic, args.label))
+    if args.admin == (args.clinic is not None):
+        raise RelayError("token add: give a CLINIC, or --admin for an operator token (not both)")
+    registry = Registry(db)
+    print(registry.add_admin_token(args.label) if args.admin else registry.add_token(args.clinic, args.label))
     return 0
 
 

@@ -170,6 +170,25 @@ class Registry:
             )
         return token
 
+    def add_admin_token(self, label: str = "") -> str:
+        """A new operator token (``btt-relay token add --admin``): returned once, stored as its hash.
+
+        It signs in to the clinic portal's operator view of every clinic (:mod:`cloud_relay.portal`) and opens no
+        clinic API route: :meth:`clinic_for_token` does not know it.
+        """
+        token = "btt_admin_" + secrets.token_urlsafe(32)
+        with self._db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO admin_tokens (token_hash, label, created_ms) VALUES (?, ?, ?)",
+                (token_hash(token), label, self._clock()),
+            )
+        return token
+
+    def is_admin_token(self, token: str) -> bool:
+        """Whether ``token`` is an operator token."""
+        with self._db.transaction() as tx:
+            return tx.one("SELECT 1 FROM admin_tokens WHERE token_hash = ?", (token_hash(token),)) is not None
+
     def clinic_for_token(self, token: str) -> str:
         """The clinic a token belongs to; :class:`Unauthorized` for an unknown token."""
         with self._db.transaction() as tx:

@@ -5,7 +5,7 @@ Tables: ``clinics``, ``api_tokens`` (SHA-256 of each clinic token), ``devices`` 
 ``receipts`` (one row per (device, seq), unique hash), ``settlements`` (one per (device, batch)), ``reports``
 (capacity offers, health and result summaries by (device, item id)), ``rejects`` (what was refused and why),
 ``grants``, ``share_tables`` and ``tariffs`` (what the ledger prices with); ``revoked_keys`` (from
-manufacturer revocation lists).
+manufacturer revocation lists); ``admin_tokens`` (SHA-256 of each operator token).
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ MIGRATIONS = [
     """,
     """
     CREATE TABLE revoked_keys (keyid TEXT PRIMARY KEY, added_ms BIGINT NOT NULL)
+    """,
+    """
+    CREATE TABLE admin_tokens (token_hash TEXT PRIMARY KEY, label TEXT NOT NULL, created_ms BIGINT NOT NULL)
     """,
 ]
 

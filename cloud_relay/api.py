@@ -25,6 +25,7 @@ from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.clinic import ClinicView
 from cloud_relay.errors import RegistryError, StorageUnavailable
 from cloud_relay.ledger import PERIOD_PATTERN, Ledger
+from cloud_relay.portal import mount_portal
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
 from protocol.encoding import MAX_SAFE_INTEGER
@@ -119,4 +120,6 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
 
     # Spare-capacity jobs (cloud_relay.capacity): submit a batch job, collect its results, offers, payouts.
     app.include_router(capacity_router(Coordinator(db)))
+    # The clinic portal (cloud_relay.portal): web pages at / over the same functions; the API above is unchanged.
+    mount_portal(app, db, ledger)
     return app

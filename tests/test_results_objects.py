@@ -18,7 +18,7 @@ from edge.results.codes import tooth_codes
 from edge.results.gsps import build_gsps
 from edge.results.header import AI_LABEL, Equipment, series_laterality, with_empty_type2_identifiers
 from edge.results.overlay import BANNER, build_overlay, plan, render
-from edge.results.sr import build_sr
+from edge.results.sr import build_sr, sr_uids
 from edge.results.uids import UidFactory
 from tests.results_helpers import (
     ALGORITHM,
@@ -274,3 +274,25 @@ def test_sr_image_library_resolves_every_region(edit: dict[str, str | None], tmp
     assert regions == _library_uids(sr) == {source.SOPInstanceUID}
     (tmp_path / "sr.dcm").write_bytes(file_bytes(sr))
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+
+
+def test_sr_carries_what_ihe_air_asks_of_each_finding() -> None:
+    """IHE AI Results: every finding group is tracked (identifier and a UID that is the same on every build, and
+    that the FHIR Observation of the finding carries: sr_uids), names the algorithm (TID 4019), references its image
+    (listed in the Image Library) and gives the confidence; the report says its language and is unverified."""
+    source = synthetic_panoramic()
+    analysis = analysis_of(source)
+    sr = build_sr(source, analysis, UidFactory())
+    items = _walk(sr.ContentSequence)
+    tracked = [i.UID for i in _named(items, "Tracking Unique Identifier")]
+    assert tracked == list(sr_uids(source, analysis, UidFactory()).tracking_uids)
+    assert len(set(tracked)) == len(analysis.findings)
+    assert tracked == [i.UID for i in _named(_walk(build_sr(source, analysis, UidFactory()).ContentSequence),
+                                             "Tracking Unique Identifier")]  # fmt: skip
+    assert sr.SOPInstanceUID == sr_uids(source, analysis, UidFactory()).sop_instance_uid
+    assert _named(items, "Tracking Identifier")[0].TextValue == "caries tooth 36 #1"
+    groups = len(analysis.findings)
+    assert len(_named(items, "Algorithm Name")) == len(_named(items, "AI model confidence")) == groups
+    assert len(_named(items, "Language of Content Item and Descendants")) == 1
+    assert _library_uids(sr) == {source.SOPInstanceUID}
+    assert (sr.VerificationFlag, sr.SeriesDescription) == ("UNVERIFIED", AI_LABEL)

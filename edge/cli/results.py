@@ -146,5 +146,9 @@ def _fhir(args: argparse.Namespace) -> int:
     analyses = RecordedAnalyses(lambda: tuple(load_bundle(p).manifest for p in paths))
     conn = connect(path, readonly=True)
     images = [AnalysedImage(h, a) for h, a in recorded_images(conn, config.agent.data_dir, args.uid, analyses)]
-    print(json.dumps(build_bundle(images, UidFactory(config.results.org_root)), indent=2, ensure_ascii=False))
+    uids = UidFactory(config.results.org_root)
+    from edge.plan.study import plan_entries_for  # the draft plan's CarePlan and ServiceRequests (docs/planning.md)
+
+    extra = plan_entries_for(conn, config.plan, args.uid, images, uids)
+    print(json.dumps(build_bundle(images, uids, extra=extra), indent=2, ensure_ascii=False))
     return 0

@@ -89,7 +89,8 @@ def _all_evidence(plan: Plan) -> list[Evidence]:
 @dataclass(frozen=True)
 class _Targets:
     subject: Json
-    observation: Callable[[Evidence], Json]
+    observation: Callable[[Evidence], Json | None]
+    """The Observation of a finding; None for one of an image the plan was not given."""
     reports: tuple[Json, ...]
 
 
@@ -101,7 +102,7 @@ def _in_bundle(plan: Plan, images: Sequence[AnalysedImage], uids: UidFactory) ->
     urls = {str(i.source.SOPInstanceUID): finding_urls(i, uids) for i in images}
     return _Targets(
         subject=_subject(plan, images),
-        observation=lambda e: {"reference": urls[e.sop_instance_uid][e.index]},
+        observation=lambda e: {"reference": urls[e.sop_instance_uid][e.index]} if e.sop_instance_uid in urls else None,
         reports=tuple({"reference": report_url(i, uids)} for i in images),
     )
 
@@ -112,9 +113,13 @@ def _by_identifier(plan: Plan, images: Sequence[AnalysedImage], uids: UidFactory
     def ref(kind: str, uid: str) -> Json:
         return {"type": kind, "identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uid}"}}
 
+    def observation(e: Evidence) -> Json | None:
+        sr = srs.get(e.sop_instance_uid)
+        return None if sr is None else ref("Observation", sr.tracking_uids[e.index])
+
     return _Targets(
         subject=_subject(plan, images),
-        observation=lambda e: ref("Observation", srs[e.sop_instance_uid].tracking_uids[e.index]),
+        observation=observation,
         reports=tuple(ref("DiagnosticReport", s.sop_instance_uid) for s in srs.values()),
     )
 
@@ -161,7 +166,7 @@ def _service_request(plan: Plan, item: PlanItem, targets: _Targets) -> Json:
             "value": _value(item.estimate), "currency": item.estimate.currency}})  # fmt: skip
         resource["note"].append({"text": f"Estimate {format_money(item.estimate.to_json())} (clinic fee schedule); "
                                          f"{item.coverage}."})  # fmt: skip
-    reasons = [targets.observation(e) for e in item.evidence]
+    reasons = [r for r in map(targets.observation, item.evidence) if r is not None]
     if reasons:
         resource["reasonReference"] = reasons
     if targets.reports:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,19 @@ from edge.plan.planner import Evidence, ModelRef, Plan, make_plan
 from edge.plan.rules import Rules, load_rules
 from edge.receipts.book import book_present
 from edge.receipts.grants import list_grants
+from edge.results.fhir import AnalysedImage, Json
+from edge.results.uids import UidFactory
 from edge.store.index import get_instance, has_study, index_present, instance_path, list_instances
 
-__all__ = ["Tables", "load_tables", "prepaid_on_box", "recorded_evidence", "stored_headers", "study_plan"]
+__all__ = [
+    "Tables",
+    "load_tables",
+    "plan_entries_for",
+    "prepaid_on_box",
+    "recorded_evidence",
+    "stored_headers",
+    "study_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -113,3 +124,15 @@ def study_plan(conn: sqlite3.Connection, config: PlanConfig, uid: str, *, now_ms
         notes=notes,
         uid=uid,
     )
+
+
+def plan_entries_for(
+    conn: sqlite3.Connection, config: PlanConfig, uid: str, images: Sequence[AnalysedImage], uids: UidFactory
+) -> list[Json]:
+    """The draft plan of ``uid`` as entries of the FHIR export's Bundle of ``images`` (``btt-edge results fhir``):
+    none when plans are off or nothing was analysed."""
+    if not config.enabled or not images:
+        return []
+    from edge.plan.fhir import plan_entries
+
+    return plan_entries(study_plan(conn, config, uid, now_ms=int(time.time() * 1000)), images, uids)

@@ -197,7 +197,9 @@ def test_cli_prints_the_bundle_of_an_instance_and_of_its_study(
     assert main(["results", "fhir", "--data-dir", str(data_dir), uid]) == 0
     printed = json.loads(capsys.readouterr().out)
     _validate(printed)
-    assert printed == build_bundle([_recorded(data_dir, uid)], UidFactory())
+    ours = build_bundle([_recorded(data_dir, uid)], UidFactory())["entry"]
+    assert printed["entry"][: len(ours)] == ours  # then the draft plan's entries (edge.plan), if any
+    assert {e["resource"]["resourceType"] for e in printed["entry"][len(ours) :]} <= {"CarePlan", "ServiceRequest"}
     study = str(_recorded(data_dir, uid).source.StudyInstanceUID)
     assert main(["results", "fhir", "--data-dir", str(data_dir), study]) == 0
     assert len(_resources(json.loads(capsys.readouterr().out), "DiagnosticReport")) == 1
@@ -300,7 +302,9 @@ def test_a_fhir_destination_takes_only_the_bundle() -> None:
         DestinationConfig(ae_title="PACS", host="h", kinds=("sr", "fhir"))
 
 
-def test_the_results_service_queues_and_delivers_the_bundle(store: ImageStore) -> None:
+def test_the_results_service_queues_and_delivers_the_bundle(
+    store: ImageStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = source_image("PX", rows=100, columns=200)
     uid = ingest(store, source)
 
@@ -329,3 +333,6 @@ def test_the_results_service_queues_and_delivers_the_bundle(store: ImageStore) -
     instance = get_instance(store.conn, uid)
     assert instance is not None
     assert instance.pipeline_state == "forwarded"
+    assert main(["results", "list", "--data-dir", str(store.data_dir), "--json", "--source", uid]) == 0
+    (listed,) = [d for d in json.loads(capsys.readouterr().out) if d["kind"] == "fhir"]
+    assert [(d["state"], d["last_status"]) for d in listed["deliveries"]] == [("sent", "200")]  # HTTP, not 0x00C8

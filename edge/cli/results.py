@@ -64,6 +64,13 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def _status(destination: str, status: int | None) -> str | None:
+    """A DIMSE status in hex; an HTTP status (a ``dicomweb:`` or ``fhir:`` destination) as it is."""
+    if status is None:
+        return None
+    return str(status) if destination.startswith(("dicomweb:", "fhir:")) else f"0x{status:04X}"
+
+
 def _doc(status: Any) -> dict[str, Any]:
     obj = status.object
     return {
@@ -82,7 +89,7 @@ def _doc(status: Any) -> dict[str, Any]:
                 "state": d.state,
                 "attempts": d.attempts,
                 "next_attempt_at": _iso(d.next_attempt_at) if d.state == "pending" else None,
-                "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
+                "last_status": _status(d.destination, d.last_status),
                 "last_error": d.last_error,
                 "sent_at": d.sent_at,
             }

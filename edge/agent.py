@@ -239,6 +239,12 @@ def build_agent(config: AgentConfig) -> Agent:
     # sync service sends it to the relay when [sync] url (btt-edge run --mqtt) is set, else it queues offline.
     outbox = Outbox(config.outbox)
     scp = StorageSCP(config.dicom, store)
+    # STOW-RS uploads ([dicomweb], off by default) go into the same store; its listeners wake the pipeline as well.
+    stow = None
+    if config.dicomweb.enabled:
+        from edge.ingest.stow import StowReceiver
+
+        stow = StowReceiver(config.dicomweb, store)
     # Model updates (ota, docs/ota.md): the pipeline runs the active A/B slot (else [pipeline] bundle_path); the
     # updater is its model gate, switching or rolling back only while nothing is in flight. Failures are
     # reported to the relay through the outbox (kind "health").
@@ -346,6 +352,7 @@ def build_agent(config: AgentConfig) -> Agent:
         settlement,
         control,
         scp,
+        stow,
         Pruner(config.retention, data_dir),
         pipeline_service,
         ota_service,

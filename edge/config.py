@@ -13,6 +13,7 @@ An environment variable overrides one key: ``BTT_EDGE_<SECTION>_<KEY>``, upper c
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import sys
@@ -43,6 +44,7 @@ __all__ = [
     "DestinationConfig",
     "DestinationProtocol",
     "DicomConfig",
+    "DicomwebConfig",
     "MetricsConfig",
     "OtaConfig",
     "OutboxConfig",
@@ -121,6 +123,49 @@ class DicomConfig:
         for ae in self.allowed_calling_aes:
             if not 1 <= len(ae.strip()) <= 16:
                 raise ConfigError(f"dicom.allowed_calling_aes: {ae!r} must be 1 to 16 characters")
+
+
+@dataclass(frozen=True)
+class DicomwebConfig:
+    """``[dicomweb]``: the STOW-RS receiver (``edge.ingest.stow``) for sources that upload over HTTP; off by default.
+
+    It stores into the same store as the SCP, with the same checks and durability, and answers per instance."""
+
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    """Listen address. Beyond loopback it needs ``token_file`` or ``tls_client_ca_file``."""
+    port: int = bounded(8104, lo=1, hi=65535)
+    token_file: str = ""
+    """File holding the bearer token clients must send (first line, mode 0600). Empty: no token is asked for."""
+    tls_cert_file: str = ""
+    """Our server certificate (PEM): serve ``https``. Empty: plain ``http``."""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    """CA bundle client certificates must chain to (mutual TLS). Empty: no client certificate is asked for."""
+    max_request_mb: int = bounded(1024, lo=1, hi=65536)
+    """Largest request body; a larger one is refused with 413 before it is stored."""
+    timeout_s: float = bounded(60.0, lo=1, hi=3600)
+    """A client silent this long mid-request is dropped (nothing of that request is stored)."""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("dicomweb.tls_cert_file and dicomweb.tls_key_file: give both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("dicomweb.tls_client_ca_file: needs tls_cert_file and tls_key_file (https)")
+        if self.enabled and not (self.token_file or self.tls_client_ca_file) and not _loopback(self.bind_address):
+            raise ConfigError(
+                f"dicomweb.bind_address: {self.bind_address} is not loopback; set dicomweb.token_file or "
+                "dicomweb.tls_client_ca_file so that only known sources can store"
+            )
+
+
+def _loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -590,6 +635,7 @@ class AgentConfig:
 
     agent: AgentSection = field(default_factory=AgentSection)
     dicom: DicomConfig = field(default_factory=DicomConfig)
+    dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     unit: UnitConfig = field(default_factory=UnitConfig)
     receipts: ReceiptsConfig = field(default_factory=ReceiptsConfig)

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from textual.widgets import DataTable
 
 from dental.findings import Finding
 from dental.teeth import PERMANENT_FDI
 from edge.cli import main
-from edge.config import PipelineConfig, PlanConfig
+from edge.config import AgentConfig, PipelineConfig, PlanConfig, with_overrides
+from edge.control import AgentState, ControlClient, ControlServer
 from edge.errors import ConfigError
 from edge.pipeline.analyzer import open_analyzer
 from edge.pipeline.worker import PipelineWorker, migrate_pipeline
@@ -32,10 +34,14 @@ from edge.results.analysis import RecordedAnalyses, recorded_images
 from edge.results.fhir import AnalysedImage, build_bundle
 from edge.results.uids import UidFactory
 from edge.store.image_store import ImageStore
+from edge.tui import TechnicianApp
+from edge.tui.messages import selected_key
+from edge.tui.studies import PLAN_LABEL
 from models.bundle import load_bundle
 from models.synthetic import generate
 from models.synthetic_dicom import synthetic_dataset
 from tests.results_helpers import ingest
+from tests.test_tui import _settle, _text, sync
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_BUNDLE = REPO / "models" / "bundles" / "reference-dental"
@@ -342,3 +348,32 @@ def test_fee_schedule_and_config_errors(tmp_path: Path) -> None:
         load_tables(PlanConfig(fee_schedule=str(FEES), currency="CNY"))
     with pytest.raises(PlanTableError, match="cannot read"):
         load_tables(PlanConfig(code_set=str(tmp_path / "nope.toml")))
+
+
+@sync
+async def test_the_tui_study_view_shows_the_draft_plan_labelled_as_such(tmp_path: Path) -> None:
+    """On a real control socket over a stored reference analysis: Enter on the study shows its findings, then its
+    draft plan under the label, with the items' codes and the clinic's estimates."""
+    study, _sop = _stored(tmp_path, 3)
+    config = with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)}, plan={"fee_schedule": str(FEES)})
+    server = ControlServer(config.control, AgentState(config))
+    server.start()
+    try:
+        with ControlClient(server.path) as client:
+            app = TechnicianApp(client, refresh_s=60)
+            async with app.run_test(size=(120, 60)) as pilot:
+                await pilot.press("2")
+                await _settle(pilot)
+                assert selected_key(app.query_one("#studies-table", DataTable)) == study
+                await pilot.press("enter")
+                await _settle(pilot)
+                await _settle(pilot)
+                shown = _text(app, "#study-plan")
+    finally:
+        server.stop()
+    assert shown.startswith(PLAN_LABEL)
+    assert LABEL in shown
+    assert "D0140" in shown
+    assert "D3330" in shown
+    assert "1,350.00 USD" in shown
+    assert "tooth 47: periapical_lesion -> proposed" in shown

@@ -129,6 +129,7 @@ RESPONSES: dict[str, Any] = {
     "overview": OVERVIEW,
     "studies": STUDIES,
     "study": DETAIL,
+    "plan": {"available": False, "reason": "draft plans are off on this box ([plan] enabled = false)"},
     "unit": {
         "configured": True,
         "link": {

@@ -78,6 +78,7 @@ class ControlServer:
             "health": lambda _: state.health(),
             "studies": lambda p: [s.to_json() for s in state.studies(int(p.get("limit", 50)))],
             "study": lambda p: state.study(str(p["study_uid"])).to_json(),
+            "plan": lambda p: state.plan(str(p["study_uid"])),
             "unit": lambda _: state.unit().to_json(),
             "receipts": lambda _: state.receipts().to_json(),
             "models": lambda _: state.models().to_json(),

@@ -38,6 +38,7 @@ from edge.pipeline.records import (
     last_model_run,
     tooth_findings,
 )
+from edge.plan.study import study_plan
 from edge.receipts.book import (
     BalanceLine,
     ReceiptLine,
@@ -534,6 +535,15 @@ class AgentState:
                 for inst in list_instances(conn, study_uid)
             ]
         return StudyDetail(study_uid=study_uid, images=images)
+
+    def plan(self, study_uid: str) -> dict[str, Any]:
+        """The draft treatment plan of one study (:func:`edge.plan.study.study_plan`: an AI draft for the dentist
+        to review), with ``available``; false (and why) when plans are off."""
+        if not self.config.plan.enabled:
+            return {"available": False, "reason": "draft plans are off on this box ([plan] enabled = false)"}
+        with self.db() as conn:
+            plan = study_plan(conn, self.config.plan, study_uid, now_ms=int(time.time() * 1000))
+        return {"available": True, **plan.to_json()}
 
     def unit(self) -> UnitView:
         """Identity, status and link of the unit, its fault history and its exposure log."""

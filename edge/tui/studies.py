@@ -1,4 +1,5 @@
-"""The studies screen: recent studies with their state, the findings per tooth of the one selected, resend."""
+"""The studies screen: recent studies with their state, the findings per tooth of the one selected and its draft
+treatment plan (an AI draft for the dentist to review), resend."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.markup import escape
 from textual.widgets import DataTable, Static
 
+from edge.plan.render import plan_lines
 from edge.tui.messages import (
     ActionRequested,
     FetchRequested,
@@ -25,7 +27,10 @@ from edge.tui.messages import (
 if TYPE_CHECKING:
     from edge.control.state import StudySummary
 
-__all__ = ["StudiesView", "render_study", "resend_prompt"]
+__all__ = ["PLAN_LABEL", "StudiesView", "render_plan", "render_study", "resend_prompt"]
+
+PLAN_LABEL = "AI draft — for the dentist to review"
+"""Above every plan the view shows: a draft, never a decision."""
 
 _COLUMNS = (("Received", 16), ("Patient", 12), ("Date", 8), ("Img", 3), ("State", 12), ("Find", 4))
 _STATE_COLOURS = {"failed": "red", "results sent": "green", "analysed": "cyan", "analysing": "yellow"}
@@ -67,6 +72,13 @@ def render_study(doc: dict[str, Any]) -> str:
             error = f" ({escape(str(d['last_error']))})" if d["last_error"] else ""
             lines.append(f"  {d['kind']} -> {escape(d['destination'])}: {d['state']}{error}")
     return "\n".join(lines)
+
+
+def render_plan(doc: dict[str, Any]) -> str:
+    """The study's draft plan (the control socket's ``plan`` view) under :data:`PLAN_LABEL`."""
+    if not doc.get("available"):
+        return f"[b]{PLAN_LABEL}[/]\n{escape(str(doc.get('reason', 'no draft plan')))}"
+    return "\n".join([f"[b]{PLAN_LABEL}[/]", *(escape(line) for line in plan_lines(doc))])
 
 
 def resend_prompt(study: StudySummary) -> str:
@@ -121,6 +133,7 @@ class StudiesView(Vertical):
         yield table
         with VerticalScroll(id="study-detail-box"):
             yield Static("Enter on a study shows its images and AI findings per tooth.", id="study-detail")
+            yield Static("", id="study-plan")
 
     def params(self) -> dict[str, Any]:
         return {"limit": 100}
@@ -143,6 +156,12 @@ class StudiesView(Vertical):
 
     def show_detail(self, doc: dict[str, Any]) -> None:
         self.query_one("#study-detail", Static).update(render_study(doc))
+        self.query_one("#study-plan", Static).update("")
+        # then its draft plan (one fetch at a time: the app's fetches are exclusive)
+        self.post_message(FetchRequested("plan", {"study_uid": doc["study_uid"]}, self.show_plan))
+
+    def show_plan(self, doc: dict[str, Any]) -> None:
+        self.query_one("#study-plan", Static).update(render_plan(doc))
 
     def action_resend(self) -> None:
         study = self._selected()

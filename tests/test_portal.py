@@ -4,6 +4,9 @@ the operator's view, languages and formatting. The real-browser walk is tests/te
 from __future__ import annotations
 
 import re
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,14 +14,17 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from cloud_relay.cli import main
 from cloud_relay.ledger import period_bounds
 from cloud_relay.portal import PortalConfig, mount_portal, on_chain
 from cloud_relay.portal.formatting import Formatter
 from cloud_relay.portal.i18n import LOCALES, catalogue, negotiate
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
+from tests.conftest import free_port, wait_until
 from tests.relay_helpers import throwaway_db
 from tests.test_relay_api import BACKEND_PARAMS, World
+from tests.test_relay_cli import BTT_RELAY
 
 
 @pytest.fixture(params=BACKEND_PARAMS)
@@ -251,3 +257,38 @@ def test_formatting_is_exact_and_per_locale() -> None:
     assert en.micro(40) == "0.000040"
     assert en.duration_s(7200) == "2 h"
     assert zh.duration_s(30) == "30 秒"
+
+
+def test_token_add_admin_and_run_serve_the_portal_at_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "relay.db")
+    assert main(["clinic", "add", "clinic-a", "--name", "A", "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["token", "add", "--admin", "--label", "ops", "--db", db]) == 0
+    assert capsys.readouterr().out.startswith("btt_admin_")
+    assert main(["token", "add", "--db", db]) == 2
+    assert main(["token", "add", "clinic-a", "--admin", "--db", db]) == 2
+    assert "not both" in capsys.readouterr().err
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BTT_RELAY), "run", "--db", db, "--http-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+    def page(path: str) -> str | None:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                return str(response.read().decode("utf-8"))
+        except (urllib.error.URLError, ConnectionError):
+            return None
+
+    try:
+        assert 'action="/sign-in"' in wait_until(lambda: page("/"), 30, "the portal's sign-in page")
+        assert "htmx" in (page("/static/vendor/htmx/htmx.min.js") or "")
+        assert "rootFromProof" in (page("/static/verify.js") or "")
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/devices", timeout=2)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+        if proc.stderr is not None:
+            proc.stderr.close()

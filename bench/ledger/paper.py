@@ -45,8 +45,8 @@ def settlements_per_device_month(cfg: ReceiptsConfig, receipts_per_day: int = RE
     than ``settle_max_receipts`` receipts.
     """
     intervals_per_day = 86_400 / cfg.settle_interval_s
-    per_day = min(float(receipts_per_day), intervals_per_day) + receipts_per_day / cfg.settle_max_receipts
-    return math.ceil(math.floor(per_day) * DAYS)
+    per_day = min(float(receipts_per_day), intervals_per_day + receipts_per_day / cfg.settle_max_receipts)
+    return math.floor(per_day) * DAYS
 
 
 @dataclass(frozen=True)

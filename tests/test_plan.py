@@ -377,3 +377,16 @@ async def test_the_tui_study_view_shows_the_draft_plan_labelled_as_such(tmp_path
     assert "D3330" in shown
     assert "1,350.00 USD" in shown
     assert "tooth 47: periapical_lesion -> proposed" in shown
+
+
+def test_the_control_view_says_why_there_is_no_plan(tmp_path: Path) -> None:
+    study, _sop = _stored(tmp_path, 11)
+    config = with_overrides(AgentConfig(), agent={"data_dir": str(tmp_path)})
+    assert AgentState(config).plan(study)["available"] is True
+    bad = tmp_path / "rules.toml"
+    bad.write_text("format = 2\n")
+    broken = AgentState(with_overrides(config, plan={"rules": str(bad)})).plan(study)
+    assert broken == {"available": False, "reason": "rules.toml: format: expected 1, got 2"}
+    off = AgentState(with_overrides(config, plan={"enabled": False})).plan(study)
+    assert off["available"] is False
+    assert "[plan] enabled = false" in off["reason"]

@@ -38,6 +38,7 @@ from edge.pipeline.records import (
     last_model_run,
     tooth_findings,
 )
+from edge.plan.errors import PlanError
 from edge.plan.study import study_plan
 from edge.receipts.book import (
     BalanceLine,
@@ -538,11 +539,14 @@ class AgentState:
 
     def plan(self, study_uid: str) -> dict[str, Any]:
         """The draft treatment plan of one study (:func:`edge.plan.study.study_plan`: an AI draft for the dentist
-        to review), with ``available``; false (and why) when plans are off."""
+        to review), with ``available``; false (and why) when plans are off or none can be made."""
         if not self.config.plan.enabled:
             return {"available": False, "reason": "draft plans are off on this box ([plan] enabled = false)"}
-        with self.db() as conn:
-            plan = study_plan(conn, self.config.plan, study_uid, now_ms=int(time.time() * 1000))
+        try:
+            with self.db() as conn:
+                plan = study_plan(conn, self.config.plan, study_uid, now_ms=int(time.time() * 1000))
+        except PlanError as exc:  # a clinic's malformed table, a study gone: said in the view, not as a dead link
+            return {"available": False, "reason": str(exc)}
         return {"available": True, **plan.to_json()}
 
     def unit(self) -> UnitView:

@@ -282,7 +282,7 @@ def test_token_add_admin_and_run_serve_the_portal_at_root(tmp_path: Path, capsys
             return None
 
     try:
-        assert 'action="/sign-in"' in wait_until(lambda: page("/"), 30, "the portal's sign-in page")
+        assert 'action="/sign-in"' in (wait_until(lambda: page("/"), 30, "the portal's sign-in page") or "")
         assert "htmx" in (page("/static/vendor/htmx/htmx.min.js") or "")
         assert "rootFromProof" in (page("/static/verify.js") or "")
         with pytest.raises(urllib.error.HTTPError, match="401"):

@@ -31,7 +31,6 @@ server or the network does raises.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import logging
@@ -44,6 +43,7 @@ from urllib.parse import urlsplit
 
 from edge.config import DestinationConfig
 from edge.multipart import closing, content_type, new_boundary, parse_media_type, part_head
+from edge.results import http as http_destination
 from edge.results.scu import Outcome, Outgoing
 from runtime.logs import event
 
@@ -150,32 +150,6 @@ class _Answer:
     outcomes: list[Outcome]
 
 
-def _first_line(path: str, key: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            line = fh.readline().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise _SetupError(f"cannot read results.destinations.{key} {path}: {why}") from exc
-    if not line:
-        raise _SetupError(f"results.destinations.{key} {path} is empty")
-    return line
-
-
-class _SetupError(Exception):
-    """The request cannot be made (a secret file, TLS); every object is ``retry`` with this reason."""
-
-
-def _authorization(destination: DestinationConfig) -> str | None:
-    if destination.auth == "bearer":
-        return f"Bearer {_first_line(destination.token_file, 'token_file')}"
-    if destination.auth == "basic":
-        password = _first_line(destination.password_file, "password_file")
-        pair = f"{destination.username}:{password}".encode()
-        return f"Basic {base64.b64encode(pair).decode('ascii')}"
-    return None
-
-
 class StowSender:
     """The DICOMweb :class:`~edge.results.scu.Sender`: STOW-RS, one request per batch."""
 
@@ -199,19 +173,6 @@ class StowSender:
                 break
             outcomes += self._post(destination, [item]).outcomes
         return outcomes
-
-    def _connection(self, destination: DestinationConfig) -> http.client.HTTPConnection:
-        parts = urlsplit(destination.url)
-        host, port = parts.hostname or "", parts.port
-        if parts.scheme != "https":
-            return http.client.HTTPConnection(host, port, timeout=self.connect_timeout_s)
-        try:
-            context = ssl.create_default_context(cafile=destination.tls_ca_file or None)
-            if destination.tls_cert_file:
-                context.load_cert_chain(destination.tls_cert_file, destination.tls_key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise _SetupError(f"TLS setup failed: {exc}") from exc
-        return http.client.HTTPSConnection(host, port, timeout=self.connect_timeout_s, context=context)
 
     def _post(self, destination: DestinationConfig, items: Sequence[Outgoing]) -> _Answer:
         outcomes: dict[str, Outcome] = {}
@@ -249,9 +210,9 @@ class StowSender:
         # part by part: the head, the file, and (before the next head, or in the closing) the CRLF ending it
         length = sum(len(head) + size for _, _, size in files) + 2 * (len(files) - 1) + len(tail)
         try:
-            authorization = _authorization(destination)
-            conn = self._connection(destination)
-        except _SetupError as exc:
+            authorization = http_destination.authorization(destination)
+            conn = http_destination.connection(destination, self.connect_timeout_s)
+        except http_destination.SetupError as exc:
             return retry(str(exc))
         path = (urlsplit(destination.url).path.rstrip("/") or "") + "/studies"
         try:

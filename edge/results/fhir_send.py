@@ -18,17 +18,16 @@ Outcomes (:class:`~edge.results.scu.Outcome`, ``status`` the HTTP status):
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import DestinationConfig
+from edge.results import http as http_destination
 from edge.results.scu import Outcome, Outgoing
 from runtime.logs import event
 
@@ -47,23 +46,10 @@ class _Unavailable(Exception):
 
 def _headers(destination: DestinationConfig) -> dict[str, str]:
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-    if destination.auth == "bearer":
-        token = Path(destination.token_file).read_text(encoding="utf-8").strip().splitlines()[0]
-        headers["Authorization"] = f"Bearer {token}"
-    elif destination.auth == "basic":
-        password = Path(destination.password_file).read_text(encoding="utf-8").strip().splitlines()[0]
-        pair = base64.b64encode(f"{destination.username}:{password}".encode()).decode("ascii")
-        headers["Authorization"] = f"Basic {pair}"
+    value = http_destination.authorization(destination)
+    if value is not None:
+        headers["Authorization"] = value
     return headers
-
-
-def _tls_context(destination: DestinationConfig) -> ssl.SSLContext | None:
-    if urlsplit(destination.url).scheme != "https":
-        return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=destination.tls_ca_file or None)
-    if destination.tls_cert_file:
-        context.load_cert_chain(destination.tls_cert_file, destination.tls_key_file)
-    return context
 
 
 def _diagnostics(doc: Any) -> str:
@@ -128,10 +114,10 @@ class FhirSender:
         if not items:
             return []
         try:
-            headers, context = _headers(destination), _tls_context(destination)
-        except (OSError, IndexError, ssl.SSLError) as exc:
-            why = f"cannot read the credentials or TLS files: {exc}"
-            return [Outcome(i.object_uid, "retry", None, why) for i in items]
+            headers = _headers(destination)
+            http_destination.connection(destination, self.connect_timeout_s)  # the TLS files are readable
+        except http_destination.SetupError as exc:
+            return [Outcome(i.object_uid, "retry", None, str(exc)) for i in items]
         outcomes: list[Outcome] = []
         for item in items:
             if stopping():
@@ -140,16 +126,14 @@ class FhirSender:
                 outcomes.append(Outcome(item.object_uid, "retry", None, outcomes[-1].detail))
                 continue
             try:
-                outcomes.append(self._post(destination, item, headers, context))
+                outcomes.append(self._post(destination, item, headers))
             except _Unavailable as exc:
                 event(log, "destination unavailable", level=logging.WARNING, destination=destination.name,
                       reason=str(exc), objects=len(items) - len(outcomes))  # fmt: skip
                 outcomes.append(Outcome(item.object_uid, "retry", None, str(exc)))
         return outcomes
 
-    def _post(
-        self, destination: DestinationConfig, item: Outgoing, headers: dict[str, str], context: ssl.SSLContext | None
-    ) -> Outcome:
+    def _post(self, destination: DestinationConfig, item: Outgoing, headers: dict[str, str]) -> Outcome:
         try:
             body = item.path.read_bytes()
             if json.loads(body).get("resourceType") != "Bundle":
@@ -157,12 +141,10 @@ class FhirSender:
         except (OSError, ValueError, AttributeError) as exc:
             return Outcome(item.object_uid, "rejected", None, f"cannot send {item.path.name}: {exc}")
         parts = urlsplit(destination.url)
-        host, port = parts.hostname or "", parts.port
-        connection: http.client.HTTPConnection = (
-            http.client.HTTPSConnection(host, port, timeout=self.connect_timeout_s, context=context)
-            if context is not None
-            else http.client.HTTPConnection(host, port, timeout=self.connect_timeout_s)
-        )
+        try:
+            connection = http_destination.connection(destination, self.connect_timeout_s)
+        except http_destination.SetupError as exc:
+            return Outcome(item.object_uid, "retry", None, str(exc))
         try:
             try:
                 connection.connect()

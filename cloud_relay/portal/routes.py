@@ -92,6 +92,11 @@ def _month(ms: int) -> str:
     return f"{d.year:04d}-{d.month:02d}"
 
 
+def _hours(seconds: int) -> str:
+    """A session length in hours for the sign-in page (``8``, ``0.5``)."""
+    return str(seconds // 3600) if seconds % 3600 == 0 else f"{seconds / 3600:.1f}"
+
+
 def _shift(period: str, months: int) -> str:
     index = int(period[:4]) * 12 + int(period[5:7]) - 1 + months
     year, month = divmod(index, 12)
@@ -170,7 +175,13 @@ def _routes(
 
     def render(p: Page, template: str, code: int = 200, **values: Any) -> Response:
         html = env.get_template(template).render(
-            page=p, t=p.t, fmt=p.fmt, principal=p.session.principal if p.session else None, chain=chain, **values
+            page=p,
+            t=p.t,
+            fmt=p.fmt,
+            principal=p.session.principal if p.session else None,
+            chain=chain,
+            session_hours=_hours(config.session_ttl_s),
+            **values,
         )
         return finish(p, HTMLResponse(html, status_code=code))
 

@@ -382,7 +382,9 @@ class DestinationConfig:
             object.__setattr__(self, "kinds", ("fhir",))
         carried = PROTOCOL_MEDIA_TYPES[self.protocol]
         if wrong := [k for k in self.kinds if spec(k).media_type not in carried]:
-            raise ConfigError(f"results.destinations.kinds: a {self.protocol} destination cannot take {', '.join(wrong)}")
+            raise ConfigError(
+                f"results.destinations.kinds: a {self.protocol} destination cannot take {', '.join(wrong)}"
+            )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("results.destinations.tls_cert_file and tls_key_file: give both or neither")
 

@@ -25,7 +25,7 @@ import uvicorn
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from cloud_relay.api import create_app
 from cloud_relay.capacity.coordinator import Coordinator
@@ -219,6 +219,14 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
     assert _status(csv_url, cookie["value"]) == 200
     _accessible(driver)
     _shot(driver, relay, tmp_path, "money")
+    Select(driver.find_element(By.ID, "period")).select_by_value("2026-10")  # htmx swaps the month in place
+    driver.find_element(By.ID, "show-period").click()
+    WebDriverWait(driver, 10).until(
+        lambda d: "Oct 2026" in d.execute_script("return document.getElementById('payouts-h').textContent")
+    )
+    assert driver.current_url.endswith("/money?period=2026-10")
+    assert "No payouts" in driver.find_element(By.ID, "main").text
+    driver.get(relay.url + "/money?period=2026-11")
     driver.find_element(By.LINK_TEXT, "owner-x").click()
     WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "earnings"))
     assert "70.00%" in driver.find_element(By.ID, "shares").text

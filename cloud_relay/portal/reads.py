@@ -31,6 +31,7 @@ __all__ = [
     "DayUsage",
     "DeviceStatus",
     "JobRow",
+    "assets",
     "balances",
     "daily_usage",
     "device_status",

@@ -5,7 +5,9 @@ An analyser holds every active bundle, each on its backend. Each image goes to t
 the chosen model cannot read, is a *skipped* result with the reason, and gets no findings. A failure of the backend
 or of post-processing raises :class:`~edge.errors.PipelineError` for the caller (the worker counts attempts).
 Every analysed result names the model (id, version, whether it is clinically validated) that produced it: findings
-are AI output and are labelled as such downstream; a result skipped before any model ran names none.
+are AI output and are labelled as such downstream; a result skipped before any model ran names none. It also says
+the view the image was analysed as and the teeth the model numbered on it (what the tooth numbering already
+computed for the findings; nothing is run for it), so that a draft plan can tell a missing tooth on a panoramic.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from edge.pipeline.backends import Backend, BackendOptions, select_backend
 from edge.pipeline.clinical import apply_clinical_rules
 from edge.pipeline.crops import crop_boxes, sample_crops
 from edge.pipeline.decoders import decode
-from edge.pipeline.postprocess import findings_from_crops, findings_from_outputs
+from edge.pipeline.postprocess import findings_from_crops, findings_from_decoded
 from edge.pipeline.preprocess import pixel_spacing_mm, pixels_from_dataset, prepare
 from edge.pipeline.routing import Skipped, image_facts, route
 from models.bundle import Bundle, Manifest, load_bundle
@@ -46,7 +48,9 @@ __all__ = [
     "ActiveModel",
     "AnalysisResult",
     "Analyzer",
+    "Inference",
     "infer_findings",
+    "infer_image",
     "open_analyzer",
     "read_dataset",
     "resolve_bundle_path",
@@ -72,6 +76,12 @@ class AnalysisResult:
     findings: tuple[Finding, ...] = ()
     reason: str | None = None
     """Why the image was skipped."""
+    view: str | None = None
+    """The view the image was routed as (:data:`models.bundle.VIEWS`: ``panoramic``, ``bitewing``, ...); None when
+    skipped before routing chose a model."""
+    teeth_fdi: tuple[str, ...] | None = None
+    """The FDI numbers of the teeth the model numbered on the image (:attr:`Inference.teeth_fdi`); None when it
+    numbers no teeth (no tooth output) or did not run."""
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"sop_instance_uid": self.sop_instance_uid, "status": self.status}
@@ -81,6 +91,8 @@ class AnalysisResult:
         doc["model"] = {"id": self.model_id, "version": self.model_version, "clinical": self.clinical} if ran else None
         doc["backend"] = self.backend if ran else None
         doc["precision"] = self.precision if ran else None
+        doc["view"] = self.view
+        doc["teeth_fdi"] = None if self.teeth_fdi is None else list(self.teeth_fdi)
         doc["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
         doc["findings"] = [f.to_json() for f in self.findings]
         return doc
@@ -109,7 +121,18 @@ CROP_BATCH = 32
 Runner = Callable[[npt.NDArray[np.float32]], Mapping[str, npt.NDArray[Any]]]
 
 
-def infer_findings(
+@dataclass(frozen=True)
+class Inference:
+    """What the model made of one image: its findings and the teeth it numbered."""
+
+    findings: list[Finding]
+    teeth_fdi: tuple[str, ...] | None
+    """FDI numbers of the teeth the tooth numbering found, in the manifest's label order: for a two-stage bundle
+    the teeth it cropped (a label shorter than :data:`edge.pipeline.crops.MIN_LENGTH_PX` is a fragment, not a
+    tooth), else every number the tooth labels hold; None for a bundle without a tooth output."""
+
+
+def infer_image(
     pixels: npt.NDArray[np.float32],
     manifest: Manifest,
     *,
@@ -117,12 +140,13 @@ def infer_findings(
     run: Runner,
     run_crops: Runner | None,
     lap: Callable[[str], None] = lambda stage: None,
-) -> list[Finding]:
-    """Findings of one image's decoded ``pixels`` by the bundle ``manifest`` describes: prepare, run the network
-    (``run``), post-process; for a two-stage bundle, crop each tooth the first network found from the source
-    pixels and run the crops (``run_crops``, in batches of :data:`CROP_BATCH`). ``lap(stage)`` is called as
-    each stage ends (``preprocess``, ``infer``, ``crops``, ``infer_crops``, ``postprocess``). The device and the
-    held-out evaluation both call this one function."""
+) -> Inference:
+    """Findings and numbered teeth of one image's decoded ``pixels`` by the bundle ``manifest`` describes:
+    prepare, run the network (``run``), post-process; for a two-stage bundle, crop each tooth the first network
+    found from the source pixels and run the crops (``run_crops``, in batches of :data:`CROP_BATCH`).
+    ``lap(stage)`` is called as each stage ends (``preprocess``, ``infer``, ``crops``, ``infer_crops``,
+    ``postprocess``). The device and the held-out evaluation both call this one function (the evaluation through
+    :func:`infer_findings`)."""
     prepared = prepare(pixels, manifest.input)
     lap("preprocess")
     outputs = dict(run(prepared.tensor))
@@ -130,9 +154,10 @@ def infer_findings(
     if manifest.crops is None or run_crops is None:
         if manifest.crops is not None:
             raise PipelineError(f"{manifest.id}: a two-stage bundle needs its crop network loaded")
-        found = findings_from_outputs(outputs, manifest, prepared, spacing, consume=True)
+        decoded = decode(outputs, manifest, consume=True)
+        found = findings_from_decoded(decoded, prepared, spacing)
         lap("postprocess")
-        return found
+        return Inference(found, decoded.teeth())
     decoded = decode(outputs, manifest, consume=True)
     assert decoded.labels is not None
     crops = crop_boxes(decoded.labels, decoded.labels_fdi, prepared.to_source, manifest.crops.input)
@@ -143,7 +168,20 @@ def infer_findings(
     lap("infer_crops")
     found = apply_clinical_rules(findings_from_crops(crop_outputs, crops, manifest, prepared.source_shape, spacing))
     lap("postprocess")
-    return found
+    return Inference(found, tuple(crop.fdi for crop in crops))
+
+
+def infer_findings(
+    pixels: npt.NDArray[np.float32],
+    manifest: Manifest,
+    *,
+    spacing: tuple[float, float] | None,
+    run: Runner,
+    run_crops: Runner | None,
+    lap: Callable[[str], None] = lambda stage: None,
+) -> list[Finding]:
+    """The findings of :func:`infer_image`."""
+    return infer_image(pixels, manifest, spacing=spacing, run=run, run_crops=run_crops, lap=lap).findings
 
 
 class Analyzer:
@@ -235,18 +273,22 @@ class Analyzer:
             return self.skipped(uid, decision.reason, timings)
         model = self.models[decision.index]
         manifest = model.bundle.manifest
+        # a DX or CR naming no view is offered to panoramic models only (by its shape): it went in as a panoramic
+        view = decision.view.view or ("panoramic" if decision.view.by_shape else None)
         try:
             pixels = pixels_from_dataset(ds, modalities=manifest.input.modalities)
         except UnsupportedImage as exc:
             lap("decode")
             timings["total"] = (time.perf_counter() - start) * 1000.0
-            return self._result(model, uid, "skipped", timings, reason=str(exc))
+            return self._result(model, uid, "skipped", timings, reason=str(exc), view=view)
         spacing = pixel_spacing_mm(ds)
         lap("decode")
         crops = None if model.crops is None else model.crops.run
-        findings = infer_findings(pixels, manifest, spacing=spacing, run=model.backend.run, run_crops=crops, lap=lap)
+        found = infer_image(pixels, manifest, spacing=spacing, run=model.backend.run, run_crops=crops, lap=lap)
         timings["total"] = (time.perf_counter() - start) * 1000.0
-        return self._result(model, uid, "analysed", timings, findings=tuple(findings))
+        return self._result(
+            model, uid, "analysed", timings, findings=tuple(found.findings), view=view, teeth_fdi=found.teeth_fdi
+        )
 
 
 def resolve_bundle_path(path: Path) -> Path:

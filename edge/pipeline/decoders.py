@@ -85,6 +85,13 @@ class Decoded:
     regions: tuple[Region, ...] = ()
     boxes: tuple[Box, ...] = ()
 
+    def teeth(self) -> tuple[str, ...] | None:
+        """The FDI numbers of the teeth the labels hold, in label order; None without a tooth output."""
+        if self.labels is None:
+            return None
+        counts = np.bincount(self.labels.reshape(-1), minlength=len(self.labels_fdi) + 1)[1 : len(self.labels_fdi) + 1]
+        return tuple(fdi for fdi, n in zip(self.labels_fdi, counts, strict=True) if n)
+
 
 Decoder = Callable[[Mapping[str, npt.NDArray[Any]], Manifest, bool], Decoded]
 """``(outputs, manifest, consume) -> Decoded``; ``consume`` lets it overwrite the outputs instead of copying."""

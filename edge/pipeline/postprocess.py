@@ -53,6 +53,7 @@ __all__ = [
     "MIN_ROOT_SHARE",
     "MIN_SHARE",
     "findings_from_crops",
+    "findings_from_decoded",
     "findings_from_outputs",
 ]
 
@@ -290,7 +291,13 @@ def findings_from_outputs(
     :class:`~edge.pipeline.preprocess.Prepared` of the image; ``pixel_spacing_mm`` is ``(row, column)`` spacing
     (DICOM order: vertical, then horizontal) in mm, or ``None`` when the image has none.
     """
-    decoded = decode(outputs, bundle_manifest, consume=consume)
+    return findings_from_decoded(decode(outputs, bundle_manifest, consume=consume), prepared, pixel_spacing_mm)
+
+
+def findings_from_decoded(
+    decoded: Decoded, prepared: _Transform, pixel_spacing_mm: tuple[float, float] | None
+) -> list[Finding]:
+    """Findings of one image from its decoded outputs (:func:`findings_from_outputs` after the decoder)."""
     zones = _zones(decoded.labels)
     found: list[Finding] = []
     for region in decoded.regions:

@@ -51,6 +51,12 @@ class AnalysisRecord(AnalysisSummary):
     sop_instance_uid: str
     findings_json: str = "[]"
     """The findings as recorded: a JSON list of :meth:`dental.findings.Finding.to_json` objects."""
+    view: str | None = None
+    """The view the image was routed as (``panoramic``, ``bitewing``, ...); None when not recorded."""
+    teeth_fdi: tuple[str, ...] | None = None
+    """The FDI numbers of the teeth the model numbered on the image; None when not known (a model without a tooth
+    output, a skipped image, or an analysis recorded before the pipeline kept them): not assessed, which is not
+    "no teeth"."""
 
     def summary(self) -> AnalysisSummary:
         """The record without the instance and the findings."""
@@ -81,6 +87,13 @@ _RESULT_COLUMNS = (
     "sop_instance_uid, status, reason, model_id, model_version, backend, precision, clinical, timings_json, "
     "findings_json"
 )
+_TEETH_COLUMNS = ("image_view", "teeth_json")
+"""Added by a later migration: a table the agent has not upgraded yet reads as if every row predates them."""
+
+
+def _teeth_columns(conn: sqlite3.Connection) -> str:
+    have = {str(row[1]) for row in conn.execute("PRAGMA table_info(pipeline_results)")}
+    return ", ".join(c if c in have else f"NULL AS {c}" for c in _TEETH_COLUMNS)
 
 
 def analysis_record(
@@ -91,11 +104,12 @@ def analysis_record(
         return None
     where = " AND status = 'analysed'" if analysed_only else ""
     row = conn.execute(
-        f"SELECT {_RESULT_COLUMNS} FROM pipeline_results WHERE sop_instance_uid = ?{where}", (sop_instance_uid,)
+        f"SELECT {_RESULT_COLUMNS}, {_teeth_columns(conn)} FROM pipeline_results WHERE sop_instance_uid = ?{where}",
+        (sop_instance_uid,),
     ).fetchone()
     if row is None:
         return None
-    uid, status, reason, model_id, version, backend, precision, clinical, timings, findings = tuple(row)
+    uid, status, reason, model_id, version, backend, precision, clinical, timings, findings, view, teeth = tuple(row)
     return AnalysisRecord(
         sop_instance_uid=uid,
         status=status,
@@ -107,6 +121,8 @@ def analysis_record(
         clinical=clinical,
         timings_ms=json.loads(timings or "{}"),
         findings_json=findings,
+        view=view,
+        teeth_fdi=None if teeth is None else tuple(str(t) for t in json.loads(teeth)),
     )
 
 

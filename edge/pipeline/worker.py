@@ -27,7 +27,9 @@ Tables (component ``pipeline``)::
 
     pipeline_attempts  sop_instance_uid PK, attempts INTEGER, last_error, updated_at
     pipeline_results   sop_instance_uid PK, status, reason, model_id, model_version, clinical INTEGER, backend,
-                       timings_json, findings_json, recorded_at
+                       precision, timings_json, findings_json, recorded_at, image_view (the view it was routed
+                       as), teeth_json (a JSON list of the FDI numbers the model numbered; NULL: not known, as
+                       for every row recorded before the column)
     pipeline_findings  id INTEGER PK, sop_instance_uid, kind, tooth_fdi, confidence REAL, x0, y0, x1, y1 INTEGER,
                        finding_json
 """
@@ -108,6 +110,12 @@ _MIGRATIONS = [
     """,
     # the precision of the network that ran (a bundle's INT8 variant, say); rows from before were all fp32
     "ALTER TABLE pipeline_results ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32'",
+    # the view the image was routed as and the teeth the model numbered on it (a draft plan's missing teeth);
+    # rows from before say neither (NULL: not assessed)
+    """
+    ALTER TABLE pipeline_results ADD COLUMN image_view TEXT;
+    ALTER TABLE pipeline_results ADD COLUMN teeth_json TEXT
+    """,
 ]
 
 
@@ -274,8 +282,8 @@ class PipelineWorker:
         with transaction(self._conn):
             self._conn.execute(
                 "INSERT OR REPLACE INTO pipeline_results (sop_instance_uid, status, reason, model_id, model_version, "
-                "clinical, backend, precision, timings_json, findings_json, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "clinical, backend, precision, timings_json, findings_json, recorded_at, image_view, teeth_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     uid,
                     result.status,
@@ -288,6 +296,8 @@ class PipelineWorker:
                     json.dumps(result.timings_ms, sort_keys=True),
                     findings_json,
                     utc_now(),
+                    result.view,
+                    None if result.teeth_fdi is None else json.dumps(list(result.teeth_fdi)),
                 ),
             )
             self._conn.execute("DELETE FROM pipeline_findings WHERE sop_instance_uid = ?", (uid,))

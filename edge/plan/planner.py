@@ -7,8 +7,8 @@ visit), ordered by urgency then along the arch, coded with the market's code set
 variant by tooth type, teeth per quadrant, first or additional), priced from the clinic's fee schedule
 (:mod:`edge.plan.fees`, exact minor units) and marked covered or not by the prepaid rights
 (:mod:`edge.plan.coverage`). A missing tooth is a finding only when the caller knows which teeth the analysis
-found (``teeth_present``); the recorded analyses do not say, so a stored study's plan proposes no replacement
-and its notes say so.
+found (``teeth_present``: for a stored study, those the model numbered on its panoramics,
+:func:`edge.plan.study.recorded_teeth`); without it the plan proposes no replacement and its notes say so.
 
 Every plan carries :data:`LABEL`: it is an AI draft for the dentist to review, never a decision.
 """
@@ -343,7 +343,7 @@ def make_plan(
     all_notes = list(notes)
     present: set[str] = set(by_tooth)
     if teeth_present is None:
-        all_notes.append("missing teeth not assessed: the analysis does not record which teeth it found")
+        all_notes.append("missing teeth not assessed: no analysed panoramic records which teeth the model found")
     else:
         present |= set(teeth_present)
         for fdi in PERMANENT_FDI:

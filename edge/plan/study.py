@@ -1,7 +1,8 @@
 """The draft plan of a study stored on this box: the I/O around :func:`edge.plan.planner.make_plan`.
 
-It reads the tables ``[plan]`` names (rules, code set, fee schedule), the study's analysed images and their
-recorded findings through the pipeline's own reads (:mod:`edge.pipeline.records`), and the prepaid rights
+It reads the tables ``[plan]`` names (rules, code set, fee schedule), the study's analysed images, their
+recorded findings and the teeth the model numbered on its panoramics through the pipeline's own reads
+(:mod:`edge.pipeline.records`), and the prepaid rights
 through the receipt book's (:func:`edge.receipts.grants.list_grants`), and hands them to the pure planner.
 ``btt-edge plan``, the control socket's ``plan`` view (the terminal UI) and the FHIR export call
 :func:`study_plan`. It only reads.
@@ -36,14 +37,21 @@ from edge.results.uids import UidFactory
 from edge.store.index import get_instance, has_study, index_present, instance_path, list_instances
 
 __all__ = [
+    "FULL_ARCH_VIEWS",
     "Tables",
     "load_tables",
     "plan_entries_for",
     "prepaid_on_box",
     "recorded_evidence",
+    "recorded_teeth",
     "stored_headers",
     "study_plan",
 ]
+
+
+FULL_ARCH_VIEWS = frozenset({"panoramic"})
+"""Views that show the whole dentition, so that a tooth the model did not number on one is missing. An intra-oral
+image (bitewing, periapical, occlusal) shows a few teeth: absence there means nothing, and nothing is inferred."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,19 @@ def recorded_evidence(conn: sqlite3.Connection, sop_instance_uids: list[str]) ->
     return evidence, list(models.values())
 
 
+def recorded_teeth(conn: sqlite3.Connection, sop_instance_uids: Sequence[str]) -> frozenset[str] | None:
+    """The teeth the model numbered on the analysed full-arch images (:data:`FULL_ARCH_VIEWS`) among
+    ``sop_instance_uids``, together; None when none of them says (only intra-oral images, or analyses recorded
+    before the pipeline kept the teeth): missing teeth are then not assessed."""
+    found: set[str] | None = None
+    for uid in sop_instance_uids:
+        record = analysis_record(conn, uid, analysed_only=True)
+        if record is None or record.view not in FULL_ARCH_VIEWS or record.teeth_fdi is None:
+            continue
+        found = (found or set()) | set(record.teeth_fdi)
+    return None if found is None else frozenset(found)
+
+
 def stored_headers(conn: sqlite3.Connection, data_dir: Path, sop_instance_uids: Sequence[str]) -> dict[str, Dataset]:
     """The stored DICOM headers (no pixel data) of these images, for the FHIR form of a plan."""
     headers: dict[str, Dataset] = {}
@@ -121,6 +142,7 @@ def study_plan(conn: sqlite3.Connection, config: PlanConfig, uid: str, *, now_ms
         fees=tables.fees,
         prepaid=prepaid_on_box(conn, now_ms),
         models=models,
+        teeth_present=recorded_teeth(conn, instances),
         notes=notes,
         uid=uid,
     )

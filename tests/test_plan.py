@@ -181,8 +181,9 @@ def test_plan_fhir_bundle_is_valid_r4_and_points_at_the_exports_observations(
 
 
 def test_missing_teeth_from_the_generators_truth_propose_an_implant_or_a_bridge() -> None:
-    """The analysis does not record which teeth it found; the generator knows which it drew. Seed 3 lacks 18 and
-    38 (third molars: nothing proposed); with 36 also left out, 36 gets an implant, or a bridge on 37 and 35."""
+    """The planner given the generator's truth of the teeth it drew (stored studies: tests/test_plan_teeth.py).
+    Seed 3 lacks 18 and 38 (third molars: nothing proposed); with 36 also left out, 36 gets an implant, or a bridge
+    on 37 and 35."""
     image = generate(3)
     evidence = [Evidence("1.2", i, f) for i, f in enumerate(_analyser().analyse(synthetic_dataset(image, 3)).findings)]
     present = set(image.teeth_fdi)

@@ -175,6 +175,7 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
     _shot(driver, relay, tmp_path, "sign-in")
     driver.find_element(By.ID, "token").send_keys("btt_not-a-token")
     driver.find_element(By.ID, "sign-in").click()
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "sign-in-error"))
     assert "not known" in driver.find_element(By.ID, "sign-in-error").text
 
     # clinic A: devices, its device, money, capacity

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cloud_relay.chain.cli import register as register_chain
+from cloud_relay.chain.config import DEFAULT_CONFIRMATIONS, ChainConfig
 from cloud_relay.config import HttpConfig, IngestConfig, LedgerConfig, MqttConfig, RelayConfig
 from cloud_relay.errors import RelayError, WorkerFailed
 from cloud_relay.ledger import Ledger
@@ -86,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--operator", default=LedgerConfig.operator, help="billed for uses without a right")
     run_p.add_argument("--log-format", choices=("text", "json"), default="text")
     run_p.add_argument("--capacity-key", type=Path, help="private key file signing spare-capacity jobs (dispatch on)")
+    run_p.add_argument("--chain", help="JSON-RPC URL of the ledger chain (omit: no chain; README 'Ledger')")
+    run_p.add_argument("--chain-key", type=Path, help="the relay's chain keystore (password: $BTT_CHAIN_KEY_PASSWORD)")
+    run_p.add_argument("--chain-confirmations", type=int, default=DEFAULT_CONFIRMATIONS, help="blocks deep")
 
     clinic = sub.add_parser("clinic", help="clinics").add_subparsers(dest="action", required=True)
     p = command("add", "register a clinic", _clinic_add, clinic)
@@ -141,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("rejects", "the most recent rejected items and why", _rejects)
     p.add_argument("--limit", type=int, default=50)
+    register_chain(sub, command)
     return parser
 
 
@@ -197,6 +203,14 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
             config.mqtt, Coordinator(db, load_private_key(config.capacity_key)), on_failure=failed("capacity link")
         )
         capacity.start()
+    chain = None  # the ledger chain (cloud_relay.chain), with --chain
+    if config.chain is not None:
+        from cloud_relay.chain.service import ChainService, open_chain
+
+        opened = open_chain(db, config.chain)
+        assert opened.contracts is not None
+        chain = ChainService(db, config.chain, opened.client, opened.contracts, on_failure=failed("chain service"))
+        chain.start()
     try:
         if config.http.port:
             import uvicorn
@@ -219,6 +233,8 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
         else:
             stop.wait()
     finally:
+        if chain is not None:
+            chain.stop()
         if capacity is not None:
             capacity.stop()
         if consumer is not None:
@@ -249,6 +265,9 @@ def _run(args: argparse.Namespace, db: Database) -> int:
         ),
         ledger=LedgerConfig(operator=args.operator),
         capacity_key=args.capacity_key,
+        chain=None
+        if args.chain is None
+        else ChainConfig(url=args.chain, key_file=args.chain_key, confirmations=args.chain_confirmations),
     )
     if config.mqtt is None and not config.http.port:
         raise RelayError("nothing to run: give --mqtt, --http-port, or both")

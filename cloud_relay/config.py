@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from cloud_relay.chain.config import ChainConfig
 from cloud_relay.errors import RelayConfigError
 
 __all__ = ["HttpConfig", "IngestConfig", "LedgerConfig", "MqttConfig", "RelayConfig"]
@@ -137,3 +138,6 @@ class RelayConfig:
     capacity_key: Path | None = None
     """The relay's private key file for signing capacity jobs (``cloud_relay.capacity``); with ``mqtt``, the
     worker also coordinates spare-capacity jobs. None: no dispatch (the capacity API still takes jobs)."""
+    chain: ChainConfig | None = None
+    """The ledger chain (:mod:`cloud_relay.chain`): anchor verified settlements, burn their units, send what the
+    journal holds. None (the default): no chain; the database is the whole ledger."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from eth_utils.address import to_checksum_address
+
 from cloud_relay.chain.claims import Claim, ClaimTree
 from cloud_relay.chain.client import ChainClient, Contracts
 from cloud_relay.chain.errors import ChainError
@@ -55,7 +57,8 @@ def chain_share_table(
     if total == 0:
         raise ChainError(f"asset {asset}: no shares on chain at {at_s}")
     out: dict[str, int] = {}
-    for holder in contracts.view(client, "AssetShares", "holders", key):
+    for raw in contracts.view(client, "AssetShares", "holders", key):
+        holder = to_checksum_address(str(raw))  # the ABI decoder gives lower case; web3 and the store use checksums
         balance = int(contracts.view(client, "AssetShares", "balanceOfAt", holder, key, at_s))
         if balance == 0:
             continue

@@ -25,13 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.receipts import sample_uses
 from edge.db import connect
 from edge.receipts.book import ReceiptBook
 from edge.receipts.identity import DeviceIdentity, KeyFiles, load_identity, provision
 from protocol.certificates import DeviceCertificate
 from protocol.encoding import canonical_bytes, decode, signing_message
 from protocol.keys import PrivateKey, generate_key
-from protocol.receipts import RECEIPT, Use
+from protocol.receipts import RECEIPT
 from protocol.verify import Trust, verify_certificates, verify_receipts
 
 KINDS = ("ed25519", "hybrid")
@@ -59,16 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     n: int = args.n
     batch: int = args.batch
-    uses = [
-        Use(
-            kind="analysis",
-            bundle_id="btt-reference-dental-pano",
-            bundle_version="0.1.0",
-            output_digest="sha256:" + f"{i:064x}",
-            study_uid=f"1.2.826.0.1.3680043.8.498.{i}",
-        )
-        for i in range(n)
-    ]
+    uses = sample_uses(n)
     manufacturer = generate_key()
     trust = Trust.of([manufacturer.public])
     best: dict[tuple[str, str], float] = {}

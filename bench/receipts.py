@@ -35,6 +35,20 @@ from protocol.receipts import RECEIPT, Use
 from protocol.verify import Trust, verify_certificates, verify_receipts
 
 
+def sample_uses(n: int) -> list[Use]:
+    """``n`` analyses of distinct studies: the receipts every receipt benchmark signs."""
+    return [
+        Use(
+            kind="analysis",
+            bundle_id="btt-reference-dental-pano",
+            bundle_version="0.1.0",
+            output_digest="sha256:" + f"{i:064x}",
+            study_uid=f"1.2.826.0.1.3680043.8.498.{i}",
+        )
+        for i in range(n)
+    ]
+
+
 def _rate(n: int, fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
     start = clock()
     fn()
@@ -67,16 +81,7 @@ def main() -> None:
         provision(files, manufacturer=manufacturer)
         identity = load_identity(files)
         assert identity is not None
-        uses = [
-            Use(
-                kind="analysis",
-                bundle_id="btt-reference-dental-pano",
-                bundle_version="0.1.0",
-                output_digest="sha256:" + f"{i:064x}",
-                study_uid=f"1.2.826.0.1.3680043.8.498.{i}",
-            )
-            for i in range(n)
-        ]
+        uses = sample_uses(n)
 
         conn = connect(root / DB_FILENAME)
         book = ReceiptBook(identity)

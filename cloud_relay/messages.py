@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard
 
-from protocol.encoding import MAX_SAFE_INTEGER
+from protocol.encoding import MAX_NESTING, MAX_SAFE_INTEGER, nests_deeper_than
 from protocol.envelope import Envelope
 from protocol.errors import MalformedRecord
 from protocol.kinds import CERTIFICATE, RECEIPTS, SETTLEMENTS, UP_KINDS
@@ -210,6 +210,8 @@ def parse_up(topic: str, payload: bytes) -> ParsedUp:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _whole(device, kind, "encoding", f"payload is not UTF-8: {exc}")
+    if nests_deeper_than(payload, MAX_NESTING):
+        return _whole(device, kind, "json", "payload is not JSON: nested too deeply")
     try:
         doc, marked = _decode(text)
     except RecursionError:

@@ -20,23 +20,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
+from itertools import accumulate
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from protocol.errors import EncodingError
 
 __all__ = [
+    "MAX_NESTING",
     "MAX_SAFE_INTEGER",
     "canonical_bytes",
     "decode",
     "encode_unchecked",
+    "nests_deeper_than",
     "quote_string",
     "sha256_hex",
     "signing_message",
 ]
 
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_NESTING = 200
+"""The deepest nesting :func:`decode` parses; past it the document is refused before the parser sees it."""
 _SIGNING_PREFIX = b"BTT-EDGE-SIG/1\x00"
 
 if c_make_encoder is not None:  # CPython's C encoder, built once: the verifier's hot path
@@ -102,8 +108,33 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+for _open, _close in (b"[]", b"{}"):
+    _STEP[_open], _STEP[_close] = 1, -1
+
+
+def nests_deeper_than(data: bytes | str, limit: int) -> bool:
+    """Whether the JSON text opens more than ``limit`` arrays and objects inside one another (brackets in strings
+    do not count), without parsing it.
+
+    Parse untrusted JSON only after this says no. The C parser recurses once per level and relies on the
+    interpreter's recursion limit to stop, and libraries raise that limit on import (``py_ecc``, which
+    ``eth_account`` imports, sets 100000): past a few ten thousand levels the process then dies of a stack overflow
+    instead of raising :class:`RecursionError`. Linear in the text, and fast when it has few brackets.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    skeleton = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, skeleton)), default=0) > limit
+
+
 def decode(data: bytes | str) -> Any:
     """Parse JSON strictly: duplicate keys, floats, NaN and Infinity raise :class:`EncodingError`."""
+    if nests_deeper_than(data, MAX_NESTING):
+        raise EncodingError(f"not valid JSON: nested deeper than {MAX_NESTING}")
     try:
         return json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_float)
     except (ValueError, RecursionError) as exc:

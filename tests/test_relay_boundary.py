@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from cloud_relay.ingest import Ack, Ingestor, UpMessage
 from cloud_relay.messages import MAX_DEPTH, MAX_PAYLOAD_BYTES, MAX_REASON, ReceiptIn, parse_up
 from cloud_relay.storage import Database
+from protocol.encoding import nests_deeper_than
 from protocol.keys import generate_key
 from tests import relay_helpers
 from tests.receipts_helpers import Box
@@ -121,6 +124,48 @@ def test_limits_of_the_message_itself() -> None:
     items = [{"id": f"h{i}", "body": {}} for i in range(10_001)]
     assert parse_up(topic, json.dumps(doc | {"items": items}).encode()).refused[0].code == "message"
     assert parse_up("btt/v1/dev/a\x00b/up/health", json.dumps(doc).encode()).refused[0].code == "topic"
+
+
+_DEEP_UNDER_A_RAISED_LIMIT = """
+import sys
+sys.setrecursionlimit(100_000)  # what py_ecc does to the interpreter on import
+from cloud_relay.messages import parse_up
+from protocol.encoding import decode
+from protocol.errors import EncodingError
+deep = b'{"v":1,"device":"box-1","kind":"health","items":[{"id":"h","body":' + b"[" * 200_000 + b"]" * 200_000
+print(parse_up("btt/v1/dev/box-1/up/health", deep + b"}]}").refused[0].reason)
+try:
+    decode(b"[" * 200_000 + b"]" * 200_000)
+except EncodingError as exc:
+    print(exc)
+"""
+
+
+def test_a_deep_message_is_refused_even_where_a_library_raised_the_recursion_limit() -> None:
+    # The C JSON parser recurses once per level and stops only at the recursion limit: at 100000 the process died
+    # of a stack overflow (CI, after the chain tests imported eth_account) instead of refusing the message.
+    done = subprocess.run(
+        [sys.executable, "-c", _DEEP_UNDER_A_RAISED_LIMIT], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused = ["payload is not JSON: nested too deeply", "not valid JSON: nested deeper than 200"]
+    assert done.stdout.splitlines() == refused
+
+
+def test_the_ethereum_libraries_leave_the_relays_recursion_limit_as_it_was() -> None:
+    code = "import sys; before = sys.getrecursionlimit(); import cloud_relay.chain.client, cloud_relay.chain.keys, web3"
+    code += "; print(before, sys.getrecursionlimit())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    before, after = done.stdout.split()
+    assert before == after
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    assert not nests_deeper_than('["[[[[", "\\", "\\"[[", []]', 2)
+    assert nests_deeper_than('["]]]]", [[]]]', 2)
+    assert not nests_deeper_than("[]" * 10_000, 1)
+    assert nests_deeper_than(b"{" * 201, 200)
+    assert not nests_deeper_than(b"{" * 200, 200)
 
 
 # --- the ingest, against the database -------------------------------------------------------------------------

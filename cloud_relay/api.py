@@ -14,6 +14,7 @@ document (tests/test_relay_api_fuzz.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path, Query
@@ -24,10 +25,11 @@ from cloud_relay.capacity.api import capacity_router
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.clinic import ClinicView
 from cloud_relay.errors import RegistryError, StorageUnavailable
-from cloud_relay.ledger import PERIOD_PATTERN, Ledger
+from cloud_relay.ledger import PERIOD_PATTERN, Ledger, period_bounds
 from cloud_relay.portal import mount_portal
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
+from protocol.clock import now_ms
 from protocol.encoding import MAX_SAFE_INTEGER
 from protocol.topics import DEVICE_ID
 
@@ -37,8 +39,8 @@ DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID}$", description="A device i
 _PERIOD = Query(pattern=PERIOD_PATTERN, description="UTC calendar month, YYYY-MM (1970-01 to 9999-12)")
 
 
-def create_app(db: Database, ledger: Ledger) -> FastAPI:
-    """The API over ``db``."""
+def create_app(db: Database, ledger: Ledger, *, clock: Callable[[], int] = now_ms) -> FastAPI:
+    """The API over ``db``; ``clock`` (ms) dates the status's window of rejected messages."""
     app = FastAPI(
         title="BTT Edge cloud relay: clinic API",
         version="1",
@@ -58,12 +60,35 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
     def devices(clinic_id: Clinic) -> dict[str, Any]:
         return {"devices": view.devices(clinic_id)}
 
+    @app.get("/v1/status", summary="Each device's last contact, link, active model, outbox lag and alerts")
+    def status(clinic_id: Clinic) -> dict[str, Any]:
+        return view.status(clinic_id, clock())
+
+    @app.get("/v1/rights", summary="The clinic's prepaid service rights with the units used of each")
+    def rights(clinic_id: Clinic) -> dict[str, Any]:
+        return view.rights(clinic_id)
+
+    @app.get("/v1/shares", summary="The share tables of the assets the clinic's devices are")
+    def shares(clinic_id: Clinic) -> dict[str, Any]:
+        return view.shares(clinic_id)
+
     @app.get("/v1/usage", summary="Receipts and units per device and service kind in a month")
     def usage(clinic_id: Clinic, period: Annotated[str, _PERIOD]) -> dict[str, Any]:
         try:
             return view.usage(clinic_id, period)
         except RegistryError as exc:
             raise HTTPException(422, str(exc)) from exc
+
+    @app.get("/v1/devices/{device}/usage/daily", summary="A device's receipts and units per day and kind in a month")
+    def daily_usage(clinic_id: Clinic, device: DeviceId, period: Annotated[str, _PERIOD]) -> dict[str, Any]:
+        try:
+            period_bounds(period)
+        except RegistryError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        try:
+            return view.daily_usage(clinic_id, device, period)
+        except RegistryError as exc:
+            raise not_found(exc) from exc
 
     @app.get("/v1/devices/{device}/receipts", summary="A device's receipts with their inclusion proofs")
     def receipts(
@@ -121,5 +146,5 @@ def create_app(db: Database, ledger: Ledger) -> FastAPI:
     # Spare-capacity jobs (cloud_relay.capacity): submit a batch job, collect its results, offers, payouts.
     app.include_router(capacity_router(Coordinator(db)))
     # The clinic portal (cloud_relay.portal): web pages at / over the same functions; the API above is unchanged.
-    mount_portal(app, db, ledger)
+    mount_portal(app, db, ledger, clock=clock)
     return app

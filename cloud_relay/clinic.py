@@ -1,4 +1,5 @@
-"""What a clinic may read: its devices, their usage, receipts with inclusion proofs, settlements and capacity.
+"""What a clinic may read: its devices and their status, usage, receipts with inclusion proofs, settlements,
+prepaid rights, share tables and capacity.
 
 A receipt's proof is also available as the stand-alone document ``btt-edge receipts verify-proof`` checks.
 
@@ -9,8 +10,10 @@ reported as unknown (:class:`RegistryError`), never as forbidden, so clinics can
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
+from cloud_relay import fleet
 from cloud_relay.errors import RegistryError
 from cloud_relay.ledger import period_bounds
 from cloud_relay.registry import Registry
@@ -148,3 +151,25 @@ class ClinicView:
         for device, body, received in rows:
             latest[device] = {"device": device, "offer": json.loads(body), "received_ms": int(received)}
         return {"capacity": list(latest.values())}
+
+    def status(self, clinic: str, now_ms: int) -> dict[str, Any]:
+        """Each device's last contact, link state, active model, outbox lag and alerts (:mod:`cloud_relay.fleet`;
+        rejected messages are counted over the week before ``now_ms``)."""
+        return {"devices": [s.to_json() for s in fleet.device_status(self._db, clinic, now_ms)]}
+
+    def daily_usage(self, clinic: str, device: str, period: str) -> dict[str, Any]:
+        """The device's receipts and units per UTC day and service kind in ``period`` (``YYYY-MM``)."""
+        start, end = period_bounds(period)
+        with self._db.transaction() as tx:
+            self._own(tx, clinic, device)
+        days = fleet.daily_usage(self._db, clinic, device, start, end)
+        return {"device": device, "period": period, "days": [d.to_json() for d in days]}
+
+    def rights(self, clinic: str) -> dict[str, Any]:
+        """The clinic's prepaid rights (verified grants), each with the units its receipts at the relay used."""
+        return {"rights": [b.to_json() for b in fleet.balances(self._db, clinic)]}
+
+    def shares(self, clinic: str) -> dict[str, Any]:
+        """The verified share tables of the assets the clinic's devices are, by asset and version."""
+        tables = fleet.share_tables(self._db, clinic)
+        return {"shares": [{**asdict(t), "owners": [asdict(o) for o in t.owners]} for t in tables]}

@@ -83,6 +83,10 @@ def capacity_router(coordinator: Coordinator) -> APIRouter:
         )
         return {"job_id": coordinator.submit(clinic, job.bundle, job.batch, needs, job.spot_check)}
 
+    @router.get("/jobs", summary="The clinic's newest jobs and their states, newest first")
+    def jobs(clinic: Clinic, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
+        return {"jobs": coordinator.jobs(clinic, limit)}
+
     @router.get("/jobs/{job_id}", summary="A job's state, its results when done, and its assignments")
     def job(clinic: Clinic, job_id: Annotated[str, _JOB_ID]) -> dict[str, Any]:
         try:

@@ -357,6 +357,21 @@ class Coordinator:
             ],
         }
 
+    def jobs(self, clinic: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs submitted by ``clinic`` (None: by any clinic), newest first, without outputs."""
+        where, params = (" WHERE clinic = ?", (clinic,)) if clinic is not None else ("", ())
+        with self.db.transaction() as tx:
+            rows = tx.all(
+                "SELECT job_id, clinic, state, reason, items, spot_check, created_ms, updated_ms FROM capacity_jobs"
+                f"{where} ORDER BY created_ms DESC, job_id LIMIT ?",
+                (*params, limit),
+            )
+        return [
+            {"job_id": r[0], "clinic": r[1], "state": r[2], "reason": r[3], "items": int(r[4]),
+             "spot_check": bool(r[5]), "created_ms": int(r[6]), "updated_ms": int(r[7])}
+            for r in rows
+        ]  # fmt: skip
+
     def offers(self) -> list[dict[str, Any]]:
         """Live offers (not withdrawn, not expired)."""
         with self.db.transaction() as tx:

@@ -5,8 +5,9 @@ page until signed in), the static files at ``/static``; the API stays under ``/v
 with its API token (``btt-relay token add CLINIC``) and sees what the API shows it, rendered; the operator signs in
 with an admin token (``btt-relay token add --admin``) and sees every clinic. The pages read through the relay's own
 functions (:class:`~cloud_relay.clinic.ClinicView`, :class:`~cloud_relay.ledger.Ledger`,
-:class:`~cloud_relay.capacity.coordinator.Coordinator`, and :mod:`cloud_relay.portal.reads` for the few reads they
-have no function for yet). The relay holds no patient data, so the portal shows no studies and says so.
+:class:`~cloud_relay.capacity.coordinator.Coordinator` and :mod:`cloud_relay.fleet`), the same functions the API
+serves, so a page never shows what the API would not. The relay holds no patient data, so the portal shows no
+studies and says so.
 
 Modules: :mod:`~cloud_relay.portal.routes` (pages), :mod:`~cloud_relay.portal.sessions` (its ``portal_sessions``
 table), :mod:`~cloud_relay.portal.csrf`, :mod:`~cloud_relay.portal.i18n` (``locales/en.json``,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cloud_relay.portal.reads import DAY_MS, DayUsage
+from cloud_relay.fleet import DAY_MS, DayUsage
 
 __all__ = ["Bar", "Chart", "usage_chart"]
 

@@ -29,11 +29,11 @@ import jinja2
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
+from cloud_relay import fleet
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.clinic import ClinicView
 from cloud_relay.errors import RegistryError, Unauthorized
 from cloud_relay.ledger import PERIOD_PATTERN, Ledger, Statement, period_bounds
-from cloud_relay.portal import reads
 from cloud_relay.portal.chain import ChainView, on_chain
 from cloud_relay.portal.chart import usage_chart
 from cloud_relay.portal.config import PortalConfig
@@ -207,7 +207,7 @@ def _routes(
         p = page(request)
         if p.session is None:
             return render(p, "sign_in.html", error=None)
-        statuses = reads.device_status(db, p.session.principal.scope, clock())
+        statuses = fleet.device_status(db, p.session.principal.scope, clock())
         return render(p, "devices.html", devices=statuses, now=clock())
 
     @router.post("/sign-in")
@@ -262,12 +262,12 @@ def _routes(
     def device_page(request: Request, device: DeviceParam, period: PeriodParam = None) -> Response:
         p = page(request)
         clinic = clinic_of(p, device)
-        status = next(s for s in reads.device_status(db, clinic, clock()) if s.device == device)
+        status = next(s for s in fleet.device_status(db, clinic, clock()) if s.device == device)
         recent = view.receipts(clinic, device, max(0, status.last_seq - _RECENT), _RECENT)["receipts"][::-1]
         if period is None:
             period = _month(recent[0]["envelope"]["signed"]["time_ms"] if recent else clock())
         start, end = period_bounds(period)
-        days = reads.daily_usage(db, clinic, device, start, end)
+        days = fleet.daily_usage(db, clinic, device, start, end)
         settlements = view.settlements(clinic, device)["settlements"][::-1]
         return render(
             p, "device.html", status=status, receipts=recent, settlements=settlements, period=period,
@@ -307,10 +307,10 @@ def _routes(
             recent = history(scope, _month(clock()))
             period = next((m.period for m in recent if m.statement and m.statement.receipts), recent[0].period)
         statements = history(scope, period)
-        tables = reads.share_tables(db, scope)
+        tables = fleet.share_tables(db, scope)
         return render(
             p, "money.html", period=period, selected=statements[0], statements=statements,
-            balances=reads.balances(db, scope), tables=reads.assets(tables, owner) if owner else tables,
+            balances=fleet.balances(db, scope), tables=fleet.assets(tables, owner) if owner else tables,
             owner=owner or None, on_chain=lambda kind, ref: on_chain(chain, kind, ref),
             prev_period=_shift(period, -1), next_period=_shift(period, 1),
         )  # fmt: skip
@@ -348,9 +348,9 @@ def _routes(
                  "expires_ms": o["expires_ms"]}
                 for o in coordinator.offers()
             ]  # fmt: skip
-        jobs = reads.jobs(db, principal.scope)
+        jobs = coordinator.jobs(principal.scope)
         return render(
-            p, "capacity.html", offers=offers, jobs=jobs, disputes=[j for j in jobs if j.state == "disputed"],
+            p, "capacity.html", offers=offers, jobs=jobs, disputes=[j for j in jobs if j["state"] == "disputed"],
             payouts=coordinator.payouts(None, principal.scope),
         )  # fmt: skip
 

@@ -1,11 +1,10 @@
-"""What the portal shows that no relay function returned yet: device status, usage by day, jobs, rights, shares.
+"""What the relay knows of each device beyond its receipts: status and alerts, usage by day, prepaid rights, shares.
 
-Everything else on the pages comes from the API's own functions (:class:`~cloud_relay.clinic.ClinicView`,
-:class:`~cloud_relay.ledger.Ledger`, :class:`~cloud_relay.capacity.coordinator.Coordinator`,
-:class:`~cloud_relay.registry.Registry`). These reads are read-only and scoped exactly like ``ClinicView``:
-``scope`` is a clinic id (only that clinic's devices, joined on ``devices.clinic``) or None for the operator
-(every clinic). They belong with the tables' owners (``ClinicView`` for the first two and the rights and shares,
-``Coordinator.jobs`` for jobs) and are kept together here so they can move there in one step.
+The API (``/v1/status``, ``/v1/devices/{device}/usage/daily``, ``/v1/rights``, ``/v1/shares`` through
+:class:`~cloud_relay.clinic.ClinicView`) and the portal's pages read these same functions: one data path. They
+are read-only and scoped exactly like ``ClinicView``: ``scope`` is a clinic id (only that clinic's devices, joined
+on ``devices.clinic``) or None for the operator (every clinic). Capacity jobs are the coordinator's
+(:meth:`~cloud_relay.capacity.coordinator.Coordinator.jobs`).
 
 Health and result reports are stored by the relay as the device sent them (:mod:`cloud_relay.messages` checks
 only that each is an object), so they are read like any outside input: a field of the wrong type is "unknown",
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cloud_relay.registry import ISSUER, DeviceInfo, Registry, trusted_keys
@@ -30,12 +29,10 @@ __all__ = [
     "Balance",
     "DayUsage",
     "DeviceStatus",
-    "JobRow",
     "assets",
     "balances",
     "daily_usage",
     "device_status",
-    "jobs",
     "share_tables",
 ]
 
@@ -77,6 +74,9 @@ class DeviceStatus:
     outbox_oldest_s: int | None
     alerts: tuple[Alert, ...]
 
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "alerts": [asdict(a) for a in self.alerts]}
+
 
 @dataclass(frozen=True)
 class DayUsage:
@@ -87,19 +87,8 @@ class DayUsage:
     receipts: int
     units: int
 
-
-@dataclass(frozen=True)
-class JobRow:
-    """A capacity job as its list shows it."""
-
-    job_id: str
-    clinic: str
-    state: str
-    reason: str
-    items: int
-    spot_check: bool
-    created_ms: int
-    updated_ms: int
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -112,6 +101,10 @@ class Balance:
     @property
     def left(self) -> int:
         return max(0, self.grant.units - self.used)
+
+    def to_json(self) -> dict[str, Any]:
+        """The right as the relay verified it (prices in exact minor units), and ``used`` and ``left`` units."""
+        return {**asdict(self.grant), "used": self.used, "left": self.left}
 
 
 def _int(value: Any) -> int | None:
@@ -218,20 +211,6 @@ def daily_usage(db: Database, clinic: str, device: str, start_ms: int, end_ms: i
             (device, clinic, start_ms, end_ms),
         )
     return [DayUsage(int(r[0]) * DAY_MS, str(r[1]), int(r[2]), int(r[3])) for r in rows]
-
-
-def jobs(db: Database, scope: str | None, limit: int = 200) -> list[JobRow]:
-    """The newest capacity jobs submitted by ``scope`` (or by anyone), newest first."""
-    where, params = _where(scope, "clinic")
-    with db.transaction() as tx:
-        rows = tx.all(
-            "SELECT job_id, clinic, state, reason, items, spot_check, created_ms, updated_ms FROM capacity_jobs"
-            f" WHERE 1 = 1{where} ORDER BY created_ms DESC, job_id LIMIT ?",
-            (*params, limit),
-        )
-    return [
-        JobRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), bool(r[5]), int(r[6]), int(r[7])) for r in rows
-    ]
 
 
 def balances(db: Database, scope: str | None) -> list[Balance]:

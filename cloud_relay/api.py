@@ -26,7 +26,7 @@ from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.clinic import ClinicView
 from cloud_relay.errors import RegistryError, StorageUnavailable
 from cloud_relay.ledger import PERIOD_PATTERN, Ledger, period_bounds
-from cloud_relay.portal import mount_portal
+from cloud_relay.portal import ChainView, mount_portal
 from cloud_relay.registry import Registry
 from cloud_relay.storage import Database
 from protocol.clock import now_ms
@@ -39,8 +39,11 @@ DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID}$", description="A device i
 _PERIOD = Query(pattern=PERIOD_PATTERN, description="UTC calendar month, YYYY-MM (1970-01 to 9999-12)")
 
 
-def create_app(db: Database, ledger: Ledger, *, clock: Callable[[], int] = now_ms) -> FastAPI:
-    """The API over ``db``; ``clock`` (ms) dates the status's window of rejected messages."""
+def create_app(
+    db: Database, ledger: Ledger, *, clock: Callable[[], int] = now_ms, chain: ChainView | None = None
+) -> FastAPI:
+    """The API over ``db``; ``clock`` (ms) dates the status's window of rejected messages; ``chain`` (the chain
+    ledger's view, ``btt-relay run --chain``) fills the portal's "On chain" column."""
     app = FastAPI(
         title="BTT Edge cloud relay: clinic API",
         version="1",
@@ -146,5 +149,5 @@ def create_app(db: Database, ledger: Ledger, *, clock: Callable[[], int] = now_m
     # Spare-capacity jobs (cloud_relay.capacity): submit a batch job, collect its results, offers, payouts.
     app.include_router(capacity_router(Coordinator(db)))
     # The clinic portal (cloud_relay.portal): web pages at / over the same functions; the API above is unchanged.
-    mount_portal(app, db, ledger, clock=clock)
+    mount_portal(app, db, ledger, clock=clock, chain=chain)
     return app

@@ -217,7 +217,12 @@ def run(config: RelayConfig, db: Database, stop: threading.Event) -> None:
 
             from cloud_relay.api import create_app
 
-            app = create_app(db, Ledger(db, operator=config.ledger.operator))
+            view = None
+            if chain is not None:
+                from cloud_relay.chain.view import JournalView
+
+                view = JournalView(db)
+            app = create_app(db, Ledger(db, operator=config.ledger.operator), chain=view)
             server = uvicorn.Server(
                 uvicorn.Config(app, host=config.http.host, port=config.http.port, log_level="warning")
             )

@@ -11,6 +11,7 @@ nothing twice: the journal finds its transaction, and the contract refuses a sec
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from cloud_relay.chain.errors import ChainError
 from cloud_relay.chain.keys import load_account
 from cloud_relay.chain.service import ChainService
 from cloud_relay.chain.store import ChainStore
+from cloud_relay.chain.view import JournalView
 from cloud_relay.cli import main
 from cloud_relay.storage import Database, open_database
 from tests.anvil import ANVIL_KEYS, Anvil
@@ -119,6 +121,10 @@ def test_rights_minted_traded_used_anchored_and_verified(
     _settle(node, service, "anchor and burn")
     assert _balance(node, contracts, client, clinic_a, right_id) == 10 - 3 - 4
     assert _balance(node, contracts, client, clinic_b, right_id) == 3
+    # the portal's "On chain" column reads the journal: minted, and the 4 burned units of A's account
+    on_chain = JournalView(db).state("grant", "grant-1")
+    assert re.fullmatch(r"minted in block \d+, 4 burned", on_chain or "")
+    assert JournalView(db).state("payout", "2026-11/owner-x/CNY") is None  # the month is not disbursed
     node.mine(2)
 
     device = world.a.identity.device_id

@@ -4,7 +4,8 @@ The relay's chain ledger (``cloud_relay.chain``, optional) is not imported here.
 object with a ``state(kind, ref)`` method to :func:`cloud_relay.portal.mount_portal` (``chain=...``); the page then
 shows an "On chain" column with what it returns. ``kind`` is ``"grant"`` (``ref``: the grant id, for a prepaid
 right's balance) or ``"payout"`` (``ref``: ``"<period>/<owner>/<currency>"``, for an owner's payout of a month).
-Without one, :func:`on_chain` returns None and the column is not shown.
+Without one, :func:`on_chain` returns None and the column is not shown. ``btt-relay run --chain`` passes
+:class:`cloud_relay.chain.view.JournalView` (the chain journal's states, read without a call to the node).
 """
 
 from __future__ import annotations

@@ -339,9 +339,10 @@ class DestinationConfig:
     """The destination's AE title (1-16 characters); ``dimse`` only."""
     host: str = ""
     port: int = bounded(104, lo=1, hi=65535)
-    kinds: tuple[ResultKind, ...] = DEFAULT_KINDS
+    kinds: tuple[ResultKind, ...] = ()
     """What it gets: kinds of :data:`edge.results.kinds.KINDS` (``sr``, the structured report; ``overlay``, the
-    annotated Secondary Capture; ``gsps``; ``original``, every image as received)."""
+    annotated Secondary Capture; ``gsps``; ``original``, every image as received; ``fhir``, the FHIR Bundle). Not
+    given: ``sr`` and ``overlay`` (``dimse``, ``dicomweb``), ``fhir`` (``fhir``)."""
     tls: bool = False
     """``dimse``: associate over TLS (the PACS's certificate is checked against ``tls_ca_file``, else the system
     CAs). ``https://`` URLs always use TLS, checked the same way."""
@@ -378,8 +379,8 @@ class DestinationConfig:
                 raise ConfigError(f"results.destinations.token_file: auth = 'bearer' needs it ({self.url})")
             if self.auth == "basic" and not (self.username and self.password_file):
                 raise ConfigError(f"results.destinations: auth = 'basic' needs username and password_file ({self.url})")
-        if self.protocol == "fhir" and self.kinds == DEFAULT_KINDS:  # kinds not given: the Bundle is what it takes
-            object.__setattr__(self, "kinds", ("fhir",))
+        if not self.kinds:  # not given: what the protocol is for
+            object.__setattr__(self, "kinds", ("fhir",) if self.protocol == "fhir" else DEFAULT_KINDS)
         carried = PROTOCOL_MEDIA_TYPES[self.protocol]
         if wrong := [k for k in self.kinds if spec(k).media_type not in carried]:
             raise ConfigError(

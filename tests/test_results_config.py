@@ -41,6 +41,8 @@ def test_http_destinations_are_named_by_protocol_and_url(tmp_path: Path) -> None
         "PACS@pacs.lan:104",
     ]
     assert config.results.destinations[0].kinds == ("sr", "overlay")
+    assert config.results.destinations[1].kinds == ("sr", "overlay")
+    assert DestinationConfig(protocol="fhir", url="https://ehr.lan/fhir").kinds == ("fhir",)
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,11 @@ def test_http_destinations_are_named_by_protocol_and_url(tmp_path: Path) -> None
         ('[[results.destinations]]\nprotocol = "fhir"\nurl = "https://x"\nauth = "basic"\n', "username and"),
         ('[[results.destinations]]\nae_title = "P"\nhost = "h"\nurl = "https://x"\n', "has no url"),
         ('[[results.destinations]]\nprotocol = "smtp"\nurl = "https://x"\n', "'smtp' is not one of"),
+        (  # kinds given to a FHIR endpoint that it cannot take are refused, never silently replaced by the Bundle
+            '[[results.destinations]]\nprotocol = "fhir"\nurl = "https://x"\nkinds = ["sr", "overlay"]\n',
+            "a fhir destination cannot take sr, overlay",
+        ),
+        ('[[results.destinations]]\nae_title = "P"\nhost = "h"\nkinds = ["fhir"]\n', "dimse destination cannot take"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, message: str) -> None:

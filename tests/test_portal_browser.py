@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import uvicorn
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -132,12 +133,12 @@ def _sign_in(driver: webdriver.Chrome, relay: Relay, token: str) -> None:
     assert driver.find_element(By.CSS_SELECTOR, "label[for=token]").text
     field.send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "sign-out"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "sign-out"))
 
 
 def _sign_out(driver: webdriver.Chrome) -> None:
     driver.find_element(By.ID, "sign-out").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "token"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "token"))
 
 
 def _links(driver: webdriver.Chrome) -> list[str]:
@@ -164,6 +165,12 @@ def _status(url: str, session: str) -> int:
         return int(exc.code)
 
 
+def _wait(driver: webdriver.Chrome) -> WebDriverWait[webdriver.Chrome]:
+    """Up to 10 s; an element that goes stale because the page is being replaced (a redirect after a form) counts as
+    not there yet, like one not found."""
+    return WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriver.Chrome, tmp_path: Path) -> None:
     driver, world = browser, relay.world
     a, b = world.a.identity.device_id, world.b.identity.device_id
@@ -175,7 +182,7 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
     _shot(driver, relay, tmp_path, "sign-in")
     driver.find_element(By.ID, "token").send_keys("btt_not-a-token")
     driver.find_element(By.ID, "sign-in").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "sign-in-error"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "sign-in-error"))
     assert "not known" in driver.find_element(By.ID, "sign-in-error").text
 
     # clinic A: devices, its device, money, capacity
@@ -188,12 +195,12 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
     _accessible(driver)
     _shot(driver, relay, tmp_path, "devices")
     driver.find_element(By.LINK_TEXT, a).click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "usage-chart"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "usage-chart"))
     assert "Usage in Nov 2026" in driver.page_source
     assert len(driver.find_elements(By.CSS_SELECTOR, "#usage-chart rect")) == 2  # analysis and exposure
     driver.find_element(By.ID, "verify-3").click()
     verdict = driver.find_element(By.ID, "verdict-3")
-    WebDriverWait(driver, 10).until(lambda d: verdict.get_attribute("data-result"))
+    _wait(driver).until(lambda d: verdict.get_attribute("data-result"))
     assert verdict.get_attribute("data-result") == "holds"
     assert verdict.text == "holds"
     assert not driver.find_elements(By.ID, "verify-6")  # receipt 6 is not settled: nothing to verify yet
@@ -208,7 +215,7 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
     _shot(driver, relay, tmp_path, "device-tablet", width=820)
 
     driver.find_element(By.LINK_TEXT, "Rights and money").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "payouts"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "payouts"))
     assert driver.find_element(By.ID, "period").get_attribute("value") == "2026-11"
     rights = driver.find_element(By.ID, "rights").text
     assert "grant-1" in rights
@@ -222,19 +229,19 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
     _shot(driver, relay, tmp_path, "money")
     Select(driver.find_element(By.ID, "period")).select_by_value("2026-10")  # htmx swaps the month in place
     driver.find_element(By.ID, "show-period").click()
-    WebDriverWait(driver, 10).until(
+    _wait(driver).until(
         lambda d: "Oct 2026" in d.execute_script("return document.getElementById('payouts-h').textContent")
     )
     assert driver.current_url.endswith("/money?period=2026-10")
     assert "No payouts" in driver.find_element(By.ID, "main").text
     driver.get(relay.url + "/money?period=2026-11")
     driver.find_element(By.LINK_TEXT, "owner-x").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "earnings"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "earnings"))
     assert "70.00%" in driver.find_element(By.ID, "shares").text
     _shot(driver, relay, tmp_path, "owner")
 
     driver.find_element(By.LINK_TEXT, "Capacity").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "jobs"))
+    _wait(driver).until(lambda d: d.find_elements(By.ID, "jobs"))
     jobs = driver.find_element(By.ID, "jobs").text
     assert "done" in jobs
     assert "disputed" in jobs
@@ -247,7 +254,7 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
 
     # the language switch, kept in a cookie across pages, and back
     driver.find_element(By.ID, "lang-zh").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "zh-Hans-CN")
+    _wait(driver).until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "zh-Hans-CN")
     assert "算力" in driver.find_element(By.TAG_NAME, "h1").text
     driver.get(relay.url + f"/devices/{a}")
     assert "2026年11月用量" in driver.page_source
@@ -257,7 +264,7 @@ def test_clinics_and_the_operator_walk_the_portal(relay: Relay, browser: webdriv
     driver.get(relay.url + "/")
     _shot(driver, relay, tmp_path, "devices-zh")
     driver.find_element(By.ID, "lang-en").click()
-    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en")
+    _wait(driver).until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en")
     _sign_out(driver)
     driver.get(relay.url + "/money")
     assert driver.find_elements(By.ID, "token")  # signed out: back to the sign-in page

@@ -28,6 +28,8 @@ from cloud_relay.chain.service import ChainService
 from cloud_relay.chain.store import ChainStore
 from cloud_relay.chain.view import JournalView
 from cloud_relay.cli import main
+from cloud_relay.portal import describe
+from cloud_relay.portal.i18n import Translator
 from cloud_relay.storage import Database, open_database
 from tests.anvil import ANVIL_KEYS, Anvil
 from tests.chain_helpers import PASSWORD, LedgerWorld, fast_config, password_env, write_keystore
@@ -122,7 +124,7 @@ def test_rights_minted_traded_used_anchored_and_verified(
     assert _balance(node, contracts, client, clinic_a, right_id) == 10 - 3 - 4
     assert _balance(node, contracts, client, clinic_b, right_id) == 3
     # the portal's "On chain" column reads the journal: minted, and the 4 burned units of A's account
-    on_chain = JournalView(db).state("grant", "grant-1")
+    on_chain = describe(Translator("en"), JournalView(db).state("grant", "grant-1"))
     assert re.fullmatch(r"minted in block \d+, 4 burned", on_chain or "")
     assert JournalView(db).state("payout", "2026-11/owner-x/CNY") is None  # the month is not disbursed
     node.mine(2)

@@ -5,17 +5,18 @@ It reads the relay's own chain tables (``chain_rights``, ``chain_disbursements``
 node, so a page does not wait on the chain: the journal holds what the chain service sent and saw confirmed
 (:mod:`cloud_relay.chain.journal`). ``btt-relay run --chain`` passes one to the portal.
 
-States, short and in the journal's words: a right ``"minted in block N, K burned"`` (or ``"mint sent"``, ``"mint
-failed: why"``, ``"from an on-chain balance, K burned"``); a payout ``"claimed in block N"``, ``"claimable (root in
-block N)"``, ``"root sent"``, ``"not disbursed"`` when the month has a disbursement in that currency without this
-owner. None when the chain knows nothing of it (a grant not put on chain, a month not disbursed).
+States are the portal's ``chain.*`` messages (:class:`~cloud_relay.portal.chain.ChainState`, shown in the reader's
+language): a right "minted in block N, K burned" (or "mint queued / signed / sent", "mint failed: why", "from an
+on-chain balance, K burned"); a payout "claimed in block N", "claimable (root in block N)", "root sent", "not
+disbursed" when the month has a disbursement in that currency without this owner. None when the chain knows
+nothing of it (a grant not put on chain, a month not disbursed).
 """
 
 from __future__ import annotations
 
 from cloud_relay.chain.rights import burned_units, request_id
 from cloud_relay.chain.store import ChainStore
-from cloud_relay.portal.chain import ChainKind
+from cloud_relay.portal.chain import ChainKind, ChainState
 from cloud_relay.storage import Database, Tx
 
 __all__ = ["JournalView"]
@@ -28,7 +29,7 @@ class JournalView:
         self._db = db
         self._store = ChainStore(db)
 
-    def state(self, kind: ChainKind, ref: str) -> str | None:
+    def state(self, kind: ChainKind, ref: str) -> ChainState | None:
         if kind == "grant":
             with self._db.transaction() as tx:
                 return self._right(tx, ref)
@@ -39,40 +40,43 @@ class JournalView:
         return self._payout(period, owner, currency)
 
     @staticmethod
-    def _entry(tx: Tx, key: str, what: str, done: str) -> str:
+    def _entry(tx: Tx, key: str, what: str) -> tuple[int | None, ChainState]:
+        """The block of the confirmed entry ``key`` (else None) and, when not confirmed, how far it got."""
         row = tx.one("SELECT status, block_number, error FROM chain_journal WHERE key = ?", (key,))
+        step = ChainState(f"chain.what.{what}")
         if row is None:
-            return f"{what} not journalled"
+            return None, ChainState("chain.step", {"what": step, "status": ChainState("chain.status.missing")})
         status, block, error = str(row[0]), row[1], row[2]
         if status == "confirmed":
-            return f"{done} in block {int(block)}" if block is not None else done
+            return (int(block) if block is not None else 0), ChainState("")
         if status == "failed":
-            return f"{what} failed: {str(error or '')[:80]}"
-        return f"{what} {'queued' if status == 'intent' else status}"
+            return None, ChainState("chain.failed", {"what": step, "error": str(error or "")[:80]})
+        return None, ChainState("chain.step", {"what": step, "status": ChainState(f"chain.status.{status}")})
 
-    def _right(self, tx: Tx, grant_id: str) -> str | None:
+    def _right(self, tx: Tx, grant_id: str) -> ChainState | None:
         row = next((r for r in ChainStore.rights(tx) if r.grant_id == grant_id), None)
         if row is None:
             return None
         holder = ChainStore.addresses(tx).get(row.holder)
         burned = burned_units(tx, holder, row.right_id) if holder is not None else 0
         if not row.minted:
-            return f"from an on-chain balance, {burned} burned"
-        state = self._entry(tx, f"mint:0x{request_id(grant_id).hex()}", "mint", "minted")
-        return f"{state}, {burned} burned" if state.startswith("minted") else state
+            return ChainState("chain.from_balance", {"burned": burned})
+        block, pending = self._entry(tx, f"mint:0x{request_id(grant_id).hex()}", "mint")
+        return pending if block is None else ChainState("chain.minted", {"block": block, "burned": burned})
 
-    def _payout(self, period: str, owner: str, currency: str) -> str | None:
+    def _payout(self, period: str, owner: str, currency: str) -> ChainState | None:
         d = self._store.disbursement(period, currency)
         if d is None:
             return None
         claim = next((c for c in d.claims if c["owner"] == owner), None)
         if claim is None:
-            return "not disbursed"
+            return ChainState("chain.not_disbursed")
         with self._db.transaction() as tx:
-            root = self._entry(tx, f"publish:{period}:{d.token}", "root", "root")
-            if not root.startswith("root in"):
-                return root
+            root, pending = self._entry(tx, f"publish:{period}:{d.token}", "root")
+            if root is None:
+                return pending
             key = f"claim:{period}:{d.token}:{claim['index']}"
             if tx.one("SELECT 1 FROM chain_journal WHERE key = ?", (key,)) is None:
-                return f"claimable ({root})"
-            return self._entry(tx, key, "claim", "claimed")
+                return ChainState("chain.claimable", {"block": root})
+            block, pending = self._entry(tx, key, "claim")
+            return pending if block is None else ChainState("chain.claimed", {"block": block})

@@ -27,14 +27,14 @@ from fastapi.staticfiles import StaticFiles
 
 from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.ledger import Ledger
-from cloud_relay.portal.chain import ChainView, on_chain
+from cloud_relay.portal.chain import ChainState, ChainView, describe, on_chain
 from cloud_relay.portal.config import PortalConfig
 from cloud_relay.portal.errors import PortalError
 from cloud_relay.portal.routes import Portal
 from cloud_relay.storage import Database
 from protocol.clock import now_ms
 
-__all__ = ["ChainView", "PortalConfig", "mount_portal", "on_chain"]
+__all__ = ["ChainState", "ChainView", "PortalConfig", "describe", "mount_portal", "on_chain"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 

@@ -34,7 +34,7 @@ from cloud_relay.capacity.coordinator import Coordinator
 from cloud_relay.clinic import ClinicView
 from cloud_relay.errors import RegistryError, Unauthorized
 from cloud_relay.ledger import PERIOD_PATTERN, Ledger, Statement, period_bounds
-from cloud_relay.portal.chain import ChainView, on_chain
+from cloud_relay.portal.chain import ChainView, describe, on_chain
 from cloud_relay.portal.chart import usage_chart
 from cloud_relay.portal.config import PortalConfig
 from cloud_relay.portal.csrf import CSRF_COOKIE, CSRF_HEADER, check, new_token
@@ -311,7 +311,7 @@ def _routes(
         return render(
             p, "money.html", period=period, selected=statements[0], statements=statements,
             balances=fleet.balances(db, scope), tables=fleet.assets(tables, owner) if owner else tables,
-            owner=owner or None, on_chain=lambda kind, ref: on_chain(chain, kind, ref),
+            owner=owner or None, on_chain=lambda kind, ref: describe(p.t, on_chain(chain, kind, ref)),
             prev_period=_shift(period, -1), next_period=_shift(period, 1),
         )  # fmt: skip
 

@@ -40,18 +40,18 @@ class JournalView:
         return self._payout(period, owner, currency)
 
     @staticmethod
-    def _entry(tx: Tx, key: str, what: str) -> tuple[int | None, ChainState]:
-        """The block of the confirmed entry ``key`` (else None) and, when not confirmed, how far it got."""
+    def _entry(tx: Tx, key: str, what: str) -> int | ChainState:
+        """The block of the journal entry ``key`` once confirmed, else how far it got."""
         row = tx.one("SELECT status, block_number, error FROM chain_journal WHERE key = ?", (key,))
         step = ChainState(f"chain.what.{what}")
         if row is None:
-            return None, ChainState("chain.step", {"what": step, "status": ChainState("chain.status.missing")})
+            return ChainState("chain.step", {"what": step, "status": ChainState("chain.status.missing")})
         status, block, error = str(row[0]), row[1], row[2]
         if status == "confirmed":
-            return (int(block) if block is not None else 0), ChainState("")
+            return int(block) if block is not None else 0
         if status == "failed":
-            return None, ChainState("chain.failed", {"what": step, "error": str(error or "")[:80]})
-        return None, ChainState("chain.step", {"what": step, "status": ChainState(f"chain.status.{status}")})
+            return ChainState("chain.failed", {"what": step, "error": str(error or "")[:80]})
+        return ChainState("chain.step", {"what": step, "status": ChainState(f"chain.status.{status}")})
 
     def _right(self, tx: Tx, grant_id: str) -> ChainState | None:
         row = next((r for r in ChainStore.rights(tx) if r.grant_id == grant_id), None)
@@ -61,8 +61,10 @@ class JournalView:
         burned = burned_units(tx, holder, row.right_id) if holder is not None else 0
         if not row.minted:
             return ChainState("chain.from_balance", {"burned": burned})
-        block, pending = self._entry(tx, f"mint:0x{request_id(grant_id).hex()}", "mint")
-        return pending if block is None else ChainState("chain.minted", {"block": block, "burned": burned})
+        minted = self._entry(tx, f"mint:0x{request_id(grant_id).hex()}", "mint")
+        if isinstance(minted, ChainState):
+            return minted
+        return ChainState("chain.minted", {"block": minted, "burned": burned})
 
     def _payout(self, period: str, owner: str, currency: str) -> ChainState | None:
         d = self._store.disbursement(period, currency)
@@ -72,11 +74,11 @@ class JournalView:
         if claim is None:
             return ChainState("chain.not_disbursed")
         with self._db.transaction() as tx:
-            root, pending = self._entry(tx, f"publish:{period}:{d.token}", "root")
-            if root is None:
-                return pending
+            root = self._entry(tx, f"publish:{period}:{d.token}", "root")
+            if isinstance(root, ChainState):
+                return root
             key = f"claim:{period}:{d.token}:{claim['index']}"
             if tx.one("SELECT 1 FROM chain_journal WHERE key = ?", (key,)) is None:
                 return ChainState("chain.claimable", {"block": root})
-            block, pending = self._entry(tx, key, "claim")
-            return pending if block is None else ChainState("chain.claimed", {"block": block})
+            block = self._entry(tx, key, "claim")
+            return block if isinstance(block, ChainState) else ChainState("chain.claimed", {"block": block})
